@@ -1,0 +1,139 @@
+"""Typed configs: dataclasses, YAML recipes and `key=value` overrides.
+
+A stage's config is a (possibly nested) dataclass. `load_config(Cls, yaml_path, overrides)` builds
+one from defaults, then the YAML file, then `a.b=value` overrides from the command line. Unknown
+keys raise a `ConfigError` that suggests the closest known key. `to_dict` gives the resolved
+config that is saved beside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from genforge.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as a plain dict (nested dataclasses become dicts)."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Turn a YAML/CLI value into the field's declared type (str '3' -> int 3, 'true' -> True)."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        for a in args:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: cannot read {value!r} as {typ}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        (inner, *_) = typing.get_args(typ) or (Any,)
+        out = [_coerce(v, inner, key) for v in value]
+        return tuple(out) if origin is tuple else out
+    if typ is Any:
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ in (int, float, str):
+        try:
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return typ(float(value)) if typ is int and isinstance(value, str) and "e" in value.lower() else typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+    return value
+
+
+def _apply(cfg: Any, key_path: str, value: Any) -> None:
+    obj = cfg
+    parts = key_path.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in fields:
+            where = ".".join(parts[:i]) or type(obj).__name__
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else ""
+            raise ConfigError(f"unknown config key '{key_path}' (no field '{part}' in {where}){hint}")
+        if i == len(parts) - 1:
+            hints = typing.get_type_hints(type(obj))
+            typ = hints[part]
+            if dataclasses.is_dataclass(typ) and isinstance(value, dict):
+                for k, v in value.items():
+                    _apply(getattr(obj, part), k, v)
+            else:
+                setattr(obj, part, _coerce(value, typ, key_path))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"config key '{key_path}': '{part}' is a value, not a section")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """['a.b=1', 'c=x'] -> {'a.b': '1', 'c': 'x'}; a malformed item raises ConfigError."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.max_steps=100)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:
+    """Defaults, then the YAML recipe at `path`, then overrides (dict or ['k=v', ...])."""
+    cfg = cls()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: recipe not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        for k, v in _flatten(data).items():
+            _apply(cfg, k, v)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for k, v in (overrides or {}).items():
+        _apply(cfg, k, v)
+    return cfg
+
+
+def update(cfg: T, overrides: dict | list | None) -> T:
+    """Apply overrides to an existing config (in place) and return it."""
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for k, v in (overrides or {}).items():
+        _apply(cfg, k, v)
+    return cfg

@@ -1,0 +1,147 @@
+"""Packed token shards: documents tokenized, joined with <|eos|>, stored as flat numpy memmaps.
+
+Layout of a shard folder:
+    manifest.json      {"dtype", "vocab_size", "eos_id", "splits": {"train": {...}, "val": {...}}}
+    train_000.bin ...  raw token ids (uint16 when the vocab fits in 65,536 ids, else uint32)
+    val_000.bin
+
+Each split records its files, token count and the UTF-8 byte count of its text (for bits-per-byte).
+The train/val split is by document, chosen by a hash of the text so it is stable across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genforge.errors import DataError
+from genforge.io import atomic_path, write_json
+from genforge.tokenizer import Tokenizer
+
+SHARD_TOKENS = 50_000_000  # tokens per shard file (~100 MB at uint16)
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every token id."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def _is_val(text: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return (h % 1_000_000) < val_fraction * 1_000_000
+
+
+def pack_shards(texts: Iterable[str], tokenizer: Tokenizer, out_dir: str | Path, val_fraction: float = 0.05,
+                batch_docs: int = 256) -> dict:
+    """Tokenize documents into train/val shard files under out_dir; returns (and writes) the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for_vocab(tokenizer.vocab_size)
+    splits: dict[str, dict] = {s: {"files": [], "n_tokens": 0, "n_bytes": 0, "n_docs": 0} for s in ("train", "val")}
+    buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    buffered = {"train": 0, "val": 0}
+
+    def flush(split: str, final: bool = False) -> None:
+        while buffered[split] >= SHARD_TOKENS or (final and buffered[split] > 0):
+            arr = np.concatenate(buffers[split])
+            chunk, rest = arr[:SHARD_TOKENS], arr[SHARD_TOKENS:]
+            name = f"{split}_{len(splits[split]['files']):03d}.bin"
+            with atomic_path(out_dir / name) as tmp:
+                chunk.astype(dtype).tofile(tmp)
+            splits[split]["files"].append({"path": name, "n_tokens": int(len(chunk))})
+            buffers[split], buffered[split] = ([rest] if len(rest) else []), len(rest)
+
+    def add(batch: list[str]) -> None:
+        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+            split = "val" if _is_val(text, val_fraction) else "train"
+            arr = np.asarray(ids + [tokenizer.eos_id], dtype=np.int64)
+            buffers[split].append(arr)
+            buffered[split] += len(arr)
+            s = splits[split]
+            s["n_tokens"] += len(arr)
+            s["n_bytes"] += len(text.encode("utf-8"))
+            s["n_docs"] += 1
+        for split in ("train", "val"):
+            flush(split)
+
+    batch: list[str] = []
+    for text in texts:
+        if text.strip():
+            batch.append(text)
+        if len(batch) >= batch_docs:
+            add(batch)
+            batch = []
+    if batch:
+        add(batch)
+    for split in ("train", "val"):
+        flush(split, final=True)
+    if splits["train"]["n_tokens"] == 0:
+        raise DataError("no training text: the corpus is empty after reading (check the input files)")
+    manifest = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                "val_fraction": val_fraction, "splits": splits}
+    tokenizer.save(out_dir)  # the shards and their tokenizer travel together
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+class TokenShards:
+    """Random-window batches from one split of a shard folder (memory-mapped, never loaded whole)."""
+
+    def __init__(self, folder: str | Path, split: str = "train", seq_len: int = 256, batch_size: int = 16,
+                 seed: int = 0):
+        import json
+
+        self.folder = Path(folder)
+        mf = self.folder / "manifest.json"
+        if not mf.exists():
+            raise DataError(f"{mf}: no shard manifest; run `genforge data pack` (or the speedrun) first")
+        self.manifest = json.loads(mf.read_text())
+        info = self.manifest["splits"].get(split)
+        if not info or info["n_tokens"] == 0:
+            raise DataError(f"{mf}: split '{split}' has no tokens")
+        dtype = np.dtype(self.manifest["dtype"])
+        self.arrays = [np.memmap(self.folder / f["path"], dtype=dtype, mode="r") for f in info["files"]]
+        self.lengths = np.array([len(a) for a in self.arrays])
+        if (self.lengths <= seq_len).all():
+            raise DataError(f"{mf}: split '{split}' has only {int(self.lengths.max())} tokens per file, fewer than "
+                            f"seq_len+1={seq_len + 1}; use a shorter seq_len or more data")
+        self.split, self.seq_len, self.batch_size, self.seed = split, seq_len, batch_size, seed
+        self.n_tokens, self.n_bytes = int(info["n_tokens"]), int(info["n_bytes"])
+
+    def _window(self, file: int, start: int) -> np.ndarray:
+        return np.asarray(self.arrays[file][start:start + self.seq_len + 1], dtype=np.int64)
+
+    def get_batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, torch.Tensor]:
+        """Sequences (x, y) for this (step, micro, rank): a pure function, so resume and DDP are exact.
+
+        Sequence i of the step's global batch is drawn by a generator seeded with (seed, step, i);
+        rank r's micro-batch m holds i in [(m*world + r)*B, +B), so 1 process x 2 micro-batches sees
+        exactly the sequences of 2 processes x 1.
+        """
+        B = self.batch_size
+        weights = (self.lengths - self.seq_len - 1).clip(min=0)
+        p = weights / weights.sum()
+        lo = (micro * world + rank) * B
+        rows = []
+        for i in range(lo, lo + B):
+            rng = np.random.default_rng([self.seed, step, i])
+            f = int(rng.choice(len(self.arrays), p=p)) if len(self.arrays) > 1 else 0
+            rows.append(self._window(f, int(rng.integers(0, weights[f]))))
+        rows = np.stack(rows)
+        t = torch.from_numpy(rows)
+        return {"input_ids": t[:, :-1], "labels": t[:, 1:]}
+
+    def eval_batches(self, max_batches: int) -> list[dict[str, torch.Tensor]]:
+        """Fixed, non-overlapping windows from the start of the split (the same every eval)."""
+        out = []
+        for f, arr in enumerate(self.arrays):
+            for start in range(0, len(arr) - self.seq_len - 1, self.seq_len):
+                out.append(self._window(f, start))
+                if len(out) >= max_batches * self.batch_size:
+                    break
+        rows = [torch.from_numpy(np.stack(out[i:i + self.batch_size])) for i in range(0, len(out), self.batch_size)]
+        return [{"input_ids": r[:, :-1], "labels": r[:, 1:]} for r in rows[:max_batches]]

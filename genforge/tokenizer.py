@@ -1,0 +1,177 @@
+"""Byte-level BPE tokenizer (trained with HF `tokenizers`), special tokens and the chat template.
+
+Byte-level means every string round-trips exactly (ASCII, accents, emoji, Chinese): the base
+alphabet is the 256 bytes, so nothing is ever out of vocabulary. Digits are split one per token
+before BPE (as Llama does) so arithmetic sees place value instead of arbitrary digit chunks.
+
+Saved as `tokenizer.json` + `tokenizer_config.json`, which `transformers.AutoTokenizer` loads;
+the chat template is a Jinja string stored there, so HF's `apply_chat_template` renders exactly
+what `Tokenizer.render_chat` renders.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from genforge.errors import CheckpointError, ConfigError, DataError
+from genforge.io import write_json, write_text
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, SYSTEM, USER, ASSISTANT, END]  # ids 0..6, in this order
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+# One turn renders as "<|role|>content<|end|>\n"; the whole chat starts with <|bos|>. The
+# generation prompt is "<|assistant|>"; the model ends its turn with <|end|>.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+@dataclass
+class TokenizerConfig:
+    """How to train the tokenizer."""
+
+    vocab_size: int = 1024  # total, including the 256 byte symbols and the special tokens
+    min_frequency: int = 2
+    split_digits: bool = True  # one token per digit (helps arithmetic)
+
+
+class Tokenizer:
+    """Thin wrapper over a `tokenizers.Tokenizer` with genforge's special tokens."""
+
+    def __init__(self, hf: HFTokenizer):
+        self.hf = hf
+        ids = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise CheckpointError(f"tokenizer lacks the special tokens {missing}; retrain it with genforge tokenizer train")
+        self.pad_id, self.bos_id, self.eos_id = ids[PAD], ids[BOS], ids[EOS]
+        self.end_id, self.assistant_id = ids[END], ids[ASSISTANT]
+        self.special_ids = set(ids.values())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        """Token ids for text (special-token strings inside text are recognised)."""
+        ids = self.hf.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The chat template applied to messages [{'role','content'}] (same text as HF's)."""
+        out = [BOS]
+        for i, m in enumerate(messages):
+            role = m.get("role")
+            if role not in ROLE_TOKENS:
+                raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS)}, got {role!r}")
+            out.append(f"{ROLE_TOKENS[role]}{m['content']}{END}\n")
+        if add_generation_prompt:
+            out.append(ASSISTANT)
+        return "".join(out)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """(ids, assistant_mask): mask is 1 on the tokens the assistant wrote (content + <|end|>).
+
+        Each turn is encoded separately and concatenated, so the mask is exact; the template text
+        is such that this equals encoding the whole rendered string (tested).
+        """
+        ids, mask = [self.bos_id], [0]
+        for i, m in enumerate(messages):
+            role = m.get("role")
+            if role not in ROLE_TOKENS:
+                raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS)}, got {role!r}")
+            head = self.encode(ROLE_TOKENS[role])
+            body = self.encode(m["content"]) + [self.end_id]
+            nl = self.encode("\n")
+            learn = 1 if role == "assistant" else 0
+            ids += head + body + nl
+            mask += [0] * len(head) + [learn] * len(body) + [0] * len(nl)
+        if add_generation_prompt:
+            ids.append(self.assistant_id)
+            mask.append(0)
+        return ids, mask
+
+    def save(self, out_dir: str | Path, model_max_length: int = 512) -> None:
+        """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) atomically."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "tokenizer.json", self.hf.to_str())
+        specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        write_json(out_dir / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **specials,
+            "additional_special_tokens": [SYSTEM, USER, ASSISTANT, END],
+            "chat_template": CHAT_TEMPLATE,
+            "model_max_length": model_max_length,
+            "clean_up_tokenization_spaces": False,
+        })
+        write_json(out_dir / "special_tokens_map.json", specials)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load from a folder holding tokenizer.json (or the file itself)."""
+        path = Path(path)
+        f = path / "tokenizer.json" if path.is_dir() else path
+        if not f.exists():
+            raise CheckpointError(f"{f}: tokenizer not found; train one with `genforge tokenizer train`")
+        try:
+            return cls(HFTokenizer.from_file(str(f)))
+        except Exception as e:  # tokenizers raises a bare Exception on corrupt files
+            raise CheckpointError(f"{f}: cannot read tokenizer ({e})") from None
+
+
+def build_untrained(cfg: TokenizerConfig) -> tuple[HFTokenizer, trainers.BpeTrainer]:
+    """An empty byte-level BPE tokenizer and its trainer."""
+    if cfg.vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ConfigError(f"tokenizer.vocab_size={cfg.vocab_size} is too small: byte-level BPE needs 256 byte "
+                          f"symbols + {len(SPECIAL_TOKENS)} special tokens = {256 + len(SPECIAL_TOKENS)} at least")
+    tok = HFTokenizer(models.BPE())
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if cfg.split_digits else byte_level)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return tok, trainer
+
+
+def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig | None = None) -> Tokenizer:
+    """Train byte-level BPE on an iterable of documents."""
+    cfg = cfg or TokenizerConfig()
+    tok, trainer = build_untrained(cfg)
+    n = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal n
+        for t in texts:
+            n += 1
+            yield t
+
+    tok.train_from_iterator(counted(), trainer=trainer)
+    if n == 0:
+        raise DataError("tokenizer training corpus is empty: give it at least one non-empty document")
+    return Tokenizer(tok)
+
+
+def hf_tokenizer_json(path: str | Path) -> dict:
+    """The raw tokenizer.json dict (for inspection/tests)."""
+    return json.loads(Path(path, "tokenizer.json").read_text())

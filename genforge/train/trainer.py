@@ -1,0 +1,266 @@
+"""The one shared training loop. Every stage (pretrain, SFT, reward, DPO, PPO, distill...) calls it.
+
+A stage supplies three things:
+  * `loss_fn(model, batch) -> (loss_sum, count, metrics)`: the *sum* of per-item losses in the
+    micro-batch and the number of items (tokens, pairs...) it was summed over;
+  * a data source with `get_batch(step, micro, rank, world) -> batch`, a pure function of its
+    arguments (so "data position" is just the step and resume is exact);
+  * optionally `eval_fn(model) -> metrics` and `save_fn(folder)` (writes the HF-format model files).
+
+Gradient accumulation normalises correctly: the gradients of all micro-batches (and, under DDP,
+all ranks) are summed and divided once by the *total* count, so a step over 2x8 sequences equals
+one over 16 however the tokens are split (the bug torchtune issue #2307 describes cannot happen
+here: there is only one loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from genforge import runtime
+from genforge.errors import TrainingError
+from genforge.io import atomic_dir, atomic_path
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping shared by every stage."""
+
+    max_steps: int = 1000  # optimizer steps
+    micro_batch: int = 16  # sequences per forward, per process
+    grad_accum: int = 1  # micro-batches per optimizer step (global batch = micro_batch * grad_accum * world)
+    lr: float = 0.0  # peak learning rate; 0 -> the model's size-derived default
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1  # applied to matrices only, not to norms/biases/embeddings' gains
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    eval_every: int = 100  # steps between evals (0 = only at the end)
+    ckpt_every: int = 200  # steps between checkpoints (0 = only at the end)
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    threads: int = 0  # torch intra-op threads (0 = default)
+    compile: bool = False  # torch.compile the model (pays off on GPU and for long CPU runs)
+    resume: bool = True  # continue from out_dir/checkpoint if it exists
+    max_bad_steps: int = 0  # non-finite losses skipped before the run stops (0 = stop at the first)
+    progress: bool = True  # show a progress bar
+
+
+class DataSource(Protocol):
+    def get_batch(self, step: int, micro: int, rank: int, world: int) -> Any: ...
+
+
+LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, Any, dict]]
+
+
+def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to peak * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW; weight decay on >=2-D weights only (decaying norm gains hurts, Loshchilov & Hutter 2019)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    seen, decay, no_decay = set(), [], []
+    for p in params:
+        if id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if next(iter(params)).is_cuda else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), **fused)
+
+
+class Trainer:
+    """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `data`, with eval, logging, checkpoints and resume."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, loss_fn: LossFn, data: DataSource,
+                 out_dir: str | Path, *, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
+                 save_fn: Callable[[Path], None] | None = None, default_lr: float = 3e-4, name: str = "train"):
+        self.cfg, self.loss_fn, self.data, self.eval_fn, self.save_fn = cfg, loss_fn, data, eval_fn, save_fn
+        self.out_dir = Path(out_dir)
+        self.name = name
+        runtime.set_threads(cfg.threads)
+        self.rank, self.world = runtime.init_distributed()
+        self.device = runtime.resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.peak_lr = cfg.lr or default_lr
+        self.optimizer = make_optimizer(self.model, cfg, self.peak_lr)
+        self.step = 0
+        self.bad_steps = 0
+        self.last_eval: dict = {}
+        self.ckpt_dir = self.out_dir / "checkpoint"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        runtime.seed_all(cfg.seed + self.rank)
+        if cfg.resume and (self.ckpt_dir / "trainer_state.pt").exists():
+            self._load_state()
+        self.ddp = DDP(self.model) if self.world > 1 else None
+        fwd = self.ddp or self.model
+        self.forward_model = torch.compile(fwd) if cfg.compile else fwd
+
+    # ---------------------------------------------------------------- checkpointing
+    def _load_state(self) -> None:
+        state = torch.load(self.ckpt_dir / "trainer_state.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
+        if hasattr(self.data, "load_state_dict") and "data" in state:
+            self.data.load_state_dict(state["data"])
+        if runtime.is_main() and self.metrics_path.exists():
+            # drop log rows past the checkpoint: they will be produced again
+            keep = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
+            with atomic_path(self.metrics_path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+        if runtime.is_main():
+            print(f"[{self.name}] resumed from {self.ckpt_dir} at step {self.step}", flush=True)
+
+    def save(self) -> None:
+        """Write model files (via save_fn) and exact-resume state into out_dir/checkpoint, atomically."""
+        rngs = [runtime.rng_state()]
+        if self.world > 1:  # every rank's RNG, gathered to rank 0
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, runtime.rng_state())
+        if not runtime.is_main():
+            return
+        with atomic_dir(self.ckpt_dir) as tmp:
+            if self.save_fn:
+                self.save_fn(tmp)
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                     "bad_steps": self.bad_steps, "rng": rngs}
+            if hasattr(self.data, "state_dict"):
+                state["data"] = self.data.state_dict()
+            torch.save(state, tmp / "trainer_state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, **self.last_eval}, indent=2))
+
+    def log(self, row: dict) -> None:
+        if runtime.is_main():
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    # ---------------------------------------------------------------- the loop
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad(), runtime.autocast(self.device, self.cfg.precision):
+            metrics = self.eval_fn(self.model)
+        self.model.train()
+        self.last_eval = metrics
+        self.log({"step": self.step, "split": "val", **metrics})
+        return metrics
+
+    def train_step(self) -> dict:
+        """One optimizer step over grad_accum micro-batches; returns its metrics."""
+        cfg, model = self.cfg, self.forward_model
+        lr = lr_at(self.step, cfg, self.peak_lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        total_loss = torch.zeros((), device=self.device)
+        total_count = torch.zeros((), device=self.device)
+        extra: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(self.data.get_batch(self.step, micro, self.rank, self.world), self.device)
+            sync = self.ddp is None or micro == cfg.grad_accum - 1
+            ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, runtime.autocast(self.device, cfg.precision):
+                loss_sum, count, metrics = self.loss_fn(model, batch)
+            with ctx:
+                loss_sum.backward()
+            total_loss += loss_sum.detach().float()
+            total_count += float(count)
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / cfg.grad_accum
+        if self.world > 1:
+            dist.all_reduce(total_loss)
+            dist.all_reduce(total_count)
+        # DDP averaged gradients over ranks; sum/total_count is the exact mean over every item of the step
+        scale = self.world / total_count.clamp(min=1.0)
+        loss = (total_loss / total_count.clamp(min=1.0)).item()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        for p in params:
+            p.grad.mul_(scale)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            if self.bad_steps > cfg.max_bad_steps:
+                raise TrainingError(
+                    f"[{self.name}] step {self.step}: loss is {loss} (grad norm {float(grad_norm)}); stopping. "
+                    f"Lower train.lr (now {self.peak_lr:g}), check the data, or resume from {self.ckpt_dir}")
+            return {"loss": loss, "skipped": 1, "lr": lr}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "count": float(total_count), **extra}
+
+    def fit(self) -> dict:
+        """Train to max_steps (from the resumed step), evaluating and checkpointing on schedule."""
+        cfg = self.cfg
+        self.model.train()
+        bar = None
+        if cfg.progress and runtime.is_main():
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.name, dynamic_ncols=True, leave=True)
+        t0, items, recent = time.perf_counter(), 0.0, []
+        last: dict = {}
+        while self.step < cfg.max_steps:
+            ts = time.perf_counter()
+            last = self.train_step()
+            self.step += 1
+            items += last.get("count", 0.0)
+            dt = time.perf_counter() - ts
+            recent = (recent + [(last.get("count", 0.0), dt)])[-20:]
+            rate = sum(c for c, _ in recent) / max(1e-9, sum(d for _, d in recent))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:,.0f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                self.log({"step": self.step, "split": "train", "items_per_s": rate, **last})
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                self.evaluate()
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.max_steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        final = self.evaluate() if self.eval_fn else {}
+        self.save()
+        return {"step": self.step, "train_loss": last.get("loss"), **final, "elapsed_s": elapsed,
+                "items_per_s": items / max(elapsed, 1e-9), "bad_steps": self.bad_steps}
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def read_metrics(out_dir: str | Path, split: str = "train") -> list[dict]:
+    """Rows of a run's metrics.jsonl for one split."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == split]
