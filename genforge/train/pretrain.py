@@ -22,7 +22,7 @@ from genforge.io import write_text
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import Tokenizer
 from genforge.train.losses import lm_loss
-from genforge.train.trainer import Trainer, TrainConfig
+from genforge.train.trainer import TrainConfig, Trainer
 
 
 @dataclass

@@ -1,0 +1,42 @@
+# Two commands work on a fresh machine: `make speedrun` and `make test`.
+# Both create .venv on first use: torch first (the CPU wheel on this machine), then genforge[dev]
+# under constraints.txt so nothing can pull a multi-GB CUDA build. Re-runs skip the install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SIZE ?= tiny
+PYTEST_ARGS ?=
+
+.PHONY: install speedrun smoke test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+speedrun: $(STAMP)
+	$(VENV)/bin/genforge speedrun size=$(SIZE)
+
+smoke: $(STAMP)
+	$(VENV)/bin/genforge speedrun size=smoke
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check genforge tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/decode.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

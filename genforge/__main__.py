@@ -1,0 +1,5 @@
+import sys
+
+from genforge.cli import main
+
+sys.exit(main())
