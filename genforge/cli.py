@@ -146,6 +146,27 @@ def _export(args):
     print(f"exported {args.src} -> {out} (HF layout: load with AutoModelForCausalLM.from_pretrained)")
 
 
+def _generate(args):
+    from genforge.checkpoint import load_checkpoint
+    from genforge.errors import CheckpointError
+    from genforge.infer.text import stream_text
+
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    if tok is None:
+        raise CheckpointError(f"{args.checkpoint}: no tokenizer.json beside the weights; cannot turn text into ids")
+    prompts = args.prompt or [sys.stdin.read()]
+    for prompt in prompts:
+        if len(prompts) > 1 or not args.prompt:
+            print(f"### {prompt.strip()}")
+        else:
+            print(prompt, end="", flush=True)
+        for delta in stream_text(model, tok, prompt, stop=args.stop or (), max_new_tokens=args.max_new_tokens,
+                                 chat=args.chat, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                 seed=args.seed):
+            print(delta, end="", flush=True)
+        print()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from genforge import __version__
     from genforge.speedrun import SpeedrunConfig
@@ -187,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--no-split-digits", action="store_true", help="let BPE merge digits")
     p.set_defaults(func=_tokenizer_train)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint (streams tokens)")
+    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("--prompt", "-p", action="append", help="prompt text (repeatable; default: read stdin)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=64)
+    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    p.set_defaults(func=_generate)
 
     p = sub.add_parser("import", help="turn a local Hugging Face Llama-family folder into a genforge checkpoint")
     p.add_argument("src")

@@ -1,4 +1,4 @@
-"""Packed token shards: documents tokenized, joined with <|eos|>, stored as flat numpy memmaps.
+"""Packed token shards: documents tokenized as <|bos|> text <|eos|>, stored as flat numpy memmaps.
 
 Layout of a shard folder:
     manifest.json      {"dtype", "vocab_size", "eos_id", "splits": {"train": {...}, "val": {...}}}
@@ -58,7 +58,8 @@ def pack_shards(texts: Iterable[str], tokenizer: Tokenizer, out_dir: str | Path,
     def add(batch: list[str]) -> None:
         for text, ids in zip(batch, tokenizer.encode_batch(batch)):
             split = "val" if _is_val(text, val_fraction) else "train"
-            arr = np.asarray(ids + [tokenizer.eos_id], dtype=np.int64)
+            # <|bos|> doc <|eos|>: generation prompts start with <|bos|>, as in pretraining
+            arr = np.asarray([tokenizer.bos_id] + ids + [tokenizer.eos_id], dtype=np.int64)
             buffers[split].append(arr)
             buffered[split] += len(arr)
             s = splits[split]
