@@ -157,13 +157,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
-        if self.n_kv_head != self.n_head:
-            # each kv head serves H/K consecutive query heads (the same grouping as HF's repeat_kv)
-            rep = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+        # grouped-query: each kv head serves H/K consecutive query heads (the grouping of HF's repeat_kv);
+        # enable_gqa lets SDPA broadcast instead of materialising H copies of the keys and values
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head)  # (B,H,T,D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
