@@ -31,6 +31,7 @@ STAGES: list[tuple[str, str, str]] = [
     ("clean", "Data: cleaning and dedup", "genforge.stages:clean_stage"),
     ("tokenizer", "Tokenizer", "genforge.stages:tokenizer_stage"),
     ("pretrain", "Pretraining", "genforge.stages:pretrain_stage"),
+    ("eval", "Evaluation and prompting strategies", "genforge.eval.stage:eval_stage"),
 ]
 
 

@@ -19,10 +19,18 @@ def world_stage(ctx, report: StageReport) -> dict:
 
     out = ctx.path("world")
     summary = generate_world(out, seed=ctx.seed, size=ctx.size)
-    for key in ("n_documents", "n_clean", "n_planted", "corpus_mb", "n_tasks_train", "n_tasks_test",
-                "n_preferences", "n_knowledge"):
-        if key in summary:
-            report.row(key.replace("_", " "), summary[key], note="generated, seeded")
+    c, t = summary["corpus"], summary["tasks"]
+    planted = {k: v for k, v in c["labels"].items() if k != "clean"}
+    report.row("entities", f"{summary['people']} people, {summary['towns']} towns, {summary['objects']} objects",
+               note="the fictional world the corpus describes")
+    report.row("corpus documents", c["docs"], note=f"{c['bytes'] / 1e6:.2f} MB; planted for cleaning: " +
+               ", ".join(f"{v} {k}" for k, v in planted.items()))
+    report.row("instruction rows (train/val/test/held-out)", "/".join(str(t["rows"][s]) for s in
+               ("train", "val", "test", "heldout")), note="held-out family never appears in train")
+    report.row("ranked preference lists", summary["preferences"]["rows"],
+               note=f"{summary['preferences']['pairs']} (chosen, rejected) pairs")
+    report.row("knowledge-base facts (not in the corpus)", summary["knowledge"]["rows"])
+    report.row("generation time", summary.get("seconds", 0.0), note="seconds; same seed gives the same bytes")
     return {"dir": str(out), **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}
 
 
