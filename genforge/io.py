@@ -25,6 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files others may read
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,216 @@
+"""Normalise text and decide whether a document is junk, harmful or low quality.
+
+The filters are the classic web-corpus heuristics (in the spirit of the C4 and Gopher rules, Raffel
+et al. 2020 and Rae et al. 2021), each a small measurable statistic with a threshold in `CleanConfig`:
+
+* ``symbols``: too many characters that are neither letters, digits, spaces nor common punctuation;
+* ``word_length``: mean word length outside a plausible range for prose;
+* ``repeated_lines``: a large share of lines repeat an earlier line (spam, scraped navigation);
+* ``boilerplate``: a large share of lines/sentences are web boilerplate (cookies, subscribe, log in ...);
+* ``keyboard_mash``: many words that are unpronounceable (no vowels, long consonant runs);
+* ``low_entropy``: character entropy far below that of prose ("aaaa ...");
+* ``no_stopwords``: a long text with (almost) no function words is a keyword list, not prose;
+* ``harmful``: weighted hits from the harmful vocabulary (`genforge.world.harmful` plus a user list);
+* ``low_quality``: `quality_score` below a threshold.
+
+Like Gopher's rules these assume English prose; for other languages relax `min_stopwords`,
+`max_mean_word_len` and `min_quality` in the config (keyboard-mash checks skip non-Latin words).
+
+`quality_score(text)` is a 0-1 heuristic: the mean of five sub-scores, each 1 for ordinary prose -
+letter share (>= 0.8 of non-space characters), stopword share (>= 0.25 of words), share of words in
+lines ending in sentence punctuation, mean word length in [3, 8], and distinct-word share (>= 0.3).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from genforge.world.harmful import HARMFUL_PHRASES, HARMFUL_WORDS
+
+if TYPE_CHECKING:
+    from genforge.data.pipeline import CleanConfig
+
+# Generic web boilerplate (not tied to any one site or to the tiny world); lower-case regexes.
+BOILERPLATE_PATTERNS = (
+    r"\bcookies?\b", r"\bsubscribe\b", r"\bnewsletter\b", r"privacy policy", r"terms (of|and) (use|service|conditions)",
+    r"all rights reserved", r"©", r"\bsign (in|up)\b", r"\blog ?in\b", r"\bregister\b", r"javascript",
+    r"click (here|now)", r"read more", r"\bshare (this|on)\b", r"follow us", r"skip to (main )?content",
+    r"accept all", r"forgot (your )?password", r"contact us", r"manage preferences", r"\d+% off",
+    r"limited (time )?offer", r"\bbuy now\b", r"^\s*home\s*>", r"leave a comment",
+)
+# Matched against lower-cased text: IGNORECASE makes this alternation about twice as slow.
+_BOILERPLATE_RE = re.compile("|".join(BOILERPLATE_PATTERNS))
+_HARM_TOKEN_RE = re.compile(r"[^\W_]+")
+
+STOPWORDS = frozenset(
+    "a an the and or but of to in on at by for with from as is are was were be been it its this that these "
+    "those he she they we you i his her their our my your not no so if then there here who which what when "
+    "has have had do does did will would can could".split()
+)
+
+_WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)  # runs of letters
+_TOKEN_RE = re.compile(r"\S+")
+_SENT_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+_SYMBOL_RE = re.compile(r"[^\w\s.,;:!?'\"()\-]|_")  # not alphanumeric, space or common punctuation
+_SPACE_RE = re.compile(r"\s")
+_VOWEL_RE = re.compile(r"[aeiouyàáâäèéêëìíîïòóôöùúûüÿ]")
+_CONSONANT_RUN_RE = re.compile(r"[b-df-hj-np-tv-xz]{5,}")
+# Control characters (except newline and tab) and invisible format characters such as zero-width spaces.
+_INVISIBLE_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+
+
+def normalize(text: str) -> str:
+    """NFC Unicode, no control or zero-width characters, tidy whitespace (blank lines collapsed to one)."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _INVISIBLE_RE.sub("", text)
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):  # keep at most one empty line between paragraphs
+            out.append(line)
+    return "\n".join(out).strip()
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased letter runs (numbers and punctuation dropped)."""
+    return _WORD_RE.findall(text.lower())
+
+
+def symbol_ratio(text: str) -> float:
+    """Share of non-space characters that are neither alphanumeric nor common punctuation."""
+    n = len(text) - len(_SPACE_RE.findall(text))
+    return len(_SYMBOL_RE.findall(text)) / n if n else 0.0
+
+
+def repeated_line_fraction(text: str) -> float:
+    """Share of non-empty lines that repeat an earlier line."""
+    lines = [ln.strip().lower() for ln in text.split("\n") if ln.strip()]
+    return 1 - len(set(lines)) / len(lines) if len(lines) > 1 else 0.0
+
+
+def _units(text: str) -> list[str]:
+    return [u for u in _SENT_SPLIT_RE.split(text) if u.strip()]
+
+
+def boilerplate_fraction(text: str) -> float:
+    """Share of lines/sentences that contain a web-boilerplate pattern."""
+    text = text.lower()
+    if not _BOILERPLATE_RE.search(text):  # the common case: one scan of the whole text
+        return 0.0
+    units = _units(text)
+    return sum(1 for u in units if _BOILERPLATE_RE.search(u)) / len(units) if units else 0.0
+
+
+def mash_fraction(ws: list[str]) -> float:
+    """Share of words (3+ letters) that no one could pronounce: no vowel, few vowels, or 5+ consonants in a row."""
+    long = Counter(w for w in ws if len(w) >= 3 and w.isascii())  # vowels are a Latin-script idea
+    if not long:
+        return 0.0
+    return sum(n for w, n in long.items() if _mashy(w)) / sum(long.values())
+
+
+@lru_cache(maxsize=1 << 16)  # words repeat across documents; the cache makes this filter ~free
+def _mashy(w: str) -> bool:
+    v = len(_VOWEL_RE.findall(w))
+    return v == 0 or v / len(w) < 0.2 or bool(_CONSONANT_RUN_RE.search(w))
+
+
+def char_entropy(text: str) -> float:
+    """Shannon entropy (bits) of the character distribution; English prose is about 4 bits."""
+    counts = Counter(text.lower())
+    for c in [c for c in counts if c.isspace()]:
+        del counts[c]
+    n = sum(counts.values())
+    return -sum(k / n * math.log2(k / n) for k in counts.values()) if n else 0.0
+
+
+class HarmfulMatcher:
+    """Counts harmful vocabulary: each phrase hit scores 1, each ambiguous word hit 0.5.
+
+    Matching is on lower-cased word tokens (so "Pipe-bomb" and "pipe bomb" both hit), indexed by first
+    word, which costs one set lookup per word instead of a regex alternation over the text.
+    """
+
+    def __init__(self, extra_terms: Iterable[str] = (), use_default: bool = True) -> None:
+        phrases = (list(HARMFUL_PHRASES) if use_default else []) + list(extra_terms)
+        self._by_first: dict[str, list[tuple[str, ...]]] = {}
+        for term in phrases:
+            toks = tuple(_HARM_TOKEN_RE.findall(term.lower()))
+            if toks and toks not in self._by_first.get(toks[0], []):
+                self._by_first.setdefault(toks[0], []).append(toks)
+        self._words = frozenset(HARMFUL_WORDS) if use_default else frozenset()
+
+    def score(self, text: str) -> float:
+        toks = _HARM_TOKEN_RE.findall(text.lower())
+        s = 0.0
+        for i, t in enumerate(toks):
+            if t in self._words:
+                s += 0.5
+            for phrase in self._by_first.get(t, ()):
+                if tuple(toks[i:i + len(phrase)]) == phrase:
+                    s += 1.0
+        return s
+
+
+def quality_score(text: str) -> float:
+    """A 0-1 prose-likeness score (see module docstring); 1 for ordinary sentences, near 0 for noise."""
+    n_chars = len(text) - len(_SPACE_RE.findall(text))
+    ws = words(text)
+    if not n_chars or not ws:
+        return 0.0
+    alpha = sum(map(len, ws)) / n_chars
+    stop = sum(w in STOPWORDS for w in ws) / len(ws)
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    line_words = [len(ln.split()) for ln in lines]
+    ended = sum(n for ln, n in zip(lines, line_words) if ln.rstrip()[-1] in ".!?\"')") / max(1, sum(line_words))
+    mean_len = sum(map(len, ws)) / len(ws)
+    length = 1.0 if 3 <= mean_len <= 8 else max(0.0, 1 - min(abs(mean_len - 3), abs(mean_len - 8)) / 3)
+    distinct = len(set(ws)) / len(ws)
+    parts = (min(1.0, max(0.0, (alpha - 0.5) / 0.3)), min(1.0, stop / 0.25), ended, length, min(1.0, distinct / 0.3))
+    return sum(parts) / len(parts)
+
+
+def reject_reason(text: str, cfg: CleanConfig, harmful: HarmfulMatcher) -> tuple[str, str] | None:
+    """Return (reason, detail) for the first filter a normalised text fails, or None to keep it."""
+    if not text:
+        return "empty", "no text after normalisation"
+    toks = _TOKEN_RE.findall(text)
+    if len(toks) < cfg.min_words:
+        return "too_short", f"{len(toks)} words < {cfg.min_words}"
+    h = harmful.score(text)
+    if h >= cfg.harmful_threshold:
+        return "harmful", f"harmful vocabulary score {h:g}"
+    r = symbol_ratio(text)
+    if r > cfg.max_symbol_ratio:
+        return "symbols", f"symbol ratio {r:.2f}"
+    ws = words(text)
+    mean_len = sum(map(len, ws)) / len(ws) if ws else 0.0
+    if not cfg.min_mean_word_len <= mean_len <= cfg.max_mean_word_len:
+        return "word_length", f"mean word length {mean_len:.1f}"
+    r = repeated_line_fraction(text)
+    if r > cfg.max_repeated_line_frac:
+        return "repeated_lines", f"{r:.0%} repeated lines"
+    r = boilerplate_fraction(text)
+    if r >= cfg.max_boilerplate_frac:
+        return "boilerplate", f"{r:.0%} boilerplate sentences"
+    r = mash_fraction(ws)
+    if r > cfg.max_mash_frac:
+        return "keyboard_mash", f"{r:.0%} unpronounceable words"
+    if len(text) >= 100:
+        e = char_entropy(text)
+        if e < cfg.min_char_entropy:
+            return "low_entropy", f"character entropy {e:.2f} bits"
+    if len(ws) >= 20:
+        n_stop = sum(w in STOPWORDS for w in ws)
+        if n_stop < cfg.min_stopwords:
+            return "no_stopwords", f"{n_stop} stopwords in {len(ws)} words"
+    q = quality_score(text)
+    if q < cfg.min_quality:
+        return "low_quality", f"quality {q:.2f}"
+    return None

@@ -1,0 +1,183 @@
+"""Exact and near-duplicate detection, streaming and keep-the-first.
+
+* Exact: SHA-1 of the case-folded, whitespace-collapsed NFC text, so copies that differ only in
+  spacing or Unicode form count as one.
+* Near: MinHash over word n-gram shingles (Broder 1997) with locality-sensitive hashing to find
+  candidates, then the candidate's estimated Jaccard similarity is checked against the threshold
+  (LSH banding alone lets some pairs below the threshold through). We use `datasketch` when it is
+  installed and a small numpy MinHash otherwise; both keep one signature per kept document in
+  memory (num_perm x 4 bytes: 512 B at the default 128). Shingles are hashed with CRC-32, a C
+  builtin about 4x faster than SHA-1 here; the random permutations supply the MinHash randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import zlib
+
+import numpy as np
+
+try:
+    import datasketch
+except ImportError:  # optional: the builtin MinHash below is used instead
+    datasketch = None
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+_PRIME = np.uint64((1 << 61) - 1)
+_MASK32 = np.uint64((1 << 32) - 1)
+
+
+def exact_key(text: str) -> str:
+    """Hash of the text with case, spacing and Unicode form normalised away."""
+    canon = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return hashlib.sha1(canon.encode("utf-8")).hexdigest()
+
+
+def shingles(text: str, size: int = 3) -> set[str]:
+    """Word n-grams of the lower-cased text (all words as one shingle if the text is shorter than n)."""
+    ws = _WORD_RE.findall(text.lower())
+    if len(ws) <= size:
+        return {" ".join(ws)} if ws else set()
+    return {" ".join(ws[i:i + size]) for i in range(len(ws) - size + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    """Exact Jaccard similarity of two sets (for tests and checks)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class ExactDeduper:
+    """Remembers the first id for each exact key."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, str] = {}
+
+    def check_add(self, doc_id: str, text: str) -> str | None:
+        """Return the id of an earlier identical document, or None (and remember this one)."""
+        key = exact_key(text)
+        first = self._seen.get(key)
+        if first is None:
+            self._seen[key] = doc_id
+        return first
+
+
+def lsh_params(threshold: float, num_perm: int, min_recall: float = 0.95) -> tuple[int, int]:
+    """Bands b and rows r (b*r <= num_perm) for LSH banding, chosen for recall.
+
+    A pair with Jaccard s becomes a candidate with probability 1 - (1 - s^r)^b. We take the largest r
+    (fewest spurious candidates) that still gives a pair exactly at the threshold `min_recall`; every
+    candidate is then checked against the threshold, so extra candidates cost time, not accuracy.
+    """
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        if 1 - (1 - threshold**r) ** b >= min_recall:
+            best = (b, r)
+        else:
+            break
+    return best
+
+
+class _BuiltinMinHash:
+    """Numpy MinHash + banded LSH, used when datasketch is not installed.
+
+    A signature is (hash values, band keys); each band's rows are folded into one 64-bit key with
+    random odd multipliers, one numpy op for all bands (a rare key collision only adds a candidate).
+    """
+
+    def __init__(self, threshold: float, num_perm: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
+        self.b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
+        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self.fold = rng.integers(0, 1 << 63, self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.tables: list[dict[int, list[str]]] = [{} for _ in range(self.bands)]
+        self.sigs: dict[str, np.ndarray] = {}
+
+    def signature(self, sh: set[str]) -> tuple[np.ndarray, list[int]]:
+        h = np.fromiter((zlib.crc32(s.encode()) for s in sh), dtype=np.uint64, count=len(sh))
+        # (a*h + b) mod p fits in uint64: a, h < 2^32 and b < 2^32.
+        sig = (((h[:, None] * self.a + self.b) % _PRIME) & _MASK32).min(axis=0)
+        bands = sig[:self.bands * self.rows].reshape(self.bands, self.rows)
+        keys = (bands * self.fold).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64, as intended
+        return sig.astype(np.uint32), keys.tolist()
+
+    def candidates(self, sig: tuple[np.ndarray, list[int]]) -> set[str]:
+        out: set[str] = set()
+        for table, key in zip(self.tables, sig[1]):
+            out.update(table.get(key, ()))
+        return out
+
+    def insert(self, doc_id: str, sig: tuple[np.ndarray, list[int]]) -> None:
+        self.sigs[doc_id] = sig[0]
+        for table, key in zip(self.tables, sig[1]):
+            table.setdefault(key, []).append(doc_id)
+
+    def similarity(self, sig: tuple[np.ndarray, list[int]], doc_id: str) -> float:
+        return float(np.count_nonzero(self.sigs[doc_id] == sig[0])) / len(sig[0])
+
+
+class _DatasketchMinHash:
+    """The same interface over datasketch's MinHash and MinHashLSH."""
+
+    def __init__(self, threshold: float, num_perm: int, seed: int) -> None:
+        self.template = datasketch.MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)
+        # datasketch's own (b, r) choice weighs misses and false candidates equally, which at 0.5 puts the
+        # S-curve midpoint above the threshold and misses ~45 % of pairs right at it; use ours.
+        self.lsh = datasketch.MinHashLSH(num_perm=num_perm, params=lsh_params(threshold, num_perm))
+        self.sigs: dict[str, datasketch.MinHash] = {}
+
+    def signature(self, sh: set[str]):
+        m = datasketch.MinHash(num_perm=self.template.num_perm, seed=self.template.seed, hashfunc=zlib.crc32,
+                               permutations=self.template.permutations, scheme=self.template.scheme)
+        m.update_batch([s.encode("utf-8") for s in sh])
+        return m
+
+    def candidates(self, sig) -> set[str]:
+        return set(self.lsh.query(sig))
+
+    def insert(self, doc_id: str, sig) -> None:
+        self.sigs[doc_id] = sig
+        self.lsh.insert(doc_id, sig, check_duplication=False)
+
+    def similarity(self, sig, doc_id: str) -> float:
+        return float(sig.jaccard(self.sigs[doc_id]))
+
+
+class NearDeduper:
+    """Streaming near-duplicate filter: `check_add` returns the earlier similar doc's id, or None and indexes this one.
+
+    threshold: estimated Jaccard similarity of word-shingle sets at or above which two texts are duplicates.
+    backend: "auto" (datasketch if installed), "datasketch" or "builtin".
+    """
+
+    def __init__(self, threshold: float = 0.5, num_perm: int = 128, shingle_size: int = 3, seed: int = 1,
+                 backend: str = "auto") -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        if backend == "auto":
+            backend = "datasketch" if datasketch is not None else "builtin"
+        if backend == "datasketch" and datasketch is None:
+            raise ImportError("backend 'datasketch' needs the datasketch package (pip install datasketch)")
+        if backend not in ("datasketch", "builtin"):
+            raise ValueError(f"unknown near-dedup backend {backend!r}; use auto, datasketch or builtin")
+        self.backend, self.threshold, self.shingle_size = backend, threshold, shingle_size
+        impl = _DatasketchMinHash if backend == "datasketch" else _BuiltinMinHash
+        self._impl = impl(threshold, num_perm, seed)
+
+    def check_add(self, doc_id: str, text: str) -> tuple[str, float] | None:
+        """Return (earlier id, estimated similarity) for a near duplicate; else index this text and return None."""
+        sh = shingles(text, self.shingle_size)
+        if not sh:
+            return None
+        sig = self._impl.signature(sh)
+        best: tuple[str, float] | None = None
+        for cand in self._impl.candidates(sig):
+            sim = self._impl.similarity(sig, cand)
+            if sim >= self.threshold and (best is None or sim > best[1]):
+                best = (cand, sim)
+        if best is None:
+            self._impl.insert(doc_id, sig)
+        return best

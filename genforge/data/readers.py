@@ -1,0 +1,166 @@
+"""Read documents from the files users bring: .txt, .jsonl, .parquet, gzip, or a folder of them.
+
+Every malformed input raises `DataError` naming the file and line (`corpus.jsonl:17: ...`), and a
+corpus with no text at all is an error too, because every later stage would fail less clearly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from genforge.errors import DataError
+from genforge.io import read_jsonl
+
+SUFFIXES = (".txt", ".jsonl", ".parquet", ".txt.gz", ".jsonl.gz")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One document: an id (from the file, or `file:line`), its text, and where it came from."""
+
+    id: str
+    text: str
+    source: str  # "path:line", for error messages and reports
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise DataError(f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)} (or a folder of them)")
+
+
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Turn files and folders into a sorted list of supported files; missing paths are errors."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.name.lower().endswith(SUFFIXES))
+            if not found:
+                raise DataError(f"{p}: folder has no {', '.join(SUFFIXES)} files")
+            out.extend(found)
+        elif p.is_file():
+            _kind(p)
+            out.append(p)
+        else:
+            raise DataError(f"{p}: file not found")
+    if not out:
+        raise DataError("no input files given")
+    return out
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_txt(path: Path) -> Iterator[Doc]:
+    """Blank-line separated documents; a document's id is `file:line` of its first line."""
+    lines: list[str] = []
+    start = 0
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                if not lines:
+                    start = lineno
+                lines.append(line.rstrip("\n"))
+            elif lines:
+                yield Doc(f"{path.name}:{start}", "\n".join(lines), f"{path}:{start}")
+                lines = []
+    if lines:
+        yield Doc(f"{path.name}:{start}", "\n".join(lines), f"{path}:{start}")
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line, object) pairs; plain files go through `genforge.io.read_jsonl`, gzip files the same way."""
+    if not path.name.lower().endswith(".gz"):
+        yield from read_jsonl(path)
+        return
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _read_jsonl(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
+    for lineno, obj in _json_rows(path):
+        if text_field not in obj:
+            raise DataError(f'{path}:{lineno}: missing field "{text_field}" (set text_field to the name of the '
+                            f"text field; this row has {', '.join(map(repr, obj)) or 'no fields'})")
+        text = obj[text_field]
+        if not isinstance(text, str):
+            raise DataError(f'{path}:{lineno}: field "{text_field}" must be a string, got {type(text).__name__}')
+        did = obj.get(id_field)
+        yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, f"{path}:{lineno}")
+
+
+def _read_parquet(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow), "
+                        "or convert the file to .jsonl") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    cols = pf.schema_arrow.names
+    if text_field not in cols:
+        raise DataError(f'{path}: no column "{text_field}" (columns: {", ".join(cols)}); set text_field')
+    want = [text_field] + ([id_field] if id_field in cols else [])
+    row = 0
+    for batch in pf.iter_batches(columns=want):
+        data = batch.to_pydict()
+        ids = data.get(id_field, [None] * batch.num_rows)
+        for text, did in zip(data[text_field], ids):
+            row += 1
+            if not isinstance(text, str):
+                raise DataError(f'{path}:row {row}: column "{text_field}" must be a string, got {type(text).__name__}')
+            yield Doc(str(did) if did is not None else f"{path.name}:{row}", text, f"{path}:row {row}")
+
+
+def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], text_field: str = "text",
+                   id_field: str = "id") -> Iterator[Doc]:
+    """Yield every document from files and folders (.txt, .jsonl, .parquet, .txt.gz, .jsonl.gz).
+
+    Raises `DataError` for a missing or unsupported file, a malformed line (`file:line: ...`), or a
+    corpus in which no document has any text.
+    """
+    files = expand_paths(paths)
+    any_text = False
+    for path in files:
+        kind = _kind(path)
+        if kind in (".txt", ".txt.gz"):
+            docs = _read_txt(path)
+        elif kind == ".parquet":
+            docs = _read_parquet(path, text_field, id_field)
+        else:
+            docs = _read_jsonl(path, text_field, id_field)
+        try:
+            for doc in docs:
+                any_text = any_text or bool(doc.text.strip())
+                yield doc
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); re-encode it as UTF-8") from None
+        except (OSError, EOFError) as e:  # truncated or corrupt gzip, unreadable file
+            raise DataError(f"{path}: cannot read ({e})") from None
+    if not any_text:
+        raise DataError(f"empty corpus: no text in {', '.join(map(str, files))}")

@@ -1,0 +1,63 @@
+"""Needle in a haystack: one odd fact hidden at a chosen depth of a long world-text context."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+from genforge.errors import ConfigError
+from genforge.world.corpus import iter_clean_documents
+from genforge.world.facts import build_world
+
+_SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+_WORDS = ("otter", "lantern", "thimble", "walnut", "harbour", "juniper", "comet", "pebble", "saffron", "quill")
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def make_needle(filler_tokens: int, depth: float, seed: int = 0,
+                count_tokens: Callable[[str], int] | None = None) -> dict:
+    """A haystack of about `filler_tokens` tokens of world text with a needle sentence at `depth` (0 = start, 1 = end).
+
+    `count_tokens` measures length (default: whitespace words); pass a tokenizer's counter to size the
+    context for a model. Returns `{"context", "needle", "question", "answer", "depth", "filler_tokens"}`,
+    where `depth` is the depth actually used (the needle goes between sentences).
+    """
+    if not 0 <= depth <= 1:
+        raise ConfigError(f"needle depth must be between 0 and 1, got {depth}")
+    if filler_tokens < 0:
+        raise ConfigError(f"filler_tokens must be >= 0, got {filler_tokens}")
+    count = count_tokens or _words
+    rng = random.Random(f"needle-{seed}")
+    w = build_world(seed, n_people=120, n_towns=20, n_objects=30)
+    town = rng.choice(w.towns).name
+    place = rng.choice(("north gate", "old well", "bell tower", "east bridge", "river mill"))
+    answer = f"{rng.choice(_WORDS)}-{rng.randint(100, 999)}"
+    needle = f"The secret code for the {place} of {town} is {answer}."
+    question = f"What is the secret code for the {place} of {town}?"
+    # Filler: world documents split into sentences until the budget is met.
+    docs = iter_clean_documents(w, random.Random(f"needle-filler-{seed}"))
+    for _ in range(rng.randrange(len(w.people))):  # start somewhere in the mix, not always at the first entry
+        next(docs)
+    sents: list[str] = []
+    lens: list[int] = []
+    total = 0
+    while total < filler_tokens:
+        for s in _SENT_RE.split(next(docs)):
+            if s.strip():
+                sents.append(s.strip())
+                lens.append(count(s.strip()))
+                total += lens[-1]
+                if total >= filler_tokens:
+                    break
+    # Insert at the sentence boundary nearest to depth * total.
+    target, acc, k = depth * total, 0, 0
+    while k < len(sents) and acc + lens[k] / 2 < target:
+        acc += lens[k]
+        k += 1
+    context = " ".join(sents[:k] + [needle] + sents[k:])
+    return {"context": context, "needle": needle, "question": question, "answer": answer,
+            "depth": round(acc / total, 4) if total else 0.0, "filler_tokens": total}
