@@ -1,0 +1,167 @@
+"""Request bodies of the OpenAI-compatible API, and its error body.
+
+Requests are validated strictly (a string where a number belongs is a 400, as OpenAI does, not
+silently coerced). Unknown fields are ignored so that newer clients keep working; fields we
+recognise but cannot honour (logprobs, suffix, best_of > n) are rejected with a clear 400.
+Extensions beyond OpenAI: `top_k`, `repetition_penalty` and `truncate` (drop the oldest prompt
+tokens/messages instead of failing when prompt + max_tokens exceed the context window).
+
+Reference: https://platform.openai.com/docs/api-reference/chat/create and /completions/create.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_N = 8  # choices per request
+MAX_STOP = 4  # stop sequences per request (OpenAI's limit)
+
+
+class APIError(Exception):
+    """An error answered as `{"error": {"message", "type", "param", "code"}}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class TextPart(_Strict):
+    """One part of a multi-part message content (only text parts are supported)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    """A chat message; `developer` is treated as `system` (the newer OpenAI name)."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class SamplingRequest(_Strict):
+    """Fields shared by chat and text completions."""
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)  # extension: 0 = off
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)  # extension (CTRL)
+    truncate: bool = False  # extension: fit an over-long prompt by dropping its oldest part
+    user: str | None = None
+    logprobs: Any = None  # recognised only to refuse it (see reject_unsupported)
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}")
+        if any(s == "" for s in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        return stops
+
+    def stops(self) -> list[str]:
+        return list(self.stop or [])
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    top_logprobs: Any = None
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions; `prompt` is a string, a list of strings, token ids, or a list of token-id lists."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+
+def reject_unsupported(req: SamplingRequest) -> None:
+    """400 for recognised OpenAI features this server does not implement."""
+    if req.logprobs not in (None, False, 0):
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs", code="unsupported")
+    if isinstance(req, ChatRequest) and req.top_logprobs not in (None, 0):
+        raise APIError(400, "top_logprobs is not supported by this server", param="top_logprobs", code="unsupported")
+    if isinstance(req, CompletionRequest):
+        if req.suffix:
+            raise APIError(400, "suffix (insertion) is not supported by this server", param="suffix",
+                           code="unsupported")
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(400, "best_of other than n is not supported by this server", param="best_of",
+                           code="unsupported")
+        if req.echo:
+            raise APIError(400, "echo is not supported by this server", param="echo", code="unsupported")
+
+
+def _field_names() -> set[str]:
+    names: set[str] = set()
+    for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions):
+        names |= set(cls.model_fields)
+    return names
+
+
+def _param(loc: tuple) -> str | None:
+    """'messages[0].content' from a pydantic error location (dropping union member tags such as 'list[int]')."""
+    fields = _field_names()
+    out = ""
+    for item in loc:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        elif item in fields:
+            out += ("." if out else "") + item
+    return out or None
+
+
+def parse_request(cls: type[_Strict], body: Any) -> Any:
+    """Validate a decoded JSON body as `cls`, turning the first problem into a 400 APIError."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return cls.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = _param(tuple(err["loc"]))
+        kind = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
+        if err["type"] == "missing":
+            msg = f"missing required parameter: {param!r}"
+        else:
+            msg = f"invalid value for {param!r}: {err['msg'].removeprefix('Value error, ')}"
+            if "input" in err and err["type"] != "missing" and not isinstance(err["input"], (dict, list)):
+                msg += f" (got {err['input']!r})"
+        raise APIError(400, msg, param=param, code=kind) from None
