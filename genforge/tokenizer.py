@@ -12,6 +12,7 @@ what `Tokenizer.render_chat` renders.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, SYSTEM, USER, ASSISTANT, END]  # ids 0..6, in this order
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+_SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
 # One turn renders as "<|role|>content<|end|>\n"; the whole chat starts with <|bos|>. The
 # generation prompt is "<|assistant|>"; the model ends its turn with <|end|>.
@@ -64,9 +66,23 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
-    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids for text (special-token strings inside text are recognised)."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False, allow_special: bool = True) -> list[int]:
+        """Token ids for text.
+
+        allow_special=True recognises special-token strings inside text ("<|end|>" -> one control
+        token). Untrusted text (a user's chat message) must use allow_special=False, or a user could
+        forge role turns: the strings are then encoded as ordinary bytes.
+        """
+        if allow_special or not any(t in text for t in SPECIAL_TOKENS):
+            ids = self.hf.encode(text, add_special_tokens=False).ids
+        else:
+            ids = []
+            for piece in _SPECIAL_RE.split(text):
+                if piece in SPECIAL_TOKENS:  # "<|end|>" as plain bytes: encode "<|" and "end|>" apart
+                    ids += self.hf.encode(piece[:2], add_special_tokens=False).ids
+                    ids += self.hf.encode(piece[2:], add_special_tokens=False).ids
+                elif piece:
+                    ids += self.hf.encode(piece, add_special_tokens=False).ids
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
@@ -91,7 +107,8 @@ class Tokenizer:
         """(ids, assistant_mask): mask is 1 on the tokens the assistant wrote (content + <|end|>).
 
         Each turn is encoded separately and concatenated, so the mask is exact; the template text
-        is such that this equals encoding the whole rendered string (tested).
+        is such that this equals encoding the whole rendered string (tested). Message content is
+        encoded with allow_special=False: special-token strings a user types stay plain text.
         """
         ids, mask = [self.bos_id], [0]
         for i, m in enumerate(messages):
@@ -99,7 +116,7 @@ class Tokenizer:
             if role not in ROLE_TOKENS:
                 raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS)}, got {role!r}")
             head = self.encode(ROLE_TOKENS[role])
-            body = self.encode(m["content"]) + [self.end_id]
+            body = self.encode(m["content"], allow_special=False) + [self.end_id]
             nl = self.encode("\n")
             learn = 1 if role == "assistant" else 0
             ids += head + body + nl

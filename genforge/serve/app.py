@@ -151,7 +151,8 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
         def encode(ms: list[dict]) -> list[int]:
-            return tokenizer.encode(tokenizer.render_chat(ms, add_generation_prompt=True))
+            # encode_chat keeps special-token strings in message content as plain text (no forged turns)
+            return tokenizer.encode_chat(ms, add_generation_prompt=True)[0]
 
         ids = encode(msgs)
         max_tokens = req.max_completion_tokens or req.max_tokens
