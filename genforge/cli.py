@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"genforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    add_config_command(sub, "speedrun", SpeedrunConfig, _speedrun, "the whole lifecycle on the tiny world -> report card")
+    add_config_command(sub, "speedrun", SpeedrunConfig, _speedrun,
+                       "the whole lifecycle on the tiny world -> report card")
     add_config_command(sub, "pretrain", PretrainConfig, _pretrain, "pretrain a model on packed token shards")
 
     data = sub.add_parser("data", help="make the tiny world, clean corpora, pack token shards")

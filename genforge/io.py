@@ -73,7 +73,8 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Itera
             missing = [k for k in required if k not in obj]
             if missing:
                 want = ", ".join(f'"{k}"' for k in required)
-                raise DataError(f"{path}:{lineno}: missing field {', '.join(missing)} (expected a JSON object with {want})")
+                raise DataError(f"{path}:{lineno}: missing field {', '.join(missing)} "
+                                f"(expected a JSON object with {want})")
             yield lineno, obj
 
 

@@ -109,53 +109,47 @@ class Report:
         return out
 
 
-def line_plot(path: str | Path, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
-              logy: bool = False) -> Path:
-    """Save a simple multi-series line plot (PNG) atomically."""
+def _figure():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt, *plt.subplots(figsize=(6, 3.6), dpi=110)
+
+
+def _save(plt, fig, ax, path: str | Path, title: str, ylabel: str) -> Path:
+    """Title, grid, tight layout, then an atomic PNG write."""
     from genforge.io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 15 else None, markersize=3)
     ax.set_title(title)
-    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path.with_suffix(".png")) as tmp:
+    path = Path(path).with_suffix(".png")
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return path.with_suffix(".png")
+    return path
+
+
+def line_plot(path: str | Path, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,
+              logy: bool = False) -> Path:
+    """Save a multi-series line plot (PNG) atomically."""
+    plt, fig, ax = _figure()
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 15 else None, markersize=3)
+    ax.set_xlabel(xlabel)
+    if logy:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return _save(plt, fig, ax, path, title, ylabel)
 
 
 def bar_plot(path: str | Path, labels: list[str], values: list[float], title: str, ylabel: str) -> Path:
     """Save a bar chart (PNG) atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from genforge.io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    plt, fig, ax = _figure()
     ax.bar(labels, values, color="#4c72b0")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", rotation=30)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path.with_suffix(".png")
+    return _save(plt, fig, ax, path, title, ylabel)

@@ -71,7 +71,8 @@ def tokenizer_stage(ctx, report: StageReport) -> dict:
     manifest = pack_shards((d.text for d in iter_documents(clean)), tok, shards)
     tr = manifest["splits"]["train"]
     report.row("vocab size", tok.vocab_size, note="byte-level BPE, digits split, 7 special tokens")
-    report.row("train tokens", tr["n_tokens"], note=f"{tr['n_docs']:,} documents; val {manifest['splits']['val']['n_tokens']:,}")
+    val = manifest["splits"]["val"]
+    report.row("train tokens", tr["n_tokens"], note=f"{tr['n_docs']:,} documents; val {val['n_tokens']:,}")
     report.row("bytes per token", tr["n_bytes"] / max(tr["n_tokens"], 1), baseline=1.0,
                note="compression vs raw bytes (baseline: a byte-level model)")
     report.row("tokenizer training time", t_train, note="seconds")

@@ -57,7 +57,8 @@ class Tokenizer:
         ids = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
         missing = [t for t, i in ids.items() if i is None]
         if missing:
-            raise CheckpointError(f"tokenizer lacks the special tokens {missing}; retrain it with genforge tokenizer train")
+            raise CheckpointError(f"tokenizer lacks the special tokens {missing}; "
+                                  "retrain it with `genforge tokenizer train`")
         self.pad_id, self.bos_id, self.eos_id = ids[PAD], ids[BOS], ids[EOS]
         self.end_id, self.assistant_id = ids[END], ids[ASSISTANT]
         self.special_ids = set(ids.values())
