@@ -78,6 +78,8 @@ def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """AdamW; weight decay on >=2-D weights only (decaying norm gains hurts, Loshchilov & Hutter 2019)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("nothing to train: every parameter is frozen (check the PEFT / selective-tuning settings)")
     seen, decay, no_decay = set(), [], []
     for p in params:
         if id(p) in seen:  # tied weights appear once
@@ -119,7 +121,13 @@ class Trainer:
     # ---------------------------------------------------------------- checkpointing
     def _load_state(self) -> None:
         state = torch.load(self.ckpt_dir / "trainer_state.pt", map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        # PEFT runs store only trainable tensors: the frozen base comes from where the stage loaded it
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        if unexpected or set(missing) & trainable:
+            raise TrainingError(f"{self.ckpt_dir}: saved state does not fit this model (missing "
+                                f"{sorted(set(missing) & trainable)[:3]}, unexpected {unexpected[:3]}); "
+                                "was the config changed? Use train.resume=false to start over")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
@@ -144,12 +152,18 @@ class Trainer:
         with atomic_dir(self.ckpt_dir) as tmp:
             if self.save_fn:
                 self.save_fn(tmp)
-            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+            state = {"model": self._resume_weights(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                      "bad_steps": self.bad_steps, "rng": rngs}
             if hasattr(self.data, "state_dict"):
                 state["data"] = self.data.state_dict()
             torch.save(state, tmp / "trainer_state.pt")
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, **self.last_eval}, indent=2))
+
+    def _resume_weights(self) -> dict:
+        """The weights resume needs: all of them, or only the trainable ones when part of the model is frozen."""
+        frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
+        sd = self.model.state_dict()
+        return sd if not frozen else {k: v for k, v in sd.items() if k not in frozen}
 
     def log(self, row: dict) -> None:
         if runtime.is_main():

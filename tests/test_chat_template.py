@@ -1,0 +1,121 @@
+"""Chat template: HF's apply_chat_template renders what we render; encode_chat ids and masks; chat sessions."""
+
+import io
+
+import pytest
+import torch
+
+from genforge.tokenizer import TokenizerConfig, train_tokenizer
+
+TEXTS = ["Hello there, how are you today? I am fine, thank you.", "What is 12 plus 30? The answer is 42.",
+         "Summarise: Ada met Bo at the mill. Ada met Bo.", "Translate to Toy: the cat -> ka tet", "héllo wörld 🙂"] * 4
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "The answer is 5."}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Translate: the cat"},
+     {"role": "assistant", "content": "ka tet 🙂"}],
+    [{"role": "user", "content": "  leading and trailing spaces  "}, {"role": "assistant", "content": "\nnew line\n"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS, TokenizerConfig(vocab_size=300, min_frequency=1))
+
+
+@pytest.mark.parametrize("gen", [False, True])
+@pytest.mark.parametrize("conv", range(len(CONVERSATIONS)))
+def test_hf_apply_chat_template_matches_render_chat(tok, tmp_path, conv, gen):
+    from transformers import AutoTokenizer
+
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    msgs = CONVERSATIONS[conv]
+    if gen:
+        msgs = msgs[:-1]  # ends with a user turn: ready for the assistant's reply
+    ours = tok.render_chat(msgs, add_generation_prompt=gen)
+    theirs = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+    assert theirs == ours
+    assert ours.endswith("<|assistant|>") == gen
+    # and HF's ids for the rendered text are ours
+    assert hf(ours, add_special_tokens=False)["input_ids"] == tok.encode(ours)
+
+
+@pytest.mark.parametrize("conv", range(len(CONVERSATIONS)))
+def test_encode_chat_equals_encoding_rendered_text(tok, conv):
+    msgs = CONVERSATIONS[conv]
+    for gen in (False, True):
+        ids, mask = tok.encode_chat(msgs, add_generation_prompt=gen)
+        assert ids == tok.encode(tok.render_chat(msgs, add_generation_prompt=gen))
+        assert len(mask) == len(ids)
+    ids, mask = tok.encode_chat(msgs)
+    # the masked-in tokens decode to exactly the assistant contents, each closed by <|end|>
+    learned = [i for i, m in zip(ids, mask) if m]
+    want = "".join(m["content"] + "<|end|>" for m in msgs if m["role"] == "assistant")
+    assert tok.decode(learned, skip_special=False) == want
+
+
+def _tiny_chat_model(tok, max_seq_len=64):
+    from genforge.model.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, depth=1, width=32, head_dim=16, max_seq_len=max_seq_len)).eval()
+
+
+def test_chat_loop_streams_resets_and_quits(tok):
+    from genforge.chat import ChatSession, chat_loop, respond
+
+    model = _tiny_chat_model(tok)
+    session = ChatSession(model, tok, max_new_tokens=8, temperature=0.0)
+    out = io.StringIO()
+    n = chat_loop(session, io.StringIO("Hi\nWhat is 2 + 3?\n/reset\nHello\n/quit\nnever read\n"), out)
+    assert n == 3
+    text = out.getvalue()
+    assert "[conversation cleared]" in text and "never read" not in text
+    assert len(session.history) == 2  # only the exchange after /reset
+    # the streamed reply is exactly the greedy batch reply
+    streamed = session.history[-1]["content"]
+    assert streamed == respond(model, tok, ["Hello"], max_new_tokens=8)[0]
+
+
+def test_chat_drops_oldest_turns_to_fit_context(tok):
+    from genforge.chat import ChatSession
+
+    model = _tiny_chat_model(tok, max_seq_len=64)
+    session = ChatSession(model, tok, max_new_tokens=8, temperature=0.0, system="Be brief.")
+    for i in range(6):
+        list(session.send(f"Message number {i} please"))
+        ids, _ = tok.encode_chat(session._messages(session.history), add_generation_prompt=True)
+        assert len(ids) <= 64
+    assert session.dropped_turns > 0
+    assert session.history[-2]["content"] == "Message number 5 please"
+    assert all(m["content"] != "Message number 0 please" for m in session.history)
+    # a message that cannot fit even alone is refused with a clear message, and history is untouched
+    before = list(session.history)
+    out = io.StringIO()
+    from genforge.chat import chat_loop
+
+    chat_loop(session, io.StringIO("word " * 80 + "\n"), out)
+    assert "does not fit" in out.getvalue() and session.history == before
+
+
+def test_chat_cli_runs_a_checkpoint_with_an_adapter(tok, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from genforge.chat import add_cli
+    from genforge.checkpoint import save_checkpoint
+    from genforge.model.peft import apply_lora, save_lora
+
+    model = _tiny_chat_model(tok)
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    apply_lora(model, r=2, target_modules=["q_proj"])
+    save_lora(model, tmp_path / "adapter")
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["chat", str(tmp_path / "ckpt"), "--adapter", str(tmp_path / "adapter"),
+                              "--temperature", "0", "--max-new-tokens", "4"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/quit\n"))
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "bot> " in out and "/quit" in out  # the banner names the commands
