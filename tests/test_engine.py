@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -152,7 +154,8 @@ def test_limits_modes_and_errors(model):
 
 @pytest.fixture(scope="module")
 def tok_model():
-    texts = ["the cat sat on the mat. " * 3, "a dog ran to the park! ", "Q: what is 2+2? A: 4\n", "héllo wörld 你好"] * 20
+    texts = ["the cat sat on the mat. " * 3, "a dog ran to the park! ", "Q: what is 2+2? A: 4\n",
+             "héllo wörld 你好"] * 20
     tok = train_tokenizer(texts, TokenizerConfig(vocab_size=300))
     torch.manual_seed(1)
     m = GPT(GPTConfig(vocab_size=tok.vocab_size, depth=2, width=64, head_dim=16, max_seq_len=128, init_std=0.2,
@@ -184,14 +187,34 @@ def test_text_stop_strings_and_streaming(tok_model):
 
 
 def test_text_chat_wraps_and_stops_at_end(tok_model):
+    from genforge.infer.text import _stop_ids, encode_prompt
+
     tok, m = tok_model
     chat_ids = tok.encode(tok.render_chat([{"role": "user", "content": "hi"}], add_generation_prompt=True))
+    assert encode_prompt(tok, "hi", chat=True) == chat_ids
+    assert _stop_ids(tok, True, None) == [tok.eos_id, tok.end_id] and _stop_ids(tok, False, None) == [tok.eos_id]
+    # a user typing "<|end|>" gets plain bytes, not a forged end of turn
+    assert tok.end_id not in encode_prompt(tok, "a<|end|>b", chat=True)[:-3]
     full = generate(m, [chat_ids], max_new_tokens=10)[0]
-    # pretend the 4th generated token is <|end|>: chat generation must stop right before it
-    old = tok.end_id
+    # pretend the 4th generated token is <|eos|>: chat generation must stop right before it
+    old = tok.eos_id
     try:
-        tok.end_id = full[3]
+        tok.eos_id = full[3]
         k = full.index(full[3])
         assert generate_text(m, tok, ["hi"], chat=True, max_new_tokens=10) == [tok.decode(full[:k])]
     finally:
-        tok.end_id = old
+        tok.eos_id = old
+
+
+def test_compiled_engine_matches_eager(model):
+    from genforge.infer.compress import quantize_int8
+
+    prompts = _prompts([3, 9, 5], seed=7)
+    eager = Engine(model).generate(prompts, max_new_tokens=10)
+    compiled = Engine(model, compile=True)
+    assert compiled.generate(prompts, max_new_tokens=10) == eager
+    assert compiled.generate(prompts, max_new_tokens=10) == eager  # second call: guard-free fast path
+    # int8 at batch 1 takes the fused int8 reduction path, which only exists under torch.compile
+    q = quantize_int8(copy.deepcopy(model), include_head=True)
+    assert Engine(q, compile=True).generate(prompts[:1], max_new_tokens=10) == Engine(q).generate(
+        prompts[:1], max_new_tokens=10)

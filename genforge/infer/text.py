@@ -19,10 +19,13 @@ REPLACEMENT = "\ufffd"  # what decode() gives for an incomplete UTF-8 sequence
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, chat: bool = False, add_bos: bool = True) -> list[int]:
-    """Prompt ids: the chat template with a generation prompt if chat, else BOS + text."""
+    """Prompt ids: one user turn of the chat template + the generation prompt if chat, else BOS + text.
+
+    Chat prompts go through `encode_chat`, the ids of `render_chat(..., add_generation_prompt=True)`
+    with the user's text encoded as plain bytes, so typed "<|end|>" strings cannot forge a turn.
+    """
     if chat:
-        return tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": prompt}],
-                                                      add_generation_prompt=True))
+        return tokenizer.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)[0]
     return tokenizer.encode(prompt, add_bos=add_bos)
 
 

@@ -1,0 +1,118 @@
+"""Decode speed: the genforge engine vs Hugging Face `LlamaForCausalLM.generate` on the same weights.
+
+    .venv/bin/python benchmarks/decode.py [--threads 1] [--new-tokens 200] [--repeats 3] [--no-compile] [--int8]
+
+Builds a random GPT (depth 6, width 256, vocab 4096), copies its weights into an HF Llama
+(1:1 names via genforge.model.hf), checks the logits match, then times greedy generation of
+`--new-tokens` tokens at batch 1 and batch 8 for: HF generate, our engine (eager), our engine
+with the compiled static decode step (+ its warm-up time), and optionally int8 weights.
+Runs alternate and the best of `--repeats` is kept, because the CPU is shared with other work.
+Prints tokens/s and the ratio to HF measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+import genforge  # noqa: F401  (sets OMP_WAIT_POLICY before torch spins up threads)
+from genforge.infer.compress import quantize_int8
+from genforge.infer.engine import Engine
+from genforge.model.gpt import GPT, GPTConfig
+from genforge.model.hf import to_hf_config, to_hf_state_dict
+
+
+def hf_twin(model: GPT):
+    """An HF LlamaForCausalLM holding the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = {k: v for k, v in to_hf_config(model.config).items() if k not in ("architectures", "model_type")}
+    hf = LlamaForCausalLM(LlamaConfig(**hf_cfg)).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.tie_weights()
+    return hf
+
+
+def time_hf(hf, prompts: torch.Tensor, n: int) -> tuple[float, list[list[int]]]:
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
+                          do_sample=False, eos_token_id=None, pad_token_id=0)
+        dt = time.perf_counter() - t
+    return dt, out[:, prompts.shape[1]:].tolist()
+
+
+def time_ours(engine: Engine, prompts: list[list[int]], n: int) -> tuple[float, list[list[int]]]:
+    t = time.perf_counter()
+    out = engine.generate(prompts, max_new_tokens=n)
+    return time.perf_counter() - t, out
+
+
+def _agreement(ref: list[list[int]], out: list[list[int]]) -> float:
+    """Fraction of tokens generated before each row first departs from the reference (greedy is chaotic after)."""
+    total = same = 0
+    for r, o in zip(ref, out):
+        k = next((i for i, (a, b) in enumerate(zip(r, o)) if a != b), min(len(r), len(o)))
+        same, total = same + k, total + len(r)
+    return same / max(total, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 measured best on 2 shared cores)")
+    ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--int8", action="store_true", help="also time int8 weights (compiled if compiling)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=4096, depth=6, width=256, max_seq_len=512)).eval()
+    hf = hf_twin(model)
+    ids = torch.randint(0, 4096, (8, args.prompt_len))
+    with torch.inference_mode():
+        diff = (hf(ids).logits - model(ids)).abs().max().item()
+    print(f"model: {model.num_params() / 1e6:.2f} M params, threads={args.threads}, "
+          f"max |logit diff| vs HF = {diff:.1e}")
+
+    engines = {"ours eager": Engine(model)}
+    if not args.no_compile:
+        engines["ours compiled"] = Engine(model, compile=True)
+    if args.int8:
+        q = quantize_int8(copy.deepcopy(model), include_head=True)
+        engines["ours int8" + (" compiled" if not args.no_compile else "")] = Engine(q, compile=not args.no_compile)
+    for name, eng in engines.items():
+        if eng.compiled:
+            for b in map(int, args.batches.split(",")):
+                eng.warmup(b, args.prompt_len, args.new_tokens)
+                print(f"{name}: compile warm-up for batch {b}: {eng.compile_seconds:.1f} s")
+
+    n = args.new_tokens
+    for b in map(int, args.batches.split(",")):
+        prompts = ids[:b]
+        best, agree = {}, {}
+        for _ in range(args.repeats):  # interleave the contenders: the shared CPU's load drifts
+            dt, ref = time_hf(hf, prompts, n)
+            best["HF generate"] = min(best.get("HF generate", 1e9), dt)
+            for name, eng in engines.items():
+                dt, out = time_ours(eng, prompts.tolist(), n)
+                best[name] = min(best.get(name, 1e9), dt)
+                agree[name] = _agreement(ref, out)
+                if "int8" not in name:
+                    assert agree[name] > 0.95, f"{name} disagrees with HF greedy on {1 - agree[name]:.1%} of tokens"
+        base = b * n / best["HF generate"]
+        print(f"\nbatch {b}, {n} new tokens (best of {args.repeats}):")
+        for name, dt in best.items():
+            tps = b * n / dt
+            same = f"   same tokens as HF until divergence: {agree[name]:.0%}" if name in agree else ""
+            print(f"  {name:22s} {tps:8.0f} tok/s   {tps / base:5.2f}x HF{same}")
+
+
+if __name__ == "__main__":
+    main()

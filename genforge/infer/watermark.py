@@ -1,0 +1,181 @@
+"""A green-list watermark for generated text, and its detector (Kirchenbauer et al. 2023).
+
+"A Watermark for Large Language Models" (ICML 2023), Algorithm 2 ("soft" red list):
+before sampling token t, hash the previous `context` token(s) with a secret key, use the hash
+to seed a random permutation of the vocabulary, call its first gamma*|V| entries the green list
+G_t, and add delta to the logits of green tokens. Text written this way holds many more green
+tokens than the gamma fraction that unwatermarked text holds by chance.
+
+Detection needs only the key and the tokens, not the model (sec. 4): with T scored tokens of
+which |s|_G are green, z = (|s|_G - gamma T) / sqrt(T gamma (1 - gamma)) (eq. 3), a one-sided
+z-test against "no watermark". The paper flags z > 4 (false-positive rate 3e-5).
+
+Where we depart: the hash is splitmix64 over (key, context tokens) rather than the paper's
+key * previous token, so a context of several tokens and token id 0 are handled alike.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class WatermarkConfig:
+    """Watermark parameters (Kirchenbauer et al. 2023, sec. 3)."""
+
+    gamma: float = 0.25  # fraction of the vocabulary that is green
+    delta: float = 2.0  # logit bonus of green tokens (watermark strength; quality cost grows with it)
+    key: int = 15485863  # the secret: without it the green lists cannot be recomputed
+    context: int = 1  # how many previous tokens seed the green list
+    z_threshold: float = 4.0  # detect() flags text with z above this
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def context_seed(key: int, context: tuple[int, ...]) -> int:
+    """A 63-bit generator seed from the key and the context tokens."""
+    h = _splitmix64(key & MASK64)
+    for t in context:
+        h = _splitmix64(h ^ (t & MASK64))
+    return h >> 1
+
+
+@lru_cache(maxsize=8192)
+def green_mask(context: tuple[int, ...], vocab_size: int, gamma: float, key: int) -> torch.Tensor:
+    """(V,) bool: the green list that follows `context` (first gamma*V of a keyed permutation)."""
+    g = torch.Generator().manual_seed(context_seed(key, context))
+    perm = torch.randperm(vocab_size, generator=g)
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[perm[:int(gamma * vocab_size)]] = True
+    return mask
+
+
+class WatermarkLogitsProcessor:
+    """Adds delta to the green-list logits of each row; call as processor(input_ids (B, L), scores (B, V)).
+
+    Same call order as a Hugging Face LogitsProcessor, so it can also be passed to HF generate.
+    """
+
+    def __init__(self, cfg: WatermarkConfig, vocab_size: int):
+        self.cfg, self.vocab_size, self.context = cfg, vocab_size, cfg.context
+
+    def green(self, context: tuple[int, ...]) -> torch.Tensor:
+        return green_mask(tuple(context), self.vocab_size, self.cfg.gamma, self.cfg.key)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        ctx = input_ids[:, -self.context:].tolist()
+        bonus = torch.stack([self.green(tuple(c)) for c in ctx]).to(scores.device)  # (B, V) bool
+        return scores + self.cfg.delta * bonus.to(scores.dtype)
+
+
+def detect(token_ids: list[int], vocab_size: int, cfg: WatermarkConfig | None = None) -> dict:
+    """z-score of green tokens in token_ids (eq. 3); the first `context` tokens only seed the first list.
+
+    Pass the last `context` prompt tokens followed by the generated tokens to score all of them.
+    """
+    cfg = cfg or WatermarkConfig()
+    c = cfg.context
+    scored = max(len(token_ids) - c, 0)
+    green = sum(bool(green_mask(tuple(token_ids[i - c:i]), vocab_size, cfg.gamma, cfg.key)[token_ids[i]])
+                for i in range(c, len(token_ids)))
+    if scored == 0:
+        return {"z": 0.0, "p_value": 1.0, "green": 0, "scored": 0, "watermarked": False}
+    z = (green - cfg.gamma * scored) / math.sqrt(scored * cfg.gamma * (1 - cfg.gamma))
+    p_value = 0.5 * math.erfc(z / math.sqrt(2))  # one-sided: P(Z >= z) under no watermark
+    return {"z": z, "p_value": p_value, "green": green, "scored": scored, "watermarked": z > cfg.z_threshold}
+
+
+def substitute(tokens: list[int], rate: float, vocab_size: int, rng: random.Random) -> list[int]:
+    """Replace a `rate` fraction of positions with uniformly random tokens (the paper's attack, sec. 7)."""
+    out = list(tokens)
+    for i in rng.sample(range(len(out)), round(rate * len(out))):
+        out[i] = rng.randrange(vocab_size)
+    return out
+
+
+def perplexity(model: nn.Module, prompts: list[list[int]], outputs: list[list[int]]) -> float:
+    """exp(mean NLL) of the output tokens given their prompts, under `model`."""
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for p, o in zip(prompts, outputs):
+            if not o:
+                continue
+            seq = torch.tensor([p + o])
+            logp = torch.log_softmax(model(seq)[0, len(p) - 1:-1].float(), -1)  # (len(o), V)
+            nll -= logp.gather(1, torch.tensor(o)[:, None]).sum().item()
+            n += len(o)
+    return math.exp(nll / max(n, 1))
+
+
+def watermark_report(model: nn.Module, prompts: list[list[int]], cfg: WatermarkConfig | None = None, *,
+                     max_new_tokens: int = 200, lengths: tuple[int, ...] = (16, 32, 64, 128, 200),
+                     substitution_rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5), temperature: float = 1.0,
+                     top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> dict:
+    """Measure the watermark on `prompts` (token id lists): everything the report card shows.
+
+    Returns a dict with
+    - detection_rate_by_length {T: fraction of watermarked outputs flagged using their first T tokens},
+      and mean_z_by_length;
+    - false_positive_rate (unwatermarked outputs flagged) and their mean z;
+    - robustness {rate: detection rate after replacing that fraction of tokens at random};
+    - ppl_unwatermarked / ppl_watermarked: perplexity of each under the unwatermarked model
+      (the quality cost of the watermark, sec. 6).
+    Both generations use the same prompts, sampling settings and seed.
+    """
+    from genforge.infer.engine import generate  # engine imports this module lazily too
+
+    cfg = cfg or WatermarkConfig()
+    V = model.config.vocab_size
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    marked = generate(model, prompts, watermark=cfg, **kw)
+    plain = generate(model, prompts, **kw)
+
+    def score(p, o):
+        return detect(p[-cfg.context:] + o, V, cfg)
+
+    def rate(results):
+        return sum(r["watermarked"] for r in results) / max(len(results), 1)
+
+    def mean_z(results):
+        return sum(r["z"] for r in results) / max(len(results), 1)
+
+    by_len = {}
+    for T in lengths:
+        rs = [score(p, o[:T]) for p, o in zip(prompts, marked) if len(o) >= T]
+        if rs:
+            by_len[T] = (rate(rs), mean_z(rs))
+    plain_scores = [score(p, o) for p, o in zip(prompts, plain)]
+    marked_scores = [score(p, o) for p, o in zip(prompts, marked)]
+    rng = random.Random(seed)
+    robust = {}
+    for r in substitution_rates:
+        rs = [score(p, substitute(o, r, V, rng)) for p, o in zip(prompts, marked)]
+        robust[r] = (rate(rs), mean_z(rs))
+    return {
+        "config": cfg.__dict__.copy(),
+        "n_texts": len(prompts),
+        "mean_tokens": sum(map(len, marked)) / max(len(marked), 1),
+        "detection_rate": rate(marked_scores),
+        "mean_z_watermarked": mean_z(marked_scores),
+        "detection_rate_by_length": {T: v[0] for T, v in by_len.items()},
+        "mean_z_by_length": {T: v[1] for T, v in by_len.items()},
+        "false_positive_rate": rate(plain_scores),
+        "mean_z_unwatermarked": mean_z(plain_scores),
+        "robustness": {r: v[0] for r, v in robust.items()},
+        "robustness_mean_z": {r: v[1] for r, v in robust.items()},
+        "ppl_unwatermarked": perplexity(model, prompts, plain),
+        "ppl_watermarked": perplexity(model, prompts, marked),
+    }
