@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from genforge.errors import GenforgeError
+from genforge.errors import ConfigError, GenforgeError
 
 # Subcommands other modules register: each names "module:add_cli", a function add_cli(subparsers)
 # that adds its parser(s) and sets `func` on them. Modules that are missing are skipped.
@@ -147,22 +147,49 @@ def _export(args):
 
 
 def _generate(args):
-    from genforge.checkpoint import load_checkpoint
+    from genforge.checkpoint import load_checkpoint, load_model
     from genforge.errors import CheckpointError
-    from genforge.infer.text import stream_text
+    from genforge.infer.text import encode_prompt, stream_text, truncate_at_stop
 
     model, tok, _ = load_checkpoint(args.checkpoint)
     if tok is None:
         raise CheckpointError(f"{args.checkpoint}: no tokenizer.json beside the weights; cannot turn text into ids")
+    if args.adapter:
+        from genforge.model.peft import load_adapter
+
+        model = load_adapter(model, args.adapter)
+    if args.quantize == "int8":
+        from genforge.infer.compress import quantize_int8
+
+        model = quantize_int8(model)
+    elif args.quantize == "bf16":
+        from genforge.infer.compress import to_bf16
+
+        model = to_bf16(model)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.watermark:
+        from genforge.infer.watermark import WatermarkConfig
+
+        sampling["watermark"] = WatermarkConfig(key=args.watermark_key)
+    draft = load_model(args.draft) if args.draft else None
     prompts = args.prompt or [sys.stdin.read()]
     for prompt in prompts:
-        if len(prompts) > 1 or not args.prompt:
-            print(f"### {prompt.strip()}")
-        else:
-            print(prompt, end="", flush=True)
+        print(f"### {prompt.strip()}" if len(prompts) > 1 or not args.prompt else prompt, end="" if
+              len(prompts) == 1 and args.prompt else "\n", flush=True)
+        if draft is not None:  # speculative decoding: the draft proposes, the target verifies
+            from genforge.infer.speculative import speculative_generate
+
+            if args.watermark:
+                raise ConfigError("--watermark and --draft cannot be combined (the verifier samples the target)")
+            ids, stats = speculative_generate(
+                model, draft, encode_prompt(tok, prompt, args.chat), k=args.draft_k, max_new_tokens=args.max_new_tokens,
+                stop_ids=[tok.eos_id, tok.end_id] if args.chat else [tok.eos_id], **sampling)
+            print(truncate_at_stop(tok.decode(ids), args.stop or ())[0])
+            print(f"[speculative: acceptance {stats['acceptance_rate']:.2f}, "
+                  f"{stats['tokens_per_target_call']:.2f} tokens per target call]", file=sys.stderr)
+            continue
         for delta in stream_text(model, tok, prompt, stop=args.stop or (), max_new_tokens=args.max_new_tokens,
-                                 chat=args.chat, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                 seed=args.seed):
+                                 chat=args.chat, **sampling):
             print(delta, end="", flush=True)
         print()
 
@@ -220,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
+    p.add_argument("--adapter", help="PEFT adapter folder (LoRA / prompt tuning / bottleneck) to apply")
+    p.add_argument("--draft", help="draft checkpoint for speculative decoding (same tokenizer)")
+    p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per target call")
+    p.add_argument("--watermark", action="store_true", help="bias sampling toward a keyed green list (detectable)")
+    p.add_argument("--watermark-key", type=int, default=15485863)
+    p.add_argument("--quantize", choices=["int8", "bf16"], help="weight-only int8 or bf16 weights")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("import", help="turn a local Hugging Face Llama-family folder into a genforge checkpoint")
