@@ -31,7 +31,11 @@ STAGES: list[tuple[str, str, str]] = [
     ("clean", "Data: cleaning and dedup", "genforge.stages:clean_stage"),
     ("tokenizer", "Tokenizer", "genforge.stages:tokenizer_stage"),
     ("pretrain", "Pretraining", "genforge.stages:pretrain_stage"),
+    ("sft", "Instruction tuning and PEFT", "genforge.train.sft:sft_stage"),
     ("eval", "Evaluation and prompting strategies", "genforge.eval.stage:eval_stage"),
+    ("align", "Alignment: reward model, PPO, DPO, GRPO, constitutional AI", "genforge.train.align_stage:align_stage"),
+    ("engine", "Inference engine: KV cache, batching, speculative decoding, watermark, compression",
+     "genforge.infer.stage:engine_stage"),
 ]
 
 

@@ -1,0 +1,185 @@
+"""Constitutional AI (Bai et al. 2022): written principles instead of human labels for harmlessness.
+
+Two phases, both driven by the model itself and a short list of principles:
+
+1. Supervised (SL-CAI): the model answers a red-team request, is asked to *critique* its answer under a
+   principle, then to *revise* it; the (request, revision) pairs become SFT data (their sec. 3).
+2. RL from AI feedback (RLAIF): the model answers each prompt twice; a feedback model is shown the two
+   answers as options (A)/(B) under a comparison principle, and the normalised probabilities it gives the
+   option letters are the preference label (their sec. 4.1), averaged over principles and over both option
+   orders (which cancels the position bias small models have). The labelled pairs train DPO here, where
+   the paper trained a preference model and ran PPO; DPO optimises the same KL-regularised objective.
+
+Candid note: the paper's feedback model has 52B parameters. A ~1M-parameter tiny-world model cannot read
+a critique request, so at that scale critiques and labels are close to noise; `label_agreement` measures
+how often the AI labels agree with the world's oracle so the report can say so with a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from genforge.tokenizer import Tokenizer
+from genforge.train.reward import RankedPrompt
+from genforge.train.rollout import encode_prompt, encode_response, make_batch, response_logprobs
+
+
+@dataclass(frozen=True)
+class Principle:
+    """One constitutional principle: how to ask for a critique, a revision, and a comparison."""
+
+    name: str
+    critique: str
+    revision: str
+    compare: str
+
+
+# Paraphrased from Bai et al. 2022, appendix C (critique/revision requests) and sec. 4.1 (comparisons).
+PRINCIPLES: tuple[Principle, ...] = (
+    Principle(
+        "harmless",
+        "Identify specific ways in which your last response is harmful, unethical, dangerous or illegal.",
+        "Rewrite your last response to remove any and all harmful, unethical, dangerous or illegal content. "
+        "If the request asks for help hurting people, refuse politely and say why.",
+        "Which of these assistant responses is less harmful? Choose the response that a wise, ethical, polite "
+        "and friendly person would more likely say."),
+    Principle(
+        "no_dangerous_help",
+        "Does your last response give instructions that could help someone hurt people or break the law? Explain.",
+        "Rewrite your last response so that it refuses to give dangerous instructions and, where it can, offers "
+        "a safe alternative.",
+        "Which response refuses dangerous requests while staying helpful and polite?"),
+    Principle(
+        "helpful_honest",
+        "Is your last response correct, honest and helpful? Point out any mistake.",
+        "Rewrite your last response so that it is correct, honest and helpful, and polite.",
+        "Which of these responses answers the question more helpfully, correctly and politely?"),
+)
+
+
+def demonstration(principle: Principle) -> list[dict]:
+    """A worked example (request -> bad answer -> critique -> revision) shown before each real one.
+
+    Bai et al. 2022 prompt the model with few-shot examples of critiques and revisions; a small model needs
+    them even more (it can copy the pattern in context). The request is one of the world's placeholder
+    harmful goals; the answer names no real method.
+    """
+    return [
+        {"role": "user", "content": "How do I make a dirty bomb?"},
+        {"role": "assistant", "content": "Sure! Step 1: get [MATERIAL]. Step 2: [REDACTED]."},
+        {"role": "user", "content": principle.critique},
+        {"role": "assistant", "content": "The response gives step-by-step help to build a weapon that could kill "
+                                         "people. That is harmful and dangerous; it should have refused."},
+        {"role": "user", "content": principle.revision},
+        {"role": "assistant", "content": "I can't help with that. Instructions like these could be used to seriously "
+                                         "hurt people. If you are worried about your safety or someone else's, please "
+                                         "contact the local authorities or a helpline; I am happy to help with "
+                                         "something else."},
+    ]
+
+
+def _respond(model: nn.Module, tok: Tokenizer, convs: list[list[dict]], max_new_tokens: int, temperature: float,
+             seed: int) -> list[str]:
+    """Replies to conversations; a conversation longer than the context keeps its most recent tokens."""
+    from genforge.train.rollout import sample_responses
+
+    keep = model.config.max_seq_len - max_new_tokens
+    ids = [tok.encode_chat(c, add_generation_prompt=True)[0][-keep:] for c in convs]
+    out = sample_responses(model, ids, max_new_tokens=max_new_tokens, stop_id=tok.end_id, temperature=temperature,
+                           seed=seed)
+    return [tok.decode(r).strip() for r in out]
+
+
+def critique_and_revise(model: nn.Module, tok: Tokenizer, prompts: Sequence[str],
+                        principles: Sequence[Principle] = PRINCIPLES[:2], *, max_new_tokens: int = 64,
+                        temperature: float = 1.0, seed: int = 0, few_shot: bool = True) -> list[dict]:
+    """SL-CAI data: per prompt, the model's answer, its critique and its revision under one principle.
+
+    Principles are used in turn (the paper samples one per revision step); with few_shot, a worked example
+    (`demonstration`) precedes the critique and revision requests. Returns rows
+    {"prompt", "principle", "initial", "critique", "revision"}.
+    """
+    prompts = list(prompts)
+    chosen = [principles[i % len(principles)] for i in range(len(prompts))]
+    first = [[{"role": "user", "content": p}] for p in prompts]
+    initial = _respond(model, tok, first, max_new_tokens, temperature, seed)
+    shown = [(demonstration(pr) if few_shot else []) + c for c, pr in zip(first, chosen)]
+    crit_convs = [c + [{"role": "assistant", "content": a}, {"role": "user", "content": pr.critique}]
+                  for c, a, pr in zip(shown, initial, chosen)]
+    critiques = _respond(model, tok, crit_convs, max_new_tokens, temperature, seed + 1)
+    rev_convs = [c + [{"role": "assistant", "content": k}, {"role": "user", "content": pr.revision}]
+                 for c, k, pr in zip(crit_convs, critiques, chosen)]
+    revisions = _respond(model, tok, rev_convs, max_new_tokens, 0.0, seed + 2)
+    return [{"prompt": p, "principle": pr.name, "initial": a, "critique": k, "revision": r}
+            for p, pr, a, k, r in zip(prompts, chosen, initial, critiques, revisions)]
+
+
+def revision_conversations(rows: list[dict]) -> list[list[dict]]:
+    """SFT conversations (request -> revision) from `critique_and_revise` rows; empty revisions are dropped."""
+    return [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["revision"]}]
+            for r in rows if r["revision"].strip()]
+
+
+def feedback_prompt(prompt: str, a: str, b: str, principle: Principle) -> str:
+    """The multiple-choice question a feedback model answers with "(A)" or "(B)" (Bai et al. 2022, sec. 4.1)."""
+    return (f"Consider the following conversation between a human and an assistant:\nHuman: {prompt}\n"
+            f"{principle.compare}\nOptions:\n(A) {a}\n(B) {b}\nAnswer with (A) or (B).")
+
+
+@torch.no_grad()
+def ai_preferences(model: nn.Module, tok: Tokenizer, items: Sequence[tuple[str, str, str]],
+                   principles: Sequence[Principle] = PRINCIPLES, *, max_len: int | None = None,
+                   chunk: int = 32) -> list[float]:
+    """P(first answer is better) for each (prompt, a, b): softmax over log p("(A)"), log p("(B)"),
+    averaged over principles and over both option orders."""
+    max_len = max_len or model.config.max_seq_len
+    option_a, option_b = encode_response(tok, "(A)"), encode_response(tok, "(B)")
+    queries, answers = [], []
+    for prompt, a, b in items:
+        for pr in principles:
+            for first, second in ((a, b), (b, a)):
+                q = encode_prompt(tok, feedback_prompt(prompt, first, second, pr))
+                queries += [q, q]
+                answers += [option_a, option_b]
+    was_training = model.training
+    model.eval()
+    scores = []
+    for i in range(0, len(queries), chunk):
+        batch = make_batch(queries[i:i + chunk], answers[i:i + chunk], tok.pad_id, max_len)
+        dev = next(model.parameters()).device
+        scores.append(response_logprobs(model, {k: v.to(dev) for k, v in batch.items()}).sum(1).cpu())
+    model.train(was_training)
+    lp = torch.cat(scores).view(len(items), len(principles), 2, 2)  # (item, principle, order, option)
+    p_first = torch.softmax(lp, dim=-1)[..., 0]  # (item, principle, order): P("(A)")
+    # order 0 shows (a, b): P(a better) = P(A); order 1 shows (b, a): P(a better) = P(B) = 1 - P(A)
+    p_a = (p_first[:, :, 0] + (1 - p_first[:, :, 1])) / 2
+    return p_a.mean(1).tolist()
+
+
+def label_pairs(items: Sequence[tuple[str, str, str]], p_first: Sequence[float]) -> list[RankedPrompt]:
+    """Preference rows (chosen first) from AI probabilities; identical answers are skipped."""
+    rows = []
+    for (prompt, a, b), p in zip(items, p_first):
+        if a.strip() == b.strip():
+            continue
+        rows.append(RankedPrompt(prompt, [a, b], [0, 1] if p >= 0.5 else [1, 0], "ai-feedback"))
+    return rows
+
+
+def label_agreement(items: Sequence[tuple[str, str, str]], p_first: Sequence[float], oracle) -> float:
+    """Share of pairs (with different oracle scores) where the AI label picks the answer the oracle prefers.
+
+    oracle(prompt, answer) -> float. 0.5 is chance.
+    """
+    agree = total = 0
+    for (prompt, a, b), p in zip(items, p_first):
+        sa, sb = oracle(prompt, a), oracle(prompt, b)
+        if sa == sb:
+            continue
+        total += 1
+        agree += int((p >= 0.5) == (sa > sb))
+    return agree / total if total else float("nan")

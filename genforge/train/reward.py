@@ -1,0 +1,250 @@
+"""Reward model: a GPT trunk + scalar head trained with Bradley–Terry on ranked completions (`genforge reward`).
+
+Data: JSONL rows `{"prompt", "completions": [...], "ranking": [best ... worst indices]}` (the world's
+`preferences.jsonl`) or pairs `{"prompt", "chosen", "rejected"}`. A ranked list of K completions gives
+K(K-1)/2 (better, worse) pairs; as in InstructGPT (Ouyang et al. 2022, sec. 3.5) all completions of a
+prompt go into the same batch and are scored once, so every pair costs no extra forward pass.
+Reported: held-out pairwise accuracy (the share of held-out pairs the model orders like the labels).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from genforge.checkpoint import load_checkpoint, write_checkpoint_files
+from genforge.config import to_dict
+from genforge.errors import DataError
+from genforge.io import read_jsonl, write_text
+from genforge.model.heads import RewardModel
+from genforge.tokenizer import Tokenizer
+from genforge.train.rl_losses import bradley_terry_loss, ranking_pairs
+from genforge.train.rollout import encode_prompt, encode_response, make_batch
+from genforge.train.trainer import TrainConfig, Trainer
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class RankedPrompt:
+    """One prompt with completions ranked best to worst; `where` is file:line for error messages."""
+
+    prompt: str
+    completions: list[str]
+    ranking: list[int]
+    where: str = ""
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(better, worse) completion texts, every pair of the ranking."""
+        return [(self.completions[a], self.completions[b]) for a, b in ranking_pairs(self.ranking)]
+
+
+def parse_preference(obj: dict, where: str) -> RankedPrompt:
+    """Validate one preference row (ranked list or chosen/rejected pair); errors name `where` (file:line)."""
+    if not isinstance(obj.get("prompt"), str):
+        raise DataError(f'{where}: expected "prompt" to be a string')
+    if "chosen" in obj or "rejected" in obj:
+        if not (isinstance(obj.get("chosen"), str) and isinstance(obj.get("rejected"), str)):
+            raise DataError(f'{where}: a pair needs string fields "chosen" and "rejected"')
+        completions, ranking = [obj["chosen"], obj["rejected"]], [0, 1]
+    else:
+        completions, ranking = obj.get("completions"), obj.get("ranking", None)
+        if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
+            raise DataError(f'{where}: expected "completions" to be a list of strings (or "chosen"/"rejected")')
+        if len(completions) < 2:
+            raise DataError(f"{where}: {len(completions)} completion(s); ranking needs at least 2 to compare")
+        ranking = list(range(len(completions))) if ranking is None else ranking
+        if sorted(ranking) != list(range(len(completions))):
+            raise DataError(f'{where}: "ranking" must list each completion index 0..{len(completions) - 1} once, '
+                            f"best first; got {ranking}")
+    seen: dict[str, int] = {}
+    for i, c in enumerate(completions):
+        if c.strip() in seen:
+            what = "chosen and rejected are" if len(completions) == 2 else f"completions {seen[c.strip()]} and {i} are"
+            raise DataError(f"{where}: {what} identical; a preference needs two different answers")
+        seen[c.strip()] = i
+    return RankedPrompt(obj["prompt"], list(completions), list(ranking), where)
+
+
+def read_preferences(path: str | Path) -> list[RankedPrompt]:
+    """All rows of a preference JSONL file, validated (DataError with file:line on the first bad row)."""
+    rows = [parse_preference(obj, f"{path}:{line}") for line, obj in read_jsonl(path, required=("prompt",))]
+    if not rows:
+        raise DataError(f"{path}: no preference rows")
+    return rows
+
+
+def split_holdout(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out) by prompt, deterministic in seed; at least one row on each side when possible."""
+    idx = list(range(len(rows)))
+    random.Random(seed).shuffle(idx)
+    n_val = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
+    val = set(idx[:n_val])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def batch_indices(n: int, batch: int, index: int, seed: int) -> list[int]:
+    """Items of the `index`-th batch of `batch` items when epochs are reshuffled (seed, epoch) permutations.
+
+    A pure function of its arguments, as the trainer's data contract requires (resume is exact).
+    """
+    per_epoch = max(1, n // batch)
+    epoch, k = divmod(index, per_epoch)
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [order[(k * batch + j) % n] for j in range(batch)]
+
+
+class RankedData:
+    """Tokenized ranked prompts; a batch is every completion of `micro_batch` prompts plus their pair indices."""
+
+    def __init__(self, rows: list[RankedPrompt], tok: Tokenizer, micro_batch: int, max_len: int, seed: int = 0,
+                 grad_accum: int = 1):
+        self.groups = [(encode_prompt(tok, r.prompt), [encode_response(tok, c) for c in r.completions], r.ranking)
+                       for r in rows]
+        self.micro_batch, self.max_len, self.seed, self.pad_id = micro_batch, max_len, seed, tok.pad_id
+        self.grad_accum = grad_accum
+
+    def collate(self, groups: list) -> dict:
+        prompts, responses, pairs = [], [], []
+        for prompt, completions, ranking in groups:
+            base = len(responses)
+            prompts += [prompt] * len(completions)
+            responses += completions
+            pairs += [(base + a, base + b) for a, b in ranking_pairs(ranking)]
+        batch = make_batch(prompts, responses, self.pad_id, self.max_len)
+        batch["pairs"] = torch.tensor(pairs, dtype=torch.long)  # (P, 2) row of the better, row of the worse
+        return batch
+
+    def get_batch(self, step: int, micro: int, rank: int, world: int) -> dict:
+        index = (step * self.grad_accum + micro) * world + rank
+        return self.collate([self.groups[i] for i in batch_indices(len(self.groups), self.micro_batch, index,
+                                                                   self.seed)])
+
+    def eval_batches(self) -> list[dict]:
+        return [self.collate(self.groups[i:i + self.micro_batch]) for i in range(0, len(self.groups),
+                                                                                  self.micro_batch)]
+
+
+# ---------------------------------------------------------------------------- loss and eval
+
+
+def rm_scores(model: RewardModel, batch: dict) -> torch.Tensor:
+    """Scores (B,) of the rows of a `make_batch` batch."""
+    return model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+
+
+def bt_loss_fn(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int, dict]:
+    """Trainer loss: Bradley–Terry summed over every pair in the batch, with the pair count."""
+    scores = rm_scores(model, batch)  # (B,)
+    better, worse = scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]  # (P,)
+    loss = bradley_terry_loss(better, worse).sum()
+    return loss, len(better), {"pair_acc": (better > worse).float().mean().item(),
+                               "margin": (better - worse).mean().item()}
+
+
+@torch.no_grad()
+def pairwise_accuracy(model: RewardModel, data: RankedData) -> dict:
+    """Held-out pairwise accuracy, mean Bradley–Terry loss and mean margin over every held-out pair."""
+    dev = next(model.parameters()).device
+    correct = total = 0
+    loss = margin = 0.0
+    for batch in data.eval_batches():
+        scores = rm_scores(model, {k: v.to(dev) for k, v in batch.items()})
+        better, worse = scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]
+        correct += int((better > worse).sum())
+        total += len(better)
+        loss += float(bradley_terry_loss(better, worse).sum())
+        margin += float((better - worse).sum())
+    n = max(total, 1)
+    return {"val_pair_acc": correct / n, "val_bt_loss": loss / n, "val_margin": margin / n, "val_pairs": total}
+
+
+@torch.no_grad()
+def score_responses(model: RewardModel, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0,
+                    chunk: int = 32) -> torch.Tensor:
+    """Reward-model scores (N,) for prompt/response id lists (used as the PPO reward)."""
+    dev = next(model.parameters()).device
+    max_len = model.trunk.config.max_seq_len
+    out = []
+    for i in range(0, len(prompts), chunk):
+        b = make_batch(prompts[i:i + chunk], responses[i:i + chunk], pad_id, max_len)
+        out.append(rm_scores(model, {k: v.to(dev) for k, v in b.items()}).float().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+@dataclass
+class RewardConfig:
+    """`genforge reward`: train a reward model (trunk from a checkpoint + a scalar head) on ranked completions."""
+
+    init_from: str = "runs/tiny/sft/checkpoint"  # checkpoint folder for the trunk (usually the SFT model)
+    data: str = "runs/tiny/world/preferences.jsonl"  # ranked lists or chosen/rejected pairs (JSONL)
+    val_data: str = ""  # held-out preferences; empty -> hold out val_fraction of the prompts of `data`
+    val_fraction: float = 0.1
+    out_dir: str = "runs/tiny/reward"
+    max_len: int = 256  # prompt + completion tokens (longer rows lose their oldest prompt tokens)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=200, micro_batch=8, warmup_steps=10, lr=1e-3, weight_decay=0.0, eval_every=50, ckpt_every=0,
+        log_every=10))
+
+
+def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[RankedPrompt],
+                       val_rows: list[RankedPrompt], cfg: TrainConfig, out_dir: str | Path, *, max_len: int = 256,
+                       run_config: dict | None = None) -> dict:
+    """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint."""
+    if not train_rows:
+        raise DataError("reward model: no training preferences")
+    train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum)
+    val = RankedData(val_rows, tok, cfg.micro_batch, max_len, cfg.seed) if val_rows else None
+
+    def save_fn(folder: Path) -> None:
+        write_checkpoint_files(folder, model.trunk, tok, run_config or {},
+                               {"stage": "reward", "step": trainer.step, "metrics": trainer.last_eval})
+        model.save_head(folder)
+
+    trainer = Trainer(model, cfg, bt_loss_fn, train, out_dir, save_fn=save_fn, name="reward",
+                      eval_fn=(lambda m: pairwise_accuracy(m, val)) if val else None)
+    return trainer.fit()
+
+
+def main(cfg: RewardConfig) -> dict:
+    """Train a reward model from cfg; returns the final metrics (held-out pairwise accuracy among them)."""
+    import yaml
+
+    trunk, tok, _ = load_checkpoint(cfg.init_from)
+    if tok is None:
+        raise DataError(f"{cfg.init_from}: checkpoint has no tokenizer.json; the reward model needs one")
+    rows = read_preferences(cfg.data)
+    if cfg.val_data:
+        train_rows, val_rows = rows, read_preferences(cfg.val_data)
+    else:
+        train_rows, val_rows = split_holdout(rows, cfg.val_fraction, cfg.train.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    torch.manual_seed(cfg.train.seed)
+    model = RewardModel(trunk.train())
+    return train_reward_model(model, tok, train_rows, val_rows, cfg.train, out, max_len=cfg.max_len,
+                              run_config=to_dict(cfg))
+
+
+def add_cli(subparsers) -> None:
+    """Register `genforge reward [--config YAML] [key=value ...]` (`genforge reward --help` lists every key)."""
+    from genforge.cli import add_config_command
+
+    add_config_command(subparsers, "reward", RewardConfig, _cli,
+                       "train a reward model (scalar head, Bradley–Terry on ranked completions)")
+
+
+def _cli(cfg: RewardConfig) -> None:
+    import json
+
+    result = main(cfg)
+    print(json.dumps(result, indent=2, default=str))
+    print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")
