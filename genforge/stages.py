@@ -88,11 +88,11 @@ def pretrain_config(ctx):
     from genforge.train.pretrain import PretrainConfig
 
     cfg = PretrainConfig(shards=ctx.need("tokenizer")["shards"], out_dir=str(ctx.path("pretrain")))
-    cfg.seq_len = ctx.pick(64, 256, 256)
+    cfg.seq_len = ctx.pick(128, 256, 256)
     cfg.model.depth = ctx.pick(2, 4, 6)
-    cfg.model.max_seq_len = ctx.pick(128, 512, 512)
+    cfg.model.max_seq_len = ctx.pick(256, 512, 512)
     cfg.train.max_steps = ctx.pick(60, 900, 3000)
-    cfg.train.micro_batch = ctx.pick(8, 16, 32)
+    cfg.train.micro_batch = ctx.pick(4, 16, 32)
     cfg.train.warmup_steps = ctx.pick(5, 50, 100)
     cfg.train.eval_every = ctx.pick(30, 150, 300)
     cfg.train.ckpt_every = ctx.pick(30, 150, 300)
