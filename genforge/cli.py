@@ -77,6 +77,19 @@ def add_config_command(sub, name: str, cls: type, run: Callable, help: str, posi
     return p
 
 
+def add_stage_command(sub, name: str, cls: type, main_fn: Callable, help: str):
+    """A config command for a training stage: runs main_fn(cfg), prints its metrics and the checkpoint path."""
+
+    def run(cfg):
+        import json
+
+        result = main_fn(cfg)
+        print(json.dumps(result, indent=2, default=str))
+        print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")
+
+    return add_config_command(sub, name, cls, run, help)
+
+
 # ------------------------------------------------------------------ built-in commands
 def _speedrun(cfg):
     from genforge.speedrun import main

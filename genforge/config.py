@@ -137,3 +137,14 @@ def update(cfg: T, overrides: dict | list | None) -> T:
     for k, v in (overrides or {}).items():
         _apply(cfg, k, v)
     return cfg
+
+
+def save_resolved(cfg: Any, out_dir: str | Path) -> dict:
+    """Create out_dir and write the resolved config there as config.yaml (atomically); return it as a dict."""
+    from genforge.io import write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = to_dict(cfg)
+    write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return resolved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -56,11 +57,15 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> int:
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, object) for each non-blank line; bad lines raise `DataError` naming file:line."""
+    """Yield (line_number, object) for each non-blank line; bad lines raise `DataError` naming file:line.
+
+    Files ending in .gz are decompressed on the fly.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

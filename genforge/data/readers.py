@@ -7,7 +7,6 @@ corpus with no text at all is an error too, because every later stage would fail
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,21 +82,8 @@ def _read_txt(path: Path) -> Iterator[Doc]:
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line, object) pairs; plain files go through `genforge.io.read_jsonl`, gzip files the same way."""
-    if not path.name.lower().endswith(".gz"):
-        yield from read_jsonl(path)
-        return
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    """(line, object) pairs through `genforge.io.read_jsonl` (which also reads .gz)."""
+    yield from read_jsonl(path)
 
 
 def _read_jsonl(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:

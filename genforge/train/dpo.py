@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from genforge.checkpoint import load_checkpoint
-from genforge.config import to_dict
+from genforge.config import save_resolved, to_dict
 from genforge.errors import DataError
-from genforge.io import write_text
 from genforge.tokenizer import Tokenizer
 from genforge.train.reward import RankedPrompt, batch_indices, read_preferences, split_holdout
 from genforge.train.rl_losses import dpo_loss
@@ -143,7 +142,6 @@ def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPr
 
 def main(cfg: DPOConfig) -> dict:
     """Run DPO from cfg; returns the final metrics (held-out preference accuracy and margin among them)."""
-    import yaml
 
     model, tok, _ = load_checkpoint(cfg.init_from)
     if tok is None:
@@ -154,8 +152,7 @@ def main(cfg: DPOConfig) -> dict:
     else:
         train_rows, val_rows = split_holdout(rows, cfg.val_fraction, cfg.train.seed)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_resolved(cfg, out)
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     return train_dpo(policy, tok, train_rows, val_rows, cfg.train, out, beta=cfg.beta, max_len=cfg.max_len,
                      run_config=to_dict(cfg))
@@ -163,15 +160,7 @@ def main(cfg: DPOConfig) -> dict:
 
 def add_cli(subparsers) -> None:
     """Register `genforge dpo [--config YAML] [key=value ...]` (`genforge dpo --help` lists every key)."""
-    from genforge.cli import add_config_command
+    from genforge.cli import add_stage_command
 
-    add_config_command(subparsers, "dpo", DPOConfig, _cli,
+    add_stage_command(subparsers, "dpo", DPOConfig, main,
                        "direct preference optimisation against a frozen reference")
-
-
-def _cli(cfg: DPOConfig) -> None:
-    import json
-
-    result = main(cfg)
-    print(json.dumps(result, indent=2, default=str))
-    print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")

@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from genforge.config import to_dict
+from genforge.config import save_resolved, to_dict
 from genforge.errors import ConfigError, DataError
-from genforge.io import write_text
 from genforge.tokenizer import Tokenizer
 from genforge.train.rl_losses import entropy_from_logits, group_advantages, grpo_loss, masked_mean
 from genforge.train.rollout import (
@@ -133,7 +132,6 @@ def train_grpo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn
 
 def main(cfg: GRPOConfig) -> dict:
     """Run GRPO from cfg with the world's answer check as the reward; returns the final statistics."""
-    import yaml
 
     from genforge.checkpoint import load_checkpoint
     from genforge.train.ppo import read_prompts, verifiable_reward
@@ -148,8 +146,7 @@ def main(cfg: GRPOConfig) -> dict:
         if not prompts:
             raise DataError(f"{cfg.prompts}: no rows with task in {sorted(keep)}")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_resolved(cfg, out)
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     result, history = train_grpo(policy, tok, prompts, verifiable_reward(tok), cfg, out, run_config=to_dict(cfg))
     return {**result, **{f"last_{k}": v for k, v in (history[-1] if history else {}).items()}}
@@ -157,15 +154,7 @@ def main(cfg: GRPOConfig) -> dict:
 
 def add_cli(subparsers) -> None:
     """Register `genforge grpo [--config YAML] [key=value ...]` (`genforge grpo --help` lists every key)."""
-    from genforge.cli import add_config_command
+    from genforge.cli import add_stage_command
 
-    add_config_command(subparsers, "grpo", GRPOConfig, _cli,
+    add_stage_command(subparsers, "grpo", GRPOConfig, main,
                        "GRPO: group-normalised advantages with a verifiable reward")
-
-
-def _cli(cfg: GRPOConfig) -> None:
-    import json
-
-    result = main(cfg)
-    print(json.dumps(result, indent=2, default=str))
-    print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from genforge.config import to_dict
+from genforge.config import save_resolved, to_dict
 from genforge.errors import ConfigError, DataError
-from genforge.io import read_jsonl, write_text
+from genforge.io import read_jsonl
 from genforge.model.heads import ScalarHead
 from genforge.tokenizer import Tokenizer
 from genforge.train.rl_losses import (
@@ -238,7 +238,6 @@ def verifiable_reward(tok: Tokenizer) -> RewardFn:
 
 def main(cfg: PPOConfig) -> dict:
     """Run PPO from cfg; returns the trainer's result plus the last rollout's statistics."""
-    import yaml
 
     from genforge.checkpoint import load_checkpoint
 
@@ -255,8 +254,7 @@ def main(cfg: PPOConfig) -> dict:
     else:
         reward_fn = verifiable_reward(tok)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_resolved(cfg, out)
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     result, history = train_ppo(policy, tok, prompts, reward_fn, cfg, out, run_config=to_dict(cfg))
     return {**result, **{f"last_{k}": v for k, v in (history[-1] if history else {}).items()}}
@@ -264,15 +262,7 @@ def main(cfg: PPOConfig) -> dict:
 
 def add_cli(subparsers) -> None:
     """Register `genforge ppo [--config YAML] [key=value ...]` (`genforge ppo --help` lists every key)."""
-    from genforge.cli import add_config_command
+    from genforge.cli import add_stage_command
 
-    add_config_command(subparsers, "ppo", PPOConfig, _cli,
+    add_stage_command(subparsers, "ppo", PPOConfig, main,
                        "PPO against a reward model or a verifiable reward (KL to a frozen reference)")
-
-
-def _cli(cfg: PPOConfig) -> None:
-    import json
-
-    result = main(cfg)
-    print(json.dumps(result, indent=2, default=str))
-    print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from genforge.checkpoint import load_checkpoint, write_checkpoint_files
-from genforge.config import to_dict
+from genforge.config import save_resolved, to_dict
 from genforge.errors import DataError
-from genforge.io import read_jsonl, write_text
+from genforge.io import read_jsonl
 from genforge.model.heads import RewardModel
 from genforge.tokenizer import Tokenizer
 from genforge.train.rl_losses import bradley_terry_loss, ranking_pairs
@@ -215,7 +215,6 @@ def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[Rank
 
 def main(cfg: RewardConfig) -> dict:
     """Train a reward model from cfg; returns the final metrics (held-out pairwise accuracy among them)."""
-    import yaml
 
     trunk, tok, _ = load_checkpoint(cfg.init_from)
     if tok is None:
@@ -226,8 +225,7 @@ def main(cfg: RewardConfig) -> dict:
     else:
         train_rows, val_rows = split_holdout(rows, cfg.val_fraction, cfg.train.seed)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_resolved(cfg, out)
     torch.manual_seed(cfg.train.seed)
     model = RewardModel(trunk.train())
     return train_reward_model(model, tok, train_rows, val_rows, cfg.train, out, max_len=cfg.max_len,
@@ -236,15 +234,7 @@ def main(cfg: RewardConfig) -> dict:
 
 def add_cli(subparsers) -> None:
     """Register `genforge reward [--config YAML] [key=value ...]` (`genforge reward --help` lists every key)."""
-    from genforge.cli import add_config_command
+    from genforge.cli import add_stage_command
 
-    add_config_command(subparsers, "reward", RewardConfig, _cli,
+    add_stage_command(subparsers, "reward", RewardConfig, main,
                        "train a reward model (scalar head, Bradley–Terry on ranked completions)")
-
-
-def _cli(cfg: RewardConfig) -> None:
-    import json
-
-    result = main(cfg)
-    print(json.dumps(result, indent=2, default=str))
-    print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")
