@@ -104,7 +104,11 @@ def _keep_zero(lin: nn.Linear, mask: torch.Tensor) -> None:
         lin.weight.mul_(mask.to(lin.weight.dtype))
     lin.register_buffer("weight_mask", mask, persistent=False)  # not in the state dict: HF layout unchanged
     if getattr(lin, "_prune_hook", None) is None:
+        # a frozen weight takes no hook; register it with grad on, so a later unfreeze still keeps zeros zero
+        frozen = not lin.weight.requires_grad
+        lin.weight.requires_grad_(True)
         lin._prune_hook = lin.weight.register_hook(lambda g, m=lin: g * m.weight_mask.to(g.dtype))
+        lin.weight.requires_grad_(not frozen)
 
 
 def prune_magnitude(model: nn.Module, sparsity: float, structured: str | None = None) -> nn.Module:

@@ -67,26 +67,36 @@ def engine_stage(ctx, report: StageReport) -> dict:
     report.row("decode, batch 8 (left-padded prompts)", rate_b8, baseline=rate_cache,
                note=f"total tokens/s; baseline = batch 1; {rate_b8 / rate_cache:.1f}x")
 
-    # 2. Distillation: a one-layer draft, with and without the teacher ---------------------------------
+    # 2. Distillation (Hinton et al. 2015): a one-layer student of the pretrained model, with and without
+    #    the teacher's soft targets, on the pretraining shards (the teacher's own distribution).
     steps = ctx.knob("engine.distill_steps", ctx.pick(20, 200, 600))
-    results = {}
-    for name, alpha in (("distilled", 0.8), ("no_teacher", 0.0)):
-        dcfg = DistillConfig(teacher=target_ckpt, shards=shards, out_dir=str(ctx.path("engine", f"draft_{name}")),
+    pre, pre_tok, _ = load_checkpoint(pre_ckpt)
+
+    def distill(name: str, teacher, alpha: float, data=None, eval_data=None) -> dict:
+        dcfg = DistillConfig(teacher=pre_ckpt, shards=shards, out_dir=str(ctx.path("engine", name)),
                              seq_len=ctx.pick(64, 128, 128), alpha=alpha)
         dcfg.model.depth = 1
         dcfg.train.max_steps, dcfg.train.seed, dcfg.train.progress = steps, ctx.seed, ctx.cfg.progress
-        dcfg.train.warmup_steps = max(2, steps // 10)
-        dcfg.train.resume = False
-        results[name] = run_distill(dcfg, teacher=target, tokenizer=tok)
-    d, nt = results["distilled"], results["no_teacher"]
-    report.row("draft (1 layer): val loss with teacher (distilled)", d.get("val_loss"), baseline=nt.get("val_loss"),
-               note=f"Hinton et al. KD (T=2, alpha 0.8) vs the same student trained on the data alone (baseline); "
-                    f"{d['student_params']:,} vs {d['teacher_params']:,} params")
-    report.row("draft: top-1 agreement with the teacher", d.get("agreement"), baseline=nt.get("agreement"),
+        dcfg.train.warmup_steps, dcfg.train.resume = max(2, steps // 10), False
+        return run_distill(dcfg, data=data, eval_data=eval_data, teacher=teacher, tokenizer=tok)
+
+    d, nt = distill("student_kd", pre, 0.8), distill("student_no_teacher", pre, 0.0)
+    report.row("student (1 layer): val loss, distilled", d.get("val_loss"), baseline=nt.get("val_loss"),
+               note=f"KD from the pretrained model (T=2, alpha 0.8) vs the same student trained on the data alone "
+                    f"(baseline), {steps} steps each; {d['student_params']:,} vs {d['teacher_params']:,} params")
+    report.row("student: top-1 agreement with the teacher", d.get("agreement"), baseline=nt.get("agreement"),
                note="share of positions where the student's argmax equals the teacher's")
 
+    # the speculative draft imitates the *target* (the SFT model) where it will be used: on chat turns
+    from genforge.data.sft_data import SFTData, encode_conversations, read_conversations
+
+    convs = read_conversations(f"{ctx.need('world')['dir']}/tasks/train.jsonl")
+    enc = encode_conversations(tok, convs, target.config.max_seq_len)
+    sft_data = SFTData(enc.examples, 16, tok.pad_id, ctx.seed, group_by_length=True)
+    draft_res = distill("draft", target, 0.8, data=sft_data, eval_data=sft_data.eval_batches()[:4])
+
     # 3. Speculative decoding with the distilled draft --------------------------------------------------
-    draft, _, _ = load_checkpoint(ctx.path("engine", "draft_distilled", "checkpoint"))
+    draft, _, _ = load_checkpoint(ctx.path("engine", "draft", "checkpoint"))
     k = 4
     t_plain = t_spec = 0.0
     same, acc, per_call = True, [], []
@@ -102,30 +112,41 @@ def engine_stage(ctx, report: StageReport) -> dict:
         per_call.append(stats["tokens_per_target_call"])
     speedup = t_plain / max(t_spec, 1e-9)
     report.row("speculative decoding: wall-clock speedup (greedy)", speedup, baseline=1.0,
-               note=f"k={k}, distilled 1-layer draft, {len(prompts)} prompts; baseline = our plain decode")
+               note=f"k={k}, 1-layer draft distilled from the target on chat data (agreement "
+                    f"{draft_res.get('agreement', 0):.2f}), {len(prompts)} prompts; baseline = our plain decode")
     report.row("speculative decoding: acceptance rate", sum(acc) / len(acc),
                note=f"{sum(per_call) / len(per_call):.2f} tokens per target forward; "
                     f"output identical to greedy: {same}")
 
+    report.note("Speculative decoding cuts target forwards by the tokens-per-forward factor above, but on a "
+                "~1M-parameter CPU model a forward costs mostly fixed per-call overhead, so a 1-layer draft is "
+                "not much cheaper than the 4-layer target and the optimised plain engine wins on wall clock. "
+                "`python benchmarks/speculative.py` (a depth-8 target) shows the regime where it pays.")
+
     # 4. Watermark (on the pretrained model: open-ended text has the entropy it needs) ----------------
-    pre, pre_tok, _ = load_checkpoint(pre_ckpt)
     wm_prompts = [pre_tok.encode(s, add_bos=True) for s in
                   ["The town of", "Once upon a time", "In the morning", "The old", "Mara", "A river runs",
                    "The market", "Every year"][: ctx.pick(4, 8, 8)]]
     wm_len = ctx.pick(64, 200, 200)
-    wm = watermark_report(pre, wm_prompts, WatermarkConfig(gamma=0.25, delta=2.0), max_new_tokens=wm_len,
-                          lengths=tuple(n for n in (16, 32, 64, 128, 200) if n <= wm_len), seed=ctx.seed)
-    det = wm["detection_rate_by_length"]
-    report.row(f"watermark: detection rate at {max(det, key=int)} tokens", det[max(det, key=int)],
-               baseline=wm["false_positive_rate"], note="z > 4 (gamma 0.25, delta 2); baseline = false-positive "
-                                                       "rate on unwatermarked text")
-    report.row("watermark: mean z by length", ", ".join(f"{n}: {z:.1f}" for n, z in wm["mean_z_by_length"].items()))
-    report.row("watermark: detection after random token substitution",
-               ", ".join(f"{int(float(r) * 100)}%: {v:.2f}" for r, v in wm["robustness"].items()))
-    report.row("watermark: quality cost (perplexity under the unwatermarked model)", wm["ppl_watermarked"],
-               baseline=wm["ppl_unwatermarked"], note="baseline = unwatermarked samples")
-    line_plot(ctx.path("plots", "watermark_detection.png"),
-              {"detection rate": ([int(n) for n in det], list(det.values()))},
+    curves_wm, det = {}, {}
+    for delta in (2.0, 4.0):
+        wm = watermark_report(pre, wm_prompts, WatermarkConfig(gamma=0.25, delta=delta), max_new_tokens=wm_len,
+                              lengths=tuple(n for n in (16, 32, 64, 128, 200) if n <= wm_len), seed=ctx.seed)
+        det = wm["detection_rate_by_length"]
+        last = max(det, key=int)
+        curves_wm[f"delta {delta:g}"] = ([int(n) for n in det], list(det.values()))
+        report.row(f"watermark (delta {delta:g}): detection rate at {last} tokens", det[last],
+                   baseline=wm["false_positive_rate"], note="z > 4, gamma 0.25; baseline = false-positive rate on "
+                   "unwatermarked text; mean z by length " +
+                   ", ".join(f"{n}: {z:.1f}" for n, z in wm["mean_z_by_length"].items()))
+        report.row(f"watermark (delta {delta:g}): detection after random token substitution",
+                   ", ".join(f"{int(float(r) * 100)}%: {v:.2f}" for r, v in wm["robustness"].items()))
+        report.row(f"watermark (delta {delta:g}): quality cost (perplexity under the unwatermarked model)",
+                   wm["ppl_watermarked"], baseline=wm["ppl_unwatermarked"], note="baseline = unwatermarked samples")
+    report.note("The tiny world's prose is low-entropy (val perplexity near 2), and a green-list watermark can only "
+                "steer tokens where the model is unsure (Kirchenbauer et al. 2023, sec. 4): a stronger bias (delta) "
+                "buys detection at a cost in perplexity.")
+    line_plot(ctx.path("plots", "watermark_detection.png"), curves_wm,
               "Watermark detection vs number of tokens", "tokens scored", "share flagged (z > 4)")
     report.plot("plots/watermark_detection.png", "Watermark detection rate vs number of generated tokens")
 
@@ -164,5 +185,5 @@ def engine_stage(ctx, report: StageReport) -> dict:
     line_plot(ctx.path("plots", "pruning.png"), curves, "Sparsity vs quality (no retraining)", "sparsity",
               "val perplexity", logy=True)
     report.plot("plots/pruning.png", "Magnitude pruning: sparsity vs validation perplexity")
-    return {"draft": str(ctx.path("engine", "draft_distilled", "checkpoint")), "speculative_speedup": speedup,
+    return {"draft": str(ctx.path("engine", "draft", "checkpoint")), "speculative_speedup": speedup,
             "kv_cache_speedup": rate_cache / rate_recompute, "watermark_detection": det[max(det, key=int)]}
