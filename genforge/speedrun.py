@@ -51,7 +51,7 @@ class SpeedrunConfig:
     force: bool = False  # rerun stages that already finished
     threads: int = 0  # torch threads (0 = default)
     progress: bool = True
-    overrides: dict = field(default_factory=dict)  # per-stage knobs, e.g. {"pretrain.max_steps": 200}
+    overrides: dict = field(default_factory=dict)  # per-stage knobs: overrides='{pretrain.train.max_steps: 200}'
 
 
 @dataclass

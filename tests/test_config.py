@@ -30,3 +30,12 @@ def test_bad_values():
         load_config(PretrainConfig, None, ["seq_len"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(PretrainConfig, "/nonexistent.yaml")
+
+
+def test_mapping_override_from_the_command_line():
+    from genforge.speedrun import SpeedrunConfig
+
+    cfg = load_config(SpeedrunConfig, None, ["overrides={pretrain.train.max_steps: 7, align.ppo_lr: 0.001}"])
+    assert cfg.overrides == {"pretrain.train.max_steps": 7, "align.ppo_lr": 0.001}
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(SpeedrunConfig, None, ["overrides=5"])

@@ -136,7 +136,11 @@ def align_stage(ctx, report: StageReport) -> dict:
 
     t_stage = time.perf_counter()
     world = Path(ctx.need("world")["dir"])
-    start = (ctx.outputs.get("sft") or {}).get("checkpoint") or ctx.need("pretrain")["checkpoint"]
+    # alignment starts from the same-budget full-FT model of the SFT comparison: measured, PPO's reward
+    # hacking and the KL leash show cleanly from it, while from the longer-trained chat model a PPO run this
+    # short moved the proxy reward within rollout noise (tried at lr 2e-4, 5e-4 and 1e-3)
+    sft_out = ctx.outputs.get("sft") or {}
+    start = sft_out.get("align_base") or sft_out.get("checkpoint") or ctx.need("pretrain")["checkpoint"]
     start_name = "SFT" if ctx.outputs.get("sft") else "pretrained"
     sft, tok, _ = load_checkpoint(start)
     if tok is None:

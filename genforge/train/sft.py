@@ -380,10 +380,13 @@ def sft_stage(ctx: Any, report: Any) -> dict:
     steps = ctx.knob("sft.steps", ctx.pick(12, 120))
     seq_len = min(ctx.knob("sft.seq_len", 256), base.config.max_seq_len - 16)
 
-    def cfg_for(name: str, method: str) -> SFTConfig:
+    # the model later stages (eval, alignment, engine, serving) use trains longer than the comparison runs
+    chat_steps = ctx.knob("sft.chat_steps", ctx.pick(0, 400))
+
+    def cfg_for(name: str, method: str, n_steps: int = steps) -> SFTConfig:
         c = SFTConfig(init_from=ckpt, out_dir=str(ctx.path("sft", name)))
-        c.train = TrainConfig(max_steps=steps, micro_batch=ctx.pick(8, 16), warmup_steps=max(1, steps // 10),
-                              eval_every=0, ckpt_every=0, log_every=max(1, steps // 30), seed=ctx.seed,
+        c.train = TrainConfig(max_steps=n_steps, micro_batch=ctx.pick(8, 16), warmup_steps=max(1, n_steps // 10),
+                              eval_every=0, ckpt_every=0, log_every=max(1, n_steps // 30), seed=ctx.seed,
                               threads=ctx.cfg.threads, progress=ctx.cfg.progress, resume=False,
                               weight_decay=0.1 if method in ("full", "selective") else 0.0)
         c.data.seq_len = seq_len
@@ -409,6 +412,8 @@ def sft_stage(ctx: Any, report: Any) -> dict:
                 ("single", f"single-task full FT ({single_task})", "full", single)]
     if ctx.knob("sft.selective", False):
         variants.insert(4, ("selective", "selective (norms + last layer)", "selective", train))
+    if chat_steps > steps:
+        variants.append(("chat", f"full FT, {chat_steps} steps (the model later stages use)", "full", train))
     t_eval = time.perf_counter()
     scores: dict[str, dict[str, float]] = {"base": evaluate_tasks(base, tok, eval_items)}
     held: dict[str, float] = {}
@@ -432,7 +437,7 @@ def sft_stage(ctx: Any, report: Any) -> dict:
             model = GPT(base.config)
         else:
             model = copy.deepcopy(base)
-        cfg = cfg_for(key, method)
+        cfg = cfg_for(key, method, chat_steps if key == "chat" else steps)
         base_path = "" if key == "scratch" else str(Path(ckpt).resolve())
         module, res = run_sft(model, tok, data, cfg, base_path=base_path, name=f"sft-{key}")
         t0 = time.perf_counter()
@@ -454,6 +459,10 @@ def sft_stage(ctx: Any, report: Any) -> dict:
         if key in ("scratch", "single"):
             continue
         r = results[key]
+        if key == "chat":  # not part of the same-budget comparison
+            report.row(f"{label}: mean task score", _macro(scores[key]), _macro(scores["full"]),
+                       f"baseline = full FT with {steps} steps; {r['elapsed_s']:.0f} s")
+            continue
         report.row(f"{label}: mean task score", _macro(scores[key]), base_macro,
                    f"{r['trainable_percent']:.2f}% of weights trained ({r['trainable']:,}); "
                    f"{r['train_memory_mib']:.1f} MiB training memory; {r['elapsed_s']:.0f} s for {r['step']} steps")
@@ -511,7 +520,9 @@ def sft_stage(ctx: Any, report: Any) -> dict:
                       [ppls[k] for k in keys], "Forgetting: pretraining val perplexity", "perplexity")
         report.plot(p3.relative_to(ctx.run_dir), "Perplexity on the pretraining corpus before/after fine-tuning")
 
-    out = {"checkpoint": results["full"]["checkpoint"], "lora_adapter": results["lora"]["checkpoint"],
+    final = "chat" if "chat" in results else "full"
+    out = {"checkpoint": results[final]["checkpoint"], "align_base": results["full"]["checkpoint"],
+           "lora_adapter": results["lora"]["checkpoint"],
            "prompt_adapter": results["prompt"]["checkpoint"], "bottleneck_adapter": results["adapter"]["checkpoint"],
            "base": str(ckpt), "scores": {k: _macro(v) for k, v in scores.items()}, "per_task": scores,
            "heldout": held, "heldout_format": held_format, "val_ppl": ppls, "eval_seconds": eval_s,
