@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from genforge.checkpoint import load_checkpoint
-from genforge.config import save_resolved, to_dict
+from genforge.config import to_dict
 from genforge.errors import DataError
 from genforge.tokenizer import Tokenizer
-from genforge.train.reward import RankedPrompt, batch_indices, read_preferences, split_holdout
+from genforge.train.reward import RankedPrompt, batch_indices, load_preference_run
 from genforge.train.rl_losses import dpo_loss
 from genforge.train.rollout import (
     Reference,
@@ -142,17 +141,7 @@ def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPr
 
 def main(cfg: DPOConfig) -> dict:
     """Run DPO from cfg; returns the final metrics (held-out preference accuracy and margin among them)."""
-
-    model, tok, _ = load_checkpoint(cfg.init_from)
-    if tok is None:
-        raise DataError(f"{cfg.init_from}: checkpoint has no tokenizer.json; DPO needs one")
-    rows = read_preferences(cfg.data)
-    if cfg.val_data:
-        train_rows, val_rows = rows, read_preferences(cfg.val_data)
-    else:
-        train_rows, val_rows = split_holdout(rows, cfg.val_fraction, cfg.train.seed)
-    out = Path(cfg.out_dir)
-    save_resolved(cfg, out)
+    model, tok, train_rows, val_rows, out = load_preference_run(cfg, "DPO")
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     return train_dpo(policy, tok, train_rows, val_rows, cfg.train, out, beta=cfg.beta, max_len=cfg.max_len,
                      run_config=to_dict(cfg))

@@ -213,12 +213,14 @@ def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[Rank
     return trainer.fit()
 
 
-def main(cfg: RewardConfig) -> dict:
-    """Train a reward model from cfg; returns the final metrics (held-out pairwise accuracy among them)."""
+def load_preference_run(cfg, stage: str) -> tuple:
+    """(model, tokenizer, train_rows, val_rows, out_dir) for a preference stage (reward, dpo) from its config.
 
-    trunk, tok, _ = load_checkpoint(cfg.init_from)
+    Validation rows come from cfg.val_data, or a seeded hold-out of cfg.data; the resolved config is saved.
+    """
+    model, tok, _ = load_checkpoint(cfg.init_from)
     if tok is None:
-        raise DataError(f"{cfg.init_from}: checkpoint has no tokenizer.json; the reward model needs one")
+        raise DataError(f"{cfg.init_from}: checkpoint has no tokenizer.json; {stage} needs one")
     rows = read_preferences(cfg.data)
     if cfg.val_data:
         train_rows, val_rows = rows, read_preferences(cfg.val_data)
@@ -226,6 +228,12 @@ def main(cfg: RewardConfig) -> dict:
         train_rows, val_rows = split_holdout(rows, cfg.val_fraction, cfg.train.seed)
     out = Path(cfg.out_dir)
     save_resolved(cfg, out)
+    return model, tok, train_rows, val_rows, out
+
+
+def main(cfg: RewardConfig) -> dict:
+    """Train a reward model from cfg; returns the final metrics (held-out pairwise accuracy among them)."""
+    trunk, tok, train_rows, val_rows, out = load_preference_run(cfg, "the reward model")
     torch.manual_seed(cfg.train.seed)
     model = RewardModel(trunk.train())
     return train_reward_model(model, tok, train_rows, val_rows, cfg.train, out, max_len=cfg.max_len,
