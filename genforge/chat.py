@@ -51,8 +51,9 @@ class ChatSession:
     """One conversation with a model: history, context-window trimming and streamed replies."""
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, system: str = "", max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 0.9, seed: int | None = None):
+                 temperature: float = 0.7, top_p: float = 0.9, seed: int | None = None, watermark=None):
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.watermark = watermark  # a WatermarkConfig biases every reply toward its green lists
         self.system, self.max_new_tokens = system, max_new_tokens
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.max_len: int = model.config.max_seq_len
@@ -94,7 +95,8 @@ class ChatSession:
         shown = ""
         with torch.inference_mode():
             for tok in stream(self.model, ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, stop_ids=_stop_ids(self.tokenizer), seed=self.seed):
+                              top_p=self.top_p, stop_ids=_stop_ids(self.tokenizer), seed=self.seed,
+                              watermark=self.watermark):
                 new.append(tok)
                 text = self.tokenizer.decode(new)
                 # byte-level BPE: a token may end mid-character; wait until the character is complete
@@ -171,13 +173,24 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--watermark", action="store_true", help="watermark replies (`genforge watermark detect` finds it)")
+    p.add_argument("--quantize", choices=["int8", "bf16"], help="weight-only int8 or bf16 weights")
     p.set_defaults(func=cli_chat)
 
 
 def cli_chat(args: argparse.Namespace) -> int:
     """Handler for `genforge chat`; returns the exit status."""
     model, tok = load_for_chat(args.checkpoint, args.adapter)
+    if args.quantize:
+        from genforge.infer.compress import quantize_int8, to_bf16
+
+        model = quantize_int8(model) if args.quantize == "int8" else to_bf16(model)
+    watermark = None
+    if args.watermark:
+        from genforge.infer.watermark import WatermarkConfig
+
+        watermark = WatermarkConfig()
     session = ChatSession(model, tok, system=args.system, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, watermark=watermark)
     chat_loop(session)
     return 0
