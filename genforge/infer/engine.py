@@ -54,6 +54,21 @@ def supports_static(model: nn.Module) -> bool:
     return isinstance(model, GPT) and all(isinstance(b.self_attn, Attention) for b in model.layers)
 
 
+def _embed(model: GPT, tok: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token embeddings (B, 1, C) and the RoPE cos/sin (B, 1, 1, D) at positions pos (B, 1)."""
+    x = model.embed_tokens(tok)
+    return x, model.rope_cos[pos].unsqueeze(1).to(x.dtype), model.rope_sin[pos].unsqueeze(1).to(x.dtype)
+
+
+def _qkv(attn: Attention, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotated q (B, H, 1, D), rotated k and v (B, K, 1, D) of one new token's normed hidden state h (B, 1, C)."""
+    B, H, K, D = h.shape[0], attn.n_head, attn.n_kv_head, attn.head_dim
+    q = attn.q_proj(h).view(B, 1, H, D).transpose(1, 2)
+    k = attn.k_proj(h).view(B, 1, K, D).transpose(1, 2)
+    v = attn.v_proj(h).view(B, 1, K, D).transpose(1, 2)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
 def decode_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
     """One static-shape decode step; returns next-token logits (B, V).
@@ -62,21 +77,14 @@ def decode_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Ten
     k_cache, v_cache (L, B, K, M, D) written in place; key_ok (B, M) bool, False on left padding.
     The same computation as `GPT.forward` with a KVCache, reusing the model's own submodules.
     """
-    B = tok.shape[0]
-    M = k_cache.shape[3]
-    x = model.embed_tokens(tok)  # (B, 1, C)
-    cos = model.rope_cos[pos].unsqueeze(1).to(x.dtype)  # (B, 1, 1, D)
-    sin = model.rope_sin[pos].unsqueeze(1).to(x.dtype)
+    B, M = tok.shape[0], k_cache.shape[3]
+    x, cos, sin = _embed(model, tok, pos)
     # keys visible to the new query: real (non-pad) columns up to and including the one written now
     mask = (key_ok & (torch.arange(M, device=tok.device) <= col))[:, None, None, :]  # (B, 1, 1, M)
     for i, block in enumerate(model.layers):
         attn = block.self_attn
         H, K, D = attn.n_head, attn.n_kv_head, attn.head_dim
-        h = block.input_layernorm(x)
-        q = attn.q_proj(h).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
-        k = attn.k_proj(h).view(B, 1, K, D).transpose(1, 2)  # (B, K, 1, D)
-        v = attn.v_proj(h).view(B, 1, K, D).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = _qkv(attn, block.input_layernorm(x), cos, sin)  # (B, H, 1, D), (B, K, 1, D) x2
         k_cache[i].index_copy_(2, col, k)
         v_cache[i].index_copy_(2, col, v)
         # grouped-query attention without repeating the cache: the H/K query heads that share a
@@ -97,21 +105,14 @@ def decode_step_pure(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torc
     than eager at batch 8); here the cache is only read, and the new key joins the softmax
     separately: softmax([q.K_cache (masked to columns < col), q.k_new]) (one extra logit).
     """
-    B = tok.shape[0]
-    M = k_cache.shape[3]
-    x = model.embed_tokens(tok)  # (B, 1, C)
-    cos = model.rope_cos[pos].unsqueeze(1).to(x.dtype)  # (B, 1, 1, D)
-    sin = model.rope_sin[pos].unsqueeze(1).to(x.dtype)
+    B, M = tok.shape[0], k_cache.shape[3]
+    x, cos, sin = _embed(model, tok, pos)
     old_ok = (key_ok & (torch.arange(M, device=tok.device) < col))[:, None, None, :]  # (B, 1, 1, M)
     new_k, new_v = [], []
     for i, block in enumerate(model.layers):
         attn = block.self_attn
         H, K, D = attn.n_head, attn.n_kv_head, attn.head_dim
-        h = block.input_layernorm(x)
-        q = attn.q_proj(h).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
-        k = attn.k_proj(h).view(B, 1, K, D).transpose(1, 2)  # (B, K, 1, D)
-        v = attn.v_proj(h).view(B, 1, K, D).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = _qkv(attn, block.input_layernorm(x), cos, sin)  # (B, H, 1, D), (B, K, 1, D) x2
         q = q.reshape(B, K, H // K, D) * D ** -0.5  # (B, K, H/K, D), grouped as in decode_step
         s_old = (q @ k_cache[i].transpose(-1, -2)).masked_fill(~old_ok, float("-inf"))  # (B, K, H/K, M)
         s_new = (q * k).sum(-1, keepdim=True)  # (B, K, H/K, 1)
