@@ -267,7 +267,7 @@ def test_recipes_parse():
     from genforge.config import load_config
     from genforge.train.sft import METHODS, SFTConfig
 
-    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/sft*.yaml"))
+    recipes = sorted(Path(__file__).resolve().parents[2].glob("recipes/sft*.yaml"))
     assert recipes
     for r in recipes:
         assert load_config(SFTConfig, r).peft.method in METHODS

@@ -11,7 +11,7 @@ from genforge.train.distill import DistillConfig, distill_loss, run_distill, stu
 from genforge.train.losses import IGNORE
 from genforge.train.trainer import TrainConfig
 
-from ._shards import make_shards
+from tests.helpers import make_shards
 
 
 def test_distill_loss_limits():

@@ -12,7 +12,7 @@ from genforge.errors import DataError
 from genforge.train.pretrain import PretrainConfig, main
 from genforge.train.trainer import read_metrics
 
-from ._shards import make_shards
+from tests.helpers import make_shards
 
 
 def test_pretrain_loss_falls_and_checkpoint_round_trips(tmp_path):
