@@ -10,6 +10,8 @@ repetition penalty (Keskar et al. 2019, CTRL, sec. 4.1), frequency/presence pena
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 NEG_INF = float("-inf")
@@ -106,3 +108,31 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 
         return logits.argmax(-1)
     probs = probs_from_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return sample_from_probs(probs, generator)
+
+
+@dataclass
+class SamplingParams:
+    """How tokens are chosen: one typed object from the server and the CLIs to the sampler.
+
+    Field names follow the OpenAI / vLLM vocabulary where one exists. The text layer reads
+    `stop` (strings are matched on text, not ids); the engine reads the rest.
+    """
+
+    max_new_tokens: int = 64  # tokens to generate at most
+    temperature: float = 0.0  # 0 = greedy (argmax); >0 divides the logits before softmax
+    top_k: int = 0  # keep the k most likely tokens (0 = off)
+    top_p: float = 1.0  # nucleus sampling: smallest set with this much probability (1 = off)
+    seed: int | None = None  # seeds the sampler's generator (None = nondeterministic)
+    repetition_penalty: float = 1.0  # CTRL-style: divide positive logits of seen tokens (1 = off)
+    frequency_penalty: float = 0.0  # OpenAI: subtract count * this from seen tokens' logits
+    presence_penalty: float = 0.0  # OpenAI: subtract this once from every seen token's logit
+    stop: list[str] = field(default_factory=list)  # stop strings (output is cut before the first)
+    logprobs: bool = False  # also return each chosen token's log-probability
+    watermark: bool = False  # bias sampling toward a keyed green list (Kirchenbauer et al. 2023)
+    watermark_key: int = 15485863  # the watermark's secret key (the detector needs the same)
+    watermark_gamma: float = 0.25  # green fraction of the vocabulary
+    watermark_delta: float = 2.0  # logit bonus of green tokens (strength)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
