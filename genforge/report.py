@@ -311,14 +311,18 @@ class Report:
             out.append(f'<p class="summary"><b>{held} of {len(lessons)}</b> claims hold. A claim holds when the '
                        "whole 95 % interval of its effect (percentile bootstrap over test items) lies beyond its "
                        "target.</p>")
-            out.append('<table class="lessons"><thead><tr>' + "".join(f"<th>{esc(c)}</th>" for c in LESSON_COLUMNS)
+            out.append('<table class="lessons wide"><thead><tr>' + "".join(f"<th>{esc(c)}</th>" for c in LESSON_COLUMNS)
                        + "</tr></thead><tbody>")
             for les in lessons:
                 cells = _lesson_cells(les)
                 cls = "holds" if les.holds else "fails"
                 tip = f' title="{esc(les.note)}"' if les.note else ""
-                out.append(f'<tr class="{cls}"{tip}>' + "".join(f"<td>{_inline(c)}</td>" for c in cells[:-1])
-                           + f'<td class="verdict">{esc(cells[-1])}</td></tr>')
+                mark = "\u2713" if les.holds else "\u2717"  # a sign besides the colour
+                stage = f' <a class="stage" href="#{esc(les.stage)}">{esc(les.stage)}</a>' if les.stage else ""
+                out.append(f'<tr class="{cls}"{tip}><td>{_inline(cells[0])}{stage}</td>'
+                           + "".join(f"<td>{_inline(c)}</td>" for c in cells[1:-2])
+                           + f'<td class="num">{esc(cells[-2])}</td>'
+                           + f'<td class="verdict">{mark} {esc(cells[-1])}</td></tr>')
             out.append("</tbody></table>")
         else:
             out.append("<p><i>No stage recorded a lesson in this run.</i></p>")
@@ -329,8 +333,8 @@ class Report:
             out.append(f'<details open id="{esc(sr.stage)}"><summary><span class="title">{esc(sr.title)}</span>'
                        f' <span class="secs">{sr.seconds:,.0f} s</span>{badge}</summary><div class="body">')
             if sr.rows:
-                out.append("<table><thead><tr><th>metric</th><th>value</th><th>baseline</th><th>what it shows</th>"
-                           "</tr></thead><tbody>")
+                out.append('<table class="wide"><thead><tr><th>metric</th><th>value</th><th>baseline</th>'
+                           "<th>what it shows</th></tr></thead><tbody>")
                 out += [f"<tr><td>{_inline(r.metric)}</td><td class=num>{esc(fmt(r.value))}</td>"
                         f"<td class=num>{esc(fmt(r.baseline))}</td><td>{_inline(r.note)}</td></tr>" for r in sr.rows]
                 out.append("</tbody></table>")
@@ -372,7 +376,7 @@ _CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1200px;margin:2em auto;
 padding:0 1em;color:#1d1d1f;background:#fff}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:.92em;width:100%}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.92em}table.wide{width:100%}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#fafafa}
@@ -386,7 +390,7 @@ summary .secs{color:#666;font-size:.85em}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-style:italic;font-size:.9em}figure.missing p{color:#a00}
 code{background:#f3f4f6;padding:0 3px;border-radius:3px;font-size:.92em}
-.summary{font-size:1.05em}
+.summary{font-size:1.05em}a.stage{font-size:.8em;color:#666;margin-left:.4em}
 """
 
 
