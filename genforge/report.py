@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -262,8 +263,12 @@ class Report:
         """Every stage's lessons, in stage order."""
         return [les for sr in self._stages(stages) for les in sr.lessons]
 
-    def render(self, stages: list[str], header: str = "", lessons: list[Lesson] | None = None) -> str:
-        """report.md: the lessons table first (`lessons` overrides the stages' own, e.g. merged seeds)."""
+    def render(self, stages: list[str], header: str = "", lessons: list[Lesson] | None = None,
+               out_dir: str | Path | None = None) -> str:
+        """report.md: the lessons table first (`lessons` overrides the stages' own, e.g. merged seeds).
+
+        Plot links are relative to `out_dir` (default: the run folder), where the file will be written.
+        """
         srs = self._stages(stages)
         lessons = [les for sr in srs for les in sr.lessons] if lessons is None else lessons
         lines = [f"# {self.title}", ""]
@@ -289,6 +294,8 @@ class Report:
             for t in sr.text:
                 lines += [t, ""]
             for path, caption in sr.plots:
+                if out_dir is not None and not Path(path).is_absolute():
+                    path = Path(os.path.relpath(self.run_dir / path, out_dir)).as_posix()
                 lines += [f"![{caption}]({path})", f"*{caption}*", ""]
         if srs:
             lines += ["## Time per stage", "", "| stage | wall time |", "|---|---|",
@@ -361,12 +368,28 @@ class Report:
         data = base64.b64encode(f.read_bytes()).decode("ascii")
         return f'<figure><img src="data:{mime};base64,{data}" alt="{html.escape(caption)}">{cap}</figure>'
 
-    def write(self, stages: list[str], header: str = "", lessons: list[Lesson] | None = None) -> Path:
-        """Write report.md and report.html beside it; returns the report.md path."""
-        out = self.run_dir / "report.md"
-        write_text(out, self.render(stages, header, lessons))
-        write_text(self.run_dir / "report.html", self.render_html(stages, header, lessons))
+    def write(self, stages: list[str], header: str = "", lessons: list[Lesson] | None = None,
+              out_dir: str | Path | None = None) -> Path:
+        """Write report.md and report.html (into `out_dir`, default the run folder); returns report.md's path."""
+        folder = Path(out_dir) if out_dir is not None else self.run_dir
+        out = folder / "report.md"
+        write_text(out, self.render(stages, header, lessons, out_dir=folder))
+        write_text(folder / "report.html", self.render_html(stages, header, lessons))
         return out
+
+
+def write_seed_card(run_dirs: Sequence[str | Path], stages: list[str], out_dir: str | Path,
+                    title: str = "genforge report card — lessons over seeds") -> Path:
+    """report.md/.html in out_dir for the same speedrun under several seeds: the lessons table merged
+    (`merge_seeds`: effect mean ± std, holds only under every seed), then the first run's sections."""
+    if not run_dirs:
+        raise ValueError("write_seed_card needs at least one run folder")
+    reports = [Report(d) for d in run_dirs]
+    merged = merge_seeds([r.lessons(stages) for r in reports])
+    header = (f"The same run under {len(run_dirs)} seeds ({', '.join(f'`{d}`' for d in run_dirs)}). Each lesson "
+              "shows the first seed's numbers and interval, then the effect's mean ± std over seeds; it holds only "
+              f"when it holds under every seed. The sections below are the first seed's (`{run_dirs[0]}`).")
+    return Report(run_dirs[0], title=title).write(stages, header, merged, out_dir=out_dir)
 
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",

@@ -172,3 +172,23 @@ def test_merge_seeds_holds_only_when_every_seed_holds():
     assert c.verdict == HOLDS and c.verdict_text() == "holds (3/3 seeds)"
     assert "0.250 ± 0.050 over 3 seeds" in c.effect_text()
     assert merge_seeds([]) == []
+
+
+def test_seed_card_merges_lessons_and_links_plots_from_its_own_folder(tmp_path):
+    from genforge.report import write_seed_card
+
+    runs = []
+    for seed, effect in enumerate([(0.3, 0.2, 0.4), (0.2, 0.1, 0.3), (0.25, -0.05, 0.5)]):
+        rep, _ = _two_stage_report(tmp_path / f"seed{seed}")
+        sr = rep.load_stage("eval")
+        sr.lessons[0] = Lesson("few-shot beats zero-shot", "few-shot", 0.4, effect=effect[0], low=effect[1],
+                               high=effect[2], stage="eval")
+        rep.save_stage(sr)
+        runs.append(tmp_path / f"seed{seed}")
+    md = write_seed_card(runs, ["pretrain", "eval"], tmp_path / "seeds").read_text()
+    table = md[md.index("## Lessons"):md.index("## Pretraining")]
+    assert "0.250 ± 0.050 over 3 seeds" in table and "does not hold (2/3 seeds)" in table
+    assert "holds (3/3 seeds)" in table  # the bits/byte lesson holds under every seed
+    link = md[md.index("![training loss]("):].split("(", 1)[1].split(")", 1)[0]
+    assert link == "../seed0/plots/loss.png" and (tmp_path / "seeds" / link).exists()
+    assert (tmp_path / "seeds" / "report.html").read_text().count("data:image/png;base64,") == 1
