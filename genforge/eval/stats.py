@@ -18,7 +18,7 @@ same scores always give the same interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,31 +70,20 @@ def _as_array(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def _resampled_means(a: np.ndarray, rng: np.random.Generator, n_resamples: int,
-                     idx_fn: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
-    """Means of `a` over n_resamples bootstrap resamples, shape (n_resamples,), drawn in chunks."""
-    n = a.size
-    out = np.empty(n_resamples)
+def _boot_means(rng: np.random.Generator, n_resamples: int, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Means of each array over the SAME n_resamples resamples of item indices, each shape (n_resamples,).
+
+    One array: a plain bootstrap. Several (same length): a paired one. Drawn in chunks to bound memory.
+    """
+    n = arrays[0].size
+    outs = [np.empty(n_resamples) for _ in arrays]
     step = max(1, _CHUNK_CELLS // n)
     for start in range(0, n_resamples, step):
         k = min(step, n_resamples - start)
-        idx = idx_fn(k) if idx_fn is not None else rng.integers(0, n, size=(k, n))  # (k, n)
-        out[start:start + k] = a[idx].mean(axis=1)
-    return out
-
-
-def _paired_means(a: np.ndarray, b: np.ndarray, rng: np.random.Generator,
-                  n_resamples: int) -> tuple[np.ndarray, np.ndarray]:
-    """Means of a and b over the SAME resampled item indices, each shape (n_resamples,)."""
-    n = a.size
-    ma, mb = np.empty(n_resamples), np.empty(n_resamples)
-    step = max(1, _CHUNK_CELLS // n)
-    for start in range(0, n_resamples, step):
-        k = min(step, n_resamples - start)
-        idx = rng.integers(0, n, size=(k, n))  # one index set per resample, applied to both sides
-        ma[start:start + k] = a[idx].mean(axis=1)
-        mb[start:start + k] = b[idx].mean(axis=1)
-    return ma, mb
+        idx = rng.integers(0, n, size=(k, n))  # (k resamples, n items)
+        for a, out in zip(arrays, outs):
+            out[start:start + k] = a[idx].mean(axis=1)
+    return outs
 
 
 def _interval(estimate: float, stats: np.ndarray, n: int, confidence: float) -> Interval:
@@ -122,7 +111,7 @@ def bootstrap_mean(values: Sequence[float] | np.ndarray, *, n_resamples: int = N
     _check_resamples(n_resamples)
     a = _as_array(values, "bootstrap_mean")
     rng = np.random.default_rng(seed)
-    return _interval(a.mean(), _resampled_means(a, rng, n_resamples), a.size, confidence)
+    return _interval(a.mean(), _boot_means(rng, n_resamples, a)[0], a.size, confidence)
 
 
 def bootstrap_proportion(values: Sequence[float] | np.ndarray, *, n_resamples: int = N_RESAMPLES,
@@ -149,9 +138,9 @@ def bootstrap_diff(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
         if a.size != b.size:
             raise DataError(f"bootstrap_diff: paired scores need the same items, got {a.size} and {b.size} "
                             "values; pass paired=False for independent samples")
-        ma, mb = _paired_means(a, b, rng, n_resamples)
+        ma, mb = _boot_means(rng, n_resamples, a, b)
         return _interval(a.mean() - b.mean(), ma - mb, a.size, confidence)
-    ma, mb = _resampled_means(a, rng, n_resamples), _resampled_means(b, rng, n_resamples)
+    (ma,), (mb,) = _boot_means(rng, n_resamples, a), _boot_means(rng, n_resamples, b)
     return _interval(a.mean() - b.mean(), ma - mb, a.size + b.size, confidence)
 
 
@@ -183,9 +172,9 @@ def bootstrap_ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
     if paired:
         if a.size != b.size:
             raise DataError(f"bootstrap_ratio: paired scores need the same items, got {a.size} and {b.size}")
-        ma, mb = _paired_means(a, b, rng, n_resamples)
+        ma, mb = _boot_means(rng, n_resamples, a, b)
     else:
-        ma, mb = _resampled_means(a, rng, n_resamples), _resampled_means(b, rng, n_resamples)
+        (ma,), (mb,) = _boot_means(rng, n_resamples, a), _boot_means(rng, n_resamples, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = ma / mb
     n = a.size if paired else a.size + b.size
