@@ -16,13 +16,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from genforge.data.clean import HarmfulMatcher, normalize, reject_reason
 from genforge.data.dedup import ExactDeduper, NearDeduper
 from genforge.data.readers import expand_paths, iter_documents
 from genforge.errors import ConfigError, DataError
 from genforge.io import atomic_path, read_jsonl, write_json
+from genforge.progress import progress
 
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 
@@ -78,7 +77,7 @@ class CleanConfig:
     dedup_backend: str = "auto"
     """"auto" (datasketch if installed), "datasketch" or "builtin" (numpy)."""
     progress: bool | None = None
-    """Show a tqdm progress bar; None shows it for inputs over 20 MB."""
+    """Show progress (a bar on a terminal, a line every 10 % in a log); None shows it for inputs over 20 MB."""
 
 
 @dataclass
@@ -147,8 +146,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
     docs_in = bytes_in = bytes_kept = 0
     with atomic_path(out_path) as tmp, atomic_path(removed_path) as tmp_removed, \
             open(tmp, "w", encoding="utf-8") as out, open(tmp_removed, "w", encoding="utf-8") as rem:
-        for doc in tqdm(iter_documents(files, cfg.text_field, cfg.id_field), desc="clean", unit="doc",
-                        disable=not show):
+        for doc in progress(iter_documents(files, cfg.text_field, cfg.id_field), desc="clean", unit="doc",
+                            enabled=show):
             docs_in += 1
             bytes_in += len(doc.text.encode("utf-8"))
             text = normalize(doc.text)

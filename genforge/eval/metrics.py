@@ -5,7 +5,8 @@ ROUGE and BLEU are thin wrappers over `rouge-score` and `sacrebleu` (the referen
 implementations papers report), never re-implemented here. Multiple choice follows
 lm-evaluation-harness: each option is scored as a continuation of the question; `acc` takes the
 option with the highest summed log-probability, `acc_norm` divides it by the option's length in
-bytes so long options are not penalised for having more tokens.
+bytes so long options are not penalised for having more tokens. Repetition (distinct-n, loops in
+greedy samples) is counted on whitespace words unless a tokenizer is passed.
 """
 
 from __future__ import annotations
@@ -245,3 +246,71 @@ def option_order_test(lm: LM, items: Sequence[MCItem], delimiter: str = " ") -> 
     return {"flip_rate": flips / n_rotated, "consistency": consistent / max(len(items), 1),
             "acc_letter": correct / n_asks, "letter_rate": {k: v / n_asks for k, v in sorted(letters.items())},
             "n": len(items)}
+
+
+# ---- repetition: distinct-n and loops in greedy samples ---------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """The n-grams of a token list, in order (none when it is shorter than n)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: str | Sequence[str], n: int = 4, tokenize: Callable[[str], list[str]] = _words) -> float:
+    """Unique n-grams / total n-grams over all texts (distinct-n, Li et al. 2016), words by default.
+
+    Pooled over the texts as in the paper, so it falls both when one sample loops and when every sample
+    says the same thing. 1.0 means no n-gram occurs twice; with no n-grams at all (texts shorter than
+    n) nothing repeats, so it is 1.0 too.
+    """
+    grams = [g for t in ([texts] if isinstance(texts, str) else texts) for g in ngrams(tokenize(t), n)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repeated_ngram_share(text: str, n: int = 4, tokenize: Callable[[str], list[str]] = _words) -> float:
+    """Share of a text's n-gram occurrences that repeat an n-gram seen earlier in the same text."""
+    grams = ngrams(tokenize(text), n)
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+@dataclass
+class Loop:
+    """A text's tail that repeats one unit: `repeats` copies (fractional: a cut-off last copy) of `unit`."""
+
+    unit: str
+    period: int  # tokens per copy
+    start: int  # token index where the repeating tail starts
+    repeats: float
+
+
+def find_loop(text: str, min_repeats: int = 2, min_tokens: int = 8,
+              tokenize: Callable[[str], list[str]] = _words) -> Loop | None:
+    """The repeating tail of a (greedy) sample, or None.
+
+    Greedy decoding that repeats itself cannot escape (the same context gives the same next token), so
+    a loop shows as a tail where token i equals token i - period. Reported when the tail holds at least
+    `min_repeats` full copies and `min_tokens` tokens (so "very very" is not a loop); the last copy may be
+    cut off by the token budget. The longest tail wins, then the shortest period.
+    """
+    toks = tokenize(text)
+    best: Loop | None = None
+    for p in range(1, len(toks) // 2 + 1):
+        i = len(toks) - 1
+        while i >= p and toks[i] == toks[i - p]:
+            i -= 1
+        start = i + 1 - p  # toks[start:] has period p
+        span = len(toks) - start
+        if span >= min_repeats * p and span >= min_tokens and (best is None or start < best.start):
+            best = Loop(" ".join(toks[start:start + p]), p, start, span / p)
+    return best
+
+
+def loop_rate(texts: Sequence[str], **kwargs) -> float:
+    """Share of texts whose tail loops (see `find_loop`)."""
+    return sum(find_loop(t, **kwargs) is not None for t in texts) / len(texts) if texts else 0.0
