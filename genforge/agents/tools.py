@@ -105,14 +105,15 @@ class Tool:
         if not isinstance(args, dict):
             return f"{self.name}: arguments must be a JSON object, got {_type_name(args)}"
         props = self.parameters["properties"]
-        missing = [k for k in self.parameters["required"] if k not in args]
-        if missing:
-            return f"{self.name}: missing argument {', '.join(repr(k) for k in missing)}"
+        # a misspelt name first: "unexpected 'expr' (did you mean 'expression'?)" says more than "missing"
         extra = [k for k in args if k not in props]
         if extra:
             near = difflib.get_close_matches(extra[0], list(props), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else f"; it takes {', '.join(props) or 'no arguments'}"
             return f"{self.name}: unexpected argument {extra[0]!r}{hint}"
+        missing = [k for k in self.parameters["required"] if k not in args]
+        if missing:
+            return f"{self.name}: missing argument {', '.join(repr(k) for k in missing)}"
         for k, v in args.items():
             if not _check(v, props[k]):
                 want = props[k].get("enum") or props[k]["type"]
