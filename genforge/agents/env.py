@@ -36,7 +36,8 @@ class Observation:
     @property
     def text(self) -> str:
         return (f"{self.message} You are in {self.town}. Roads lead to {', '.join(self.roads) or 'nowhere'}. "
-                f"People here: {', '.join(self.people) or 'nobody'}. Objects here: {', '.join(self.objects) or 'none'}. "
+                f"People here: {', '.join(self.people) or 'nobody'}. "
+                f"Objects here: {', '.join(self.objects) or 'none'}. "
                 f"You carry: {', '.join(self.carrying) or 'nothing'}.").strip()
 
 

@@ -7,7 +7,8 @@ the *known* map (exploring the nearest unvisited town when the target is not on 
 whenever an action fails (a flooded road, a person who does not know). Baselines on the same
 environments: `ReactiveAgent` with no memory (it only sees the current town: a random walk that takes
 and gives when it can) and `GreedyMemoryAgent` with memory but no plan (the greedy move on what it has
-seen; it never sets out to find where the person lives, so it explores until it meets them). Agents speak the environment's text actions, so an LM policy fits the loop.
+seen; it never sets out to find where the person lives, so it explores until it meets them).
+Agents speak the environment's text actions, so an LM policy fits the same loop.
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ class PlanningAgent:
             path = self.mem.nearest_unvisited(obs.town)
             return f"go {path[0]}" if path else "look"
         if sub.startswith("give "):
-            return None if g.obj not in obs.carrying and g.obj not in self.mem.object_at else f"give {g.obj} to {g.person}"
+            done = g.obj not in obs.carrying and g.obj not in self.mem.object_at
+            return None if done else f"give {g.obj} to {g.person}"
         return None
 
 
