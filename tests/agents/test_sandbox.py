@@ -276,3 +276,16 @@ def test_bad_isolation_setting_is_a_clean_error():
         run_python("print(1)", SandboxConfig(isolation="docker"))
     with pytest.raises(SandboxError, match="require_isolation"):
         run_python("print(1)", SandboxConfig(isolation="rlimits-only", require_isolation=True))
+
+
+def test_fallback_is_stated_and_warned(monkeypatch: pytest.MonkeyPatch):
+    import genforge.agents.sandbox as sb
+    monkeypatch.setattr(sb, "_bwrap_works", lambda: (False, "bwrap not found (apt-get install -y bubblewrap)"))
+    monkeypatch.setattr(sb, "_warned", False)
+    with pytest.warns(UserWarning, match="falls back to rlimits-only"):
+        r = run_python("print(1)")
+    assert r.ok and r.isolation == "rlimits-only" and "no namespaces" in r.notes[0]
+    with pytest.raises(SandboxError, match="bwrap not found"):
+        run_python("print(1)", SandboxConfig(require_isolation=True))
+    with pytest.raises(SandboxError, match="bwrap not found"):
+        run_python("print(1)", SandboxConfig(isolation="bwrap"))
