@@ -1,0 +1,149 @@
+"""The world as something an agent can search: one sentence per fact, BM25 ranking, multi-hop questions.
+
+`world_facts(w)` states every attribute and relation of the tiny world as a short sentence (the same
+facts the corpus describes); `KnowledgeBase` adds the post-cutoff knowledge base (`knowledge.jsonl`) and
+ranks by BM25 (Robertson & Zaragoza 2009) over lower-cased word tokens. It is the `search` tool until
+the retrieval package's search can stand in (same `search(query, k) -> list[str]` shape).
+`multihop_questions` asks two-hop questions ("In which town does the sibling of X live?") whose
+answers need two look-ups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from genforge.errors import DataError
+from genforge.world.facts import Person, Thing, Town, World
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the of in is are was to and who what which does do did where".split())
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words minus stop words, plural/3rd-person "s" dropped (friends -> friend, lives -> live)."""
+    out = []
+    for t in _WORD.findall(text.lower()):
+        if t in _STOP:
+            continue
+        out.append(t[:-1] if len(t) > 3 and t.endswith("s") and not t.endswith("ss") else t)
+    return out
+
+
+def load_world(world_dir: str | Path) -> World:
+    """Rebuild the `World` from a generated world folder's world.json."""
+    path = Path(world_dir) / "world.json"
+    if not path.exists():
+        raise DataError(f"{path}: no world.json; run `genforge world --out {world_dir}` first")
+    d = json.loads(path.read_text())
+    manifest = Path(world_dir) / "manifest.json"
+    seed = json.loads(manifest.read_text()).get("seed", 0) if manifest.exists() else 0
+    return World(seed=seed, people=[Person(**p) for p in d["people"]], towns=[Town(**t) for t in d["towns"]],
+                 things=[Thing(**x) for x in d["objects"]])
+
+
+def world_facts(w: World) -> list[str]:
+    """Every fact of the world as one sentence."""
+    out = []
+    for p in w.people:
+        out.append(f"{p.name} lives in {p.town}.")
+        out.append(f"{p.name} works as a {p.job} and is {p.age} years old.")
+        out.append(f"{p.name} has a {p.pet_kind} named {p.pet_name}.")
+        out.append(f"{p.name} likes {p.hobby}, eats {p.food} and loves the colour {p.colour}.")
+        if p.friends:
+            out.append(f"The friends of {p.name} are {', '.join(p.friends)}.")
+        if p.sibling:
+            out.append(f"The sibling of {p.name} is {p.sibling}.")
+    for t in w.towns:
+        out.append(f"{t.name} lies on the River {t.river} in {t.region}, was founded in {t.founded} "
+                   f"and has {t.population} people; it is known for {t.known_for}.")
+    out += [_thing_fact(x) for x in w.things]
+    return out
+
+
+def _thing_fact(x: Thing) -> str:
+    return (f"{x.name[0].upper() + x.name[1:]} is made of {x.material}; it was made by {x.maker} "
+            f"in {x.year} and is kept in {x.town}.")
+
+
+class KnowledgeBase:
+    """BM25 search over fact sentences."""
+
+    def __init__(self, facts: list[str], k1: float = 1.2, b: float = 0.75):
+        if not facts:
+            raise DataError("KnowledgeBase: no facts to search")
+        self.facts = facts
+        self.k1, self.b = k1, b
+        self.docs = [Counter(tokens(f)) for f in facts]
+        self.lens = [sum(d.values()) for d in self.docs]
+        self.avg = sum(self.lens) / len(self.lens)
+        df: Counter = Counter()
+        for d in self.docs:
+            df.update(d.keys())
+        n = len(facts)
+        self.idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
+        self.index: dict[str, list[int]] = {}
+        for i, d in enumerate(self.docs):
+            for t in d:
+                self.index.setdefault(t, []).append(i)
+
+    @classmethod
+    def from_world(cls, w: World, knowledge_rows: list[dict] | None = None) -> KnowledgeBase:
+        return cls(world_facts(w) + [r["fact"] for r in knowledge_rows or []])
+
+    @classmethod
+    def from_dir(cls, world_dir: str | Path) -> KnowledgeBase:
+        kb_path = Path(world_dir) / "knowledge.jsonl"
+        rows = [json.loads(line) for line in kb_path.read_text().splitlines() if line] if kb_path.exists() else []
+        return cls.from_world(load_world(world_dir), rows)
+
+    def search(self, query: str, k: int = 3) -> list[str]:
+        """The k best facts for `query` (ties broken by fact order, so results are deterministic)."""
+        q = tokens(query)
+        scores: dict[int, float] = {}
+        for t in set(q):
+            for i in self.index.get(t, ()):
+                tf = self.docs[i][t]
+                norm = tf + self.k1 * (1 - self.b + self.b * self.lens[i] / self.avg)
+                scores[i] = scores.get(i, 0.0) + self.idf[t] * tf * (self.k1 + 1) / norm
+        best = sorted(scores, key=lambda i: (-scores[i], i))[:k]
+        return [self.facts[i] for i in best]
+
+
+def multihop_questions(w: World, n: int, seed: int = 0) -> list[dict]:
+    """Two-hop questions: the town of a person's sibling, or of their only friend, or of an object's maker.
+
+    Rows: {"question", "answer", "hops": [first look-up, second look-up], "bridge": the middle entity}.
+    """
+    rng = random.Random(f"multihop-{seed}")
+    rows: dict[str, dict] = {}
+    people = list(w.people)
+    for _ in range(n * 30):
+        if len(rows) == n:
+            break
+        kind = rng.randrange(3)
+        if kind == 0:
+            p = rng.choice(people)
+            if not p.sibling:
+                continue
+            mid = w.person[p.sibling]
+            q = f"In which town does the sibling of {p.name} live?"
+            hops = [f"The sibling of {p.name} is {mid.name}.", f"{mid.name} lives in {mid.town}."]
+        elif kind == 1:
+            p = rng.choice(people)
+            if len(p.friends) != 1:
+                continue
+            mid = w.person[p.friends[0]]
+            q = f"In which town does the friend of {p.name} live?"
+            hops = [f"The friends of {p.name} are {mid.name}.", f"{mid.name} lives in {mid.town}."]
+        else:
+            x = rng.choice(w.things)
+            mid = w.person[x.maker]
+            q = f"In which town does the maker of {x.name} live?"
+            hops = [_thing_fact(x), f"{mid.name} lives in {mid.town}."]
+        rows.setdefault(q, {"question": q, "answer": mid.town, "hops": hops, "bridge": mid.name})
+    return list(rows.values())

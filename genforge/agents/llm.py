@@ -1,0 +1,70 @@
+"""How an agent reaches a model: `TextModel` (prompts in, one completion each out), plus a scripted stub.
+
+`TextModel` is the shape of `genforge.eval.lm.LM.generate` with one sample per prompt, so
+`from_eval_lm(GenforgeLM(...))` turns a genforge checkpoint into an agent's model; a server client or
+any object with this `generate` fits too. `ScriptedModel` answers by a function of the prompt (or a
+fixed list of replies) so agent loops are tested with exact trajectories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """What an agent needs from a model."""
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float,
+                 stop: Sequence[str]) -> list[str]:
+        """One completion per prompt (without the prompt), cut before the first stop string."""
+        ...
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest stop string."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+class ScriptedModel:
+    """A stub model for tests and lessons.
+
+    reply: a function prompt -> text, or a list of texts returned in order (one per prompt asked).
+    Every prompt is recorded in `prompts`, so a test can check exactly what the agent asked.
+    """
+
+    def __init__(self, reply: Callable[[str], str] | Sequence[str]):
+        self._fn = reply if callable(reply) else None
+        self._queue = list(reply) if not callable(reply) else []
+        self.prompts: list[str] = []
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        out = []
+        for p in prompts:
+            self.prompts.append(p)
+            if self._fn is not None:
+                text = self._fn(p)
+            elif self._queue:
+                text = self._queue.pop(0)
+            else:
+                raise AssertionError(f"ScriptedModel ran out of replies at prompt #{len(self.prompts)}")
+            out.append(cut_at_stop(text, stop))
+        return out
+
+
+class _EvalLMAdapter:
+    def __init__(self, lm: Any):
+        self.lm = lm
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        outs = self.lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop, n=1)
+        return [o[0] for o in outs]
+
+
+def from_eval_lm(lm: Any) -> TextModel:
+    """Wrap a `genforge.eval.lm.LM` (n completions per prompt) as a `TextModel` (one each)."""
+    return _EvalLMAdapter(lm)

@@ -1,0 +1,132 @@
+"""Toolformer-style tool data (Schick et al. 2023, arXiv:2302.04761), the filtering step.
+
+Given texts and candidate API calls at positions inside them, execute each call and keep it only if
+inserting the call *with its result* makes the following text easier to predict (Toolformer sec. 2):
+
+    L+ = loss(prefix + " [tool(input) -> result]", continuation)
+    L- = min(loss(prefix, continuation), loss(prefix + " [tool(input)]", continuation))
+    keep  iff  L- - L+ >= tau
+
+`loss(prefix, continuation) -> float` is any callable (mean negative log-likelihood per token of the
+continuation given the prefix): a genforge model through `loss_from_eval_lm`, or a stub with known
+losses in tests. The paper weights the continuation's tokens by distance; here the caller chooses the
+continuation window (`window` characters), which is the same idea with a hard cut. Kept calls are
+inserted into the texts (`augment`) to make fine-tuning data; fine-tuning is the trainer's job.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from genforge.agents.tools import ToolRegistry
+
+_STEP = re.compile(r"(\d+) ([+\-*/]) (\d+) = (\d+)")
+
+
+@dataclass(frozen=True)
+class APICall:
+    tool: str
+    input: str
+
+    def render(self, result: str | None = None) -> str:
+        """' [tool(input)]' or ' [tool(input) -> result]' (leading space: it sits between words)."""
+        return f" [{self.tool}({self.input})]" if result is None else f" [{self.tool}({self.input}) -> {result}]"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text_id: int
+    position: int  # character offset: the call goes before text[position:]
+    call: APICall
+
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    result: str
+    loss_plus: float
+    loss_minus: float
+    kept: bool
+
+    @property
+    def gain(self) -> float:
+        return self.loss_minus - self.loss_plus
+
+
+@dataclass
+class FilterResult:
+    scored: list[Scored] = field(default_factory=list)
+
+    @property
+    def kept(self) -> list[Scored]:
+        return [s for s in self.scored if s.kept]
+
+    def stats(self) -> dict:
+        n, k = len(self.scored), len(self.kept)
+        return {"proposed": n, "kept": k, "kept_rate": k / n if n else 0.0,
+                "failed_calls": sum(s.result.startswith("error:") for s in self.scored)}
+
+
+def propose_calculator_calls(texts: list[str], n_random: int = 0, seed: int = 0) -> list[Candidate]:
+    """Candidates: a calculator call before every worked result ("12 + 5 = |17"), plus `n_random` calls
+    per text at random word boundaries with a random pair of the text's numbers (calls that should
+    *not* survive the filter)."""
+    rng = random.Random(f"toolformer-{seed}")
+    out = []
+    for i, text in enumerate(texts):
+        for m in _STEP.finditer(text):
+            out.append(Candidate(i, m.start(4) - 1, APICall("calculator", f"{m[1]} {m[2]} {m[3]}")))
+        nums = re.findall(r"\d+", text)
+        spaces = [m.start() for m in re.finditer(r" ", text)]
+        for _ in range(n_random if len(nums) >= 2 and spaces else 0):
+            a, b = rng.sample(nums, 2)
+            out.append(Candidate(i, rng.choice(spaces), APICall("calculator", f"{a} {rng.choice('+-*')} {b}")))
+    return sorted(set(out), key=lambda c: (c.text_id, c.position, c.call.input))
+
+
+def execute(registry: ToolRegistry, call: APICall) -> str:
+    """Run a call whose input is the tool's one string argument."""
+    params = registry.tools[call.tool].parameters if call.tool in registry else {"required": []}
+    args = {params["required"][0]: call.input} if len(params["required"]) == 1 else call.input
+    return registry.call(call.tool, args).text
+
+
+def filter_calls(texts: list[str], candidates: list[Candidate], run: Callable[[APICall], str],
+                 loss: Callable[[str, str], float], tau: float, window: int | None = None) -> FilterResult:
+    """Score every candidate with the L- - L+ >= tau rule; failed calls (results "error: ...") are dropped."""
+    res = FilterResult()
+    for c in candidates:
+        text = texts[c.text_id]
+        prefix, cont = text[:c.position], text[c.position:]
+        cont = cont[:window] if window else cont
+        result = run(c.call)
+        plus = loss(prefix + c.call.render(result), cont)
+        minus = min(loss(prefix, cont), loss(prefix + c.call.render(), cont))
+        kept = not result.startswith("error:") and (minus - plus) >= tau
+        res.scored.append(Scored(c, result, plus, minus, kept))
+    return res
+
+
+def augment(texts: list[str], kept: list[Scored]) -> list[str]:
+    """Texts with their kept calls inserted (one call per position: the largest gain wins)."""
+    best: dict[tuple[int, int], Scored] = {}
+    for s in kept:
+        key = (s.candidate.text_id, s.candidate.position)
+        if key not in best or s.gain > best[key].gain:
+            best[key] = s
+    out = list(texts)
+    for (tid, pos), s in sorted(best.items(), key=lambda kv: (kv[0][0], -kv[0][1])):  # right to left
+        out[tid] = out[tid][:pos] + s.candidate.call.render(s.result) + out[tid][pos:]
+    return out
+
+
+def loss_from_eval_lm(lm: Any) -> Callable[[str, str], float]:
+    """Mean NLL per continuation token from a `genforge.eval.lm.LM` (its `loglikelihood`)."""
+    def loss(prefix: str, continuation: str) -> float:
+        (ll,) = lm.loglikelihood([(prefix, continuation)])
+        return -ll[0] / max(ll[1], 1)
+    return loss
