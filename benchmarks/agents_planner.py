@@ -12,8 +12,12 @@ import argparse
 
 from genforge.agents.env import make_env
 from genforge.agents.planner import PlanningAgent, compare_agents, run_agent
-from genforge.agents.score import mean_ci, paired_diff_ci
+from genforge.eval.stats import bootstrap_diff_paired, bootstrap_mean
 from genforge.world.facts import build_world
+
+
+def _ci(interval) -> tuple[float, float, float]:
+    return interval.estimate, interval.low, interval.high
 
 
 def main() -> None:
@@ -31,11 +35,11 @@ def main() -> None:
     plan_steps = [float(e.steps) for e in res["plan+memory"]]
     print(f"{args.episodes} episodes, {args.towns} towns, step limit {args.max_steps}")
     for name, eps in res.items():
-        s, s_lo, s_hi = mean_ci([float(e.success) for e in eps])
-        st, st_lo, st_hi = mean_ci([float(e.steps) for e in eps])
+        s, s_lo, s_hi = _ci(bootstrap_mean([float(e.success) for e in eps]))
+        st, st_lo, st_hi = _ci(bootstrap_mean([float(e.steps) for e in eps]))
         line = f"{name:16s} success {s:.2f} [{s_lo:.2f}, {s_hi:.2f}]  steps {st:5.1f} [{st_lo:.1f}, {st_hi:.1f}]"
         if name != "plan+memory":
-            d, lo, hi = paired_diff_ci(plan_steps, [float(e.steps) for e in eps])
+            d, lo, hi = _ci(bootstrap_diff_paired(plan_steps, [float(e.steps) for e in eps]))
             line += f"  planner - this: {d:+.1f} steps [{lo:+.1f}, {hi:+.1f}]"
         print(line)
     if args.trajectory:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from genforge.agents.llm import TextModel
 from genforge.agents.sandbox import SandboxConfig, run_python
-from genforge.agents.score import mean_ci
+from genforge.eval.stats import bootstrap_mean
 from genforge.world.tasks import extract_answer, normalize_answer
 
 _STEP = re.compile(r"(-?\d+) ([+\-*/]) (-?\d+) = (-?\d+)")
@@ -100,5 +100,6 @@ def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str,
             answers.append(extract_answer("arithmetic", text))
             details.append({"completion": out})
     correct = [float(a == normalize_answer("arithmetic", r["answer"])) for a, r in zip(answers, rows)]
-    acc, lo, hi = mean_ci(correct, seed=seed)
+    ci = bootstrap_mean(correct, seed=seed)
+    acc, lo, hi = ci.estimate, ci.low, ci.high
     return MethodResult(method, acc, (lo, hi), correct, answers, details)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from genforge.agents.llm import TextModel
-from genforge.agents.score import mean_ci
 from genforge.errors import ConfigError
+from genforge.eval.stats import bootstrap_mean
 
 
 def _sklearn():
@@ -91,7 +91,8 @@ def compare(scores: np.ndarray, costs: Sequence[float], names: Sequence[str], ch
     rows = []
     for name, pick in systems.items():
         per_item = scores[np.arange(n), pick].tolist()
-        acc, lo, hi = mean_ci(per_item, seed=seed)
+        ci = bootstrap_mean(per_item, seed=seed)
+        acc, lo, hi = ci.estimate, ci.low, ci.high
         rows.append({"system": name, "accuracy": acc, "ci": (lo, hi), "cost": float(np.mean(np.asarray(costs)[pick])),
                      "per_item": per_item})
     return rows
