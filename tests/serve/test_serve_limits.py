@@ -48,7 +48,7 @@ def post_raw(client, path: str, raw: bytes):
     return client.post(path, content=raw, headers={"content-type": "application/json"})
 
 
-# ---------------------------------------------------------------------------------------------- case 9: deep JSON
+# ------------------------------------------------------------------------------------------- case 9: deep JSON
 def test_depth_scan_ignores_brackets_in_strings():
     assert not json_depth_exceeds(json.dumps({"a": "[[[[{{{{" * 50, "b": ["\\\"[[[["]}).encode(), limit=3)
     assert json_depth_exceeds(b'{"a": [[[[1]]]]}', limit=3)
@@ -90,7 +90,7 @@ def test_deeply_nested_json_is_400_and_keeps_the_connection(tiny):
             assert status == 200 and json.loads(body)["choices"][0]["message"]["content"]
 
 
-# ---------------------------------------------------------------------------------------------- case 10: tiny temperature
+# ------------------------------------------------------------------------------------------- case 10: tiny temperature
 def test_tiny_temperature_is_greedy_on_chat_stream_and_completions(client):
     greedy = client.post("/v1/chat/completions", json=chat_body()).json()["choices"][0]["message"]["content"]
     r = client.post("/v1/chat/completions", json=chat_body(temperature=1e-300, seed=3))
@@ -107,7 +107,7 @@ def test_tiny_temperature_is_greedy_on_chat_stream_and_completions(client):
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
 
 
-# ---------------------------------------------------------------------------------------------- case 11: huge seed
+# ------------------------------------------------------------------------------------------- case 11: huge seed
 def test_seed_must_fit_64_bits(client):
     assert_400(client.post("/v1/chat/completions", json=chat_body(temperature=1.0, seed=2**70)), "seed",
                "invalid_value")
@@ -116,7 +116,7 @@ def test_seed_must_fit_64_bits(client):
     assert r.status_code == 200, r.text
 
 
-# ---------------------------------------------------------------------------------------------- case 12: lone surrogates
+# ------------------------------------------------------------------------------------------- case 12: lone surrogates
 def test_lone_surrogate_is_400_naming_the_field(client):
     assert unencodable_text({"a": ["ok", "\ud800"]}) == "a[1]"
     body = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud800"}], "max_tokens": 4}'
