@@ -34,6 +34,7 @@ class Command(NamedTuple):
     main: str  # "module:function", called as main(cfg)
     help: str  # one line for `genforge --help`
     positional: tuple[str, ...] = ()  # keys that bare words fill in order; "key..." takes all the rest (a list)
+    choices: tuple[tuple[str, str], ...] = ()  # (key, "module:DICT" of {value: description}) listed by --help
 
 
 _TRAIN = "genforge.commands.train"
@@ -63,7 +64,8 @@ COMMANDS: dict[str, Command] = {
     "distill": Command("genforge.train.distill:DistillConfig", f"{_TRAIN}:distill",
                        "distil a teacher checkpoint into a smaller student (e.g. a speculative-decoding draft)"),
     "eval": Command("genforge.eval.harness:EvalConfig", "genforge.eval.harness:main",
-                    "evaluate a checkpoint on tasks (EM, ROUGE, BLEU, MC, needle, contamination)", ("checkpoint",)),
+                    "evaluate a checkpoint on tasks (EM, ROUGE, BLEU, MC, needle, contamination)", ("checkpoint",),
+                    (("strategy", "genforge.eval.harness:STRATEGIES"),)),
     "eval compare": Command("genforge.commands.eval:CompareConfig", "genforge.commands.eval:compare",
                             "print two eval result folders side by side (optionally with an LLM judge)", ("runs...",)),
     "generate": Command("genforge.commands.infer:GenerateConfig", "genforge.commands.infer:generate",
@@ -159,6 +161,10 @@ def command_parser(name: str, cmd: Command, cls: type) -> argparse.ArgumentParse
     doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cmd.help
     shorthand = " ".join(p.upper() if not p.endswith("...") else f"{p[:-3].upper()}..." for p in cmd.positional)
     epilog = "config keys (set with key=value):\n" + "\n".join(field_help(cls))
+    for key, spec in cmd.choices:
+        options = resolve(spec)
+        width = max(len(k) for k in options) + 2
+        epilog += f"\n\n{key} choices:\n" + "\n".join(f"  {k:<{width}}{v}" for k, v in options.items())
     if cmd.positional:
         keys = ", ".join(k.removesuffix("...") for k in cmd.positional)
         epilog = f"positional words set, in order: {keys}\n\n{epilog}"

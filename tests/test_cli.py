@@ -83,6 +83,10 @@ def test_every_command_help_lists_all_its_keys(capsys):
         main(["chat", "--help"])
     assert "sampling.temperature = 0.7" in capsys.readouterr().out  # the command's own default
     with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert "strategy choices:" in out and "  self_consistency" in out
+    with pytest.raises(SystemExit):
         main(["data", "clean", "--help"])
     assert "clean.min_words = 5" in capsys.readouterr().out  # CleanConfig is configurable now
 

@@ -56,26 +56,26 @@ class EvalConfig:
     limit: int = 0  # items per task (0 = all)
     out: str = "runs/eval"  # results folder
     chat: bool = True  # wrap prompts in the chat template (false for a pretrained-only model)
-    max_new_tokens: int = 96
+    max_new_tokens: int = 96  # tokens generated per answer at most
     samples: int = 5  # self-consistency: sampled answers per item
     temperature: float = 0.7  # sampling temperature of self-consistency / retries / ToT
     retries: int = 2  # self-verification retries
-    tot_branching: int = 3
-    tot_beam: int = 2
-    tot_depth: int = 3
+    tot_branching: int = 3  # tree of thoughts: candidate steps proposed per node
+    tot_beam: int = 2  # tree of thoughts: partial solutions kept per level
+    tot_depth: int = 3  # tree of thoughts: reasoning steps before the answer
     search_dev: int = 8  # prompt search: dev items scored per candidate
     search_candidates: int = 4  # prompt search: instructions the model proposes (besides the seed list)
     option_order: bool = True  # multiple choice: also run the option-permutation test
     needle: bool = False  # run the needle-in-a-haystack grid
-    needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 256])
-    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    needle_trials: int = 2
+    needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 256])  # haystack lengths (tokens)
+    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # needle positions (0-1)
+    needle_trials: int = 2  # needles per (length, depth) cell
     contamination: list[str] = field(default_factory=list)  # training corpus files (.jsonl/.txt) to check against
     ngram: int = 13  # contamination n-gram size (GPT-3 used 13; 8 catches more on short items)
     perplexity: list[str] = field(default_factory=list)  # text files to report perplexity / bits-per-byte on
-    batch_size: int = 16
+    batch_size: int = 16  # prompts generated together
     threads: int = 0  # torch threads (0 = leave as is)
-    seed: int = 0
+    seed: int = 0  # seeds sampling strategies (same seed, same answers)
 
 
 # ---- prompts and predictions -------------------------------------------------------------------------------
