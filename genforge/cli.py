@@ -199,7 +199,11 @@ def run(argv: list[str]) -> Any:
         if argv and argv[0] in groups:
             subs = ", ".join(n.split()[1] for n in COMMANDS if n.startswith(argv[0] + " "))
             raise ConfigError(f"'genforge {argv[0]}' needs an action: {subs}")
-        raise ConfigError(f"unknown command {argv[0]!r}; see `genforge --help`")
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], sorted({n.split()[0] for n in COMMANDS}), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown command {argv[0]!r}; {hint}see `genforge --help`")
     cmd = COMMANDS[name]
     cls = resolve(cmd.config)
     args = command_parser(name, cmd, cls).parse_args(rest)

@@ -124,6 +124,8 @@ def test_positional_shorthands_lists_and_sampling_aliases():
     assert r.returncode == 2 and "unexpected argument 'c'" in r.stderr
     r = run("data")
     assert r.returncode == 2 and "world, clean, pack" in r.stderr
+    r = run("pretrian")
+    assert r.returncode == 2 and "did you mean 'pretrain'" in r.stderr
     r = run("generate", "ck", "temperature=hot")
     assert r.returncode == 2 and "sampling.temperature" in r.stderr and "Traceback" not in r.stderr
 
