@@ -1,6 +1,7 @@
 # Two commands work on a fresh machine: `make speedrun` and `make test`.
 # Both create .venv on first use: torch first (the CPU wheel on this machine), then genforge[dev]
-# under constraints.txt so nothing can pull a multi-GB CUDA build. Re-runs skip the install.
+# (every extra: serve, eval, report, data, plus the test tools and import-linter) under
+# constraints.txt so nothing can pull a multi-GB CUDA build. Re-runs skip the install.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,9 @@ speedrun: $(STAMP)
 smoke: $(STAMP)
 	$(VENV)/bin/genforge speedrun size=smoke
 
+# the layer contracts in pyproject.toml ([tool.importlinter]) first: a broken layer fails fast
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -33,6 +36,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check genforge tests benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -144,13 +144,13 @@ def free_port() -> int:
 
 
 def start_server(checkpoint: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """`python -m genforge.serve.app CHECKPOINT` on a free loopback port; waits for /health."""
+    """`python -m genforge serve CHECKPOINT` on a free loopback port; waits for /health."""
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    cmd = [sys.executable, "-m", "genforge.serve.app", checkpoint, "--host", "127.0.0.1", "--port", str(port),
-           "--model-name", "bench", "--max-queue", str(max(64, args.concurrency * 2)),
-           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms),
-           "--threads", str(args.threads), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "genforge", "serve", checkpoint, "host=127.0.0.1", f"port={port}",
+           "model_name=bench", f"max_queue={max(64, args.concurrency * 2)}",
+           f"max_batch={args.max_batch}", f"batch_wait_ms={args.batch_wait_ms}",
+           f"threads={args.threads}", "log_level=warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

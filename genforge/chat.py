@@ -8,7 +8,6 @@ ends it. `respond` is the batch, non-interactive form used by evaluation.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,36 +160,3 @@ def load_for_chat(checkpoint: str | Path, adapter: str | Path = "") -> tuple[nn.
     if tok is None:
         raise CheckpointError(f"{checkpoint}: no tokenizer.json; chat needs the checkpoint's tokenizer")
     return model.eval(), tok
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register `genforge chat CHECKPOINT [--adapter DIR] ...`."""
-    p = subparsers.add_parser("chat", help="chat with a checkpoint in the terminal (streams replies)")
-    p.add_argument("checkpoint", help="checkpoint folder (HF layout)")
-    p.add_argument("--adapter", default="", help="adapter folder (LoRA / prompt tuning / bottleneck)")
-    p.add_argument("--system", default="", help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--watermark", action="store_true", help="watermark replies (`genforge watermark detect` finds it)")
-    p.add_argument("--quantize", choices=["int8", "bf16"], help="weight-only int8 or bf16 weights")
-    p.set_defaults(func=cli_chat)
-
-
-def cli_chat(args: argparse.Namespace) -> int:
-    """Handler for `genforge chat`; returns the exit status."""
-    model, tok = load_for_chat(args.checkpoint, args.adapter)
-    if args.quantize:
-        from genforge.infer.compress import quantize_int8, to_bf16
-
-        model = quantize_int8(model) if args.quantize == "int8" else to_bf16(model)
-    watermark = None
-    if args.watermark:
-        from genforge.infer.watermark import WatermarkConfig
-
-        watermark = WatermarkConfig()
-    session = ChatSession(model, tok, system=args.system, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, seed=args.seed, watermark=watermark)
-    chat_loop(session)
-    return 0

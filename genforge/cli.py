@@ -1,8 +1,18 @@
-"""`genforge <command>`: a thin layer that parses a config and calls the stage's `main(cfg)`.
+"""`genforge <command>`: one table of commands; each parses a config and calls the command's `main(cfg)`.
 
-Config commands take an optional `--config recipe.yaml` and any number of `key=value` overrides
-(`genforge pretrain model.depth=6 train.max_steps=2000`); `--help` lists every key with its default.
-Anticipated failures (`GenforgeError`) print one line and exit 2; anything else keeps its traceback.
+Every command is configured the same way:
+
+    genforge COMMAND [POSITIONAL ...] [--config recipe.yaml] [key=value ...]
+
+defaults, then the YAML recipe, then `key=value` overrides (validated by `genforge.config.load_config`:
+an unknown key fails with the closest match). Positional words are shorthands for the command's
+leading keys (`genforge generate CKPT "prompt"` = `checkpoint=CKPT prompt="prompt"`). A list of
+strings is given by repeating its key (`sampling.stop=. sampling.stop=!`) or as YAML (`stop='[a, b]'`).
+Commands with a `sampling` section also take its keys bare (`temperature=0.7` = `sampling.temperature=0.7`).
+`genforge COMMAND --help` lists every key with its default and a one-line description.
+
+Nothing in the library imports this module; it imports each command lazily (so `genforge --help`
+does not import torch). Anticipated failures (`GenforgeError`) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,293 +20,209 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import inspect
-import re
 import sys
 import typing
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any, NamedTuple
 
 from genforge.errors import ConfigError, GenforgeError
 
-# Subcommands other modules register: each names "module:add_cli", a function add_cli(subparsers)
-# that adds its parser(s) and sets `func` on them. Modules that are missing are skipped.
-PLUGINS = [
-    "genforge.train.sft:add_cli",
-    "genforge.chat:add_cli",
-    "genforge.eval.harness:add_cli",
-    "genforge.train.reward:add_cli",
-    "genforge.train.dpo:add_cli",
-    "genforge.train.ppo:add_cli",
-    "genforge.train.grpo:add_cli",
-    "genforge.serve.app:add_cli",
-    "genforge.infer.cli:add_cli",
-]
+
+class Command(NamedTuple):
+    """One row of the table: where the config class and the main function live ("module:name")."""
+
+    config: str  # "module:ConfigClass", built by load_config
+    main: str  # "module:function", called as main(cfg)
+    help: str  # one line for `genforge --help`
+    positional: tuple[str, ...] = ()  # keys that bare words fill in order; "key..." takes all the rest (a list)
+    choices: tuple[tuple[str, str], ...] = ()  # (key, "module:DICT" of {value: description}) listed by --help
 
 
-def field_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per config key: 'key = default  # comment' (comments read from the dataclass source)."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        src = ""
-    comments = dict(re.findall(r"^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$", src, flags=re.M))
-    hints = typing.get_type_hints(cls)
-    lines = []
-    for f in dataclasses.fields(cls):
-        typ = hints.get(f.name)
-        if dataclasses.is_dataclass(typ):
-            lines += field_help(typ, f"{prefix}{f.name}.")
+_TRAIN = "genforge.commands.train"
+COMMANDS: dict[str, Command] = {
+    "speedrun": Command("genforge.speedrun:SpeedrunConfig", "genforge.speedrun:main",
+                        "the whole lifecycle on the tiny world -> report card"),
+    "data world": Command("genforge.commands.data:WorldConfig", "genforge.commands.data:world",
+                          "generate the embedded tiny world (corpus, tasks, preferences, knowledge)", ("out",)),
+    "data clean": Command("genforge.commands.data:CleanCommandConfig", "genforge.commands.data:clean",
+                          "normalise, filter junk/harmful text and deduplicate a corpus", ("inputs...",)),
+    "data pack": Command("genforge.commands.data:PackConfig", "genforge.commands.data:pack",
+                         "tokenize documents into train/val token shards", ("inputs...",)),
+    "tokenizer train": Command("genforge.commands.data:TokenizerTrainConfig", "genforge.commands.data:tokenizer_train",
+                               "train a byte-level BPE tokenizer on .txt/.jsonl files", ("inputs...",)),
+    "pretrain": Command("genforge.train.pretrain:PretrainConfig", f"{_TRAIN}:pretrain",
+                        "pretrain a model on packed token shards"),
+    "sft": Command("genforge.train.sft:SFTConfig", f"{_TRAIN}:sft",
+                   "supervised fine-tuning: full, LoRA, prompt tuning, bottleneck adapters or selective"),
+    "reward": Command("genforge.train.reward:RewardConfig", f"{_TRAIN}:reward",
+                      "train a reward model (scalar head, Bradley-Terry on ranked completions)"),
+    "dpo": Command("genforge.train.dpo:DPOConfig", f"{_TRAIN}:dpo",
+                   "direct preference optimisation against a frozen reference"),
+    "ppo": Command("genforge.train.ppo:PPOConfig", f"{_TRAIN}:ppo",
+                   "PPO against a reward model or a verifiable reward (KL to a frozen reference)"),
+    "grpo": Command("genforge.train.grpo:GRPOConfig", f"{_TRAIN}:grpo",
+                    "GRPO: group-normalised advantages with a verifiable reward"),
+    "distill": Command("genforge.train.distill:DistillConfig", f"{_TRAIN}:distill",
+                       "distil a teacher checkpoint into a smaller student (e.g. a speculative-decoding draft)"),
+    "eval": Command("genforge.eval.harness:EvalConfig", "genforge.eval.harness:main",
+                    "evaluate a checkpoint on tasks (EM, ROUGE, BLEU, MC, needle, contamination)", ("checkpoint",),
+                    (("strategy", "genforge.eval.harness:STRATEGIES"),)),
+    "eval compare": Command("genforge.commands.eval:CompareConfig", "genforge.commands.eval:compare",
+                            "print two eval result folders side by side (optionally with an LLM judge)", ("runs...",)),
+    "generate": Command("genforge.commands.infer:GenerateConfig", "genforge.commands.infer:generate",
+                        "sample text from a checkpoint (streams tokens)", ("checkpoint", "prompt...")),
+    "chat": Command("genforge.commands.chat:ChatConfig", "genforge.commands.chat:main",
+                    "chat with a checkpoint in the terminal (streams replies)", ("checkpoint",)),
+    "serve": Command("genforge.commands.serve:ServeConfig", "genforge.commands.serve:main",
+                     "serve a checkpoint over an OpenAI-compatible HTTP API + web chat page", ("checkpoint",)),
+    "watermark detect": Command("genforge.commands.infer:WatermarkDetectConfig",
+                                "genforge.commands.infer:watermark_detect",
+                                "z-score of green-list tokens in a text (Kirchenbauer et al. 2023)", ("checkpoint",)),
+    "prune": Command("genforge.commands.checkpoints:PruneConfig", "genforge.commands.checkpoints:prune",
+                     "magnitude-prune a checkpoint and save it (pruned weights stored as 0)", ("checkpoint", "out")),
+    "import": Command("genforge.commands.checkpoints:ImportConfig", "genforge.commands.checkpoints:import_hf",
+                      "turn a local Hugging Face Llama-family folder into a genforge checkpoint", ("src", "dst")),
+    "export": Command("genforge.commands.checkpoints:ExportConfig", "genforge.commands.checkpoints:export",
+                      "write a checkpoint as a clean HF folder (no training state)", ("src", "dst")),
+}
+
+
+def resolve(spec: str) -> Any:
+    """'module:attr' -> the object (imports the module)."""
+    module, attr = spec.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def find_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The longest table name that argv starts with ('data clean' before 'data'), and the remaining words."""
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in COMMANDS:
+            return name, argv[n:]
+    return None, argv
+
+
+def _field_type(cls: type, key: str) -> Any:
+    """The declared type of a dotted key, or None when the key does not exist (load_config then explains)."""
+    typ: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(typ):
+            return None
+        hints = typing.get_type_hints(typ)
+        if part not in hints:
+            return None
+        typ = hints[part]
+    return typ
+
+
+def _is_str_list(typ: Any) -> bool:
+    return typing.get_origin(typ) in (list, tuple) and typing.get_args(typ)[:1] == (str,)
+
+
+def collect_overrides(cls: type, positional: tuple[str, ...], words: list[str]) -> dict[str, Any]:
+    """Bare words fill the positional keys; `key=value` words become overrides (repeated list keys append).
+
+    A bare key that only exists in the config's `sampling` section is routed there, so it goes
+    through the same validation as `sampling.KEY=...`.
+    """
+    sampling_type = _field_type(cls, "sampling")
+    overrides: dict[str, Any] = {}
+    bare: list[str] = []
+    for w in words:
+        if "=" not in w or w.startswith("="):
+            bare.append(w)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        c = comments.get(f.name, "")
-        lines.append(f"  {prefix}{f.name} = {default!r}" + (f"    # {c}" if c else ""))
-    return lines
+        key, value = w.split("=", 1)
+        key = key.strip()
+        if (_field_type(cls, key) is None and dataclasses.is_dataclass(sampling_type)
+                and _field_type(sampling_type, key) is not None):
+            key = f"sampling.{key}"
+        if _is_str_list(_field_type(cls, key)) and not value.lstrip().startswith("["):
+            # one item per occurrence: strings may contain commas (a stop string ",", a prompt)
+            overrides.setdefault(key, []).append(value)
+        else:
+            overrides[key] = value
+    for pos in positional:
+        if not bare:
+            break
+        if pos.endswith("..."):
+            overrides[pos[:-3]] = overrides.get(pos[:-3], []) + bare
+            bare = []
+        else:
+            overrides[pos] = bare.pop(0)
+    if bare:
+        raise ConfigError(f"unexpected argument {bare[0]!r}: give settings as key=value (see --help)")
+    return overrides
 
 
-def add_config_command(sub, name: str, cls: type, run: Callable, help: str, positional: list[str] | None = None):
-    """Register `genforge NAME [--config YAML] [key=value ...]` that builds `cls` and calls run(cfg)."""
-    doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else help
-    p = sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="config keys (set with key=value):\n" + "\n".join(field_help(cls)))
-    for pos in positional or []:
-        p.add_argument(pos, help=f"sets the config key '{pos}'")
+def command_parser(name: str, cmd: Command, cls: type) -> argparse.ArgumentParser:
+    """The parser of one command: positional shorthands, --config, and every key in the epilog."""
+    from genforge.config import field_help
+
+    doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cmd.help
+    shorthand = " ".join(p.upper() if not p.endswith("...") else f"{p[:-3].upper()}..." for p in cmd.positional)
+    epilog = "config keys (set with key=value):\n" + "\n".join(field_help(cls))
+    for key, spec in cmd.choices:
+        options = resolve(spec)
+        width = max(len(k) for k in options) + 2
+        epilog += f"\n\n{key} choices:\n" + "\n".join(f"  {k:<{width}}{v}" for k, v in options.items())
+    if cmd.positional:
+        keys = ", ".join(k.removesuffix("...") for k in cmd.positional)
+        epilog = f"positional words set, in order: {keys}\n\n{epilog}"
+    p = argparse.ArgumentParser(
+        prog=f"genforge {name}", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+        usage=f"genforge {name} {shorthand + ' ' if shorthand else ''}[--config YAML] [key=value ...]",
+        description=f"{cmd.help}\n\n{doc}" if doc != cmd.help else cmd.help)
     p.add_argument("--config", "-c", help="YAML recipe (see recipes/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-
-    def handler(args):
-        from genforge.config import load_config, parse_overrides
-
-        ov = parse_overrides(args.overrides)
-        for pos in positional or []:
-            ov[pos] = getattr(args, pos)
-        return run(load_config(cls, args.config, ov))
-
-    p.set_defaults(func=handler)
+    p.add_argument("words", nargs="*", metavar="key=value", help="config overrides (and positional shorthands)")
     return p
 
 
-def add_stage_command(sub, name: str, cls: type, main_fn: Callable, help: str):
-    """A config command for a training stage: runs main_fn(cfg), prints its metrics and the checkpoint path."""
-
-    def run(cfg):
-        import json
-
-        result = main_fn(cfg)
-        print(json.dumps(result, indent=2, default=str))
-        print(f"-> {Path(cfg.out_dir) / 'checkpoint'}")
-
-    return add_config_command(sub, name, cls, run, help)
-
-
-# ------------------------------------------------------------------ built-in commands
-def _speedrun(cfg):
-    from genforge.speedrun import main
-
-    return main(cfg)
-
-
-def _pretrain(cfg):
-    from genforge.train.pretrain import main
-
-    res = main(cfg)
-    print(f"val loss {res.get('val_loss', float('nan')):.4f}  ppl {res.get('val_ppl', float('nan')):.2f}  "
-          f"bpb {res.get('val_bpb', float('nan')):.3f}  {res['tokens_per_s']:,.0f} tokens/s  -> "
-          f"{Path(cfg.out_dir) / 'checkpoint'}")
-
-
-def _tokenizer_train(args):
-    from genforge.data.readers import iter_documents
-    from genforge.tokenizer import TokenizerConfig, train_tokenizer
-
-    tok = train_tokenizer((d.text for d in iter_documents(args.inputs)),
-                          TokenizerConfig(vocab_size=args.vocab_size, split_digits=not args.no_split_digits))
-    tok.save(args.out)
-    print(f"trained a {tok.vocab_size}-token byte-level BPE tokenizer -> {args.out}/tokenizer.json")
-
-
-def _data_world(args):
-    from genforge.world import generate_world
-
-    summary = generate_world(args.out, seed=args.seed, size=args.size)
-    print(f"tiny world ({args.size}, seed {args.seed}) -> {args.out}")
-    for k, v in summary.items():
-        if not isinstance(v, (dict, list)):
-            print(f"  {k}: {v}")
-
-
-def _data_clean(args):
-    from genforge.data.pipeline import CleanConfig, clean_corpus
-
-    report = clean_corpus(args.inputs, args.out, CleanConfig())
-    print(report.summary() if hasattr(report, "summary") else report)
-
-
-def _data_pack(args):
-    from genforge.data.readers import iter_documents
-    from genforge.data.shards import pack_shards
-    from genforge.tokenizer import Tokenizer
-
-    tok = Tokenizer.load(args.tokenizer)
-    m = pack_shards((d.text for d in iter_documents(args.inputs)), tok, args.out, val_fraction=args.val_fraction)
-    s = m["splits"]
-    print(f"packed {s['train']['n_tokens']:,} train / {s['val']['n_tokens']:,} val tokens ({m['dtype']}) -> {args.out}")
-
-
-def _import(args):
-    from genforge.checkpoint import import_hf
-
-    out = import_hf(args.src, args.dst)
-    print(f"imported {args.src} -> {out}")
-
-
-def _export(args):
-    from genforge.checkpoint import load_checkpoint, save_checkpoint
-
-    model, tok, meta = load_checkpoint(args.src)
-    out = save_checkpoint(args.dst, model, tok, meta.get("run"), {k: v for k, v in meta.items() if k != "run"})
-    print(f"exported {args.src} -> {out} (HF layout: load with AutoModelForCausalLM.from_pretrained)")
-
-
-def _generate(args):
-    from genforge.checkpoint import load_checkpoint, load_model
-    from genforge.errors import CheckpointError
-    from genforge.infer.text import encode_prompt, stream_text, truncate_at_stop
-
-    model, tok, _ = load_checkpoint(args.checkpoint)
-    if tok is None:
-        raise CheckpointError(f"{args.checkpoint}: no tokenizer.json beside the weights; cannot turn text into ids")
-    if args.adapter:
-        from genforge.model.peft import load_adapter
-
-        model = load_adapter(model, args.adapter)
-    if args.quantize == "int8":
-        from genforge.infer.compress import quantize_int8
-
-        model = quantize_int8(model)
-    elif args.quantize == "bf16":
-        from genforge.infer.compress import to_bf16
-
-        model = to_bf16(model)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.watermark:
-        from genforge.infer.watermark import WatermarkConfig
-
-        sampling["watermark"] = WatermarkConfig(key=args.watermark_key)
-    draft = load_model(args.draft) if args.draft else None
-    prompts = args.prompt or [sys.stdin.read()]
-    for prompt in prompts:
-        print(f"### {prompt.strip()}" if len(prompts) > 1 or not args.prompt else prompt, end="" if
-              len(prompts) == 1 and args.prompt else "\n", flush=True)
-        if draft is not None:  # speculative decoding: the draft proposes, the target verifies
-            from genforge.infer.speculative import speculative_generate
-
-            if args.watermark:
-                raise ConfigError("--watermark and --draft cannot be combined (the verifier samples the target)")
-            ids, stats = speculative_generate(
-                model, draft, encode_prompt(tok, prompt, args.chat), k=args.draft_k, max_new_tokens=args.max_new_tokens,
-                stop_ids=[tok.eos_id, tok.end_id] if args.chat else [tok.eos_id], **sampling)
-            print(truncate_at_stop(tok.decode(ids), args.stop or ())[0])
-            print(f"[speculative: acceptance {stats['acceptance_rate']:.2f}, "
-                  f"{stats['tokens_per_target_call']:.2f} tokens per target call]", file=sys.stderr)
-            continue
-        for delta in stream_text(model, tok, prompt, stop=args.stop or (), max_new_tokens=args.max_new_tokens,
-                                 chat=args.chat, **sampling):
-            print(delta, end="", flush=True)
-        print()
-
-
-def build_parser() -> argparse.ArgumentParser:
+def top_help() -> str:
     from genforge import __version__
-    from genforge.speedrun import SpeedrunConfig
-    from genforge.train.pretrain import PretrainConfig
 
-    parser = argparse.ArgumentParser(
-        prog="genforge", description="Forge generative models end to end: data, tokenizer, pretraining, SFT, PEFT, "
-        "alignment, evaluation, inference and serving.",
-        epilog="Start with `genforge speedrun` (the whole lifecycle on the embedded tiny world).")
-    parser.add_argument("--version", action="version", version=f"genforge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    width = max(len(n) for n in COMMANDS) + 2
+    rows = "\n".join(f"  {n:<{width}}{c.help}" for n, c in COMMANDS.items())
+    return (f"usage: genforge COMMAND [POSITIONAL ...] [--config YAML] [key=value ...]\n\n"
+            f"genforge {__version__}: forge generative models end to end: data, tokenizer, pretraining, SFT, PEFT, "
+            f"alignment, evaluation, inference and serving.\n\ncommands:\n{rows}\n\n"
+            "`genforge COMMAND --help` lists every key with its default. Start with `genforge speedrun` "
+            "(the whole lifecycle on the embedded tiny world).")
 
-    add_config_command(sub, "speedrun", SpeedrunConfig, _speedrun,
-                       "the whole lifecycle on the tiny world -> report card")
-    add_config_command(sub, "pretrain", PretrainConfig, _pretrain, "pretrain a model on packed token shards")
 
-    data = sub.add_parser("data", help="make the tiny world, clean corpora, pack token shards")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = dsub.add_parser("world", help="generate the embedded tiny world (corpus, tasks, preferences, knowledge)")
-    p.add_argument("out")
-    p.add_argument("--size", default="tiny", choices=["smoke", "tiny", "small"])
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_data_world)
-    p = dsub.add_parser("clean", help="normalise, filter junk/harmful text and deduplicate a corpus")
-    p.add_argument("inputs", nargs="+", help=".txt / .jsonl / .parquet files or folders")
-    p.add_argument("--out", required=True, help="cleaned .jsonl to write")
-    p.set_defaults(func=_data_clean)
-    p = dsub.add_parser("pack", help="tokenize documents into train/val token shards")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--tokenizer", required=True, help="folder with tokenizer.json")
-    p.add_argument("--out", required=True)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.set_defaults(func=_data_pack)
+def run(argv: list[str]) -> Any:
+    """Parse argv and run the command (raises GenforgeError on bad input)."""
+    from genforge.config import load_config
 
-    tok = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
-    tsub = tok.add_subparsers(dest="tok_command", metavar="ACTION", required=True)
-    p = tsub.add_parser("train", help="train on .txt/.jsonl files")
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--no-split-digits", action="store_true", help="let BPE merge digits")
-    p.set_defaults(func=_tokenizer_train)
+    name, rest = find_command(argv)
+    if name is None:
+        groups = sorted({n.split()[0] for n in COMMANDS if " " in n})
+        if argv and argv[0] in groups:
+            subs = ", ".join(n.split()[1] for n in COMMANDS if n.startswith(argv[0] + " "))
+            raise ConfigError(f"'genforge {argv[0]}' needs an action: {subs}")
+        import difflib
 
-    p = sub.add_parser("generate", help="sample text from a checkpoint (streams tokens)")
-    p.add_argument("checkpoint", help="checkpoint folder")
-    p.add_argument("--prompt", "-p", action="append", help="prompt text (repeatable; default: read stdin)")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=64)
-    p.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn of the chat template")
-    p.add_argument("--adapter", help="PEFT adapter folder (LoRA / prompt tuning / bottleneck) to apply")
-    p.add_argument("--draft", help="draft checkpoint for speculative decoding (same tokenizer)")
-    p.add_argument("--draft-k", type=int, default=4, help="tokens the draft proposes per target call")
-    p.add_argument("--watermark", action="store_true", help="bias sampling toward a keyed green list (detectable)")
-    p.add_argument("--watermark-key", type=int, default=15485863)
-    p.add_argument("--quantize", choices=["int8", "bf16"], help="weight-only int8 or bf16 weights")
-    p.set_defaults(func=_generate)
-
-    p = sub.add_parser("import", help="turn a local Hugging Face Llama-family folder into a genforge checkpoint")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.set_defaults(func=_import)
-    p = sub.add_parser("export", help="write a checkpoint as a clean HF folder (no training state)")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.set_defaults(func=_export)
-
-    for spec in PLUGINS:
-        module, fn = spec.split(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("genforge"):
-                continue  # that stage is not in this build
-            raise
-        getattr(mod, fn)(sub)
-    return parser
+        close = difflib.get_close_matches(argv[0], sorted({n.split()[0] for n in COMMANDS}), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown command {argv[0]!r}; {hint}see `genforge --help`")
+    cmd = COMMANDS[name]
+    cls = resolve(cmd.config)
+    args = command_parser(name, cmd, cls).parse_args(rest)
+    cfg = load_config(cls, args.config, collect_overrides(cls, cmd.positional, args.words))
+    return resolve(cmd.main)(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_help())
+        return 0 if argv else 1
+    if argv[0] == "--version":
+        from genforge import __version__
+
+        print(f"genforge {__version__}")
+        return 0
     try:
-        args.func(args)
+        run(argv)
     except GenforgeError as e:
         print(f"genforge: error: {e}", file=sys.stderr)
         return 2

@@ -2,14 +2,17 @@
 
 A stage's config is a (possibly nested) dataclass. `load_config(Cls, yaml_path, overrides)` builds
 one from defaults, then the YAML file, then `a.b=value` overrides from the command line. Unknown
-keys raise a `ConfigError` that suggests the closest known key. `to_dict` gives the resolved
-config that is saved beside every checkpoint.
+keys raise a `ConfigError` that suggests the closest known key. `save_resolved` is the one way a
+command writes its resolved config (`config.yaml`) beside its output; `field_help` turns a config
+class into the key listing of `genforge COMMAND --help`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from pathlib import Path
@@ -145,12 +148,52 @@ def update(cfg: T, overrides: dict | list | None) -> T:
     return cfg
 
 
-def save_resolved(cfg: Any, out_dir: str | Path) -> dict:
-    """Create out_dir and write the resolved config there as config.yaml (atomically); return it as a dict."""
+def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> dict:
+    """Create out_dir and write the resolved config there as `name` (atomically); return it as a dict.
+
+    The one way every command records the settings that produced its output (rerun it with
+    `--config out_dir/config.yaml`). A command whose output is a single file passes a `name` after it.
+    """
     from genforge.io import write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = to_dict(cfg)
-    write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_text(out / name, yaml.safe_dump(resolved, sort_keys=False))
     return resolved
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """{field: its trailing '# comment'} read from the class source (base classes first, so subclasses win)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        # attribute docstrings (`x: int = 1` then `"""doc"""` on the next line), then trailing comments
+        out.update(re.findall(r'^\s+(\w+)\s*:[^\n]*\n\s+"""\s*(.+?)\s*(?:"""|$)', src, flags=re.M))
+        out.update(re.findall(r"^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$", src, flags=re.M))
+    return out
+
+
+def field_help(cls: type, prefix: str = "", instance: Any = None) -> list[str]:
+    """One line per config key, nested sections flattened: '  a.b = default    # comment'.
+
+    Defaults are read from an instance (`cls()`), so a section whose factory changes its defaults
+    (chat's sampling.temperature = 0.7) shows the value the command really starts from.
+    """
+    obj = cls() if instance is None else instance
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints.get(f.name)) and dataclasses.is_dataclass(value):
+            lines += field_help(type(value), f"{prefix}{f.name}.", value)
+            continue
+        c = comments.get(f.name, "")
+        lines.append(f"  {prefix}{f.name} = {value!r}" + (f"    # {c}" if c else ""))
+    return lines

@@ -45,7 +45,7 @@ class TokenizerConfig:
     """How to train the tokenizer."""
 
     vocab_size: int = 1024  # total, including the 256 byte symbols and the special tokens
-    min_frequency: int = 2
+    min_frequency: int = 2  # a pair must occur this often to become a merge
     split_digits: bool = True  # one token per digit (helps arithmetic)
 
 

@@ -101,21 +101,17 @@ def test_chat_drops_oldest_turns_to_fit_context(tok):
 
 
 def test_chat_cli_runs_a_checkpoint_with_an_adapter(tok, tmp_path, monkeypatch, capsys):
-    import argparse
-
-    from genforge.chat import add_cli
     from genforge.checkpoint import save_checkpoint
+    from genforge.cli import main
     from genforge.model.peft import apply_lora, save_lora
 
     model = _tiny_chat_model(tok)
     save_checkpoint(tmp_path / "ckpt", model, tok)
     apply_lora(model, r=2, target_modules=["q_proj"])
     save_lora(model, tmp_path / "adapter")
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["chat", str(tmp_path / "ckpt"), "--adapter", str(tmp_path / "adapter"),
-                              "--temperature", "0", "--max-new-tokens", "4"])
+    argv = ["chat", str(tmp_path / "ckpt"), f"adapter={tmp_path / 'adapter'}", "temperature=0",
+            "sampling.max_new_tokens=4"]
     monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/quit\n"))
-    assert args.func(args) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "bot> " in out and "/quit" in out  # the banner names the commands

@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from genforge.extras import require
+
 try:
     import datasketch
 except ImportError:  # optional: the builtin MinHash below is used instead
@@ -160,7 +162,7 @@ class NearDeduper:
         if backend == "auto":
             backend = "datasketch" if datasketch is not None else "builtin"
         if backend == "datasketch" and datasketch is None:
-            raise ImportError("backend 'datasketch' needs the datasketch package (pip install datasketch)")
+            require("datasketch", "data")  # raises MissingExtraError (an ImportError) naming the extra
         if backend not in ("datasketch", "builtin"):
             raise ValueError(f"unknown near-dedup backend {backend!r}; use auto, datasketch or builtin")
         self.backend, self.threshold, self.shingle_size = backend, threshold, shingle_size

@@ -1,7 +1,7 @@
 """Two eval runs side by side: every numeric metric of both, with the change from A to B, and
 optionally an LLM judge's pairwise verdicts on their outputs.
 
-    genforge eval --compare runs/eval/direct runs/eval/cot [--judge-url http://localhost:8000]
+    genforge eval compare runs/eval/direct runs/eval/cot [judge_url=http://localhost:8000]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def load_results(run: str | Path) -> dict:
     p = Path(run)
     f = p / "results.json" if p.is_dir() else p
     if not f.exists():
-        raise DataError(f"{f}: no eval results here (run `genforge eval CHECKPOINT --out {run}` first)")
+        raise DataError(f"{f}: no eval results here (run `genforge eval CHECKPOINT out={run}` first)")
     try:
         return json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -98,7 +98,7 @@ def judge_runs(run_a: str | Path, run_b: str | Path, judge, *, tasks: Sequence[s
     out: dict[str, dict] = {}
     items_a = Path(run_a) / "items"
     if not items_a.is_dir():
-        raise DataError(f"{items_a}: no per-item results to judge (run `genforge eval ... --out {run_a}` first)")
+        raise DataError(f"{items_a}: no per-item results to judge (run `genforge eval ... out={run_a}` first)")
     for fa in sorted(items_a.glob("*.jsonl")):
         fb = Path(run_b) / "items" / fa.name
         if (tasks and fa.stem not in tasks) or not fb.exists():

@@ -1,7 +1,7 @@
 """`genforge eval`: run tasks under a prompting strategy and save per-item and aggregate results.
 
-    genforge eval runs/tiny/sft --tasks arithmetic,summarization --strategy cot --limit 50 --out runs/eval/cot
-    genforge eval --compare runs/eval/direct runs/eval/cot
+    genforge eval runs/tiny/sft tasks=arithmetic,summarization strategy=cot limit=50 out=runs/eval/cot
+    genforge eval compare runs/eval/direct runs/eval/cot
 
 `evaluate(lm, tasks, strategy=...)` is the library entry (the speedrun calls it with a model in
 memory); `main(cfg)` loads a checkpoint first. Results are one folder: `results.json` (aggregate,
@@ -11,7 +11,6 @@ so two runs can be compared item by item, not only by their averages.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genforge.config import load_config, parse_overrides, to_dict
+from genforge.config import save_resolved
 from genforge.errors import ConfigError
 from genforge.eval import metrics, prompting
-from genforge.eval.compare import compare, judge_runs, judge_table
 from genforge.eval.tasks import Task, is_refusal, mc_stem, resolve_tasks
 from genforge.io import write_json, write_jsonl
 
@@ -31,10 +29,10 @@ if TYPE_CHECKING:  # torch stays unimported until a model is used
 
 STRATEGIES: dict[str, str] = {
     "direct": "the prompt as is (zero-shot), greedy",
-    "fewshot": "--shots solved examples from the train split, greedy",
+    "fewshot": "`shots` solved examples from the train split, greedy",
     "cot": "few-shot chain of thought (train rationales); zero-shot 'Let's think step by step' if none",
     "zs_cot": "zero-shot chain of thought in two stages (Kojima et al. 2022)",
-    "self_consistency": "chain-of-thought prompts, --samples sampled answers, majority vote",
+    "self_consistency": "chain-of-thought prompts, `samples` sampled answers, majority vote",
     "least_to_most": "decompose into subquestions, answer them in order, then the question",
     "self_verify": "answer, let the model check it, retry while it says no",
     "tot": "tree of thoughts: beam search over reasoning steps scored by the model itself",
@@ -58,26 +56,26 @@ class EvalConfig:
     limit: int = 0  # items per task (0 = all)
     out: str = "runs/eval"  # results folder
     chat: bool = True  # wrap prompts in the chat template (false for a pretrained-only model)
-    max_new_tokens: int = 96
+    max_new_tokens: int = 96  # tokens generated per answer at most
     samples: int = 5  # self-consistency: sampled answers per item
     temperature: float = 0.7  # sampling temperature of self-consistency / retries / ToT
     retries: int = 2  # self-verification retries
-    tot_branching: int = 3
-    tot_beam: int = 2
-    tot_depth: int = 3
+    tot_branching: int = 3  # tree of thoughts: candidate steps proposed per node
+    tot_beam: int = 2  # tree of thoughts: partial solutions kept per level
+    tot_depth: int = 3  # tree of thoughts: reasoning steps before the answer
     search_dev: int = 8  # prompt search: dev items scored per candidate
     search_candidates: int = 4  # prompt search: instructions the model proposes (besides the seed list)
     option_order: bool = True  # multiple choice: also run the option-permutation test
     needle: bool = False  # run the needle-in-a-haystack grid
-    needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 256])
-    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    needle_trials: int = 2
+    needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 256])  # haystack lengths (tokens)
+    needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # needle positions (0-1)
+    needle_trials: int = 2  # needles per (length, depth) cell
     contamination: list[str] = field(default_factory=list)  # training corpus files (.jsonl/.txt) to check against
     ngram: int = 13  # contamination n-gram size (GPT-3 used 13; 8 catches more on short items)
     perplexity: list[str] = field(default_factory=list)  # text files to report perplexity / bits-per-byte on
-    batch_size: int = 16
+    batch_size: int = 16  # prompts generated together
     threads: int = 0  # torch threads (0 = leave as is)
-    seed: int = 0
+    seed: int = 0  # seeds sampling strategies (same seed, same answers)
 
 
 # ---- prompts and predictions -------------------------------------------------------------------------------
@@ -285,7 +283,7 @@ def _guess_tasks_dir(checkpoint: str) -> str:
 def main(cfg: EvalConfig) -> dict:
     """Load the checkpoint, run tasks (+ needle / contamination / perplexity if asked), save, print a table."""
     if not cfg.checkpoint:
-        raise ConfigError("no checkpoint given: genforge eval CHECKPOINT [--tasks ...] (or --compare RUN_A RUN_B)")
+        raise ConfigError("no checkpoint given: genforge eval CHECKPOINT [tasks=...] (or: genforge eval compare A B)")
     from genforge.checkpoint import load_checkpoint
     from genforge.eval.lm import GenforgeLM
 
@@ -301,7 +299,7 @@ def main(cfg: EvalConfig) -> dict:
     lm = GenforgeLM(model, tok, chat=cfg.chat, batch_size=cfg.batch_size)
     out = Path(cfg.out)
     results = evaluate(lm, tasks, strategy=cfg.strategy, limit=cfg.limit or None, out_dir=out, cfg=cfg)
-    results["config"] = to_dict(cfg)
+    results["config"] = save_resolved(cfg, out)
     if cfg.perplexity:
         results["perplexity"] = {p: metrics.perplexity_file(lm, p) for p in cfg.perplexity}
     if cfg.needle:
@@ -409,82 +407,3 @@ def report_rows(results: dict, baseline: dict | None = None) -> list[dict]:
         rows.append({"metric": f"bits per byte on {Path(path).name}", "value": p["bits_per_byte"],
                      "baseline": bp.get("bits_per_byte"), "note": f"perplexity {p['perplexity']:.2f} per token"})
     return [r | {"value": r["value"] if _finite(r["value"]) else None} for r in rows]
-
-
-# ---- command line ------------------------------------------------------------------------------------------------
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register `genforge eval`."""
-    from genforge.cli import field_help
-
-    strategies = "\n".join(f"  {k:<17} {v}" for k, v in STRATEGIES.items())
-    p = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on tasks (EM, ROUGE, BLEU, MC, needle, contamination) or compare runs",
-        description="Score a checkpoint on the tiny world's tasks or your own JSONL under a prompting strategy; "
-                    "writes OUT/results.json and OUT/items/<task>.jsonl.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"strategies:\n{strategies}\n\nall config keys (set any with --set key=value):\n"
-               + "\n".join(field_help(EvalConfig)))
-    p.add_argument("checkpoint", nargs="?", help="checkpoint folder")
-    p.add_argument("--tasks", help="comma-separated task names or .jsonl files (file.jsonl:rouge sets the metric; "
-                                   "'all' = every world task) [all]")
-    p.add_argument("--tasks-dir", help="world folder made by `genforge data world` (default: found beside the run)")
-    p.add_argument("--strategy", choices=list(STRATEGIES), help="prompting strategy [direct]")
-    p.add_argument("--shots", type=int, help="in-context examples for fewshot/cot [3]")
-    p.add_argument("--limit", type=int, help="items per task (0 = all) [0]")
-    p.add_argument("--out", help="results folder [runs/eval]")
-    p.add_argument("--needle", action="store_true", default=None, help="also run the needle-in-a-haystack grid")
-    p.add_argument("--contamination", action="append", metavar="CORPUS",
-                   help="check eval items for n-gram overlap with this training corpus (.jsonl/.txt); repeatable")
-    p.add_argument("--perplexity", action="append", metavar="TEXT",
-                   help="report perplexity and bits/byte on a text file; repeatable")
-    p.add_argument("--no-chat", dest="chat", action="store_false", default=None,
-                   help="feed prompts raw instead of through the chat template (pretrained-only models)")
-    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
-                   help="print two result folders side by side with deltas (no model is loaded)")
-    p.add_argument("--judge-url", help="with --compare: also let an OpenAI-compatible endpoint judge A vs B outputs")
-    p.add_argument("--judge-checkpoint", help="with --compare: a genforge checkpoint as the judge instead")
-    p.add_argument("--judge-model", default="genforge", help="model name sent to the judge endpoint [genforge]")
-    p.add_argument("--judge-timeout", type=float, default=30.0, help="seconds per judge request [30]")
-    p.add_argument("--config", "-c", help="YAML with EvalConfig keys")
-    # an option, not a bare positional: argparse cannot take positionals both before and after flags
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key listed below, e.g. --set samples=9; repeatable")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def _judge_from_args(args: argparse.Namespace):
-    from genforge.eval.judge import EndpointJudge, ModelJudge
-
-    if getattr(args, "judge_url", None):
-        return EndpointJudge(args.judge_url, model=args.judge_model, timeout=args.judge_timeout)
-    if getattr(args, "judge_checkpoint", None):
-        from genforge.checkpoint import load_checkpoint
-        from genforge.eval.lm import GenforgeLM
-
-        model, tok, _ = load_checkpoint(args.judge_checkpoint)
-        return ModelJudge(GenforgeLM(model, tok, chat=True))
-    return None
-
-
-def run_cli(args: argparse.Namespace) -> dict | str:
-    """Build an EvalConfig from parsed arguments and run it (or the comparison)."""
-    if getattr(args, "compare", None):
-        table = compare(*args.compare)
-        print(table)
-        judge = _judge_from_args(args)
-        if judge is not None:
-            verdicts = judge_runs(*args.compare, judge, limit=args.limit or None)
-            print("\nLLM judge (each pair asked in both orders):\n" + judge_table(verdicts))
-        return table
-    ov = parse_overrides(args.overrides)
-    cfg = load_config(EvalConfig, args.config, ov)
-    flags = {"checkpoint": args.checkpoint, "tasks": args.tasks, "tasks_dir": args.tasks_dir,
-             "strategy": args.strategy, "shots": args.shots, "limit": args.limit, "out": args.out,
-             "needle": args.needle, "contamination": args.contamination, "perplexity": args.perplexity,
-             "chat": args.chat}
-    for k, v in flags.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    return main(cfg)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from genforge.errors import GenforgeError
+from genforge.extras import require
 
 if TYPE_CHECKING:  # torch stays unimported until a model is used
     from genforge.eval.lm import LM
@@ -51,7 +52,7 @@ class EndpointJudge:
         self.model, self.api_key, self.timeout, self.max_tokens = model, api_key, timeout, max_tokens
 
     def _post(self, client, prompt: str) -> str:
-        import httpx
+        httpx = require("httpx", "eval")
 
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
                 "temperature": 0.0, "max_tokens": self.max_tokens}
@@ -72,7 +73,7 @@ class EndpointJudge:
                                 f"{r.text[:200]}") from None
 
     def complete(self, prompts: list[str]) -> list[str]:
-        import httpx
+        httpx = require("httpx", "eval")
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         with httpx.Client(timeout=self.timeout, headers=headers) as client:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genforge.errors import DataError
+from genforge.extras import require
 
 if TYPE_CHECKING:  # torch stays unimported until a model is used
     from genforge.eval.lm import LM
@@ -87,7 +88,7 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
 
 @functools.cache
 def _rouge_scorer():
-    from rouge_score import rouge_scorer  # imported late: it pulls in nltk
+    rouge_scorer = require("rouge_score.rouge_scorer", "eval")  # imported late: it pulls in nltk
 
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
@@ -101,14 +102,14 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 
 def sentence_bleu(prediction: str, reference: str) -> float:
     """sacrebleu's smoothed sentence BLEU (0-100), for per-item records."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "eval")
 
     return float(sacrebleu.sentence_bleu(prediction, [reference]).score)
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (0-100) with sacrebleu's defaults (13a tokenisation, one reference per item)."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "eval")
 
     _check_pairs(predictions, references)
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genforge.extras import require
 from genforge.io import atomic_path
 
 if TYPE_CHECKING:  # torch stays unimported until a model is used
@@ -94,8 +95,7 @@ def needle_grid(lm: LM, *, context_lengths: Sequence[int] = (64, 128, 256),
 
 def plot_needle(result: dict, path: str | Path, title: str = "Needle in a haystack") -> Path:
     """Heatmap PNG: x = context length (tokens), y = needle depth, colour = accuracy."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "report")
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 

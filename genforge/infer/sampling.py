@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 NEG_INF = float("-inf")
+# Temperatures in (0, GREEDY_BELOW) sample greedily. Below it, logits / T can overflow fp32
+# (T = 1e-300 gives inf, then NaN probabilities) and softmax is one-hot anyway for any logit gap
+# above ~0.01; treating the request as greedy honours it instead of failing.
+GREEDY_BELOW = 1e-4
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,11 +90,11 @@ def probs_from_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: 
                       top_p: float = 1.0) -> torch.Tensor:
     """The sampling distribution (B, V) in fp32 after temperature, top-k and top-p.
 
-    temperature 0 gives the one-hot argmax distribution (greedy), which is what speculative
-    decoding needs to treat greedy as a special case of sampling.
+    temperature 0 (or below GREEDY_BELOW) gives the one-hot argmax distribution (greedy), which is
+    what speculative decoding needs to treat greedy as a special case of sampling.
     """
     logits = logits.float()
-    if temperature <= 0.0:
+    if temperature < GREEDY_BELOW:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
     return torch.softmax(logits, dim=-1)
@@ -103,8 +107,8 @@ def sample_from_probs(probs: torch.Tensor, generator: torch.Generator | None = N
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B,) from logits (B, V); temperature 0 means argmax (deterministic)."""
-    if temperature <= 0.0:
+    """Next token ids (B,) from logits (B, V); temperature 0 (or below GREEDY_BELOW) means argmax."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(-1)
     probs = probs_from_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return sample_from_probs(probs, generator)
@@ -119,7 +123,7 @@ class SamplingParams:
     """
 
     max_new_tokens: int = 64  # tokens to generate at most
-    temperature: float = 0.0  # 0 = greedy (argmax); >0 divides the logits before softmax
+    temperature: float = 0.0  # 0 = greedy (argmax; so is anything below 1e-4); >0 divides the logits
     top_k: int = 0  # keep the k most likely tokens (0 = off)
     top_p: float = 1.0  # nucleus sampling: smallest set with this much probability (1 = off)
     seed: int | None = None  # seeds the sampler's generator (None = nondeterministic)
@@ -135,4 +139,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        return self.temperature < GREEDY_BELOW

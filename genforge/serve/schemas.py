@@ -1,8 +1,11 @@
 """Request bodies of the OpenAI-compatible API, and its error body.
 
 Requests are validated strictly (a string where a number belongs is a 400, as OpenAI does, not
-silently coerced). Unknown fields are ignored so that newer clients keep working; fields we
-recognise but cannot honour (logprobs, suffix, best_of > n) are rejected with a clear 400.
+silently coerced). Unknown fields (`tools`, `response_format`, ...) are a 400 naming the field:
+ignoring them would answer a different request than the one sent. Fields we recognise but cannot
+honour (logprobs, suffix, best_of > n) are rejected with a clear 400 too. Numbers are limited to
+what the sampler can honour: `seed` fits in 64 bits (torch's generator seed), and a temperature
+above 0 but below `genforge.infer.sampling.GREEDY_BELOW` samples greedily (see there).
 Extensions beyond OpenAI: `top_k`, `repetition_penalty` and `truncate` (drop the oldest prompt
 tokens/messages instead of failing when prompt + max_tokens exceed the context window).
 
@@ -33,7 +36,7 @@ class APIError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class TextPart(_Strict):
@@ -68,7 +71,7 @@ class SamplingRequest(_Strict):
     top_k: int = Field(0, ge=0)  # extension: 0 = off
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # torch.Generator.manual_seed's range
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -158,6 +161,11 @@ def parse_request(cls: type[_Strict], body: Any) -> Any:
         err = e.errors()[0]
         param = _param(tuple(err["loc"]))
         kind = "missing_required_parameter" if err["type"] == "missing" else "invalid_value"
+        if err["type"] == "extra_forbidden":  # the location ends with the unknown field's own name
+            loc = tuple(err["loc"])
+            param = ".".join(filter(None, [_param(loc[:-1]), str(loc[-1])]))
+            raise APIError(400, f"unrecognized request argument supplied: {param!r} (this server does not support "
+                           "it; remove it from the request)", param=param, code="unknown_parameter") from None
         if err["type"] == "missing":
             msg = f"missing required parameter: {param!r}"
         else:

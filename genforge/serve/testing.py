@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
+from genforge.extras import require
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import SPECIAL_TOKENS, Tokenizer, TokenizerConfig, train_tokenizer
 
@@ -44,7 +45,7 @@ def tiny_model_and_tokenizer(max_seq_len: int = 128, seed: int = 0, depth: int =
 @contextlib.contextmanager
 def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 20.0) -> Iterator[str]:
     """Run `app` under uvicorn in a background thread; yield its base URL ('http://127.0.0.1:PORT')."""
-    import uvicorn
+    uvicorn = require("uvicorn", "serve")
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="genforge-test-server", daemon=True)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from genforge.config import to_dict
+from genforge.config import save_resolved
 from genforge.errors import ConfigError
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.train.losses import IGNORE
@@ -146,8 +146,8 @@ def run_distill(cfg: DistillConfig, data: DataSource | None = None, eval_data: l
         raise ConfigError(f"distill.seq_len={cfg.seq_len} exceeds the student's max_seq_len "
                           f"({student.config.max_seq_len})")
     loss_fn = make_loss_fn(teacher, cfg.temperature, cfg.alpha)
-    run_config = to_dict(cfg)
     out = Path(cfg.out_dir)
+    run_config = save_resolved(cfg, out)
 
     def eval_fn(model: torch.nn.Module) -> dict:
         dev = next(model.parameters()).device

@@ -145,11 +145,3 @@ def main(cfg: DPOConfig) -> dict:
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     return train_dpo(policy, tok, train_rows, val_rows, cfg.train, out, beta=cfg.beta, max_len=cfg.max_len,
                      run_config=to_dict(cfg))
-
-
-def add_cli(subparsers) -> None:
-    """Register `genforge dpo [--config YAML] [key=value ...]` (`genforge dpo --help` lists every key)."""
-    from genforge.cli import add_stage_command
-
-    add_stage_command(subparsers, "dpo", DPOConfig, main,
-                       "direct preference optimisation against a frozen reference")

@@ -150,11 +150,3 @@ def main(cfg: GRPOConfig) -> dict:
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     result, history = train_grpo(policy, tok, prompts, verifiable_reward(tok), cfg, out, run_config=to_dict(cfg))
     return {**result, **{f"last_{k}": v for k, v in (history[-1] if history else {}).items()}}
-
-
-def add_cli(subparsers) -> None:
-    """Register `genforge grpo [--config YAML] [key=value ...]` (`genforge grpo --help` lists every key)."""
-    from genforge.cli import add_stage_command
-
-    add_stage_command(subparsers, "grpo", GRPOConfig, main,
-                       "GRPO: group-normalised advantages with a verifiable reward")

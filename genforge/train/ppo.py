@@ -258,11 +258,3 @@ def main(cfg: PPOConfig) -> dict:
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     result, history = train_ppo(policy, tok, prompts, reward_fn, cfg, out, run_config=to_dict(cfg))
     return {**result, **{f"last_{k}": v for k, v in (history[-1] if history else {}).items()}}
-
-
-def add_cli(subparsers) -> None:
-    """Register `genforge ppo [--config YAML] [key=value ...]` (`genforge ppo --help` lists every key)."""
-    from genforge.cli import add_stage_command
-
-    add_stage_command(subparsers, "ppo", PPOConfig, main,
-                       "PPO against a reward model or a verifiable reward (KL to a frozen reference)")

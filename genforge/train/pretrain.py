@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from genforge.checkpoint import write_checkpoint_files
-from genforge.config import to_dict
+from genforge.config import save_resolved
 from genforge.data.shards import TokenShards
 from genforge.errors import ConfigError
-from genforge.io import write_text
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import Tokenizer
 from genforge.train.losses import lm_loss
@@ -82,10 +81,7 @@ def main(cfg: PretrainConfig) -> dict:
     cfg.model = model.config
     train = TokenShards(cfg.shards, "train", cfg.seq_len, cfg.train.micro_batch, cfg.train.seed)
     val = TokenShards(cfg.shards, "val", cfg.seq_len, cfg.train.micro_batch, cfg.train.seed)
-    run_config = to_dict(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    import yaml
-    write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+    run_config = save_resolved(cfg, out)
 
     def save_fn(folder: Path) -> None:
         write_checkpoint_files(folder, trainer.model, tok, run_config, {"stage": "pretrain", "step": trainer.step,

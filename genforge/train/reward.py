@@ -238,11 +238,3 @@ def main(cfg: RewardConfig) -> dict:
     model = RewardModel(trunk.train())
     return train_reward_model(model, tok, train_rows, val_rows, cfg.train, out, max_len=cfg.max_len,
                               run_config=to_dict(cfg))
-
-
-def add_cli(subparsers) -> None:
-    """Register `genforge reward [--config YAML] [key=value ...]` (`genforge reward --help` lists every key)."""
-    from genforge.cli import add_stage_command
-
-    add_stage_command(subparsers, "reward", RewardConfig, main,
-                       "train a reward model (scalar head, Bradley–Terry on ranked completions)")

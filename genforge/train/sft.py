@@ -11,7 +11,6 @@ checkpoint; the others save an adapter folder (LoRA in peft's own format) next t
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
 import math
@@ -24,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from genforge.config import to_dict
+from genforge.config import save_resolved
 from genforge.data.sft_data import Conversation, SFTData, encode_conversations, read_conversations
 from genforge.errors import ConfigError
-from genforge.io import write_json, write_text
+from genforge.io import write_json
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import Tokenizer
 from genforge.train.losses import lm_loss
@@ -155,10 +154,7 @@ def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SF
         eval_fn = make_val_fn(SFTData(venc.examples, cfg.train.micro_batch, tokenizer.pad_id))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run_config = to_dict(cfg)
-    import yaml
-
-    write_text(out / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
+    run_config = save_resolved(cfg, out)
     summary = trainable_summary(module)
     if summary["trainable"] == 0:
         raise ConfigError(f"peft.method={method}: nothing is left trainable")
@@ -212,27 +208,6 @@ def main(cfg: SFTConfig) -> dict:
     base = str(Path(cfg.init_from).resolve()) if cfg.init_from else ""
     _, result = run_sft(model, tok, train, cfg, val=val, base_path=base)
     return result
-
-
-# ------------------------------------------------------------------------------------------- CLI
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register `genforge sft [--config RECIPE] [key=value ...]` (e.g. `--config recipes/sft_lora.yaml`)."""
-    from genforge.cli import add_config_command
-
-    add_config_command(subparsers, "sft", SFTConfig, cli_sft,
-                       "supervised fine-tuning: full, LoRA, prompt tuning, bottleneck adapters or selective")
-
-
-def cli_sft(cfg: SFTConfig) -> dict:
-    """Handler for `genforge sft`: run it and print a one-screen summary."""
-    r = main(cfg)
-    print(f"sft ({r['method']}): train loss {r['train_loss']:.4f}"
-          + (f"  val loss {r['val_loss']:.4f}" if "val_loss" in r else "")
-          + f"  trainable {r['trainable']:,} ({r['trainable_percent']:.2f}%)  training memory "
-          f"{r['train_memory_mib']:.1f} MiB  {r['elapsed_s']:.0f} s  -> {r['checkpoint']}")
-    if r["truncated"] or r["dropped"]:
-        print(f"  {r['truncated']} conversations cut at data.seq_len, {r['dropped']} dropped (no response left)")
-    return r
 
 
 # ------------------------------------------------------------------------------- speedrun stage

@@ -9,6 +9,7 @@ import pytest
 
 from genforge.errors import ConfigError, DataError
 from genforge.eval import harness
+from genforge.eval.compare import compare
 from genforge.eval.contamination import NgramIndex, check_contamination
 from genforge.eval.harness import EvalConfig, evaluate, report_rows
 from genforge.eval.lm import StubLM
@@ -30,13 +31,10 @@ def _rows(world: Path, split: str = "test") -> list[dict]:
 
 
 def eval_cli(argv: list[str]):
-    """`genforge eval ...` through our add_cli/run_cli only (the full CLI also loads other stages' plugins)."""
-    import argparse
+    """`genforge eval ...` through the CLI table (errors raise instead of printing one line)."""
+    from genforge.cli import run
 
-    parser = argparse.ArgumentParser(prog="genforge")
-    harness.add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", *argv])
-    return args.func(args)
+    return run(["eval", *argv])
 
 
 def oracle(world: Path, wrong: bool = False) -> StubLM:
@@ -145,13 +143,15 @@ def test_wrong_model_scores_zero_and_compare_shows_deltas(world, tmp_path, capsy
     evaluate(oracle(world, wrong=True), tasks, limit=3, out_dir=tmp_path / "bad")
     bad = json.loads((tmp_path / "bad" / "results.json").read_text())
     assert bad["tasks"]["arithmetic"]["score"] == 0.0 and bad["tasks"]["refusal"]["score"] == 0.0
-    table = harness.compare(tmp_path / "bad", tmp_path / "good")
+    table = compare(tmp_path / "bad", tmp_path / "good")
     line = next(ln for ln in table.splitlines() if ln.startswith("arithmetic") and "exact_match" in ln)
     assert line.split()[-3:] == ["0.000", "1.000", "+1.000"]
-    assert eval_cli(["--compare", str(tmp_path / "bad"), str(tmp_path / "good")]) == table
+    assert eval_cli(["compare", str(tmp_path / "bad"), str(tmp_path / "good")]) == table
     assert "+1.000" in capsys.readouterr().out
     with pytest.raises(DataError, match="no eval results"):
-        eval_cli(["--compare", str(tmp_path / "bad"), str(tmp_path / "missing")])
+        eval_cli(["compare", str(tmp_path / "bad"), str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="needs two result folders"):
+        eval_cli(["compare", str(tmp_path / "bad")])
 
 
 def test_cot_uses_train_rationales_and_falls_back(world):
@@ -293,13 +293,15 @@ def test_main_and_cli_on_a_tiny_checkpoint(world, tmp_path, capsys):
     assert any(r["metric"] == "needle-in-a-haystack accuracy" for r in rows)
     capsys.readouterr()
 
-    # the CLI: the world folder is found beside the run, flags and --set overrides both apply
+    # the CLI: the world folder is found beside the run; the checkpoint is a positional shorthand and
+    # every other setting a key=value override; the resolved config is saved beside the results
     (tmp_path / "run" / "world").symlink_to(world, target_is_directory=True)
-    eval_cli([str(ckpt), "--tasks", "coin_flip", "--limit", "1", "--strategy", "fewshot",
-              "--out", str(tmp_path / "cli"), "--set", "max_new_tokens=3", "--set", "shots=1"])
+    eval_cli([str(ckpt), "tasks=coin_flip", "limit=1", "strategy=fewshot", f"out={tmp_path / 'cli'}",
+              "max_new_tokens=3", "shots=1"])
     cli_res = json.loads((tmp_path / "cli" / "results.json").read_text())
     assert cli_res["tasks"]["coin_flip"]["strategy"] == "fewshot" and cli_res["config"]["shots"] == 1
+    assert "shots: 1" in (tmp_path / "cli" / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="unknown task 'nonsense'; known tasks in .*arithmetic"):
-        eval_cli([str(ckpt), "--tasks", "nonsense", "--out", str(tmp_path / "x")])
+        eval_cli([str(ckpt), "tasks=nonsense", f"out={tmp_path / 'x'}"])
     with pytest.raises(ConfigError, match="unknown config key 'shot'"):
-        eval_cli([str(ckpt), "--set", "shot=2"])
+        eval_cli([str(ckpt), "shot=2"])

@@ -172,13 +172,8 @@ def test_judge_runs_compares_outputs_of_two_runs(tmp_path):
     assert "Question 0?" in judge.prompts[0]  # the judge sees the original question, not a few-shot prompt
     assert "qa" in judge_table(verdicts)
     # through the CLI, an unreachable judge fails with a one-line error, not a hang
-    import argparse
+    from genforge.cli import run
 
-    from genforge.eval import harness
-
-    parser = argparse.ArgumentParser()
-    harness.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"),
-                              "--judge-url", f"http://127.0.0.1:{_free_port()}", "--judge-timeout", "1"])
     with pytest.raises(GenforgeError, match="unreachable"):
-        args.func(args)
+        run(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+             f"judge_url=http://127.0.0.1:{_free_port()}", "judge_timeout=1"])

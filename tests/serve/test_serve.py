@@ -11,8 +11,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from genforge.checkpoint import save_checkpoint
 from genforge.infer.engine import Engine
-from genforge.serve.app import add_cli, build_from_args, create_app
+from genforge.model.peft import apply_lora, save_lora
+from genforge.serve.app import create_app
 from genforge.serve.testing import running_server, tiny_model_and_tokenizer
 
 CTX = 128
@@ -358,17 +360,19 @@ def test_client_disconnect_mid_stream_frees_the_worker(tiny):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_builds_app_from_checkpoint_adapter_and_draft(tiny, tmp_path):
-    import argparse
-
-    from genforge.checkpoint import save_checkpoint
-    from genforge.model.peft import apply_lora, save_lora
+    from genforge.cli import COMMANDS, collect_overrides
+    from genforge.commands.serve import ServeConfig, build_app
+    from genforge.config import load_config
 
     model, tok = tiny
     save_checkpoint(tmp_path / "ckpt", model, tok)
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", str(tmp_path / "ckpt"), "--port", "0", "--max-queue", "3"])
-    assert args.host == "127.0.0.1" and args.max_queue == 3 and args.func.__name__ == "serve_command"
+
+    def parse(*words: str) -> ServeConfig:  # what `genforge serve WORDS...` builds
+        return load_config(ServeConfig, None, collect_overrides(ServeConfig, COMMANDS["serve"].positional, list(words)))
+
+    cfg = parse(str(tmp_path / "ckpt"), "port=0", "max_queue=3")
+    assert cfg.host == "127.0.0.1" and cfg.max_queue == 3 and cfg.checkpoint == str(tmp_path / "ckpt")
+    assert COMMANDS["serve"].main == "genforge.commands.serve:main"
 
     def reply(app, **kw):
         with TestClient(app) as c:
@@ -376,12 +380,11 @@ def test_cli_builds_app_from_checkpoint_adapter_and_draft(tiny, tmp_path):
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["message"]["content"]
 
-    base = reply(build_from_args(args))
+    base = reply(build_app(cfg))
     assert base == reply(create_app(model, tok, "ckpt"))  # the saved checkpoint serves the same text
-    # --draft: speculative greedy decoding gives the target's greedy text
-    args_d = parser.parse_args(["serve", str(tmp_path / "ckpt"), "--draft", str(tmp_path / "ckpt")])
-    assert reply(build_from_args(args_d)) == base
-    # --adapter: a LoRA with non-zero B changes the output
+    # draft=: speculative greedy decoding gives the target's greedy text
+    assert reply(build_app(parse(str(tmp_path / "ckpt"), f"draft={tmp_path / 'ckpt'}"))) == base
+    # adapter=: a LoRA with non-zero B changes the output
     from genforge.checkpoint import load_checkpoint
 
     lora_model, _, _ = load_checkpoint(tmp_path / "ckpt")
@@ -393,5 +396,4 @@ def test_cli_builds_app_from_checkpoint_adapter_and_draft(tiny, tmp_path):
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     save_lora(lora_model, tmp_path / "lora")
-    args_a = parser.parse_args(["serve", str(tmp_path / "ckpt"), "--adapter", str(tmp_path / "lora")])
-    assert reply(build_from_args(args_a)) != base
+    assert reply(build_app(parse(str(tmp_path / "ckpt"), f"adapter={tmp_path / 'lora'}"))) != base

@@ -10,7 +10,6 @@ from genforge.tokenizer import Tokenizer
 from genforge.train.distill import DistillConfig, distill_loss, run_distill, student_from_teacher
 from genforge.train.losses import IGNORE
 from genforge.train.trainer import TrainConfig
-
 from tests.helpers import make_shards
 
 
@@ -75,4 +74,7 @@ def test_run_distill_end_to_end(shards, tmp_path):
     assert train[-1]["agreement"] > train[0]["agreement"]
     student, stok, meta = load_checkpoint(tmp_path / "student" / "checkpoint")
     assert student.config.width == 32 and stok is not None and meta["stage"] == "distill"
+    import yaml  # the resolved config is saved like every other stage's (genforge.config.save_resolved)
+
+    assert yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())["temperature"] == 1.0
     assert 0.0 <= res["agreement"] <= 1.0

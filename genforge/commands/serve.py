@@ -1,0 +1,82 @@
+"""`genforge serve CHECKPOINT`: load a checkpoint (+ adapter, + draft) and run the HTTP server under uvicorn.
+
+    genforge serve runs/tiny/sft/checkpoint port=9000 max_queue=32 model_name=tiny
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genforge.errors import CheckpointError, ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass
+class ServeConfig:
+    """Serve a checkpoint: /v1/chat/completions, /v1/completions, /v1/models, /health, and a chat page at /."""
+
+    checkpoint: str = ""  # checkpoint folder (genforge or HF Llama-family)
+    adapter: str = ""  # PEFT adapter folder (LoRA, merged into the weights at load; prompt tuning; bottleneck)
+    draft: str = ""  # draft checkpoint for speculative decoding (same tokenizer)
+    draft_k: int = 4  # tokens the draft proposes per step
+    host: str = "127.0.0.1"  # interface to bind (default: loopback only)
+    port: int = 8000  # TCP port (0 = any free port)
+    model_name: str = ""  # the name clients use in `model` (default: the checkpoint folder's name)
+    max_queue: int = 64  # requests that may wait for a batch; more get 429
+    max_batch: int = 16  # rows (requests x n) generated together
+    batch_wait_ms: float = 10.0  # under concurrent load, wait this long to fill a batch before starting it
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    threads: int = 0  # torch threads (0: leave the default)
+    log_level: str = "info"  # critical | error | warning | info | debug
+
+
+def build_app(cfg: ServeConfig) -> Any:
+    """Load the checkpoint (+ adapter, + draft) named by cfg and build the FastAPI app."""
+    from genforge.checkpoint import load_checkpoint
+    from genforge.runtime import set_threads
+    from genforge.serve.app import create_app, speculative_generate_fn
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint is not set: genforge serve CHECKPOINT")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level={cfg.log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
+    for key in ("max_queue", "max_batch", "draft_k", "max_body_bytes"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key}={getattr(cfg, key)}: must be >= 1")
+    set_threads(cfg.threads)
+    model, tokenizer, _ = load_checkpoint(cfg.checkpoint)
+    if tokenizer is None:
+        raise CheckpointError(f"{cfg.checkpoint}: no tokenizer.json; the server needs the checkpoint's tokenizer")
+    if cfg.adapter:
+        from genforge.model.peft import load_adapter, lora_modules, merge_and_unload
+
+        model = load_adapter(model, cfg.adapter)
+        if lora_modules(model):
+            model = merge_and_unload(model)  # W + BA once, so decoding costs what the base model costs
+        model.eval()
+    generate_fn = None
+    max_batch = cfg.max_batch
+    if cfg.draft:
+        draft, _, _ = load_checkpoint(cfg.draft)
+        if draft.config.vocab_size != model.config.vocab_size:
+            raise CheckpointError(f"{cfg.draft}: draft vocab ({draft.config.vocab_size}) differs from the target's "
+                                  f"({model.config.vocab_size}); speculative decoding needs the same tokenizer")
+        generate_fn, max_batch = speculative_generate_fn(model, draft, cfg.draft_k), 1
+    name = cfg.model_name or Path(cfg.checkpoint).resolve().name
+    return create_app(model, tokenizer, name, generate_fn=generate_fn, max_queue=cfg.max_queue,
+                      max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3)
+
+
+def main(cfg: ServeConfig) -> None:
+    """Build the app and run uvicorn until interrupted."""
+    from genforge.extras import require
+
+    uvicorn = require("uvicorn", "serve")
+    app = build_app(cfg)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    print(f"genforge serve: {app.state.model_name} on http://{cfg.host}:{cfg.port}/  (chat page at /, API at /v1)")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
