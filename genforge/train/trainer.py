@@ -250,8 +250,8 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step of every part scheduled now, over grad_accum micro-batches; returns its metrics.
 
-        A single-loss run logs loss/lr/grad_norm; several parts log each as `<metric>_<part>` plus `loss` of the
-        first part that ran (for the progress bar)."""
+        A single-loss run logs loss/lr/grad_norm; several parts log each as `<metric>_<part>`, plus `loss` and
+        `lr` of the first part that ran (for the progress bar)."""
         def fetch(m: int) -> Any:
             return _to_device(self.data.get_batch(self.step, m, self.rank, self.world), self.device)
 
@@ -265,10 +265,11 @@ class Trainer:
             if self.single:
                 return m
             out.setdefault("loss", m["loss"])
+            out.setdefault("lr", m["lr"])
             out["count"] = max(out.get("count", 0.0), m.get("count", 0.0))
             out.update({f"{k}_{part.name}": v for k, v in m.items() if k != "count"})
-        out.setdefault("loss", float("nan") if not out else out["loss"])
-        out.setdefault("lr", lr_at(self.step, self.cfg, self.peak_lr))
+        if not out:  # no part is scheduled at this step
+            out = {"loss": float("nan"), "lr": 0.0}
         return out
 
     def _part_step(self, part: Part, batches: Callable[[int], Any]) -> dict:
