@@ -13,7 +13,6 @@ import torch
 from genforge.checkpoint import load_model
 from genforge.errors import TrainingError
 from genforge.train.trainer import Part, TrainConfig, Trainer
-
 from tests.train.toy_gan import ToyGAN, make_trainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -51,7 +51,8 @@ def d_loss(model: ToyGAN, batch: dict) -> tuple[torch.Tensor, int, dict]:
     fake = model.gen(batch["z"]).detach()
     bce = nn.functional.binary_cross_entropy_with_logits
     real_l, fake_l = model.disc(batch["real"]).squeeze(-1), model.disc(fake).squeeze(-1)
-    loss = bce(real_l, torch.ones_like(real_l), reduction="sum") + bce(fake_l, torch.zeros_like(fake_l), reduction="sum")
+    loss = (bce(real_l, torch.ones_like(real_l), reduction="sum")
+            + bce(fake_l, torch.zeros_like(fake_l), reduction="sum"))
     return loss, len(real_l), {}
 
 
