@@ -146,6 +146,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             make_readable(tmp)
         except OSError as e:
             raise storage_error(e, path) from None
+        except Exception as e:
+            # writers in other languages (safetensors' Rust) report a full disk in their own exception types
+            if "No space left on device" in str(e):
+                raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path) from None
+            raise
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             # `path` is complete and newer than `.old`: retire `.old` first (renamed, so a kill mid-delete leaves

@@ -188,6 +188,20 @@ def test_disk_full_in_weights_file_and_log(tmp_path):
     t.save_fn = full
     with pytest.raises(StorageError, match="disk full"):
         t.save()
+
+    def rust_full(folder):  # safetensors reports a full disk as its own error type
+        raise RuntimeError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    t.save_fn = rust_full
+    with pytest.raises(StorageError, match="disk full"):
+        t.save()
+
+    def denied(folder):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    t.save_fn = denied
+    with pytest.raises(StorageError, match=r"checkpoint: permission denied"):
+        t.save()
     t.metrics_path = tmp_path / "no_such_dir_is_a_file"
     t.metrics_path.write_text("")
     t.metrics_path = t.metrics_path / "metrics.jsonl"  # a path under a file: OSError on mkdir/open
