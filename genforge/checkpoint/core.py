@@ -163,7 +163,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     """The model of a checkpoint folder, built by the family its genforge.json names (default: HF Llama)."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder not found")
+        older = complete_dir(path)
+        hint = (f"; a save was interrupted and left the previous one at {older}: rerun the training command to "
+                "resume (it finds it), or load that folder") if older is not None else ""
+        raise CheckpointError(f"{path}: checkpoint folder not found{hint}")
     meta = read_meta(path)
     return family_of_folder(path, meta).load(path, meta, device)
 

@@ -74,6 +74,8 @@ def test_kill_between_the_two_renames_resumes_from_old(tmp_path, monkeypatch, re
         t.fit()  # the step-5 save goes through; the final save is killed after moving step 5 aside
     monkeypatch.undo()
     assert not (out / "checkpoint").exists() and (out / ".checkpoint.old" / "trainer_state.pt").exists()
+    with pytest.raises(CheckpointError, match=r"\.checkpoint\.old: rerun the training command"):
+        ckcore.load_model(out / "checkpoint")
     resumed = _trainer(out, 10)
     assert resumed.step == 5
     resumed.fit()
