@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from genforge import runtime
-from genforge.checkpoint.core import find_resume_state, rng_state, save_training_state, set_rng_state
+from genforge.checkpoint.core import find_resume_state, save_training_state
 from genforge.errors import TrainingError
 from genforge.io import atomic_dir, atomic_path, storage_error
 
@@ -174,7 +174,7 @@ class Trainer:
         for part_name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][part_name])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
-        set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
+        runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
         if hasattr(self.data, "load_state_dict") and "data" in state:
             self.data.load_state_dict(state["data"])
         if runtime.is_main():
@@ -204,10 +204,10 @@ class Trainer:
 
     def save(self) -> None:
         """Write model files (via save_fn) and exact-resume state into out_dir/checkpoint, atomically."""
-        rngs = [rng_state()]
+        rngs = [runtime.rng_state()]
         if self.world > 1:  # every rank's RNG, gathered to rank 0
             rngs = [None] * self.world
-            dist.all_gather_object(rngs, rng_state())
+            dist.all_gather_object(rngs, runtime.rng_state())
         if not runtime.is_main():
             return
         with atomic_dir(self.ckpt_dir) as tmp:
