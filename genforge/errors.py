@@ -23,5 +23,9 @@ class CheckpointError(GenforgeError):
     """A missing, corrupt or mismatched checkpoint."""
 
 
+class StorageError(GenforgeError):
+    """Output that cannot be written: disk full, permission denied (message names the folder)."""
+
+
 class TrainingError(GenforgeError):
     """A training run that cannot continue (NaN loss, too many bad steps)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genforge.errors import DataError
+from genforge.errors import DataError, StorageError
 
 
 @contextmanager
@@ -83,25 +85,95 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Itera
             yield lineno, obj
 
 
+def storage_error(e: OSError, path: str | os.PathLike, what: str = "writing") -> StorageError:
+    """A one-line error for an OSError while writing `path`: says "disk full" or "permission denied" plainly."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"{path}: disk full while {what}; free some space (or choose another folder) and rerun")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"{path}: permission denied while {what} ({e.strerror}); choose a folder you can write")
+    return StorageError(f"{path}: cannot finish {what} ({e.strerror or e})")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(folder: Path) -> None:
+    """chmod a freshly written tree to 0755 folders / 0644 files (subject to the umask), as `open` would.
+
+    `mkdtemp` creates 0700 folders: left as is, a serving account could not read a checkpoint another user wrote.
+    """
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
+
+
+def stale_temp_dirs(path: Path) -> list[Path]:
+    """Temp folders that earlier, killed writes of `path` left beside it (`.<name>.*.tmp`)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\..+\.tmp$")
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder; on success it replaces `path` (the old folder is removed only after).
+    """Yield a temp folder; on success it replaces `path`. Safe against a kill at any instant.
 
-    Used for checkpoints: a run killed mid-save leaves the last complete checkpoint intact.
+    Order: write `tmp`; move the current `path` (if any) to `.<name>.old`; rename `tmp` to `path`; delete
+    `.old`. A kill between the two renames leaves `.old` as the only complete copy, so it is never deleted
+    before a new `path` is in place (`complete_dir` finds it). Stale temp folders of killed writes are
+    removed first; an OSError (disk full, permission) becomes a one-line `StorageError` naming the folder,
+    and the previous copy stays intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in stale_temp_dirs(path):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise storage_error(e, path.parent, "creating a folder") from None
+    try:
+        try:
+            yield tmp
+            make_readable(tmp)
+        except OSError as e:
+            raise storage_error(e, path) from None
+        except Exception as e:
+            # writers in other languages (safetensors' Rust) report a full disk in their own exception types
+            if "No space left on device" in str(e):
+                raise storage_error(OSError(errno.ENOSPC, "No space left on device"), path) from None
+            raise
         old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
         if path.exists():
+            # `path` is complete and newer than `.old`: retire `.old` first (renamed, so a kill mid-delete leaves
+            # only a stale temp folder), then move `path` aside
+            if old.exists():
+                _discard(old)
             os.replace(path, old)
         os.replace(tmp, path)
         if old.exists():
-            shutil.rmtree(old)
+            _discard(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    trash = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def complete_dir(path: str | os.PathLike) -> Path | None:
+    """The newest complete copy of a folder written by `atomic_dir`: `path`, else `.<name>.old`, else None."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    return path if path.is_dir() else old if old.is_dir() else None

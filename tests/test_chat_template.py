@@ -5,8 +5,6 @@ import io
 import pytest
 import torch
 
-from genforge.tokenizer import TokenizerConfig, train_tokenizer
-
 TEXTS = ["Hello there, how are you today? I am fine, thank you.", "What is 12 plus 30? The answer is 42.",
          "Summarise: Ada met Bo at the mill. Ada met Bo.", "Translate to Toy: the cat -> ka tet", "héllo wörld 🙂"] * 4
 
@@ -20,8 +18,8 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(TEXTS, TokenizerConfig(vocab_size=300, min_frequency=1))
+def tok(tiny_tokenizer):
+    return tiny_tokenizer  # its corpus holds TEXTS (tests/helpers.py)
 
 
 @pytest.mark.parametrize("gen", [False, True])
@@ -63,10 +61,10 @@ def _tiny_chat_model(tok, max_seq_len=64):
     return GPT(GPTConfig(vocab_size=tok.vocab_size, depth=1, width=32, head_dim=16, max_seq_len=max_seq_len)).eval()
 
 
-def test_chat_loop_streams_resets_and_quits(tok):
+def test_chat_loop_streams_resets_and_quits(tok, tiny_model):
     from genforge.chat import ChatSession, chat_loop, respond
 
-    model = _tiny_chat_model(tok)
+    model = tiny_model  # read-only here: the session only generates
     session = ChatSession(model, tok, max_new_tokens=8, temperature=0.0)
     out = io.StringIO()
     n = chat_loop(session, io.StringIO("Hi\nWhat is 2 + 3?\n/reset\nHello\n/quit\nnever read\n"), out)

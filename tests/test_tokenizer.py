@@ -10,8 +10,8 @@ CORPUS = ["The quick brown fox jumps over the lazy dog 1234."] * 30 + ["Café na
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return train_tokenizer(CORPUS, TokenizerConfig(vocab_size=320))
+def tok(tiny_tokenizer):
+    return tiny_tokenizer  # the shared one: every property tested here holds for any trained tokenizer
 
 
 @pytest.mark.parametrize("text", ["plain ASCII, with punctuation!", "accents: àéîõü ÀÉ ß ç", "emoji 😀👍🏽🇫🇷 done",

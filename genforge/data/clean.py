@@ -28,13 +28,65 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 from genforge.world.harmful import HARMFUL_PHRASES, HARMFUL_WORDS
 
-if TYPE_CHECKING:
-    from genforge.data.pipeline import CleanConfig
+
+@dataclass
+class CleanConfig:
+    """Settings of `clean_corpus`; the defaults are tuned on the tiny world but use no knowledge of it."""
+
+    text_field: str = "text"
+    """JSONL/parquet field holding the document text."""
+    id_field: str = "id"
+    """Field holding a document id (falls back to `file:line`)."""
+    min_words: int = 5
+    """Documents with fewer whitespace-separated words are dropped ("too_short")."""
+    max_symbol_ratio: float = 0.2
+    """Largest share of non-space characters that are not alphanumeric or common punctuation."""
+    min_mean_word_len: float = 2.5
+    """Smallest plausible mean word length (letters)."""
+    max_mean_word_len: float = 12.0
+    """Largest plausible mean word length (letters)."""
+    max_repeated_line_frac: float = 0.3
+    """Largest share of lines that repeat an earlier line (Gopher uses 0.3)."""
+    max_boilerplate_frac: float = 0.4
+    """Share of lines/sentences matching web-boilerplate patterns at which a document is dropped."""
+    max_mash_frac: float = 0.3
+    """Largest share of unpronounceable words (keyboard mash)."""
+    min_char_entropy: float = 3.0
+    """Smallest character entropy in bits for texts of 100+ characters (prose is ~4)."""
+    min_stopwords: int = 2
+    """Texts of 20+ words need at least this many function words (Gopher's stopword rule)."""
+    min_quality: float = 0.6
+    """Smallest `quality_score` (0-1) kept."""
+    harmful_threshold: float = 1.0
+    """Harmful-vocabulary score at which a document is dropped (a phrase counts 1, an ambiguous word 0.5)."""
+    harmful_terms: list[str] = field(default_factory=list)
+    """Extra harmful phrases (each hit counts 1), added to `genforge.world.harmful`'s lists."""
+    harmful_terms_file: str | None = None
+    """A file of extra harmful phrases, one per line (# comments allowed)."""
+    use_default_harmful: bool = True
+    """Use the built-in harmful vocabulary (turn off to use only your own list)."""
+    dedup_exact: bool = True
+    """Drop documents identical (after normalising case, spacing and Unicode) to an earlier one."""
+    dedup_near: bool = True
+    """Drop documents whose estimated Jaccard similarity to an earlier one reaches `near_threshold`."""
+    near_threshold: float = 0.5
+    """Jaccard similarity of word-shingle sets at which two documents are near duplicates."""
+    num_perm: int = 128
+    """MinHash permutations: more is more accurate and slower."""
+    shingle_size: int = 3
+    """Words per shingle (smaller catches looser copies, and more false matches)."""
+    minhash_seed: int = 1
+    """Seed of the MinHash permutations."""
+    dedup_backend: str = "auto"
+    """"auto" (datasketch if installed), "datasketch" or "builtin" (numpy)."""
+    progress: bool | None = None
+    """Show progress (a bar on a terminal, a line every 10 % in a log); None shows it for inputs over 20 MB."""
+
 
 # Generic web boilerplate (not tied to any one site or to the tiny world); lower-case regexes.
 BOILERPLATE_PATTERNS = (

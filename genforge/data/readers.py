@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from genforge.errors import DataError
 from genforge.io import read_jsonl
@@ -28,15 +28,20 @@ class Doc:
     source: str  # "path:line", for error messages and reports
 
 
-def _kind(path: Path) -> str:
+JSON_SUFFIXES = (".jsonl", ".jsonl.gz")
+T = TypeVar("T")
+
+
+def _kind(path: Path, suffixes: tuple[str, ...] = SUFFIXES) -> str:
     name = path.name.lower()
-    for suffix in SUFFIXES:
+    for suffix in suffixes:
         if name.endswith(suffix):
             return suffix
-    raise DataError(f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)} (or a folder of them)")
+    raise DataError(f"{path}: unsupported file type; expected one of {', '.join(suffixes)} (or a folder of them)")
 
 
-def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike],
+                 suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
     """Turn files and folders into a sorted list of supported files; missing paths are errors."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -44,12 +49,12 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.name.lower().endswith(SUFFIXES))
+                           and f.name.lower().endswith(suffixes))
             if not found:
-                raise DataError(f"{p}: folder has no {', '.join(SUFFIXES)} files")
+                raise DataError(f"{p}: folder has no {', '.join(suffixes)} files")
             out.extend(found)
         elif p.is_file():
-            _kind(p)
+            _kind(p, suffixes)
             out.append(p)
         else:
             raise DataError(f"{p}: file not found")
@@ -123,6 +128,28 @@ def _read_parquet(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
             yield Doc(str(did) if did is not None else f"{path.name}:{row}", text, f"{path}:row {row}")
 
 
+def _guarded(path: Path, items: Iterator[T]) -> Iterator[T]:
+    """`items` read from `path`, with undecodable, truncated or unreadable files as one-line `DataError`s."""
+    try:
+        yield from items
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); re-encode it as UTF-8") from None
+    except (OSError, EOFError) as e:  # truncated or corrupt gzip, unreadable file
+        raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+
+
+def iter_json_rows(paths: str | os.PathLike | Iterable[str | os.PathLike],
+                   suffixes: tuple[str, ...] = JSON_SUFFIXES) -> Iterator[tuple[Path, int, dict]]:
+    """(file, line, object) for every row of JSONL files and folders of them (.jsonl, .jsonl.gz).
+
+    The same one-line errors as `iter_documents`: unsupported or missing files, non-UTF-8 bytes (a PNG or an
+    executable named .jsonl), truncated gzip, unreadable files, and malformed lines (`file:line: ...`).
+    """
+    for path in expand_paths(paths, suffixes):
+        for lineno, obj in _guarded(path, read_jsonl(path)):
+            yield path, lineno, obj
+
+
 def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], text_field: str = "text",
                    id_field: str = "id") -> Iterator[Doc]:
     """Yield every document from files and folders (.txt, .jsonl, .parquet, .txt.gz, .jsonl.gz).
@@ -140,13 +167,8 @@ def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], text_
             docs = _read_parquet(path, text_field, id_field)
         else:
             docs = _read_jsonl(path, text_field, id_field)
-        try:
-            for doc in docs:
-                any_text = any_text or bool(doc.text.strip())
-                yield doc
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text (bad byte at offset {e.start}); re-encode it as UTF-8") from None
-        except (OSError, EOFError) as e:  # truncated or corrupt gzip, unreadable file
-            raise DataError(f"{path}: cannot read ({e})") from None
+        for doc in _guarded(path, docs):
+            any_text = any_text or bool(doc.text.strip())
+            yield doc
     if not any_text:
         raise DataError(f"empty corpus: no text in {', '.join(map(str, files))}")

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genforge.data.readers import iter_json_rows
 from genforge.errors import DataError
-from genforge.io import read_jsonl
 from genforge.tokenizer import ROLE_TOKENS, Tokenizer
-from genforge.train.losses import IGNORE
 
+IGNORE = -100  # label value for positions that do not count (prompt tokens, padding); cross_entropy's default
 Conversation = list[dict]
 
 
@@ -74,22 +74,24 @@ def read_conversations(paths: str | Path | Iterable[str | Path], tasks: Iterable
                        limit: int = 0) -> list[Conversation]:
     """Conversations from one or more JSONL files (a comma-separated string works too).
 
+    A path may be a folder of .jsonl / .jsonl.gz files. Files are read by `data.readers.iter_json_rows`, so a
+    PNG, an executable, invalid UTF-8, a truncated gzip or an unreadable file is a one-line `DataError`.
     tasks: keep only rows whose "task" field is one of these (world task files carry it).
     limit: keep at most this many rows per file (0 = all).
     """
     if isinstance(paths, (str, Path)):
         paths = [p for p in str(paths).split(",") if p.strip()]
+    paths = [Path(str(p).strip()) for p in paths]
     want = set(tasks) if tasks else None
     out: list[Conversation] = []
-    for path in paths:
-        n = 0
-        for lineno, obj in read_jsonl(Path(str(path).strip())):
-            if want is not None and obj.get("task") not in want:
-                continue
-            out.append(parse_example(obj, f"{path}:{lineno}"))
-            n += 1
-            if limit and n >= limit:
-                break
+    per_file: dict[Path, int] = {}
+    for path, lineno, obj in iter_json_rows(paths):
+        if want is not None and obj.get("task") not in want:
+            continue
+        if limit and per_file.get(path, 0) >= limit:
+            continue
+        out.append(parse_example(obj, f"{path}:{lineno}"))
+        per_file[path] = per_file.get(path, 0) + 1
     if not out:
         raise DataError(f"no SFT examples in {list(map(str, paths))}" + (f" for tasks {sorted(want)}" if want else ""))
     return out

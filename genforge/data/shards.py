@@ -12,6 +12,7 @@ The train/val split is by document, chosen by a hash of the text so it is stable
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from genforge.errors import DataError
-from genforge.io import atomic_path, write_json
+from genforge.io import atomic_dir, write_json
 from genforge.tokenizer import Tokenizer
 
 SHARD_TOKENS = 50_000_000  # tokens per shard file (~100 MB at uint16)
@@ -37,9 +38,27 @@ def _is_val(text: str, val_fraction: float) -> bool:
 
 def pack_shards(texts: Iterable[str], tokenizer: Tokenizer, out_dir: str | Path, val_fraction: float = 0.05,
                 batch_docs: int = 256) -> dict:
-    """Tokenize documents into train/val shard files under out_dir; returns (and writes) the manifest."""
+    """Tokenize documents into train/val shard files under out_dir; returns (and writes) the manifest.
+
+    The shards are written into a temp folder beside `out_dir` and swapped in only when every document was
+    read and packed (`genforge.io.atomic_dir`): a pack that fails half way (a bad line deep in the input, a
+    full disk) leaves the old shards and their manifest as they were, and no empty `out_dir` behind.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        raise DataError(f"{out_dir}: exists and is not a shard folder (no manifest.json); packing would replace it, "
+                        "so choose a new or empty folder")
+    with atomic_dir(out_dir) as tmp:
+        manifest = _pack_into(texts, tokenizer, tmp, val_fraction, batch_docs)
+    if val_fraction > 0 and manifest["splits"]["val"]["n_tokens"] == 0:
+        print(f"warning: {out_dir}: the validation split got 0 tokens (val_fraction={val_fraction} of "
+              f"{manifest['splits']['train']['n_docs']} documents; the split is by whole document); "
+              "validation loss cannot be measured: add documents or raise val_fraction", file=sys.stderr)
+    return manifest
+
+
+def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fraction: float,
+               batch_docs: int) -> dict:
     dtype = dtype_for_vocab(tokenizer.vocab_size)
     splits: dict[str, dict] = {s: {"files": [], "n_tokens": 0, "n_bytes": 0, "n_docs": 0} for s in ("train", "val")}
     buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
@@ -50,8 +69,7 @@ def pack_shards(texts: Iterable[str], tokenizer: Tokenizer, out_dir: str | Path,
             arr = np.concatenate(buffers[split])
             chunk, rest = arr[:SHARD_TOKENS], arr[SHARD_TOKENS:]
             name = f"{split}_{len(splits[split]['files']):03d}.bin"
-            with atomic_path(out_dir / name) as tmp:
-                chunk.astype(dtype).tofile(tmp)
+            chunk.astype(dtype).tofile(out_dir / name)  # the whole folder is swapped in atomically
             splits[split]["files"].append({"path": name, "n_tokens": int(len(chunk))})
             buffers[split], buffered[split] = ([rest] if len(rest) else []), len(rest)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100  # label value for positions that do not count (prompt tokens, padding)
+# the label convention lives with the data that makes labels (data must not import train); re-exported here
+from genforge.data.sft_data import IGNORE as IGNORE
 
 
 def lm_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -132,7 +132,8 @@ def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SF
     The returned module is what to evaluate: the model itself, or the prompt-tuning wrapper around it.
     """
     from genforge.checkpoint import write_checkpoint_files
-    from genforge.model.peft import save_adapter, trainable_summary, training_memory
+    from genforge.model.peft import save_adapter, trainable_summary
+    from genforge.train.memory import training_memory
 
     method = cfg.peft.method
     if method not in METHODS:

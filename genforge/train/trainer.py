@@ -11,15 +11,24 @@ Gradient accumulation normalises correctly: the gradients of all micro-batches (
 all ranks) are summed and divided once by the *total* count, so a step over 2x8 sequences equals
 one over 16 however the tokens are split (the bug torchtune issue #2307 describes cannot happen
 here: there is only one loop).
+
+Several optimizers (a GAN's discriminator and generator, an actor and a critic with their own
+learning rates) are `Part`s: each has its parameters, its loss and a schedule (`every`, `phase`), and
+runs its own accumulate -> clip -> step on the step's batches, in list order. One `loss_fn` is simply
+one part over every trainable parameter.
+
+Checkpoints and resume go through `genforge.checkpoint.core`: atomic folders, the newest complete
+checkpoint found after a kill at any instant, training state loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,8 +38,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from genforge import runtime
+from genforge.checkpoint.core import find_resume_state, save_training_state
 from genforge.errors import TrainingError
-from genforge.io import atomic_dir, atomic_path
+from genforge.io import atomic_dir, atomic_path, storage_error
 
 
 @dataclass
@@ -67,6 +77,25 @@ class DataSource(Protocol):
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, Any, dict]]
 
 
+@dataclass
+class Part:
+    """One optimizer's share of a step: which parameters it moves, by which loss, and on which steps.
+
+    It runs on steps where `step % every == phase` (every=1: each step; every=2, phase 0/1: alternate).
+    `params` is a module or a list of parameters; `lr` 0 means the trainer's peak lr.
+    """
+
+    name: str
+    params: torch.nn.Module | Sequence[torch.nn.Parameter]
+    loss_fn: LossFn
+    every: int = 1
+    phase: int = 0
+    lr: float = 0.0
+
+    def runs_at(self, step: int) -> bool:
+        return step % self.every == self.phase
+
+
 def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
     """Linear warmup to `peak`, then cosine decay to peak * min_lr_ratio at max_steps."""
     if step < cfg.warmup_steps:
@@ -75,9 +104,10 @@ def lr_at(step: int, cfg: TrainConfig, peak: float) -> float:
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module | Sequence[torch.nn.Parameter], cfg: TrainConfig,
+                   lr: float) -> torch.optim.Optimizer:
     """AdamW; weight decay on >=2-D weights only (decaying norm gains hurts, Loshchilov & Hutter 2019)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in (model.parameters() if isinstance(model, torch.nn.Module) else model) if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: every parameter is frozen (check the PEFT / selective-tuning settings)")
     seen, decay, no_decay = set(), [], []
@@ -92,12 +122,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch
 
 
 class Trainer:
-    """Runs `cfg.max_steps` optimizer steps of `loss_fn` over `data`, with eval, logging, checkpoints and resume."""
+    """Runs `cfg.max_steps` optimizer steps of `loss_fn` (or of several `Part`s) over `data`, with eval,
+    logging, checkpoints and exact resume. `model` is any `nn.Module`; the loop reads nothing from it but
+    its parameters."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, loss_fn: LossFn, data: DataSource,
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, loss_fn: LossFn | Sequence[Part], data: DataSource,
                  out_dir: str | Path, *, eval_fn: Callable[[torch.nn.Module], dict] | None = None,
                  save_fn: Callable[[Path], None] | None = None, default_lr: float = 3e-4, name: str = "train"):
-        self.cfg, self.loss_fn, self.data, self.eval_fn, self.save_fn = cfg, loss_fn, data, eval_fn, save_fn
+        self.cfg, self.data, self.eval_fn, self.save_fn = cfg, data, eval_fn, save_fn
         self.out_dir = Path(out_dir)
         self.name = name
         runtime.set_threads(cfg.threads)
@@ -105,41 +137,70 @@ class Trainer:
         self.device = runtime.resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.peak_lr = cfg.lr or default_lr
-        self.optimizer = make_optimizer(self.model, cfg, self.peak_lr)
+        self.single = callable(loss_fn)
+        self.parts = [Part("model", self.model, loss_fn)] if callable(loss_fn) else list(loss_fn)
+        if not self.parts or len({p.name for p in self.parts}) != len(self.parts):
+            raise TrainingError(f"[{name}] parts need distinct names, got {[p.name for p in self.parts]}")
+        if len(self.parts) > 1 and self.world > 1:
+            raise TrainingError(f"[{name}] several optimizers under DDP are not supported yet; run on one process")
+        self.optimizers = {p.name: make_optimizer(p.params, cfg, p.lr or self.peak_lr) for p in self.parts}
+        self.optimizer = self.optimizers[self.parts[0].name]  # the one optimizer of a single-loss run
         self.step = 0
         self.bad_steps = 0
         self.last_eval: dict = {}
         self.ckpt_dir = self.out_dir / "checkpoint"
         self.metrics_path = self.out_dir / "metrics.jsonl"
         runtime.seed_all(cfg.seed + self.rank)
-        if cfg.resume and (self.ckpt_dir / "trainer_state.pt").exists():
-            self._load_state()
+        if cfg.resume:
+            found = find_resume_state(self.ckpt_dir, self.device)
+            if found is not None:
+                self._load_state(*found)
+        self._trim_metrics()
         self.ddp = DDP(self.model) if self.world > 1 else None
         fwd = self.ddp or self.model
         self.forward_model = torch.compile(fwd) if cfg.compile else fwd
 
     # ---------------------------------------------------------------- checkpointing
-    def _load_state(self) -> None:
-        state = torch.load(self.ckpt_dir / "trainer_state.pt", map_location=self.device, weights_only=False)
+    def _load_state(self, folder: Path, state: dict) -> None:
         # PEFT runs store only trainable tensors: the frozen base comes from where the stage loaded it
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        if unexpected or set(missing) & trainable:
-            raise TrainingError(f"{self.ckpt_dir}: saved state does not fit this model (missing "
-                                f"{sorted(set(missing) & trainable)[:3]}, unexpected {unexpected[:3]}); "
-                                "was the config changed? Use train.resume=false to start over")
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved_parts = set(state.get("optimizers", {}))
+        if unexpected or set(missing) & trainable or saved_parts != set(self.optimizers):
+            raise TrainingError(f"{folder}: saved state does not fit this model (missing "
+                                f"{sorted(set(missing) & trainable)[:3]}, unexpected {unexpected[:3]}, optimizers "
+                                f"{sorted(saved_parts)} vs {sorted(self.optimizers)}); was the config changed? "
+                                "Use train.resume=false to start over")
+        for part_name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][part_name])
         self.step, self.bad_steps = state["step"], state["bad_steps"]
         runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
         if hasattr(self.data, "load_state_dict") and "data" in state:
             self.data.load_state_dict(state["data"])
-        if runtime.is_main() and self.metrics_path.exists():
-            # drop log rows past the checkpoint: they will be produced again
-            keep = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= self.step]
-            with atomic_path(self.metrics_path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in keep))
         if runtime.is_main():
-            print(f"[{self.name}] resumed from {self.ckpt_dir} at step {self.step}", flush=True)
+            note = "" if folder == self.ckpt_dir else f" (newest complete checkpoint; {self.ckpt_dir} was not usable)"
+            print(f"[{self.name}] resumed from {folder} at step {self.step}{note}", flush=True)
+
+    def _trim_metrics(self) -> None:
+        """Keep the log rows up to the step training continues from: rows past it will be produced again (no
+        duplicates), and a torn last line (an append cut by a kill or a full disk) is dropped, not parsed."""
+        if not runtime.is_main() or not self.metrics_path.exists():
+            return
+        keep, changed = [], False
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+                ok = isinstance(row, dict) and row.get("step", 0) <= self.step
+            except json.JSONDecodeError:
+                ok = False
+            keep.append(line) if ok else None
+            changed = changed or not ok
+        if changed:
+            try:
+                with atomic_path(self.metrics_path) as tmp:
+                    tmp.write_text("".join(ln + "\n" for ln in keep))
+            except OSError as e:
+                raise storage_error(e, self.metrics_path) from None
 
     def save(self) -> None:
         """Write model files (via save_fn) and exact-resume state into out_dir/checkpoint, atomically."""
@@ -152,11 +213,11 @@ class Trainer:
         with atomic_dir(self.ckpt_dir) as tmp:
             if self.save_fn:
                 self.save_fn(tmp)
-            state = {"model": self._resume_weights(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                     "bad_steps": self.bad_steps, "rng": rngs}
+            state = {"model": self._resume_weights(), "step": self.step, "bad_steps": self.bad_steps, "rng": rngs,
+                     "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()}}
             if hasattr(self.data, "state_dict"):
                 state["data"] = self.data.state_dict()
-            torch.save(state, tmp / "trainer_state.pt")
+            save_training_state(tmp, state)
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, **self.last_eval}, indent=2))
 
     def _resume_weights(self) -> dict:
@@ -167,9 +228,12 @@ class Trainer:
 
     def log(self, row: dict) -> None:
         if runtime.is_main():
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                raise storage_error(e, self.metrics_path, "appending to the log") from None
 
     # ---------------------------------------------------------------- the loop
     def evaluate(self) -> dict:
@@ -184,20 +248,44 @@ class Trainer:
         return metrics
 
     def train_step(self) -> dict:
-        """One optimizer step over grad_accum micro-batches; returns its metrics."""
-        cfg, model = self.cfg, self.forward_model
-        lr = lr_at(self.step, cfg, self.peak_lr)
-        for g in self.optimizer.param_groups:
+        """One optimizer step of every part scheduled now, over grad_accum micro-batches; returns its metrics.
+
+        A single-loss run logs loss/lr/grad_norm; several parts log each as `<metric>_<part>`, plus `loss` and
+        `lr` of the first part that ran (for the progress bar)."""
+        def fetch(m: int) -> Any:
+            return _to_device(self.data.get_batch(self.step, m, self.rank, self.world), self.device)
+
+        # several parts see the same micro-batches: fetch each once; one part fetches lazily, as it always did
+        batches = fetch if self.single else functools.cache(fetch)
+        out: dict = {}
+        for part in self.parts:
+            if not part.runs_at(self.step):
+                continue
+            m = self._part_step(part, batches)
+            if self.single:
+                return m
+            out.setdefault("loss", m["loss"])
+            out.setdefault("lr", m["lr"])
+            out["count"] = max(out.get("count", 0.0), m.get("count", 0.0))
+            out.update({f"{k}_{part.name}": v for k, v in m.items() if k != "count"})
+        if not out:  # no part is scheduled at this step
+            out = {"loss": float("nan"), "lr": 0.0}
+        return out
+
+    def _part_step(self, part: Part, batches: Callable[[int], Any]) -> dict:
+        cfg, model, opt = self.cfg, self.forward_model, self.optimizers[part.name]
+        lr = lr_at(self.step, cfg, part.lr or self.peak_lr)
+        for g in opt.param_groups:
             g["lr"] = lr
         total_loss = torch.zeros((), device=self.device)
         total_count = torch.zeros((), device=self.device)
         extra: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            batch = _to_device(self.data.get_batch(self.step, micro, self.rank, self.world), self.device)
+            batch = batches(micro)
             sync = self.ddp is None or micro == cfg.grad_accum - 1
             ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
             with ctx, runtime.autocast(self.device, cfg.precision):
-                loss_sum, count, metrics = self.loss_fn(model, batch)
+                loss_sum, count, metrics = part.loss_fn(model, batch)
             with ctx:
                 loss_sum.backward()
             total_loss += loss_sum.detach().float()
@@ -210,20 +298,24 @@ class Trainer:
         # DDP averaged gradients over ranks; sum/total_count is the exact mean over every item of the step
         scale = self.world / total_count.clamp(min=1.0)
         loss = (total_loss / total_count.clamp(min=1.0)).item()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         for p in params:
             p.grad.mul_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
-            self.optimizer.zero_grad(set_to_none=True)
+        finite = math.isfinite(loss) and math.isfinite(float(grad_norm))
+        if finite:
+            opt.step()
+        # every part's loss may reach other parts' parameters (G's loss flows through D): clear all grads
+        opt.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
+        if not finite:
             self.bad_steps += 1
             if self.bad_steps > cfg.max_bad_steps:
+                where = "" if self.single else f" ({part.name})"
                 raise TrainingError(
-                    f"[{self.name}] step {self.step}: loss is {loss} (grad norm {float(grad_norm)}); stopping. "
-                    f"Lower train.lr (now {self.peak_lr:g}), check the data, or resume from {self.ckpt_dir}")
+                    f"[{self.name}] step {self.step}{where}: loss is {loss} (grad norm {float(grad_norm)}); stopping. "
+                    f"Lower train.lr (now {part.lr or self.peak_lr:g}), check the data, or resume from {self.ckpt_dir}")
             return {"loss": loss, "skipped": 1, "lr": lr}
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "count": float(total_count), **extra}
 
     def fit(self) -> dict:
@@ -277,4 +369,8 @@ def read_metrics(out_dir: str | Path, split: str = "train") -> list[dict]:
     path = Path(out_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == split]
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a torn last line (killed mid-append) is not a row
+            rows.append(json.loads(line))
+    return [r for r in rows if isinstance(r, dict) and r.get("split") == split]

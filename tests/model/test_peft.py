@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from genforge.errors import CheckpointError, ConfigError
+from genforge.errors import ConfigError
 from genforge.model import peft
 from genforge.model.gpt import GPT, GPTConfig
 
@@ -186,39 +186,3 @@ def test_selective_tuning_freezes_all_but_chosen():
         peft.select_trainable(model, ["biases"])
     with pytest.raises(ConfigError, match="selects no parameter"):
         peft.select_trainable(model, ["attention_gate"])
-
-
-def test_training_memory_is_smaller_for_peft():
-    from genforge.train.losses import lm_loss
-
-    x = ids(B=4, T=32)
-    batch = {"input_ids": x, "labels": x}
-    full = peft.training_memory(make_model(), lm_loss, batch)
-    lora = peft.training_memory(peft.apply_lora(make_model(), r=4), lm_loss, batch)
-    assert full["activations_mib"] > 0 and lora["activations_mib"] > 0
-    assert lora["grads_mib"] < full["grads_mib"] / 10
-    assert lora["total_mib"] < full["total_mib"]
-
-
-@pytest.mark.parametrize("kind", ["lora", "prompt", "adapter"])
-def test_adapter_folders_round_trip(tmp_path, kind):
-    base = make_model()
-    if kind == "lora":
-        model = peft.apply_lora(copy.deepcopy(base), r=4, target_modules=["q_proj", "up_proj"])
-        randomize_lora(model)
-    elif kind == "prompt":
-        model = peft.PromptTuning(copy.deepcopy(base), 3, seed=5)
-    else:
-        model = peft.apply_adapters(copy.deepcopy(base), size=4)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, peft.BottleneckAdapter):
-                    m.up.weight.normal_(std=0.1)
-    peft.save_adapter(model, tmp_path, base_model_name_or_path="some/base")
-    loaded = peft.load_adapter(copy.deepcopy(base), tmp_path)
-    x = ids()
-    torch.testing.assert_close(loaded(x), model(x))
-    # the same adapter on a model of another width is refused, naming the mismatch
-    other = GPT(GPTConfig(vocab_size=97, depth=2, width=32, head_dim=16, max_seq_len=64))
-    with pytest.raises(CheckpointError, match="width 64 vs 32"):
-        peft.load_adapter(other, tmp_path)

@@ -10,18 +10,15 @@ import torch
 from genforge.checkpoint import load_checkpoint, save_checkpoint
 from genforge.errors import DataError
 from genforge.model.gpt import GPT, GPTConfig
-from genforge.tokenizer import train_tokenizer
 from genforge.train.dpo import DPOConfig, PairData, evaluate_pairs, main, preference_pairs, train_dpo
 from genforge.train.reward import RankedPrompt
 from genforge.train.rollout import Reference, make_policy, response_logprobs
 from genforge.train.trainer import TrainConfig
-
-WORDS = "the cat sat on a mat and was good or bad yes no maybe fine great awful please thanks".split()
+from tests.helpers import shared_tokenizer
 
 
 def tiny_tok():
-    rng = random.Random(0)
-    return train_tokenizer([" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)])
+    return shared_tokenizer()  # trained once per test run (tests/helpers.py)
 
 
 def tiny_gpt(vocab: int, seed: int = 0) -> GPT:

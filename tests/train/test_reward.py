@@ -9,7 +9,6 @@ import torch
 from genforge.errors import DataError
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.heads import RewardModel, ScalarHead, last_token_index
-from genforge.tokenizer import train_tokenizer
 from genforge.train.reward import (
     RankedData,
     RewardConfig,
@@ -21,13 +20,11 @@ from genforge.train.reward import (
 )
 from genforge.train.rollout import make_batch, response_logprobs
 from genforge.train.trainer import TrainConfig
-
-WORDS = "the cat sat on a mat and was good or bad yes no maybe fine great awful please thanks".split()
+from tests.helpers import shared_tokenizer
 
 
 def tiny_tok():
-    rng = random.Random(0)
-    return train_tokenizer([" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)])
+    return shared_tokenizer()  # trained once per test run (tests/helpers.py)
 
 
 def tiny_gpt(vocab: int, seed: int = 0) -> GPT:

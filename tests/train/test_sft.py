@@ -316,3 +316,68 @@ def test_cli_sft_reports_errors_in_one_line(tmp_path, base_ckpt, capsys):
     code = main(["sft", f"init_from={base_ckpt}", f"out_dir={tmp_path / 'out'}", f"data.train={good}",
                  "peft.method=lorax"])
     assert code == 2 and "peft.method='lorax'" in capsys.readouterr().err
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+
+
+def _bad_input(kind: str, tmp_path, monkeypatch):
+    """A bad `data.train` of the given kind and the file its error must name (issue 12, case 7)."""
+    import gzip
+    import shutil
+    import sys
+
+    import genforge.io as gio
+
+    good = [{"prompt": "a", "response": "b"}] * 50
+    if kind == "invalid_utf8":
+        p = tmp_path / "latin1.jsonl"
+        p.write_bytes('{"prompt": "caf\u00e9", "response": "x"}\n'.encode("latin-1"))
+        return p, p
+    if kind in ("png_named_jsonl", "png"):
+        p = tmp_path / ("image.jsonl" if kind == "png_named_jsonl" else "image.png")
+        p.write_bytes(PNG)
+        return p, p
+    if kind == "executable_named_jsonl":
+        p = tmp_path / "prog.jsonl"
+        shutil.copy(sys.executable, p)
+        return p, p
+    if kind == "executable":
+        return Path(sys.executable), Path(sys.executable)
+    if kind == "folder":
+        d = tmp_path / "mixed"
+        d.mkdir()
+        write_jsonl(d / "a_good.jsonl", good)
+        (d / "b_bad.jsonl").write_bytes(PNG)
+        return d, d / "b_bad.jsonl"
+    if kind == "truncated_gz":
+        p = tmp_path / "cut.jsonl.gz"
+        blob = gzip.compress(("".join(json.dumps(r) + "\n" for r in good)).encode())
+        p.write_bytes(blob[: len(blob) // 2])
+        return p, p
+    if kind == "unreadable":
+        p = write_jsonl(tmp_path / "locked.jsonl", good)
+        real_open = open
+
+        def guarded_open(f, *a, **k):  # root ignores chmod 000: refuse the way the OS would for a user
+            if Path(f) == p:
+                raise PermissionError(13, "Permission denied", str(f))
+            return real_open(f, *a, **k)
+
+        monkeypatch.setattr(gio, "open", guarded_open, raising=False)
+        return p, p
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["invalid_utf8", "png_named_jsonl", "png", "executable_named_jsonl", "executable",
+                                  "folder", "truncated_gz", "unreadable"])
+def test_cli_sft_bad_input_files_are_one_line_errors(kind, tmp_path, base_ckpt, capsys, monkeypatch):
+    from genforge.cli import main
+
+    arg, named = _bad_input(kind, tmp_path, monkeypatch)
+    code = main(["sft", f"init_from={base_ckpt}", f"out_dir={tmp_path / 'out'}", f"data.train={arg}",
+                 "train.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(named) in lines[0], err
