@@ -26,6 +26,7 @@ from genforge.progress import progress
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 
 
+@dataclass
 class CleanReport:
     """What `clean_corpus` did: counts per removal reason, sizes, timing and the kept ids."""
 

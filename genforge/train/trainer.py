@@ -324,8 +324,9 @@ class Trainer:
         self.model.train()
         bar = None
         if cfg.progress and runtime.is_main():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.name, dynamic_ncols=True, leave=True)
+            from genforge.progress import Progress
+
+            bar = Progress(total=cfg.max_steps, initial=self.step, desc=self.name, unit="step")
         t0, items, recent = time.perf_counter(), 0.0, []
         last: dict = {}
         while self.step < cfg.max_steps:
@@ -337,8 +338,9 @@ class Trainer:
             recent = (recent + [(last.get("count", 0.0), dt)])[-20:]
             rate = sum(c for c, _ in recent) / max(1e-9, sum(d for _, d in recent))
             if bar is not None:
-                bar.update(1)
+                # postfix first, so a logged progress line shows this step's numbers
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", tok_s=f"{rate:,.0f}")
+                bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 self.log({"step": self.step, "split": "train", "items_per_s": rate, **last})
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
