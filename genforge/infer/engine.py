@@ -208,7 +208,7 @@ class DecodeSession:
     """One decode in progress: prompts prefilled once, then tokens picked and fed one step at a time.
 
     Public use is one row (`Engine.session(prompt, params)`): `step()` picks and returns the next
-    token, `generate(n)` up to n tokens (ending at a stop id), `append(tokens)` feeds outside
+    token, `generate(n)` up to n tokens (ending at a stop id; params.max_new_tokens is not used), `append(tokens)` feeds outside
     tokens (a tool's output) through the cached prefix without recomputing it. Every token picked
     is fed into the cache lazily, on the next `step` or `append`, so the last one of a generation
     costs no forward. `tokens` holds the whole sequence so far.
@@ -232,7 +232,7 @@ class DecodeSession:
         max_ctx = model.config.max_seq_len
         if P > max_ctx:
             raise ConfigError(f"prompt of {P} tokens is longer than the model's context ({max_ctx}); shorten it")
-        M = engine._bucket(max(P + min(params.max_new_tokens, max_ctx - P), cache_len or 0))
+        M = engine._bucket(max(cache_len, P) if cache_len else P + min(params.max_new_tokens, max_ctx - P))
         self.B, self.P, self.M = B, P, M
         self.generator = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
         self.processors = sampling.logits_processors(params, model.config.vocab_size, logits_processors)
