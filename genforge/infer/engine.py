@@ -208,10 +208,10 @@ class DecodeSession:
     """One decode in progress: prompts prefilled once, then tokens picked and fed one step at a time.
 
     Public use is one row (`Engine.session(prompt, params)`): `step()` picks and returns the next
-    token, `generate(n)` up to n tokens (ending at a stop id; params.max_new_tokens is not used), `append(tokens)` feeds outside
-    tokens (a tool's output) through the cached prefix without recomputing it. Every token picked
-    is fed into the cache lazily, on the next `step` or `append`, so the last one of a generation
-    costs no forward. `tokens` holds the whole sequence so far.
+    token, `generate(n)` up to n tokens (ending at a stop id; params.max_new_tokens is not used),
+    `append(tokens)` feeds outside tokens (a tool's output) through the cached prefix without
+    recomputing it. Every token picked is fed into the cache lazily, on the next `step` or
+    `append`, so the last one of a generation costs no forward. `tokens` holds the whole sequence so far.
 
     The engine drives it with several left-padded rows (`step_all`). Penalties: `seen` covers
     prompt, appended and output tokens (repetition, as HF and vLLM do); `counts` covers the

@@ -35,9 +35,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.errors import CheckpointError
-from genforge.infer.engine import Engine
-from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull, Sampling
+from genforge.infer.engine import Engine, StopFn
+from genforge.infer.sampling import SamplingParams
+from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
+from genforge.text import render_prompt
 from genforge.tokenizer import Tokenizer
 
 log = logging.getLogger("genforge.serve")
@@ -142,17 +144,12 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
             raise APIError(400, f"the model {name!r} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
 
-    def sampling_of(req: ChatRequest | CompletionRequest) -> Sampling:
-        return Sampling(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                        repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-                        presence_penalty=req.presence_penalty)
-
     def chat_prompt(req: ChatRequest) -> tuple[list[int], int]:
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
         def encode(ms: list[dict]) -> list[int]:
-            # encode_chat keeps special-token strings in message content as plain text (no forged turns)
-            return tokenizer.encode_chat(ms, add_generation_prompt=True)[0]
+            # the text layer keeps special-token strings in message content as plain text (no forged turns)
+            return render_prompt(tokenizer, ms)
 
         ids = encode(msgs)
         max_tokens = req.max_completion_tokens or req.max_tokens
@@ -172,7 +169,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
         if len(prompts) * req.n > MAX_ROWS:
             raise APIError(400, f"prompts x n = {len(prompts) * req.n} exceeds the limit of {MAX_ROWS} per request",
                            param="n", code="invalid_value")
-        job = Job([p for p in prompts for _ in range(req.n)], max_tokens, sampling_of(req), req.stops())
+        job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling())
         job.bind()
         try:
             batcher.submit(job)
@@ -282,12 +279,12 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
                              "choices": choices, "usage": usage(job, [ids])})
 
     def completion_prompts(req: CompletionRequest) -> tuple[list[list[int]], int]:
-        """Token ids of each prompt (strings get BOS + text, as genforge.infer.text does) and one max_tokens."""
+        """Token ids of each prompt (strings get BOS + text, `genforge.text.render_prompt`) and one max_tokens."""
         p = req.prompt
         if isinstance(p, str):
-            raw = [tokenizer.encode(p, add_bos=True)]
+            raw = [render_prompt(tokenizer, p)]
         elif p and all(isinstance(x, str) for x in p):
-            raw = [tokenizer.encode(x, add_bos=True) for x in p]
+            raw = [render_prompt(tokenizer, x) for x in p]
         elif p and all(isinstance(x, int) for x in p):
             raw = [list(p)]
         else:
@@ -385,16 +382,16 @@ def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> 
     batcher's per-token `stop_fn` afterwards: a reply arrives as one burst, and a disconnect cannot
     interrupt a row already being generated. Penalties are not applied (the speculative decoder has none).
     """
+    from dataclasses import replace
+
     from genforge.infer.speculative import speculative_generate
 
-    def generate(prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, stop_ids: Sequence[int] = (), seed: int | None = None,
-                 stop_fn: Callable[[int, list[int]], bool] | None = None, **_: Any) -> list[list[int]]:
+    def generate(prompts: list[list[int]], params: SamplingParams, *, stop_ids: Sequence[int] = (),
+                 stop_fn: StopFn | None = None) -> list[list[int]]:
+        params = replace(params, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
         outs = []
         for row, prompt in enumerate(prompts):
-            tokens, _stats = speculative_generate(target, draft, prompt, k=k, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                                  stop_ids=stop_ids)
+            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids)
             out: list[int] = []
             for t in tokens:
                 out.append(t)

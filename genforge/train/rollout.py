@@ -16,7 +16,6 @@ Shapes: B rows, P longest prompt, R longest response, V vocab, C width.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
 from dataclasses import replace
 
 import torch
@@ -29,7 +28,7 @@ from genforge.tokenizer import Tokenizer
 
 
 def encode_prompt(tok: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """Chat-template ids of a one-turn user prompt, ending with the assistant generation prompt (`text.render_prompt`)."""
+    """Chat-template ids of a one-turn user prompt, ending with the generation prompt (`text.render_prompt`)."""
     return render_prompt(tok, prompt, chat=True, system=system or "")
 
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.serve.app import add_cli, build_from_args, create_app
 from genforge.serve.testing import running_server, tiny_model_and_tokenizer
 
@@ -82,7 +83,7 @@ def test_chat_completion_shape_and_usage(client, tiny):
     prompt = tok.encode(tok.render_chat([{"role": "user", "content": "hello there"}], add_generation_prompt=True))
     assert j["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 10, "total_tokens": len(prompt) + 10}
     # the same text the engine gives directly (the server adds no tokens of its own)
-    ids = Engine(model).generate([prompt], max_new_tokens=10, stop_ids=[tok.end_id, tok.eos_id])[0]
+    ids = Engine(model).generate([prompt], SamplingParams(max_new_tokens=10), stop_ids=[tok.end_id, tok.eos_id])[0]
     assert choice["message"]["content"] == tok.decode(ids)
 
 
@@ -234,7 +235,7 @@ class Gate:
         self.delay = delay
         self.batches: list[int] = []
 
-    def __call__(self, prompts, **kw):
+    def __call__(self, prompts, params, **kw):
         self.batches.append(len(prompts))
         self.entered.set()
         assert self.open.wait(30), "gate never opened"
@@ -245,7 +246,7 @@ class Gate:
                 time.sleep(self.delay)
                 return inner(row, tokens)
             kw["stop_fn"] = slow
-        return self.engine.generate(prompts, **kw)
+        return self.engine.generate(prompts, params, **kw)
 
 
 def test_two_concurrent_requests_complete_and_batch(tiny):
@@ -314,7 +315,7 @@ def test_stopped_worker_gives_503(tiny):
 def test_engine_failure_is_reported(tiny):
     model, tok = tiny
 
-    def broken(prompts, **kw):
+    def broken(prompts, params, **kw):
         raise RuntimeError("boom")
 
     with TestClient(create_app(model, tok, "tiny", generate_fn=broken)) as c:
