@@ -162,7 +162,8 @@ def _export(args):
 def _generate(args):
     from genforge.checkpoint import load_checkpoint, load_model
     from genforge.errors import CheckpointError
-    from genforge.infer.text import encode_prompt, stream_text, truncate_at_stop
+    from genforge.infer.sampling import SamplingParams
+    from genforge.text import detokenize, render_prompt, stop_ids_for, stream_text
 
     model, tok, _ = load_checkpoint(args.checkpoint)
     if tok is None:
@@ -179,11 +180,9 @@ def _generate(args):
         from genforge.infer.compress import to_bf16
 
         model = to_bf16(model)
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if args.watermark:
-        from genforge.infer.watermark import WatermarkConfig
-
-        sampling["watermark"] = WatermarkConfig(key=args.watermark_key)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, stop=list(args.stop or ()), watermark=args.watermark,
+                            watermark_key=args.watermark_key)
     draft = load_model(args.draft) if args.draft else None
     prompts = args.prompt or [sys.stdin.read()]
     for prompt in prompts:
@@ -194,15 +193,13 @@ def _generate(args):
 
             if args.watermark:
                 raise ConfigError("--watermark and --draft cannot be combined (the verifier samples the target)")
-            ids, stats = speculative_generate(
-                model, draft, encode_prompt(tok, prompt, args.chat), k=args.draft_k, max_new_tokens=args.max_new_tokens,
-                stop_ids=[tok.eos_id, tok.end_id] if args.chat else [tok.eos_id], **sampling)
-            print(truncate_at_stop(tok.decode(ids), args.stop or ())[0])
+            ids, stats = speculative_generate(model, draft, render_prompt(tok, prompt, chat=args.chat), params,
+                                              k=args.draft_k, stop_ids=stop_ids_for(tok, args.chat))
+            print(detokenize(tok, ids, params.stop))
             print(f"[speculative: acceptance {stats['acceptance_rate']:.2f}, "
                   f"{stats['tokens_per_target_call']:.2f} tokens per target call]", file=sys.stderr)
             continue
-        for delta in stream_text(model, tok, prompt, stop=args.stop or (), max_new_tokens=args.max_new_tokens,
-                                 chat=args.chat, **sampling):
+        for delta in stream_text(model, tok, prompt, params, chat=args.chat):
             print(delta, end="", flush=True)
         print()
 

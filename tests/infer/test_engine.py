@@ -87,7 +87,8 @@ def test_batched_generation_equals_per_prompt(model, static):
 
 def test_temperature_zero_deterministic_and_seeded_sampling(model):
     prompts = _prompts([4, 9], seed=2)
-    assert generate(model, prompts, SamplingParams(max_new_tokens=10)) == generate(model, prompts, SamplingParams(max_new_tokens=10))
+    ten = SamplingParams(max_new_tokens=10)
+    assert generate(model, prompts, ten) == generate(model, prompts, ten)
     a = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=3))
     b = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=3))
     c = generate(model, prompts, SamplingParams(max_new_tokens=10, temperature=1.0, seed=4))
@@ -112,7 +113,9 @@ def test_penalties_match_reference(model):
     prompt = _prompts([6], seed=4)[0]
     for pen in [(1.8, 0.0, 0.0), (1.0, 0.7, 0.0), (1.0, 0.0, 2.0), (1.3, 0.2, 0.5)]:
         ref = _greedy_reference(model, prompt, 14, penalties=pen)
-        out = generate(model, [prompt], SamplingParams(max_new_tokens=14, repetition_penalty=pen[0], frequency_penalty=pen[1], presence_penalty=pen[2]))
+        params = SamplingParams(max_new_tokens=14, repetition_penalty=pen[0], frequency_penalty=pen[1],
+                                presence_penalty=pen[2])
+        out = generate(model, [prompt], params)
         assert out == [ref], pen
     # a large presence penalty forbids repeating any generated token
     out = generate(model, [prompt], SamplingParams(max_new_tokens=20, presence_penalty=100.0))[0]
@@ -159,7 +162,8 @@ def test_compiled_engine_matches_eager(model):
     assert compiled.generate(prompts, SamplingParams(max_new_tokens=10)) == eager  # second call: guard-free fast path
     # int8 at batch 1 takes the fused int8 reduction path, which only exists under torch.compile
     q = quantize_int8(copy.deepcopy(model), include_head=True)
-    assert Engine(q, compile=True).generate(prompts[:1], SamplingParams(max_new_tokens=10)) == Engine(q).generate(prompts[:1], SamplingParams(max_new_tokens=10))
+    ten = SamplingParams(max_new_tokens=10)
+    assert Engine(q, compile=True).generate(prompts[:1], ten) == Engine(q).generate(prompts[:1], ten)
 
 
 class _CountTokens:

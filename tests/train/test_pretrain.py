@@ -11,7 +11,6 @@ from genforge.data.shards import TokenShards, dtype_for_vocab
 from genforge.errors import DataError
 from genforge.train.pretrain import PretrainConfig, main
 from genforge.train.trainer import read_metrics
-
 from tests.helpers import make_shards
 
 
