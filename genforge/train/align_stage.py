@@ -199,8 +199,10 @@ def align_stage(ctx, report: StageReport) -> dict:
     bias = ctx.knob("align.rm_length_bias", 0.05)
     proxy = length_bias(rm_reward(rm, tok.pad_id), bias)
 
+    from genforge.text import detokenize
+
     def monitor(prompts, responses, rows):
-        return {"oracle": sum(oracle_score(r["prompt"], tok.decode(x), r) for r, x in zip(rows, responses))
+        return {"oracle": sum(oracle_score(r["prompt"], detokenize(tok, x), r) for r, x in zip(rows, responses))
                 / max(len(rows), 1)}
 
     ppo_runs: dict[str, tuple[nn.Module, list[dict]]] = {}

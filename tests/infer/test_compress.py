@@ -63,7 +63,7 @@ def test_bf16(model):
         ref = model(ids)
         out = to_bf16(copy.deepcopy(model))(ids).float()
     assert (out - ref).norm() / ref.norm() < 0.05
-    assert len(generate(to_bf16(copy.deepcopy(model)), [[4, 5]], max_new_tokens=4)[0]) == 4
+    assert len(generate(to_bf16(copy.deepcopy(model)), [[4, 5]], SamplingParams(max_new_tokens=4))[0]) == 4
 
 
 @pytest.mark.parametrize("structured, expect", [(None, 0.5), ("heads", 0.25), ("neurons", 0.5)])
