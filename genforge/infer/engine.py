@@ -137,7 +137,10 @@ class Engine:
 
     def session(self, prompt: list[int], params: SamplingParams | None = None, *, stop_ids: Sequence[int] = (),
                 logits_processors: Sequence[LogitsProcessor] = (), max_len: int | None = None) -> DecodeSession:
-        """A `DecodeSession` over one prompt, with room for `max_len` tokens in all (default: the context)."""
+        """A `DecodeSession` over one prompt, with room for `max_len` tokens in all (default: the context).
+
+        The session runs the model as it is: put it in eval mode first (generate/stream do that themselves).
+        """
         return DecodeSession(self, [prompt], params or SamplingParams(), stop_ids=stop_ids,
                              logits_processors=logits_processors,
                              cache_len=max_len or self.model.config.max_seq_len)

@@ -1,9 +1,13 @@
 """The genforge transformer: a decoder-only, Llama-style language model in one file.
 
-Read top to bottom: config -> RMSNorm -> RoPE -> attention (grouped-query, with a KV cache)
--> SwiGLU MLP -> block -> model. Module and parameter names follow Hugging Face's
-`LlamaForCausalLM` (q_proj, gate_proj, input_layernorm, ...) so that checkpoints map one-to-one
-(see `genforge/model/hf.py`) and PEFT target names mean the same thing in both worlds.
+Read top to bottom: config -> RMSNorm -> RoPE -> KV caches -> attention (grouped-query) -> SwiGLU MLP
+-> block -> model. The model owns its decode step too: `GPT.forward` with a `KVCache` (training,
+prefill) and `GPT.decode_step` with a `StaticKV` (one token per row, fixed shapes, what the
+inference engine compiles) run the same blocks; only how attention reads the cache differs.
+
+Module and parameter names follow Hugging Face's `LlamaForCausalLM` (q_proj, gate_proj,
+input_layernorm, ...) so that checkpoints map one-to-one (see `genforge/model/hf.py`) and PEFT
+target names mean the same thing in both worlds.
 
 References: RMSNorm (Zhang & Sennrich 2019), RoPE (Su et al. 2021, the "rotate half" layout
 that HF Llama uses), SwiGLU (Shazeer 2020), grouped-query attention (Ainslie et al. 2023).

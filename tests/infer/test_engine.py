@@ -160,6 +160,13 @@ def test_compiled_engine_matches_eager(model):
     compiled = Engine(model, compile=True)
     assert compiled.generate(prompts, SamplingParams(max_new_tokens=10)) == eager
     assert compiled.generate(prompts, SamplingParams(max_new_tokens=10)) == eager  # second call: guard-free fast path
+    # a decode session on the compiled engine: compiled steps, eager prefill/append, one shared cache
+    session = compiled.session(prompts[0])
+    first = session.generate(4)
+    session.append([3, 1, 4])
+    assert first == eager[0][:4]
+    assert session.generate(5) == Engine(model).generate([prompts[0] + first + [3, 1, 4]],
+                                                         SamplingParams(max_new_tokens=5))[0]
     # int8 at batch 1 takes the fused int8 reduction path, which only exists under torch.compile
     q = quantize_int8(copy.deepcopy(model), include_head=True)
     ten = SamplingParams(max_new_tokens=10)

@@ -148,6 +148,23 @@ def test_seed_makes_sampling_reproducible(client):
     assert a == b and a != c
 
 
+def test_request_sampling_is_one_sampling_params():
+    from genforge.serve.batcher import batch_key
+    from genforge.serve.schemas import ChatRequest, CompletionRequest
+
+    req = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.5, top_p=0.8, top_k=3,
+                      seed=7, stop="\n", presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=1.2,
+                      max_completion_tokens=9)
+    assert req.sampling() == SamplingParams(max_new_tokens=9, temperature=0.5, top_k=3, top_p=0.8, seed=7,
+                                            repetition_penalty=1.2, frequency_penalty=0.25, presence_penalty=0.5,
+                                            stop=["\n"])
+    plain = CompletionRequest(model="m", prompt="x", temperature=0.0, max_tokens=4).sampling()
+    assert plain.greedy and plain.max_new_tokens == 4 and plain.stop == []
+    # greedy requests batch together whatever their seed; seeded sampling runs alone
+    assert batch_key(plain) == batch_key(SamplingParams(seed=3)) is not None
+    assert batch_key(req.sampling()) is None
+
+
 def test_developer_role_and_text_parts(client):
     plain = client.post("/v1/chat/completions", json=chat_body(
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])).json()
