@@ -10,6 +10,7 @@ from genforge.tokenizer import Tokenizer
 from genforge.train.distill import DistillConfig, distill_loss, run_distill, student_from_teacher
 from genforge.train.losses import IGNORE
 from genforge.train.trainer import TrainConfig
+
 from tests.helpers import make_shards
 
 

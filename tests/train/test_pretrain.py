@@ -11,6 +11,7 @@ from genforge.data.shards import TokenShards, dtype_for_vocab
 from genforge.errors import DataError
 from genforge.train.pretrain import PretrainConfig, main
 from genforge.train.trainer import read_metrics
+
 from tests.helpers import make_shards
 
 

@@ -12,6 +12,7 @@ import torch
 
 from genforge.errors import TrainingError
 from genforge.train.trainer import TrainConfig, Trainer, lr_at
+
 from tests.helpers import make_shards
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
