@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import genforge  # noqa: F401  (sets OMP_WAIT_POLICY)
 from genforge.infer.compress import model_size_bytes, prune_magnitude, quantize_int8, sparsity, to_bf16
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import TokenizerConfig, train_tokenizer
 from genforge.train.losses import lm_loss
@@ -80,7 +81,7 @@ def tok_per_s(engine: Engine, prompts: list[list[int]], n: int, repeats: int) ->
     best = 1e9
     for _ in range(repeats):
         t = time.perf_counter()
-        engine.generate(prompts[:1], max_new_tokens=n)
+        engine.generate(prompts[:1], SamplingParams(max_new_tokens=n))
         best = min(best, time.perf_counter() - t)
     return n / best
 
@@ -109,13 +110,13 @@ def main() -> None:
         "prune 25% neurons": prune_magnitude(copy.deepcopy(model), 0.25, "neurons"),
     }
     n = args.new_tokens
-    ref = Engine(model).generate(prompts, max_new_tokens=n)
+    ref = Engine(model).generate(prompts, SamplingParams(max_new_tokens=n))
     base_size, base_ppl = model_size_bytes(model), perplexity(model, held, window)
     print(f"\n{'variant':24s} {'MB':>6s} {'MB nnz':>7s} {'sparsity':>8s} {'ppl':>8s} {'greedy agree':>12s} "
           f"{'eager tok/s':>11s}" + (f" {'compiled tok/s':>14s}" if args.compile else ""))
     for name, m in variants.items():
         eng = Engine(m)
-        out = eng.generate(prompts, max_new_tokens=n)
+        out = eng.generate(prompts, SamplingParams(max_new_tokens=n))
         row = (f"{name:24s} {model_size_bytes(m) / 2**20:6.2f} {model_size_bytes(m, nonzero_only=True) / 2**20:7.2f} "
                f"{sparsity(m):8.2f} {perplexity(m, held, window):8.4f} {agreement(ref, out):12.0%} "
                f"{tok_per_s(eng, prompts, n, args.repeats):11.0f}")

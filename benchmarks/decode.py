@@ -21,6 +21,7 @@ import torch
 import genforge  # noqa: F401  (sets OMP_WAIT_POLICY before torch spins up threads)
 from genforge.infer.compress import quantize_int8
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.hf import to_hf_config, to_hf_state_dict
 
@@ -48,7 +49,7 @@ def time_hf(hf, prompts: torch.Tensor, n: int) -> tuple[float, list[list[int]]]:
 
 def time_ours(engine: Engine, prompts: list[list[int]], n: int) -> tuple[float, list[list[int]]]:
     t = time.perf_counter()
-    out = engine.generate(prompts, max_new_tokens=n)
+    out = engine.generate(prompts, SamplingParams(max_new_tokens=n))
     return time.perf_counter() - t, out
 
 

@@ -23,6 +23,7 @@ import torch
 
 import genforge  # noqa: F401  (sets OMP_WAIT_POLICY)
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.infer.speculative import speculative_generate
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import TokenizerConfig, train_tokenizer
@@ -123,14 +124,16 @@ def main() -> None:
         plain_best, spec_best, stats = 1e9, {}, {}
         for _ in range(args.repeats):  # alternate contenders: the shared CPU's load drifts
             t = time.perf_counter()
-            ref = [engine.generate([p], max_new_tokens=n, temperature=temp, seed=i)[0] for i, p in enumerate(prompts)]
+            ref = [engine.generate([p], SamplingParams(max_new_tokens=n, temperature=temp, seed=i))[0]
+                   for i, p in enumerate(prompts)]
             plain_best = min(plain_best, time.perf_counter() - t)
             n_plain = sum(map(len, ref))
             for k in map(int, args.k.split(",")):
                 t = time.perf_counter()
                 outs, runs = [], []
                 for i, p in enumerate(prompts):
-                    o, s = speculative_generate(target, draft, p, k=k, max_new_tokens=n, temperature=temp, seed=i)
+                    params = SamplingParams(max_new_tokens=n, temperature=temp, seed=i)
+                    o, s = speculative_generate(target, draft, p, params, k=k)
                     outs.append(o)
                     runs.append(s)
                 spec_best[k] = min(spec_best.get(k, 1e9), time.perf_counter() - t)

@@ -3,59 +3,52 @@
 Replies stream token by token. The conversation is re-rendered with the chat template every turn;
 when the rendered history plus `max_new_tokens` would not fit the model's context, the oldest
 turns are dropped (the system message stays). `/reset` forgets the conversation, `/quit` (or EOF)
-ends it. `respond` is the batch, non-interactive form used by evaluation.
+ends it. `respond` is the batch, non-interactive form used by evaluation. Rendering, streaming and
+stop handling are the text layer's (`genforge.text`).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-import torch
 import torch.nn as nn
 
 from genforge.errors import CheckpointError
+from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
+from genforge.text import Conversation, generate_text, render_prompt, stream_text
 from genforge.tokenizer import Tokenizer
 
-Conversation = list[dict]
 
+def respond(model: nn.Module, tokenizer: Tokenizer, prompts: list[str] | list[Conversation],
+            params: SamplingParams | None = None, *, system: str = "", batch_size: int = 32) -> list[str]:
+    """The assistant's reply to each prompt (a user message, or a whole conversation), greedy by default.
 
-def _stop_ids(tokenizer: Tokenizer) -> list[int]:
-    # a chat model ends its turn with <|end|>; a base model may end the document with <|eos|>
-    return [tokenizer.end_id, tokenizer.eos_id]
-
-
-def respond(model: nn.Module, tokenizer: Tokenizer, prompts: list[str] | list[Conversation], *, system: str = "",
-            max_new_tokens: int = 64, temperature: float = 0.0, batch_size: int = 32,
-            seed: int | None = None) -> list[str]:
-    """The assistant's reply to each prompt (a user message, or a whole conversation), greedy by default."""
-    from genforge.infer.engine import generate
-
-    convs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
-    if system:
-        convs = [[{"role": "system", "content": system}] + c for c in convs]
-    ids = [tokenizer.encode_chat(c, add_generation_prompt=True)[0] for c in convs]
-    model.eval()
+    Batches of `batch_size` prompts; a seeded params gets seed + index of the batch's first prompt.
+    """
+    params = params or SamplingParams()
+    engine = Engine(model)
     out: list[str] = []
-    for start in range(0, len(ids), batch_size):
-        rows = generate(model, ids[start:start + batch_size], max_new_tokens=max_new_tokens, temperature=temperature,
-                        stop_ids=_stop_ids(tokenizer), seed=None if seed is None else seed + start)
-        out += [tokenizer.decode(r).strip() for r in rows]
-    return out
+    for start in range(0, len(prompts), batch_size):
+        p = params if params.seed is None else replace(params, seed=params.seed + start)
+        out += generate_text(engine, tokenizer, prompts[start:start + batch_size], p, chat=True, system=system)
+    return [t.strip() for t in out]
 
 
 class ChatSession:
     """One conversation with a model: history, context-window trimming and streamed replies."""
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, system: str = "", max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 0.9, seed: int | None = None, watermark=None):
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, params: SamplingParams | None = None, *,
+                 system: str = ""):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.watermark = watermark  # a WatermarkConfig biases every reply toward its green lists
-        self.system, self.max_new_tokens = system, max_new_tokens
-        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.params = params or SamplingParams(max_new_tokens=128, temperature=0.7, top_p=0.9)
+        self.system = system
         self.max_len: int = model.config.max_seq_len
+        self.engine = Engine(self.model)
         self.history: Conversation = []
         self.dropped_turns = 0
 
@@ -65,16 +58,16 @@ class ChatSession:
     def _messages(self, history: Conversation) -> Conversation:
         return ([{"role": "system", "content": self.system}] if self.system else []) + history
 
-    def prompt_ids(self, user: str) -> list[int] | None:
-        """Token ids for the next reply, dropping the oldest turns until they fit; None if the message alone cannot."""
+    def fit_history(self, user: str) -> Conversation | None:
+        """The conversation for the next reply, oldest turns dropped until it fits; None if the message alone cannot."""
         pending = self.history + [{"role": "user", "content": user}]
         drops = 0
         while True:
-            ids, _ = self.tokenizer.encode_chat(self._messages(pending), add_generation_prompt=True)
-            if len(ids) + self.max_new_tokens <= self.max_len:
+            ids = render_prompt(self.tokenizer, self._messages(pending))
+            if len(ids) + self.params.max_new_tokens <= self.max_len:
                 self.history = pending[:-1]
                 self.dropped_turns += drops
-                return ids
+                return self._messages(pending)
             if len(pending) == 1:
                 return None
             # drop the oldest exchange: everything up to the next user message
@@ -84,30 +77,15 @@ class ChatSession:
 
     def send(self, user: str) -> Iterator[str]:
         """Stream the reply to `user` as text pieces; the finished exchange joins the history."""
-        from genforge.infer.engine import stream
-
-        ids = self.prompt_ids(user)
-        if ids is None:
+        conv = self.fit_history(user)
+        if conv is None:
             raise CheckpointError(f"message of {len(self.tokenizer.encode(user))} tokens does not fit the "
-                                  f"{self.max_len}-token context with room for {self.max_new_tokens} new tokens")
-        new: list[int] = []
-        shown = ""
-        with torch.inference_mode():
-            for tok in stream(self.model, ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, stop_ids=_stop_ids(self.tokenizer), seed=self.seed,
-                              watermark=self.watermark):
-                new.append(tok)
-                text = self.tokenizer.decode(new)
-                # byte-level BPE: a token may end mid-character; wait until the character is complete
-                if text.endswith("\ufffd"):
-                    continue
-                if len(text) > len(shown):
-                    yield text[len(shown):]
-                    shown = text
-        text = self.tokenizer.decode(new)
-        if len(text) > len(shown):
-            yield text[len(shown):]
-        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": text.strip()}]
+                                  f"{self.max_len}-token context with room for {self.params.max_new_tokens} new tokens")
+        pieces = []
+        for piece in stream_text(self.engine, self.tokenizer, conv, self.params):
+            pieces.append(piece)
+            yield piece
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(pieces).strip()}]
 
 
 def chat_loop(session: ChatSession, input: TextIO | None = None, output: TextIO | None = None,

@@ -138,8 +138,9 @@ def _samples(ckpt: Path, prompts: list[str], seed: int) -> list[tuple[str, str]]
 
     model, tok, _ = load_checkpoint(ckpt)
     try:
-        from genforge.infer.text import generate_text
+        from genforge.infer.sampling import SamplingParams
+        from genforge.text import generate_text
     except ImportError:
         return []
-    outs = generate_text(model, tok, prompts, max_new_tokens=40, temperature=0.0, seed=seed)
+    outs = generate_text(model, tok, prompts, SamplingParams(max_new_tokens=40, seed=seed))
     return [(p, o.replace("\n", " ")) for p, o in zip(prompts, outs)]

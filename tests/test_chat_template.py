@@ -5,6 +5,8 @@ import io
 import pytest
 import torch
 
+from genforge.infer.sampling import SamplingParams
+
 TEXTS = ["Hello there, how are you today? I am fine, thank you.", "What is 12 plus 30? The answer is 42.",
          "Summarise: Ada met Bo at the mill. Ada met Bo.", "Translate to Toy: the cat -> ka tet", "héllo wörld 🙂"] * 4
 
@@ -65,7 +67,7 @@ def test_chat_loop_streams_resets_and_quits(tok, tiny_model):
     from genforge.chat import ChatSession, chat_loop, respond
 
     model = tiny_model  # read-only here: the session only generates
-    session = ChatSession(model, tok, max_new_tokens=8, temperature=0.0)
+    session = ChatSession(model, tok, SamplingParams(max_new_tokens=8))
     out = io.StringIO()
     n = chat_loop(session, io.StringIO("Hi\nWhat is 2 + 3?\n/reset\nHello\n/quit\nnever read\n"), out)
     assert n == 3
@@ -74,14 +76,14 @@ def test_chat_loop_streams_resets_and_quits(tok, tiny_model):
     assert len(session.history) == 2  # only the exchange after /reset
     # the streamed reply is exactly the greedy batch reply
     streamed = session.history[-1]["content"]
-    assert streamed == respond(model, tok, ["Hello"], max_new_tokens=8)[0]
+    assert streamed == respond(model, tok, ["Hello"], SamplingParams(max_new_tokens=8))[0]
 
 
 def test_chat_drops_oldest_turns_to_fit_context(tok):
     from genforge.chat import ChatSession
 
     model = _tiny_chat_model(tok, max_seq_len=64)
-    session = ChatSession(model, tok, max_new_tokens=8, temperature=0.0, system="Be brief.")
+    session = ChatSession(model, tok, SamplingParams(max_new_tokens=8), system="Be brief.")
     for i in range(6):
         list(session.send(f"Message number {i} please"))
         ids, _ = tok.encode_chat(session._messages(session.history), add_generation_prompt=True)

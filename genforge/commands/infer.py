@@ -6,23 +6,9 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from genforge.errors import CheckpointError, ConfigError
 from genforge.infer.sampling import SamplingParams
-
-
-def engine_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """The engine's keyword arguments for `params` (stop strings and max_new_tokens are the caller's)."""
-    kw: dict[str, Any] = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                              seed=params.seed, repetition_penalty=params.repetition_penalty,
-                              frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty)
-    if params.watermark:
-        from genforge.infer.watermark import WatermarkConfig
-
-        kw["watermark"] = WatermarkConfig(key=params.watermark_key, gamma=params.watermark_gamma,
-                                          delta=params.watermark_delta)
-    return kw
 
 
 def check_sampling(params: SamplingParams) -> None:
@@ -74,11 +60,10 @@ class GenerateConfig:
 
 
 def generate(cfg: GenerateConfig) -> list[str]:
-    from genforge.infer.text import encode_prompt, stream_text, truncate_at_stop
+    from genforge.text import detokenize, render_prompt, stop_ids_for, stream_text
 
     check_sampling(cfg.sampling)
     model, tok = load_for_inference(cfg.checkpoint, cfg.adapter, cfg.quantize)
-    kw = engine_kwargs(cfg.sampling)
     s = cfg.sampling
     draft = None
     if cfg.draft:
@@ -97,18 +82,15 @@ def generate(cfg: GenerateConfig) -> list[str]:
         if draft is not None:  # speculative decoding: the draft proposes, the target verifies
             from genforge.infer.speculative import speculative_generate
 
-            ids, stats = speculative_generate(
-                model, draft, encode_prompt(tok, prompt, cfg.chat), k=cfg.draft_k, max_new_tokens=s.max_new_tokens,
-                stop_ids=[tok.eos_id, tok.end_id] if cfg.chat else [tok.eos_id],
-                **{k: kw[k] for k in ("temperature", "top_k", "top_p", "seed")})
-            text = truncate_at_stop(tok.decode(ids), s.stop)[0]
+            ids, stats = speculative_generate(model, draft, render_prompt(tok, prompt, chat=cfg.chat), s,
+                                              k=cfg.draft_k, stop_ids=stop_ids_for(tok, cfg.chat))
+            text = detokenize(tok, ids, s.stop)
             print(text)
             print(f"[speculative: acceptance {stats['acceptance_rate']:.2f}, "
                   f"{stats['tokens_per_target_call']:.2f} tokens per target call]", file=sys.stderr)
         else:
             text = ""
-            for delta in stream_text(model, tok, prompt, stop=s.stop, max_new_tokens=s.max_new_tokens,
-                                     chat=cfg.chat, **kw):
+            for delta in stream_text(model, tok, prompt, s, chat=cfg.chat):
                 text += delta
                 print(delta, end="", flush=True)
             print()

@@ -36,11 +36,6 @@ class LM(Protocol):
         ...
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
 class GenforgeLM:
     """A genforge `GPT` + `Tokenizer` behind the `LM` interface.
 
@@ -57,9 +52,10 @@ class GenforgeLM:
     # ---- generation ---------------------------------------------------------------------------
     def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
                  stop: Sequence[str] = (), n: int = 1, seed: int | None = None) -> list[list[str]]:
-        """n completions per prompt via `genforge.infer.text.generate_text`."""
+        """n completions per prompt via `genforge.text.generate_text`."""
         from genforge.infer.engine import Engine  # imported late: inference is a sibling package
-        from genforge.infer.text import generate_text
+        from genforge.infer.sampling import SamplingParams
+        from genforge.text import generate_text
 
         if temperature <= 0.0 and n > 1:
             # greedy decoding is deterministic: decode once and repeat instead of n identical runs
@@ -70,9 +66,9 @@ class GenforgeLM:
         outs: list[str] = []
         for b, start in enumerate(range(0, len(flat), self.batch_size)):
             chunk = flat[start:start + self.batch_size]
-            outs += generate_text(self.model, self.tokenizer, chunk, stop=tuple(stop), max_new_tokens=max_new_tokens,
-                                  chat=self.chat, temperature=temperature,
-                                  seed=None if seed is None else seed + b, engine=self._engine)
+            params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop),
+                                    seed=None if seed is None else seed + b)
+            outs += generate_text(self._engine, self.tokenizer, chunk, params, chat=self.chat)
         return [outs[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def fit_prompt(self, prompt: str, max_new_tokens: int) -> str:
@@ -90,10 +86,9 @@ class GenforgeLM:
 
     # ---- scoring ------------------------------------------------------------------------------
     def _context_ids(self, context: str) -> list[int]:
-        if self.chat:
-            text = self.tokenizer.render_chat([{"role": "user", "content": context}], add_generation_prompt=True)
-            return self.tokenizer.encode(text)  # the rendered text already starts with <|bos|>
-        return self.tokenizer.encode(context, add_bos=True)
+        from genforge.text import render_prompt
+
+        return render_prompt(self.tokenizer, context, chat=self.chat)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of context and continuation, encoded separately.
@@ -187,7 +182,9 @@ class StubLM:
         self.calls.append((list(prompts), dict(max_new_tokens=max_new_tokens, temperature=temperature,
                                                stop=tuple(stop), n=n, seed=seed)))
         rng = random.Random(seed)
-        return [[_cut_at_stop(self.respond(p, i, rng), stop) for i in range(n)] for p in prompts]
+        from genforge.text import cut_at_stop
+
+        return [[cut_at_stop(self.respond(p, i, rng), stop)[0] for i in range(n)] for p in prompts]
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[LogLik]:
         return [(self.score(c, x), max(1, len(x.split())), False) for c, x in pairs]

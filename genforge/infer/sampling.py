@@ -10,9 +10,13 @@ repetition penalty (Keskar et al. 2019, CTRL, sec. 4.1), frequency/presence pena
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+from genforge.infer.watermark import WatermarkConfig, WatermarkLogitsProcessor
 
 NEG_INF = float("-inf")
 # Temperatures in (0, GREEDY_BELOW) sample greedily. Below it, logits / T can overflow fp32
@@ -140,3 +144,32 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def penalties(self) -> tuple[float, float, float]:
+        """(repetition, frequency, presence), the arguments `penalize` takes after seen/counts."""
+        return self.repetition_penalty, self.frequency_penalty, self.presence_penalty
+
+    def watermark_config(self) -> WatermarkConfig | None:
+        """The watermark these settings ask for (None when off)."""
+        if not self.watermark:
+            return None
+        return WatermarkConfig(gamma=self.watermark_gamma, delta=self.watermark_delta, key=self.watermark_key)
+
+
+class LogitsProcessor(Protocol):
+    """Anything that reshapes the next-token scores: processor(input_ids (B, L), scores (B, V)) -> (B, V).
+
+    input_ids are each row's tokens so far (prompt + output), right-aligned and left-padded with 0.
+    The call order of a Hugging Face LogitsProcessor, so the same objects work with HF generate.
+    """
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor: ...
+
+
+def logits_processors(params: SamplingParams, vocab_size: int,
+                      extra: Sequence[LogitsProcessor] = ()) -> list[LogitsProcessor]:
+    """The processors `params` asks for (today: the watermark), followed by the caller's `extra` ones."""
+    wm = params.watermark_config()
+    built: list[LogitsProcessor] = [WatermarkLogitsProcessor(wm, vocab_size)] if wm is not None else []
+    return built + list(extra)

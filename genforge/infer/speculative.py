@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from genforge.errors import ConfigError
-from genforge.infer.sampling import probs_from_logits, sample_from_probs
+from genforge.infer.sampling import SamplingParams, probs_from_logits, sample_from_probs
 from genforge.model.gpt import KVCache
 
 
@@ -35,15 +35,20 @@ def _feed(model: nn.Module, cache: KVCache, seq: list[int], device: torch.device
     return model(new, cache=cache)[0]
 
 
-def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int], *, k: int = 4,
-                         max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                         seed: int | None = None, stop_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
+def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int], params: SamplingParams | None = None,
+                         *, k: int = 4, stop_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
     """New tokens for one prompt (stop token excluded) and stats.
 
     stats: acceptance_rate (accepted / proposed draft tokens), n_target_calls, n_draft_calls,
-    tokens_per_target_call, proposed, accepted. temperature/top_k/top_p shape both p and q, so the
-    output follows the target's *filtered* distribution, as plain sampling with the same settings.
+    tokens_per_target_call, proposed, accepted. params' temperature/top_k/top_p shape both p and q,
+    so the output follows the target's *filtered* distribution, as plain sampling with the same
+    settings. Penalties, logprobs and watermarks are not supported here (ConfigError if asked for).
     """
+    params = params or SamplingParams()
+    if params.penalties != (1.0, 0.0, 0.0) or params.watermark or params.logprobs:
+        raise ConfigError("speculative decoding supports temperature/top_k/top_p/seed only; "
+                          "drop the penalties, watermark and logprobs or decode without a draft")
+    max_new_tokens, temperature, seed = params.max_new_tokens, params.temperature, params.seed
     if k < 1:
         raise ConfigError(f"speculative k must be >= 1, got {k}")
     if not prompt:
@@ -57,8 +62,8 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
     max_new_tokens = min(max_new_tokens, ctx - len(prompt))
     device = next(target.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    dist = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    greedy = temperature <= 0.0
+    dist = dict(temperature=temperature, top_k=params.top_k, top_p=params.top_p)
+    greedy = params.greedy
     stop = set(stop_ids)
 
     modes = (target.training, draft.training)

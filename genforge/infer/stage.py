@@ -37,10 +37,12 @@ def engine_stage(ctx, report: StageReport) -> dict:
     from genforge.data.shards import TokenShards
     from genforge.infer.compress import model_size_bytes, prune_magnitude, quantize_int8, sparsity, to_bf16
     from genforge.infer.engine import Engine
+    from genforge.infer.sampling import SamplingParams
     from genforge.infer.speculative import speculative_generate
-    from genforge.infer.text import encode_prompt
-    from genforge.infer.watermark import WatermarkConfig, watermark_report
+    from genforge.infer.watermark import WatermarkConfig
+    from genforge.infer.watermark_eval import watermark_report
     from genforge.io import read_jsonl
+    from genforge.text import render_prompt
     from genforge.train.distill import DistillConfig, run_distill
     from genforge.train.pretrain import make_eval_fn, token_byte_lengths
 
@@ -50,7 +52,7 @@ def engine_stage(ctx, report: StageReport) -> dict:
     target, tok, _ = load_checkpoint(target_ckpt)
     shards = ctx.need("tokenizer")["shards"]
     rows = [r for _, r in read_jsonl(f"{ctx.need('world')['dir']}/tasks/test.jsonl")][:: 7][: ctx.pick(4, 8, 8)]
-    prompts = [encode_prompt(tok, r["prompt"], chat=chat) for r in rows]
+    prompts = [render_prompt(tok, r["prompt"], chat=chat) for r in rows]
     stop = [tok.eos_id, tok.end_id]
     n_new = ctx.pick(24, 64, 96)
 
@@ -58,12 +60,12 @@ def engine_stage(ctx, report: StageReport) -> dict:
     eng = Engine(target)
     p0 = prompts[0]
     rate_recompute, ref = _tokens_per_s(lambda: recompute_greedy(target, p0, n_new), n_new)
-    rate_cache, out = _tokens_per_s(lambda: eng.generate([p0], max_new_tokens=n_new, stop_ids=())[0], n_new)
+    rate_cache, out = _tokens_per_s(lambda: eng.generate([p0], SamplingParams(max_new_tokens=n_new))[0], n_new)
     report.row("decode, KV cache (batch 1)", rate_cache, baseline=rate_recompute,
                note=f"tokens/s; baseline = recomputing the whole sequence per token; "
                     f"{rate_cache / rate_recompute:.1f}x; same tokens: {out == ref}")
     batch = (prompts * 8)[:8]
-    rate_b8, _ = _tokens_per_s(lambda: eng.generate(batch, max_new_tokens=n_new, stop_ids=()), 8 * n_new)
+    rate_b8, _ = _tokens_per_s(lambda: eng.generate(batch, SamplingParams(max_new_tokens=n_new)), 8 * n_new)
     report.row("decode, batch 8 (left-padded prompts)", rate_b8, baseline=rate_cache,
                note=f"total tokens/s; baseline = batch 1; {rate_b8 / rate_cache:.1f}x")
 
@@ -102,10 +104,10 @@ def engine_stage(ctx, report: StageReport) -> dict:
     same, acc, per_call = True, [], []
     for p in prompts:
         t0 = time.perf_counter()
-        plain = eng.generate([p], max_new_tokens=n_new, stop_ids=stop)[0]
+        plain = eng.generate([p], SamplingParams(max_new_tokens=n_new), stop_ids=stop)[0]
         t_plain += time.perf_counter() - t0
         t0 = time.perf_counter()
-        spec, stats = speculative_generate(target, draft, p, k=k, max_new_tokens=n_new, stop_ids=stop)
+        spec, stats = speculative_generate(target, draft, p, SamplingParams(max_new_tokens=n_new), k=k, stop_ids=stop)
         t_spec += time.perf_counter() - t0
         same &= spec == plain
         acc.append(stats["acceptance_rate"])
@@ -124,7 +126,7 @@ def engine_stage(ctx, report: StageReport) -> dict:
                 "`python benchmarks/speculative.py` (a depth-8 target) shows the regime where it pays.")
 
     # 4. Watermark (on the pretrained model: open-ended text has the entropy it needs) ----------------
-    wm_prompts = [pre_tok.encode(s, add_bos=True) for s in
+    wm_prompts = [render_prompt(pre_tok, s) for s in
                   ["The town of", "Once upon a time", "In the morning", "The old", "Mara", "A river runs",
                    "The market", "Every year"][: ctx.pick(4, 8, 8)]]
     wm_len = ctx.pick(64, 200, 200)
@@ -158,7 +160,7 @@ def engine_stage(ctx, report: StageReport) -> dict:
     p_short = wm_prompts[0]
 
     def speed(m) -> float:
-        return _tokens_per_s(lambda: Engine(m).generate([p_short], max_new_tokens=n_new, stop_ids=()), n_new)[0]
+        return _tokens_per_s(lambda: Engine(m).generate([p_short], SamplingParams(max_new_tokens=n_new)), n_new)[0]
 
     base_speed, base_size = speed(pre), model_size_bytes(pre)
     report.row("fp32 model: size / val perplexity / decode", f"{base_size / 1e6:.2f} MB / {base_ppl:.2f} / "

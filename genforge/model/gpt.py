@@ -1,9 +1,13 @@
 """The genforge transformer: a decoder-only, Llama-style language model in one file.
 
-Read top to bottom: config -> RMSNorm -> RoPE -> attention (grouped-query, with a KV cache)
--> SwiGLU MLP -> block -> model. Module and parameter names follow Hugging Face's
-`LlamaForCausalLM` (q_proj, gate_proj, input_layernorm, ...) so that checkpoints map one-to-one
-(see `genforge/model/hf.py`) and PEFT target names mean the same thing in both worlds.
+Read top to bottom: config -> RMSNorm -> RoPE -> KV caches -> attention (grouped-query) -> SwiGLU MLP
+-> block -> model. The model owns its decode step too: `GPT.forward` with a `KVCache` (training,
+prefill) and `GPT.decode_step` with a `StaticKV` (one token per row, fixed shapes, what the
+inference engine compiles) run the same blocks; only how attention reads the cache differs.
+
+Module and parameter names follow Hugging Face's `LlamaForCausalLM` (q_proj, gate_proj,
+input_layernorm, ...) so that checkpoints map one-to-one (see `genforge/model/hf.py`) and PEFT
+target names mean the same thing in both worlds.
 
 References: RMSNorm (Zhang & Sennrich 2019), RoPE (Su et al. 2021, the "rotate half" layout
 that HF Llama uses), SwiGLU (Shazeer 2020), grouped-query attention (Ainslie et al. 2023).
@@ -136,8 +140,59 @@ class KVCache:
         self.v = self.v[:, index]
 
 
+class StaticKV:
+    """A static decode step's view of a preallocated cache: one new token per row, fixed shapes.
+
+    k, v: (L, B, K, M, D) the cache (e.g. a `KVCache`'s tensors); col (1,) the column the new token
+    goes to; key_ok (B, M) bool, False on left padding. Every step attends over all M columns
+    with a mask, so its shapes never change and torch.compile sees one graph per (B, M).
+
+    pure=False writes the new key/value into column `col` in place (the eager step). pure=True
+    only reads the cache and collects the new keys/values in `new_k`/`new_v` for the caller to
+    write: a compiled graph that mutates slices of its inputs makes inductor clone the whole cache
+    every step (measured: 2x slower than eager at batch 8). The new key then joins the softmax
+    separately: softmax([q.K_cache (masked to columns < col), q.k_new]) (one extra logit).
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, col: torch.Tensor, key_ok: torch.Tensor, pure: bool = False):
+        self.k, self.v, self.col, self.pure = k, v, col, pure
+        cols = torch.arange(k.shape[3], device=k.device)
+        # keys visible to the new query: real columns before col, plus col itself unless pure (added separately)
+        visible = cols < col if pure else cols <= col
+        self.mask = (key_ok & visible)[:, None, None, :]  # (B, 1, 1, M)
+        self.new_k: list[torch.Tensor] = []
+        self.new_v: list[torch.Tensor] = []
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, H, 1, D) of the new queries q (B, H, 1, D) with new k, v (B, K, 1, D)."""
+        B, H, _, D = q.shape
+        K = k.shape[1]
+        # grouped-query attention without repeating the cache: the H/K query heads that share a kv head
+        # become H/K "query positions" of that head (all at the same position, so one mask serves)
+        q = q.reshape(B, K, H // K, D)  # (B, K, H/K, D)
+        k_cache, v_cache = self.k[layer], self.v[layer]  # (B, K, M, D)
+        if not self.pure:
+            k_cache.index_copy_(2, self.col, k)
+            v_cache.index_copy_(2, self.col, v)
+            y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=self.mask)  # (B, K, H/K, D)
+        else:
+            M = k_cache.shape[2]
+            q = q * D ** -0.5
+            s_old = (q @ k_cache.transpose(-1, -2)).masked_fill(~self.mask, float("-inf"))  # (B, K, H/K, M)
+            s_new = (q * k).sum(-1, keepdim=True)  # (B, K, H/K, 1)
+            w = torch.softmax(torch.cat([s_old, s_new], -1).float(), -1).to(q.dtype)  # (B, K, H/K, M+1)
+            y = w[..., :M] @ v_cache + w[..., M:] * v  # (B, K, H/K, D)
+            self.new_k.append(k)
+            self.new_v.append(v)
+        return y.reshape(B, H, 1, D)
+
+
 class Attention(nn.Module):
-    """Multi-head causal self-attention with grouped-query heads (K kv heads shared by H/K queries)."""
+    """Multi-head causal self-attention with grouped-query heads (K kv heads shared by H/K queries).
+
+    The one attention of genforge: training and prefill pass a `KVCache` (or none), the engine's
+    static decode step passes a `StaticKV`; both share the projections, RoPE and output below.
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -149,19 +204,23 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+                cache: KVCache | StaticKV | None, layer: int) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, K, S, D)
-        # grouped-query: each kv head serves H/K consecutive query heads (the grouping of HF's repeat_kv);
-        # enable_gqa lets SDPA broadcast instead of materialising H copies of the keys and values
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head)  # (B,H,T,D)
+        if isinstance(cache, StaticKV):
+            y = cache.attend(layer, q, k, v)  # (B, H, 1, D)
+        else:
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, K, S, D)
+            # grouped-query: each kv head serves H/K consecutive query heads (the grouping of HF's repeat_kv);
+            # enable_gqa lets SDPA broadcast instead of materialising H copies of the keys and values
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -188,7 +247,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.width, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | StaticKV | None, layer: int) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -245,8 +305,7 @@ class GPT(nn.Module):
                               f"({self.config.max_seq_len}); shorten the input or raise model.max_seq_len")
         if position_ids is None:
             position_ids = torch.arange(past, S, device=x.device).unsqueeze(0).expand(B, T)
-        cos = self.rope_cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
-        sin = self.rope_sin[position_ids].unsqueeze(1).to(x.dtype)
+        cos, sin = self._rope(position_ids, x.dtype)  # (B, 1, T, D) each
         mask = None
         if attention_mask is not None or (past > 0 and T > 1):
             # explicit boolean mask (B, 1, T, S): query at absolute position past+i sees keys j <= past+i
@@ -262,6 +321,23 @@ class GPT(nn.Module):
             cache.pos = S
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
+
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos, sin (B, 1, T, D) at position_ids (B, T)."""
+        return (self.rope_cos[position_ids].unsqueeze(1).to(dtype),
+                self.rope_sin[position_ids].unsqueeze(1).to(dtype))
+
+    def decode_step(self, tok: torch.Tensor, pos: torch.Tensor, static: StaticKV) -> torch.Tensor:
+        """One static-shape decode step: next-token logits (B, V) for tok (B, 1) at RoPE positions pos (B, 1).
+
+        The same blocks as `forward`, attending through `static` (see `StaticKV`): no mask building,
+        no cache bookkeeping, identical shapes every step, so torch.compile can freeze it into one graph.
+        """
+        x = self.embed_tokens(tok)  # (B, 1, C)
+        cos, sin = self._rope(pos, x.dtype)  # (B, 1, 1, D)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, None, static, i)
+        return self.lm_head(self.norm(x))[:, -1]  # (B, V)
 
 
 def _diag(T: int, S: int, device: torch.device) -> torch.Tensor:

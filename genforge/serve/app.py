@@ -38,10 +38,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.infer.engine import Engine
+from genforge.infer.engine import Engine, StopFn
+from genforge.infer.sampling import SamplingParams
 from genforge.serve import limits, sse
-from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull, Sampling
+from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
+from genforge.text import render_prompt
 from genforge.tokenizer import Tokenizer
 
 log = logging.getLogger("genforge.serve")
@@ -168,19 +170,14 @@ async def _parse(request: Request, cls: type) -> Any:
     return req
 
 
-def _sampling(req: ChatRequest | CompletionRequest) -> Sampling:
-    return Sampling(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                    repetition_penalty=req.repetition_penalty, frequency_penalty=req.frequency_penalty,
-                    presence_penalty=req.presence_penalty)
-
 
 def _chat_prompt(s: ServerState, req: ChatRequest) -> tuple[list[int], int]:
     """The rendered conversation's ids and max_tokens; with `truncate`, whole old turns go first."""
     msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
     def encode(ms: list[dict]) -> list[int]:
-        # encode_chat keeps special-token strings in message content as plain text (no forged turns)
-        return s.tokenizer.encode_chat(ms, add_generation_prompt=True)[0]
+        # the text layer keeps special-token strings in message content as plain text (no forged turns)
+        return render_prompt(s.tokenizer, ms)
 
     ids = encode(msgs)
     max_tokens = req.max_completion_tokens or req.max_tokens
@@ -201,7 +198,7 @@ def _completion_prompts(s: ServerState, req: CompletionRequest) -> tuple[list[li
     p = req.prompt
 
     def encode(text: str) -> list[int]:
-        return s.tokenizer.encode(text, add_bos=True, allow_special=False)
+        return render_prompt(s.tokenizer, text, allow_special=False)
 
     if isinstance(p, str):
         raw = [encode(p)]
@@ -224,7 +221,7 @@ def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[
     """Queue a job with one row per choice (choice index = prompt_index * n + j, as OpenAI orders them)."""
     reject_unsupported(req)
     limits.check_rows(len(prompts), req.n)
-    job = Job([p for p in prompts for _ in range(req.n)], max_tokens, _sampling(req), req.stops())
+    job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling())
     job.bind()
     try:
         s.batcher.submit(job)
@@ -352,16 +349,16 @@ def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> 
     batcher's per-token `stop_fn` afterwards: a reply arrives as one burst, and a disconnect cannot
     interrupt a row already being generated. Penalties are not applied (the speculative decoder has none).
     """
+    from dataclasses import replace
+
     from genforge.infer.speculative import speculative_generate
 
-    def generate(prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, stop_ids: Sequence[int] = (), seed: int | None = None,
-                 stop_fn: Callable[[int, list[int]], bool] | None = None, **_: Any) -> list[list[int]]:
+    def generate(prompts: list[list[int]], params: SamplingParams, *, stop_ids: Sequence[int] = (),
+                 stop_fn: StopFn | None = None) -> list[list[int]]:
+        params = replace(params, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
         outs = []
         for row, prompt in enumerate(prompts):
-            tokens, _stats = speculative_generate(target, draft, prompt, k=k, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                                  stop_ids=stop_ids)
+            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids)
             out: list[int] = []
             for t in tokens:
                 out.append(t)

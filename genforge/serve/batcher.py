@@ -21,18 +21,23 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
-from genforge.infer.text import REPLACEMENT, _held_back, truncate_at_stop
+from genforge.infer.engine import StopFn
+from genforge.infer.sampling import SamplingParams
+from genforge.text import StreamDecoder
 from genforge.tokenizer import Tokenizer
 
 log = logging.getLogger("genforge.serve")
 
-# generate_fn(prompts, *, max_new_tokens, temperature, top_k, top_p, stop_ids, seed, repetition_penalty,
-#             frequency_penalty, presence_penalty, stop_fn) -- `Engine.generate`'s keyword interface
-GenerateFn = Callable[..., Any]
+
+class GenerateFn(Protocol):
+    """The batched generation call the worker makes: `Engine.generate`'s interface (tests inject others)."""
+
+    def __call__(self, prompts: list[list[int]], params: SamplingParams, *, stop_ids: Sequence[int] = (),
+                 stop_fn: StopFn | None = None) -> Any: ...
 
 
 class QueueFull(Exception):
@@ -43,26 +48,16 @@ class Closed(Exception):
     """The batcher is shutting down (or its worker died); the caller should answer 503."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """The settings a batch must share."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-    def batch_key(self) -> tuple | None:
-        """Jobs with equal keys may share a batch; None = must run alone (seeded sampling)."""
-        pen = (self.repetition_penalty, self.frequency_penalty, self.presence_penalty)
-        if self.temperature == 0.0:
-            return (0.0, *pen)  # greedy: top-k/top-p/seed cannot change the argmax
-        if self.seed is not None:
-            return None
-        return (self.temperature, self.top_k, self.top_p, *pen)
+def batch_key(params: SamplingParams) -> tuple | None:
+    """Jobs whose settings have equal keys may share a batch; None = must run alone (seeded sampling)."""
+    pen = params.penalties
+    if params.watermark:
+        return None  # the watermark key is per request
+    if params.greedy:
+        return (0.0, *pen)  # greedy: top-k/top-p/seed cannot change the argmax
+    if params.seed is not None:
+        return None
+    return (params.temperature, params.top_k, params.top_p, *pen)
 
 
 @dataclass
@@ -76,48 +71,17 @@ class Event:
     tokens: int = 0
 
 
-class TextStream:
-    """One row's tokens -> final text deltas (holds back partial UTF-8 and possible stop-string prefixes).
-
-    The same rules as `genforge.infer.text.stream_text`, driven one token at a time by the worker.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str]):
-        self.tokenizer, self.stops = tokenizer, list(stops)
-        self.ids: list[int] = []
-        self.text = ""
-        self.sent = 0
-        self.stopped = False  # a stop string was found
-
-    def push(self, token: int) -> str:
-        """Add a token; return the text that became final (maybe '')."""
-        self.ids.append(token)
-        text, self.stopped = truncate_at_stop(self.tokenizer.decode(self.ids), self.stops)
-        self.text = text
-        if self.stopped:
-            return self.flush()
-        if text.endswith(REPLACEMENT):
-            return ""  # the token ended inside a multi-byte character: wait for the rest
-        safe = len(text) - _held_back(text, self.stops)
-        if safe <= self.sent:
-            return ""
-        delta, self.sent = text[self.sent:safe], safe
-        return delta
-
-    def flush(self) -> str:
-        """The held-back rest, once the row has ended."""
-        delta, self.sent = self.text[self.sent:], len(self.text)
-        return delta
-
-
 @dataclass
 class Job:
-    """One request: `prompts` are its rows (choices), all generated with the same settings."""
+    """One request: `prompts` are its rows (choices), all generated with the same settings.
+
+    max_tokens: the request's fitted cap (it wins over sampling.max_new_tokens); sampling.stop
+    holds its stop strings.
+    """
 
     prompts: list[list[int]]
     max_tokens: int
-    sampling: Sampling
-    stops: list[str] = field(default_factory=list)
+    sampling: SamplingParams
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -263,14 +227,14 @@ class Batcher:
                     self._last_jobs = 0
                     return self._take_batch()  # all gave up while we waited: block as usual (RLock)
             head = self._waiting.pop(0)
-            batch, key = [head], head.sampling.batch_key()
+            batch, key = [head], batch_key(head.sampling)
             rows = len(head.prompts)
             longest = max(len(p) for p in head.prompts)
             most = head.max_tokens
             if key is not None:
                 for job in list(self._waiting):
                     j_longest, j_most = max(longest, *(len(p) for p in job.prompts)), max(most, job.max_tokens)
-                    if (job.sampling.batch_key() == key and rows + len(job.prompts) <= self.max_batch
+                    if (batch_key(job.sampling) == key and rows + len(job.prompts) <= self.max_batch
                             and j_longest + j_most <= self.context_len):
                         batch.append(job)
                         self._waiting.remove(job)
@@ -305,8 +269,9 @@ class Batcher:
 
     def _run(self, batch: list[Job]) -> None:
         """Generate one batch, streaming every row's deltas to its job."""
-        rows: list[tuple[Job, int, TextStream]] = [
-            (job, i, TextStream(self.tokenizer, job.stops)) for job in batch for i in range(len(job.prompts))]
+        rows: list[tuple[Job, int, StreamDecoder]] = [
+            (job, i, StreamDecoder(self.tokenizer, job.sampling.stop))
+            for job in batch for i in range(len(job.prompts))]
         prompts = [job.prompts[i] for job, i, _ in rows]
         finished = [False] * len(rows)
         s = batch[0].sampling
@@ -344,9 +309,8 @@ class Batcher:
         self.stats["rows"] += len(rows)
         self.stats["jobs"] += len(batch)
         t0 = time.perf_counter()
-        self.generate_fn(prompts, max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         stop_ids=self.stop_ids, seed=s.seed, repetition_penalty=s.repetition_penalty,
-                         frequency_penalty=s.frequency_penalty, presence_penalty=s.presence_penalty,
+        # rows share one SamplingParams (batch_key); each row's own cap and stop strings are enforced by on_token
+        self.generate_fn(prompts, replace(s, max_new_tokens=max_new, stop=[]), stop_ids=self.stop_ids,
                          stop_fn=on_token)
         # rows the engine ended itself: a stop token, or (defensively) the context limit
         for r, (job, i, _) in enumerate(rows):

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from genforge.infer.sampling import SamplingParams
+
 MAX_N = 8  # choices per request
 MAX_STOP = 4  # stop sequences per request (OpenAI's limit)
 
@@ -96,6 +98,15 @@ class SamplingRequest(_Strict):
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling(self) -> SamplingParams:
+        """The request's sampling settings as the engine takes them (max_new_tokens: the requested cap,
+        or SamplingParams' default when unset; the server fits it to the context window)."""
+        cap = getattr(self, "max_completion_tokens", None) or self.max_tokens
+        return SamplingParams(max_new_tokens=cap or SamplingParams.max_new_tokens, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+                              repetition_penalty=self.repetition_penalty, frequency_penalty=self.frequency_penalty,
+                              presence_penalty=self.presence_penalty, stop=self.stops())
 
 
 class ChatRequest(SamplingRequest):

@@ -39,9 +39,10 @@ def answer(model: nn.Module, tok: Tokenizer, rows: list[dict], max_new_tokens: i
            seed: int = 0) -> list[str]:
     """The model's replies to each row's prompt (greedy by default)."""
     from genforge.chat import respond
+    from genforge.infer.sampling import SamplingParams
 
-    return respond(model, tok, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, temperature=temperature,
-                   seed=seed)
+    return respond(model, tok, [r["prompt"] for r in rows],
+                   SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed))
 
 
 def oracle(rows: list[dict], texts: list[str]) -> list[float]:
@@ -60,11 +61,13 @@ def kl_to_reference(model: nn.Module, ref: nn.Module, tok: Tokenizer, rows: list
                     seed: int = 0) -> float:
     """KL(pi || pi_ref) per answer (nats), on answers sampled from pi: per-token k3 estimates summed over the answer
     (unbiased like log pi/pi_ref, but never negative and with lower variance; Schulman 2020)."""
+    from genforge.infer.sampling import SamplingParams
     from genforge.train.rl_losses import k3_kl
     from genforge.train.rollout import batched_logprobs, encode_prompt, make_batch, sample_responses
 
     prompts = [encode_prompt(tok, r["prompt"]) for r in rows]
-    responses = sample_responses(model, prompts, max_new_tokens=max_new_tokens, stop_id=tok.end_id, seed=seed)
+    responses = sample_responses(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
+                                                                seed=seed), stop_id=tok.end_id)
     batch = make_batch(prompts, responses, tok.pad_id, model.config.max_seq_len)
     model.eval()
     k3 = k3_kl(batched_logprobs(model, batch), batched_logprobs(ref.eval(), batch)) * batch["response_mask"]
@@ -196,8 +199,10 @@ def align_stage(ctx, report: StageReport) -> dict:
     bias = ctx.knob("align.rm_length_bias", 0.05)
     proxy = length_bias(rm_reward(rm, tok.pad_id), bias)
 
+    from genforge.text import detokenize
+
     def monitor(prompts, responses, rows):
-        return {"oracle": sum(oracle_score(r["prompt"], tok.decode(x), r) for r, x in zip(rows, responses))
+        return {"oracle": sum(oracle_score(r["prompt"], detokenize(tok, x), r) for r, x in zip(rows, responses))
                 / max(len(rows), 1)}
 
     ppo_runs: dict[str, tuple[nn.Module, list[dict]]] = {}

@@ -85,13 +85,15 @@ def demonstration(principle: Principle) -> list[dict]:
 def _respond(model: nn.Module, tok: Tokenizer, convs: list[list[dict]], max_new_tokens: int, temperature: float,
              seed: int) -> list[str]:
     """Replies to conversations; a conversation longer than the context keeps its most recent tokens."""
+    from genforge.infer.sampling import SamplingParams
+    from genforge.text import detokenize, render_prompt
     from genforge.train.rollout import sample_responses
 
     keep = model.config.max_seq_len - max_new_tokens
-    ids = [tok.encode_chat(c, add_generation_prompt=True)[0][-keep:] for c in convs]
-    out = sample_responses(model, ids, max_new_tokens=max_new_tokens, stop_id=tok.end_id, temperature=temperature,
-                           seed=seed)
-    return [tok.decode(r).strip() for r in out]
+    ids = [render_prompt(tok, c)[-keep:] for c in convs]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    out = sample_responses(model, ids, params, stop_id=tok.end_id)
+    return [detokenize(tok, r).strip() for r in out]
 
 
 def critique_and_revise(model: nn.Module, tok: Tokenizer, prompts: Sequence[str],

@@ -223,6 +223,7 @@ def rm_reward(reward_model, pad_id: int) -> RewardFn:
 
 def verifiable_reward(tok: Tokenizer) -> RewardFn:
     """Reward = 1 if the world's answer check accepts the response for the row's task/answer, else 0."""
+    from genforge.text import detokenize
     from genforge.world.tasks import is_correct
 
     def fn(prompts, responses, rows):
@@ -230,7 +231,7 @@ def verifiable_reward(tok: Tokenizer) -> RewardFn:
         for resp, row in zip(responses, rows):
             if "answer" not in row or "task" not in row:
                 raise DataError('verifiable reward needs prompt rows with "task" and "answer" fields')
-            out.append(1.0 if is_correct(row["task"], tok.decode(resp), row["answer"]) else 0.0)
+            out.append(1.0 if is_correct(row["task"], detokenize(tok, resp), row["answer"]) else 0.0)
         return out
 
     return fn

@@ -16,17 +16,20 @@ Shapes: B rows, P longest prompt, R longest response, V vocab, C width.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
+from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
+from genforge.text import render_prompt
 from genforge.tokenizer import Tokenizer
 
 
 def encode_prompt(tok: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    """Chat-template ids of a one-turn user prompt, ending with the assistant generation prompt."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return tok.encode_chat(messages, add_generation_prompt=True)[0]
+    """Chat-template ids of a one-turn user prompt, ending with the generation prompt (`text.render_prompt`)."""
+    return render_prompt(tok, prompt, chat=True, system=system or "")
 
 
 def encode_response(tok: Tokenizer, text: str) -> list[int]:
@@ -95,24 +98,23 @@ def batched_logprobs(model: nn.Module, batch: dict, chunk: int = 32) -> torch.Te
     return torch.cat(out)
 
 
-def sample_responses(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int, stop_id: int,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+def sample_responses(model: nn.Module, prompts: list[list[int]], params: SamplingParams, *, stop_id: int,
                      chunk: int = 64) -> list[list[int]]:
     """Sample one response per prompt with the engine; a response that stopped keeps its stop token.
 
     The stop token is an action the policy took (ending its turn), so it is scored and trained like any
-    other token; a response cut by max_new_tokens has no stop token.
+    other token; a response cut by max_new_tokens has no stop token. A seeded params gets seed + i
+    for the chunk starting at prompt i.
     """
-    from genforge.infer.engine import generate
-
     was_training = model.training
     model.eval()
+    engine = Engine(model)
     out: list[list[int]] = []
     for i in range(0, len(prompts), chunk):
         part = prompts[i:i + chunk]
-        room = min(max_new_tokens, model.config.max_seq_len - max(len(p) for p in part))
-        new = generate(model, part, max_new_tokens=room, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_ids=[stop_id], seed=None if seed is None else seed + i)
+        room = min(params.max_new_tokens, model.config.max_seq_len - max(len(p) for p in part))
+        p = replace(params, max_new_tokens=room, seed=None if params.seed is None else params.seed + i)
+        new = engine.generate(part, p, stop_ids=[stop_id])
         out += [r + [stop_id] if len(r) < room else r for r in new]
     model.train(was_training)
     return out
@@ -254,9 +256,9 @@ class RolloutSource:
         picked = [i for i in picked for _ in range(self.group_size)]  # G consecutive samples per prompt
         prompts, rows = [self.prompts[i] for i in picked], [self.rows[i] for i in picked]
         max_len = self.sampling_model().config.max_seq_len
-        responses = sample_responses(self.sampling_model(), prompts, max_new_tokens=self.cfg.max_new_tokens,
-                                     stop_id=self.stop_id, temperature=self.cfg.temperature, top_k=self.cfg.top_k,
-                                     top_p=self.cfg.top_p, seed=seed * 7919 + step)
+        params = SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                top_k=self.cfg.top_k, top_p=self.cfg.top_p, seed=seed * 7919 + step)
+        responses = sample_responses(self.sampling_model(), prompts, params, stop_id=self.stop_id)
         scores = torch.tensor([float(s) for s in self.reward_fn(prompts, responses, rows)], dtype=torch.float32)
         self.start = step
         if not torch.isfinite(scores).all():

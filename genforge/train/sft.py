@@ -267,11 +267,12 @@ def evaluate_tasks(model: nn.Module, tok: Tokenizer, items: dict[str, list[dict]
     predictions: if given, filled with each task's generated answers.
     """
     from genforge.chat import respond
+    from genforge.infer.sampling import SamplingParams
 
     out = {}
     for task, rows in items.items():
         longest = max(len(tok.encode(r["response"])) for r in rows)
-        preds = respond(model, tok, [r["prompt"] for r in rows], max_new_tokens=longest + 8,
+        preds = respond(model, tok, [r["prompt"] for r in rows], SamplingParams(max_new_tokens=longest + 8),
                         batch_size=batch_size)
         out[task] = score_task(task, preds, rows)
         if predictions is not None:

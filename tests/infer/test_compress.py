@@ -14,6 +14,7 @@ from genforge.infer.compress import (
     to_bf16,
 )
 from genforge.infer.engine import generate
+from genforge.infer.sampling import SamplingParams
 from genforge.model.gpt import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=97, depth=2, width=64, head_dim=16, max_seq_len=64)
@@ -53,7 +54,7 @@ def test_quantized_model_close_and_smaller(model):
         out = q(ids)
     assert (out - ref).norm() / ref.norm() < 0.02
     assert model_size_bytes(q) < 0.6 * fp32  # the embedding (tied head) stays fp32
-    assert generate(q, [[1, 2, 3]], max_new_tokens=5)  # the engine runs it
+    assert generate(q, [[1, 2, 3]], SamplingParams(max_new_tokens=5))  # the engine runs it
 
 
 def test_bf16(model):
@@ -62,7 +63,7 @@ def test_bf16(model):
         ref = model(ids)
         out = to_bf16(copy.deepcopy(model))(ids).float()
     assert (out - ref).norm() / ref.norm() < 0.05
-    assert len(generate(to_bf16(copy.deepcopy(model)), [[4, 5]], max_new_tokens=4)[0]) == 4
+    assert len(generate(to_bf16(copy.deepcopy(model)), [[4, 5]], SamplingParams(max_new_tokens=4))[0]) == 4
 
 
 @pytest.mark.parametrize("structured, expect", [(None, 0.5), ("heads", 0.25), ("neurons", 0.5)])

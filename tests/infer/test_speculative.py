@@ -5,6 +5,7 @@ import torch
 
 from genforge.errors import ConfigError
 from genforge.infer.engine import generate
+from genforge.infer.sampling import SamplingParams
 from genforge.infer.speculative import speculative_generate
 from genforge.model.gpt import GPT, GPTConfig
 
@@ -30,8 +31,8 @@ def _prompts():
 def test_greedy_speculative_equals_greedy(pair, k):
     target, draft = pair
     for prompt in _prompts():
-        ref = generate(target, [prompt], max_new_tokens=20)[0]
-        out, stats = speculative_generate(target, draft, prompt, k=k, max_new_tokens=20)
+        ref = generate(target, [prompt], SamplingParams(max_new_tokens=20))[0]
+        out, stats = speculative_generate(target, draft, prompt, SamplingParams(max_new_tokens=20), k=k)
         assert out == ref
         assert stats["n_target_calls"] <= 20
 
@@ -39,21 +40,21 @@ def test_greedy_speculative_equals_greedy(pair, k):
 def test_identical_draft_accepts_everything(pair):
     target, _ = pair
     prompt = _prompts()[1]
-    out, stats = speculative_generate(target, copy.deepcopy(target), prompt, k=4, max_new_tokens=20)
-    assert out == generate(target, [prompt], max_new_tokens=20)[0]
+    out, stats = speculative_generate(target, copy.deepcopy(target), prompt, SamplingParams(max_new_tokens=20), k=4)
+    assert out == generate(target, [prompt], SamplingParams(max_new_tokens=20))[0]
     assert stats["acceptance_rate"] == 1.0 and stats["n_target_calls"] == 4  # 5 tokens per target call
 
 
 def test_stop_ids_and_limits(pair):
     target, draft = pair
     prompt = _prompts()[2]
-    ref = generate(target, [prompt], max_new_tokens=20)[0]
+    ref = generate(target, [prompt], SamplingParams(max_new_tokens=20))[0]
     stop = ref[6]
-    out, _ = speculative_generate(target, draft, prompt, k=3, max_new_tokens=20, stop_ids=[stop])
+    out, _ = speculative_generate(target, draft, prompt, SamplingParams(max_new_tokens=20), k=3, stop_ids=[stop])
     assert out == ref[:ref.index(stop)]
     long_prompt = list(range(1, 90))
-    out, _ = speculative_generate(target, draft, long_prompt, k=4, max_new_tokens=50)
-    assert out == generate(target, [long_prompt], max_new_tokens=50)[0] and len(out) == 96 - 89
+    out, _ = speculative_generate(target, draft, long_prompt, SamplingParams(max_new_tokens=50), k=4)
+    assert out == generate(target, [long_prompt], SamplingParams(max_new_tokens=50))[0] and len(out) == 96 - 89
     with pytest.raises(ConfigError):
         speculative_generate(target, _model(2, vocab=50), prompt)
 
@@ -82,7 +83,8 @@ def test_sampled_speculative_follows_target_distribution():
     counts = torch.zeros(vocab * vocab)
     acc = []
     for s in range(n):
-        out, stats = speculative_generate(target, draft, prompt, k=2, max_new_tokens=2, temperature=1.0, seed=s)
+        params = SamplingParams(max_new_tokens=2, temperature=1.0, seed=s)
+        out, stats = speculative_generate(target, draft, prompt, params, k=2)
         counts[out[0] * vocab + out[1]] += 1
         acc.append(stats["acceptance_rate"])
     rate = sum(acc) / n

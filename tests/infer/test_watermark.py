@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from genforge.infer.engine import generate
+from genforge.infer.sampling import SamplingParams
 from genforge.infer.watermark import (
     WatermarkConfig,
     WatermarkLogitsProcessor,
     detect,
     green_mask,
-    watermark_report,
 )
+from genforge.infer.watermark_eval import watermark_report
 from genforge.model.gpt import GPT, GPTConfig
 
 V = 256
@@ -57,16 +58,21 @@ def test_detect_z_on_constructed_sequences():
 def test_watermarked_generation_detected_and_plain_not(model):
     cfg = WatermarkConfig()
     prompts = [[1, 2, 3], [7, 8]]
-    marked = generate(model, prompts, max_new_tokens=200, temperature=1.0, seed=0, watermark=cfg)
-    plain = generate(model, prompts, max_new_tokens=200, temperature=1.0, seed=0)
+    # the watermark asked for through SamplingParams (what the CLI and server send)
+    marked = generate(model, prompts, SamplingParams(max_new_tokens=200, temperature=1.0, seed=0, watermark=True,
+                                                     watermark_key=cfg.key, watermark_gamma=cfg.gamma,
+                                                     watermark_delta=cfg.delta))
+    plain = generate(model, prompts, SamplingParams(max_new_tokens=200, temperature=1.0, seed=0))
     for p, m, u in zip(prompts, marked, plain):
         assert len(m) == 200
         zm, zu = detect(p[-1:] + m, V, cfg)["z"], detect(p[-1:] + u, V, cfg)["z"]
         assert zm > 4 and zu < 2, (zm, zu)
         assert detect(p[-1:] + m, V, WatermarkConfig(key=1))["z"] < 2  # wrong key: nothing to see
-    # greedy + watermark works too, and the processor form gives the same as the config form
-    g1 = generate(model, prompts, max_new_tokens=20, watermark=cfg)
-    assert g1 == generate(model, prompts, max_new_tokens=20, watermark=WatermarkLogitsProcessor(cfg, V))
+    # greedy + watermark works too, and the params form gives the same as passing the processor
+    g1 = generate(model, prompts, SamplingParams(max_new_tokens=20, watermark=True))
+    assert g1 == generate(model, prompts, SamplingParams(max_new_tokens=20),
+                          logits_processors=[WatermarkLogitsProcessor(cfg, V)])
+    assert g1 != generate(model, prompts, SamplingParams(max_new_tokens=20))
 
 
 def test_watermark_report(model):
@@ -76,3 +82,13 @@ def test_watermark_report(model):
     assert rep["mean_z_by_length"][8] < rep["mean_z_by_length"][64]
     assert rep["robustness_mean_z"][0.9] < rep["robustness_mean_z"][0.2]
     assert rep["ppl_watermarked"] > 0 and rep["ppl_unwatermarked"] > 0
+
+
+def test_watermark_module_needs_no_engine():
+    """The engine imports watermark.py (for the processor); watermark.py must not import the engine back."""
+    import subprocess
+    import sys
+
+    code = ("import sys, genforge.infer.watermark; "
+            "assert not any(m.startswith(('genforge.infer.engine', 'genforge.infer.sampling')) for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from genforge.errors import ConfigError
+from genforge.infer.sampling import SamplingParams
 from genforge.model import peft
 from genforge.model.gpt import GPT, GPTConfig
 
@@ -126,7 +127,7 @@ def test_lora_generation_with_kv_cache_matches_recompute():
     model = peft.apply_lora(make_model(), r=4, target_modules=["q_proj", "v_proj", "down_proj"])
     randomize_lora(model)
     prompt = ids(B=1, T=5)[0].tolist()
-    fast = generate(model, [prompt], max_new_tokens=6)[0]
+    fast = generate(model, [prompt], SamplingParams(max_new_tokens=6))[0]
     seq = list(prompt)
     for _ in range(6):
         seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
@@ -153,7 +154,7 @@ def test_prompt_tuning_generation_with_kv_cache_matches_recompute():
 
     pt = peft.PromptTuning(make_model(), num_virtual_tokens=4, seed=3)
     prompts = [ids(B=1, T=7, seed=1)[0].tolist(), ids(B=1, T=3, seed=2)[0].tolist()]  # left-padded batch
-    fast = generate(pt, prompts, max_new_tokens=5)
+    fast = generate(pt, prompts, SamplingParams(max_new_tokens=5))
     for p, got in zip(prompts, fast):
         seq = list(p)
         for _ in range(5):

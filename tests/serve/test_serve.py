@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from genforge.checkpoint import save_checkpoint
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.model.peft import apply_lora, save_lora
 from genforge.serve.app import create_app
 from genforge.serve.testing import running_server, tiny_model_and_tokenizer
@@ -84,7 +85,7 @@ def test_chat_completion_shape_and_usage(client, tiny):
     prompt = tok.encode(tok.render_chat([{"role": "user", "content": "hello there"}], add_generation_prompt=True))
     assert j["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": 10, "total_tokens": len(prompt) + 10}
     # the same text the engine gives directly (the server adds no tokens of its own)
-    ids = Engine(model).generate([prompt], max_new_tokens=10, stop_ids=[tok.end_id, tok.eos_id])[0]
+    ids = Engine(model).generate([prompt], SamplingParams(max_new_tokens=10), stop_ids=[tok.end_id, tok.eos_id])[0]
     assert choice["message"]["content"] == tok.decode(ids)
 
 
@@ -147,6 +148,23 @@ def test_seed_makes_sampling_reproducible(client):
     b = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     c = client.post("/v1/chat/completions", json={**body, "seed": 8}).json()["choices"][0]["message"]["content"]
     assert a == b and a != c
+
+
+def test_request_sampling_is_one_sampling_params():
+    from genforge.serve.batcher import batch_key
+    from genforge.serve.schemas import ChatRequest, CompletionRequest
+
+    req = ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.5, top_p=0.8, top_k=3,
+                      seed=7, stop="\n", presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=1.2,
+                      max_completion_tokens=9)
+    assert req.sampling() == SamplingParams(max_new_tokens=9, temperature=0.5, top_k=3, top_p=0.8, seed=7,
+                                            repetition_penalty=1.2, frequency_penalty=0.25, presence_penalty=0.5,
+                                            stop=["\n"])
+    plain = CompletionRequest(model="m", prompt="x", temperature=0.0, max_tokens=4).sampling()
+    assert plain.greedy and plain.max_new_tokens == 4 and plain.stop == []
+    # greedy requests batch together whatever their seed; seeded sampling runs alone
+    assert batch_key(plain) == batch_key(SamplingParams(seed=3)) is not None
+    assert batch_key(req.sampling()) is None
 
 
 def test_developer_role_and_text_parts(client):
@@ -236,7 +254,7 @@ class Gate:
         self.delay = delay
         self.batches: list[int] = []
 
-    def __call__(self, prompts, **kw):
+    def __call__(self, prompts, params, **kw):
         self.batches.append(len(prompts))
         self.entered.set()
         assert self.open.wait(30), "gate never opened"
@@ -247,7 +265,7 @@ class Gate:
                 time.sleep(self.delay)
                 return inner(row, tokens)
             kw["stop_fn"] = slow
-        return self.engine.generate(prompts, **kw)
+        return self.engine.generate(prompts, params, **kw)
 
 
 def test_two_concurrent_requests_complete_and_batch(tiny):
@@ -316,7 +334,7 @@ def test_stopped_worker_gives_503(tiny):
 def test_engine_failure_is_reported(tiny):
     model, tok = tiny
 
-    def broken(prompts, **kw):
+    def broken(prompts, params, **kw):
         raise RuntimeError("boom")
 
     with TestClient(create_app(model, tok, "tiny", generate_fn=broken)) as c:

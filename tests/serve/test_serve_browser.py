@@ -13,6 +13,7 @@ import time
 import pytest
 
 from genforge.infer.engine import Engine
+from genforge.infer.sampling import SamplingParams
 from genforge.serve.app import create_app
 from genforge.serve.testing import running_server, tiny_model_and_tokenizer
 
@@ -46,14 +47,14 @@ class Recorder:
     def __init__(self, model, delay: float = 0.03):
         self.engine, self.delay, self.prompts = Engine(model), delay, []
 
-    def __call__(self, prompts, **kw):
+    def __call__(self, prompts, params, **kw):
         self.prompts.append(prompts)
         inner = kw["stop_fn"]
 
         def slow(row, tokens):
             time.sleep(self.delay)
             return inner(row, tokens)
-        return self.engine.generate(prompts, **{**kw, "stop_fn": slow})
+        return self.engine.generate(prompts, params, **{**kw, "stop_fn": slow})
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_chat_page_streams_a_reply_and_keeps_history(browser, served):
     shown = page.inner_text(".msg.assistant .text")
     expected = Engine(model).generate(
         [tok.encode(tok.render_chat([{"role": "user", "content": "hello there"}], add_generation_prompt=True))],
-        max_new_tokens=12, stop_ids=[tok.end_id, tok.eos_id])[0]
+        SamplingParams(max_new_tokens=12), stop_ids=[tok.end_id, tok.eos_id])[0]
     assert page.eval_on_selector(".msg.assistant .text", "e => e.textContent") == tok.decode(expected)
     assert shown.strip()
     assert "12 tokens" in page.inner_text(".msg.assistant .meta")  # usage from the final chunk
