@@ -85,9 +85,14 @@ def _apply(cfg: Any, key_path: str, value: Any) -> None:
         if i == len(parts) - 1:
             hints = typing.get_type_hints(type(obj))
             typ = hints[part]
+            if dataclasses.is_dataclass(typ) and isinstance(value, str):  # 'sft={steps: 200}' from the command line
+                value = yaml.safe_load(value)
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key_path}: is a section; expected a mapping like '{{key: value}}', got "
+                                      f"{value!r}")
             if dataclasses.is_dataclass(typ) and isinstance(value, dict):
                 for k, v in value.items():
-                    _apply(getattr(obj, part), k, v)
+                    _apply(cfg, f"{key_path}.{k}", v)  # the full key path, for error messages
             else:
                 setattr(obj, part, _coerce(value, typ, key_path))
         else:
