@@ -47,7 +47,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         out = [_coerce(v, inner, key) for v in value]
         return tuple(out) if origin is tuple else out
     if typ is dict or origin is dict:
-        if isinstance(value, str):  # from the command line: overrides='{pretrain.max_steps: 200}'
+        if isinstance(value, str):  # from the command line: key='{a: 1, b.c: 2}'
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping like '{{a: 1, b.c: 2}}', got {value!r}")
