@@ -64,6 +64,16 @@ def reference(metric: str, row: dict) -> str:
     return ""
 
 
+def answers_match(answer: str, ref: str) -> float:
+    """1.0 if the extracted answer equals the reference after `metrics.normalize_answer`; an empty answer never
+    matches. Where normalising leaves nothing (a lone article: the multiple-choice letter "A"), the stripped,
+    lower-cased strings are compared instead, or every unreadable answer would match a gold "A"."""
+    a, r = metrics.normalize_answer(answer), metrics.normalize_answer(ref)
+    if not a or not r:
+        a, r = answer.strip().lower(), ref.strip().lower()
+    return float(bool(a) and a == r)
+
+
 def score_output(metric: str, output: str, ref: str, extract: Callable[[str], str] | None) -> dict:
     """Score one output: {"score": in [0, 1], ...} plus "answer" (exact match) or ROUGE-1/2/L (rouge).
 
@@ -72,7 +82,7 @@ def score_output(metric: str, output: str, ref: str, extract: Callable[[str], st
     out = output.strip()
     if metric == "exact_match":
         answer = extract(out) if extract is not None else out
-        return {"answer": answer, "score": metrics.exact_match(answer, ref, extract=None)}
+        return {"answer": answer, "score": answers_match(answer, ref)}
     if metric == "rouge":
         r = metrics.rouge_scores(out, ref)
         return {**r, "score": r["rougeL"]}

@@ -92,3 +92,14 @@ def test_direct_results_write_items_like_genforge_eval(world_and_model, tmp_path
     assert set(saved["tasks"]) == {"arithmetic", "multiple_choice"}
     lines = (tmp_path / "items" / "arithmetic.jsonl").read_text().splitlines()
     assert len(lines) == 2 and {"prompt", "output", "answer", "score"} <= set(json.loads(lines[0]))
+
+
+def test_exact_match_is_not_fooled_by_a_gold_letter_a():
+    from genforge.eval.score import answers_match, score_outputs
+
+    assert answers_match("A", "A") == 1.0 and answers_match("a", "A") == 1.0
+    assert answers_match("", "A") == 0.0 and answers_match("the", "A") == 0.0 and answers_match("B", "A") == 0.0
+    assert answers_match("1,000", "1000") == 1.0 and answers_match("March 3, 2024", "march 3 2024") == 1.0
+    rows = [{"task": "multiple_choice", "prompt": "?", "response": "The answer is A.", "answer": "A"}] * 2
+    s = score_outputs("multiple_choice", rows, ["zzz", "The answer is A."])  # nothing readable, then right
+    assert s.items == [0.0, 1.0] and s.answers == ["", "A"]
