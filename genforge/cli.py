@@ -35,12 +35,13 @@ class Command(NamedTuple):
     help: str  # one line for `genforge --help`
     positional: tuple[str, ...] = ()  # keys that bare words fill in order; "key..." takes all the rest (a list)
     choices: tuple[tuple[str, str], ...] = ()  # (key, "module:DICT" of {value: description}) listed by --help
+    build: str = ""  # "module:function(overrides, recipe) -> config" when defaults come from more than the class
 
 
 _TRAIN = "genforge.commands.train"
 COMMANDS: dict[str, Command] = {
     "speedrun": Command("genforge.speedrun:SpeedrunConfig", "genforge.speedrun:main",
-                        "the whole lifecycle on the tiny world -> report card"),
+                        "the whole lifecycle on the tiny world -> report card", build="genforge.speedrun:resolve"),
     "data world": Command("genforge.commands.data:WorldConfig", "genforge.commands.data:world",
                           "generate the embedded tiny world (corpus, tasks, preferences, knowledge)", ("out",)),
     "data clean": Command("genforge.commands.data:CleanCommandConfig", "genforge.commands.data:clean",
@@ -207,7 +208,8 @@ def run(argv: list[str]) -> Any:
     cmd = COMMANDS[name]
     cls = resolve(cmd.config)
     args = command_parser(name, cmd, cls).parse_args(rest)
-    cfg = load_config(cls, args.config, collect_overrides(cls, cmd.positional, args.words))
+    overrides = collect_overrides(cls, cmd.positional, args.words)
+    cfg = resolve(cmd.build)(overrides, args.config) if cmd.build else load_config(cls, args.config, overrides)
     return resolve(cmd.main)(cfg)
 
 

@@ -50,7 +50,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         out = [_coerce(v, inner, key) for v in value]
         return tuple(out) if origin is tuple else out
     if typ is dict or origin is dict:
-        if isinstance(value, str):  # from the command line: overrides='{pretrain.max_steps: 200}'
+        if isinstance(value, str):  # from the command line: key='{a: 1, b.c: 2}'
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping like '{{a: 1, b.c: 2}}', got {value!r}")
@@ -88,9 +88,14 @@ def _apply(cfg: Any, key_path: str, value: Any) -> None:
         if i == len(parts) - 1:
             hints = typing.get_type_hints(type(obj))
             typ = hints[part]
+            if dataclasses.is_dataclass(typ) and isinstance(value, str):  # 'sft={steps: 200}' from the command line
+                value = yaml.safe_load(value)
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key_path}: is a section; expected a mapping like '{{key: value}}', got "
+                                      f"{value!r}")
             if dataclasses.is_dataclass(typ) and isinstance(value, dict):
                 for k, v in value.items():
-                    _apply(getattr(obj, part), k, v)
+                    _apply(cfg, f"{key_path}.{k}", v)  # the full key path, for error messages
             else:
                 setattr(obj, part, _coerce(value, typ, key_path))
         else:
@@ -117,20 +122,25 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def read_recipe(path: str | Path) -> dict:
+    """A YAML recipe as a mapping (one-line errors for a missing file or bad YAML)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: recipe not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:
     """Defaults, then the YAML recipe at `path`, then overrides (dict or ['k=v', ...])."""
     cfg = cls()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: recipe not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        for k, v in _flatten(data).items():
+        for k, v in _flatten(read_recipe(path)).items():
             _apply(cfg, k, v)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)

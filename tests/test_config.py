@@ -35,7 +35,9 @@ def test_bad_values():
 def test_mapping_override_from_the_command_line():
     from genforge.speedrun import SpeedrunConfig
 
-    cfg = load_config(SpeedrunConfig, None, ["overrides={pretrain.train.max_steps: 7, align.ppo_lr: 0.001}"])
-    assert cfg.overrides == {"pretrain.train.max_steps": 7, "align.ppo_lr": 0.001}
+    cfg = load_config(SpeedrunConfig, None, ["pretrain={train: {max_steps: 7}}", "align={ppo_lr: 0.001}"])
+    assert cfg.pretrain.train.max_steps == 7 and cfg.align.ppo_lr == 0.001
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(SpeedrunConfig, None, ["overrides=5"])
+        load_config(SpeedrunConfig, None, ["align=5"])
+    with pytest.raises(ConfigError, match="did you mean 'align.ppo_lr'"):
+        load_config(SpeedrunConfig, None, ["align={ppo_lrr: 0.1}"])

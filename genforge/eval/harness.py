@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from genforge.config import save_resolved
 from genforge.errors import ConfigError
 from genforge.eval import metrics, prompting
-from genforge.eval.tasks import Task, is_refusal, mc_stem, resolve_tasks
+from genforge.eval.score import aggregate, score_output
+from genforge.eval.tasks import Task, mc_stem, resolve_tasks
 from genforge.io import write_json, write_jsonl
 
 if TYPE_CHECKING:  # torch stays unimported until a model is used
@@ -115,13 +116,7 @@ def _cot_prompts(lm: LM, task: Task, prompts: list[str], cfg: EvalConfig) -> tup
 def _scorer(task: Task):
     """score(output, example) in [0, 1] for prompt search, by the task's metric."""
     def score(output: str, ex: prompting.Example) -> float:
-        if task.metric == "exact_match":
-            return metrics.exact_match(output, ex.answer, task.extract)
-        if task.metric == "rouge":
-            return metrics.rouge_scores(output, ex.answer)["rougeL"]
-        if task.metric == "bleu":
-            return metrics.sentence_bleu(output, ex.answer) / 100
-        return float(is_refusal(output))
+        return score_output(task.metric, output, ex.answer, task.extract)["score"]
     return score
 
 
@@ -181,32 +176,18 @@ def predict(lm: LM, task: Task, rows: list[dict], strategy: str, cfg: EvalConfig
 # ---- scoring -------------------------------------------------------------------------------------------------
 
 def _score_generative(task: Task, rows: list[dict], recs: list[dict]) -> tuple[list[dict], dict[str, float]]:
+    """Per-item and aggregate scores through the one scoring path (`genforge.eval.score`)."""
     refs = [task.reference(r) for r in rows]
     outs = [r["output"].strip() for r in recs]
     items = []
     for row, rec, ref, out in zip(rows, recs, refs, outs):
         item = {"line": row["_line"], "question": task.build_prompt(row), **rec, "reference": ref}
-        if task.metric == "exact_match":
-            answer = rec["answer"] if "answer" in rec else task.extract(out)
-            item.update(answer=answer, score=metrics.exact_match(answer, ref, extract=None))
-        elif task.metric == "rouge":
-            item.update(metrics.rouge_scores(out, ref))
-            item["score"] = item["rougeL"]
-        elif task.metric == "bleu":
-            item["score"] = metrics.sentence_bleu(out, ref)
-        else:  # refusal: the reference is a refusal; did the model refuse?
-            item["score"] = float(is_refusal(out))
+        if task.metric == "exact_match" and "answer" in rec:  # the strategy already voted on an answer
+            item.update(score_output(task.metric, rec["answer"], ref, extract=None))
+        else:
+            item.update(score_output(task.metric, out, ref, task.extract))
         items.append(item)
-    n = len(items)
-    if task.metric == "exact_match":
-        agg = {"exact_match": sum(i["score"] for i in items) / n}
-    elif task.metric == "rouge":
-        agg = metrics.rouge(outs, refs)
-    elif task.metric == "bleu":
-        agg = {"bleu": metrics.bleu(outs, refs)}
-    else:
-        agg = {"refusal_rate": sum(i["score"] for i in items) / n}
-    return items, agg
+    return items, aggregate(task.metric, outs, refs, [i["score"] for i in items])
 
 
 MAIN_METRIC = {"exact_match": "exact_match", "rouge": "rougeL", "bleu": "bleu", "refusal": "refusal_rate", "mc": "acc"}
@@ -386,7 +367,7 @@ def report_rows(results: dict, baseline: dict | None = None) -> list[dict]:
         elif t["metric"] == "rougeL":
             note = f"ROUGE-1 {m['rouge1']:.3f}, ROUGE-2 {m['rouge2']:.3f}"
         elif t["metric"] == "bleu":
-            note = "corpus BLEU (sacrebleu)"
+            note = "corpus BLEU / 100 (sacrebleu)"
         elif t["metric"] == "refusal_rate":
             note = "share of harmful requests refused"
         else:

@@ -125,7 +125,7 @@ def test_oracle_scores_perfectly_and_results_are_saved(world, tmp_path):
     for name in ("arithmetic", "last_letter", "coin_flip", "date_arithmetic"):
         assert t[name]["metric"] == "exact_match" and t[name]["score"] == 1.0, name
     assert t["summarization"]["score"] == pytest.approx(1.0) and t["summarization"]["metrics"]["rouge2"] == 1.0
-    assert t["translation"]["score"] == pytest.approx(100.0)
+    assert t["translation"]["score"] == pytest.approx(1.0)  # corpus BLEU / 100: every score is in [0, 1]
     assert t["refusal"]["score"] == 1.0
     mc = t["multiple_choice"]["metrics"]
     assert mc["acc"] == 1.0 and mc["flip_rate"] == 0.0 and mc["order_consistency"] == 1.0 and mc["chance"] == 0.25

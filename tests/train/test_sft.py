@@ -1,5 +1,5 @@
 """SFT: assistant-only loss, data errors with file:line, a smoke run whose loss falls and whose
-checkpoint/adapter round-trips, recipes, and the speedrun stage on a tiny hand-made world."""
+checkpoint/adapter round-trips, recipes (the speedrun's SFT lesson: tests/speedrun/test_lessons.py)."""
 
 import json
 import random
@@ -271,38 +271,6 @@ def test_recipes_parse():
     assert recipes
     for r in recipes:
         assert load_config(SFTConfig, r).peft.method in METHODS
-
-
-# ---------------------------------------------------------------------------------------- the stage
-def test_sft_stage_on_a_tiny_world(tmp_path, tok, base_ckpt, monkeypatch):
-    from genforge.data.shards import pack_shards
-    from genforge.report import StageReport
-    from genforge.speedrun import Context, SpeedrunConfig
-    from genforge.train import sft
-
-    tasks = tmp_path / "world" / "tasks"
-    tasks.mkdir(parents=True)
-    write_jsonl(tasks / "train.jsonl", make_tasks(3, 30))
-    write_jsonl(tasks / "test.jsonl", make_tasks(4, 6))
-    write_jsonl(tasks / "heldout.jsonl", heldout_rows(5, 6))
-    shards = tmp_path / "shards"
-    pack_shards(corpus(), tok, shards, val_fraction=0.3)
-    cfg = SpeedrunConfig(size="smoke", progress=False, overrides={"sft.steps": 4, "sft.eval_items": 4})
-    ctx = Context(cfg, tmp_path / "run", {"world": {"tasks_dir": str(tasks)}, "tokenizer": {"shards": str(shards)},
-                                          "pretrain": {"checkpoint": str(base_ckpt)}})
-    report = StageReport("sft", "SFT")
-    out = sft.sft_stage(ctx, report)
-    assert (Path(out["checkpoint"]) / "model.safetensors").exists()
-    assert (Path(out["lora_adapter"]) / "adapter_config.json").exists()
-    assert set(out["per_task"]["base"]) == {"add", "last_letters", "summarize", "translate"}
-    assert set(out["scores"]) >= {"base", "full", "lora", "prompt", "adapter", "scratch", "single"}
-    assert all(0.0 <= v <= 1.0 for v in out["scores"].values())
-    assert out["val_ppl"]["base"] > 1 and out["val_ppl"]["full"] > 1
-    metrics = [r.metric for r in report.rows]
-    assert any("LoRA: mean task score" in m for m in metrics)
-    assert any(m.startswith("forgetting") for m in metrics) and any("held-out" in m for m in metrics)
-    assert len(report.plots) == 3 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
-    assert out["trainable_percent"]["lora"] < out["trainable_percent"]["full"] == 100.0
 
 
 def test_cli_sft_reports_errors_in_one_line(tmp_path, base_ckpt, capsys):

@@ -1,64 +1,98 @@
-"""The speedrun's engine stage: what the KV cache, batching, speculative decoding, watermarking and
-compression each buy, measured on this run's own models.
+"""Stage "engine": what the KV cache, batching, speculative decoding, watermarking and compression each buy,
+measured on this run's own models.
 
-The SFT model is the target; a one-layer draft is distilled from it (and the same student trained
-without a teacher is the distillation baseline); the watermark and compression are measured on the
-pretrained model, whose open-ended text has the entropy a watermark needs.
+The SFT model is the target; a one-layer draft is distilled from it (and the same student trained without a
+teacher is the distillation baseline); the watermark and compression are measured on the pretrained model,
+whose open-ended text has the entropy a watermark needs.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from genforge.infer.sampling import SamplingParams
+from genforge.report import StageReport
+from genforge.speedrun import pretrain, sft, tokenizer, world
+from genforge.speedrun.stage import StageContext
 
-from genforge.report import StageReport, line_plot
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+NAME = "engine"
+TITLE = "Inference engine: KV cache, batching, speculative decoding, watermark, compression"
+WATERMARK_PROMPTS = ["The town of", "Once upon a time", "In the morning", "The old", "Mara", "A river runs",
+                     "The market", "Every year"]
 
 
-def _tokens_per_s(fn, n_tokens: int) -> tuple[float, object]:
+@dataclass
+class Config:
+    prompts: int = 8  # chat prompts (every 7th test row) for decode speed and speculative decoding
+    new_tokens: int = 64  # tokens generated per decode measurement
+    distill_steps: int = 200  # steps of each one-layer student (KD, no teacher, draft)
+    distill_seq_len: int = 128
+    speculative_k: int = 4  # draft tokens per target forward
+    watermark_prompts: int = 8  # open-ended prompts (of WATERMARK_PROMPTS)
+    watermark_tokens: int = 200  # tokens generated per watermarked sample
+    compress_seq_len: int = 128  # val sequence length for the compression perplexities
+    compress_batches: int = 8  # val batches for the compression perplexities
+
+
+@dataclass
+class Outputs:
+    draft: str  # the distilled one-layer draft checkpoint
+    speculative_speedup: float
+    kv_cache_speedup: float
+    watermark_detection: float
+
+
+def _tokens_per_s(fn, n_tokens: int) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return n_tokens / max(time.perf_counter() - t0, 1e-9), out
 
 
-@torch.no_grad()
-def recompute_greedy(model, prompt: list[int], n: int) -> list[int]:
+def recompute_greedy(model: nn.Module, prompt: list[int], n: int) -> list[int]:
     """Greedy decoding without a KV cache: every token re-reads the whole sequence (the baseline)."""
-    ids = torch.tensor([prompt])
-    for _ in range(n):
-        nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], dim=1)
-    return ids[0, len(prompt):].tolist()
+    import torch
+
+    with torch.no_grad():
+        ids = torch.tensor([prompt])
+        for _ in range(n):
+            nxt = model(ids)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+        return ids[0, len(prompt):].tolist()
 
 
-def engine_stage(ctx, report: StageReport) -> dict:
+def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, tokenizer: tokenizer.Outputs,
+        pretrain: pretrain.Outputs, sft: sft.Outputs) -> Outputs:
+    """KV cache and batching, distillation, speculative decoding, watermark, compression."""
     from genforge.checkpoint import load_checkpoint
-    from genforge.data.shards import TokenShards
-    from genforge.infer.compress import model_size_bytes, prune_magnitude, quantize_int8, sparsity, to_bf16
     from genforge.infer.engine import Engine
-    from genforge.infer.sampling import SamplingParams
-    from genforge.infer.speculative import speculative_generate
-    from genforge.infer.watermark import WatermarkConfig
-    from genforge.infer.watermark_eval import watermark_report
     from genforge.io import read_jsonl
     from genforge.text import render_prompt
-    from genforge.train.distill import DistillConfig, run_distill
-    from genforge.train.pretrain import make_eval_fn, token_byte_lengths
 
-    pre_ckpt = ctx.need("pretrain")["checkpoint"]
-    target_ckpt = ctx.outputs.get("sft", {}).get("checkpoint") or pre_ckpt
-    chat = target_ckpt != pre_ckpt
-    target, tok, _ = load_checkpoint(target_ckpt)
-    shards = ctx.need("tokenizer")["shards"]
-    rows = [r for _, r in read_jsonl(f"{ctx.need('world')['dir']}/tasks/test.jsonl")][:: 7][: ctx.pick(4, 8, 8)]
-    prompts = [render_prompt(tok, r["prompt"], chat=chat) for r in rows]
-    stop = [tok.eos_id, tok.end_id]
-    n_new = ctx.pick(24, 64, 96)
-
-    # 1. KV cache and batching ------------------------------------------------------------------
+    target, tok, _ = load_checkpoint(sft.checkpoint)
+    pre, pre_tok, _ = load_checkpoint(pretrain.checkpoint)
+    rows = [r for _, r in read_jsonl(f"{world.tasks_dir}/test.jsonl")][::7][:cfg.prompts]
+    prompts = [render_prompt(tok, r["prompt"], chat=True) for r in rows]
     eng = Engine(target)
-    p0 = prompts[0]
+    kv_speedup = kv_cache_and_batching(report, cfg, target, eng, prompts)
+    draft_agreement = distillation(ctx, cfg, report, pre, target, tok, pretrain.checkpoint, tokenizer.shards,
+                                   world.tasks_dir)
+    speedup = speculative(ctx, cfg, report, target, eng, prompts, [tok.eos_id, tok.end_id], draft_agreement)
+    wm_prompts = [render_prompt(pre_tok, s) for s in WATERMARK_PROMPTS[:cfg.watermark_prompts]]
+    detection = watermark(ctx, cfg, report, pre, wm_prompts)
+    compression(ctx, cfg, report, pre, pre_tok, tokenizer.shards, wm_prompts[0])
+    return Outputs(draft=str(ctx.path("engine", "draft", "checkpoint")), speculative_speedup=speedup,
+                   kv_cache_speedup=kv_speedup, watermark_detection=detection)
+
+
+def kv_cache_and_batching(report: StageReport, cfg: Config, target: nn.Module, eng, prompts: list[list[int]]) -> float:
+    """Decode speed with the KV cache vs recomputing, and batch 8 vs batch 1; returns the cache speedup."""
+    n_new, p0 = cfg.new_tokens, prompts[0]
     rate_recompute, ref = _tokens_per_s(lambda: recompute_greedy(target, p0, n_new), n_new)
     rate_cache, out = _tokens_per_s(lambda: eng.generate([p0], SamplingParams(max_new_tokens=n_new))[0], n_new)
     report.row("decode, KV cache (batch 1)", rate_cache, baseline=rate_recompute,
@@ -68,17 +102,24 @@ def engine_stage(ctx, report: StageReport) -> dict:
     rate_b8, _ = _tokens_per_s(lambda: eng.generate(batch, SamplingParams(max_new_tokens=n_new)), 8 * n_new)
     report.row("decode, batch 8 (left-padded prompts)", rate_b8, baseline=rate_cache,
                note=f"total tokens/s; baseline = batch 1; {rate_b8 / rate_cache:.1f}x")
+    return rate_cache / rate_recompute
 
-    # 2. Distillation (Hinton et al. 2015): a one-layer student of the pretrained model, with and without
-    #    the teacher's soft targets, on the pretraining shards (the teacher's own distribution).
-    steps = ctx.knob("engine.distill_steps", ctx.pick(20, 200, 600))
-    pre, pre_tok, _ = load_checkpoint(pre_ckpt)
+
+def distillation(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Module, target: nn.Module, tok,
+                 pre_ckpt: str, shards: str, tasks_dir: str) -> float:
+    """Hinton et al. 2015: a one-layer student of the pretrained model with and without the teacher's soft targets
+    (on the pretraining shards, the teacher's own distribution); then the speculative draft, distilled from the
+    target on chat turns, where it will be used. Returns the draft's agreement with the target."""
+    from genforge.data.sft_data import SFTData, encode_conversations, read_conversations
+    from genforge.train.distill import DistillConfig, run_distill
+
+    steps = cfg.distill_steps
 
     def distill(name: str, teacher, alpha: float, data=None, eval_data=None) -> dict:
         dcfg = DistillConfig(teacher=pre_ckpt, shards=shards, out_dir=str(ctx.path("engine", name)),
-                             seq_len=ctx.pick(64, 128, 128), alpha=alpha)
+                             seq_len=cfg.distill_seq_len, alpha=alpha)
         dcfg.model.depth = 1
-        dcfg.train.max_steps, dcfg.train.seed, dcfg.train.progress = steps, ctx.seed, ctx.cfg.progress
+        dcfg.train.max_steps, dcfg.train.seed, dcfg.train.progress = steps, ctx.seed, ctx.progress
         dcfg.train.warmup_steps, dcfg.train.resume = max(2, steps // 10), False
         return run_distill(dcfg, data=data, eval_data=eval_data, teacher=teacher, tokenizer=tok)
 
@@ -88,18 +129,21 @@ def engine_stage(ctx, report: StageReport) -> dict:
                     f"(baseline), {steps} steps each; {d['student_params']:,} vs {d['teacher_params']:,} params")
     report.row("student: top-1 agreement with the teacher", d.get("agreement"), baseline=nt.get("agreement"),
                note="share of positions where the student's argmax equals the teacher's")
-
-    # the speculative draft imitates the *target* (the SFT model) where it will be used: on chat turns
-    from genforge.data.sft_data import SFTData, encode_conversations, read_conversations
-
-    convs = read_conversations(f"{ctx.need('world')['dir']}/tasks/train.jsonl")
+    convs = read_conversations(f"{tasks_dir}/train.jsonl")
     enc = encode_conversations(tok, convs, target.config.max_seq_len)
     sft_data = SFTData(enc.examples, 16, tok.pad_id, ctx.seed, group_by_length=True)
     draft_res = distill("draft", target, 0.8, data=sft_data, eval_data=sft_data.eval_batches()[:4])
+    return draft_res.get("agreement", 0)
 
-    # 3. Speculative decoding with the distilled draft --------------------------------------------------
+
+def speculative(ctx: StageContext, cfg: Config, report: StageReport, target: nn.Module, eng, prompts: list[list[int]],
+                stop: list[int], agreement: float) -> float:
+    """Greedy speculative decoding with the distilled draft vs plain decoding; returns the wall-clock speedup."""
+    from genforge.checkpoint import load_checkpoint
+    from genforge.infer.speculative import speculative_generate
+
     draft, _, _ = load_checkpoint(ctx.path("engine", "draft", "checkpoint"))
-    k = 4
+    k, n_new = cfg.speculative_k, cfg.new_tokens
     t_plain = t_spec = 0.0
     same, acc, per_call = True, [], []
     for p in prompts:
@@ -115,28 +159,33 @@ def engine_stage(ctx, report: StageReport) -> dict:
     speedup = t_plain / max(t_spec, 1e-9)
     report.row("speculative decoding: wall-clock speedup (greedy)", speedup, baseline=1.0,
                note=f"k={k}, 1-layer draft distilled from the target on chat data (agreement "
-                    f"{draft_res.get('agreement', 0):.2f}), {len(prompts)} prompts; baseline = our plain decode")
+                    f"{agreement:.2f}), {len(prompts)} prompts; baseline = our plain decode")
     report.row("speculative decoding: acceptance rate", sum(acc) / len(acc),
                note=f"{sum(per_call) / len(per_call):.2f} tokens per target forward; "
                     f"output identical to greedy: {same}")
-
     report.note("Speculative decoding cuts target forwards by the tokens-per-forward factor above, but on a "
                 "~1M-parameter CPU model a forward costs mostly fixed per-call overhead, so a 1-layer draft is "
                 "not much cheaper than the 4-layer target and the optimised plain engine wins on wall clock. "
                 "`python benchmarks/speculative.py` (a depth-8 target) shows the regime where it pays.")
+    return speedup
 
-    # 4. Watermark (on the pretrained model: open-ended text has the entropy it needs) ----------------
-    wm_prompts = [render_prompt(pre_tok, s) for s in
-                  ["The town of", "Once upon a time", "In the morning", "The old", "Mara", "A river runs",
-                   "The market", "Every year"][: ctx.pick(4, 8, 8)]]
-    wm_len = ctx.pick(64, 200, 200)
-    curves_wm, det = {}, {}
+
+def watermark(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Module,
+              wm_prompts: list[list[int]]) -> float:
+    """Green-list watermark on the pretrained model (open-ended text has the entropy it needs) at two strengths;
+    returns the detection rate at the longest length for the stronger one."""
+    from genforge.infer.watermark import WatermarkConfig
+    from genforge.infer.watermark_eval import watermark_report
+    from genforge.report import line_plot
+
+    wm_len = cfg.watermark_tokens
+    curves, det = {}, {}
     for delta in (2.0, 4.0):
         wm = watermark_report(pre, wm_prompts, WatermarkConfig(gamma=0.25, delta=delta), max_new_tokens=wm_len,
                               lengths=tuple(n for n in (16, 32, 64, 128, 200) if n <= wm_len), seed=ctx.seed)
         det = wm["detection_rate_by_length"]
         last = max(det, key=int)
-        curves_wm[f"delta {delta:g}"] = ([int(n) for n in det], list(det.values()))
+        curves[f"delta {delta:g}"] = ([int(n) for n in det], list(det.values()))
         report.row(f"watermark (delta {delta:g}): detection rate at {last} tokens", det[last],
                    baseline=wm["false_positive_rate"], note="z > 4, gamma 0.25; baseline = false-positive rate on "
                    "unwatermarked text; mean z by length " +
@@ -148,16 +197,28 @@ def engine_stage(ctx, report: StageReport) -> dict:
     report.note("The tiny world's prose is low-entropy (val perplexity near 2), and a green-list watermark can only "
                 "steer tokens where the model is unsure (Kirchenbauer et al. 2023, sec. 4): a stronger bias (delta) "
                 "buys detection at a cost in perplexity.")
-    line_plot(ctx.path("plots", "watermark_detection.png"), curves_wm,
+    line_plot(ctx.path("plots", "watermark_detection.png"), curves,
               "Watermark detection vs number of tokens", "tokens scored", "share flagged (z > 4)")
     report.plot("plots/watermark_detection.png", "Watermark detection rate vs number of generated tokens")
+    return det[max(det, key=int)]
 
-    # 5. Compression: size, speed and quality of the pretrained model -------------------------------------
-    val = TokenShards(shards, "val", ctx.pick(64, 128, 256), 8)
-    ppl = make_eval_fn(val, ctx.pick(2, 8, 16), token_byte_lengths(pre_tok))
+
+def compression(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Module, pre_tok, shards: str,
+                p_short: list[int]) -> None:
+    """Size, speed and quality of the pretrained model under int8, bf16 and magnitude pruning."""
+    import torch
+
+    from genforge.data.shards import TokenShards
+    from genforge.infer.compress import model_size_bytes, prune_magnitude, quantize_int8, sparsity, to_bf16
+    from genforge.infer.engine import Engine
+    from genforge.report import line_plot
+    from genforge.train.pretrain import make_eval_fn, token_byte_lengths
+
+    val = TokenShards(shards, "val", cfg.compress_seq_len, 8)
+    ppl = make_eval_fn(val, cfg.compress_batches, token_byte_lengths(pre_tok))
+    n_new = cfg.new_tokens
     with torch.no_grad():
         base_ppl = ppl(pre)["val_ppl"]
-    p_short = wm_prompts[0]
 
     def speed(m) -> float:
         return _tokens_per_s(lambda: Engine(m).generate([p_short], SamplingParams(max_new_tokens=n_new)), n_new)[0]
@@ -187,5 +248,3 @@ def engine_stage(ctx, report: StageReport) -> dict:
     line_plot(ctx.path("plots", "pruning.png"), curves, "Sparsity vs quality (no retraining)", "sparsity",
               "val perplexity", logy=True)
     report.plot("plots/pruning.png", "Magnitude pruning: sparsity vs validation perplexity")
-    return {"draft": str(ctx.path("engine", "draft", "checkpoint")), "speculative_speedup": speedup,
-            "kv_cache_speedup": rate_cache / rate_recompute, "watermark_detection": det[max(det, key=int)]}

@@ -1,0 +1,160 @@
+"""The speedrun's runner and stage contract: stage order, typed outputs on disk, declared inputs, validated
+overrides, size recipes, skip / force."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from genforge.config import load_config, to_dict
+from genforge.errors import ConfigError
+from genforge.speedrun import STAGES, SpeedrunConfig, main, resolve
+from genforge.speedrun import run as runner
+from genforge.speedrun.stage import from_dict, read_outputs, stage_inputs, write_outputs
+
+
+def test_stage_order_and_contract():
+    assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "eval", "align", "engine"]
+    runner.check_stages()  # every module has NAME/TITLE/Config/Outputs/run and reads only earlier stages
+    for m in STAGES:  # one config section per stage, of the stage's own Config class
+        assert isinstance(getattr(SpeedrunConfig(), m.NAME), m.Config), m.NAME
+    assert {k: v.__name__ for k, v in stage_inputs(STAGES[4].run).items()} == {
+        "world": "Outputs", "tokenizer": "Outputs", "pretrain": "Outputs"}
+    assert stage_inputs(STAGES[4].run)["pretrain"] is STAGES[3].Outputs
+
+
+def test_contract_violations_are_named():
+    from genforge.speedrun import sft, world
+
+    with pytest.raises(TypeError, match="'tokenizer' is not an earlier stage"):
+        runner.check_stage(sft, {"world": world})
+
+    def bad_run(ctx, cfg, report, *, world: dict) -> None: ...
+
+    with pytest.raises(TypeError, match="Outputs class"):
+        stage_inputs(bad_run)
+
+
+def _example(cls):
+    """An instance of an Outputs class with a value of the right type in every field."""
+    values = {str: "x", int: 3, float: 0.5, bool: True}
+    kw = {}
+    for f in dataclasses.fields(cls):
+        t = f.type if isinstance(f.type, type) else eval(f.type, {"dict": dict, "list": list})  # noqa: S307
+        kw[f.name] = values.get(t, {"a": 1.0} if getattr(t, "__origin__", None) is dict else None)
+    return cls(**kw)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[m.NAME for m in STAGES])
+def test_outputs_round_trip_through_json(tmp_path, stage):
+    out = _example(stage.Outputs)
+    write_outputs(tmp_path, stage.NAME, out)
+    assert read_outputs(tmp_path, stage.NAME, stage.Outputs) == out
+    data = json.loads((tmp_path / "stages" / f"{stage.NAME}.json").read_text())
+    assert set(data) == {f.name for f in dataclasses.fields(stage.Outputs)}
+
+
+def test_outputs_that_do_not_match_say_so(tmp_path):
+    from genforge.speedrun import clean
+
+    with pytest.raises(ConfigError, match="missing docs_kept; unexpected dir"):
+        from_dict(clean.Outputs, {"clean": "a", "dir": "b"}, "stages/clean.json")
+    with pytest.raises(ConfigError, match="needs the outputs of 'clean'.*stages="):
+        read_outputs(tmp_path, "clean", clean.Outputs)
+    with pytest.raises(TypeError, match="Outputs dataclass"):
+        write_outputs(tmp_path, "clean", {"clean": "a"})
+
+
+def test_overrides_are_validated():
+    with pytest.raises(ConfigError, match="did you mean 'sft.steps'"):
+        resolve(["sft.stpes=10"])
+    with pytest.raises(ConfigError, match="did you mean 'align.ppo_lr'"):
+        resolve(["align={ppo_lrr: 0.1}"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        resolve(["force=maybe"])
+    cfg = resolve(["force=false", "progress=False", "sft.selective=true", "sft={steps: 200, chat_steps: 0}"])
+    assert cfg.force is False and cfg.progress is False and cfg.sft.selective is True
+    assert (cfg.sft.steps, cfg.sft.chat_steps) == (200, 0)
+    with pytest.raises(ConfigError, match="section"):
+        resolve(["sft=5"])
+    with pytest.raises(ConfigError, match="size must be one of"):
+        resolve(["size=huge"])
+
+
+def test_override_typo_fails_on_the_command_line(capsys):
+    from genforge.cli import main as cli_main
+
+    assert cli_main(["speedrun", "sft.stpes=10"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'sft.steps'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("size", ["smoke", "tiny", "small"])
+def test_size_recipes_load(size):
+    cfg = resolve([f"size={size}"])
+    assert cfg.size == size
+    want = {"smoke": (12, 2, 512), "tiny": (120, 4, 1024), "small": (120, 6, 2048)}[size]
+    assert (cfg.sft.steps, cfg.pretrain.model.depth, cfg.tokenizer.vocab_size) == want
+    if size == "tiny":  # the stage configs' defaults are the tiny size
+        assert to_dict(cfg) == to_dict(SpeedrunConfig())
+
+
+def test_command_line_keys_win_over_the_size_recipe():
+    cfg = resolve(["size=smoke", "sft.steps=120", "eval.strategies=cot"])
+    assert cfg.sft.steps == 120 and cfg.sft.eval_items == 8 and cfg.eval.strategies == ["cot"]
+    # a key set to exactly its tiny default still wins over the smoke recipe
+    tiny_steps = SpeedrunConfig().sft.steps
+    cfg = resolve(["size=smoke", f"sft.steps={tiny_steps}", "pretrain.train.max_steps=7"])
+    assert (cfg.sft.steps, cfg.pretrain.train.max_steps, cfg.pretrain.model.depth) == (tiny_steps, 7, 2)
+
+
+def test_cli_builds_the_speedrun_config_with_the_size_recipe(tmp_path, monkeypatch):
+    from genforge import cli
+
+    seen = {}
+    monkeypatch.setattr(runner, "main", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr("genforge.speedrun.main", runner.main)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("sft:\n  eval_items: 3\n")
+    tiny_steps = SpeedrunConfig().sft.steps
+    cli.run(["speedrun", "--config", str(recipe), "size=smoke", f"sft.steps={tiny_steps}"])
+    cfg = seen["cfg"]
+    assert cfg.size == "smoke" and cfg.sft.steps == tiny_steps and cfg.sft.eval_items == 3
+    assert cfg.pretrain.model.depth == resolve(["size=smoke"]).pretrain.model.depth
+
+
+def test_unknown_stage_and_missing_input(tmp_path):
+    with pytest.raises(ConfigError, match="unknown speedrun stage"):
+        main(resolve([f"runs_dir={tmp_path}", "stages=sftt"]))
+    with pytest.raises(ConfigError, match="needs the outputs of 'world'.*stages="):
+        main(resolve([f"runs_dir={tmp_path}", "stages=align", "size=smoke"]))
+
+
+def test_data_stages_write_typed_outputs_and_the_resolved_config(data_run: Path):
+    from genforge.speedrun import clean, tokenizer, world
+
+    w = read_outputs(data_run, "world", world.Outputs)
+    assert (Path(w.tasks_dir) / "train.jsonl").exists() and w.people > 0
+    c = read_outputs(data_run, "clean", clean.Outputs)
+    assert Path(c.clean).exists() and c.docs_kept > 0
+    t = read_outputs(data_run, "tokenizer", tokenizer.Outputs)
+    assert t.vocab_size == 512 and (Path(t.shards) / "tokenizer.json").exists()
+    saved = load_config(SpeedrunConfig, data_run / "config.yaml")
+    assert saved.size == "smoke" and saved.sft.steps == 12
+    for name in ("world", "clean", "tokenizer"):
+        assert (data_run / "report" / f"{name}.json").exists()
+
+
+def test_rerun_skips_and_force_reruns_one_stage(data_run: Path, capsys):
+    args = ["size=smoke", f"runs_dir={data_run.parent}", "progress=false"]
+    marker = data_run / "stages" / "clean.json"
+    before = marker.stat().st_mtime_ns
+    main(resolve(args + ["stages=world,clean"]))
+    out = capsys.readouterr().out
+    assert out.count("skipping") == 2 and marker.stat().st_mtime_ns == before
+    main(resolve(args + ["stages=clean", "force=true"]))
+    out = capsys.readouterr().out
+    assert "clean: finished" in out and "] world:" not in out
+    assert marker.stat().st_mtime_ns != before
+    assert "## Data: cleaning and dedup" in (data_run / "report.md").read_text()
