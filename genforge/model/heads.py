@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from genforge.errors import CheckpointError
 from genforge.model.gpt import GPT
 
 SCORE_HEAD_FILE = "score_head.safetensors"
@@ -74,15 +73,9 @@ class RewardModel(nn.Module):
                   str(Path(folder) / SCORE_HEAD_FILE), metadata={"format": "pt"})
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> RewardModel:
-        """Trunk (any checkpoint folder) + score_head.safetensors."""
-        from genforge.checkpoint import load_model
-
-        f = Path(folder) / SCORE_HEAD_FILE
-        if not f.exists():
-            raise CheckpointError(f"{f}: not found; {folder} is not a reward model (train one with `genforge reward`)")
-        trunk = load_model(folder, device)
-        sd = load_file(str(f))
-        head = ScalarHead(trunk.config.width, bias="score.bias" in sd)
-        head.load_state_dict(sd)
-        return cls(trunk, head).to(device).eval()
+    def from_trunk(cls, trunk: nn.Module, head_state: dict[str, torch.Tensor]) -> RewardModel:
+        """A reward model from a loaded trunk and the tensors of score_head.safetensors (loading the folder is
+        `genforge.train.reward.load_reward_model`: the model layer does no checkpoint I/O)."""
+        head = ScalarHead(trunk.config.width, bias="score.bias" in head_state)
+        head.load_state_dict(head_state)
+        return cls(trunk, head).eval()

@@ -249,9 +249,9 @@ def main(cfg: PPOConfig) -> dict:
         raise DataError(f"{cfg.init_from}: checkpoint has no tokenizer.json; PPO needs one")
     prompts = read_prompts(cfg.prompts)
     if cfg.reward == "rm":
-        from genforge.model.heads import RewardModel
+        from genforge.train.reward import load_reward_model
 
-        reward_fn = rm_reward(RewardModel.load(cfg.reward_model), tok.pad_id)
+        reward_fn = rm_reward(load_reward_model(cfg.reward_model), tok.pad_id)
     else:
         reward_fn = verifiable_reward(tok)
     out = Path(cfg.out_dir)

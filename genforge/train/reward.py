@@ -132,6 +132,21 @@ class RankedData:
 # ---------------------------------------------------------------------------- loss and eval
 
 
+
+def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+    """A reward model folder: the trunk (any checkpoint folder) + score_head.safetensors beside it."""
+    from safetensors.torch import load_file
+
+    from genforge.checkpoint import load_model
+    from genforge.errors import CheckpointError
+    from genforge.model.heads import SCORE_HEAD_FILE
+
+    f = Path(folder) / SCORE_HEAD_FILE
+    if not f.exists():
+        raise CheckpointError(f"{f}: not found; {folder} is not a reward model (train one with `genforge reward`)")
+    return RewardModel.from_trunk(load_model(folder, device), load_file(str(f))).to(device).eval()
+
+
 def rm_scores(model: RewardModel, batch: dict) -> torch.Tensor:
     """Scores (B,) of the rows of a `make_batch` batch."""
     return model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])

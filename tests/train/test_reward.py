@@ -12,6 +12,7 @@ from genforge.model.heads import RewardModel, ScalarHead, last_token_index
 from genforge.train.reward import (
     RankedData,
     RewardConfig,
+    load_reward_model,
     pairwise_accuracy,
     read_preferences,
     score_responses,
@@ -110,6 +111,6 @@ def test_reward_model_learns_a_preference(tmp_path):
     result = train_reward_model(model, tok, train_rows, val_rows, cfg, tmp_path / "rm", max_len=64)
     print(before, result)
     assert result["val_pair_acc"] >= 0.9 and before < 0.8
-    loaded = RewardModel.load(tmp_path / "rm" / "checkpoint")
+    loaded = load_reward_model(tmp_path / "rm" / "checkpoint")
     assert pairwise_accuracy(loaded, RankedData(val_rows, tok, 8, 64))["val_pair_acc"] == result["val_pair_acc"]
     assert RewardConfig().train.weight_decay == 0.0
