@@ -94,10 +94,11 @@ def test_align_keeps_prompts_that_fit(tok):  # noqa: F811
 # ---- engine ---------------------------------------------------------------------------------------------------
 def test_recompute_baseline_matches_the_cached_engine(tiny_cfg):
     from genforge.infer.engine import Engine
+    from genforge.infer.sampling import SamplingParams
     from genforge.model.gpt import GPT
 
     torch.manual_seed(0)
     model = GPT(tiny_cfg).eval()
     prompt = [1, 5, 9, 13]
-    assert engine.recompute_greedy(model, prompt, 8) == Engine(model).generate([prompt], max_new_tokens=8,
-                                                                              stop_ids=())[0]
+    cached = Engine(model).generate([prompt], SamplingParams(max_new_tokens=8))[0]
+    assert engine.recompute_greedy(model, prompt, 8) == cached

@@ -13,7 +13,8 @@ from genforge.io import read_jsonl
 from genforge.world import HELDOUT_TASKS, TASKS, extract_answer, generate_world, is_correct, make_needle
 from genforge.world.facts import CUTOFF_YEAR
 from genforge.world.preferences import oracle_score, to_pairs
-from genforge.world.tasks import LETTERS, REASONING_TASKS
+from genforge.world.reasoning import LETTERS
+from genforge.world.tasks import REASONING_TASKS
 from genforge.world.toylang import ADJECTIVES, NOUNS, TIMES, VERBS
 
 REQUIRED = ("task", "prompt", "response", "rationale", "answer")
