@@ -32,6 +32,7 @@ class SpeedrunConfig:
     name: str = ""  # run folder name under runs_dir (default: the size)
     runs_dir: str = "runs"
     seed: int = 0
+    seeds: list[int] = field(default_factory=list)  # e.g. seeds=0,1,2: one run per seed + a card of mean ± std
     stages: str = "all"  # comma-separated subset, e.g. "world,clean,tokenizer,pretrain"
     force: bool = False  # rerun the chosen stages even if they finished
     threads: int = 0  # torch threads (0 = default)
@@ -91,7 +92,39 @@ def _wanted(cfg: SpeedrunConfig) -> list[str]:
 
 
 def main(cfg: SpeedrunConfig) -> Path:
-    """Run (or resume) the speedrun for a config built by `resolve`; returns the report path."""
+    """Run (or resume) the speedrun for a config built by `resolve`; returns the report path.
+
+    With `seeds=0,1,2` the whole run repeats per seed (runs/<name>-seed<k>/, each resumable on its own) and
+    runs/<name>-seeds/report.md merges their lessons: each effect's mean ± std over seeds, holding only when
+    it holds under every seed.
+    """
+    if cfg.seeds:
+        return _main_seeds(cfg)
+    return _main_one(cfg)
+
+
+def _main_seeds(cfg: SpeedrunConfig) -> Path:
+    from dataclasses import replace
+
+    from genforge.report import write_seed_card
+
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: each seed once, e.g. seeds=0,1,2")
+    base = cfg.name or cfg.size
+    run_dirs = []
+    for seed in cfg.seeds:
+        print(f"== seed {seed} ==", flush=True)
+        one = replace(cfg, seed=seed, seeds=[], name=f"{base}-seed{seed}")
+        _main_one(one)
+        run_dirs.append(Path(cfg.runs_dir) / one.name)
+    out_dir = Path(cfg.runs_dir) / f"{base}-seeds"
+    save_resolved(cfg, out_dir)
+    path = write_seed_card(run_dirs, [m.NAME for m in STAGES], out_dir)
+    print(f"report card over seeds {cfg.seeds}: {path}", flush=True)
+    return path
+
+
+def _main_one(cfg: SpeedrunConfig) -> Path:
     from genforge import runtime
 
     check_stages()
@@ -125,5 +158,5 @@ def main(cfg: SpeedrunConfig) -> Path:
     from genforge.io import write_text
 
     write_text(run_dir / "stages" / "total_seconds.txt", f"{time.perf_counter() - t_all:.1f}\n")
-    print(f"report card: {path}", flush=True)
+    print(f"report card: {path} (and {path.with_suffix('.html')})", flush=True)
     return path

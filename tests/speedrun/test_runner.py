@@ -158,3 +158,13 @@ def test_rerun_skips_and_force_reruns_one_stage(data_run: Path, capsys):
     assert "clean: finished" in out and "] world:" not in out
     assert marker.stat().st_mtime_ns != before
     assert "## Data: cleaning and dedup" in (data_run / "report.md").read_text()
+
+
+def test_seeds_run_once_per_seed_and_merge_a_card(tmp_path):
+    path = main(resolve([f"runs_dir={tmp_path}", "size=smoke", "stages=world", "seeds=0,1", "progress=false"]))
+    assert path == tmp_path / "smoke-seeds" / "report.md" and path.exists()
+    for seed in (0, 1):
+        assert (tmp_path / f"smoke-seed{seed}" / "stages" / "world.json").exists()
+    assert "2 seeds" in path.read_text() and (tmp_path / "smoke-seeds" / "report.html").exists()
+    with pytest.raises(ConfigError, match="each seed once"):
+        main(resolve([f"runs_dir={tmp_path}", "stages=world", "seeds=0,0"]))
