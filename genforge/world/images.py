@@ -158,7 +158,7 @@ def load_image_folder(path: str | Path, size: int = 16, mode: str = "RGB", capti
         raise DataError(f"{folder}: not a folder of images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}); put PNGs there or pick another folder")
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}); add PNGs or pick another folder")
     arrays, kept, skipped = [], [], []
     for p in files:
         try:
