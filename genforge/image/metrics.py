@@ -26,7 +26,7 @@ from genforge.errors import GenforgeError
 class WorldClassifier(nn.Module):
     """A small CNN with one head per attribute; its penultimate layer (feat_dim) is the FID feature space."""
 
-    def __init__(self, in_ch: int, heads: dict[str, int], width: int = 32, feat_dim: int = 64) -> None:
+    def __init__(self, in_ch: int, heads: dict[str, int], width: int = 16, feat_dim: int = 64) -> None:
         super().__init__()
         self.heads_spec = dict(heads)
         self.body = nn.Sequential(
