@@ -116,9 +116,18 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
         _FRECHET = _load_frechet()
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     cov_a, cov_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    from scipy.linalg import LinAlgWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # scipy 1.17 deprecates sqrtm(disp=...) they pass
-        return float(_FRECHET(mu_a, cov_a, mu_b, cov_b))
+        warnings.simplefilter("ignore", LinAlgWarning)
+        try:
+            return float(_FRECHET(mu_a, cov_a, mu_b, cov_b))
+        except (np.linalg.LinAlgError, ValueError):
+            # Singular covariances (dead features, fewer samples than dimensions) make newer scipy's sqrtm fail
+            # outright; pytorch-fid's own remedy for this case is a small ridge on both diagonals, so apply it.
+            ridge = np.eye(cov_a.shape[0]) * 1e-6
+            return float(_FRECHET(mu_a, cov_a + ridge, mu_b, cov_b + ridge))
 
 
 def fid(clf: WorldClassifier, real: torch.Tensor, fake: torch.Tensor) -> float:

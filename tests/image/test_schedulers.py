@@ -98,6 +98,8 @@ def test_ddim_with_true_noise_recovers_x0():
 def test_bad_settings_are_config_errors():
     with pytest.raises(ConfigError, match="beta_schedule"):
         DDPMScheduler(beta_schedule="cosine-ish")
+    with pytest.raises(ConfigError, match="beta_end=2.0"):
+        DDPMScheduler(num_train_timesteps=10, beta_end=2.0)
     with pytest.raises(ConfigError, match="num_inference_steps"):
         DDPMScheduler(num_train_timesteps=10).set_timesteps(11)
     with pytest.raises(ConfigError, match="set_timesteps"):

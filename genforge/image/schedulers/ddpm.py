@@ -32,6 +32,8 @@ def make_betas(num_train_timesteps: int, schedule: str = "linear", beta_start: f
     betas capped at 0.999)."""
     if num_train_timesteps < 1:
         raise ConfigError(f"num_train_timesteps={num_train_timesteps}: must be >= 1")
+    if schedule in ("linear", "scaled_linear") and not 0 < beta_start <= beta_end < 1:
+        raise ConfigError(f"beta_start={beta_start}, beta_end={beta_end}: need 0 < beta_start <= beta_end < 1")
     if schedule == "linear":
         return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     if schedule == "scaled_linear":
