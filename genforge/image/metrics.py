@@ -93,7 +93,7 @@ def _load_frechet() -> Callable:
         pass
     spec = importlib.util.find_spec("pytorch_fid")
     if spec is None or not spec.submodule_search_locations:
-        raise GenforgeError("FID needs pytorch-fid: pip install 'genforge[image]'")
+        raise GenforgeError("FID needs pytorch-fid: pip install --no-deps pytorch-fid (plus genforge[image])")
     src_path = Path(list(spec.submodule_search_locations)[0]) / "fid_score.py"
     tree = ast.parse(src_path.read_text(encoding="utf-8"))
     fn = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "calculate_frechet_distance"]

@@ -27,6 +27,7 @@ from genforge.image.gan import (
     gan_sample,
     gan_step,
     make_ema,
+    update_ema,
 )
 from genforge.image.schedulers import DDIMScheduler, DDPMScheduler
 from genforge.image.text import CaptionTokenizer
@@ -79,6 +80,8 @@ class DDPMConfig(ImageRunConfig):
     guidance_scale: float = 1.0
     sampler: str = "ddpm"  # 'ddpm' (all T steps unless sample_steps) or 'ddim'
     sample_steps: int | None = None  # inference steps; None: T for ddpm, T // 4 for ddim
+    ema_decay: float = 0.995  # sample from an exponential moving average of the weights (Ho et al. 2020 use 0.9999
+    # over 800k steps; a few thousand steps here want a shorter memory); 0 turns it off
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -199,17 +202,21 @@ def main_ddpm(cfg: DDPMConfig) -> dict[str, Any]:
         cond_all = tok(data.train.captions)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
-    start = _maybe_resume(cfg, "ddpm", {"model": model}, {"opt": opt}, g)
+    ema = make_ema(model)
+    mods = {"model": model, "ema": ema}
+    start = _maybe_resume(cfg, "ddpm", mods, {"opt": opt}, g)
     x = data.train.images
 
     def step(idx: torch.Tensor) -> dict[str, float]:
-        return ddpm_step(model.train(), sched, opt, x[idx], g, cond_all[idx] if cond_all is not None else None,
-                         cfg.p_uncond)
+        m = ddpm_step(model.train(), sched, opt, x[idx], g, cond_all[idx] if cond_all is not None else None,
+                      cfg.p_uncond)
+        update_ema(ema, model, cfg.ema_decay)
+        return m
 
     t0 = time.perf_counter()
     hist = train_loop(step, len(x), cfg.steps, cfg.batch_size, cfg.seed, start, cfg.time_budget_s)
     train_s = time.perf_counter() - t0
-    save_checkpoint(cfg.out_dir, "ddpm", start + len(hist), {"model": model}, {"opt": opt}, g, _cfg_dict(cfg))
+    save_checkpoint(cfg.out_dir, "ddpm", start + len(hist), mods, {"opt": opt}, g, _cfg_dict(cfg))
     sampler = DDIMScheduler(T, cfg.beta_schedule, **kw) if cfg.sampler == "ddim" else sched
     n_steps = cfg.sample_steps or (T // 4 if cfg.sampler == "ddim" else None)
     cond = None
@@ -219,7 +226,7 @@ def main_ddpm(cfg: DDPMConfig) -> dict[str, Any]:
         cond = tok(data.test.captions[: cfg.n_samples])
     t1 = time.perf_counter()
     n = cfg.n_samples if cond is None else len(cond)
-    samples = diffusion_sample(model, sampler, n, data.shape, cond, cfg.guidance_scale, n_steps, seed=cfg.seed + 1)
+    samples = diffusion_sample(ema, sampler, n, data.shape, cond, cfg.guidance_scale, n_steps, seed=cfg.seed + 1)
     sample_s = time.perf_counter() - t1
     return _finish(cfg, "ddpm", samples, data, train_s, {"steps": start + len(hist), "sample_s": round(sample_s, 1),
                                                          "final_loss": _tail_mean(hist, "loss")})
