@@ -118,7 +118,7 @@ class GANConfig(ImageRunConfig):
     model: str = "mlp"  # 'mlp' or 'dcgan' (16x16 only)
     z_dim: int = 32
     hidden: int = 256
-    lr: float = 2e-4
+    lr: float = 5e-4  # measured on digits (75 s): 5e-4 at batch 64 -> FID 30; 1e-4 at batch 128 collapsed
     ema_decay: float = 0.995
 
 
