@@ -164,7 +164,7 @@ def load_image_folder(path: str | Path, size: int = 16, mode: str = "RGB", capti
         try:
             with Image.open(p) as im:
                 im.load()  # decode now: a truncated file fails here, not later
-                # Palette/alpha images convert through RGBA so transparency becomes black, not noise.
+                # Palette images resolve their colours through RGBA; the alpha channel itself is dropped.
                 im = im.convert("RGBA").convert(mode) if im.mode in ("P", "LA", "RGBA") else im.convert(mode)
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
