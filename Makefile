@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# pytorch-fid's own torchvision requirement resolves to a CUDA build; genforge uses only its Frechet distance
+	$(PY) -m pip install -q -c constraints.txt --no-deps 'pytorch-fid>=0.3'
 	@touch $(STAMP)
 
 install: $(STAMP)

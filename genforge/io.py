@@ -58,6 +58,18 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> int:
     return n
 
 
+def read_json(path: str | os.PathLike, missing: str, error: type[Exception] = DataError) -> Any:
+    """A JSON file, or a one-line `error`: `missing` says what the folder should have been; corrupt JSON
+    names the file, line and problem."""
+    f = Path(path)
+    if not f.exists():
+        raise error(missing)
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{f}: corrupt JSON ({e.msg} at line {e.lineno})") from None
+
+
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, object) for each non-blank line; bad lines raise `DataError` naming file:line.
 

@@ -7,12 +7,12 @@ is HF `model.layers.0.mlp.up_proj.weight`; `lm_head.weight` is the same in both.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from genforge.errors import CheckpointError
+from genforge.io import read_json
 from genforge.model.gpt import GPT, GPTConfig
 
 HF_PREFIX = "model."
@@ -119,13 +119,8 @@ def _expected_keys(cfg: GPTConfig) -> set[str]:
 
 def read_hf_config(folder: str | Path) -> dict:
     """config.json of a folder, with clear errors."""
-    f = Path(folder) / "config.json"
-    if not f.exists():
-        raise CheckpointError(f"{folder}: no config.json here; is this a checkpoint folder?")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: corrupt JSON ({e.msg} at line {e.lineno})") from None
+    return read_json(Path(folder) / "config.json", f"{folder}: no config.json here; is this a checkpoint folder?",
+                     CheckpointError)
 
 
 def load_hf_weights(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -15,15 +15,8 @@ import torch.nn.functional as F
 
 from genforge.errors import CheckpointError, ConfigError
 from genforge.io import write_json
+from genforge.model.peft import peft_format as fmt
 from genforge.model.peft.lora import _set_module
-from genforge.model.peft.peft_format import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    _base_fingerprint,
-    _check_base,
-    _read_adapter_weights,
-    read_adapter_config,
-)
 
 
 class BottleneckAdapter(nn.Module):
@@ -83,20 +76,20 @@ def save_bottleneck(model: nn.Module, folder: str | Path, base_model_name_or_pat
     where = sorted({k for n in mods for k, site in ADAPTER_SITES.items() if n.endswith(site)})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / ADAPTER_CONFIG, {"peft_type": "BOTTLENECK", "task_type": "CAUSAL_LM", "adapter_size": size,
+    write_json(folder / fmt.ADAPTER_CONFIG, {"peft_type": "BOTTLENECK", "task_type": "CAUSAL_LM", "adapter_size": size,
                                           "where": where, "base_model_name_or_path": base_model_name_or_path or None})
     tensors = {f"{n}.{k}": v.detach().float().contiguous().cpu() for n, m in mods.items()
                for k, v in m.state_dict().items() if not k.startswith("base_layer.")}
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS),
-              metadata={"format": "pt", "genforge_base": json.dumps(_base_fingerprint(model))})
+    save_file(tensors, str(folder / fmt.ADAPTER_WEIGHTS),
+              metadata={"format": "pt", "genforge_base": json.dumps(fmt.base_fingerprint(model))})
     return folder
 
 
 def load_bottleneck(model: nn.Module, folder: str | Path) -> nn.Module:
     folder = Path(folder)
-    cfg = read_adapter_config(folder)
-    sd, meta = _read_adapter_weights(folder)
-    _check_base(model, meta, folder)
+    cfg = fmt.read_adapter_config(folder)
+    sd, meta = fmt.read_adapter_weights(folder)
+    fmt.check_base(model, meta, folder)
     apply_adapters(model, int(cfg["adapter_size"]), cfg.get("where", ["attn", "mlp"]))
     own = {k: v for k, v in model.state_dict().items() if any(s in k for s in (".down.", ".up."))}
     if set(own) != set(sd):

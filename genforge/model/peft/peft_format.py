@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from genforge.errors import CheckpointError, ConfigError
-from genforge.io import write_json
+from genforge.io import read_json, write_json
 from genforge.model.peft.lora import (
     HF_MODEL_PREFIX,
     LoRALinear,
@@ -39,7 +39,7 @@ def _hf_to_our(name: str) -> str:
     return name[len(HF_MODEL_PREFIX):] if name.startswith(HF_MODEL_PREFIX) else name
 
 
-def _base_fingerprint(model: nn.Module) -> dict[str, int]:
+def base_fingerprint(model: nn.Module) -> dict[str, int]:
     c = getattr(model, "config", None)
     return {k: int(getattr(c, k)) for k in ("vocab_size", "width", "depth") if c is not None and hasattr(c, k)}
 
@@ -85,22 +85,17 @@ def save_lora(model: nn.Module, folder: str | Path, adapter_name: str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / ADAPTER_CONFIG, cfg)
     save_file(tensors, str(folder / ADAPTER_WEIGHTS),
-              metadata={"format": "pt", "genforge_base": json.dumps(_base_fingerprint(model))})
+              metadata={"format": "pt", "genforge_base": json.dumps(base_fingerprint(model))})
     return folder
 
 
 def read_adapter_config(folder: str | Path) -> dict:
     """adapter_config.json of an adapter folder, with clear errors."""
-    f = Path(folder) / ADAPTER_CONFIG
-    if not f.exists():
-        raise CheckpointError(f"{folder}: no {ADAPTER_CONFIG}; is this an adapter folder?")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: corrupt JSON ({e.msg} at line {e.lineno})") from None
+    return read_json(Path(folder) / ADAPTER_CONFIG, f"{folder}: no {ADAPTER_CONFIG}; is this an adapter folder?",
+                     CheckpointError)
 
 
-def _read_adapter_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_adapter_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
     f = folder / ADAPTER_WEIGHTS
@@ -115,10 +110,10 @@ def _read_adapter_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise CheckpointError(f"{f}: cannot read adapter weights ({e})") from None
 
 
-def _check_base(model: nn.Module, meta: dict[str, str], where: Path) -> None:
+def check_base(model: nn.Module, meta: dict[str, str], where: Path) -> None:
     if "genforge_base" not in meta:
         return
-    want, have = json.loads(meta["genforge_base"]), _base_fingerprint(model)
+    want, have = json.loads(meta["genforge_base"]), base_fingerprint(model)
     diff = [f"{k} {want[k]} vs {have[k]}" for k in want if k in have and want[k] != have[k]]
     if diff:
         raise CheckpointError(f"{where}: adapter was trained on a different base model ({', '.join(diff)}, "
@@ -147,8 +142,8 @@ def load_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default
     unsupported = [k for k in options if cfg.get(k)] + (["bias"] if cfg.get("bias", "none") != "none" else [])
     if unsupported:
         raise CheckpointError(f"{folder}: adapter uses peft options genforge does not support: {unsupported}")
-    sd, meta = _read_adapter_weights(folder)
-    _check_base(model, meta, folder)
+    sd, meta = read_adapter_weights(folder)
+    check_base(model, meta, folder)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     saved_base: dict[str, torch.Tensor] = {}
     for k, v in sd.items():

@@ -14,14 +14,7 @@ import torch.nn as nn
 from genforge.errors import CheckpointError, ConfigError
 from genforge.io import write_json
 from genforge.model.gpt import KVCache
-from genforge.model.peft.peft_format import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    _base_fingerprint,
-    _check_base,
-    _read_adapter_weights,
-    read_adapter_config,
-)
+from genforge.model.peft import peft_format as fmt
 
 
 class PromptTuning(nn.Module):
@@ -91,25 +84,25 @@ def save_prompt_tuning(model: PromptTuning, folder: str | Path, base_model_name_
     c = model.base_model.config
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / ADAPTER_CONFIG, {
+    write_json(folder / fmt.ADAPTER_CONFIG, {
         "peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path
         or None, "num_virtual_tokens": model.num_virtual_tokens, "token_dim": c.width,
         "num_transformer_submodules": 1, "num_attention_heads": c.width // c.head_dim, "num_layers": c.depth,
         "prompt_tuning_init": "RANDOM", "inference_mode": True})
     save_file({"prompt_embeddings": model.prompt_embeddings.detach().float().contiguous().cpu()},
-              str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt", "genforge_base": json.dumps(
-                  _base_fingerprint(model.base_model))})
+              str(folder / fmt.ADAPTER_WEIGHTS), metadata={"format": "pt", "genforge_base": json.dumps(
+                  fmt.base_fingerprint(model.base_model))})
     return folder
 
 
 def load_prompt_tuning(model: nn.Module, folder: str | Path) -> PromptTuning:
     folder = Path(folder)
-    cfg = read_adapter_config(folder)
-    sd, meta = _read_adapter_weights(folder)
-    _check_base(model, meta, folder)
+    cfg = fmt.read_adapter_config(folder)
+    sd, meta = fmt.read_adapter_weights(folder)
+    fmt.check_base(model, meta, folder)
     emb = sd.get("prompt_embeddings")
     if emb is None:
-        raise CheckpointError(f"{folder}: no 'prompt_embeddings' tensor in {ADAPTER_WEIGHTS}")
+        raise CheckpointError(f"{folder}: no 'prompt_embeddings' tensor in {fmt.ADAPTER_WEIGHTS}")
     width = model.config.width
     if emb.dim() != 2 or emb.shape[1] != width:
         raise CheckpointError(f"{folder}: prompt embeddings are {tuple(emb.shape)} but the model's width is {width}; "
