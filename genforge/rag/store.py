@@ -204,11 +204,12 @@ class LanceStore:
                                 num_partitions=num_partitions or max(1, int(np.sqrt(n))),
                                 num_sub_vectors=num_sub_vectors or max(1, self.dim // 8), replace=True)
 
-    def search(self, query: np.ndarray, k: int, nprobes: int = 20) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int, nprobes: int = 20, refine_factor: int = 10) -> list[Hit]:
+        """With an IVF-PQ index: probe `nprobes` partitions, re-rank refine_factor * k candidates exactly."""
         query = _check_query(self, query)
         q = self.table.search(query.tolist(), vector_column_name="vector").metric("dot").limit(k)
-        if hasattr(q, "nprobes"):
-            q = q.nprobes(nprobes)
+        if hasattr(q, "nprobes"):  # vector queries only; harmless without an index (brute force)
+            q = q.nprobes(nprobes).refine_factor(refine_factor)
         rows = q.to_list()
         # LanceDB's "dot" distance is 1 - q.v, so the cosine of unit vectors is 1 - distance
         return [Hit(r["id"], 1.0 - float(r["_distance"]), r["text"], json.loads(r["meta"] or "{}")) for r in rows]
