@@ -21,7 +21,7 @@ from genforge.rag.evaluate import eval_retrieval
 from genforge.rag.loaders import load_documents
 from genforge.rag.qa import QAItem
 from genforge.rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, index_chunks
-from genforge.rag.store import StoreError, _manifest_path, drop_collection, open_store
+from genforge.rag.store import StoreError, collection_exists, drop_collection, is_url, open_store
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -31,9 +31,10 @@ class IndexConfig:
     """Index documents into a vector store collection (and a BM25 index beside it)."""
 
     input: str = ""  # a file or folder of .txt / .jsonl / .md documents
-    store: str = "runs/rag"  # folder holding the collections
+    store: str = "runs/rag"  # folder holding the collections, or http://host:port of a Chroma server
     collection: str = "kb"  # collection name (letters, digits, _ - .)
-    backend: str = "lance"  # lance (embedded default) or flat (numpy, no extra dependency)
+    backend: str = "lance"  # lance (embedded default) or flat (numpy, no extra dependency); ignored for a URL
+    local_dir: str = ""  # where the BM25 index and summaries go when store is a URL (default runs/rag)
     embedder: str = "minilm"  # minilm (packaged all-MiniLM-L6-v2), hashing, hashing-<dim>, or a model folder
     threads: int = 1  # torch threads for the embedder (1 measured fastest on a small shared CPU)
     tokenizer: str = ""  # genforge tokenizer folder for chunking; empty -> whitespace words
@@ -55,8 +56,9 @@ class QueryConfig:
     """Retrieve the top-k chunks for one question."""
 
     query: str = ""  # the question
-    store: str = "runs/rag"
+    store: str = "runs/rag"  # folder or Chroma server URL
     collection: str = "kb"
+    local_dir: str = ""  # BM25 index folder when store is a URL
     k: int = 5
     mode: str = "hybrid"  # dense, bm25 or hybrid (reciprocal-rank fusion of both)
     embedder: str = ""  # empty -> the embedder the collection was indexed with
@@ -68,8 +70,9 @@ class RagEvalConfig:
     """Retrieval quality (hit@k, MRR, nDCG@10) of dense, BM25 and hybrid on questions with known documents."""
 
     questions: str = ""  # JSONL with a question, an answer and the id of the relevant document
-    store: str = "runs/rag"
+    store: str = "runs/rag"  # folder or Chroma server URL
     collection: str = "kb"
+    local_dir: str = ""  # BM25 index folder when store is a URL
     question_field: str = "question"
     answer_field: str = "answer"
     relevant_field: str = "id"  # key holding the relevant document id (a string or a list)
@@ -78,6 +81,11 @@ class RagEvalConfig:
     embedder: str = ""
     threads: int = 1
     out: str = ""  # write metrics JSON here (empty -> <store>/<collection>.eval.json)
+
+
+def _local(store: str, local_dir: str) -> Path:
+    """Folder for files that live beside the store (BM25 index, summaries)."""
+    return Path(local_dir or ("runs/rag" if is_url(store) else store))
 
 
 def _load_tokenizer(path: str):
@@ -95,13 +103,13 @@ def main_index(cfg: IndexConfig) -> dict:
     size = size_for_context(cfg.context_len, cfg.k, cfg.reserve) if cfg.context_len > 0 else cfg.chunk_size
     chunks = chunk_documents(rep.documents, _load_tokenizer(cfg.tokenizer), size, min(cfg.overlap, size - 1))
     emb = make_embedder(cfg.embedder, cfg.threads)
-    root = Path(cfg.store)
-    if _manifest_path(root, cfg.collection).exists():
+    root, local = cfg.store, _local(cfg.store, cfg.local_dir)
+    if collection_exists(root, cfg.collection):
         if not cfg.overwrite:
             raise StoreError(f"collection {cfg.collection!r} already exists at {root}; pass overwrite=true to "
                              "rebuild it or choose another collection name")
         drop_collection(root, cfg.collection)
-    store = open_store(root, cfg.collection, cfg.backend, emb.dim, emb.name, create=True)
+    store = open_store(root, cfg.collection, None if is_url(root) else cfg.backend, emb.dim, emb.name, create=True)
     t1 = time.perf_counter()
     n = index_chunks(chunks, emb, store, cfg.batch_size,
                      progress=lambda i, total: print(f"\rindexed {i}/{total} chunks", end="", flush=True))
@@ -110,17 +118,18 @@ def main_index(cfg: IndexConfig) -> dict:
     if cfg.bm25:
         BM25Index().build([c.id for c in chunks], [c.text for c in chunks],
                           [dict(c.meta, doc_id=c.doc_id, source=c.source) for c in chunks]
-                          ).save(root / f"{cfg.collection}.bm25")
+                          ).save(local / f"{cfg.collection}.bm25")
     summary = {"documents": len(rep.documents), "skipped": rep.skipped, "chunks": n, "chunk_size": size,
                "embedder": emb.name, "dim": emb.dim, "chunks_per_s": n / max(t_embed, 1e-9),
                "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
-    write_json(root / f"{cfg.collection}.index.json", summary)
+    write_json(local / f"{cfg.collection}.index.json", summary)
     print(f"{cfg.collection}: {len(rep.documents)} documents ({rep.n_skipped} skipped) -> {n} chunks of "
           f"<= {size} tokens, {summary['chunks_per_s']:.0f} chunks/s with {emb.name}")
     return summary
 
 
-def build_retrievers(store: str, collection: str, modes: list[str], embedder: str = "", threads: int = 1) -> dict:
+def build_retrievers(store: str, collection: str, modes: list[str], embedder: str = "", threads: int = 1,
+                     local_dir: str = "") -> dict:
     """Named retrievers over an indexed collection (the embedder defaults to the one that indexed it)."""
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -132,7 +141,7 @@ def build_retrievers(store: str, collection: str, modes: list[str], embedder: st
         vs = open_store(store, collection, dim=emb.dim, embedder=emb.name)  # checks the dimension
         out["dense"] = DenseRetriever(vs, emb)
     if {"bm25", "hybrid"} & set(modes):
-        out["bm25"] = BM25Retriever(BM25Index.load(Path(store) / f"{collection}.bm25"))
+        out["bm25"] = BM25Retriever(BM25Index.load(_local(store, local_dir) / f"{collection}.bm25"))
     if "hybrid" in modes:
         out["hybrid"] = HybridRetriever([out["bm25"], out["dense"]])
     return {m: out[m] for m in modes}
@@ -141,7 +150,7 @@ def build_retrievers(store: str, collection: str, modes: list[str], embedder: st
 def main_query(cfg: QueryConfig) -> list:
     if not cfg.query.strip():
         raise ConfigError("rag query: set query=<question>")
-    r = build_retrievers(cfg.store, cfg.collection, [cfg.mode], cfg.embedder, cfg.threads)[cfg.mode]
+    r = build_retrievers(cfg.store, cfg.collection, [cfg.mode], cfg.embedder, cfg.threads, cfg.local_dir)[cfg.mode]
     hits = r.search(cfg.query, cfg.k)
     for i, h in enumerate(hits, 1):
         print(f"{i}. [{h.score:.4f}] {h.meta.get('source', h.id)}: {h.text[:200]}")
@@ -158,12 +167,12 @@ def main_eval(cfg: RagEvalConfig) -> dict:
         items.append(QAItem(id=f"{cfg.questions}:{lineno}", question=row[cfg.question_field],
                             answer=str(row.get(cfg.answer_field, "")), relevant={str(r): 1 for r in rel}))
     retrievers = build_retrievers(cfg.store, cfg.collection, [m.strip() for m in cfg.modes.split(",") if m.strip()],
-                                  cfg.embedder, cfg.threads)
+                                  cfg.embedder, cfg.threads, cfg.local_dir)
     res = eval_retrieval(retrievers, items, cfg.k)
     for name, m in res.items():
         print(f"{name:7s} hit@1 {m['hit@1']:.3f}  hit@10 {m['hit@10']:.3f}  MRR {m['mrr']:.3f}  "
               f"nDCG@10 {m['ndcg@10']:.3f}  p50 {m['latency_ms_p50']:.1f} ms")
-    out = Path(cfg.out or Path(cfg.store) / f"{cfg.collection}.eval.json")
+    out = Path(cfg.out or _local(cfg.store, cfg.local_dir) / f"{cfg.collection}.eval.json")
     write_json(out, {"config": asdict(cfg), "n": len(items),
                      "metrics": {n: {k: v for k, v in m.items() if k != "per_query_mrr"} for n, m in res.items()}})
     return json.loads(out.read_text())

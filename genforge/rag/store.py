@@ -216,11 +216,15 @@ class LanceStore:
 
 
 def open_store(root: str | Path, collection: str, backend: str | None = None, dim: int | None = None,
-               embedder: str | None = None, create: bool = False) -> LanceStore | FlatStore:
-    """Open (or with create=True, create) a collection under folder `root`.
+               embedder: str | None = None, create: bool = False) -> VectorStore:
+    """Open (or with create=True, create) a collection under folder `root`, or on a server when root is a URL.
 
     dim/embedder, when given, must match what the collection recorded; create=True requires both.
+    An http(s):// root is a Chroma server (see `genforge.rag.chroma`).
     """
+    if is_url(root):
+        from genforge.rag.chroma import open_chroma
+        return open_chroma(str(root), collection, dim, embedder, create)
     root = Path(root)
     if not _NAME.match(collection):
         raise StoreError(f"collection name {collection!r} must be letters, digits, '_', '-', '.'")
@@ -258,9 +262,23 @@ def open_store(root: str | Path, collection: str, backend: str | None = None, di
     return cls(root, collection, man)
 
 
+def is_url(root: str | Path) -> bool:
+    return str(root).startswith(("http://", "https://"))
+
+
+def collection_exists(root: str | Path, collection: str) -> bool:
+    if is_url(root):
+        from genforge.rag.chroma import has_chroma
+        return has_chroma(str(root), collection)
+    return _manifest_path(Path(root), collection).exists()
+
+
 def drop_collection(root: str | Path, collection: str) -> None:
     """Remove a collection (manifest first, so a crash midway leaves no half-visible collection)."""
     import shutil
+    if is_url(root):
+        from genforge.rag.chroma import drop_chroma
+        return drop_chroma(str(root), collection)
     root = Path(root)
     mpath = _manifest_path(root, collection)
     if not mpath.exists():
