@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/rag.py --n 20000
     .venv/bin/python benchmarks/rag.py --minilm --n 2000    # the packaged MiniLM (also times 1 vs 2 threads)
 
-For each store (LanceDB brute force, LanceDB + IVF-PQ index, numpy flat) and for BM25: build rate in
+For each store (LanceDB brute force, LanceDB + IVF-PQ index, numpy flat, a Chroma server with HNSW that
+this script starts when `chroma` is installed) and for BM25: build rate in
 chunks/s *including* embedding, query latency (ms, embedding the query included) and recall@10 of the
 store's top 10 against exact inner-product search over the same vectors in this run (the reference).
 Chunks are synthetic sentences over a Zipf-distributed vocabulary; queries are 8 words sampled from
@@ -14,6 +15,10 @@ a chunk, so the chunk they came from is a known relevant item (its hit@10 is als
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +50,29 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q))
 
 
+@contextlib.contextmanager
+def chroma_server(folder: Path):
+    """A local Chroma server for the run (the same `chroma run` a user starts); yields its URL."""
+    import httpx
+    exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([exe, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
+
+
 def bench_embed_threads(texts: list[str]) -> None:
     for threads in (1, 2):
         emb = MiniLMEmbedder(threads=threads)
@@ -62,7 +90,8 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="embed with the packaged MiniLM instead of hashing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1024, help="chunks per store commit")
-    ap.add_argument("--stores", default="lance,lance-ivfpq,flat")
+    ap.add_argument("--stores", default="lance,lance-ivfpq,flat,chroma")
+    ap.add_argument("--nprobes", type=int, default=20, help="IVF partitions probed per LanceDB query")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     n = args.n or (2000 if args.minilm else 100_000)
@@ -80,17 +109,23 @@ def main() -> None:
     print(f"embedding alone: {n / t_embed:.0f} chunks/s")
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         built: dict[str, object] = {}
         for name in args.stores.split(","):
             backend = "flat" if name == "flat" else "lance"
+            root = Path(tmp) / name
+            if name == "chroma":
+                if not (shutil.which("chroma") or Path(sys.executable).with_name("chroma").exists()):
+                    print("chroma: not installed (pip install 'genforge[rag-server]'), row left out")
+                    continue
+                root = stack.enter_context(chroma_server(Path(tmp) / "chroma"))
             if name == "lance-ivfpq" and "lance" in built:
                 store, t_add = built["lance"], built["lance_t_add"]
                 t0 = time.perf_counter()
                 store.build_ann_index()
                 t_build = t_add + time.perf_counter() - t0
             else:
-                store = open_store(Path(tmp) / name, "bench", backend, emb.dim, emb.name, create=True)
+                store = open_store(root, "bench", backend, emb.dim, emb.name, create=True)
                 t0 = time.perf_counter()
                 for i in range(0, n, args.batch):
                     store.add([str(j) for j in range(i, min(n, i + args.batch))], vecs[i:i + args.batch],
@@ -102,7 +137,8 @@ def main() -> None:
             lat, recall, hit = [], [], []
             for qi, q in enumerate(queries):
                 t0 = time.perf_counter()
-                hits = store.search(emb.embed([q])[0], 10)
+                qv = emb.embed([q])[0]
+                hits = store.search(qv, 10, nprobes=args.nprobes) if name == "lance-ivfpq" else store.search(qv, 10)
                 lat.append(1e3 * (time.perf_counter() - t0))
                 got = {int(h.id) for h in hits}
                 recall.append(len(got & set(exact[qi].tolist())) / 10)

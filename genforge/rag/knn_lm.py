@@ -161,3 +161,15 @@ def perplexity(model: torch.nn.Module, sequences: list[list[int]], ds: Datastore
     if n == 0:
         raise ConfigError("perplexity: no sequence with at least 2 tokens")
     return PerplexityResult(math.exp(total / n), total / n, n, 1e3 * t_lm / n, 1e3 * t_knn / n)
+
+
+def sweep(model: torch.nn.Module, sequences: list[list[int]], ds: Datastore, lams: tuple[float, ...] = (0.0, 0.1,
+          0.25, 0.5), ks: tuple[int, ...] = (8, 32), temperature: float = 1.0) -> list[dict]:
+    """Perplexity for every (lambda, k); lambda = 0 is the LM alone (the baseline row)."""
+    rows = []
+    for k in ks:
+        for lam in lams:
+            r = perplexity(model, sequences, ds, lam, k, temperature)
+            rows.append({"lambda": lam, "k": k, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens,
+                         "lm_ms_per_token": r.lm_ms_per_token, "knn_ms_per_token": r.knn_ms_per_token})
+    return rows

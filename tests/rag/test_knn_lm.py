@@ -65,3 +65,12 @@ def test_lambda_zero_equals_lm_and_memorised_text_helps(model, tmp_path):
         Datastore.load(tmp_path)
     with pytest.raises(ConfigError, match="lambda must be in"):
         perplexity(model, test, ds, lam=1.5)
+
+
+def test_sweep_rows(model):
+    from genforge.rag.knn_lm import sweep
+    test = _seqs(1, n=1)
+    ds = add_texts(None, model, test)
+    rows = sweep(model, test, ds, lams=(0.0, 0.5), ks=(4,))
+    assert [(r["lambda"], r["k"]) for r in rows] == [(0.0, 4), (0.5, 4)]
+    assert rows[1]["ppl"] < rows[0]["ppl"]
