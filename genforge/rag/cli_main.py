@@ -8,6 +8,7 @@ eval:  a JSONL of questions with relevant document ids -> hit@k, MRR, nDCG@10 pe
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,15 @@ from genforge.rag.evaluate import eval_retrieval
 from genforge.rag.loaders import load_documents
 from genforge.rag.qa import QAItem
 from genforge.rag.retrieve import BM25Retriever, DenseRetriever, HybridRetriever, index_chunks
-from genforge.rag.store import StoreError, collection_exists, drop_collection, is_url, open_store
+from genforge.rag.store import (
+    StoreError,
+    collection_exists,
+    commit_rebuild,
+    drop_collection,
+    is_url,
+    open_store,
+    stage_rebuild,
+)
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -104,12 +113,17 @@ def main_index(cfg: IndexConfig) -> dict:
     chunks = chunk_documents(rep.documents, _load_tokenizer(cfg.tokenizer), size, min(cfg.overlap, size - 1))
     emb = make_embedder(cfg.embedder, cfg.threads)
     root, local = cfg.store, _local(cfg.store, cfg.local_dir)
-    if collection_exists(root, cfg.collection):
-        if not cfg.overwrite:
-            raise StoreError(f"collection {cfg.collection!r} already exists at {root}; pass overwrite=true to "
-                             "rebuild it or choose another collection name")
+    if collection_exists(root, cfg.collection) and not cfg.overwrite:
+        raise StoreError(f"collection {cfg.collection!r} already exists at {root}; pass overwrite=true to "
+                         "rebuild it or choose another collection name")
+    if is_url(root):
+        # a server collection is rebuilt in place (drop, then create): readers see it grow meanwhile
         drop_collection(root, cfg.collection)
-    store = open_store(root, cfg.collection, None if is_url(root) else cfg.backend, emb.dim, emb.name, create=True)
+        store = open_store(root, cfg.collection, None, emb.dim, emb.name, create=True)
+    else:
+        # built as a new invisible version, published by one rename at the end: a kill at any
+        # moment leaves the previous index (vectors and BM25) as it was
+        store = stage_rebuild(root, cfg.collection, cfg.backend, emb.dim, emb.name)
     t1 = time.perf_counter()
     n = index_chunks(chunks, emb, store, cfg.batch_size,
                      progress=lambda i, total: print(f"\rindexed {i}/{total} chunks", end="", flush=True))
@@ -118,7 +132,11 @@ def main_index(cfg: IndexConfig) -> dict:
     if cfg.bm25:
         BM25Index().build([c.id for c in chunks], [c.text for c in chunks],
                           [dict(c.meta, doc_id=c.doc_id, source=c.source) for c in chunks]
-                          ).save(local / f"{cfg.collection}.bm25")
+                          ).save(local / f"{store.table_name if not is_url(root) else cfg.collection}.bm25")
+    if not is_url(root):
+        old = commit_rebuild(store)
+        if old:
+            shutil.rmtree(local / f"{old}.bm25", ignore_errors=True)
     summary = {"documents": len(rep.documents), "skipped": rep.skipped, "chunks": n, "chunk_size": size,
                "embedder": emb.name, "dim": emb.dim, "chunks_per_s": n / max(t_embed, 1e-9),
                "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
@@ -141,7 +159,8 @@ def build_retrievers(store: str, collection: str, modes: list[str], embedder: st
         vs = open_store(store, collection, dim=emb.dim, embedder=emb.name)  # checks the dimension
         out["dense"] = DenseRetriever(vs, emb)
     if {"bm25", "hybrid"} & set(modes):
-        out["bm25"] = BM25Retriever(BM25Index.load(_local(store, local_dir) / f"{collection}.bm25"))
+        table = collection if is_url(store) else open_store(store, collection).table_name
+        out["bm25"] = BM25Retriever(BM25Index.load(_local(store, local_dir) / f"{table}.bm25"))
     if "hybrid" in modes:
         out["hybrid"] = HybridRetriever([out["bm25"], out["dense"]])
     return {m: out[m] for m in modes}

@@ -15,7 +15,9 @@ Vectors are L2-normalised, so inner product = cosine similarity; `Hit.score` is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,9 +101,11 @@ class FlatStore:
 
     backend = "flat"
 
-    def __init__(self, root: Path, collection: str, manifest: dict):
+    def __init__(self, root: Path, collection: str, manifest: dict, manifest_path: Path | None = None):
         self.root, self.collection, self.manifest = root, collection, manifest
         self.dim, self.embedder = int(manifest["dim"]), manifest["embedder"]
+        self.table_name = manifest.get("table", collection)  # the physical folder; a rebuild writes a new one
+        self.manifest_path = manifest_path or _manifest_path(root, collection)
         self._cache: tuple[np.ndarray, list[dict]] | None = None
 
     def count(self) -> int:
@@ -112,7 +116,7 @@ class FlatStore:
         if not ids:
             return
         metas = metas or [{} for _ in ids]
-        folder = self.root / self.collection
+        folder = self.root / self.table_name
         folder.mkdir(parents=True, exist_ok=True)
         n = int(self.manifest.get("next_segment", 0))
         name = f"seg-{n:06d}"
@@ -124,12 +128,12 @@ class FlatStore:
         # the commit point: until this rename the new segment is invisible
         man = dict(self.manifest, segments=[*self.manifest.get("segments", []), name],
                    count=self.count() + len(ids), next_segment=n + 1)
-        write_json(_manifest_path(self.root, self.collection), man)
+        write_json(self.manifest_path, man)
         self.manifest, self._cache = man, None
 
     def _load(self) -> tuple[np.ndarray, list[dict]]:
         if self._cache is None:
-            folder = self.root / self.collection
+            folder = self.root / self.table_name
             vecs, rows = [], []
             for name in self.manifest.get("segments", []):
                 vecs.append(np.load(folder / f"{name}.npy"))
@@ -156,11 +160,13 @@ class LanceStore:
 
     backend = "lance"
 
-    def __init__(self, root: Path, collection: str, manifest: dict):
+    def __init__(self, root: Path, collection: str, manifest: dict, manifest_path: Path | None = None):
         lancedb = require("lancedb")
         self.pa = require("pyarrow")
         self.root, self.collection, self.manifest = root, collection, manifest
         self.dim, self.embedder = int(manifest["dim"]), manifest["embedder"]
+        self.table_name = manifest.get("table", collection)
+        self.manifest_path = manifest_path or _manifest_path(root, collection)
         self.db = lancedb.connect(str(root / "lance"))
         self._table = None
 
@@ -174,10 +180,10 @@ class LanceStore:
         if self._table is None:
             names = self.db.list_tables()
             names = getattr(names, "tables", names)  # newer lancedb returns a response object
-            if self.collection in names:
-                self._table = self.db.open_table(self.collection)
+            if self.table_name in names:
+                self._table = self.db.open_table(self.table_name)
             else:
-                self._table = self.db.create_table(self.collection, schema=self._schema())
+                self._table = self.db.create_table(self.table_name, schema=self._schema())
         return self._table
 
     def count(self) -> int:
@@ -275,7 +281,6 @@ def collection_exists(root: str | Path, collection: str) -> bool:
 
 def drop_collection(root: str | Path, collection: str) -> None:
     """Remove a collection (manifest first, so a crash midway leaves no half-visible collection)."""
-    import shutil
     if is_url(root):
         from genforge.rag.chroma import drop_chroma
         return drop_chroma(str(root), collection)
@@ -285,7 +290,56 @@ def drop_collection(root: str | Path, collection: str) -> None:
         return
     man = json.loads(mpath.read_text())
     mpath.unlink()
-    if man.get("backend") == "lance":
-        shutil.rmtree(root / "lance" / f"{collection}.lance", ignore_errors=True)
+    _remove_table(root, man.get("backend", ""), man.get("table", collection))
+
+
+def _remove_table(root: Path, backend: str, table: str) -> None:
+    import shutil
+    shutil.rmtree(root / f"{table}.bm25", ignore_errors=True)  # the BM25 index built beside it, if any
+    if backend == "lance":
+        shutil.rmtree(root / "lance" / f"{table}.lance", ignore_errors=True)
     else:
-        shutil.rmtree(root / collection, ignore_errors=True)
+        shutil.rmtree(root / table, ignore_errors=True)
+
+
+def _staging_path(root: Path, collection: str) -> Path:
+    return root / f".{collection}.staging.genforge-rag.json"
+
+
+def stage_rebuild(root: str | Path, collection: str, backend: str, dim: int, embedder: str) -> LanceStore | FlatStore:
+    """A fresh, invisible version of `collection` to fill; `commit_rebuild` makes it the collection atomically.
+
+    Until the commit, readers (and a crash) see the previous index unchanged; a crashed rebuild leaves
+    only an unreferenced table that the next rebuild removes.
+    """
+    import time
+    root = Path(root)
+    if backend not in BACKENDS:
+        raise StoreError(f"unknown store backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if not _NAME.match(collection):
+        raise StoreError(f"collection name {collection!r} must be letters, digits, '_', '-', '.'")
+    spath = _staging_path(root, collection)
+    if spath.exists():  # leftovers of a rebuild that was killed
+        with contextlib.suppress(Exception):
+            old = json.loads(spath.read_text())
+            _remove_table(root, old["backend"], old["table"])
+        spath.unlink()
+    man = {"format": FORMAT_VERSION, "backend": backend, "collection": collection, "dim": int(dim),
+           "embedder": embedder, "table": f"{collection}-r{time.time_ns() // 1_000_000}"}
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(spath, man)
+    return (LanceStore if backend == "lance" else FlatStore)(root, collection, man, spath)
+
+
+def commit_rebuild(store: LanceStore | FlatStore) -> str | None:
+    """Publish a staged rebuild (one atomic rename) and delete the replaced table; returns its name (or None)."""
+    final = _manifest_path(store.root, store.collection)
+    old = json.loads(final.read_text()) if final.exists() else None
+    os.replace(store.manifest_path, final)  # the commit point
+    store.manifest_path = final
+    if old is None:
+        return None
+    old_table = old.get("table", store.collection)
+    if old_table != store.table_name:
+        _remove_table(store.root, old.get("backend", ""), old_table)
+    return old_table

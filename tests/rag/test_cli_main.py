@@ -7,7 +7,7 @@ import pytest
 from genforge.errors import ConfigError, DataError
 from genforge.io import write_jsonl
 from genforge.rag.cli_main import IndexConfig, QueryConfig, RagEvalConfig, main_eval, main_index, main_query
-from genforge.rag.store import StoreError
+from genforge.rag.store import StoreError, open_store
 from genforge.world.facts import build_world
 from genforge.world.knowledge import make_knowledge
 
@@ -52,3 +52,53 @@ def test_cli_errors(tmp_path):
         main_query(QueryConfig(query="x", store=str(tmp_path / "s")))
     with pytest.raises(ConfigError, match="unknown retrieval mode 'sparse'"):
         main_query(QueryConfig(query="x", store=str(tmp_path / "s"), mode="sparse"))
+
+
+KILLED_INDEX = """
+import sys
+from genforge.rag.cli_main import IndexConfig, main_index
+main_index(IndexConfig(input=sys.argv[1], store=sys.argv[2], backend=sys.argv[3], embedder="hashing",
+                       text_field="fact", batch_size=32, overwrite=True))
+"""
+
+
+@pytest.mark.parametrize("backend", ["lance", "flat"])
+def test_sigkill_during_reindex_keeps_previous_index(kb, tmp_path, backend):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d, rows = kb
+    store = tmp_path / "store"
+    main_index(IndexConfig(input=str(d / "knowledge.jsonl"), store=str(store), backend=backend, embedder="hashing",
+                           text_field="fact"))
+    big = tmp_path / "big.jsonl"
+    write_jsonl(big, ({"id": f"new{i}", "fact": f"Filler fact number {i} about nothing at all."}
+                      for i in range(20000)))
+    p = subprocess.Popen([sys.executable, "-c", KILLED_INDEX, str(big), str(store), backend],
+                         cwd=Path(__file__).resolve().parents[2], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while b"indexed 640/" not in seen:  # 20 batches committed to the new version: well inside indexing
+        ch = p.stdout.read(1)
+        assert ch, p.stderr.read().decode()
+        seen += ch
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    assert open_store(store, "kb").count() == 80  # the previous index, whole
+    hits = main_query(QueryConfig(query=rows[5]["question"], store=str(store), k=1, mode="hybrid"))
+    assert hits[0].meta["doc_id"] == rows[5]["id"]
+    # the next rebuild clears the killed one's leftovers and replaces the index
+    small = tmp_path / "small.jsonl"
+    write_jsonl(small, [{"id": "only", "fact": "The Sleepy Walrus opened in Alder."}])
+    main_index(IndexConfig(input=str(small), store=str(store), backend=backend, embedder="hashing",
+                           text_field="fact", overwrite=True))
+    assert open_store(store, "kb").count() == 1
+    leftovers = sorted(q.name for q in store.iterdir() if q.name.startswith(".") or q.name.endswith(".bm25"))
+    assert len([n for n in leftovers if n.endswith(".bm25")]) == 1 and not any("staging" in n for n in leftovers)
+    tables = list((store / "lance").iterdir()) if backend == "lance" else [q for q in store.iterdir() if q.is_dir()
+                                                                          and not q.name.endswith(".bm25")]
+    assert len(tables) == 1  # the killed rebuild's table and the replaced one are gone
