@@ -95,8 +95,9 @@ def _check_query(store: VectorStore, query: np.ndarray) -> np.ndarray:
 class FlatStore:
     """Exact inner-product search over numpy segments; the light fallback (no extra dependencies).
 
-    Layout: <root>/<collection>/seg-<n>.npy (vectors) + seg-<n>.jsonl (ids, texts, metas), listed by the
-    manifest <root>/<collection>.genforge-rag.json; only segments named in the manifest exist for readers.
+    Layout: <root>/<table>/seg-<n>.npy (vectors) + seg-<n>.jsonl (ids, texts, metas), listed by the
+    manifest <root>/<collection>.genforge-rag.json (which also names <table>: a rebuild writes a new one);
+    only segments named in the manifest exist for readers.
     """
 
     backend = "flat"
