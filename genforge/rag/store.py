@@ -26,8 +26,8 @@ from typing import Protocol
 import numpy as np
 
 from genforge.errors import GenforgeError
+from genforge.extras import require
 from genforge.io import atomic_path, write_json
-from genforge.rag import require
 
 FORMAT_VERSION = 1
 BACKENDS = ("lance", "flat")
@@ -162,8 +162,8 @@ class LanceStore:
     backend = "lance"
 
     def __init__(self, root: Path, collection: str, manifest: dict, manifest_path: Path | None = None):
-        lancedb = require("lancedb")
-        self.pa = require("pyarrow")
+        lancedb = require("lancedb", "rag")
+        self.pa = require("pyarrow", "rag")
         self.root, self.collection, self.manifest = root, collection, manifest
         self.dim, self.embedder = int(manifest["dim"]), manifest["embedder"]
         self.table_name = manifest.get("table", collection)
