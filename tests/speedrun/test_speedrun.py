@@ -1,9 +1,9 @@
 """End to end: `genforge speedrun size=smoke` runs every stage, writes the report card, a rerun skips, and
-one stage reruns alone from its declared inputs."""
+one stage reruns alone from its declared inputs. The first run is the session's `smoke_run` (tests/conftest.py),
+shared with the README test."""
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -11,15 +11,13 @@ from genforge.speedrun import STAGES
 
 
 @pytest.mark.slow
-def test_smoke_speedrun_end_to_end(tmp_path):
-    cmd = [sys.executable, "-m", "genforge", "speedrun", "size=smoke", f"runs_dir={tmp_path}", "progress=false"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    run = tmp_path / "smoke"
+def test_smoke_speedrun_end_to_end(smoke_run):
+    run = smoke_run.run
     report = (run / "report.md").read_text()
     for stage in STAGES:
         assert (run / "stages" / f"{stage.NAME}.json").exists(), stage.NAME
         assert f"## {stage.TITLE}" in report, stage.TITLE
+    assert (run / "report.html").exists()
     assert (run / "plots" / "pretrain_loss.png").exists()
     assert (run / "config.yaml").exists()  # the resolved config (defaults -> smoke recipe -> command line)
     pre = json.loads((run / "stages" / "pretrain.json").read_text())
@@ -28,12 +26,17 @@ def test_smoke_speedrun_end_to_end(tmp_path):
     ev = json.loads((run / "stages" / "eval.json").read_text())
     assert set(ev["direct"]) >= {"arithmetic", "summarization", "translation"}
     assert sft["checkpoint"] == ev["checkpoint"]
+
+    def again(*extra: str) -> subprocess.CompletedProcess:
+        r = subprocess.run(smoke_run.cmd + list(extra), cwd=smoke_run.root, env=smoke_run.env, capture_output=True,
+                           text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r
+
     # a rerun skips every finished stage and rebuilds the same report
-    r2 = subprocess.run(cmd, capture_output=True, text=True)
-    assert r2.returncode == 0
+    r2 = again()
     assert r2.stdout.count("skipping") == len(STAGES)
     assert (run / "report.md").read_text() == report
     # one stage alone, from the outputs the earlier stages wrote
-    r3 = subprocess.run(cmd + ["stages=eval", "force=true"], capture_output=True, text=True)
-    assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
+    r3 = again("stages=eval", "force=true")
     assert "eval: finished" in r3.stdout and "skipping" not in r3.stdout
