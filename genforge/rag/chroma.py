@@ -14,7 +14,7 @@ import json
 import httpx
 import numpy as np
 
-from genforge.rag.store import FORMAT_VERSION, Hit, StoreError, _check_query, _check_vectors
+from genforge.rag.vectors import FORMAT_VERSION, Hit, StoreError, check_query, check_vectors
 
 TENANT, DATABASE = "default_tenant", "default_database"
 
@@ -36,7 +36,7 @@ class ChromaStore:
         return int(_request(self.client, self.url, "GET", self.base + "/count", self.collection))
 
     def add(self, ids: list[str], vectors: np.ndarray, texts: list[str], metas: list[dict] | None = None) -> None:
-        vectors = _check_vectors(self, ids, vectors, texts)
+        vectors = check_vectors(self, ids, vectors, texts)
         if not ids:
             return
         metas = metas or [{} for _ in ids]
@@ -45,7 +45,7 @@ class ChromaStore:
                             "metadatas": [{"_meta": json.dumps(m, ensure_ascii=False)} for m in metas]})
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        query = _check_query(self, query)
+        query = check_query(self, query)
         r = self._post("/query", {"query_embeddings": [query.tolist()], "n_results": int(k),
                                   "include": ["documents", "metadatas", "distances"]})
         out = []

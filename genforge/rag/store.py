@@ -19,77 +19,21 @@ import contextlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from genforge.errors import GenforgeError
 from genforge.extras import require
 from genforge.io import atomic_path, write_json
+from genforge.rag.chroma import drop_chroma, has_chroma, open_chroma
+from genforge.rag.vectors import FORMAT_VERSION, Hit, StoreError, VectorStore, check_query, check_vectors
 
-FORMAT_VERSION = 1
 BACKENDS = ("lance", "flat")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class StoreError(GenforgeError):
-    """A missing, empty, mismatched or foreign-version vector store collection."""
-
-
-@dataclass
-class Hit:
-    """One retrieved item: chunk id, similarity score (higher is better), its text and metadata."""
-
-    id: str
-    score: float
-    text: str = ""
-    meta: dict = field(default_factory=dict)
-
-
-class VectorStore(Protocol):
-    collection: str
-    dim: int
-    embedder: str
-
-    def add(self, ids: list[str], vectors: np.ndarray, texts: list[str], metas: list[dict] | None = None) -> None:
-        """Insert rows atomically (all of them or, after a crash, none)."""
-        ...
-
-    def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        """The k rows most similar to `query` (dim,), best first."""
-        ...
-
-    def count(self) -> int: ...
-
-
 def _manifest_path(root: Path, collection: str) -> Path:
     return root / f"{collection}.genforge-rag.json"
-
-
-def _check_vectors(store: VectorStore, ids: list[str], vectors: np.ndarray, texts: list[str]) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != store.dim:
-        raise StoreError(f"collection {store.collection!r}: vectors of shape {tuple(vectors.shape)} do not match its "
-                         f"dimension {store.dim} (embedder {store.embedder}); index with the same embedder "
-                         "or create a new collection")
-    if not len(ids) == len(texts) == vectors.shape[0]:
-        raise StoreError(f"collection {store.collection!r}: {len(ids)} ids, {len(texts)} texts and "
-                         f"{vectors.shape[0]} vectors; pass one of each per row")
-    return vectors
-
-
-def _check_query(store: VectorStore, query: np.ndarray) -> np.ndarray:
-    query = np.asarray(query, dtype=np.float32).reshape(-1)
-    if query.shape[0] != store.dim:
-        raise StoreError(f"collection {store.collection!r} holds {store.dim}-d vectors from {store.embedder}, "
-                         f"but the query is {query.shape[0]}-d; query with embedder {store.embedder} "
-                         "or re-index with yours")
-    if store.count() == 0:
-        raise StoreError(f"collection {store.collection!r} is empty; index documents first "
-                         "(genforge rag index)")
-    return query
 
 
 class FlatStore:
@@ -113,7 +57,7 @@ class FlatStore:
         return int(self.manifest.get("count", 0))
 
     def add(self, ids: list[str], vectors: np.ndarray, texts: list[str], metas: list[dict] | None = None) -> None:
-        vectors = _check_vectors(self, ids, vectors, texts)
+        vectors = check_vectors(self, ids, vectors, texts)
         if not ids:
             return
         metas = metas or [{} for _ in ids]
@@ -144,7 +88,7 @@ class FlatStore:
         return self._cache
 
     def search(self, query: np.ndarray, k: int) -> list[Hit]:
-        query = _check_query(self, query)
+        query = check_query(self, query)
         vecs, rows = self._load()
         scores = vecs @ query  # (N,)
         k = min(k, len(rows))
@@ -191,7 +135,7 @@ class LanceStore:
         return int(self.table.count_rows())
 
     def add(self, ids: list[str], vectors: np.ndarray, texts: list[str], metas: list[dict] | None = None) -> None:
-        vectors = _check_vectors(self, ids, vectors, texts)
+        vectors = check_vectors(self, ids, vectors, texts)
         if not ids:
             return
         pa = self.pa
@@ -213,7 +157,7 @@ class LanceStore:
 
     def search(self, query: np.ndarray, k: int, nprobes: int = 20, refine_factor: int = 10) -> list[Hit]:
         """With an IVF-PQ index: probe `nprobes` partitions, re-rank refine_factor * k candidates exactly."""
-        query = _check_query(self, query)
+        query = check_query(self, query)
         q = self.table.search(query.tolist(), vector_column_name="vector").metric("dot").limit(k)
         if hasattr(q, "nprobes"):  # vector queries only; harmless without an index (brute force)
             q = q.nprobes(nprobes).refine_factor(refine_factor)
@@ -230,7 +174,6 @@ def open_store(root: str | Path, collection: str, backend: str | None = None, di
     An http(s):// root is a Chroma server (see `genforge.rag.chroma`).
     """
     if is_url(root):
-        from genforge.rag.chroma import open_chroma
         return open_chroma(str(root), collection, dim, embedder, create)
     root = Path(root)
     if not _NAME.match(collection):
@@ -275,7 +218,6 @@ def is_url(root: str | Path) -> bool:
 
 def collection_exists(root: str | Path, collection: str) -> bool:
     if is_url(root):
-        from genforge.rag.chroma import has_chroma
         return has_chroma(str(root), collection)
     return _manifest_path(Path(root), collection).exists()
 
@@ -283,7 +225,6 @@ def collection_exists(root: str | Path, collection: str) -> bool:
 def drop_collection(root: str | Path, collection: str) -> None:
     """Remove a collection (manifest first, so a crash midway leaves no half-visible collection)."""
     if is_url(root):
-        from genforge.rag.chroma import drop_chroma
         return drop_chroma(str(root), collection)
     root = Path(root)
     mpath = _manifest_path(root, collection)
