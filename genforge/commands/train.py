@@ -12,9 +12,12 @@ from typing import Any
 
 
 def pretrain(cfg: Any) -> dict:
+    from genforge import runtime
     from genforge.train.pretrain import main
 
     res = main(cfg)
+    if not runtime.is_main():  # under torchrun every rank returns the same numbers; one prints them
+        return res
     print(f"val loss {res.get('val_loss', float('nan')):.4f}  ppl {res.get('val_ppl', float('nan')):.2f}  "
           f"bpb {res.get('val_bpb', float('nan')):.3f}  {res['tokens_per_s']:,.0f} tokens/s  -> "
           f"{Path(cfg.out_dir) / 'checkpoint'}")
