@@ -73,7 +73,7 @@ def sample(model: nn.Module, scheduler: DDPMScheduler, n: int, image_shape: tupl
 class DiffusionConfig:
     """A DDPM: the denoiser's shape and conditioning, the noise schedule, and how it is trained."""
 
-    image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W)
+    image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W); `genforge image train` sets it from the data
     arch: str = "mlp"  # 'mlp' (flattened images) or 'unet' (TinyUNet; even H and W)
     hidden: int = 512  # MLP width; the U-Net's base channels are hidden // 16
     cond: str = "none"  # 'none', 'class' or 'text'

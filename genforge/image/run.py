@@ -73,7 +73,7 @@ class SampleOptions:
 
 
 @dataclass
-class ImageTrainConfig(DataOptions, SampleOptions):
+class ImageTrainConfig(SampleOptions, DataOptions):
     """`genforge image train`: train (or resume) one family, then sample, grid and FID."""
 
     family: str = "ddpm"  # ddpm | vae | flow | gan
@@ -215,6 +215,9 @@ def check_family(folder: str | Path, family: str) -> None:
 
 def load_image_model(folder: str | Path, family: str = "") -> tuple[str, nn.Module]:
     """(family, model) of an image checkpoint folder; with `family` given, any other family is a CheckpointError."""
+    if not str(folder):
+        raise ConfigError("checkpoint is not set: genforge image sample|eval CHECKPOINT (out_dir/checkpoint of "
+                          "`genforge image train`)")
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no checkpoint folder; train one with `genforge image train`")
@@ -321,6 +324,8 @@ def main_train(cfg: ImageTrainConfig) -> dict[str, Any]:
         save_grid(model.interpolate(data.test.images[0], data.test.images[1], 8), out / "interpolation.png")
     res.update(evaluate(samples, data, cfg.seed, cfg.classifier_steps))
     write_json(out / "metrics.json", res)
+    print(f"{cfg.family}: {res['steps']} steps in {res['train_s']} s; FID {res['fid']:.3g} (real-vs-real "
+          f"{res['fid_real_vs_real']:.3g}, noise {res['fid_noise']:.3g}); grid {out / 'samples.png'}", flush=True)
     return res
 
 
@@ -338,8 +343,6 @@ class ImageSampleConfig(SampleOptions):
 
     def __post_init__(self) -> None:
         SampleOptions.__post_init__(self)
-        if not self.checkpoint:
-            raise ConfigError("image sample needs checkpoint=FOLDER (out_dir/checkpoint of `genforge image train`)")
         if self.family and self.family not in FAMILIES:
             raise ConfigError(f"family={self.family!r}: use one of {', '.join(FAMILIES)}")
         if self.n < 1:
@@ -364,7 +367,7 @@ def main_sample(cfg: ImageSampleConfig) -> Path:
 
 
 @dataclass
-class ImageEvalConfig(DataOptions, SampleOptions):
+class ImageEvalConfig(SampleOptions, DataOptions):
     """`genforge image eval CHECKPOINT`: FID, precision/recall against the data's test split, with baselines."""
 
     checkpoint: str = ""
@@ -376,8 +379,6 @@ class ImageEvalConfig(DataOptions, SampleOptions):
     def __post_init__(self) -> None:
         DataOptions.__post_init__(self)
         SampleOptions.__post_init__(self)
-        if not self.checkpoint:
-            raise ConfigError("image eval needs checkpoint=FOLDER (out_dir/checkpoint of `genforge image train`)")
 
 
 def main_eval(cfg: ImageEvalConfig) -> dict[str, Any]:
