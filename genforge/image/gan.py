@@ -4,8 +4,8 @@ The discriminator D is a learned critic that scores real vs generated images —
 generator — and the two are trained in alternation: a D step on real and (detached) fake images, then a G step
 through D. We use the non-saturating generator loss (their sec. 3: maximise log D(G(z))) and keep an exponential
 moving average of G's weights for sampling (`image/ema.py`). `GAN` bundles G, D and the EMA for the shared
-Trainer: two `Part`s (D, then G through the freshly updated D) in one step, as Goodfellow et al.'s alg. 1 alternates. `MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` /
-`DCDiscriminator` are the DCGAN layout (Radford et al. 2016: strided convs, batch norm in G, LeakyReLU in D)
+Trainer: two `Part`s (D, then G through the freshly updated D) in one step, as Goodfellow et al.'s alg. 1
+alternates. `MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` / `DCDiscriminator` are the DCGAN layout (Radford et al. 2016: strided convs, batch norm in G, LeakyReLU in D)
 for 16x16 shapes.
 """
 
@@ -128,7 +128,8 @@ class GAN(nn.Module):
         self.config = c = config
         shape = tuple(c.image_shape)
         if c.arch == "dcgan":
-            self.g, self.d = DCGenerator(shape, c.z_dim, max(8, c.hidden // 8)), DCDiscriminator(shape, max(8, c.hidden // 8))
+            base = max(8, c.hidden // 8)
+            self.g, self.d = DCGenerator(shape, c.z_dim, base), DCDiscriminator(shape, base)
         else:
             self.g, self.d = MLPGenerator(shape, c.z_dim, c.hidden), MLPDiscriminator(shape, c.hidden)
         self.ema = ema_copy(self.g)

@@ -320,7 +320,8 @@ def main_train(cfg: ImageTrainConfig) -> dict[str, Any]:
         res.update(best_step=int(model.best_step), test_bpd=model.bpd(data.test.images, "best"),
                    train_bpd=model.bpd(data.train.images[: len(data.test)], "best"))
     if isinstance(model, VAE):
-        res["test_elbo_nats"] = round(float(model.elbo(data.test.images, 8, torch.Generator().manual_seed(1)).mean()), 2)
+        elbo = model.elbo(data.test.images, 8, torch.Generator().manual_seed(1))
+        res["test_elbo_nats"] = round(float(elbo.mean()), 2)
         save_grid(model.interpolate(data.test.images[0], data.test.images[1], 8), out / "interpolation.png")
     res.update(evaluate(samples, data, cfg.seed, cfg.classifier_steps))
     write_json(out / "metrics.json", res)

@@ -24,7 +24,6 @@ from genforge.speedrun.stage import StageContext
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
 NAME = "image"
 TITLE = "Image generation: families, samplers, text to image"
@@ -151,12 +150,13 @@ def _families(ctx: StageContext, cfg: Config, report: StageReport, digits: Any, 
         times[fam] = (sample_s, fid.estimate)
         extra = ""
         if fam == "flow":
+            train_bpd = model.bpd(digits.train.images[: len(f_real)], "best")
             extra = (f"; early stopping kept step {int(model.best_step)} of {summary['step']} (test "
-                     f"{float(model.best_bpd):.3f} bits/dim, train {model.bpd(digits.train.images[:len(f_real)], 'best'):.3f})")
+                     f"{float(model.best_bpd):.3f} bits/dim, train {train_bpd:.3f})")
         report.row(f"{FAMILY_TITLES[fam]}: FID", _ci(fid), rr.estimate,
                    note=f"{summary['step']} steps, train {train_s:.0f} s wall / {train_cpu:.0f} s CPU, sampling "
-                        f"{cfg.n_samples} in {sample_s:.1f} s (CPU {sample_cpu:.1f} s); precision {pr['precision']:.2f}, "
-                        f"recall {pr['recall']:.2f}; baseline = real vs real{extra}")
+                        f"{cfg.n_samples} in {sample_s:.1f} s (CPU {sample_cpu:.1f} s); precision "
+                        f"{pr['precision']:.2f}, recall {pr['recall']:.2f}; baseline = real vs real{extra}")
         ratio = (fid.estimate / fn.estimate, fid.low / fn.estimate, fid.high / fn.estimate, fid.n)
         report.lesson(f"{FAMILY_TITLES[fam]} learns digits: FID below {cfg.fid_target_ratio:g} x the noise baseline's",
                       (f"FID, {fam}", fid), ("FID, uniform noise", fn), effect=ratio, target=cfg.fid_target_ratio,
@@ -245,7 +245,8 @@ def _text_to_image(ctx: StageContext, cfg: Config, report: StageReport) -> tuple
     tcfg = ImageTrainConfig(family="ddpm", out_dir=str(out), dataset="shapes", n_shapes=cfg.n_shapes, seed=ctx.seed,
                             steps=cfg.text_steps, batch_size=cfg.text_batch, ckpt_every=max(100, cfg.text_steps // 2),
                             resume=False, threads=ctx.threads, progress=ctx.progress,
-                            ddpm=DiffusionConfig(cond="text", hidden=cfg.text_hidden, num_train_timesteps=cfg.timesteps))
+                            ddpm=DiffusionConfig(cond="text", hidden=cfg.text_hidden,
+                                                 num_train_timesteps=cfg.timesteps))
     c0 = time.process_time()
     model, summary = train(tcfg, data)
     train_cpu = time.process_time() - c0
