@@ -1,12 +1,12 @@
 """Generative adversarial networks (Goodfellow et al. 2014) with an EMA generator.
 
-The discriminator D is a learned critic that scores real vs generated images — a reward model for the
-generator — and the two are trained in alternation: a D step on real and (detached) fake images, then a G step
-through D. We use the non-saturating generator loss (their sec. 3: maximise log D(G(z))) and keep an exponential
-moving average of G's weights for sampling (`image/ema.py`). `GAN` bundles G, D and the EMA for the shared
-Trainer: two `Part`s (D, then G through the freshly updated D) in one step, as Goodfellow et al.'s alg. 1
-alternates. `MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` / `DCDiscriminator` are the DCGAN layout (Radford et al. 2016: strided convs, batch norm in G, LeakyReLU in D)
-for 16x16 shapes.
+The discriminator D is a learned critic that scores real vs generated images — a reward model for the generator —
+and the two are trained in alternation: a D step on real and (detached) fake images, then a G step through D. We use
+the non-saturating generator loss (their sec. 3: maximise log D(G(z))) and keep an exponential moving average of G's
+weights for sampling (`image/ema.py`). `GAN` bundles G, D and the EMA for the shared Trainer: two `Part`s (D, then G
+through the freshly updated D) in one step, as Goodfellow et al.'s alg. 1 alternates.
+`MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` / `DCDiscriminator` are the DCGAN layout (Radford et
+al. 2016: strided convs, batch norm in G, LeakyReLU in D) for 16x16 shapes.
 """
 
 from __future__ import annotations
