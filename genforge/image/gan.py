@@ -116,8 +116,6 @@ class GANConfig:
     def __post_init__(self) -> None:
         if self.arch not in ("mlp", "dcgan"):
             raise ConfigError(f"arch={self.arch!r}: use 'mlp' or 'dcgan'")
-        if self.arch == "dcgan" and tuple(self.image_shape)[1:] != (16, 16):
-            raise ConfigError(f"arch='dcgan' needs 16x16 images, got {tuple(self.image_shape)}; use arch='mlp'")
 
 
 class GAN(nn.Module):
@@ -128,6 +126,8 @@ class GAN(nn.Module):
         self.config = c = config
         shape = tuple(c.image_shape)
         if c.arch == "dcgan":
+            if shape[1:] != (16, 16):
+                raise ConfigError(f"gan.arch='dcgan' needs 16x16 images, got {shape}; use gan.arch=mlp")
             base = max(8, c.hidden // 8)
             self.g, self.d = DCGenerator(shape, c.z_dim, base), DCDiscriminator(shape, base)
         else:
