@@ -52,7 +52,9 @@ class Config:
     ddim_steps: list[int] = field(default_factory=lambda: [10, 25, 50])
     fid_target_ratio: float = 0.25  # claim: a family's FID is below this share of the noise baseline's
     text_steps: int = 2000  # text-conditioned DDPM on shapes
-    text_hidden: int = 512
+    text_arch: str = "unet"  # 'unet' or 'mlp' (an MLP narrower than the image cannot pass x_t through: noise)
+    text_hidden: int = 256  # MLP width, or U-Net base channels * 16
+    text_image_size: int = 16  # shapes are drawn at this size (8 blurs circle vs square)
     text_batch: int = 64
     n_shapes: int = 3000  # training pictures for the text-conditioned model
     text_prompts: int = 200  # held-out captions, one image each per guidance scale
@@ -78,11 +80,9 @@ def run(ctx: StageContext, cfg: Config, report: StageReport) -> Outputs:
     import torch
 
     from genforge.image import metrics
-    from genforge.image.run import load_data
+    from genforge.image.run import DataOptions, load_data
 
     torch.manual_seed(ctx.seed)
-    from genforge.image.run import DataOptions
-
     digits = load_data(DataOptions(dataset="digits", seed=ctx.seed))
     t0 = time.process_time()
     clf = metrics.train_classifier(digits.train.images, digits.train.labels, steps=cfg.classifier_steps,
@@ -217,7 +217,8 @@ def _samplers(ctx: StageContext, cfg: Config, report: StageReport, model: Any, c
     save_grid(torch.cat(list(rows.values())), ctx.path("plots", "image_samplers.png"), nrow=16)
     report.plot("plots/image_samplers.png", "The same DDPM, same starting noise, one row per sampler: "
                 + ", ".join(rows))
-    series = {"DDPM / DDIM (same model)": (xs, ys)}
+    series = {f"DDPM, {cfg.timesteps} ancestral steps": (xs[:1], ys[:1]),
+              f"same model, DDIM {'/'.join(map(str, cfg.ddim_steps))} steps": (xs[1:], ys[1:])}
     for fam, (sec, fid) in times.items():
         if fam != "ddpm":
             series[fam] = ([sec], [fid])
@@ -235,23 +236,25 @@ def _text_to_image(ctx: StageContext, cfg: Config, report: StageReport) -> tuple
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
     from genforge.image import metrics
     from genforge.image.diffusion import DiffusionConfig
-    from genforge.image.run import DataOptions, ImageTrainConfig, load_data, train
+    from genforge.image.run import DataSplit, ImageTrainConfig, train
     from genforge.image.text import CaptionTokenizer
     from genforge.report import line_plot
     from genforge.world.images import make_shapes, save_grid
 
-    data = load_data(DataOptions(dataset="shapes", n_shapes=cfg.n_shapes, seed=ctx.seed))
+    size = cfg.text_image_size
+    data = DataSplit(make_shapes(cfg.n_shapes, ctx.seed, size=size), make_shapes(cfg.n_shapes // 5, ctx.seed + 10_000,
+                                                                               size=size), 256)
     out = ctx.path("image", "text", ".keep").parent
     tcfg = ImageTrainConfig(family="ddpm", out_dir=str(out), dataset="shapes", n_shapes=cfg.n_shapes, seed=ctx.seed,
                             steps=cfg.text_steps, batch_size=cfg.text_batch, ckpt_every=max(100, cfg.text_steps // 2),
                             resume=False, threads=ctx.threads, progress=ctx.progress,
-                            ddpm=DiffusionConfig(cond="text", hidden=cfg.text_hidden,
+                            ddpm=DiffusionConfig(cond="text", arch=cfg.text_arch, hidden=cfg.text_hidden,
                                                  num_train_timesteps=cfg.timesteps))
     c0 = time.process_time()
     model, summary = train(tcfg, data)
     train_cpu = time.process_time() - c0
     # the judge: an attribute classifier trained on pictures the generator never saw (another seed)
-    held = make_shapes(cfg.n_shapes, ctx.seed + 20_000)
+    held = make_shapes(cfg.n_shapes, ctx.seed + 20_000, size=size)
     judge = metrics.train_classifier(held.images, held.labels, steps=cfg.classifier_steps, seed=ctx.seed + 2)
     judge_acc = metrics.accuracy(judge, data.test.images, data.test.labels)
     prompts = data.test.subset(list(range(min(cfg.text_prompts, len(data.test)))))
@@ -275,8 +278,9 @@ def _text_to_image(ctx: StageContext, cfg: Config, report: StageReport) -> tuple
                         f"{len(ids)} held-out captions, DDIM {cfg.text_sample_steps} steps, {sec:.1f} s CPU"
                         + ("; scale 0 = unconditional" if scale == 0 else ""))
         grid_rows.append(imgs[:12])
-    report.note(f"Text to image: a DDPM (MLP eps-predictor, {summary['step']} steps, {train_cpu:.0f} s CPU) on "
-                f"{cfg.n_shapes} captioned 16x16 shapes, conditioned through a bag-of-words text encoder trained with "
+    arch = "a small U-Net" if cfg.text_arch == "unet" else "an MLP"
+    report.note(f"Text to image: a DDPM ({arch} eps-predictor, {summary['step']} steps, {train_cpu:.0f} s CPU) on "
+                f"{cfg.n_shapes} captioned {size}x{size} shapes, conditioned through a bag-of-words text encoder trained with "
                 f"it. The judge is an attribute classifier trained on {cfg.n_shapes} other pictures (accuracy on real "
                 f"test pictures: colour {judge_acc['colour']:.3f}, shape {judge_acc['shape']:.3f}, size "
                 f"{judge_acc['size']:.3f}, position {judge_acc['position']:.3f}); chance for colour and shape "
