@@ -280,10 +280,10 @@ def _text_to_image(ctx: StageContext, cfg: Config, report: StageReport) -> tuple
         grid_rows.append(imgs[:12])
     arch = "a small U-Net" if cfg.text_arch == "unet" else "an MLP"
     report.note(f"Text to image: a DDPM ({arch} eps-predictor, {summary['step']} steps, {train_cpu:.0f} s CPU) on "
-                f"{cfg.n_shapes} captioned {size}x{size} shapes, conditioned through a bag-of-words text encoder trained with "
-                f"it. The judge is an attribute classifier trained on {cfg.n_shapes} other pictures (accuracy on real "
-                f"test pictures: colour {judge_acc['colour']:.3f}, shape {judge_acc['shape']:.3f}, size "
-                f"{judge_acc['size']:.3f}, position {judge_acc['position']:.3f}); chance for colour and shape "
+                f"{cfg.n_shapes} captioned {size}x{size} shapes, conditioned through a bag-of-words text encoder "
+                f"trained with it. The judge is an attribute classifier trained on {cfg.n_shapes} other pictures "
+                f"(accuracy on real test pictures: colour {judge_acc['colour']:.3f}, shape {judge_acc['shape']:.3f}, "
+                f"size {judge_acc['size']:.3f}, position {judge_acc['position']:.3f}); chance for colour and shape "
                 "together is 1/12.")
     if 0.0 in hits and 1.0 in hits:
         report.lesson("Text conditioning draws the requested colour and shape far more often than unconditional "
