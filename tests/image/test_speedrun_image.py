@@ -21,7 +21,7 @@ def test_image_stage_at_smoke(tmp_path):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
     stage = json.loads((run / "report" / "image.json").read_text())
     claims = [les["claim"] for les in stage["lessons"]]
-    assert len(claims) == 7  # four families, DDIM speed, text conditioning, guidance
+    assert len(claims) == 8  # four families, DDIM speed, colour and colour+shape conditioning, guidance
     assert all(les["low"] is not None for les in stage["lessons"] if "faster" not in les["claim"])
     assert "FID real vs real" in report and "CIFAR-10" in report  # the FID is labelled for what it is
     assert load_image_model(out["checkpoints"]["text"], "ddpm")[1].config.cond == "text"
