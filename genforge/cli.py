@@ -84,6 +84,13 @@ COMMANDS: dict[str, Command] = {
                       "turn a local Hugging Face Llama-family folder into a genforge checkpoint", ("src", "dst")),
     "export": Command("genforge.commands.checkpoints:ExportConfig", "genforge.commands.checkpoints:export",
                       "write a checkpoint as a clean HF folder (no training state)", ("src", "dst")),
+    "image train": Command("genforge.image.run:ImageTrainConfig", "genforge.image.run:main_train",
+                           "train an image model (ddpm | vae | flow | gan), then samples.png and FID", ("family",)),
+    "image sample": Command("genforge.image.run:ImageSampleConfig", "genforge.image.run:main_sample",
+                            "a PNG grid of samples from an image checkpoint", ("checkpoint",)),
+    "image eval": Command("genforge.image.run:ImageEvalConfig", "genforge.image.run:main_eval",
+                          "FID / precision / recall of an image checkpoint, with real and noise baselines",
+                          ("checkpoint",)),
 }
 
 

@@ -1,15 +1,21 @@
-"""DDPM training loss and the sampling loop, model-agnostic: any eps_theta(x, t, cond) and any scheduler here.
+"""DDPM training loss and the sampling loop, model-agnostic: any eps_theta(x, t, cond) and any scheduler here;
+and `DiffusionModel`, the checkpointable bundle (denoiser + its EMA copy + the schedule in its config).
 
 Images enter in [0, 1] and are mapped to [-1, 1], the range the schedulers clip x0 to.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from genforge.checkpoint import ModuleFamily, register_family
+from genforge.errors import ConfigError
+from genforge.image.ema import ema_copy, update_ema
 from genforge.image.schedulers import DDIMScheduler, DDPMScheduler
-from genforge.image.unet import guided_eps
+from genforge.image.unet import MLPDenoiser, TinyUNet, guided_eps
 
 
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
@@ -61,3 +67,72 @@ def sample(model: nn.Module, scheduler: DDPMScheduler, n: int, image_shape: tupl
             x = scheduler.step(eps, t, x, generator=g).prev_sample
     # 5. back to pixels
     return to_pixel_range(x)
+
+
+@dataclass
+class DiffusionConfig:
+    """A DDPM: the denoiser's shape and conditioning, the noise schedule, and how it is trained."""
+
+    image_shape: tuple[int, int, int] = (1, 8, 8)  # (C, H, W); `genforge image train` sets it from the data
+    arch: str = "mlp"  # 'mlp' (flattened images) or 'unet' (TinyUNet; even H and W)
+    hidden: int = 512  # MLP width; the U-Net's base channels are hidden // 16
+    cond: str = "none"  # 'none', 'class' or 'text'
+    num_classes: int = 0  # for cond='class'
+    vocab_size: int = 0  # for cond='text': the caption tokenizer's length
+    num_train_timesteps: int = 200  # T
+    beta_schedule: str = "linear"  # 'linear', 'scaled_linear' or 'squaredcos_cap_v2'
+    beta_start: float | None = None  # None: 1e-4 * 1000 / T (Ho et al.'s range rescaled so x_T is still noise)
+    beta_end: float | None = None  # None: 0.02 * 1000 / T, at most 0.5
+    p_uncond: float = 0.1  # share of conditions dropped in training (classifier-free guidance)
+    ema_decay: float = 0.995  # sample from an EMA of the weights (Ho et al. use 0.9999 over 800k steps; a few
+    # thousand steps here want a shorter memory); 0 samples from the raw weights
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("mlp", "unet"):
+            raise ConfigError(f"arch={self.arch!r}: use 'mlp' or 'unet'")
+
+
+class DiffusionModel(nn.Module):
+    """eps_theta plus an EMA copy used for sampling; `scheduler(kind)` rebuilds the schedule from the config."""
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        kw = {"cond": c.cond, "num_classes": c.num_classes, "vocab_size": c.vocab_size}
+        if c.arch == "mlp":
+            self.denoiser = MLPDenoiser(tuple(c.image_shape), hidden=c.hidden, **kw)
+        else:
+            self.denoiser = TinyUNet(in_ch=c.image_shape[0], base=max(8, c.hidden // 16), **kw)
+        self.ema = ema_copy(self.denoiser)
+        self.train_scheduler = self.scheduler("ddpm")  # a plain attribute: the schedule lives in the config
+
+    def scheduler(self, kind: str = "ddpm") -> DDPMScheduler:
+        """A fresh DDPM (ancestral) or DDIM scheduler over the trained schedule."""
+        c, T = self.config, self.config.num_train_timesteps
+        kw = {"beta_start": c.beta_start if c.beta_start is not None else 1e-4 * 1000 / T,
+              "beta_end": c.beta_end if c.beta_end is not None else min(0.02 * 1000 / T, 0.5)}
+        if kind not in ("ddpm", "ddim"):
+            raise ConfigError(f"sampler={kind!r}: use 'ddpm' or 'ddim'")
+        return (DDIMScheduler if kind == "ddim" else DDPMScheduler)(T, c.beta_schedule, **kw)
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        """The trainer's loss: L_simple summed over the batch (mean over pixels), batch {'x', optional 'cond'}."""
+        x = batch["x"]
+        # generator None: the trainer seeds and checkpoints the global RNG, which makes resume exact
+        loss = diffusion_loss(self.denoiser, self.train_scheduler, x, batch.get("cond"), self.config.p_uncond)
+        return loss * x.shape[0], x.shape[0], {}
+
+    def after_step(self) -> None:
+        update_ema(self.ema, self.denoiser, self.config.ema_decay)
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: torch.Tensor | None = None, guidance_scale: float = 1.0, sampler: str = "ddpm",
+               steps: int | None = None, seed: int = 0, eta: float = 0.0) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1] from the EMA denoiser; `steps` None = all T."""
+        net = self.ema if self.config.ema_decay > 0 else self.denoiser
+        return sample(net, self.scheduler(sampler), n, tuple(self.config.image_shape), cond, guidance_scale, steps,
+                      eta, seed)
+
+
+register_family(ModuleFamily("image_ddpm", DiffusionModel, DiffusionConfig))

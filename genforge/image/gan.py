@@ -1,22 +1,26 @@
 """Generative adversarial networks (Goodfellow et al. 2014) with an EMA generator.
 
-The discriminator D is a learned critic that scores real vs generated images — a reward model for the
-generator — and the two are trained in alternation: a D step on real and (detached) fake images, then a G step
-through D. We use the non-saturating generator loss (their sec. 3: maximise log D(G(z))) and keep an exponential
-moving average of G's weights for sampling, which gives smoother, better samples at no training cost
-(Karras et al. 2018; Yazici et al. 2019). `MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` /
-`DCDiscriminator` are the DCGAN layout (Radford et al. 2016: strided convs, batch norm in G, LeakyReLU in D)
-for 16x16 shapes.
+The discriminator D is a learned critic that scores real vs generated images — a reward model for the generator —
+and the two are trained in alternation: a D step on real and (detached) fake images, then a G step through D. We use
+the non-saturating generator loss (their sec. 3: maximise log D(G(z))) and keep an exponential moving average of G's
+weights for sampling (`image/ema.py`). `GAN` bundles G, D and the EMA for the shared Trainer: two `Part`s (D, then G
+through the freshly updated D) in one step, as Goodfellow et al.'s alg. 1 alternates.
+`MLPGenerator`/`MLPDiscriminator` fit 8x8 digits; `DCGenerator` / `DCDiscriminator` are the DCGAN layout (Radford et
+al. 2016: strided convs, batch norm in G, LeakyReLU in D) for 16x16 shapes.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from genforge.checkpoint import ModuleFamily, register_family
+from genforge.errors import ConfigError
+from genforge.image.ema import ema_copy, update_ema
 
 
 class MLPGenerator(nn.Module):
@@ -88,42 +92,6 @@ def g_loss(d: nn.Module, fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(lf, torch.ones_like(lf))
 
 
-def make_ema(g: nn.Module) -> nn.Module:
-    """A frozen copy of the generator to hold the moving average."""
-    ema = copy.deepcopy(g)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, g: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * g for parameters; buffers (batch-norm statistics) are copied."""
-    for pe, pg in zip(ema.parameters(), g.parameters()):
-        pe.lerp_(pg, 1 - decay)
-    for be, bg in zip(ema.buffers(), g.buffers()):
-        be.copy_(bg)
-
-
-def gan_step(g: nn.Module, d: nn.Module, ema: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             real: torch.Tensor, generator: torch.Generator, ema_decay: float = 0.999) -> dict[str, float]:
-    """One alternating step: update D on real vs fake, then G through the updated D, then the EMA."""
-    z = torch.randn(real.shape[0], g.z_dim, generator=generator).to(real.device)
-    fake = g(z)
-    # 1. discriminator: tell real from fake (fake detached, so G is untouched)
-    loss_d = d_loss(d, real, fake)
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
-    # 2. generator: fool the freshly updated discriminator (D's grads from this pass are discarded next step)
-    loss_g = g_loss(d, fake)
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    opt_g.step()
-    update_ema(ema, g, ema_decay)
-    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-
-
 @torch.no_grad()
 def gan_sample(g: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
     """n images from a (usually EMA) generator, (n, C, H, W) in [0, 1]."""
@@ -133,3 +101,61 @@ def gan_sample(g: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
     out = g(z.to(next(g.parameters()).device))
     g.train(was)
     return out
+
+
+@dataclass
+class GANConfig:
+    """A GAN's networks: MLPs (8x8 digits) or the DCGAN layout (16x16)."""
+
+    image_shape: tuple[int, int, int] = (1, 8, 8)
+    arch: str = "mlp"  # 'mlp' or 'dcgan' (16x16 only)
+    z_dim: int = 32
+    hidden: int = 256  # MLP width (DCGAN: base channels = hidden // 8)
+    ema_decay: float = 0.995
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("mlp", "dcgan"):
+            raise ConfigError(f"arch={self.arch!r}: use 'mlp' or 'dcgan'")
+
+
+class GAN(nn.Module):
+    """Generator `g`, discriminator `d` and the generator's EMA `ema` (what `sample` draws from)."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        shape = tuple(c.image_shape)
+        if c.arch == "dcgan":
+            if shape[1:] != (16, 16):
+                raise ConfigError(f"gan.arch='dcgan' needs 16x16 images, got {shape}; use gan.arch=mlp")
+            base = max(8, c.hidden // 8)
+            self.g, self.d = DCGenerator(shape, c.z_dim, base), DCDiscriminator(shape, base)
+        else:
+            self.g, self.d = MLPGenerator(shape, c.z_dim, c.hidden), MLPDiscriminator(shape, c.hidden)
+        self.ema = ema_copy(self.g)
+
+    def _z(self, n: int, device: torch.device) -> torch.Tensor:
+        # the global RNG: the trainer seeds and checkpoints it, so resume replays the same z
+        return torch.randn(n, self.config.z_dim).to(device)
+
+    def d_loss(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        """The trainer's D part: eq. 1's discriminator loss, summed over the batch; G's sample is detached."""
+        real = batch["x"]
+        fake = self.g(self._z(real.shape[0], real.device))
+        return d_loss(self.d, real, fake) * real.shape[0], real.shape[0], {}
+
+    def g_loss(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        """The trainer's G part: the non-saturating loss through the discriminator D just updated."""
+        n = batch["x"].shape[0]
+        return g_loss(self.d, self.g(self._z(n, batch["x"].device))) * n, n, {}
+
+    def after_step(self) -> None:
+        update_ema(self.ema, self.g, self.config.ema_decay)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, **_: object) -> torch.Tensor:
+        """n images (n, C, H, W) in [0, 1] from the EMA generator."""
+        return gan_sample(self.ema if self.config.ema_decay > 0 else self.g, n, seed)
+
+
+register_family(ModuleFamily("image_gan", GAN, GANConfig))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genforge.errors import GenforgeError
+from genforge.eval.stats import Interval
 
 
 class WorldClassifier(nn.Module):
@@ -165,3 +166,25 @@ def caption_faithfulness(attr_clf: WorldClassifier, images: torch.Tensor, reques
     res = {k: float(h.float().mean()) for k, h in hits.items()}
     res["all"] = float(torch.stack(list(hits.values())).all(0).float().mean())
     return res
+
+
+def bootstrap_fid(real_feats: np.ndarray, fake_feats: np.ndarray, other_feats: np.ndarray | None = None, *,
+                  n_resamples: int = 200, seed: int = 0, confidence: float = 0.95) -> Interval:
+    """FID of fake against real with a percentile bootstrap interval over the generated images (the real set is
+    fixed: the interval says how much the number moves with another draw of samples).
+
+    With `other_feats` (the same number of images, row i made from the same starting noise as fake row i), the
+    statistic is FID(fake) - FID(other) and both sets are resampled with the same indices (a paired bootstrap).
+    """
+    n = len(fake_feats)
+    if other_feats is not None and len(other_feats) != n:
+        raise GenforgeError(f"bootstrap_fid: paired sets need the same size, got {n} and {len(other_feats)}")
+
+    def stat(idx: np.ndarray | slice) -> float:
+        d = frechet_distance(real_feats, fake_feats[idx])
+        return d - frechet_distance(real_feats, other_feats[idx]) if other_feats is not None else d
+
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(rng.integers(0, n, n)) for _ in range(n_resamples)])
+    a = (1 - confidence) / 2
+    return Interval(stat(slice(None)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), n, confidence)

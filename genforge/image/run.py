@@ -1,125 +1,114 @@
-"""Typed configs and `main(cfg)` for each image family, for the CLI / speedrun to register.
+"""`genforge image train|sample|eval`: typed configs and mains for every image family, on the shared Trainer.
 
-Each main trains (resuming from `out_dir` when a checkpoint of the same family is there), writes a checkpoint,
-a PNG grid of samples and `metrics.json` with FID against held-out real images next to the two rows that give
-it meaning: real-vs-real (train images against the test images) and a noise baseline. FIDs are on features of a
-classifier trained in the run, so they compare runs here, not with published Inception FIDs.
+Each family is one checkpointable `nn.Module` bundle registered with `genforge.checkpoint` (image_ddpm: denoiser +
+EMA; image_gan: G + D + EMA; image_vae; image_flow: flow + its best-so-far copy), trained by
+`genforge.train.trainer.Trainer` as one or several `Part`s (the GAN's D and G alternate within a step), so
+checkpoints are atomic folders (`out_dir/checkpoint`) and resume is exact. `train` then samples, writes a PNG
+grid and `metrics.json` with FID against held-out real images beside the two rows that give it meaning:
+real-vs-real (train images against test images) and a noise baseline. FIDs are on features of a classifier
+trained in the run, so they compare runs here, never published Inception FIDs (CIFAR-10 and the like).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from genforge.errors import ConfigError
+from genforge.checkpoint import load_model, read_meta, write_checkpoint_files
+from genforge.errors import CheckpointError, ConfigError
 from genforge.image import metrics
-from genforge.image.diffusion import sample as diffusion_sample
-from genforge.image.flow import RealNVP
-from genforge.image.gan import (
-    DCDiscriminator,
-    DCGenerator,
-    MLPDiscriminator,
-    MLPGenerator,
-    gan_sample,
-    gan_step,
-    make_ema,
-    update_ema,
-)
-from genforge.image.schedulers import DDIMScheduler, DDPMScheduler
+from genforge.image.diffusion import DiffusionConfig, DiffusionModel
+from genforge.image.flow import FlowConfig, FlowModel
+from genforge.image.gan import GAN, GANConfig
 from genforge.image.text import CaptionTokenizer
-from genforge.image.train import ddpm_step, flow_step, load_checkpoint, save_checkpoint, train_loop, vae_step
-from genforge.image.unet import MLPDenoiser, TinyUNet
-from genforge.image.vae import VAE
+from genforge.image.vae import VAE, VAEConfig
 from genforge.io import write_json
+from genforge.train.trainer import Part, TrainConfig, Trainer
 from genforge.world.images import ImageSet, load_digits_set, load_image_folder, make_shapes, save_grid
+
+# family -> (checkpoint family name, model class); lr / grad clip / Adam beta1 are the defaults measured on digits
+FAMILIES: dict[str, tuple[str, type[nn.Module]]] = {
+    "ddpm": ("image_ddpm", DiffusionModel), "vae": ("image_vae", VAE), "flow": ("image_flow", FlowModel),
+    "gan": ("image_gan", GAN)}
+DEFAULT_LR = {"ddpm": 1e-3, "vae": 1e-3, "flow": 1e-3, "gan": 5e-4}  # GAN: 5e-4 at batch 64 -> FID 30 on digits;
+# 1e-4 at batch 128 collapsed (first image wave, 75 s runs)
+GRAD_CLIP = {"ddpm": 1.0, "vae": 0.0, "flow": 5.0, "gan": 0.0}
+BETA1 = {"gan": 0.5}  # DCGAN's Adam beta1 (Radford et al. 2016); 0.9 elsewhere
+# final lr / peak lr of the cosine schedule; the GAN keeps DCGAN's constant rate (measured on digits, 3000 steps:
+# FID 119 constant vs 265 with the cosine decay to 0.1)
+MIN_LR_RATIO = {"gan": 1.0}
 
 
 @dataclass
-class ImageRunConfig:
-    """Settings every image family shares."""
+class DataOptions:
+    """Which images: the world's shapes, scikit-learn's digits or a folder of the user's files."""
 
-    out_dir: str = "runs/image"  # checkpoint, samples.png and metrics.json go here
     dataset: str = "digits"  # 'digits' (8x8 grey), 'shapes' (16x16 RGB with captions) or 'folder'
     folder: str = ""  # for dataset='folder': a folder of PNGs (resized to `image_size`)
     image_size: int = 16  # for 'folder' only
-    n_shapes: int = 4000  # training pictures generated for dataset='shapes' (the test set is 20 % of this)
+    n_shapes: int = 4000  # training pictures for dataset='shapes' (the test set is 20 % of this)
     seed: int = 0
-    steps: int = 2000  # optimizer steps (stops early when time_budget_s runs out)
-    batch_size: int = 64
-    lr: float = 1e-3
-    time_budget_s: float | None = None  # wall-clock cap on training
-    n_samples: int = 360  # generated images for FID
-    classifier_steps: int = 600  # steps of the feature classifier used by FID
 
     def __post_init__(self) -> None:
         if self.dataset not in ("digits", "shapes", "folder"):
             raise ConfigError(f"dataset={self.dataset!r}: use 'digits', 'shapes' or 'folder'")
         if self.dataset == "folder" and not self.folder:
             raise ConfigError("dataset='folder' needs folder=PATH (a folder of PNG files)")
+
+
+@dataclass
+class SampleOptions:
+    """How a checkpoint is sampled (diffusion settings are ignored by the other families)."""
+
+    sampler: str = "ddpm"  # diffusion: 'ddpm' (ancestral) or 'ddim' (deterministic with eta 0)
+    sample_steps: int = 0  # diffusion inference steps; 0: T for ddpm, T // 4 for ddim
+    guidance_scale: float = 1.0  # classifier-free guidance: 0 unconditional, 1 conditional, > 1 pushes harder
+    eta: float = 0.0  # DDIM's noise (0 deterministic, 1 ~ ancestral)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ConfigError(f"sampler={self.sampler!r}: use 'ddpm' or 'ddim'")
+
+
+@dataclass
+class ImageTrainConfig(SampleOptions, DataOptions):
+    """`genforge image train`: train (or resume) one family, then sample, grid and FID."""
+
+    family: str = "ddpm"  # ddpm | vae | flow | gan
+    out_dir: str = "runs/image"  # checkpoint/, metrics.jsonl, samples.png and metrics.json go here
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 64
+    lr: float = 0.0  # 0: the family's measured default (ddpm/vae/flow 1e-3, gan 5e-4)
+    warmup_steps: int = 20
+    ckpt_every: int = 500
+    eval_every: int = 200  # flow: steps between test bits/dim checks (early stopping keeps the best)
+    resume: bool = True  # continue from out_dir/checkpoint when it exists
+    threads: int = 0
+    progress: bool = True
+    n_samples: int = 360  # generated images for FID
+    classifier_steps: int = 600  # steps of the feature classifier used by FID
+    ddpm: DiffusionConfig = field(default_factory=DiffusionConfig)  # image_shape / num_classes / vocab_size: set
+    vae: VAEConfig = field(default_factory=VAEConfig)  # from the data
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+
+    def __post_init__(self) -> None:
+        DataOptions.__post_init__(self)
+        SampleOptions.__post_init__(self)
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r}: use one of {', '.join(FAMILIES)}")
         for name in ("steps", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
-
-
-@dataclass
-class DDPMConfig(ImageRunConfig):
-    """DDPM (Ho et al. 2020) with an MLP or small U-Net denoiser; sampled with DDPM or DDIM."""
-
-    model: str = "mlp"  # 'mlp' or 'unet'
-    hidden: int = 512  # MLP width (or U-Net base channels / 16)
-    num_train_timesteps: int = 200  # T
-    beta_schedule: str = "linear"  # 'linear', 'scaled_linear' or 'squaredcos_cap_v2'
-    beta_start: float | None = None  # None: 1e-4 * 1000 / T (Ho et al.'s range rescaled so x_T is still noise)
-    beta_end: float | None = None  # None: 0.02 * 1000 / T, at most 0.5
-    cond: str = "none"  # 'none', 'class' (digits) or 'text' (shapes captions)
-    p_uncond: float = 0.1  # share of conditions dropped in training (classifier-free guidance)
-    guidance_scale: float = 1.0
-    sampler: str = "ddpm"  # 'ddpm' (all T steps unless sample_steps) or 'ddim'
-    sample_steps: int | None = None  # inference steps; None: T for ddpm, T // 4 for ddim
-    ema_decay: float = 0.995  # sample from an exponential moving average of the weights (Ho et al. 2020 use 0.9999
-    # over 800k steps; a few thousand steps here want a shorter memory); 0 turns it off
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.model not in ("mlp", "unet"):
-            raise ConfigError(f"model={self.model!r}: use 'mlp' or 'unet'")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ConfigError(f"sampler={self.sampler!r}: use 'ddpm' or 'ddim'")
-        if self.cond == "text" and self.dataset != "shapes":
-            raise ConfigError("cond='text' needs captions: use dataset='shapes'")
-
-
-@dataclass
-class VAEConfig(ImageRunConfig):
-    """VAE (Kingma & Welling 2014) with a beta on the KL term."""
-
-    latent_dim: int = 16
-    hidden: int = 256
-    beta: float = 1.0
-
-
-@dataclass
-class FlowConfig(ImageRunConfig):
-    """RealNVP; keeps the checkpoint with the best test bits/dim (it overfits fast on small data)."""
-
-    n_layers: int = 8
-    hidden: int = 256
-    eval_every: int = 100  # steps between test bits/dim checks (early stopping)
-
-
-@dataclass
-class GANConfig(ImageRunConfig):
-    """GAN with alternating D/G steps and an EMA generator used for sampling."""
-
-    model: str = "mlp"  # 'mlp' or 'dcgan' (16x16 only)
-    z_dim: int = 32
-    hidden: int = 256
-    lr: float = 5e-4  # measured on digits (75 s): 5e-4 at batch 64 -> FID 30; 1e-4 at batch 128 collapsed
-    ema_decay: float = 0.995
+        if self.family == "ddpm" and self.ddpm.cond == "text" and self.dataset != "shapes":
+            raise ConfigError("ddpm.cond='text' needs captions: use dataset=shapes")
+        if self.family == "ddpm" and self.ddpm.cond == "class" and self.dataset != "digits":
+            raise ConfigError("ddpm.cond='class' needs digit labels: use dataset=digits")
 
 
 @dataclass
@@ -127,14 +116,13 @@ class DataSplit:
     train: ImageSet
     test: ImageSet
     levels: int  # grey levels of the source (17 for digits, 256 for 8-bit files)
-    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.train.images.shape[1:])
 
 
-def load_data(cfg: ImageRunConfig) -> DataSplit:
+def load_data(cfg: DataOptions) -> DataSplit:
     """Train/test images for a config (test = 20 %, disjoint)."""
     if cfg.dataset == "digits":
         return DataSplit(load_digits_set("train", cfg.seed), load_digits_set("test", cfg.seed), 17)
@@ -144,6 +132,162 @@ def load_data(cfg: ImageRunConfig) -> DataSplit:
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(cfg.seed))
     n_test = max(1, len(full) // 5)
     return DataSplit(full.subset(perm[n_test:]), full.subset(perm[:n_test]), 256)
+
+
+# ------------------------------------------------------------------------------------------------ models
+def model_config(cfg: ImageTrainConfig, data: DataSplit) -> Any:
+    """The family's model config with what the data decides filled in (image shape, classes, vocabulary)."""
+    mc = getattr(cfg, cfg.family)
+    mc = replace(mc, image_shape=data.shape)
+    if cfg.family == "ddpm":
+        mc = replace(mc, num_classes=10 if mc.cond == "class" else 0,
+                     vocab_size=len(CaptionTokenizer()) if mc.cond == "text" else 0)
+    if cfg.family == "flow":
+        mc = replace(mc, levels=data.levels)
+    return mc
+
+
+def conditions(model: nn.Module, images: ImageSet) -> torch.Tensor | None:
+    """The training conditions of a diffusion model: digit ids or caption ids (B, L); None otherwise."""
+    cond = getattr(getattr(model, "config", None), "cond", "none")
+    if cond == "class":
+        return images.labels["digit"]
+    if cond == "text":
+        return CaptionTokenizer()(images.captions)
+    return None
+
+
+def parts(model: nn.Module) -> list[Part]:
+    """The optimizers of one step: D then G for the GAN (Goodfellow et al. 2014, alg. 1 with k = 1), else one."""
+    if isinstance(model, GAN):
+        return [Part("disc", model.d, lambda m, b: m.d_loss(b)), Part("gen", model.g, lambda m, b: m.g_loss(b))]
+    if isinstance(model, DiffusionModel):
+        return [Part("denoiser", model.denoiser, lambda m, b: m.loss(b))]
+    if isinstance(model, FlowModel):
+        return [Part("flow", model.flow, lambda m, b: m.train_loss(b))]
+    return [Part("vae", model, lambda m, b: m.train_loss(b))]
+
+
+class ImageBatches:
+    """Training batches as a pure function of (step, micro, rank): epoch e is a permutation seeded by (seed, e), so
+    resume needs no iterator state."""
+
+    def __init__(self, images: torch.Tensor, cond: torch.Tensor | None, batch_size: int, seed: int,
+                 grad_accum: int = 1) -> None:
+        self.images, self.cond, self.batch_size, self.seed, self.grad_accum = images, cond, batch_size, seed, grad_accum
+
+    def indices(self, k: int) -> torch.Tensor:
+        n = len(self.images)
+        per_epoch = max(1, n // self.batch_size)
+        epoch, i = divmod(k, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return perm[i * self.batch_size: (i + 1) * self.batch_size]
+
+    def get_batch(self, step: int, micro: int, rank: int, world: int) -> dict:
+        idx = self.indices((step * self.grad_accum + micro) * world + rank)
+        batch = {"x": self.images[idx]}
+        if self.cond is not None:
+            batch["cond"] = self.cond[idx]
+        return batch
+
+
+class ImageTrainer(Trainer):
+    """The shared Trainer, plus the families' `after_step` (the EMA update, which must follow the optimizer
+    step it averages) — the only thing image training adds to the one loop."""
+
+    def train_step(self) -> dict:
+        out = super().train_step()
+        hook = getattr(self.model, "after_step", None)
+        if hook is not None:
+            hook()
+        return out
+
+
+def check_family(folder: str | Path, family: str) -> None:
+    """A checkpoint folder must hold `family` (a one-line CheckpointError names what it holds and the fix)."""
+    folder = Path(folder)
+    meta = read_meta(folder)
+    found = meta.get("family", "gpt" if (folder / "config.json").exists() else None)
+    want = FAMILIES[family][0]
+    if found != want:
+        short = {v[0]: k for k, v in FAMILIES.items()}.get(found)
+        fix = f"use family={short}" if short else "point to an image checkpoint (genforge image train writes them)"
+        raise CheckpointError(f"{folder / 'genforge.json'}: a {found!r} checkpoint, but family={family} "
+                              f"({want!r}) was asked for; {fix} or another folder")
+
+
+def load_image_model(folder: str | Path, family: str = "") -> tuple[str, nn.Module]:
+    """(family, model) of an image checkpoint folder; with `family` given, any other family is a CheckpointError."""
+    if not str(folder):
+        raise ConfigError("checkpoint is not set: genforge image sample|eval CHECKPOINT (out_dir/checkpoint of "
+                          "`genforge image train`)")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no checkpoint folder; train one with `genforge image train`")
+    meta = read_meta(folder)
+    by_name = {v[0]: k for k, v in FAMILIES.items()}
+    if family:
+        check_family(folder, family)
+    elif meta.get("family") not in by_name:
+        raise CheckpointError(f"{folder / 'genforge.json'}: a {meta.get('family', 'gpt')!r} checkpoint, not an image "
+                              f"model ({', '.join(by_name)}); point to a folder `genforge image train` wrote")
+    return by_name[meta["family"]], load_model(folder)
+
+
+def train(cfg: ImageTrainConfig, data: DataSplit | None = None) -> tuple[nn.Module, dict]:
+    """Train (or resume) cfg.family on the shared Trainer; returns (model in eval mode, trainer summary)."""
+    data = data or load_data(cfg)
+    ckpt = Path(cfg.out_dir) / "checkpoint"
+    if cfg.resume and ckpt.is_dir():
+        check_family(ckpt, cfg.family)
+    torch.manual_seed(cfg.seed)
+    fam_name, cls = FAMILIES[cfg.family]
+    model = cls(model_config(cfg, data))
+    tcfg = TrainConfig(max_steps=cfg.steps, micro_batch=cfg.batch_size, lr=cfg.lr or DEFAULT_LR[cfg.family],
+                       warmup_steps=min(cfg.warmup_steps, cfg.steps), weight_decay=0.0,
+                       min_lr_ratio=MIN_LR_RATIO.get(cfg.family, 0.1),
+                       beta1=BETA1.get(cfg.family, 0.9), beta2=0.999, grad_clip=GRAD_CLIP[cfg.family],
+                       eval_every=cfg.eval_every if cfg.family == "flow" else 0, ckpt_every=cfg.ckpt_every,
+                       log_every=max(1, min(50, cfg.steps // 20)), seed=cfg.seed, device="cpu", threads=cfg.threads,
+                       resume=cfg.resume, progress=cfg.progress)
+    batches = ImageBatches(data.train.images, conditions(model, data.train), cfg.batch_size, cfg.seed)
+    holder: dict[str, Trainer] = {}
+    eval_fn = None
+    if cfg.family == "flow":
+        xt, xtr = data.test.images, data.train.images[: len(data.test.images)]
+
+        def eval_fn(m: FlowModel) -> dict:  # early stopping on test likelihood (it overfits fast on small data)
+            train_bpd, test_bpd = m.bpd(xtr), m.bpd(xt)
+            m.keep_if_best(test_bpd, holder["t"].step)
+            return {"train_bpd": train_bpd, "test_bpd": test_bpd, "best_bpd": float(m.best_bpd)}
+
+    run_cfg = asdict(cfg)
+    trainer = ImageTrainer(model, tcfg, parts(model), batches, cfg.out_dir, eval_fn=eval_fn, name=fam_name,
+                           save_fn=lambda folder: write_checkpoint_files(folder, model, run_config=run_cfg))
+    holder["t"] = trainer
+    summary = trainer.fit()
+    return model.eval(), summary
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def generate(family: str, model: nn.Module, n: int, opts: SampleOptions, seed: int,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """n images (n, C, H, W) in [0, 1]; diffusion reads sampler/steps/guidance from `opts`."""
+    if family == "ddpm":
+        return model.sample(n, cond, opts.guidance_scale, opts.sampler, opts.sample_steps or (
+            model.config.num_train_timesteps // 4 if opts.sampler == "ddim" else None), seed, opts.eta)
+    return model.sample(n, seed)
+
+
+def eval_conditions(model: nn.Module, data: DataSplit, n: int) -> torch.Tensor | None:
+    """What a conditional model is asked for in evaluation: digits 0..9 in turn, or the test captions."""
+    cond = getattr(getattr(model, "config", None), "cond", "none")
+    if cond == "class":
+        return torch.arange(n) % 10
+    if cond == "text":
+        caps = [data.test.captions[i % len(data.test)] for i in range(n)]
+        return CaptionTokenizer()(caps)
+    return None
 
 
 def evaluate(samples: torch.Tensor, data: DataSplit, seed: int, classifier_steps: int) -> dict[str, float]:
@@ -163,180 +307,96 @@ def evaluate(samples: torch.Tensor, data: DataSplit, seed: int, classifier_steps
             "precision": pr["precision"], "recall": pr["recall"], "n": n}
 
 
-def _finish(cfg: ImageRunConfig, family: str, samples: torch.Tensor, data: DataSplit, train_s: float,
-            extra: dict[str, Any]) -> dict[str, Any]:
+def main_train(cfg: ImageTrainConfig) -> dict[str, Any]:
+    """`genforge image train`: train, sample, write samples.png and metrics.json (FID with its baseline rows)."""
+    data = load_data(cfg)
+    t0 = time.perf_counter()
+    model, summary = train(cfg, data)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    samples = generate(cfg.family, model, cfg.n_samples, cfg, cfg.seed + 1, eval_conditions(model, data, cfg.n_samples))
+    sample_s = time.perf_counter() - t1
     out = Path(cfg.out_dir)
     save_grid(samples[:64], out / "samples.png", nrow=8)
-    t0 = time.perf_counter()
-    res = {"family": family, "train_s": round(train_s, 1), **extra,
-           **evaluate(samples, data, cfg.seed, cfg.classifier_steps)}
-    res["eval_s"] = round(time.perf_counter() - t0, 1)
+    res: dict[str, Any] = {"family": cfg.family, "steps": summary["step"], "train_s": round(train_s, 1),
+                           "sample_s": round(sample_s, 2), "final_loss": summary.get("train_loss")}
+    if isinstance(model, FlowModel):
+        res.update(best_step=int(model.best_step), test_bpd=model.bpd(data.test.images, "best"),
+                   train_bpd=model.bpd(data.train.images[: len(data.test)], "best"))
+    if isinstance(model, VAE):
+        elbo = model.elbo(data.test.images, 8, torch.Generator().manual_seed(1))
+        res["test_elbo_nats"] = round(float(elbo.mean()), 2)
+        save_grid(model.interpolate(data.test.images[0], data.test.images[1], 8), out / "interpolation.png")
+    res.update(evaluate(samples, data, cfg.seed, cfg.classifier_steps))
     write_json(out / "metrics.json", res)
+    print(f"{cfg.family}: {res['steps']} steps in {res['train_s']} s; FID {res['fid']:.3g} (real-vs-real "
+          f"{res['fid_real_vs_real']:.3g}, noise {res['fid_noise']:.3g}); grid {out / 'samples.png'}", flush=True)
     return res
 
 
-def _cfg_dict(cfg: Any) -> dict:
-    from dataclasses import asdict
+@dataclass
+class ImageSampleConfig(SampleOptions):
+    """`genforge image sample CHECKPOINT`: a PNG grid from a trained image model."""
 
-    return asdict(cfg)
+    checkpoint: str = ""  # an image checkpoint folder (out_dir/checkpoint of `genforge image train`)
+    family: str = ""  # expected family (ddpm | vae | flow | gan); '' accepts any image family
+    out: str = "samples.png"
+    n: int = 64
+    seed: int = 0
+    prompt: str = ""  # text-conditioned DDPM: the caption to draw, e.g. "a small red circle in the top left"
+    digit: int = -1  # class-conditioned DDPM: the digit to draw (-1: 0..9 in turn)
+
+    def __post_init__(self) -> None:
+        SampleOptions.__post_init__(self)
+        if self.family and self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r}: use one of {', '.join(FAMILIES)}")
+        if self.n < 1:
+            raise ConfigError(f"n={self.n}: must be >= 1")
 
 
-def main_ddpm(cfg: DDPMConfig) -> dict[str, Any]:
-    """Train (or resume) a DDPM, sample, evaluate."""
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    T = cfg.num_train_timesteps
-    kw = {"beta_start": cfg.beta_start if cfg.beta_start is not None else 1e-4 * 1000 / T,
-          "beta_end": cfg.beta_end if cfg.beta_end is not None else min(0.02 * 1000 / T, 0.5)}
-    sched = DDPMScheduler(T, cfg.beta_schedule, **kw)
-    tok = CaptionTokenizer() if cfg.cond == "text" else None
-    ckw = {"cond": cfg.cond, "num_classes": 10 if cfg.cond == "class" else 0, "vocab_size": len(tok) if tok else 0}
-    if cfg.model == "mlp":
-        model = MLPDenoiser(data.shape, hidden=cfg.hidden, **ckw)
-    else:
-        model = TinyUNet(in_ch=data.shape[0], base=max(8, cfg.hidden // 16), **ckw)
-    cond_all = None
-    if cfg.cond == "class":
-        cond_all = data.train.labels["digit"]
-    elif cfg.cond == "text":
-        cond_all = tok(data.train.captions)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
-    ema = make_ema(model)
-    mods = {"model": model, "ema": ema}
-    start = _maybe_resume(cfg, "ddpm", mods, {"opt": opt}, g)
-    x = data.train.images
-
-    def step(idx: torch.Tensor) -> dict[str, float]:
-        m = ddpm_step(model.train(), sched, opt, x[idx], g, cond_all[idx] if cond_all is not None else None,
-                      cfg.p_uncond)
-        update_ema(ema, model, cfg.ema_decay)
-        return m
-
-    t0 = time.perf_counter()
-    hist = train_loop(step, len(x), cfg.steps, cfg.batch_size, cfg.seed, start, cfg.time_budget_s)
-    train_s = time.perf_counter() - t0
-    save_checkpoint(cfg.out_dir, "ddpm", start + len(hist), mods, {"opt": opt}, g, _cfg_dict(cfg))
-    sampler = DDIMScheduler(T, cfg.beta_schedule, **kw) if cfg.sampler == "ddim" else sched
-    n_steps = cfg.sample_steps or (T // 4 if cfg.sampler == "ddim" else None)
+def main_sample(cfg: ImageSampleConfig) -> Path:
+    """Write cfg.n samples as a PNG grid; returns its path."""
+    family, model = load_image_model(cfg.checkpoint, cfg.family)
+    kind = getattr(model.config, "cond", "none")
     cond = None
-    if cfg.cond == "class":
-        cond = torch.arange(cfg.n_samples) % 10
-    elif cfg.cond == "text":
-        cond = tok(data.test.captions[: cfg.n_samples])
-    t1 = time.perf_counter()
-    n = cfg.n_samples if cond is None else len(cond)
-    samples = diffusion_sample(ema, sampler, n, data.shape, cond, cfg.guidance_scale, n_steps, seed=cfg.seed + 1)
-    sample_s = time.perf_counter() - t1
-    return _finish(cfg, "ddpm", samples, data, train_s, {"steps": start + len(hist), "sample_s": round(sample_s, 1),
-                                                         "final_loss": _tail_mean(hist, "loss")})
+    if kind == "text":
+        cond = CaptionTokenizer()([cfg.prompt] * cfg.n) if cfg.prompt else None
+    elif kind == "class":
+        cond = torch.full((cfg.n,), cfg.digit) if cfg.digit >= 0 else torch.arange(cfg.n) % 10
+    elif cfg.prompt or cfg.digit >= 0:
+        raise ConfigError(f"{cfg.checkpoint}: an unconditional {family} model; drop prompt= / digit=")
+    images = generate(family, model, cfg.n, cfg, cfg.seed, cond)
+    path = save_grid(images, cfg.out, nrow=8)
+    print(f"{cfg.n} {family} samples -> {path}", flush=True)
+    return path
 
 
-def main_vae(cfg: VAEConfig) -> dict[str, Any]:
-    """Train (or resume) a VAE, sample from the prior, evaluate; also reports test ELBO (nats/image)."""
-    torch.manual_seed(cfg.seed)
+@dataclass
+class ImageEvalConfig(SampleOptions, DataOptions):
+    """`genforge image eval CHECKPOINT`: FID, precision/recall against the data's test split, with baselines."""
+
+    checkpoint: str = ""
+    family: str = ""  # expected family; '' accepts any image family
+    n_samples: int = 360
+    classifier_steps: int = 600
+    out: str = ""  # metrics JSON (default: beside the checkpoint, eval.json)
+
+    def __post_init__(self) -> None:
+        DataOptions.__post_init__(self)
+        SampleOptions.__post_init__(self)
+
+
+def main_eval(cfg: ImageEvalConfig) -> dict[str, Any]:
+    """Sample from the checkpoint and score it against the test split of `dataset`."""
+    family, model = load_image_model(cfg.checkpoint, cfg.family)
     data = load_data(cfg)
-    vae = VAE(data.shape, cfg.latent_dim, cfg.hidden)
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
-    start = _maybe_resume(cfg, "vae", {"model": vae}, {"opt": opt}, g)
-    x = data.train.images
+    if tuple(model.config.image_shape) != data.shape:
+        raise ConfigError(f"{cfg.checkpoint}: the model makes {tuple(model.config.image_shape)} images but "
+                          f"dataset={cfg.dataset} has {data.shape}; evaluate on the data it was trained on")
     t0 = time.perf_counter()
-    hist = train_loop(lambda idx: vae_step(vae, opt, x[idx], g, cfg.beta), len(x), cfg.steps, cfg.batch_size,
-                      cfg.seed, start, cfg.time_budget_s)
-    train_s = time.perf_counter() - t0
-    save_checkpoint(cfg.out_dir, "vae", start + len(hist), {"model": vae}, {"opt": opt}, g, _cfg_dict(cfg))
-    test_elbo = float(vae.elbo(data.test.images, 8, torch.Generator().manual_seed(1)).mean())
-    save_grid(vae.interpolate(data.test.images[0], data.test.images[1], 8), Path(cfg.out_dir) / "interpolation.png")
-    return _finish(cfg, "vae", vae.sample(cfg.n_samples, cfg.seed + 1), data, train_s,
-                   {"steps": start + len(hist), "test_elbo_nats": round(test_elbo, 2)})
-
-
-def main_flow(cfg: FlowConfig) -> dict[str, Any]:
-    """Train a RealNVP with early stopping on test bits/dim; reports train and test bits/dim."""
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    flow = RealNVP(data.shape, cfg.n_layers, cfg.hidden)
-    opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(cfg.seed)
-    start = _maybe_resume(cfg, "flow", {"model": flow}, {"opt": opt}, g)
-    x, xt = data.train.images, data.test.images
-
-    def bpd(images: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(flow.bits_per_dim(images, data.levels, torch.Generator().manual_seed(0)))
-
-    best = {"test_bpd": float("inf"), "step": start, "state": None}
-    curve: list[tuple[int, float, float]] = []
-    t0 = time.perf_counter()
-    step_now = start
-    while step_now < cfg.steps:
-        chunk = min(cfg.eval_every, cfg.steps - step_now)
-        hist = train_loop(lambda idx: flow_step(flow, opt, x[idx], g, data.levels), len(x), step_now + chunk,
-                          cfg.batch_size, cfg.seed, step_now)
-        step_now += len(hist)
-        tr, te = bpd(x[: len(xt)]), bpd(xt)
-        curve.append((step_now, round(tr, 3), round(te, 3)))
-        if te < best["test_bpd"]:
-            best = {"test_bpd": te, "step": step_now, "state": {k: v.clone() for k, v in flow.state_dict().items()}}
-        if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
-            break
-    train_s = time.perf_counter() - t0
-    if best["state"] is not None:
-        flow.load_state_dict(best["state"])  # early stopping: keep the best test likelihood
-    save_checkpoint(cfg.out_dir, "flow", step_now, {"model": flow}, {"opt": opt}, g, _cfg_dict(cfg))
-    return _finish(cfg, "flow", flow.sample(cfg.n_samples, cfg.seed + 1, temperature=0.8), data, train_s,
-                   {"steps": step_now, "best_step": best["step"], "train_bpd": bpd(x[: len(xt)]),
-                    "test_bpd": bpd(xt), "bpd_curve": curve})
-
-
-def main_gan(cfg: GANConfig) -> dict[str, Any]:
-    """Train (or resume) a GAN with alternating steps; sample from the EMA generator and evaluate."""
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
-    if cfg.model == "dcgan":
-        if data.shape[1] != 16:
-            raise ConfigError(f"model='dcgan' needs 16x16 images, got {data.shape}; use model='mlp'")
-        g_net, d_net = DCGenerator(data.shape, cfg.z_dim), DCDiscriminator(data.shape)
-    else:
-        g_net, d_net = MLPGenerator(data.shape, cfg.z_dim, cfg.hidden), MLPDiscriminator(data.shape, cfg.hidden)
-    ema = make_ema(g_net)
-    opt_g = torch.optim.Adam(g_net.parameters(), lr=cfg.lr, betas=(0.5, 0.999))  # DCGAN's beta1 = 0.5
-    opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mods, opts = {"g": g_net, "d": d_net, "ema": ema}, {"g": opt_g, "d": opt_d}
-    start = _maybe_resume(cfg, "gan", mods, opts, gen)
-    x = data.train.images
-    t0 = time.perf_counter()
-    hist = train_loop(lambda idx: gan_step(g_net, d_net, ema, opt_g, opt_d, x[idx], gen, cfg.ema_decay), len(x),
-                      cfg.steps, cfg.batch_size, cfg.seed, start, cfg.time_budget_s)
-    train_s = time.perf_counter() - t0
-    save_checkpoint(cfg.out_dir, "gan", start + len(hist), mods, opts, gen, _cfg_dict(cfg))
-    return _finish(cfg, "gan", gan_sample(ema, cfg.n_samples, cfg.seed + 1), data, train_s,
-                   {"steps": start + len(hist), "final_loss_d": _tail_mean(hist, "loss_d"),
-                    "final_loss_g": _tail_mean(hist, "loss_g")})
-
-
-def _maybe_resume(cfg: ImageRunConfig, family: str, modules: dict, optimizers: dict, g: torch.Generator) -> int:
-    """Resume from cfg.out_dir when it holds a checkpoint (of the same family, else CheckpointError)."""
-    if (Path(cfg.out_dir) / "genforge.json").exists():
-        return load_checkpoint(cfg.out_dir, family, modules, optimizers, g)
-    return 0
-
-
-def _tail_mean(hist: list[dict[str, float]], key: str, n: int = 50) -> float | None:
-    vals = [h[key] for h in hist[-n:] if key in h]
-    return round(sum(vals) / len(vals), 4) if vals else None
-
-
-FAMILIES = {"ddpm": (DDPMConfig, main_ddpm), "vae": (VAEConfig, main_vae), "flow": (FlowConfig, main_flow),
-            "gan": (GANConfig, main_gan)}
-
-
-def main(cfg: ImageRunConfig) -> dict[str, Any]:
-    """Dispatch on the config's type (the CLI registers `FAMILIES` or this)."""
-    for cls, fn in FAMILIES.values():
-        if type(cfg) is cls:
-            return fn(cfg)
-    raise ConfigError(f"{type(cfg).__name__}: not an image family config; use one of "
-                      f"{', '.join(c.__name__ for c, _ in FAMILIES.values())}")
+    samples = generate(family, model, cfg.n_samples, cfg, cfg.seed + 1, eval_conditions(model, data, cfg.n_samples))
+    res = {"family": family, "sample_s": round(time.perf_counter() - t0, 2),
+           **evaluate(samples, data, cfg.seed, cfg.classifier_steps)}
+    write_json(Path(cfg.out or Path(cfg.checkpoint).parent / "eval.json"), res)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
+    return res

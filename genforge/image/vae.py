@@ -9,10 +9,12 @@ direction (mean latent of images with the attribute minus mean latent of those w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from genforge.checkpoint import ModuleFamily, register_family
 from genforge.errors import ConfigError
 
 
@@ -28,24 +30,38 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Module:
                          nn.Linear(hidden, n_out))
 
 
-class VAE(nn.Module):
-    """An MLP VAE over (C, H, W) images in [0, 1].
+@dataclass
+class VAEConfig:
+    """An MLP VAE's shape and likelihood.
 
     likelihood 'bernoulli': decoder outputs logits, log p(x|z) = -BCE (the usual choice for [0, 1] pixels; x is
     treated as a probability, so the "log-likelihood" is only a bound for non-binary x);
     'gaussian': decoder outputs means, fixed std `sigma`.
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 8, hidden: int = 256,
-                 likelihood: str = "bernoulli", sigma: float = 0.1) -> None:
+    image_shape: tuple[int, int, int] = (1, 8, 8)
+    latent_dim: int = 16
+    hidden: int = 256  # 0: linear encoder and decoder (probabilistic PCA, whose ELBO is known in closed form)
+    likelihood: str = "bernoulli"
+    sigma: float = 0.1
+    beta: float = 1.0  # weight of the KL term in training (beta-VAE)
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ConfigError(f"likelihood={self.likelihood!r}: use 'bernoulli' or 'gaussian'")
+
+
+class VAE(nn.Module):
+    """An MLP VAE over (C, H, W) images in [0, 1] (see `VAEConfig`)."""
+
+    def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ConfigError(f"likelihood={likelihood!r}: use 'bernoulli' or 'gaussian'")
-        self.image_shape, self.latent_dim = tuple(image_shape), latent_dim
-        self.likelihood, self.sigma = likelihood, sigma
-        n = math.prod(image_shape)
-        self.encoder = _mlp(n, hidden, 2 * latent_dim)
-        self.decoder = _mlp(latent_dim, hidden, n)
+        self.config = config
+        self.image_shape, self.latent_dim = tuple(config.image_shape), config.latent_dim
+        self.likelihood, self.sigma = config.likelihood, config.sigma
+        n = math.prod(self.image_shape)
+        self.encoder = _mlp(n, config.hidden, 2 * config.latent_dim)
+        self.decoder = _mlp(config.latent_dim, config.hidden, n)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> mu, logvar, each (B, latent)."""
@@ -84,6 +100,12 @@ class VAE(nn.Module):
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
 
+    def train_loss(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        """The trainer's loss: the negative beta-ELBO summed over the batch, with its parts as metrics."""
+        parts = self.loss(batch["x"], self.config.beta)  # global RNG: the trainer checkpoints it
+        n = batch["x"].shape[0]
+        return parts["loss"] * n, n, {"recon": parts["recon"].item(), "kl": parts["kl"].item()}
+
     @torch.no_grad()
     def elbo(self, x: torch.Tensor, n_samples: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
         """Monte-Carlo ELBO per example (B,) with n_samples draws of z (beta = 1)."""
@@ -93,7 +115,7 @@ class VAE(nn.Module):
         return ll - kl_to_standard_normal(mu, logvar)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, **_: object) -> torch.Tensor:
         """n images from the prior: z ~ N(0, I) -> decoder mean."""
         z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
         return self.images(z.to(next(self.parameters()).device))
@@ -119,3 +141,6 @@ class VAE(nn.Module):
         """Encode, add strength * direction, decode: the seed's noise editing."""
         mu, _ = self.encode(images)
         return self.images(mu + strength * direction)
+
+
+register_family(ModuleFamily("image_vae", VAE, VAEConfig))

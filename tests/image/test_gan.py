@@ -1,70 +1,63 @@
-"""GAN: alternating D/G steps, EMA, exact resume from a checkpoint, wrong-family checkpoints."""
+"""GAN on the shared Trainer: alternating D/G parts move both players, the EMA follows G, and a run interrupted
+after a checkpoint resumes to exactly the weights of an uninterrupted run."""
 
 import pytest
 import torch
 
-from genforge.errors import CheckpointError
-from genforge.image.gan import MLPDiscriminator, MLPGenerator, gan_sample, gan_step, make_ema
-from genforge.image.train import batch_indices, load_checkpoint, save_checkpoint
-
-
-def _setup(seed=0):
-    torch.manual_seed(seed)
-    g, d = MLPGenerator((1, 4, 4), z_dim=4, hidden=16), MLPDiscriminator((1, 4, 4), hidden=16)
-    ema = make_ema(g)
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    return g, d, ema, opt_g, opt_d
-
+from genforge.image.gan import GAN, GANConfig
+from genforge.image.run import ImageBatches, ImageTrainer, parts
+from genforge.train.trainer import TrainConfig
 
 DATA = torch.rand(40, 1, 4, 4)
 
 
-def _run(parts, gen, start, n):
-    g, d, ema, opt_g, opt_d = parts
-    for step in range(start, start + n):
-        gan_step(g, d, ema, opt_g, opt_d, DATA[batch_indices(40, 8, 0, step)], gen, ema_decay=0.9)
+class Crash(RuntimeError):
+    pass
 
 
-def test_alternating_steps_move_both_players():
-    g, d, ema, opt_g, opt_d = parts = _setup()
-    g0, d0 = [p.clone() for p in g.parameters()], [p.clone() for p in d.parameters()]
-    gen = torch.Generator().manual_seed(0)
-    _run(parts, gen, 0, 3)
-    assert all(not torch.equal(a, b) for a, b in zip(g0, g.parameters()))
-    assert all(not torch.equal(a, b) for a, b in zip(d0, d.parameters()))
-    # EMA lags: it sits between the initial and the current generator
-    assert all(not torch.equal(a, b) for a, b in zip(ema.parameters(), g.parameters()))
+class CrashingBatches(ImageBatches):
+    """Raises when asked for `crash_at`'s batch: a process dying between checkpoints."""
+
+    def __init__(self, crash_at: int | None) -> None:
+        super().__init__(DATA, None, batch_size=8, seed=0)
+        self.crash_at = crash_at
+
+    def get_batch(self, step, micro, rank, world):
+        if step == self.crash_at:
+            raise Crash(f"killed at step {step}")
+        return super().get_batch(step, micro, rank, world)
 
 
-def test_resume_is_exact(tmp_path):
-    # A: 6 steps straight through
-    parts_a = _setup()
-    gen_a = torch.Generator().manual_seed(7)
-    _run(parts_a, gen_a, 0, 7)
-    # B: 3 steps, checkpoint, fresh objects and RNG, load, 4 more (crossing the epoch boundary at step 5)
-    parts_b = _setup()
-    gen_b = torch.Generator().manual_seed(7)
-    _run(parts_b, gen_b, 0, 3)
-    names = ["g", "d", "ema"]
-    save_checkpoint(tmp_path / "ck", "gan", 3, dict(zip(names, parts_b[:3])),
-                    {"g": parts_b[3], "d": parts_b[4]}, gen_b)
-    parts_c = _setup(seed=123)
-    gen_c = torch.Generator()
-    step = load_checkpoint(tmp_path / "ck", "gan", dict(zip(names, parts_c[:3])), {"g": parts_c[3], "d": parts_c[4]},
-                           gen_c)
-    assert step == 3
-    _run(parts_c, gen_c, step, 4)
-    for ma, mc in zip(parts_a[:3], parts_c[:3]):
-        for pa, pc in zip(ma.state_dict().values(), mc.state_dict().values()):
-            assert torch.equal(pa, pc)
-    assert torch.equal(gan_sample(parts_a[2], 4, seed=1), gan_sample(parts_c[2], 4, seed=1))
+def _trainer(out_dir, crash_at=None, seed=0, steps=7):
+    torch.manual_seed(seed)  # a different init than the first run's: resume must overwrite every tensor
+    model = GAN(GANConfig((1, 4, 4), z_dim=4, hidden=16, ema_decay=0.9))
+    cfg = TrainConfig(max_steps=steps, micro_batch=8, lr=1e-3, warmup_steps=2, weight_decay=0.0, beta1=0.5,
+                      beta2=0.999, grad_clip=0.0, eval_every=0, ckpt_every=3, log_every=1, seed=0, device="cpu",
+                      progress=False)
+    return ImageTrainer(model, cfg, parts(model), CrashingBatches(crash_at), out_dir, name="gan"), model
 
 
-def test_wrong_family_and_missing_checkpoint(tmp_path):
-    g, d, ema, opt_g, opt_d = _setup()
-    save_checkpoint(tmp_path / "ck", "gan", 1, {"g": g})
-    with pytest.raises(CheckpointError, match="a 'gan' checkpoint, but a 'ddpm' model"):
-        load_checkpoint(tmp_path / "ck", "ddpm", {"model": g})
-    with pytest.raises(CheckpointError, match="no image checkpoint"):
-        load_checkpoint(tmp_path / "nothing", "gan", {"g": g})
+def test_alternating_parts_move_both_players_and_the_ema(tmp_path):
+    trainer, model = _trainer(tmp_path, steps=3)
+    g0, d0, e0 = ([p.clone() for p in m.parameters()] for m in (model.g, model.d, model.ema))
+    out = trainer.fit()
+    assert out["step"] == 3
+    assert all(not torch.equal(a, b) for a, b in zip(g0, model.g.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(d0, model.d.parameters()))
+    # the EMA moved, but lags: it sits between the initial and the current generator
+    assert all(not torch.equal(a, b) for a, b in zip(e0, model.ema.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(model.ema.parameters(), model.g.parameters()))
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    ref, ref_model = _trainer(tmp_path / "ref")
+    ref.fit()
+    crashed, _ = _trainer(tmp_path / "run", crash_at=5)  # checkpoint at step 3, dies during step 5
+    with pytest.raises(Crash):
+        crashed.fit()
+    resumed, model = _trainer(tmp_path / "run", seed=123)
+    assert resumed.step == 3
+    resumed.fit()
+    for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(ref_model.sample(4, seed=1), model.sample(4, seed=1))

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from genforge.image.vae import VAE, kl_to_standard_normal
+from genforge.image.vae import VAE, VAEConfig, kl_to_standard_normal
 
 
 def test_kl_matches_torch_distributions():
@@ -26,7 +26,7 @@ def test_elbo_equals_log_likelihood_with_the_exact_posterior():
     b = torch.randn(d, dtype=torch.float64)
     S = torch.linalg.inv(torch.eye(k, dtype=torch.float64) + W.T @ W / s**2)
     assert torch.allclose(S, torch.diag(torch.diag(S)))
-    vae = VAE((1, 1, d), latent_dim=k, hidden=0, likelihood="gaussian", sigma=s).double()
+    vae = VAE(VAEConfig((1, 1, d), latent_dim=k, hidden=0, likelihood="gaussian", sigma=s)).double()
     with torch.no_grad():
         vae.decoder.weight.copy_(W)
         vae.decoder.bias.copy_(b)
@@ -54,7 +54,7 @@ def test_training_interpolation_and_attribute_direction():
     x[:32, :, :, :2] = 1
     x[32:, :, :, 2:] = 1
     left = torch.arange(64) < 32
-    vae = VAE((1, 4, 4), latent_dim=2, hidden=32)
+    vae = VAE(VAEConfig((1, 4, 4), latent_dim=2, hidden=32))
     opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     first = vae.loss(x, generator=g)["loss"].item()

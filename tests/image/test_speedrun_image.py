@@ -1,0 +1,28 @@
+"""The speedrun's `image` stage at size smoke: it runs alone (no earlier stage), writes its outputs, lessons,
+rows and plots, and its checkpoints load as image models."""
+
+import json
+
+from genforge.image.run import load_image_model
+from genforge.speedrun import main, resolve
+
+
+def test_image_stage_at_smoke(tmp_path):
+    cfg = resolve(["size=smoke", f"runs_dir={tmp_path}", "stages=image", "progress=false"])
+    report = main(cfg).read_text()
+    run = tmp_path / "smoke"
+    out = json.loads((run / "stages" / "image.json").read_text())
+    assert set(out["fid"]) == {"ddpm", "gan", "vae", "flow"}
+    assert out["fid_noise"] > out["fid_real_vs_real"] > 0
+    assert set(out["faithfulness"]) == {"0", "1", "3"}
+    assert set(out["sampler_fid"]) == {"ddpm-50", "ddim-5", "ddim-10"}
+    for name in ("image_families", "image_samplers", "image_quality_vs_time", "image_text_guidance",
+                 "image_guidance_sweep"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
+    stage = json.loads((run / "report" / "image.json").read_text())
+    claims = [les["claim"] for les in stage["lessons"]]
+    assert len(claims) == 8  # four families, DDIM speed, colour and colour+shape conditioning, guidance
+    assert all(les["low"] is not None for les in stage["lessons"] if "faster" not in les["claim"])
+    assert "FID real vs real" in report and "CIFAR-10" in report  # the FID is labelled for what it is
+    assert load_image_model(out["checkpoints"]["text"], "ddpm")[1].config.cond == "text"
+    assert load_image_model(out["checkpoints"]["gan"])[0] == "gan"
