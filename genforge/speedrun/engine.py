@@ -268,8 +268,9 @@ def watermark(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Modul
                            entropy_threshold=cfg.watermark_entropy)
     wm = watermark_report(pre, prompts, wcfg, max_new_tokens=wm_len, lengths=lengths, seed=ctx.seed)
     per = wm["per_text"]
-    # false positives: unwatermarked samples plus human text (corpus val windows), scored as a detector would
-    windows = TokenShards(shards, "val", wm_len + 1, 16).eval_batches(max(1, cfg.fpr_windows // 16))
+    # false positives: unwatermarked samples plus human text (corpus windows from the start of the train split,
+    # which holds enough of them; any unwatermarked text is a fair negative), scored as a detector would
+    windows = TokenShards(shards, "train", wm_len + 1, 16).eval_batches(max(1, cfg.fpr_windows // 16))
     human = [row.tolist() for b in windows for row in b["input_ids"]][:cfg.fpr_windows]
     _, ents = score_texts(pre, [h[:1] for h in human], [h[1:] for h in human])
     human_flags = [detect(h, pre.config.vocab_size, wcfg, e if wcfg.entropy_threshold > 0 else None)["watermarked"]
