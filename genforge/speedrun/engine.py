@@ -35,9 +35,10 @@ WATERMARK_PROMPTS = ["The town of", "Once upon a time", "In the morning", "The o
 class Config:
     prompts: int = 24  # chat prompts (spread over the test rows) for speculative decoding
     new_tokens: int = 128  # tokens generated per decode measurement
-    distill_steps: int = 200  # steps of each one-layer student (KD, no teacher, draft)
+    distill_steps: int = 100  # steps of each one-layer student (KD and no teacher)
+    draft_steps: int = 100  # steps of the speculative draft (distilled from the SFT model on chat turns)
     distill_seq_len: int = 128
-    distill_train_batches: int = 8  # the students' training set: this many fixed batches of 16 corpus windows
+    distill_train_batches: int = 4  # the students' training set: this many fixed batches of 16 corpus windows
     distill_eval_batches: int = 8  # val batches (of 16 sequences) for the students' per-sequence loss
     speculative_k: int = 4  # draft tokens per target forward
     ngram_n: int = 3  # context length of the n-gram prophet's corpus table (built from the SFT training turns)
@@ -174,7 +175,7 @@ def distillation(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Mo
 
     steps = cfg.distill_steps
 
-    def distill(name: str, teacher, alpha: float, data=None, eval_data=None) -> dict:
+    def distill(name: str, teacher, alpha: float, data=None, eval_data=None, steps: int = steps) -> dict:
         # T=1 with alpha 1 is forward KL to the teacher's distribution (measured better than T=2, alpha 0.8 here)
         dcfg = DistillConfig(teacher=pre_ckpt, shards=shards, out_dir=str(ctx.path("engine", name)),
                              seq_len=cfg.distill_seq_len, alpha=alpha, temperature=1.0)
@@ -204,7 +205,8 @@ def distillation(ctx: StageContext, cfg: Config, report: StageReport, pre: nn.Mo
     convs = read_conversations(f"{tasks_dir}/train.jsonl")
     enc = encode_conversations(tok, convs, target.config.max_seq_len)
     sft_data = SFTData(enc.examples, 16, tok.pad_id, ctx.seed, group_by_length=True)
-    draft_res = distill("draft", target, 0.8, data=sft_data, eval_data=sft_data.eval_batches()[:4])
+    draft_res = distill("draft", target, 1.0, data=sft_data, eval_data=sft_data.eval_batches()[:4],
+                        steps=cfg.draft_steps)
     return draft_res.get("agreement", 0)
 
 
