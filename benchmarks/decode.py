@@ -8,6 +8,11 @@ Builds a random GPT (depth 6, width 256, vocab 4096), copies its weights into an
 with the compiled static decode step (+ its warm-up time), and optionally int8 weights.
 Runs alternate and the best of `--repeats` is kept, because the CPU is shared with other work.
 Prints tokens/s and the ratio to HF measured in this same run.
+
+The weight-streaming roofline: batch-1 decode must read every weight matrix once per token, so a
+pure matrix-vector pass over the model's weights (grouped by input width into a few large
+matrices, so that per-call overhead does not count) bounds its tokens/s; batch-1 rows are also
+printed as a share of it (fp32 weights for fp32 decode, int8 weights for the int8 path).
 """
 
 from __future__ import annotations
@@ -53,6 +58,53 @@ def time_ours(engine: Engine, prompts: list[list[int]], n: int) -> tuple[float, 
     return time.perf_counter() - t, out
 
 
+def weight_pass_roofline(model: torch.nn.Module, dtype: torch.dtype = torch.float32, repeats: int = 200,
+                         quiet: bool = False) -> float:
+    """Tokens/s of a pure matrix-vector pass over the model's matmul weights (blocks + head) in `dtype`.
+
+    Weights with the same input width are concatenated into one matrix (one large mat-vec each), so
+    the pass measures streaming the bytes, not Python or kernel-launch overhead. The embedding is a
+    one-row lookup and is not counted. int8: an int8 mat-vec with a fused dequantising reduction.
+    """
+    groups: dict[int, list[torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and "embed_tokens" not in name:
+            groups.setdefault(p.shape[1], []).append(p.detach())
+    if getattr(model.config, "tie_embeddings", False):
+        w = model.lm_head.weight.detach()
+        groups.setdefault(w.shape[1], []).append(w)
+    mats = [torch.cat(ws).to(dtype).contiguous() for ws in groups.values()]  # (sum of out, in) each
+    xs = [torch.randn(m.shape[1]) for m in mats]
+    if dtype == torch.int8:
+        scales = [torch.rand(m.shape[0]) for m in mats]
+
+        @torch.compile(dynamic=False)
+        def mv(w, x, s):  # the same fused reduction as compress.Int8Linear at batch 1
+            return (x * w.to(x.dtype)).sum(-1) * s
+
+        def one_pass():
+            for m, x, s in zip(mats, xs, scales):
+                mv(m, x, s)
+    else:
+        def one_pass():
+            for m, x in zip(mats, xs):
+                torch.mv(m, x)
+    with torch.inference_mode():
+        for _ in range(10):
+            one_pass()
+        best = 1e9
+        for _ in range(5):  # best of 5 bursts: the shared CPU's load drifts
+            t = time.perf_counter()
+            for _ in range(repeats // 5):
+                one_pass()
+            best = min(best, (time.perf_counter() - t) / (repeats // 5))
+    mb = sum(m.numel() * m.element_size() for m in mats) / 1e6
+    if not quiet:
+        print(f"roofline ({dtype}): {mb:.1f} MB of weights per token, one pass {best * 1e6:.0f} us "
+              f"-> {1 / best:,.0f} tok/s ({mb / best / 1e3:.1f} GB/s)")
+    return 1 / best
+
+
 def _agreement(ref: list[list[int]], out: list[list[int]]) -> float:
     """Fraction of tokens generated before each row first departs from the reference (greedy is chaotic after)."""
     total = same = 0
@@ -82,6 +134,9 @@ def main() -> None:
     print(f"model: {model.num_params() / 1e6:.2f} M params, threads={args.threads}, "
           f"max |logit diff| vs HF = {diff:.1e}")
 
+    roof = {"fp32": weight_pass_roofline(model)}
+    if args.int8:
+        roof["int8"] = weight_pass_roofline(model, torch.int8)
     engines = {"ours eager": Engine(model)}
     if not args.no_compile:
         engines["ours compiled"] = Engine(model, compile=True)
@@ -99,6 +154,9 @@ def main() -> None:
         prompts = ids[:b]
         best, agree = {}, {}
         for _ in range(args.repeats):  # interleave the contenders: the shared CPU's load drifts
+            if b == 1:  # the roofline too, so that it sees the same load as the decodes it bounds
+                for key in roof:
+                    roof[key] = max(roof[key], weight_pass_roofline(model, getattr(torch, key), 50, quiet=True))
             dt, ref = time_hf(hf, prompts, n)
             best["HF generate"] = min(best.get("HF generate", 1e9), dt)
             for name, eng in engines.items():
@@ -112,7 +170,10 @@ def main() -> None:
         for name, dt in best.items():
             tps = b * n / dt
             same = f"   same tokens as HF until divergence: {agree[name]:.0%}" if name in agree else ""
-            print(f"  {name:22s} {tps:8.0f} tok/s   {tps / base:5.2f}x HF{same}")
+            share = f"   {tps / roof['int8' if 'int8' in name else 'fp32']:4.0%} of roofline" if b == 1 else ""
+            print(f"  {name:22s} {tps:8.0f} tok/s   {tps / base:5.2f}x HF{share}{same}")
+        if b == 1:
+            print("  roofline (best of all passes): " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in roof.items()))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Speculative decoding: a small draft model proposes k tokens, the target checks them in one pass.
+"""Speculative decoding: a cheap "prophet" proposes k tokens, the target checks them in one pass.
 
 Leviathan et al. 2023 ("Fast Inference from Transformers via Speculative Decoding", Algorithm 1)
 and Chen et al. 2023 ("Accelerating LLM Decoding with Speculative Sampling", Algorithm 2):
 
-1. the draft samples x_1..x_k autoregressively from its distributions q_1..q_k;
+1. the prophet proposes x_1..x_k with distributions q_1..q_k;
 2. the target scores prefix + x_1..x_k in one forward, giving p_1..p_{k+1};
 3. x_i is accepted with probability min(1, p_i(x_i) / q_i(x_i)), left to right;
 4. at the first rejection, a replacement is drawn from norm(max(0, p_i - q_i)); if all k are
@@ -11,15 +11,28 @@ and Chen et al. 2023 ("Accelerating LLM Decoding with Speculative Sampling", Alg
 
 The accepted tokens are distributed exactly as samples from the target (Leviathan et al.,
 Appendix A.1; tested statistically). Greedy decoding is the special case of one-hot p and q:
-accept while the draft agrees with the target's argmax, so the output equals plain greedy.
+accept while the proposal agrees with the target's argmax, so the output equals plain greedy.
 
-Both models keep a KV cache; rejected positions are dropped with `KVCache.crop`. Each model's
-cache holds a prefix of the sequence, and every call feeds it the tokens it has not seen yet.
+Two prophets:
+- `ModelProphet`: a small draft model (e.g. one distilled from the target) sampling from its own
+  distributions q_i, with its own KV cache;
+- `NGramProphet`: no model at all. Prompt lookup decoding (Saxena 2023, "Prompt Lookup Decoding"):
+  find the latest earlier occurrence of the sequence's last n tokens and propose what followed it;
+  when the sequence has none, an n-gram table of a corpus (the way REST, He et al. 2023, drafts
+  from a datastore) proposes the most frequent continuation. Its proposals are deterministic, so
+  q_i is one-hot: x_i is accepted with probability p_i(x_i) and a rejection resamples from p_i
+  without x_i, which keeps sampling exact. Proposing costs microseconds, so on a small model,
+  where a forward costs mostly fixed per-call overhead, every accepted token is nearly free.
+
+The target keeps a KV cache; rejected positions are dropped with `KVCache.crop`. Each cache holds
+a prefix of the sequence, and every call feeds it the tokens it has not seen yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -35,62 +48,166 @@ def _feed(model: nn.Module, cache: KVCache, seq: list[int], device: torch.device
     return model(new, cache=cache)[0]
 
 
-def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int], params: SamplingParams | None = None,
-                         *, k: int = 4, stop_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
+class Prophet(Protocol):
+    """Proposes draft tokens for `speculative_generate`."""
+
+    def start(self, prompt: list[int], max_len: int) -> None:
+        """Prepare for one generation of at most max_len tokens in all."""
+
+    def propose(self, seq: list[int], k: int, dist: dict, gen: torch.Generator | None
+                ) -> tuple[list[int], list[torch.Tensor] | None]:
+        """Up to k tokens to follow seq, and their distributions q_i (V,) (None: deterministic proposals).
+
+        dist: the sampling settings (temperature, top_k, top_p; temperature 0 = greedy).
+        """
+
+    def keep(self, n: int) -> None:
+        """The sequence's first n tokens were accepted; forget state beyond them."""
+
+
+class ModelProphet:
+    """A draft language model as the prophet: samples k tokens autoregressively, with its own KV cache."""
+
+    def __init__(self, draft: nn.Module):
+        self.model, self.cache = draft, None
+
+    def start(self, prompt: list[int], max_len: int) -> None:
+        p = next(self.model.parameters())
+        self.cache = KVCache(self.model.config, 1, max_len=min(max_len, self.model.config.max_seq_len),
+                             device=p.device, dtype=p.dtype)
+
+    def propose(self, seq: list[int], k: int, dist: dict, gen: torch.Generator | None
+                ) -> tuple[list[int], list[torch.Tensor] | None]:
+        device = next(self.model.parameters()).device
+        drafts: list[int] = []
+        qs: list[torch.Tensor] = []
+        for _ in range(k):
+            logits = _feed(self.model, self.cache, seq + drafts, device)[-1:]  # (1, V)
+            q = probs_from_logits(logits, **dist)  # (1, V); one-hot argmax when greedy
+            drafts.append(int(q.argmax()) if dist["temperature"] == 0 else int(sample_from_probs(q, gen)))
+            qs.append(q[0])
+        return drafts, qs
+
+    def keep(self, n: int) -> None:
+        self.cache.crop(n)
+
+
+class NGramProphet:
+    """Model-free drafts: prompt lookup in the sequence so far, then an optional corpus n-gram table.
+
+    max_ngram..min_ngram: suffix lengths tried for the in-sequence match, longest first.
+    table: {context tuple (table_n tokens): most frequent next token}, built by `from_corpus`.
+    """
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, table: dict[tuple[int, ...], int] | None = None,
+                 table_n: int = 3):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ConfigError(f"NGramProphet: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram, self.table, self.table_n = max_ngram, min_ngram, table or {}, table_n
+
+    @classmethod
+    def from_corpus(cls, sequences: Iterable[Sequence[int]], n: int = 3, **kwargs) -> NGramProphet:
+        """A prophet whose fallback table maps every n-token context of `sequences` to its commonest successor."""
+        counts: dict[tuple[int, ...], Counter] = {}
+        for s in sequences:
+            s = list(s)
+            for i in range(n, len(s)):
+                counts.setdefault(tuple(s[i - n:i]), Counter())[s[i]] += 1
+        table = {ctx: c.most_common(1)[0][0] for ctx, c in counts.items()}
+        return cls(table=table, table_n=n, **kwargs)
+
+    def start(self, prompt: list[int], max_len: int) -> None:
+        pass
+
+    def keep(self, n: int) -> None:
+        pass
+
+    def _lookup(self, seq: list[int], k: int) -> list[int]:
+        """The (up to k) tokens that followed the latest earlier occurrence of seq's longest matching suffix."""
+        L = len(seq)
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            tail = seq[L - n:]
+            for start in range(L - n - 1, -1, -1):  # latest earlier occurrence first
+                if seq[start:start + n] == tail:
+                    # copy what followed, overlapping like LZ77: a loop of period p < k is proposed whole
+                    out: list[int] = []
+                    for i in range(k):
+                        j = start + n + i
+                        out.append(seq[j] if j < L else out[j - L])
+                    return out
+        return []
+
+    def propose(self, seq: list[int], k: int, dist: dict, gen: torch.Generator | None
+                ) -> tuple[list[int], list[torch.Tensor] | None]:
+        drafts = self._lookup(seq, k)
+        n = self.table_n
+        while len(drafts) < k and self.table:
+            ctx = tuple((seq + drafts)[-n:])
+            nxt = self.table.get(ctx) if len(ctx) == n else None
+            if nxt is None:
+                break
+            drafts.append(nxt)
+        return drafts, None
+
+
+def speculative_generate(target: nn.Module, draft: nn.Module | Prophet, prompt: list[int],
+                         params: SamplingParams | None = None, *, k: int = 4,
+                         stop_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
     """New tokens for one prompt (stop token excluded) and stats.
 
-    stats: acceptance_rate (accepted / proposed draft tokens), n_target_calls, n_draft_calls,
-    tokens_per_target_call, proposed, accepted. params' temperature/top_k/top_p shape both p and q,
-    so the output follows the target's *filtered* distribution, as plain sampling with the same
-    settings. Penalties, logprobs and watermarks are not supported here (ConfigError if asked for).
+    draft: a draft model (wrapped in a `ModelProphet`) or any `Prophet` (e.g. `NGramProphet()`).
+    stats: acceptance_rate (accepted / proposed tokens), n_target_calls, n_draft_calls (draft
+    forwards; 0 for a model-free prophet), tokens_per_target_call, proposed, accepted.
+    params' temperature/top_k/top_p shape both p and q, so the output follows the target's
+    *filtered* distribution, as plain sampling with the same settings. Penalties, logprobs and
+    watermarks are not supported here (ConfigError if asked for).
     """
     params = params or SamplingParams()
     if params.penalties != (1.0, 0.0, 0.0) or params.watermark or params.logprobs:
         raise ConfigError("speculative decoding supports temperature/top_k/top_p/seed only; "
                           "drop the penalties, watermark and logprobs or decode without a draft")
-    max_new_tokens, temperature, seed = params.max_new_tokens, params.temperature, params.seed
     if k < 1:
         raise ConfigError(f"speculative k must be >= 1, got {k}")
     if not prompt:
         raise ConfigError("speculative_generate: the prompt needs at least one token (e.g. the BOS id)")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ConfigError(f"draft vocab ({draft.config.vocab_size}) != target vocab ({target.config.vocab_size}); "
-                          "the draft must share the target's tokenizer")
-    ctx = min(target.config.max_seq_len, draft.config.max_seq_len)
+    ctx = target.config.max_seq_len
+    models = [target]
+    if isinstance(draft, nn.Module):
+        if target.config.vocab_size != draft.config.vocab_size:
+            raise ConfigError(f"draft vocab ({draft.config.vocab_size}) != target vocab "
+                              f"({target.config.vocab_size}); the draft must share the target's tokenizer")
+        ctx = min(ctx, draft.config.max_seq_len)
+        models.append(draft)
+        prophet: Prophet = ModelProphet(draft)
+    else:
+        prophet = draft
     if len(prompt) > ctx:
         raise ConfigError(f"prompt of {len(prompt)} tokens is longer than the context ({ctx})")
-    max_new_tokens = min(max_new_tokens, ctx - len(prompt))
+    max_new_tokens = min(params.max_new_tokens, ctx - len(prompt))
     device = next(target.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    dist = dict(temperature=temperature, top_k=params.top_k, top_p=params.top_p)
+    gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
     greedy = params.greedy
+    dist = dict(temperature=0.0 if greedy else params.temperature, top_k=params.top_k, top_p=params.top_p)
     stop = set(stop_ids)
 
-    modes = (target.training, draft.training)
-    target.eval(), draft.eval()
-    cache_len = len(prompt) + max_new_tokens + k + 1
-    t_cache = KVCache(target.config, 1, max_len=min(cache_len, target.config.max_seq_len), device=device,
-                      dtype=next(target.parameters()).dtype)
-    d_cache = KVCache(draft.config, 1, max_len=min(cache_len, draft.config.max_seq_len), device=device,
-                      dtype=next(draft.parameters()).dtype)
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    cache_len = min(len(prompt) + max_new_tokens + k + 1, ctx)
+    t_cache = KVCache(target.config, 1, max_len=cache_len, device=device, dtype=next(target.parameters()).dtype)
+    prophet.start(prompt, cache_len)
     seq, out = list(prompt), []
     n_target = n_draft = proposed = accepted = 0
     finished = False
     try:
         with torch.inference_mode():
             while len(out) < max_new_tokens and not finished:
-                kk = min(k, ctx - len(seq))  # the target must fit prefix + kk drafts
-                # 1. the draft proposes kk tokens; qs[i] is its distribution for drafts[i]
-                drafts, qs = [], []
-                for _ in range(kk):
-                    logits = _feed(draft, d_cache, seq + drafts, device)[-1:]  # (1, V)
-                    if greedy:
-                        drafts.append(int(logits.argmax()))
-                    else:
-                        q = probs_from_logits(logits, **dist)  # (1, V)
-                        drafts.append(int(sample_from_probs(q, gen)))
-                        qs.append(q[0])
-                n_draft += kk
+                # 1. the prophet proposes up to kk tokens (the target must fit prefix + kk drafts)
+                kk = min(k, ctx - len(seq))
+                drafts, qs = prophet.propose(seq, kk, dist, gen) if kk else ([], None)
+                drafts = drafts[:kk]
+                kk = len(drafts)
+                n_draft += kk if qs is not None else 0
                 # 2. the target scores every draft in one pass: row i is its view at drafts[i], row kk the bonus
                 t_logits = _feed(target, t_cache, seq + drafts, device)[-(kk + 1):]  # (kk+1, V)
                 n_target += 1
@@ -107,13 +224,18 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
                     n = kk
                     if kk:
                         rows, x = torch.arange(kk, device=device), torch.tensor(drafts, device=device)
-                        ratio = p[rows, x] / torch.stack(qs)[rows, x]  # q_i(x_i) > 0: x_i was drawn from q_i
-                        ok = (torch.rand(kk, generator=gen, device=device) < ratio).tolist()
+                        # q_i(x_i) > 0 since x_i was drawn from q_i; a deterministic proposal has q_i(x_i) = 1
+                        qx = torch.stack(qs)[rows, x] if qs is not None else torch.ones(kk, device=device)
+                        ok = (torch.rand(kk, generator=gen, device=device) < p[rows, x] / qx).tolist()
                         n = ok.index(False) if False in ok else kk
                     # 4. first rejection: resample from norm(max(0, p - q)); all accepted: bonus from p_{kk+1}
                     dist_next = p[n]
                     if n < kk:
-                        residual = (p[n] - qs[n]).clamp(min=0)
+                        if qs is not None:
+                            residual = (p[n] - qs[n]).clamp(min=0)
+                        else:  # q one-hot at x: max(0, p - q) is p with x removed
+                            residual = p[n].clone()
+                            residual[drafts[n]] = 0.0
                         if residual.sum() > 0:  # empty only if p == q up to rounding
                             dist_next = residual
                     nxt = int(sample_from_probs(dist_next[None], gen))
@@ -121,7 +243,7 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
                 accepted += n
                 # caches keep only the accepted prefix (the target has seen seq + drafts[:n] validly)
                 t_cache.crop(len(seq) + n)
-                d_cache.crop(len(seq) + n)
+                prophet.keep(len(seq) + n)
                 for t in drafts[:n] + [nxt]:
                     if t in stop or len(out) >= max_new_tokens:
                         finished = True
@@ -129,7 +251,8 @@ def speculative_generate(target: nn.Module, draft: nn.Module, prompt: list[int],
                     out.append(t)
                     seq.append(t)
     finally:
-        target.train(modes[0]), draft.train(modes[1])
+        for m, mode in zip(models, modes):
+            m.train(mode)
     stats = {
         "acceptance_rate": accepted / max(proposed, 1),
         "proposed": proposed,

@@ -13,6 +13,13 @@ z-test against "no watermark". The paper flags z > 4 (false-positive rate 3e-5).
 Where we depart: the hash is splitmix64 over (key, context tokens) rather than the paper's
 key * previous token, so a context of several tokens and token id 0 are handled alike.
 
+Entropy-aware variant (SWEET, Lee et al. 2023, "Who Wrote this Code? Watermarking for Code
+Generation", sec. 3): with `entropy_threshold` > 0 the bonus is added only where the model's
+next-token entropy is at least the threshold, and the detector scores only those positions. A
+low-entropy position (the world's templated prose has many) can barely be steered, so it only
+dilutes z in plain KGW and, where it is steered, costs perplexity. The price: detection needs the
+model to recompute the entropies (`watermark_eval.token_entropies`).
+
 This module needs no engine (the engine imports it through `sampling.logits_processors`); measuring
 the watermark with generations lives in `watermark_eval.py`.
 """
@@ -26,6 +33,8 @@ from functools import lru_cache
 
 import torch
 
+from genforge.errors import ConfigError
+
 MASK64 = (1 << 64) - 1
 
 
@@ -38,6 +47,7 @@ class WatermarkConfig:
     key: int = 15485863  # the secret: without it the green lists cannot be recomputed
     context: int = 1  # how many previous tokens seed the green list
     z_threshold: float = 4.0  # detect() flags text with z above this
+    entropy_threshold: float = 0.0  # nats; > 0: watermark and score only positions at least this uncertain (SWEET)
 
 
 def _splitmix64(x: int) -> int:
@@ -80,19 +90,37 @@ class WatermarkLogitsProcessor:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         ctx = input_ids[:, -self.context:].tolist()
         bonus = torch.stack([self.green(tuple(c)) for c in ctx]).to(scores.device)  # (B, V) bool
+        if self.cfg.entropy_threshold > 0:
+            bonus &= (entropy(scores) >= self.cfg.entropy_threshold)[:, None]  # only uncertain rows (SWEET)
         return scores + self.cfg.delta * bonus.to(scores.dtype)
 
 
-def detect(token_ids: list[int], vocab_size: int, cfg: WatermarkConfig | None = None) -> dict:
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last dim: (..., V) -> (...)."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def detect(token_ids: list[int], vocab_size: int, cfg: WatermarkConfig | None = None,
+           entropies: list[float] | None = None) -> dict:
     """z-score of green tokens in token_ids (eq. 3); the first `context` tokens only seed the first list.
 
     Pass the last `context` prompt tokens followed by the generated tokens to score all of them.
+    entropies: for the entropy-aware variant, the model's next-token entropy before each of
+    token_ids[context:] (see `watermark_eval.token_entropies`); positions below the threshold are not scored.
     """
     cfg = cfg or WatermarkConfig()
     c = cfg.context
-    scored = max(len(token_ids) - c, 0)
+    positions = range(c, len(token_ids))
+    if cfg.entropy_threshold > 0:
+        if entropies is None or len(entropies) != len(positions):
+            raise ConfigError(f"detect: an entropy-aware watermark (entropy_threshold {cfg.entropy_threshold}) "
+                              f"needs the model's entropy at each of the {len(positions)} scored tokens; "
+                              "use watermark_eval.detect_with_model")
+        positions = [i for i, h in zip(positions, entropies) if h >= cfg.entropy_threshold]
+    scored = len(positions)
     green = sum(bool(green_mask(tuple(token_ids[i - c:i]), vocab_size, cfg.gamma, cfg.key)[token_ids[i]])
-                for i in range(c, len(token_ids)))
+                for i in positions)
     if scored == 0:
         return {"z": 0.0, "p_value": 1.0, "green": 0, "scored": 0, "watermarked": False}
     z = (green - cfg.gamma * scored) / math.sqrt(scored * cfg.gamma * (1 - cfg.gamma))

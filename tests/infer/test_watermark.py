@@ -92,3 +92,47 @@ def test_watermark_module_needs_no_engine():
     code = ("import sys, genforge.infer.watermark; "
             "assert not any(m.startswith(('genforge.infer.engine', 'genforge.infer.sampling')) for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_entropy_aware_processor_marks_only_uncertain_rows():
+    cfg = WatermarkConfig(delta=3.0, entropy_threshold=1.0)
+    proc = WatermarkLogitsProcessor(cfg, V)
+    scores = torch.zeros(2, V)
+    scores[0, 7] = 50.0  # row 0: certain (entropy ~0); row 1: uniform (entropy log V)
+    out = proc(torch.tensor([[5], [9]]), scores)
+    assert torch.equal(out[0], scores[0])
+    g = green_mask((9,), V, cfg.gamma, cfg.key)
+    assert torch.allclose(out[1][g], scores[1][g] + 3.0) and torch.equal(out[1][~g], scores[1][~g])
+
+
+def test_entropy_aware_detect_scores_only_uncertain_positions():
+    from genforge.errors import ConfigError
+
+    cfg = WatermarkConfig(entropy_threshold=1.0)
+    seq = [3]
+    for _ in range(40):
+        seq.append(int(torch.nonzero(green_mask((seq[-1],), V, cfg.gamma, cfg.key))[len(seq) % 10]))
+    ents = [2.0 if i % 2 else 0.1 for i in range(40)]
+    r = detect(seq, V, cfg, ents)
+    assert r["scored"] == 20 and r["green"] == 20
+    with pytest.raises(ConfigError):
+        detect(seq, V, cfg)  # the detector needs the model's entropies
+
+
+def test_entropy_aware_watermark_report(model):
+    from genforge.infer.watermark_eval import detect_with_model, token_entropies
+
+    cfg = WatermarkConfig(entropy_threshold=2.0)
+    rep = watermark_report(model, [[1, 2], [3, 4], [5, 6], [7]], cfg, max_new_tokens=64, lengths=(64,),
+                           substitution_rates=(0.2,))
+    assert rep["detection_rate"] == 1.0 and rep["false_positive_rate"] == 0.0
+    per = rep["per_text"]
+    assert len(per["z_watermarked"]) == 4 and 0 < min(per["scored_watermarked"]) <= 64
+    ents = token_entropies(model, [1, 2], [5, 6, 7])
+    assert len(ents) == 3 and all(0 <= h <= math.log(V) + 1e-4 for h in ents)
+    # the report's z agrees with detect_with_model on the same text (one prompt: the same sampling stream)
+    one = watermark_report(model, [[1, 2]], cfg, max_new_tokens=64, lengths=(64,), substitution_rates=())
+    marked = generate(model, [[1, 2]], SamplingParams(max_new_tokens=64, temperature=1.0, seed=0),
+                      logits_processors=[WatermarkLogitsProcessor(cfg, V)])[0]
+    z = detect_with_model(model, [1, 2], marked, cfg)["z"]
+    assert math.isclose(z, one["per_text"]["z_watermarked"][0], rel_tol=1e-6)
