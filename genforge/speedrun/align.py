@@ -51,7 +51,7 @@ class Config:
     pref_samples: int = 4  # sampled answers per prompt (plus the greedy one)
     pref_temperature: float = 0.8
     rm_val_prompts: int = 60  # of pref_prompts, held out to measure the reward model on policy samples
-    rm_min_gap: float = 0.0  # pairs count for the accuracy when their oracle scores differ by more than this
+    rm_min_gap: float = 0.1  # pairs that matter: oracle scores differ by more than this (training and accuracy)
     rm_steps: int = 120
     rm_micro_batch: int = 4  # ranked prompts per step (all their pairs)
     rm_lr: float = 3e-4
@@ -337,14 +337,22 @@ def own_preferences(s: _Setup, report: StageReport) -> tuple[list[RankedPrompt],
     write_jsonl(s.out / "own_preferences.jsonl",
                 [{"prompt": r.prompt, "completions": r.completions, "ranking": r.ranking, "scores": r.scores}
                  for r in ranked])
-    n_val = min(cfg.rm_val_prompts, len(ranked) // 4)
-    val, train = ranked[:n_val], ranked[n_val:]  # rows are spread over tasks in a seeded random order
+    train, val = split_ranked(ranked, cfg.rm_val_prompts, s.ctx.seed)
     pairs = sum(len(r.pair_indices()) for r in ranked)
     report.row("own-sample preferences: ranked prompts (train / held-out)", f"{len(train)} / {len(val)}", None,
                f"{len(rows)} training prompts x (greedy + {cfg.pref_samples} samples at T={cfg.pref_temperature:g}); "
                f"prompts whose answers all tie are dropped; {pairs} untied pairs")
     s.tick("own samples", t0)
     return train, val
+
+
+def split_ranked(ranked: list, n_val: int, seed: int) -> tuple[list, list]:
+    """(train, held-out) ranked prompts: a seeded shuffle first (the rows come grouped by task), then at most
+    n_val (and at most a quarter) held out."""
+    order = list(range(len(ranked)))
+    random.Random(seed + 3).shuffle(order)
+    n_val = min(n_val, len(ranked) // 4)
+    return [ranked[i] for i in order[n_val:]], [ranked[i] for i in order[:n_val]]
 
 
 def reward_model_step(s: _Setup, report: StageReport, pref_train: list, pref_val: list) -> nn.Module:
@@ -358,7 +366,7 @@ def reward_model_step(s: _Setup, report: StageReport, pref_train: list, pref_val
     rm = RewardModel(copy.deepcopy(s.sft).train())
     train_reward_model(rm, s.tok, pref_train, [], s.train_cfg(cfg.rm_micro_batch, cfg.rm_lr, max_steps=cfg.rm_steps,
                                                               log_every=10), s.out / "reward",
-                       max_len=s.sft.config.max_seq_len)
+                       max_len=s.sft.config.max_seq_len, min_gap=cfg.rm_min_gap)
     rm.eval().requires_grad_(False)
     per_prompt = prompt_pair_accuracy(rm, s.tok, pref_val, min_gap=cfg.rm_min_gap)
     n_pairs = sum(len(r.pair_indices(cfg.rm_min_gap)) for r in pref_val)

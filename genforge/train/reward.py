@@ -111,9 +111,9 @@ class RankedData:
     """Tokenized ranked prompts; a batch is every completion of `micro_batch` prompts plus their pair indices."""
 
     def __init__(self, rows: list[RankedPrompt], tok: Tokenizer, micro_batch: int, max_len: int, seed: int = 0,
-                 grad_accum: int = 1):
+                 grad_accum: int = 1, min_gap: float = 0.0):
         self.groups = [(encode_prompt(tok, r.prompt), [encode_response(tok, c) for c in r.completions],
-                        r.pair_indices()) for r in rows if r.pair_indices()]
+                        r.pair_indices(min_gap)) for r in rows if r.pair_indices(min_gap)]
         self.micro_batch, self.max_len, self.seed, self.pad_id = micro_batch, max_len, seed, tok.pad_id
         self.grad_accum = grad_accum
 
@@ -286,11 +286,13 @@ class RewardConfig:
 
 def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[RankedPrompt],
                        val_rows: list[RankedPrompt], cfg: TrainConfig, out_dir: str | Path, *, max_len: int = 256,
-                       run_config: dict | None = None) -> dict:
-    """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint."""
-    if not train_rows:
-        raise DataError("reward model: no training preferences")
-    train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum)
+                       run_config: dict | None = None, min_gap: float = 0.0) -> dict:
+    """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint.
+
+    min_gap: with labelled scores, train only on pairs whose scores differ by more than this."""
+    train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum, min_gap)
+    if not train.groups:
+        raise DataError("reward model: no training preferences (no untied pair)")
     val = RankedData(val_rows, tok, cfg.micro_batch, max_len, cfg.seed) if val_rows else None
 
     def save_fn(folder: Path) -> None:
