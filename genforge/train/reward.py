@@ -292,7 +292,8 @@ def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[Rank
     min_gap: with labelled scores, train only on pairs whose scores differ by more than this."""
     train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum, min_gap)
     if not train.groups:
-        raise DataError("reward model: no training preferences (no untied pair)")
+        raise DataError(f"reward model: no training pair whose scores differ by more than {min_gap:g}; "
+                        "rank more prompts or lower the gap (align.rm_min_gap)")
     val = RankedData(val_rows, tok, cfg.micro_batch, max_len, cfg.seed) if val_rows else None
 
     def save_fn(folder: Path) -> None:
