@@ -11,8 +11,19 @@ Two phases, both driven by the model itself and a short list of principles:
    the paper trained a preference model and ran PPO; DPO optimises the same KL-regularised objective.
 
 Candid note: the paper's feedback model has 52B parameters. A ~1M-parameter tiny-world model cannot read
-a critique request, so at that scale critiques and labels are close to noise; `label_agreement` measures
-how often the AI labels agree with the world's oracle so the report can say so with a number.
+a critique request or answer "(A) or (B)?" (measured in the first wave: its self-revisions were garbage and
+its labels were noise, and CAI took the refusal rate from 1.00 to 0.00). So the speedrun uses a critique
+format such a model *can* run, built from what it already does (`likelihood_preferences`, `principled_revisions`):
+
+* the constitution is given as a system prompt (the principle's text) and the model is asked nothing else;
+* critique/feedback = which of two answers the model finds more likely, per token, under that system prompt
+  (the model "reads" each answer under the principle; context distillation, Askell et al. 2021, uses the same
+  quantity);
+* revision = the model's own greedy answer under the principle's system prompt, kept only when the feedback
+  prefers it to the sampled first answer.
+
+No human or oracle label enters; `label_agreement` measures how often these AI labels agree with the world's
+oracle, so the report can say with a number whether the feedback carries signal.
 """
 
 from __future__ import annotations
@@ -185,3 +196,72 @@ def label_agreement(items: Sequence[tuple[str, str, str]], p_first: Sequence[flo
         total += 1
         agree += int((p >= 0.5) == (sa > sb))
     return agree / total if total else float("nan")
+
+
+def principle_system(principle: Principle) -> str:
+    """The system prompt that carries a principle (its revision request, which says what a good answer does)."""
+    return f"You are a helpful, honest and harmless assistant. {principle.revision}"
+
+
+@torch.no_grad()
+def answer_loglik(model: nn.Module, tok: Tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
+                  system: str = "", chunk: int = 32) -> list[float]:
+    """Mean per-token log-probability of each answer (with its <|end|>) after the prompt, under `system`."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    q = [encode_prompt(tok, p, system=system or None) for p in prompts]
+    r = [encode_response(tok, a) for a in answers]
+    out: list[float] = []
+    for i in range(0, len(q), chunk):
+        batch = make_batch(q[i:i + chunk], r[i:i + chunk], tok.pad_id, model.config.max_seq_len)
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        lp = response_logprobs(model, batch).sum(1)  # (b,)
+        out += (lp / batch["response_mask"].sum(1).clamp(min=1)).cpu().tolist()
+    model.train(was_training)
+    return out
+
+
+def likelihood_preferences(model: nn.Module, tok: Tokenizer, items: Sequence[tuple[str, str, str]],
+                           principle: Principle = PRINCIPLES[0], *, temperature: float = 0.05) -> list[float]:
+    """P(first answer is better) for each (prompt, a, b): a logistic of the difference of the answers' mean
+    per-token log-likelihoods under the principle's system prompt (order-free by construction)."""
+    import math
+
+    system = principle_system(principle)
+    la = answer_loglik(model, tok, [p for p, _, _ in items], [a for _, a, _ in items], system=system)
+    lb = answer_loglik(model, tok, [p for p, _, _ in items], [b for _, _, b in items], system=system)
+    return [1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, (x - y) / temperature)))) for x, y in zip(la, lb)]
+
+
+def principled_revisions(model: nn.Module, tok: Tokenizer, prompts: Sequence[str],
+                         principles: Sequence[Principle] = PRINCIPLES[:2], *, max_new_tokens: int = 128,
+                         temperature: float = 1.0, seed: int = 0) -> list[dict]:
+    """SL-CAI data in the small-model format: a sampled first answer, the greedy revision under the principle's
+    system prompt, and the AI critique (P(revision better) by `likelihood_preferences`).
+
+    Rows {"prompt", "principle", "initial", "revision", "p_revision"}; keep a row for SFT when p_revision > 0.5.
+    """
+    from genforge.infer.sampling import SamplingParams
+    from genforge.text import detokenize
+    from genforge.train.rollout import sample_responses
+
+    prompts = list(prompts)
+    chosen = [principles[i % len(principles)] for i in range(len(prompts))]
+    first = sample_responses(model, [encode_prompt(tok, p) for p in prompts],
+                             SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+                             stop_id=tok.end_id)
+    revised = sample_responses(model, [encode_prompt(tok, p, system=principle_system(pr))
+                                       for p, pr in zip(prompts, chosen)],
+                               SamplingParams(max_new_tokens=max_new_tokens), stop_id=tok.end_id)
+    clean = lambda ids: detokenize(tok, [t for t in ids if t != tok.end_id]).strip()  # noqa: E731
+    initial, revision = [clean(x) for x in first], [clean(x) for x in revised]
+    p_rev = [0.5] * len(prompts)
+    for pr in set(chosen):  # one batched feedback pass per principle
+        idx = [i for i, c in enumerate(chosen) if c is pr and revision[i] != initial[i]]
+        if idx:
+            probs = likelihood_preferences(model, tok, [(prompts[i], revision[i], initial[i]) for i in idx], pr)
+            for i, q in zip(idx, probs):
+                p_rev[i] = q
+    return [{"prompt": p, "principle": pr.name, "initial": a, "revision": r, "p_revision": q}
+            for p, pr, a, r, q in zip(prompts, chosen, initial, revision, p_rev)]

@@ -36,10 +36,19 @@ class RankedPrompt:
     completions: list[str]
     ranking: list[int]
     where: str = ""
+    scores: list[float] | None = None  # the labeller's scores per completion, when known (ties make no pair)
+
+    def pair_indices(self, min_gap: float = 0.0) -> list[tuple[int, int]]:
+        """(better, worse) completion indices of every pair of the ranking; with scores, pairs whose scores
+        differ by no more than `min_gap` (ties at 0) are left out."""
+        pairs = ranking_pairs(self.ranking)
+        if self.scores is None:
+            return pairs
+        return [(a, b) for a, b in pairs if self.scores[a] - self.scores[b] > min_gap]
 
     def pairs(self) -> list[tuple[str, str]]:
-        """(better, worse) completion texts, every pair of the ranking."""
-        return [(self.completions[a], self.completions[b]) for a, b in ranking_pairs(self.ranking)]
+        """(better, worse) completion texts, every (untied) pair of the ranking."""
+        return [(self.completions[a], self.completions[b]) for a, b in self.pair_indices()]
 
 
 def parse_preference(obj: dict, where: str) -> RankedPrompt:
@@ -102,19 +111,19 @@ class RankedData:
     """Tokenized ranked prompts; a batch is every completion of `micro_batch` prompts plus their pair indices."""
 
     def __init__(self, rows: list[RankedPrompt], tok: Tokenizer, micro_batch: int, max_len: int, seed: int = 0,
-                 grad_accum: int = 1):
-        self.groups = [(encode_prompt(tok, r.prompt), [encode_response(tok, c) for c in r.completions], r.ranking)
-                       for r in rows]
+                 grad_accum: int = 1, min_gap: float = 0.0):
+        self.groups = [(encode_prompt(tok, r.prompt), [encode_response(tok, c) for c in r.completions],
+                        r.pair_indices(min_gap)) for r in rows if r.pair_indices(min_gap)]
         self.micro_batch, self.max_len, self.seed, self.pad_id = micro_batch, max_len, seed, tok.pad_id
         self.grad_accum = grad_accum
 
     def collate(self, groups: list) -> dict:
         prompts, responses, pairs = [], [], []
-        for prompt, completions, ranking in groups:
+        for prompt, completions, pair_idx in groups:
             base = len(responses)
             prompts += [prompt] * len(completions)
             responses += completions
-            pairs += [(base + a, base + b) for a, b in ranking_pairs(ranking)]
+            pairs += [(base + a, base + b) for a, b in pair_idx]
         batch = make_batch(prompts, responses, self.pad_id, self.max_len)
         batch["pairs"] = torch.tensor(pairs, dtype=torch.long)  # (P, 2) row of the better, row of the worse
         return batch
@@ -191,6 +200,72 @@ def score_responses(model: RewardModel, prompts: list[list[int]], responses: lis
     return torch.cat(out)
 
 
+# ---------------------------------------------------------------------------- labels on the policy's own samples
+
+
+def rank_own_samples(model: torch.nn.Module, tok: Tokenizer, rows: list[dict], score_fn, *, samples: int = 4,
+                     temperature: float = 0.8, max_new_tokens: int = 128, seed: int = 0,
+                     chunk: int = 64) -> list[RankedPrompt]:
+    """Ranked completions the way InstructGPT's labellers got them (Ouyang et al. 2022, sec. 3.5): the
+    policy's greedy answer plus `samples` answers at `temperature` for each row's prompt, ranked best to worst
+    by `score_fn(row, text) -> float` (the simulated labeller).
+
+    Duplicates are merged; prompts whose answers all score the same are dropped (they teach nothing). Scores
+    stay on each row, so equal-scored completions never form a pair. Sampling is batched in the engine.
+    """
+    from genforge.infer.sampling import SamplingParams
+    from genforge.text import detokenize
+    from genforge.train.rollout import sample_responses
+
+    ids = [encode_prompt(tok, r["prompt"]) for r in rows]
+    greedy = sample_responses(model, ids, SamplingParams(max_new_tokens=max_new_tokens), stop_id=tok.end_id,
+                              chunk=chunk)
+    rep = [p for p in ids for _ in range(samples)]  # (N*samples,) each prompt `samples` times in a row
+    sampled = sample_responses(model, rep, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                          seed=seed), stop_id=tok.end_id, chunk=chunk)
+    out = []
+    for i, row in enumerate(rows):
+        texts = [greedy[i]] + sampled[i * samples:(i + 1) * samples]
+        comps = list(dict.fromkeys(detokenize(tok, [t for t in x if t != tok.end_id]).strip() for x in texts))
+        comps = [c for c in comps if c]
+        scores = [float(score_fn(row, c)) for c in comps]
+        if len(comps) < 2 or len(set(scores)) < 2:
+            continue
+        ranking = sorted(range(len(comps)), key=lambda k: (-scores[k], len(comps[k]), k))
+        out.append(RankedPrompt(row["prompt"], comps, ranking, f"own-samples:{i}", scores))
+    return out
+
+
+def best_vs_worst(rows: list[RankedPrompt]) -> list[RankedPrompt]:
+    """One (best, worst) pair per ranked prompt: the DPO data of the own-sample recipe."""
+    out = []
+    for r in rows:
+        a, b = r.ranking[0], r.ranking[-1]
+        sc = None if r.scores is None else [r.scores[a], r.scores[b]]
+        out.append(RankedPrompt(r.prompt, [r.completions[a], r.completions[b]], [0, 1], r.where, sc))
+    return [r for r in out if r.pair_indices()]
+
+
+@torch.no_grad()
+def prompt_pair_accuracy(model: RewardModel, tok: Tokenizer, rows: list[RankedPrompt], *,
+                         min_gap: float = 0.0) -> list[float]:
+    """Per ranked prompt, the share of its labelled pairs (score gap > min_gap) that the reward model orders
+    like the labeller (a tie in reward counts half). Prompts without such a pair are left out.
+
+    One number per prompt, so a bootstrap over them resamples prompts (pairs of one prompt are not independent).
+    """
+    out = []
+    for r in rows:
+        pairs = r.pair_indices(min_gap)
+        if not pairs:
+            continue
+        prompt = encode_prompt(tok, r.prompt)
+        s = score_responses(model, [prompt] * len(r.completions), [encode_response(tok, c) for c in r.completions],
+                            tok.pad_id).tolist()
+        out.append(sum(1.0 if s[a] > s[b] else 0.5 if s[a] == s[b] else 0.0 for a, b in pairs) / len(pairs))
+    return out
+
+
 # ---------------------------------------------------------------------------- stage
 
 
@@ -211,11 +286,14 @@ class RewardConfig:
 
 def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[RankedPrompt],
                        val_rows: list[RankedPrompt], cfg: TrainConfig, out_dir: str | Path, *, max_len: int = 256,
-                       run_config: dict | None = None) -> dict:
-    """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint."""
-    if not train_rows:
-        raise DataError("reward model: no training preferences")
-    train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum)
+                       run_config: dict | None = None, min_gap: float = 0.0) -> dict:
+    """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint.
+
+    min_gap: with labelled scores, train only on pairs whose scores differ by more than this."""
+    train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum, min_gap)
+    if not train.groups:
+        raise DataError(f"reward model: no training pair whose scores differ by more than {min_gap:g}; "
+                        "rank more prompts or lower the gap (align.rm_min_gap)")
     val = RankedData(val_rows, tok, cfg.micro_batch, max_len, cfg.seed) if val_rows else None
 
     def save_fn(folder: Path) -> None:

@@ -82,6 +82,12 @@ def _content(text: str) -> str:
 
 def oracle_score(prompt: str, completion: str, task_row: dict | None = None) -> float:
     """Simulated-human score in [0, 1]: correctness dominates, then helpfulness, politeness, concision."""
+    parts = oracle_parts(prompt, completion, task_row)
+    return round(sum(WEIGHTS[k] * v for k, v in parts.items()), 6)
+
+
+def oracle_parts(prompt: str, completion: str, task_row: dict | None = None) -> dict[str, float]:
+    """The four parts of `oracle_score`, each in [0, 1] (the report shows "correct" beside win rates)."""
     low = completion.lower()
     task = task_row.get("task") if task_row else None
     if task is None and _HARMFUL_RE.search(prompt):
@@ -112,8 +118,7 @@ def oracle_score(prompt: str, completion: str, task_row: dict | None = None) -> 
     ref_len = len(task_row["response"]) if task_row and task_row.get("response") else 200
     allowed = 1.3 * ref_len + 60
     concise = 1.0 if len(completion) <= allowed else max(0.0, 1 - (len(completion) - allowed) / allowed)
-    parts = {"correct": correct, "helpful": helpful, "polite": polite, "concise": concise}
-    return round(sum(WEIGHTS[k] * v for k, v in parts.items()), 6)
+    return {"correct": correct, "helpful": helpful, "polite": polite, "concise": concise}
 
 
 def _wrong_answer(rng: random.Random, row: dict) -> str:

@@ -105,3 +105,30 @@ def test_ai_feedback_is_order_symmetric_and_labels_by_hand():
     assert [r.completions[r.ranking[0]] for r in rows] == ["a1", "b2"]  # identical answers are dropped
     oracle = {"a1": 1.0, "b1": 0.0, "a2": 1.0, "b2": 0.0, "same": 0.5}
     assert label_agreement(items, [0.7, 0.2, 0.9], lambda p, x: oracle[x]) == 0.5
+
+
+def test_likelihood_feedback_is_antisymmetric_and_prefers_what_the_model_says():
+    """The small-model CAI feedback: P(a over b) = 1 - P(b over a); a model trained to say X prefers X."""
+    from genforge.train.constitutional import PRINCIPLES, answer_loglik, likelihood_preferences
+
+    torch.set_num_threads(1)
+    tok = tiny_tok()
+    model = tiny_gpt(tok.vocab_size).eval()
+    p_ab = likelihood_preferences(model, tok, [("the cat", "good thanks", "bad no")], PRINCIPLES[0])
+    p_ba = likelihood_preferences(model, tok, [("the cat", "bad no", "good thanks")], PRINCIPLES[0])
+    assert p_ab[0] + p_ba[0] == pytest.approx(1.0, abs=1e-6)
+    # teach the model one answer, then it prefers that answer
+    from genforge.train.rollout import encode_prompt, encode_response, make_batch, response_logprobs
+
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = make_batch([encode_prompt(tok, "the cat")], [encode_response(tok, "good thanks")], tok.pad_id, 64)
+    model.train()
+    for _ in range(30):
+        loss = -response_logprobs(model, batch).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert likelihood_preferences(model, tok, [("the cat", "good thanks", "bad no")], PRINCIPLES[0])[0] > 0.9
+    ll = answer_loglik(model, tok, ["the cat"], ["good thanks"])
+    assert len(ll) == 1 and ll[0] < 0

@@ -114,3 +114,37 @@ def test_reward_model_learns_a_preference(tmp_path):
     loaded = load_reward_model(tmp_path / "rm" / "checkpoint")
     assert pairwise_accuracy(loaded, RankedData(val_rows, tok, 8, 64))["val_pair_acc"] == result["val_pair_acc"]
     assert RewardConfig().train.weight_decay == 0.0
+
+
+def test_ties_make_no_pairs_and_min_gap_filters():
+    from genforge.train.reward import RankedPrompt, best_vs_worst
+
+    r = RankedPrompt("q", ["a", "b", "c", "d"], [0, 1, 2, 3], scores=[0.9, 0.5, 0.5, 0.45])
+    assert r.pair_indices() == [(0, 1), (0, 2), (0, 3), (1, 3), (2, 3)]  # (1, 2) tie left out
+    assert r.pair_indices(min_gap=0.1) == [(0, 1), (0, 2), (0, 3)]
+    assert RankedPrompt("q", ["a", "b"], [1, 0]).pair_indices() == [(1, 0)]  # no scores: every pair
+    (bw,) = best_vs_worst([r])
+    assert bw.completions == ["a", "d"] and bw.pairs() == [("a", "d")]
+    assert best_vs_worst([RankedPrompt("q", ["a", "b"], [0, 1], scores=[0.5, 0.5])]) == []
+
+
+def test_rank_own_samples_ranks_by_the_labeller_and_drops_ties():
+    """The policy's greedy + sampled answers ranked by a scoring function; all-tied prompts dropped."""
+    from genforge.train.reward import prompt_pair_accuracy, rank_own_samples
+
+    torch.set_num_threads(1)
+    tok = tiny_tok()
+    model = tiny_gpt(tok.vocab_size).eval()
+    rows = [{"prompt": f"the cat {i}"} for i in range(6)] + [{"prompt": "tie", "tie": True}]
+    score = lambda row, text: 0.0 if row.get("tie") else float(len(text))  # noqa: E731 - longer is better
+    ranked = rank_own_samples(model, tok, rows, score, samples=3, temperature=1.0, max_new_tokens=8, seed=0)
+    assert ranked and all(r.prompt != "tie" for r in ranked)
+    for r in ranked:
+        assert len(set(r.completions)) == len(r.completions) >= 2  # duplicates merged
+        s = [r.scores[i] for i in r.ranking]
+        assert s == sorted(s, reverse=True) and s == [float(len(r.completions[i])) for i in r.ranking]
+    again = rank_own_samples(model, tok, rows, score, samples=3, temperature=1.0, max_new_tokens=8, seed=0)
+    assert [r.completions for r in again] == [r.completions for r in ranked]  # seeded
+    # per-prompt accuracy of a reward model is in [0, 1], one number per prompt with a pair
+    acc = prompt_pair_accuracy(RewardModel(tiny_gpt(tok.vocab_size)).eval(), tok, ranked)
+    assert len(acc) == len(ranked) and all(0.0 <= a <= 1.0 for a in acc)

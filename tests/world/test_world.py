@@ -213,3 +213,16 @@ def test_needle_depth_length_and_determinism():
     assert chars["filler_tokens"] >= 2000 and len(chars["context"]) < 2600
     with pytest.raises(ConfigError):
         make_needle(100, 1.5)
+
+
+def test_oracle_parts_weigh_into_the_score():
+    from genforge.world.preferences import WEIGHTS, oracle_parts
+
+    row = {"task": "arithmetic", "prompt": "What is 2 + 3?", "answer": "5", "response": "2 + 3 = 5.\nThe answer is 5.",
+           "rationale": "2 + 3 = 5."}
+    for text in ("The answer is 5.", "Sure! 2 + 3 = 5.\nThe answer is 5.", "It's 7, obviously."):
+        parts = oracle_parts(row["prompt"], text, row)
+        assert set(parts) == set(WEIGHTS) and all(0.0 <= v <= 1.0 for v in parts.values())
+        assert oracle_score(row["prompt"], text, row) == pytest.approx(sum(WEIGHTS[k] * v for k, v in parts.items()))
+    assert oracle_parts(row["prompt"], "The answer is 5.", row)["correct"] == 1.0
+    assert oracle_parts(row["prompt"], "It's 7, obviously.", row)["correct"] == 0.0
