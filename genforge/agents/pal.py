@@ -83,10 +83,14 @@ class MethodResult:
 
 
 def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str, *, max_new_tokens: int = 160,
-          sandbox: SandboxConfig | None = None, seed: int = 0) -> MethodResult:
-    """Answer world arithmetic `rows` with `method` in ("direct", "cot", "pal"); exact-match accuracy."""
+          sandbox: SandboxConfig | None = None, seed: int = 0, prompts: list[str] | None = None) -> MethodResult:
+    """Answer world arithmetic `rows` with `method` in ("direct", "cot", "pal"); exact-match accuracy.
+
+    prompts: one per row instead of the few-shot ones (a fine-tuned model's own format); a direct prompt must
+    end where the number comes ("... The answer is").
+    """
     make = {"direct": direct_prompt, "cot": cot_prompt, "pal": pal_prompt}[method]
-    prompts = [make(r["prompt"], examples) for r in rows]
+    prompts = prompts if prompts is not None else [make(r["prompt"], examples) for r in rows]
     outs = model.generate(prompts, max_new_tokens=max_new_tokens if method != "direct" else 16, temperature=0.0,
                           stop=STOP)
     answers, details = [], []
