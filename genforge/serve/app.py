@@ -6,7 +6,9 @@
 
 Endpoints: `GET /` (chat page), `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 `POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
-server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Errors use OpenAI's body
+server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Chat completions do function
+calling in OpenAI's schema (`tools`, `tool_choice`, `tool_calls`, `tool` messages; a forced call is
+constrained by a grammar so even a tiny model's call parses; see tools.py). Errors use OpenAI's body
 `{"error": {"message", "type", "param", "code"}}`: 400 bad parameters / unknown fields / unknown
 model / over-long prompt / over-deep JSON (see limits.py), 413 oversized body, 429 queue full,
 503 worker down.

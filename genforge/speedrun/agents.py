@@ -43,8 +43,9 @@ class Config:
     micro_batch: int = 16
     seq_len: int = 320  # longest training conversation in tokens (ReAct trajectories are the longest)
     arith_test: int = 100  # test arithmetic items per method (paired across methods)
-    hop_train: int = 500  # two-hop training questions
-    hop_test: int = 150  # two-hop test questions (never in training) per method
+    hop_train: int = 500  # two-hop training questions (at most: the tiny world has ~310 distinct ones in all)
+    hop_test: int = 100  # two-hop test questions (never in training) per method
+    react_repeats: int = 3  # each ReAct training trajectory appears this many times (there are few of them)
     search_k: int = 2  # facts the search tool returns (and one-shot retrieval puts in the prompt)
     react_steps: int = 5  # ReAct step limit (tool calls + finish, malformed included)
     planner_envs: int = 40  # text-world environments (same ones for every agent)
@@ -77,13 +78,13 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     arith_train, arith_test = arithmetic_rows(Path(world.tasks_dir), cfg.arith_test)
     hop_train, hop_test = hop_rows(w, cfg.hop_train, cfg.hop_test, ctx.seed)
 
-    convs = training_conversations(arith_train, hop_train, kb, registry, cfg.search_k)
+    convs = training_conversations(arith_train, hop_train, kb, registry, cfg.search_k, cfg.react_repeats)
     t0 = time.perf_counter()
     module, res = _fine_tune(ctx, cfg, model, tok, convs, sft.checkpoint)
     train_s = time.perf_counter() - t0
     report.row("agent fine-tune: conversations / steps", f"{len(convs)} / {res.get('step', cfg.steps)}",
                note=f"{train_s:.0f} s; {len(arith_train)} train arithmetic rows x 3 formats, {len(hop_train)} two-hop "
-                    "train questions x 3 formats; starts from the SFT chat model")
+                    f"train questions x 3 formats (ReAct x{cfg.react_repeats}); starts from the SFT chat model")
 
     from genforge.agents.llm import EngineModel
 
@@ -166,7 +167,7 @@ def facts_prompt(kb: KnowledgeBase, question: str, k: int) -> str:
 
 
 def training_conversations(arith: list[dict], hops: list[dict], kb: KnowledgeBase, registry: ToolRegistry,
-                           k: int) -> list[list[dict]]:
+                           k: int, react_repeats: int = 1) -> list[list[dict]]:
     """Each arithmetic row three ways (direct, CoT, PAL) and each two-hop question three ways (direct, facts, ReAct)."""
     from genforge.agents.pal import rationale_to_program
 
@@ -181,7 +182,8 @@ def training_conversations(arith: list[dict], hops: list[dict], kb: KnowledgeBas
     for r in hops:
         out.append(conv(f"{TAGS['direct']} {r['question']}", r["answer"]))
         out.append(conv(facts_prompt(kb, r["question"], k), r["answer"]))
-        out.append(conv(f"{TAGS['react']} {r['question']}", gold_trajectory(r, registry).render_steps().rstrip("\n")))
+        react = conv(f"{TAGS['react']} {r['question']}", gold_trajectory(r, registry).render_steps().rstrip("\n"))
+        out += [react] * react_repeats
     return out
 
 
@@ -230,7 +232,8 @@ def _arithmetic(ctx: StageContext, report: StageReport, lm, tok, rows: list[dict
     ran = [d for d in res["pal"].details if d.get("output") is not None]
     errors = sum(str(d["output"]).startswith("error") for d in ran)
     report.row("PAL programs that failed to run", errors / max(len(ran), 1), note=f"of {len(ran)} programs")
-    report.row("chain of thought vs direct: accuracy", ci["cot"], ci["direct"], "same items; baseline = direct")
+    report.row("chain of thought vs direct: accuracy", _fmt(ci["cot"]), _fmt(ci["direct"]),
+               "same items; baseline = direct")
     ex = next((i for i, c in enumerate(res["pal"].correct) if c), 0)
     report.note(f"PAL example (test item {ex}): *{rows[ex]['prompt']}*\n\n```python\n"
                 f"{res['pal'].details[ex]['completion'].strip()}\n```\n\nprinted `{res['pal'].details[ex]['output']}`"
@@ -241,6 +244,11 @@ def _arithmetic(ctx: StageContext, report: StageReport, lm, tok, rows: list[dict
                   "program": res["pal"].details[i]["completion"], "output": res["pal"].details[i]["output"]}
                  for i, r in enumerate(rows)])
     return {m: r.accuracy for m, r in res.items()}
+
+
+def _fmt(ci) -> str:
+    """An interval as a table cell: 0.610 [0.520, 0.700]."""
+    return f"{ci.estimate:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
 def _same(a: str, b: str) -> bool:
@@ -284,7 +292,7 @@ def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase
     statuses = {s: sum(t.status == s for t in trajs) / n for s in ("answered", "step_limit", "malformed")}
     report.row("ReAct episodes: answered / step limit / malformed", " / ".join(f"{v:.2f}" for v in statuses.values()),
                note=f"malformed actions: {sum(t.n_malformed for t in trajs)} in all (each retried once)")
-    report.row("ReAct ceiling: a perfect policy with this search tool", bootstrap_mean(oracle, seed=ctx.seed),
+    report.row("ReAct ceiling: a perfect policy with this search tool", _fmt(bootstrap_mean(oracle, seed=ctx.seed)),
                note="share of test questions whose two gold searches return the bridge and the answer")
     write_text(ctx.path("agents", "react_trajectories.jsonl"), "\n".join(trajectories_jsonl(trajs)) + "\n")
     ex = next((i for i, s in enumerate(score["react"]) if s), 0)
@@ -327,12 +335,12 @@ def _planner(ctx: StageContext, report: StageReport, w, cfg: Config) -> tuple[di
                   effect=bootstrap_diff(ok["plan+memory"], ok["no memory"], paired=True, seed=ctx.seed), target=0.0,
                   note=f"{len(seeds)} environments ({n_towns} towns, flooded roads), at most {cfg.planner_max_steps} "
                        "actions")
-    report.row("planner vs memory without a plan: success", ci["plan+memory"], ci["memory, no plan"],
+    report.row("planner vs memory without a plan: success", _fmt(ci["plan+memory"]), _fmt(ci["memory, no plan"]),
                f"mean steps of successes: {steps['plan+memory']:.1f} vs {steps['memory, no plan']:.1f} "
                f"(no memory: {steps['no memory']:.1f})")
     env = make_env(w, seeds[0], n_towns=n_towns)
     ep = run_agent(env, PlanningAgent(env.goal), cfg.planner_max_steps)
-    lines = [f"goal: {env.goal.text}"] + [f"plan: {p}" for p in ep.plans[:3]]
+    lines = [f"goal: {env.goal.text}"] + ep.plans[:3]
     lines += [f"{a} -> {o}" for a, o in ep.trajectory]
     report.note("One full planning-agent trajectory (its plans, then every action and observation):\n\n```\n"
                 + "\n".join(lines) + f"\n```\n\n{'success' if ep.success else 'failed'} in {ep.steps} steps.")
