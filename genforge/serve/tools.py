@@ -18,7 +18,8 @@ that fits the schema. The regex covers the JSON-schema subset function signature
 string / integer / number / boolean / null, enum / const, arrays of those); it writes the required properties
 in the schema's order, in `json.dumps`'s spacing. Keywords it cannot express (pattern, minimum, oneOf...) are
 still checked afterwards: every call is validated with `jsonschema` before it is returned, and a call that fails
-is returned as plain content instead (never as a broken `tool_calls`).
+is returned as plain content instead (never as a broken `tool_calls`). A request with tools carries its own
+processor, so it runs as a batch of its own (see `serve.batcher`).
 
 Requests are checked before they reach the model: a `tool_choice` without tools or naming an unknown function,
 duplicate names, a `parameters` that is not a JSON schema, a `tool` message answering no earlier call, and an
