@@ -69,8 +69,11 @@ def test_training_conversations_hold_every_format(world):
     convs = agents.training_conversations(arith, hops, kb, reg, 2)
     assert len(convs) == 3 * len(arith) + 3 * len(hops)
     pal = [c[1]["content"] for c in convs if c[0]["content"].startswith(agents.TAGS["pal"])]
-    outs = [run_python(p).stdout.strip() for p in pal]
+    from genforge.agents.pal import number_bindings
+
+    outs = [run_python(number_bindings(r["prompt"]) + p).stdout.strip() for r, p in zip(arith, pal)]
     assert outs == [r["answer"] for r in arith]  # every PAL training program prints the gold answer
+    assert all("n0" in p for p in pal)  # and takes its numbers from the bindings
     react = [c[1]["content"] for c in convs if c[0]["content"].startswith(agents.TAGS["react"])]
     assert all(t.startswith("Thought: Find ") and "\nAction: search[" in t and t.endswith("]") for t in react)
 
