@@ -31,13 +31,65 @@ _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + 
 
 # One turn renders as "<|role|>content<|end|>\n"; the whole chat starts with <|bos|>. The
 # generation prompt is "<|assistant|>"; the model ends its turn with <|end|>.
+# Function calling (OpenAI's `tools` / `tool_calls` / role "tool") is plain text inside those turns, in the
+# Hermes/Qwen shape, so no new special token (and no new id) is needed: `tools` become one system turn listing
+# each tool as JSON; an assistant's call is `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` after its
+# content; a tool's result is a user turn `<tool_response>...</tool_response>`.
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+TOOLS_INTRO = "You may call these tools:\n"
+TOOLS_OUTRO = 'To call one, reply <tool_call>{"name": NAME, "arguments": {...}}</tool_call>'
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|system|>' + '" + TOOLS_INTRO.replace("\n", "\\n") + "' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\\n' }}{% endfor %}"
+    "{{ '" + TOOLS_OUTRO + "' + '<|end|>' + '\\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' + '\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|user|>" + TOOL_RESPONSE_OPEN + "' + message['content'] + '" + TOOL_RESPONSE_CLOSE + "<|end|>' + '\\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>' + (message['content'] or '') }}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{{ '" + TOOL_CALL_OPEN + "{\"name\": \"' + f['name'] + '\", \"arguments\": ' }}"
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "{{ '}" + TOOL_CALL_CLOSE + "' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|end|>' + '\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+
+
+def format_tool_call(name: str, arguments: str | dict) -> str:
+    """One call as the assistant writes it; `arguments` is OpenAI's JSON text (kept verbatim) or a dict."""
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return f'{TOOL_CALL_OPEN}{{"name": "{name}", "arguments": {args}}}{TOOL_CALL_CLOSE}'
+
+
+def tools_turn(tools: list[dict]) -> str:
+    """The system turn's content that lists `tools` (OpenAI's tool objects, one JSON line each)."""
+    return TOOLS_INTRO + "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in tools) + TOOLS_OUTRO
+
+
+def plain_turn(m: dict, i: int = 0) -> tuple[str, str]:
+    """(role token's role, text content) of one message, tool calls and tool results rendered as text."""
+    role = m.get("role")
+    if role == "tool":
+        return "user", f"{TOOL_RESPONSE_OPEN}{m.get('content') or ''}{TOOL_RESPONSE_CLOSE}"
+    if role not in ROLE_TOKENS:
+        raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS) + ['tool']}, got {role!r}")
+    text = m.get("content") or ""
+    for call in m.get("tool_calls") or ():
+        f = call.get("function", call)
+        text += format_tool_call(f["name"], f["arguments"])
+    return role, text
+
+
+def _with_tools(messages: list[dict], tools: list[dict] | None) -> list[tuple[str, str]]:
+    turns = [("system", tools_turn(tools))] if tools else []
+    return turns + [plain_turn(m, i) for i, m in enumerate(messages)]
 
 
 @dataclass
@@ -92,32 +144,30 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The chat template applied to messages [{'role','content'}] (same text as HF's)."""
-        out = [BOS]
-        for i, m in enumerate(messages):
-            role = m.get("role")
-            if role not in ROLE_TOKENS:
-                raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS)}, got {role!r}")
-            out.append(f"{ROLE_TOKENS[role]}{m['content']}{END}\n")
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    tools: list[dict] | None = None) -> str:
+        """The chat template applied to messages [{'role','content'}] (same text as HF's, `tools=` too).
+
+        Messages may carry OpenAI's `tool_calls` (assistant) or have role "tool"; see CHAT_TEMPLATE.
+        """
+        out = [BOS] + [f"{ROLE_TOKENS[role]}{text}{END}\n" for role, text in _with_tools(messages, tools)]
         if add_generation_prompt:
             out.append(ASSISTANT)
         return "".join(out)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
         """(ids, assistant_mask): mask is 1 on the tokens the assistant wrote (content + <|end|>).
 
         Each turn is encoded separately and concatenated, so the mask is exact; the template text
         is such that this equals encoding the whole rendered string (tested). Message content is
         encoded with allow_special=False: special-token strings a user types stay plain text.
+        An assistant's tool calls are part of what it wrote (mask 1); tool results are not.
         """
         ids, mask = [self.bos_id], [0]
-        for i, m in enumerate(messages):
-            role = m.get("role")
-            if role not in ROLE_TOKENS:
-                raise DataError(f"message {i}: role must be one of {sorted(ROLE_TOKENS)}, got {role!r}")
+        for role, text in _with_tools(messages, tools):
             head = self.encode(ROLE_TOKENS[role])
-            body = self.encode(m["content"], allow_special=False) + [self.end_id]
+            body = self.encode(text, allow_special=False) + [self.end_id]
             nl = self.encode("\n")
             learn = 1 if role == "assistant" else 0
             ids += head + body + nl

@@ -115,3 +115,40 @@ def test_chat_cli_runs_a_checkpoint_with_an_adapter(tok, tmp_path, monkeypatch, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "bot> " in out and "/quit" in out  # the banner names the commands
+
+
+TOOLS = [{"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.",
+                                           "parameters": {"type": "object", "required": ["expression"],
+                                                          "properties": {"expression": {"type": "string"}}}}}]
+TOOL_CONV = [{"role": "user", "content": "What is 6 times 7?"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "call_1", "type": "function",
+                  "function": {"name": "calculator", "arguments": "{\"expression\": \"6*7\"}"}}]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+             {"role": "assistant", "content": "The answer is 42."}]
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS])
+def test_tool_calls_and_results_render_like_hf(tok, tmp_path, tools):
+    from transformers import AutoTokenizer
+
+    tok.save(tmp_path)
+    hf = AutoTokenizer.from_pretrained(str(tmp_path))
+    ours = tok.render_chat(TOOL_CONV, tools=tools)
+    assert hf.apply_chat_template(TOOL_CONV, tools=tools, tokenize=False) == ours
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+    assert f"<|assistant|>{call}<|end|>" in ours
+    assert "<|user|><tool_response>42</tool_response><|end|>" in ours
+    assert ours.startswith("<|bos|><|system|>You may call these tools:\n{\"type\": \"function\"") == bool(tools)
+    ids, mask = tok.encode_chat(TOOL_CONV, tools=tools)
+    assert ids == tok.encode(ours)
+    learned = tok.decode([i for i, m in zip(ids, mask) if m], skip_special=False)
+    assert learned == ('<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call><|end|>'
+                       "The answer is 42.<|end|>")  # the call is learned, the tool's result is not
+
+
+def test_unknown_role_is_a_clean_error(tok):
+    from genforge.errors import DataError
+
+    with pytest.raises(DataError, match="message 0: role must be one of"):
+        tok.render_chat([{"role": "robot", "content": "x"}])

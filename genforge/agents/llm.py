@@ -65,6 +65,34 @@ class _EvalLMAdapter:
         return [o[0] for o in outs]
 
 
+class EngineModel:
+    """A genforge model whose prompts are complete texts with special-token strings as tokens, so a prompt can
+    be a rendered chat turn followed by the start of the assistant's reply (`chat_prefix`): how a fine-tuned
+    ReAct model continues its own turn after each observation. Replies end at <|end|> or <|eos|>."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32):
+        from genforge.infer.engine import Engine
+
+        self.engine, self.tok, self.batch_size = Engine(model.eval()), tokenizer, batch_size
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        from genforge.infer.sampling import SamplingParams
+        from genforge.text import generate_text
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop))
+        out: list[str] = []
+        for i in range(0, len(prompts), self.batch_size):
+            out += generate_text(self.engine, self.tok, prompts[i:i + self.batch_size], params, add_bos=False,
+                                 stop_ids=[self.tok.end_id, self.tok.eos_id])
+        return out
+
+
+def chat_prefix(tokenizer: Any, user: str, reply_so_far: str = "") -> str:
+    """The text of a one-turn chat ready for the assistant, plus the start of its reply (for `EngineModel`)."""
+    return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True) + reply_so_far
+
+
 def from_eval_lm(lm: Any) -> TextModel:
     """Wrap a `genforge.eval.lm.LM` (n completions per prompt) as a `TextModel` (one each)."""
     return _EvalLMAdapter(lm)

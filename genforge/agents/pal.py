@@ -5,6 +5,11 @@ prints. The arithmetic is done by the interpreter, so the model only has to get 
 which is where small models fail less than at carrying digits. Few-shot programs come from the world's
 own arithmetic tasks: each worked step "a + b = c" in a rationale becomes one assignment.
 Baselines on the same items: direct answers and chain of thought (Wei et al. 2022).
+
+`bind_numbers=True` is a departure for very small models: the tool binds the question's numbers to `n0, n1, ...`
+(in order of appearance) before the program runs, and the program refers to them by name
+(`numbered_program`). The model then chooses the structure only; copying multi-digit numbers out of the prompt,
+which a ~1M-parameter model does badly after a short fine-tune, is not needed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,41 @@ def rationale_to_program(rationale: str) -> str:
         op = "//" if op == "/" else op  # the world's divisions are exact
         name = f"step{len(lines) + 1}"
         lines.append(f"{name} = {names.get(a, a)} {op} {names.get(b, b)}")
+        names[c] = name
+    if not lines:
+        raise ValueError(f"no worked step 'a op b = c' in rationale {rationale[:60]!r}")
+    return "\n".join(lines + [f"print({name})"])
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def question_numbers(question: str) -> list[str]:
+    """The numbers in a question, in order of appearance."""
+    return _NUMBER.findall(question)
+
+
+def number_bindings(question: str) -> str:
+    """The prelude that binds the question's numbers: 'n0 = 12\nn1 = 5\n'."""
+    return "".join(f"n{i} = {x}\n" for i, x in enumerate(question_numbers(question)))
+
+
+def numbered_program(question: str, rationale: str) -> str:
+    """`rationale_to_program` with the question's numbers as n0, n1, ... (see the module docstring).
+
+    >>> print(numbered_program("Ada has 12 pens and buys 5.", "12 + 5 = 17."))
+    step1 = n0 + n1
+    print(step1)
+    """
+    nums = question_numbers(question)
+    lines, names = [], {}
+    for a, op, b, c in _STEP.findall(rationale):
+        op = "//" if op == "/" else op
+
+        def ref(x: str) -> str:
+            return names.get(x) or (f"n{nums.index(x)}" if x in nums else x)
+        name = f"step{len(lines) + 1}"
+        lines.append(f"{name} = {ref(a)} {op} {ref(b)}")
         names[c] = name
     if not lines:
         raise ValueError(f"no worked step 'a op b = c' in rationale {rationale[:60]!r}")
@@ -83,16 +123,22 @@ class MethodResult:
 
 
 def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str, *, max_new_tokens: int = 160,
-          sandbox: SandboxConfig | None = None, seed: int = 0) -> MethodResult:
-    """Answer world arithmetic `rows` with `method` in ("direct", "cot", "pal"); exact-match accuracy."""
+          sandbox: SandboxConfig | None = None, seed: int = 0, prompts: list[str] | None = None,
+          bind_numbers: bool = False) -> MethodResult:
+    """Answer world arithmetic `rows` with `method` in ("direct", "cot", "pal"); exact-match accuracy.
+
+    prompts: one per row instead of the few-shot ones (a fine-tuned model's own format); a direct prompt must
+    end where the number comes ("... The answer is"). bind_numbers: run PAL programs after `number_bindings`.
+    """
     make = {"direct": direct_prompt, "cot": cot_prompt, "pal": pal_prompt}[method]
-    prompts = [make(r["prompt"], examples) for r in rows]
+    prompts = prompts if prompts is not None else [make(r["prompt"], examples) for r in rows]
     outs = model.generate(prompts, max_new_tokens=max_new_tokens if method != "direct" else 16, temperature=0.0,
                           stop=STOP)
     answers, details = [], []
-    for out in outs:
+    for row, out in zip(rows, outs):
         if method == "pal":
-            res = run_python(program_of(out), sandbox)
+            prelude = number_bindings(row["prompt"]) if bind_numbers else ""
+            res = run_python(prelude + program_of(out), sandbox)
             answers.append(answer_from_output(res.stdout) if res.ok else "")
             details.append({"completion": out, "output": res.as_observation(), "isolation": res.isolation})
         else:

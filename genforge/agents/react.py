@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from genforge.agents.knowledge import KnowledgeBase
@@ -45,13 +46,17 @@ class Trajectory:
 
     def render(self) -> str:
         """The trajectory as the model saw it (no header)."""
-        out = [f"Question: {self.question}"]
+        return f"Question: {self.question}\n{self.render_steps()}".rstrip("\n")
+
+    def render_steps(self) -> str:
+        """The steps so far, one line each, ending in a newline (empty before the first step)."""
+        out = []
         for s in self.steps:
             out.append(f"Thought: {s.thought}")
             out.append(f"Action: {s.action}[{s.argument}]" if s.action else "Action: (malformed)")
             if s.action != FINISH or s.malformed:
                 out.append(f"Observation: {s.observation}")
-        return "\n".join(out)
+        return "".join(line + "\n" for line in out)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,40 +100,68 @@ def header(registry: ToolRegistry, examples: str = "") -> str:
 def run_episode(model: TextModel, registry: ToolRegistry, question: str, cfg: ReActConfig | None = None,
                 examples: str = "") -> Trajectory:
     """One ReAct episode; the returned trajectory holds every step and how it ended."""
+    return run_episodes(model, registry, [question], cfg, examples=examples)[0]
+
+
+def run_episodes(model: TextModel, registry: ToolRegistry, questions: list[str], cfg: ReActConfig | None = None,
+                 *, examples: str = "", prompt_fn: Callable[[Trajectory], str] | None = None) -> list[Trajectory]:
+    """ReAct episodes for many questions in lockstep: each round is one batched `generate` over the episodes
+    still running, so a batch of questions costs about as many model calls as the longest episode.
+
+    prompt_fn(trajectory) -> prompt (it must end where the model writes the next thought); the default is the
+    tool header, the few-shot `examples`, the trajectory so far and "Thought:". A fine-tuned model can use a
+    shorter format (the speedrun's agents stage continues its own chat turn).
+    """
     cfg = cfg or ReActConfig()
-    traj = Trajectory(question)
-    head = header(registry, examples)
-    retry_pending = False  # the previous action was malformed: this turn is its one retry
-    while len(traj.steps) < cfg.max_steps:
-        prompt = f"{head}{traj.render()}\nThought:"
-        (out,) = model.generate([prompt], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                stop=STOP)
-        parsed = parse_step("Thought:" + out)
-        error = None
-        if parsed is None:
-            thought, error = out.strip().split("\n")[0], "no 'Action: tool[argument]' line"
-            action = argument = ""
-        else:
-            thought, action, argument = parsed
-            if action == FINISH:
-                traj.steps.append(Step(thought, action, argument, ""))
-                traj.answer, traj.status = argument, "answered"
-                return traj
-            _, _, error = registry.parse_args(action, _arguments(registry, action, argument))
-        if error is not None:
-            traj.n_malformed += 1
-            obs = f"error: {error}. Write 'Action: tool[argument]' with one of: {', '.join(registry.names())}, finish"
-            traj.steps.append(Step(thought, action if action in registry else "", argument, obs, malformed=True))
-            if retry_pending:
-                traj.status = "malformed"
-                return traj
-            retry_pending = True
-            continue
-        retry_pending = False
-        obs = registry.call(action, _arguments(registry, action, argument)).text
-        traj.steps.append(Step(thought, action, argument, obs.replace("\n", " | ")))
-    traj.status = "step_limit"
-    return traj
+    head = header(registry, examples) if prompt_fn is None else ""
+    make = prompt_fn or (lambda t: f"{head}{t.render()}\nThought:")
+    trajs = [Trajectory(q) for q in questions]
+    retry = [False] * len(trajs)  # the previous action was malformed: this turn is its one retry
+    running = list(range(len(trajs)))
+    while running:
+        running = [i for i in running if len(trajs[i].steps) < cfg.max_steps]
+        if not running:
+            break
+        outs = model.generate([make(trajs[i]) for i in running], max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, stop=STOP)
+        still = []
+        for i, out in zip(running, outs):
+            if _advance(trajs[i], registry, out, retry, i):
+                still.append(i)
+        running = still
+    for t in trajs:
+        if t.status == "running":
+            t.status = "step_limit"
+    return trajs
+
+
+def _advance(traj: Trajectory, registry: ToolRegistry, out: str, retry: list[bool], i: int) -> bool:
+    """Apply one model turn to `traj`; False when the episode has ended."""
+    parsed = parse_step("Thought:" + out)
+    error = None
+    if parsed is None:
+        thought, error = out.strip().split("\n")[0], "no 'Action: tool[argument]' line"
+        action = argument = ""
+    else:
+        thought, action, argument = parsed
+        if action == FINISH:
+            traj.steps.append(Step(thought, action, argument, ""))
+            traj.answer, traj.status = argument, "answered"
+            return False
+        _, _, error = registry.parse_args(action, _arguments(registry, action, argument))
+    if error is not None:
+        traj.n_malformed += 1
+        obs = f"error: {error}. Write 'Action: tool[argument]' with one of: {', '.join(registry.names())}, finish"
+        traj.steps.append(Step(thought, action if action in registry else "", argument, obs, malformed=True))
+        if retry[i]:
+            traj.status = "malformed"
+            return False
+        retry[i] = True
+        return True
+    retry[i] = False
+    obs = registry.call(action, _arguments(registry, action, argument)).text
+    traj.steps.append(Step(thought, action, argument, obs.replace("\n", " | ")))
+    return True
 
 
 def demo_trajectory(kb: KnowledgeBase, row: dict) -> str:

@@ -4,6 +4,9 @@
     AgentConfig(agent="pal", checkpoint=..., question="Ada has 3 boxes of 12 pens ...")
     AgentConfig(agent="planner", seed=3)   # the text world; no model needed
 
+From the shell: `genforge agent run runs/tiny/sft/chat/checkpoint question="In which town does the friend of
+X live?" chat=true tools=search` (positional words: checkpoint, question; `genforge agent run --help`).
+
 `main(cfg, model=None)` returns a dict (answer, status, trajectory, isolation...) and, with `out`, writes it
 as JSON. Lessons pass `model` (any `TextModel`, e.g. a scripted stub) instead of a checkpoint.
 """
@@ -36,6 +39,7 @@ class AgentConfig:
     n_examples: int = 2  # few-shot examples in the prompt
     seed: int = 0
     out: str = ""  # optional JSON file for the result and trajectory
+    verbose: bool = True  # print the trajectory and the answer
 
 
 def _check(cfg: AgentConfig) -> None:
@@ -110,4 +114,28 @@ def main(cfg: AgentConfig, model: TextModel | None = None) -> dict:
     result["config"] = asdict(cfg)
     if cfg.out:
         write_json(Path(cfg.out), result)
+    if cfg.verbose:
+        print(summary(result), flush=True)
     return result
+
+
+def summary(result: dict) -> str:
+    """What a person at the terminal wants to see: each step, then the answer (or the planner's outcome)."""
+    lines = []
+    if result["agent"] == "react":
+        lines.append(f"Question: {result['question']}")
+        for s in result["trajectory"]:
+            lines.append(f"Thought: {s['thought']}")
+            lines.append(f"Action: {s['action']}[{s['argument']}]" if s["action"] else "Action: (malformed)")
+            if s["observation"]:
+                lines.append(f"Observation: {s['observation']}")
+        lines.append(f"answer: {result['answer']!r} ({result['status']}, {result['n_malformed']} malformed actions)")
+    elif result["agent"] == "pal":
+        lines += [f"Question: {result['question']}", "Program:", result.get("completion", "").strip(),
+                  f"Output: {result.get('output', '')}", f"answer: {result['answer']!r} "
+                  f"(sandbox isolation: {result.get('isolation', '?')})"]
+    else:
+        lines.append(f"Goal: {result['goal']}")
+        lines += [f"  {a} -> {o}" for a, o in result["trajectory"]]
+        lines.append(f"{'success' if result['success'] else 'failed'} in {result['steps']} steps")
+    return "\n".join(lines)

@@ -6,7 +6,9 @@
 
 Endpoints: `GET /` (chat page), `GET /health`, `GET /v1/models`, `POST /v1/completions`,
 `POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
-server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Errors use OpenAI's body
+server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Chat completions do function
+calling in OpenAI's schema (`tools`, `tool_choice`, `tool_calls`, `tool` messages; a forced call is
+constrained by a grammar so even a tiny model's call parses; see tools.py). Errors use OpenAI's body
 `{"error": {"message", "type", "param", "code"}}`: 400 bad parameters / unknown fields / unknown
 model / over-long prompt / over-deep JSON (see limits.py), 413 oversized body, 429 queue full,
 503 worker down.
@@ -40,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.infer.engine import Engine, StopFn
 from genforge.infer.sampling import SamplingParams
-from genforge.serve import limits, sse
+from genforge.serve import limits, sse, tools
 from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
 from genforge.text import render_prompt
@@ -171,12 +173,15 @@ async def _parse(request: Request, cls: type) -> Any:
 
 
 
-def _chat_prompt(s: ServerState, req: ChatRequest) -> tuple[list[int], int]:
-    """The rendered conversation's ids and max_tokens; with `truncate`, whole old turns go first."""
-    msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+def _chat_prompt(s: ServerState, req: ChatRequest, plan: tools.ToolPlan) -> tuple[list[int], int]:
+    """The rendered conversation's ids (the plan's tools listed first) and max_tokens; with `truncate`, whole
+    old turns go first."""
+    msgs = tools.message_dicts(req)
 
     def encode(ms: list[dict]) -> list[int]:
-        # the text layer keeps special-token strings in message content as plain text (no forged turns)
+        # message content stays plain text: special-token strings in it cannot forge a turn
+        if plan.active:
+            return s.tokenizer.encode_chat(ms, add_generation_prompt=True, tools=plan.tools)[0]
         return render_prompt(s.tokenizer, ms)
 
     ids = encode(msgs)
@@ -217,11 +222,13 @@ def _completion_prompts(s: ServerState, req: CompletionRequest) -> tuple[list[li
     return [ids for ids, _ in fitted], min(m for _, m in fitted)
 
 
-def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[list[int]], max_tokens: int) -> Job:
+def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[list[int]], max_tokens: int,
+            processors: list | None = None) -> Job:
     """Queue a job with one row per choice (choice index = prompt_index * n + j, as OpenAI orders them)."""
     reject_unsupported(req)
     limits.check_rows(len(prompts), req.n)
-    job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling())
+    job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling(),
+              logits_processors=list(processors or []))
     job.bind()
     try:
         s.batcher.submit(job)
@@ -269,7 +276,8 @@ def _usage(job: Job, prompts: list[list[int]]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _stream(s: ServerState, job: Job, prompts: list[list[int]], make_chunk: Callable[[Event | None, int], dict | None],
+def _stream(s: ServerState, job: Job, prompts: list[list[int]],
+            make_chunk: Callable[[Event | None, int], dict | list[dict] | None],
             include_usage: bool, obj: str, rid: str) -> Response:
     """Stream a job as server-sent events; a disconnect cancels the stream task and so the job."""
 
@@ -280,7 +288,11 @@ def _stream(s: ServerState, job: Job, prompts: list[list[int]], make_chunk: Call
                 if first:
                     yield sse.event(first)
             async for batch in job.stream():
-                yield "".join(sse.event(make_chunk(ev, ev.index)) for ev in batch)
+                chunks = [make_chunk(ev, ev.index) for ev in batch]
+                # a chunk function may hold text back (None) or send several chunks for one event (a list)
+                out = [c for x in chunks for c in (x if isinstance(x, list) else [x]) if c is not None]
+                if out:
+                    yield "".join(sse.event(c) for c in out)
             if include_usage:
                 yield sse.event({"id": rid, "object": obj, "created": int(time.time()), "model": s.model_name,
                                  "choices": [], "usage": _usage(job, prompts)})
@@ -298,23 +310,38 @@ def _stream(s: ServerState, job: Job, prompts: list[list[int]], make_chunk: Call
 async def chat_completions(request: Request) -> Response:
     s = _state(request)
     req: ChatRequest = await _parse(request, ChatRequest)
-    ids, max_tokens = _chat_prompt(s, req)
-    job = _submit(s, req, [ids], max_tokens)
+    plan = tools.plan_tools(req)
+    ids, max_tokens = _chat_prompt(s, req, plan)
+    job = _submit(s, req, [ids], max_tokens,
+                  tools.constraint(plan, s.tokenizer, len(ids), req.sampling().greedy, max_tokens))
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if req.stream:
-        def chunk(ev: Event | None, i: int) -> dict:
+        replies = [tools.StreamedReply(plan) for _ in job.prompts]
+
+        def chunk(ev: Event | None, i: int) -> dict | list[dict] | None:
+            def make(delta: dict, reason: str | None = None) -> dict:
+                return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": s.model_name,
+                        "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
             if ev is None:  # the opening chunk of each choice announces the role
-                delta, reason = {"role": "assistant", "content": ""}, None
-            elif ev.kind == "delta":
-                delta, reason = {"content": ev.text}, None
-            else:
-                delta, reason = {}, ev.finish_reason
-            return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": s.model_name,
-                    "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+                return make({"role": "assistant", "content": ""})
+            if ev.kind == "delta":
+                text = replies[i].push(ev.text)
+                return make({"content": text}) if text else None
+            rest, calls = replies[i].finish()
+            out = [make({"content": rest})] if rest else []
+            out += [make({"tool_calls": [d]}) for d in calls]
+            return out + [make({}, "tool_calls" if calls else ev.finish_reason)]
         return _stream(s, job, [ids], chunk, req.include_usage(), "chat.completion.chunk", rid)
     texts, reasons = await _collect(request, job)
-    choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": r}
-               for i, (t, r) in enumerate(zip(texts, reasons))]
+    choices = []
+    for i, (t, r) in enumerate(zip(texts, reasons)):
+        content, calls = tools.parse_reply(t, plan)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        choices.append({"index": i, "message": message, "logprobs": None,
+                        "finish_reason": "tool_calls" if calls else r})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": s.model_name,
                          "choices": choices, "usage": _usage(job, [ids])})
 

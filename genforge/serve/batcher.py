@@ -87,6 +87,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)  # tokens generated per row (filled by the worker)
+    logits_processors: list = field(default_factory=list)  # this job's own (a tool-call grammar): it runs alone
 
     def __post_init__(self) -> None:
         self.tokens = [0] * len(self.prompts)
@@ -227,14 +228,15 @@ class Batcher:
                     self._last_jobs = 0
                     return self._take_batch()  # all gave up while we waited: block as usual (RLock)
             head = self._waiting.pop(0)
-            batch, key = [head], batch_key(head.sampling)
+            batch, key = [head], None if head.logits_processors else batch_key(head.sampling)
             rows = len(head.prompts)
             longest = max(len(p) for p in head.prompts)
             most = head.max_tokens
             if key is not None:
                 for job in list(self._waiting):
                     j_longest, j_most = max(longest, *(len(p) for p in job.prompts)), max(most, job.max_tokens)
-                    if (batch_key(job.sampling) == key and rows + len(job.prompts) <= self.max_batch
+                    if (not job.logits_processors and batch_key(job.sampling) == key
+                            and rows + len(job.prompts) <= self.max_batch
                             and j_longest + j_most <= self.context_len):
                         batch.append(job)
                         self._waiting.remove(job)
@@ -310,8 +312,11 @@ class Batcher:
         self.stats["jobs"] += len(batch)
         t0 = time.perf_counter()
         # rows share one SamplingParams (batch_key); each row's own cap and stop strings are enforced by on_token
+        # a job with its own processors runs alone (see _take_batch); the keyword is passed only then, so
+        # generate functions without it (tests, speculative decoding) keep working for everything else
+        extra = {"logits_processors": batch[0].logits_processors} if batch[0].logits_processors else {}
         self.generate_fn(prompts, replace(s, max_new_tokens=max_new, stop=[]), stop_ids=self.stop_ids,
-                         stop_fn=on_token)
+                         stop_fn=on_token, **extra)
         # rows the engine ended itself: a stop token, or (defensively) the context limit
         for r, (job, i, _) in enumerate(rows):
             if not finished[r]:

@@ -1,11 +1,13 @@
 """Request bodies of the OpenAI-compatible API, and its error body.
 
 Requests are validated strictly (a string where a number belongs is a 400, as OpenAI does, not
-silently coerced). Unknown fields (`tools`, `response_format`, ...) are a 400 naming the field:
+silently coerced). Unknown fields (`response_format`, `functions`, ...) are a 400 naming the field:
 ignoring them would answer a different request than the one sent. Fields we recognise but cannot
 honour (logprobs, suffix, best_of > n) are rejected with a clear 400 too. Numbers are limited to
 what the sampler can honour: `seed` fits in 64 bits (torch's generator seed), and a temperature
 above 0 but below `genforge.infer.sampling.GREEDY_BELOW` samples greedily (see there).
+Function calling (`tools`, `tool_choice`, `tool_calls`, role "tool") is parsed here and checked and
+served by `genforge.serve.tools`.
 Extensions beyond OpenAI: `top_k`, `repetition_penalty` and `truncate` (drop the oldest prompt
 tokens/messages instead of failing when prompt + max_tokens exceed the context window).
 
@@ -48,15 +50,60 @@ class TextPart(_Strict):
     text: str
 
 
-class Message(_Strict):
-    """A chat message; `developer` is treated as `system` (the newer OpenAI name)."""
+_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for function names (also keeps them literal in the template)
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+
+class FunctionCall(_Strict):
+    name: str = Field(pattern=_NAME)
+    arguments: str  # JSON text, as OpenAI sends it (checked by serve.tools)
+
+
+class ToolCall(_Strict):
+    """One call in an assistant message's `tool_calls`."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    """A chat message; `developer` is treated as `system` (the newer OpenAI name); `tool` answers a tool call."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this result answers
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    """One entry of `tools`."""
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """`tool_choice` naming one function: `{"type": "function", "function": {"name": ...}}`."""
+
+    type: Literal["function"]
+    function: FunctionName
 
 
 class StreamOptions(_Strict):
@@ -115,6 +162,9 @@ class ChatRequest(SamplingRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     top_logprobs: Any = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; a reply holds at most one call either way
 
 
 class CompletionRequest(SamplingRequest):
@@ -145,7 +195,8 @@ def reject_unsupported(req: SamplingRequest) -> None:
 
 def _field_names() -> set[str]:
     names: set[str] = set()
-    for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions):
+    for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions, ToolCall, FunctionCall, ToolDef,
+                FunctionDef, NamedToolChoice, FunctionName):
         names |= set(cls.model_fields)
     return names
 

@@ -46,3 +46,17 @@ def test_untrained_model_in_react_ends_cleanly(lm):
     t = run_episode(from_eval_lm(lm), default_registry(include=("calculator",)), "What is 2+2?",
                     ReActConfig(max_steps=3, max_new_tokens=8))
     assert t.status in ("malformed", "step_limit", "answered") and len(t.steps) <= 3
+
+
+def test_engine_model_continues_a_chat_turn(tiny_model, tiny_tokenizer):
+    """chat_prefix renders the same ids as encode_chat (special strings become tokens), and EngineModel
+    continues it greedily, batch or not, ending at <|end|>."""
+    from genforge.agents.llm import EngineModel, chat_prefix
+
+    tok = tiny_tokenizer
+    text = chat_prefix(tok, "What is 2 + 3?", "Thought:")
+    want = tok.encode_chat([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True)[0]
+    assert tok.encode(text) == want + tok.encode("Thought:")
+    lm = EngineModel(tiny_model, tok, batch_size=2)
+    outs = lm.generate([text, chat_prefix(tok, "hi"), text], max_new_tokens=5, temperature=0.0, stop=())
+    assert len(outs) == 3 and outs[0] == outs[2]

@@ -38,3 +38,20 @@ def test_planner_run_needs_no_model():
 def test_config_errors(cfg: AgentConfig, msg: str):
     with pytest.raises(ConfigError, match=msg):
         main(cfg)
+
+
+def test_cli_agent_run_prints_the_trajectory(capsys):
+    from genforge.cli import main as cli
+
+    assert cli(["agent", "run", "agent=planner", "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Goal: bring ") and out.rstrip().endswith("steps") and "success in" in out
+
+
+def test_cli_agent_run_help_lists_keys():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "genforge", "agent", "run", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "CHECKPOINT QUESTION" in r.stdout and "tools = [" in r.stdout

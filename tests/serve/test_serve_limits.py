@@ -133,10 +133,10 @@ def test_lone_surrogate_is_400_naming_the_field(client):
 
 # ---------------------------------------------------------------------------------------------- unknown fields
 @pytest.mark.parametrize("path, extra, param", [
-    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),  # the legacy form of tools
     ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "tool_calls": []}]},
-     "messages[0].tool_calls"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]},
+     "messages[0].audio"),
     ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
 ])
 def test_unknown_fields_are_400_naming_the_field(client, path, extra, param):
