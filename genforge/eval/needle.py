@@ -65,6 +65,19 @@ def world_case(n_tokens: int, depth: float, rng: random.Random, count_tokens: Ca
     return NeedleCase(f"{m['context']}\nQuestion: {m['question']}\nAnswer:", m["answer"])
 
 
+def world_cloze_case(n_tokens: int, depth: float, rng: random.Random,
+                     count_tokens: Callable[[str], int]) -> NeedleCase:
+    """A world case asked as a cloze: the context, then the needle's own lead-in for the model to complete.
+
+    The form for a pretrained (not instruction-tuned) model, which continues text rather than answers
+    questions; retrieving the code is then the copy an induction head does (Olsson et al. 2022).
+    """
+    from genforge.world import make_needle
+
+    m = make_needle(n_tokens, depth, seed=rng.randrange(1 << 30), count_tokens=count_tokens)
+    return NeedleCase(f"{m['context']}\n{m['cue']}", m["answer"])
+
+
 def needle_grid(lm: LM, *, context_lengths: Sequence[int] = (64, 128, 256),
                 depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), trials: int = 3, seed: int = 0,
                 max_new_tokens: int = 8,

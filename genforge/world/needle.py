@@ -23,8 +23,9 @@ def make_needle(filler_tokens: int, depth: float, seed: int = 0,
     """A haystack of about `filler_tokens` tokens of world text with a needle sentence at `depth` (0 = start, 1 = end).
 
     `count_tokens` measures length (default: whitespace words); pass a tokenizer's counter to size the
-    context for a model. Returns `{"context", "needle", "question", "answer", "depth", "filler_tokens"}`,
-    where `depth` is the depth actually used (the needle goes between sentences).
+    context for a model. Returns `{"context", "needle", "question", "cue", "answer", "depth", "filler_tokens"}`,
+    where `cue` is the needle's lead-in ("The secret code for ... is"), the cloze query for a pretrained model,
+    and `depth` is the depth actually used (the needle goes between sentences).
     """
     if not 0 <= depth <= 1:
         raise ConfigError(f"needle depth must be between 0 and 1, got {depth}")
@@ -38,6 +39,7 @@ def make_needle(filler_tokens: int, depth: float, seed: int = 0,
     answer = f"{rng.choice(_WORDS)}-{rng.randint(100, 999)}"
     needle = f"The secret code for the {place} of {town} is {answer}."
     question = f"What is the secret code for the {place} of {town}?"
+    cue = f"The secret code for the {place} of {town} is"
     # Filler: world documents split into sentences until the budget is met.
     docs = iter_clean_documents(w, random.Random(f"needle-filler-{seed}"))
     for _ in range(rng.randrange(len(w.people))):  # start somewhere in the mix, not always at the first entry
@@ -59,5 +61,5 @@ def make_needle(filler_tokens: int, depth: float, seed: int = 0,
         acc += lens[k]
         k += 1
     context = " ".join(sents[:k] + [needle] + sents[k:])
-    return {"context": context, "needle": needle, "question": question, "answer": answer,
+    return {"context": context, "needle": needle, "question": question, "cue": cue, "answer": answer,
             "depth": round(acc / total, 4) if total else 0.0, "filler_tokens": total}
