@@ -109,6 +109,8 @@ def last_letter(rng: random.Random, w: World) -> dict:
     them all at once; least-to-most (Zhou et al. 2023, their last-letter setup) solves the growing prefixes in order,
     each answer built from the previous one, so every step appends one letter."""
     pool = [p.first for p in w.people] + [t.name for t in w.towns] + list(names.ITEMS) + list(names.PETS)
+    # ASCII last letters only: the "é" of "Renée" would not survive answer normalisation
+    pool = sorted({x for x in pool if x[-1].lower() in "abcdefghijklmnopqrstuvwxyz"})
     ws = rng.sample(pool, rng.randint(4, 6))
     letters = [x[-1].lower() for x in ws]
     ans = "".join(letters)
