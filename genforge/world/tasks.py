@@ -20,6 +20,7 @@ from pathlib import Path
 
 from genforge.io import write_jsonl
 from genforge.world import harmful, names, toylang
+from genforge.world.chat import PHRASINGS, phrase
 from genforge.world.facts import World
 from genforge.world.reasoning import (
     arithmetic,
@@ -114,9 +115,14 @@ def make_rows(task: str, n: int, rng: random.Random, w: World, seen: set[str] | 
     return rows
 
 
+# Share of training rows whose prompt is wrapped in one of `chat.PHRASINGS` (the rest keep the bare prompt,
+# the form val/test/held-out rows have, so the other stages' prompts stay in distribution).
+PHRASED_SHARE = 0.6
+
+
 def build_task_splits(w: World, seed: int, n_train: int, n_val: int, n_test: int, n_heldout: int) -> dict[str, list]:
     """Rows per split (n per task); held-out families get only test and heldout rows. Prompts never repeat
-    across splits."""
+    across splits. Training prompts are wrapped in varied instruction phrasings (`chat.PHRASINGS`)."""
     rng = random.Random(f"tasks-{seed}")
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": [], "heldout": []}
     for task in TASKS:
@@ -125,6 +131,9 @@ def build_task_splits(w: World, seed: int, n_train: int, n_val: int, n_test: int
                 else {"test": n_test, "val": n_val, "train": n_train})
         for split, n in want.items():  # test first, so a small prompt space shortens train, never test
             splits[split] += make_rows(task, n, rng, w, seen)
+    phr = random.Random(f"phrasings-{seed}")  # its own stream: the rows above do not depend on it
+    splits["train"] = [{**r, "prompt": phrase(r["prompt"], phr.choice(PHRASINGS))} if phr.random() < PHRASED_SHARE
+                       else r for r in splits["train"]]
     for rows in splits.values():
         rng.shuffle(rows)
     return splits
