@@ -58,11 +58,12 @@ def make_case(n_tokens: int, depth: float, rng: random.Random, count_tokens: Cal
 
 
 def world_case(n_tokens: int, depth: float, rng: random.Random, count_tokens: Callable[[str], int]) -> NeedleCase:
-    """A case from the tiny world's needle generator (world text as the haystack)."""
+    """A case from the tiny world's needle generator (world text as the haystack), asked like the world's "needle"
+    task rows an SFT model trains on: the context, then the question on its own line."""
     from genforge.world import make_needle
 
     m = make_needle(n_tokens, depth, seed=rng.randrange(1 << 30), count_tokens=count_tokens)
-    return NeedleCase(f"{m['context']}\nQuestion: {m['question']}\nAnswer:", m["answer"])
+    return NeedleCase(f"{m['context']}\n{m['question']}", m["answer"])
 
 
 def world_cloze_case(n_tokens: int, depth: float, rng: random.Random,

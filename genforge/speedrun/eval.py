@@ -9,7 +9,8 @@ Every compared arm scores the SAME test items, so each lesson is a paired bootst
 - self-verification and tree of thoughts, reported with their cost in model calls per item;
 - in-context learning on the PRETRAINED model: k solved examples vs none (Brown et al. 2020);
 - multiple choice by log-likelihood against chance, with the option-order test;
-- needle in a haystack on the pretrained model within its trained context, and beyond it (the heatmap);
+- needle in a haystack within the trained context and beyond it (the heatmap), on the chat model (SFT trains on
+  the world's needle rows: the pretrained model copies nothing from its context) or, as a cloze, the pretrained one;
 - contamination of the eval items against the training corpus.
 Direct scores of every task go through `genforge.eval.score` (the SFT and align sections' path).
 """
@@ -57,7 +58,8 @@ class Config:
     needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 192, 256, 320, 384, 448])
     needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     needle_trials: int = 4  # needles per (length, depth) cell
-    trained_context: int = 0  # the needle lesson counts cells up to this length (0: the base's pretraining seq_len)
+    needle_model: str = "sft"  # "sft": the chat model asked like the world's needle rows; "base": a cloze
+    trained_context: int = 0  # the needle lesson counts cells up to this length (0: that model's training seq_len)
     needle_target: float = 0.8
     ngram: int = 8  # contamination n-gram size
 
@@ -96,14 +98,14 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     from genforge.eval.lm import GenforgeLM
     from genforge.eval.tasks import resolve_tasks
 
-    model, tok, _ = load_checkpoint(sft.checkpoint)
+    model, tok, sft_meta = load_checkpoint(sft.checkpoint)
     lm = GenforgeLM(model, tok, chat=True)
     out = ctx.path("eval")
     ecfg = EvalConfig(checkpoint=sft.checkpoint, tasks_dir=world.dir, chat=True, max_new_tokens=cfg.max_new_tokens,
                       samples=cfg.samples, temperature=cfg.temperature, seed=ctx.seed, contamination=[clean.clean],
                       ngram=cfg.ngram)
     report.note(f"Model under test: `{sft.checkpoint}` (chat template), {cfg.limit} test items per task, greedy "
-                "unless a strategy samples. In-context learning and the needle test use the pretrained model "
+                "unless a strategy samples. In-context learning uses the pretrained model "
                 f"`{sft.base}` (no chat template). Intervals: 95 % paired bootstrap over the shared test items.")
     tasks = resolve_tasks("all", world.dir, "test")
     t0 = time.perf_counter()
@@ -112,13 +114,14 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     by_task = {t.name: t for t in tasks}
     means = prompting_lessons(ctx, report, lm, cfg, ecfg, by_task, out)
     _multiple_choice_lesson(report, direct)
-    base, base_tok, meta = load_checkpoint(sft.base)
+    base, base_tok, base_meta = load_checkpoint(sft.base)
     base_lm = GenforgeLM(base, base_tok, chat=False)
+    needle_lm, meta = (base_lm, base_meta) if cfg.needle_model == "base" else (lm, sft_meta)
     if not cfg.trained_context:
-        cfg = dataclasses.replace(cfg, trained_context=int((meta.get("run") or {}).get("seq_len") or base_lm.max_len))
+        cfg = dataclasses.replace(cfg, trained_context=trained_seq_len(meta, needle_lm.max_len))
     if cfg.icl_task in by_task:
         icl_lesson(report, base_lm, by_task[cfg.icl_task], cfg, out)
-    needle = needle_lesson(ctx, report, base_lm, cfg, out)
+    needle = needle_lesson(ctx, report, needle_lm, cfg, out)
     _contamination(report, tasks, ecfg, out)
     report.row("eval stage seconds (wall)", round(time.perf_counter() - t0, 1), note="all of the above")
     return Outputs(checkpoint=sft.checkpoint, direct={t: v["score"] for t, v in direct["tasks"].items()},
@@ -348,18 +351,28 @@ def _multiple_choice_lesson(report: StageReport, direct: dict) -> None:
                       note=f"n={len(items)}; letter-format accuracy {m.get('acc_letter', float('nan')):.2f}{flips}")
 
 
-def needle_lesson(ctx: StageContext, report: StageReport, base_lm: GenforgeLM, cfg: Config, out: Path) -> float:
-    """Needle in a haystack on the pretrained model (a cloze on the needle's lead-in), at lengths within and beyond
-    its trained context; the lesson counts the cells within it. Returns that accuracy."""
-    from genforge.eval.needle import needle_grid, plot_needle, world_cloze_case
+def trained_seq_len(meta: dict, default: int) -> int:
+    """The sequence length a checkpoint was trained at, from its genforge.json (pretraining: run.seq_len; SFT:
+    run.data.seq_len)."""
+    run = meta.get("run") or {}
+    return int(run.get("seq_len") or (run.get("data") or {}).get("seq_len") or default)
+
+
+def needle_lesson(ctx: StageContext, report: StageReport, lm: GenforgeLM, cfg: Config, out: Path) -> float:
+    """Needle in a haystack at lengths within and beyond the model's trained context; the lesson counts the cells
+    within it. A chat model is asked like the world's needle rows, a pretrained one with a cloze on the needle's
+    lead-in (it continues text; it does not answer questions). Returns the accuracy within the trained context."""
+    from genforge.eval.needle import needle_grid, plot_needle, world_case, world_cloze_case
     from genforge.eval.stats import bootstrap_proportion
     from genforge.io import write_jsonl
 
-    lengths = [n for n in cfg.needle_lengths if n + 64 <= base_lm.max_len]
-    res = needle_grid(base_lm, context_lengths=lengths, depths=cfg.needle_depths, trials=cfg.needle_trials,
-                      seed=ctx.seed, max_new_tokens=8, case_fn=world_cloze_case)
+    lengths = [n for n in cfg.needle_lengths if n + 64 <= lm.max_len]
+    chat = getattr(lm, "chat", False)
+    res = needle_grid(lm, context_lengths=lengths, depths=cfg.needle_depths, trials=cfg.needle_trials,
+                      seed=ctx.seed, max_new_tokens=32 if chat else 8, case_fn=world_case if chat else world_cloze_case)
     write_jsonl(out / "items" / "needle.jsonl", res["items"])
-    plot = plot_needle(res, ctx.path("plots", "needle.png"), "Needle in a haystack (pretrained model)")
+    plot = plot_needle(res, ctx.path("plots", "needle.png"),
+                       f"Needle in a haystack ({'chat' if chat else 'pretrained'} model)")
     report.plot(str(plot.relative_to(ctx.run_dir)),
                 f"Needle accuracy by context length and depth; trained context {cfg.trained_context} tokens")
     inside = [i["correct"] for i in res["items"] if i["context_length"] <= cfg.trained_context]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from genforge.errors import ConfigError
 from genforge.world.corpus import iter_clean_documents
-from genforge.world.facts import build_world
+from genforge.world.facts import World, build_world
 
 _SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORDS = ("otter", "lantern", "thimble", "walnut", "harbour", "juniper", "comet", "pebble", "saffron", "quill")
@@ -63,3 +63,41 @@ def make_needle(filler_tokens: int, depth: float, seed: int = 0,
     context = " ".join(sents[:k] + [needle] + sents[k:])
     return {"context": context, "needle": needle, "question": question, "cue": cue, "answer": answer,
             "depth": round(acc / total, 4) if total else 0.0, "filler_tokens": total}
+
+
+# ---- needle rows to train on -----------------------------------------------------------------------------------
+
+_POOLS: dict[int, list[str]] = {}
+_PLACES = ("north gate", "old well", "bell tower", "east bridge", "river mill", "south wall", "fish market",
+           "stone stair", "west dock", "town hall")
+
+
+def _sentence_pool(w: World) -> list[str]:
+    """World-text sentences to build haystacks from (the world's first few hundred clean documents), per world."""
+    if id(w) not in _POOLS:
+        docs = iter_clean_documents(w, random.Random("needle-pool"))
+        _POOLS[id(w)] = [s.strip() for _ in range(300) for s in _SENT_RE.split(next(docs)) if s.strip()]
+    return _POOLS[id(w)]
+
+
+def needle_row(rng: random.Random, w: World, max_words: int = 150) -> dict:
+    """A task row that reads one planted fact back out of world text: a haystack of 10-`max_words` words with
+    "The secret code for the <place> of <town> is <word>-<number>." at a random depth, then the question.
+
+    Retrieval from context is a skill a ~1 M-parameter model pretrained on templated text does not have (it copies
+    nothing from its context: measured, no induction), so SFT teaches it on these rows; the eval stage's needle
+    grid then asks in the same format at lengths within and beyond the trained context. `max_words` keeps the
+    longest row inside a 256-token SFT sequence.
+    """
+    pool = _sentence_pool(w)
+    town = rng.choice(w.towns).name
+    place = rng.choice(_PLACES)
+    answer = f"{rng.choice(_WORDS)}-{rng.randint(100, 999)}"
+    cue = f"The secret code for the {place} of {town} is"
+    budget, sents = rng.randint(10, max_words), []
+    while sum(map(_words, sents)) < budget:
+        sents.append(rng.choice(pool))
+    sents.insert(rng.randint(0, len(sents)), f"{cue} {answer}.")
+    question = f"What is the secret code for the {place} of {town}?"
+    return {"task": "needle", "prompt": f"{' '.join(sents)}\n{question}", "response": f"{cue} {answer}.",
+            "rationale": "", "answer": answer}

@@ -167,6 +167,9 @@ def extract_answer(task: str, text: str) -> str:
     text = text.strip()
     if task == "refusal":
         return "refuse" if _REFUSAL.search(text[:200]) else "comply"
+    if task == "needle":  # the code read back out of the context: "<word>-<number>"
+        found = re.findall(r"\b[a-z]+-\d+\b", text)
+        return found[-1] if found else ""
     if task in ("summarization", "translation"):
         return text[len("the answer is"):].strip(" :") if text.lower().startswith("the answer is") else text
     hits = _ANSWER_IS.findall(text)

@@ -78,3 +78,16 @@ def test_coin_flip_rationale_tracks_the_state(rows):
     for r in (r for r in rows if r["task"] == "coin_flip"):
         flips = r["question"].count(" flips the coin.")
         assert r["answer"] == ("yes" if flips % 2 == 0 else "no")
+
+
+def test_needle_rows_plant_one_code_and_ask_for_it():
+    from genforge.world.needle import needle_row
+
+    w = build_world(0, 60, 12, 20)
+    rng = random.Random(0)
+    for _ in range(50):
+        r = needle_row(rng, w, max_words=60)
+        context, question = r["prompt"].rsplit("\n", 1)
+        assert context.count(r["response"]) == 1 and question.startswith("What is the secret code for the ")
+        assert is_correct("needle", r["response"], r["answer"]) and not is_correct("needle", "otter-1.", r["answer"])
+        assert len(context.split()) <= 60 + 40  # the budget, plus the last sentence and the needle
