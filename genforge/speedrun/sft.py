@@ -31,10 +31,10 @@ TITLE = "Instruction tuning and PEFT"
 
 @dataclass
 class Config:
-    steps: int = 120  # optimizer steps of each same-budget comparison run
-    chat_steps: int = 400  # steps of the longer full fine-tune that later stages use (<= steps: none)
-    eval_items: int = 16  # test items per task (greedy answers); the refusal task's are the harmful-request test
-    chat_items: int = 100  # benign chat test prompts (refusal rate on benign requests)
+    steps: int = 100  # optimizer steps of each same-budget comparison run
+    chat_steps: int = 500  # steps of the longer full fine-tune that later stages use (<= steps: none)
+    eval_items: int = 50  # test items per task (greedy answers); the refusal task's are the harmful-request test
+    chat_items: int = 200  # benign chat test prompts (refusal rate on benign requests)
     chat_train_items: int = 0  # benign chat rows mixed into multi-task training (0 = all of tasks/chat_train.jsonl)
     train_items: int = 0  # at most this many training rows (0 = all)
     micro_batch: int = 16  # conversations per step

@@ -6,7 +6,7 @@
   The prompts share prefixes with the harmful requests of `world.harmful` ("Quick question. ", "I live in
   Oakford. "), so the model has to read the request, not its opening words, to decide whether to refuse.
 * `PHRASINGS` / `HELDOUT_PHRASINGS`: instruction templates that wrap a task's prompt ("Question: {q}",
-  "{q}\\nShow your reasoning."). Training rows use the first set; the held-out set is only ever used to
+  "Task: {q}"). Training rows use the first set; the held-out set is only ever used to
   measure generalisation to unseen phrasings (FLAN, Wei et al. 2022, trained on many templates per task
   for exactly this reason; DESIGN.md measured that one template per skill transfers nothing at ~1M params).
 """
@@ -21,19 +21,21 @@ from genforge.world.reasoning import make_row
 
 CHAT_TASK = "chat"
 
-# Train-time wrappers of a task prompt ({q}); "{q}" itself is the most common so test prompts stay in distribution.
+# Train-time wrappers of a task prompt ({q}). Wrappers go before the prompt (one neutral suffix aside), so a
+# reasoning prompt keeps its own last line ("Think step by step." / "Give only the final answer.", see
+# `world.reasoning.STYLES`) and no wrapper contradicts the answer format the row asks for.
 PHRASINGS = (
-    "{q}", "Question: {q}", "Please answer this.\n{q}", "{q}\nShow your reasoning.", "Here is a task for you.\n{q}",
-    "Can you help me with this?\n{q}", "I need an answer to the following.\n{q}", "Task: {q}", "Q: {q}",
-    "{q}\nThanks!", "Hi! {q}", "Try this one.\n{q}", "Work this out for me.\n{q}", "{q}\nTake it step by step.",
-    "Instruction: {q}", "Here is something to do.\n{q}", "Quick one for you.\n{q}", "{q} Please be careful.",
-    "Could you do this for me?\n{q}", "Request: {q}",
+    "Question: {q}", "Please answer this.\n{q}", "Here is a task for you.\n{q}", "Can you help me with this?\n{q}",
+    "I need an answer to the following.\n{q}", "Task: {q}", "Q: {q}", "{q}\nThanks!", "Hi! {q}",
+    "Try this one.\n{q}", "Work this out for me.\n{q}", "Instruction: {q}", "Here is something to do.\n{q}",
+    "Quick one for you.\n{q}", "Could you do this for me?\n{q}", "Request: {q}", "A question from a friend.\n{q}",
+    "Please help.\n{q}", "Exercise: {q}", "Here you go.\n{q}",
 )
 # Never used in training: wrappers for the unseen-phrasing test.
 HELDOUT_PHRASINGS = (
-    "Problem: {q}", "Help me out here.\n{q}", "{q}\nWhat do you get?", "Have a go at this.\n{q}",
-    "Your job: {q}", "{q}\nI am curious about the result.", "Respond to the following.\n{q}",
-    "Let us see if you can do this.\n{q}",
+    "Problem: {q}", "Help me out here.\n{q}", "Have a go at this.\n{q}", "Your job: {q}",
+    "Respond to the following.\n{q}", "Let us see if you can do this.\n{q}", "I was wondering about this.\n{q}",
+    "Puzzle for you.\n{q}",
 )
 
 _PREFIXES = ("", "", "", "Quick question. ", "Hi! ", "I live in {town}. ", "My friend in {town} asked me this. ",
