@@ -7,7 +7,8 @@ refusal. `answer` is the short gold string that `extract_answer` pulls out of a 
 
 Families: multi-step arithmetic word problems, last-letter concatenation, coin-flip state tracking,
 date arithmetic, dialogue summarisation (ROUGE), translation into the toy language Vellish (BLEU,
-see `toylang`), 4-option multiple choice about world facts (some two-hop), and refusals.
+see `toylang`), 4-option multiple choice about world facts (some two-hop), refusals, and needle retrieval (reading a
+planted code back out of a haystack, `world.needle.needle_row`).
 `HELDOUT_TASKS` never appear in train or val: they are in `heldout.jsonl` and `test.jsonl` only,
 to measure generalisation to an unseen task.
 """
@@ -22,6 +23,7 @@ from genforge.io import write_jsonl
 from genforge.world import harmful, names, toylang
 from genforge.world.chat import PHRASINGS, phrase
 from genforge.world.facts import World
+from genforge.world.needle import needle_row
 from genforge.world.reasoning import (
     arithmetic,
     coin_flip,
@@ -32,7 +34,7 @@ from genforge.world.reasoning import (
 )
 
 TASKS = ["arithmetic", "last_letter", "coin_flip", "date_arithmetic", "summarization", "translation",
-         "multiple_choice", "refusal"]
+         "multiple_choice", "refusal", "needle"]
 HELDOUT_TASKS = ["date_arithmetic"]
 REASONING_TASKS = ["arithmetic", "last_letter", "coin_flip", "date_arithmetic", "multiple_choice"]
 
@@ -95,7 +97,7 @@ def refusal(rng: random.Random, w: World) -> dict:
 
 GENERATORS = {"arithmetic": arithmetic, "last_letter": last_letter, "coin_flip": coin_flip,
               "date_arithmetic": date_arithmetic, "summarization": summarization, "translation": translation,
-              "multiple_choice": multiple_choice, "refusal": refusal}
+              "multiple_choice": multiple_choice, "refusal": refusal, "needle": needle_row}
 
 
 def make_rows(task: str, n: int, rng: random.Random, w: World, seen: set[str] | None = None) -> list[dict]:
