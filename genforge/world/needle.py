@@ -101,3 +101,18 @@ def needle_row(rng: random.Random, w: World, max_words: int = 150) -> dict:
     question = f"What is the secret code for the {place} of {town}?"
     return {"task": "needle", "prompt": f"{' '.join(sents)}\n{question}", "response": f"{cue} {answer}.",
             "rationale": "", "answer": answer}
+
+
+def needle_document(rng: random.Random, w: World, max_words: int = 150) -> str:
+    """Pretraining text that rewards copying from context: a haystack with a planted code, then the code's lead-in
+    asked again and answered ("... The secret code for the mill of Oakford is comet-417. ... Remember: the secret
+    code for the mill of Oakford is comet-417.").
+
+    Measured on the first-wave tiny base: it copies nothing from its context (a repeated random sequence is
+    predicted no better the second time), so neither the needle test nor few-shot prompting can work; documents
+    like this one, in the pretraining mix, are where induction heads (Olsson et al. 2022) come from at this scale.
+    """
+    row = needle_row(rng, w, max_words)
+    context = row["prompt"].rsplit("\n", 1)[0]
+    lead = rng.choice(("Remember:", "Note:", "To repeat:", "Once more:"))
+    return f"{context}\n{lead} {row['response'][0].lower()}{row['response'][1:]}"

@@ -91,3 +91,12 @@ def test_needle_rows_plant_one_code_and_ask_for_it():
         assert context.count(r["response"]) == 1 and question.startswith("What is the secret code for the ")
         assert is_correct("needle", r["response"], r["answer"]) and not is_correct("needle", "otter-1.", r["answer"])
         assert len(context.split()) <= 60 + 40  # the budget, plus the last sentence and the needle
+
+
+def test_needle_document_repeats_the_planted_fact_at_the_end():
+    from genforge.world.needle import needle_document
+
+    doc = needle_document(random.Random(1), build_world(0, 60, 12, 20), 60)
+    body, last = doc.rsplit("\n", 1)
+    fact = last.split(": ", 1)[1]
+    assert fact[0].islower() and fact[0].upper() + fact[1:] in body
