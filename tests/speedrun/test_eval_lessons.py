@@ -87,6 +87,15 @@ def test_self_consistency_non_inferiority_fails_when_sampling_hurts(tasks, tmp_p
     assert sc.effect < -0.5 and not sc.holds
 
 
+def test_self_consistency_does_not_hold_when_nothing_is_solved(tasks, tmp_path):
+    cfg = ev.Config(limit=10, samples=3, cot_tasks=[], strategies=["self_consistency"])
+    rep = StageReport("eval", "t")
+    ev.prompting_lessons(StageContext(tmp_path), rep, scripted(tasks, wrong_styles=("cot", "direct")), cfg,
+                         ev.EvalConfigStub(), dict(tasks), tmp_path)
+    (sc,) = [les for les in rep.lessons if les.claim.startswith("self-consistency")]
+    assert sc.effect == 0.0 and sc.target == 0.0 and not sc.holds  # 0 vs 0 is not "at least as accurate"
+
+
 def test_icl_prompts_show_solved_examples_only_in_the_few_shot_arm(tasks):
     rows = tasks["coin_flip"].load(3)
     zero, few = ev.icl_prompts(tasks["coin_flip"], rows, 2)
