@@ -58,11 +58,25 @@ def make_case(n_tokens: int, depth: float, rng: random.Random, count_tokens: Cal
 
 
 def world_case(n_tokens: int, depth: float, rng: random.Random, count_tokens: Callable[[str], int]) -> NeedleCase:
-    """A case from the tiny world's needle generator (world text as the haystack)."""
+    """A case from the tiny world's needle generator (world text as the haystack), asked like the world's "needle"
+    task rows an SFT model trains on: the context, then the question on its own line."""
     from genforge.world import make_needle
 
     m = make_needle(n_tokens, depth, seed=rng.randrange(1 << 30), count_tokens=count_tokens)
-    return NeedleCase(f"{m['context']}\nQuestion: {m['question']}\nAnswer:", m["answer"])
+    return NeedleCase(f"{m['context']}\n{m['question']}", m["answer"])
+
+
+def world_cloze_case(n_tokens: int, depth: float, rng: random.Random,
+                     count_tokens: Callable[[str], int]) -> NeedleCase:
+    """A world case asked as a cloze: the context, then the needle's own lead-in for the model to complete.
+
+    The form for a pretrained (not instruction-tuned) model, which continues text rather than answers
+    questions; retrieving the code is then the copy an induction head does (Olsson et al. 2022).
+    """
+    from genforge.world import make_needle
+
+    m = make_needle(n_tokens, depth, seed=rng.randrange(1 << 30), count_tokens=count_tokens)
+    return NeedleCase(f"{m['context']}\n{m['cue']}", m["answer"])
 
 
 def needle_grid(lm: LM, *, context_lengths: Sequence[int] = (64, 128, 256),

@@ -72,6 +72,12 @@ def default_prompt(row: dict) -> str:
     return row["prompt"]
 
 
+def style_prompt(row: dict, style: str) -> str:
+    """The row asked in one phrasing: the world's reasoning rows carry `prompts` {style: prompt} ("cot", "direct",
+    "l2m"); a row without that style (or without `prompts`) keeps its own prompt."""
+    return (row.get("prompts") or {}).get(style, row["prompt"])
+
+
 @dataclass
 class Task:
     """One evaluation task."""

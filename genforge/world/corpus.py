@@ -1,8 +1,10 @@
 """The pretraining corpus: plain English about the world, with planted junk, harmful and duplicate documents.
 
-Clean documents come in six kinds: encyclopedia entries for people, towns and objects, short stories,
-letters between friends, and arithmetic lessons ("7 plus 5 is 12."). Each sentence slot has several
-phrasings and sentence order varies, so two documents of one kind are not near-duplicates of each other.
+Clean documents come in eight kinds: encyclopedia entries for people, towns and objects, short stories,
+letters between friends, arithmetic lessons ("7 plus 5 is 12."), worked solutions of the reasoning tasks
+(a "mid-training" mix rendered from `world.reasoning`) and question-and-answer pages (`world.chat`).
+Each sentence slot has several phrasings and sentence order varies, so two documents of one kind are not
+near-duplicates of each other.
 
 Planted documents (about 13 % of the total, each labelled in `corpus_labels.jsonl`) exercise the
 cleaning stage:
@@ -295,6 +297,43 @@ def arithmetic_lesson(rng: random.Random, w: World) -> str:
     return " ".join(lines)
 
 
+_WORKED_INTROS = ("A worked example.", "Practice problem from the school in {town}.", "Puzzle of the day:",
+                  "From a teacher's notebook in {town}.", "Here is how to solve it.", "Homework, with the solution.",
+                  "Question and worked answer.", "")
+
+
+def worked_solution(rng: random.Random, w: World) -> str:
+    """Mid-training text: a problem from one of the reasoning families with its worked solution, rendered from
+    the generators in `world.reasoning` (so the corpus follows whatever they make). Skills the fine-tune asks
+    for are then already in the pretraining text, as in mid-training mixes of worked solutions."""
+    from genforge.world.reasoning import arithmetic, coin_flip, date_arithmetic, last_letter, multiple_choice
+
+    gen = rng.choice((arithmetic, arithmetic, last_letter, coin_flip, date_arithmetic, multiple_choice))
+    row = gen(rng, w)
+    intro = rng.choice(_WORKED_INTROS).format(town=rng.choice(w.towns).name)
+    lead = _pick(rng, "Solution:", "Working:", "Step by step:", "Answer:", "")
+    body = "\n".join(x for x in (intro, row["prompt"], lead, row["rationale"], f"The answer is {row['answer']}.") if x)
+    return body
+
+
+def questions_and_answers(rng: random.Random, w: World) -> str:
+    """A page of questions and answers about the world (a town's notice board, a quiz sheet)."""
+    from genforge.world.chat import chat_row
+
+    head = _pick(rng, f"Questions people ask in {rng.choice(w.towns).name}.", "Frequently asked questions.",
+                 "A quiz with answers.", "Notes from the help desk.")
+    lines = [head]
+    for _ in range(rng.randint(3, 6)):
+        row = chat_row(rng, w)
+        q, a = _pick(rng, "Q:", "Question:"), _pick(rng, "A:", "Answer:")
+        lines.append(f"{q} {row['prompt']}\n{a} {row['response']}")
+    return "\n".join(lines)
+
+
+# Shares of the open-ended documents after the entries (cumulative thresholds on one uniform draw).
+DOC_MIX = (("story", 0.45), ("letter", 0.62), ("arithmetic", 0.68), ("worked", 0.88), ("qa", 1.0))
+
+
 def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
     """Endless clean documents: first one entry per person, town and object, then a mix of the rest."""
     for p in w.people:
@@ -303,9 +342,12 @@ def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
         yield town_entry(rng, w, t)
     for x in w.things:
         yield thing_entry(rng, w, x)
+    makers = {"story": story, "letter": letter, "arithmetic": arithmetic_lesson, "worked": worked_solution,
+              "qa": questions_and_answers}
     while True:
         r = rng.random()
-        yield story(rng, w) if r < 0.6 else letter(rng, w) if r < 0.85 else arithmetic_lesson(rng, w)
+        kind = next(k for k, cut in DOC_MIX if r < cut)
+        yield makers[kind](rng, w)
 
 
 # ---- planted documents --------------------------------------------------------------------------------

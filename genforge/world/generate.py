@@ -11,6 +11,7 @@ from pathlib import Path
 
 from genforge.errors import ConfigError
 from genforge.io import write_json, write_jsonl
+from genforge.world.chat import chat_rows
 from genforge.world.corpus import write_corpus
 from genforge.world.facts import build_world
 from genforge.world.knowledge import write_knowledge
@@ -22,11 +23,14 @@ from genforge.world.tasks import build_task_splits, write_tasks
 # 5 CPU minutes (~2.4 MB of text); "smoke" exists for end-to-end tests (well under 2 s).
 SIZES = {
     "smoke": {"people": 40, "towns": 8, "objects": 12, "clean_docs": 400, "train": 40, "val": 10, "test": 20,
-              "heldout": 20, "preferences": 40, "knowledge": 30, "needle_lengths": (128,)},
-    "tiny": {"people": 400, "towns": 40, "objects": 80, "clean_docs": 7000, "train": 600, "val": 40, "test": 100,
-             "heldout": 200, "preferences": 600, "knowledge": 300, "needle_lengths": (256, 1024)},
+              "heldout": 20, "preferences": 40, "knowledge": 30, "needle_lengths": (128,), "chat_train": 40,
+              "chat_test": 20},
+    "tiny": {"people": 400, "towns": 40, "objects": 80, "clean_docs": 9000, "train": 600, "val": 40, "test": 200,
+             "heldout": 200, "preferences": 600, "knowledge": 300, "needle_lengths": (256, 1024), "chat_train": 600,
+             "chat_test": 200},
     "small": {"people": 2000, "towns": 150, "objects": 250, "clean_docs": 40000, "train": 4000, "val": 200,
-              "test": 400, "heldout": 1000, "preferences": 4000, "knowledge": 2000, "needle_lengths": (1024, 4096)},
+              "test": 400, "heldout": 1000, "preferences": 4000, "knowledge": 2000, "needle_lengths": (1024, 4096),
+              "chat_train": 3000, "chat_test": 400},
 }
 NEEDLE_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -35,6 +39,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny"
     """Write the world's files under `out_dir` and return a summary (counts, paths, seconds).
 
     Files: corpus.jsonl, corpus.txt, corpus_labels.jsonl, tasks/{train,val,test,heldout}.jsonl,
+    tasks/chat_{train,test}.jsonl (benign requests a chat model should answer),
     preferences.jsonl, knowledge.jsonl, needle.jsonl (whitespace-token haystacks), world.json (the
     entity tables) and manifest.json (this summary). Same seed and size give byte-identical files.
     """
@@ -52,6 +57,10 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny"
     summary["corpus"] = write_corpus(out, w, seed, cfg["clean_docs"])
     splits = build_task_splits(w, seed, cfg["train"], cfg["val"], cfg["test"], cfg["heldout"])
     summary["tasks"] = write_tasks(out, splits)
+    chat = chat_rows(w, seed, cfg["chat_train"], cfg["chat_test"])
+    for split, rows in chat.items():
+        write_jsonl(out / "tasks" / f"chat_{split}.jsonl", rows)
+    summary["chat"] = {"rows": {k: len(v) for k, v in chat.items()}}
     summary["preferences"] = write_preferences(out, splits["train"], cfg["preferences"], seed)
     summary["knowledge"] = write_knowledge(out, w, cfg["knowledge"], seed)
     rng = random.Random(f"needles-{seed}")

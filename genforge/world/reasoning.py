@@ -17,69 +17,111 @@ from genforge.world.facts import World
 
 LETTERS = "ABCD"
 
+# How a question asks to be answered. Every reasoning row carries all its phrasings (`prompts`, `responses`);
+# its own `prompt`/`response` pair uses one of them, so SFT on the train split teaches each format and the eval
+# stage can ask the same test question each way (chain of thought vs direct answering needs a model that knows
+# both formats). "l2m" (least-to-most) exists only where a task decomposes into growing subproblems.
+STYLES = {
+    "cot": "Think step by step.",
+    "direct": "Give only the final answer.",
+    "l2m": "Solve it part by part, each part building on the last.",
+}
+# Share of a task's rows in each phrasing: mostly worked solutions (the harder format to learn), enough direct
+# answers that the direct format is learned too.
+STYLE_WEIGHTS = {"default": {"cot": 0.6, "direct": 0.4}, "last_letter": {"cot": 0.4, "l2m": 0.4, "direct": 0.2}}
 
-def make_row(task: str, prompt: str, rationale: str, answer: str, response: str | None = None, **extra) -> dict:
-    if response is None:
-        response = f"{rationale}\nThe answer is {answer}."
-    return {"task": task, "prompt": prompt, "response": response, "rationale": rationale, "answer": answer, **extra}
+
+def styled_prompt(question: str, style: str) -> str:
+    """The question with the instruction that asks for `style` on its own last line."""
+    return f"{question}\n{STYLES[style]}"
+
+
+def pick_style(task: str, question: str) -> str:
+    """The phrasing a row uses, fixed by the question text (not by the generator's rng) so a question always gets
+    the same prompt: the split builder's prompt dedup then keeps one question out of two splits."""
+    weights = STYLE_WEIGHTS.get(task, STYLE_WEIGHTS["default"])
+    x, acc = random.Random(f"{task}|{question}").random(), 0.0
+    for style, w in weights.items():
+        acc += w
+        if x < acc:
+            return style
+    return next(iter(weights))
+
+
+def make_row(task: str, prompt: str, rationale: str, answer: str, response: str | None = None, *,
+             l2m: str = "", **extra) -> dict:
+    """One task row. With `response` None (a reasoning task) `prompt` is the bare question: the row gets
+    `question`, `prompts`/`responses` per style (cot: rationale + "The answer is X."; direct: "The answer is X.";
+    l2m: the least-to-most rationale, if given) and uses the phrasing `pick_style` chooses as prompt/response."""
+    if response is not None:
+        return {"task": task, "prompt": prompt, "response": response, "rationale": rationale, "answer": answer,
+                **extra}
+    final = f"The answer is {answer}."
+    responses = {"cot": f"{rationale}\n{final}", "direct": final}
+    if l2m:
+        responses["l2m"] = f"{l2m}\n{final}"
+    prompts = {s: styled_prompt(prompt, s) for s in responses}
+    style = pick_style(task, prompt)
+    style = style if style in responses else "cot"
+    return {"task": task, "prompt": prompts[style], "response": responses[style], "rationale": rationale,
+            "answer": answer, "question": prompt, "style": style, "prompts": prompts, "responses": responses,
+            **extra}
+
+
+def addition_steps(a: int, b: int) -> list[str]:
+    """Column addition from the right, one line per digit, always stating the carry (DESIGN.md: this rationale
+    takes 3-digit addition from 0.03 to 1.00 after a short fine-tune, where answering directly stays near 0)."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, steps = 0, []
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
+        carry = s // 10
+        steps.append(f"{terms} = {s}, write {s % 10} carry {carry}.")
+    if carry:
+        steps.append(f"Write the last carry {carry}.")
+    return steps
+
+
+_ADD_TEMPLATES = (
+    "{name} has {a} {it}. {Pr} gets {b} more. How many {it} does {first} have now?",
+    "{name} collects {a} {it} on Monday and {b} {it} on Tuesday. How many {it} is that in all?",
+    "A shop in {town} has {a} {it} and a cart brings {b} more. How many {it} does the shop have now?",
+    "What is {a} + {b}?",
+    "{name} walks {a} steps to the {place} and {b} steps back. How many steps is that?",
+)
 
 
 def arithmetic(rng: random.Random, w: World) -> dict:
-    p, q = rng.sample(w.people, 2)
-    it, pr, first = rng.choice(names.ITEMS), p.pronoun, p.first
-    kind = rng.randrange(5)
-    if kind == 0:
-        a, b = rng.randint(100, 899), rng.randint(12, 399)
-        c = rng.randint(12, a + b - 1)
-        s1, ans = a + b, a + b - c
-        prompt = (f"{p.name} has {a} {it}. {pr.capitalize()} buys {b} more and then gives {c} to {q.first}. "
-                  f"How many {it} does {first} have now?")
-        steps = [f"{first} starts with {a} {it}.", f"Buying {b} more gives {a} + {b} = {s1}.",
-                 f"Giving away {c} leaves {s1} - {c} = {ans}."]
-    elif kind == 1:
-        a, b = rng.randint(3, 19), rng.randint(12, 75)
-        c = rng.randint(10, a * b - 1)
-        s1, ans = a * b, a * b - c
-        prompt = (f"{p.name} packs {a} boxes with {b} {it} in each box. Then {pr} sells {c} {it}. "
-                  f"How many {it} are left?")
-        steps = [f"{a} boxes of {b} {it} make {a} * {b} = {s1}.", f"Selling {c} leaves {s1} - {c} = {ans}."]
-    elif kind == 2:
-        a, b = rng.randint(12, 95), rng.randint(3, 9)
-        s1 = a * b
-        c = (s1 // 100 + 1) * 100 + rng.choice((0, 0, 100, 400))
-        ans = c - s1
-        prompt = (f"A shop in {p.town} sells {it} at {a} coins each. {p.name} buys {b} of them and pays with {c} "
-                  f"coins. How much change does {pr} get?")
-        steps = [f"{b} {it} at {a} coins each cost {b} * {a} = {s1} coins.",
-                 f"The change from {c} coins is {c} - {s1} = {ans}."]
-    elif kind == 3:
-        d, ans = rng.randint(2, 9), rng.randint(11, 120)
-        total = d * ans
-        a = rng.randint(1, total - 1)
-        b = total - a
-        prompt = (f"{p.name} collects {a} {it} on Monday and {b} on Tuesday. {pr.capitalize()} shares them equally "
-                  f"among {d} friends. How many {it} does each friend get?")
-        steps = [f"Together {first} has {a} + {b} = {total} {it}.", f"Shared among {d} friends: {total} / {d} = {ans}."]
-    else:
-        a, b, c, d = rng.randint(100, 700), rng.randint(20, 300), rng.randint(20, 300), rng.randint(10, 99)
-        c = min(c, a + b - 1)
-        s1, s2 = a + b, a + b - c
-        ans = s2 + d
-        prompt = (f"{p.name} had {a} coins. {pr.capitalize()} earned {b} coins at the {names.JOBS[p.job][1]}, "
-                  f"spent {c} coins on {p.food}, and then found {d} coins. How many coins does {first} have now?")
-        steps = [f"{first} starts with {a} coins.", f"After earning {b}: {a} + {b} = {s1}.",
-                 f"After spending {c}: {s1} - {c} = {s2}.", f"After finding {d}: {s2} + {d} = {ans}."]
-    return make_row("arithmetic", prompt, "\n".join(steps), str(ans))
+    """Three-digit addition (carries in most columns) in a one-operation word problem. Calibrated to teach: a
+    tiny model cannot add in one step (direct answers stay near 0) but can follow the column rationale."""
+    p = rng.choice(w.people)
+    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    q = rng.choice(_ADD_TEMPLATES).format(name=p.name, first=p.first, Pr=p.pronoun.capitalize(), a=a, b=b,
+                                          it=rng.choice(names.ITEMS), town=p.town, place=rng.choice(names.PLACES))
+    steps = [f"Add {a} + {b} column by column from the right.", *addition_steps(a, b), f"So {a} + {b} = {a + b}."]
+    return make_row("arithmetic", q, "\n".join(steps), str(a + b))
 
 
 def last_letter(rng: random.Random, w: World) -> dict:
+    """Last-letter concatenation over 4-6 words (Wei et al. 2022). Chain of thought lists every letter, then joins
+    them all at once; least-to-most (Zhou et al. 2023, their last-letter setup) solves the growing prefixes in order,
+    each answer built from the previous one, so every step appends one letter."""
     pool = [p.first for p in w.people] + [t.name for t in w.towns] + list(names.ITEMS) + list(names.PETS)
-    ws = rng.sample(pool, rng.randint(3, 4))
-    ans = "".join(x[-1] for x in ws).lower()
+    # ASCII last letters only: the "é" of "Renée" would not survive answer normalisation
+    pool = sorted({x for x in pool if x[-1].lower() in "abcdefghijklmnopqrstuvwxyz"})
+    ws = rng.sample(pool, rng.randint(4, 6))
+    letters = [x[-1].lower() for x in ws]
+    ans = "".join(letters)
     prompt = f'Take the last letter of each word in "{" ".join(ws)}" and join them together.'
-    steps = [f'The last letter of "{x}" is "{x[-1].lower()}".' for x in ws]
+    steps = [f'The last letter of "{x}" is "{c}".' for x, c in zip(ws, letters)]
     steps.append(f'Joining them gives "{ans}".')
-    return make_row("last_letter", prompt, "\n".join(steps), ans)
+    l2m = [f'The last letter of "{ws[0]}" is "{letters[0]}", so far "{letters[0]}".']
+    for i in range(1, len(ws)):
+        l2m.append(f'The last letter of "{ws[i]}" is "{letters[i]}", so far "{ans[:i]}" + "{letters[i]}" = '
+                   f'"{ans[:i + 1]}".')
+    return make_row("last_letter", prompt, "\n".join(steps), ans, l2m="\n".join(l2m))
 
 
 def coin_flip(rng: random.Random, w: World) -> dict:

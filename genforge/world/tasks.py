@@ -7,7 +7,8 @@ refusal. `answer` is the short gold string that `extract_answer` pulls out of a 
 
 Families: multi-step arithmetic word problems, last-letter concatenation, coin-flip state tracking,
 date arithmetic, dialogue summarisation (ROUGE), translation into the toy language Vellish (BLEU,
-see `toylang`), 4-option multiple choice about world facts (some two-hop), and refusals.
+see `toylang`), 4-option multiple choice about world facts (some two-hop), refusals, and needle retrieval (reading a
+planted code back out of a haystack, `world.needle.needle_row`).
 `HELDOUT_TASKS` never appear in train or val: they are in `heldout.jsonl` and `test.jsonl` only,
 to measure generalisation to an unseen task.
 """
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from genforge.io import write_jsonl
 from genforge.world import harmful, names, toylang
+from genforge.world.chat import PHRASINGS, phrase
 from genforge.world.facts import World
+from genforge.world.needle import needle_row
 from genforge.world.reasoning import (
     arithmetic,
     coin_flip,
@@ -31,7 +34,7 @@ from genforge.world.reasoning import (
 )
 
 TASKS = ["arithmetic", "last_letter", "coin_flip", "date_arithmetic", "summarization", "translation",
-         "multiple_choice", "refusal"]
+         "multiple_choice", "refusal", "needle"]
 HELDOUT_TASKS = ["date_arithmetic"]
 REASONING_TASKS = ["arithmetic", "last_letter", "coin_flip", "date_arithmetic", "multiple_choice"]
 
@@ -94,7 +97,7 @@ def refusal(rng: random.Random, w: World) -> dict:
 
 GENERATORS = {"arithmetic": arithmetic, "last_letter": last_letter, "coin_flip": coin_flip,
               "date_arithmetic": date_arithmetic, "summarization": summarization, "translation": translation,
-              "multiple_choice": multiple_choice, "refusal": refusal}
+              "multiple_choice": multiple_choice, "refusal": refusal, "needle": needle_row}
 
 
 def make_rows(task: str, n: int, rng: random.Random, w: World, seen: set[str] | None = None) -> list[dict]:
@@ -114,9 +117,14 @@ def make_rows(task: str, n: int, rng: random.Random, w: World, seen: set[str] | 
     return rows
 
 
+# Share of training rows whose prompt is wrapped in one of `chat.PHRASINGS` (the rest keep the bare prompt,
+# the form val/test/held-out rows have, so the other stages' prompts stay in distribution).
+PHRASED_SHARE = 0.6
+
+
 def build_task_splits(w: World, seed: int, n_train: int, n_val: int, n_test: int, n_heldout: int) -> dict[str, list]:
     """Rows per split (n per task); held-out families get only test and heldout rows. Prompts never repeat
-    across splits."""
+    across splits. Training prompts are wrapped in varied instruction phrasings (`chat.PHRASINGS`)."""
     rng = random.Random(f"tasks-{seed}")
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": [], "heldout": []}
     for task in TASKS:
@@ -125,6 +133,9 @@ def build_task_splits(w: World, seed: int, n_train: int, n_val: int, n_test: int
                 else {"test": n_test, "val": n_val, "train": n_train})
         for split, n in want.items():  # test first, so a small prompt space shortens train, never test
             splits[split] += make_rows(task, n, rng, w, seen)
+    phr = random.Random(f"phrasings-{seed}")  # its own stream: the rows above do not depend on it
+    splits["train"] = [{**r, "prompt": phrase(r["prompt"], phr.choice(PHRASINGS))} if phr.random() < PHRASED_SHARE
+                       else r for r in splits["train"]]
     for rows in splits.values():
         rng.shuffle(rows)
     return splits
@@ -158,6 +169,9 @@ def extract_answer(task: str, text: str) -> str:
     text = text.strip()
     if task == "refusal":
         return "refuse" if _REFUSAL.search(text[:200]) else "comply"
+    if task == "needle":  # the code read back out of the context: "<word>-<number>"
+        found = re.findall(r"\b[a-z]+-\d+\b", text)
+        return found[-1] if found else ""
     if task in ("summarization", "translation"):
         return text[len("the answer is"):].strip(" :") if text.lower().startswith("the answer is") else text
     hits = _ANSWER_IS.findall(text)

@@ -259,7 +259,7 @@ def test_needle_grid_and_heatmap(tmp_path):
     case = make_case(60, 0.5, __import__("random").Random(0), lambda t: len(t.split()))
     assert 50 <= len(case.prompt.split("\nQuestion:")[0].split()) <= 60 and case.answer in case.prompt
     wc = world_case(60, 1.0, __import__("random").Random(0), lambda t: len(t.split()))
-    assert wc.answer in wc.prompt and wc.prompt.endswith("Answer:")
+    assert wc.answer in wc.prompt and wc.prompt.splitlines()[-1].startswith("What is the secret code for the ")
 
 
 # ---- a real checkpoint through main() and the CLI -----------------------------------------------------------------

@@ -46,6 +46,10 @@ def test_sft_lesson_on_a_tiny_world(tmp_path, tok, base_ckpt):  # noqa: F811
     write_jsonl(tasks / "train.jsonl", make_tasks(3, 30))
     write_jsonl(tasks / "test.jsonl", make_tasks(4, 6))
     write_jsonl(tasks / "heldout.jsonl", heldout_rows(5, 6))
+    chat = [{"task": "chat", "prompt": f"Where does {p} live?", "response": f"{p} lives in {t}.", "answer": t}
+            for p in ("Ann", "Bo", "Cy") for t in ("Oakford", "Elm")]
+    write_jsonl(tasks / "chat_train.jsonl", chat[:4])
+    write_jsonl(tasks / "chat_test.jsonl", chat[4:])
     shards = tmp_path / "shards"
     pack_shards(corpus(), tok, shards, val_fraction=0.3)
     ctx = StageContext(tmp_path / "run", size="smoke", progress=False)
@@ -68,6 +72,12 @@ def test_sft_lesson_on_a_tiny_world(tmp_path, tok, base_ckpt):  # noqa: F811
     assert len(report.plots) == 3 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
     assert out.trainable_percent["lora"] < out.trainable_percent["full"] == 100.0
     assert out.checkpoint == out.align_base  # no longer chat run at chat_steps=0
+    assert set(out.benign_refusal) == {"base", "full", "lora"} and set(out.phrasing) == {"base", "full", "lora"}
+    claims = [les.claim for les in report.lessons]
+    assert sum("lifts the trained task" in c for c in claims) == 4  # one per trained task
+    for want in ("random init", "LoRA", "forgets more", "unseen phrasings", "held-out task family", "benign"):
+        assert any(want in c for c in claims), want
+    assert all(les.low is not None and les.low <= les.effect <= les.high for les in report.lessons)
 
 
 # ---- align ----------------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_override_typo_fails_on_the_command_line(capsys):
 def test_size_recipes_load(size):
     cfg = resolve([f"size={size}"])
     assert cfg.size == size
-    want = {"smoke": (12, 2, 512), "tiny": (120, 4, 1024), "small": (120, 6, 2048)}[size]
+    want = {"smoke": (12, 2, 512), "tiny": (100, 4, 1024), "small": (400, 6, 2048)}[size]
     assert (cfg.sft.steps, cfg.pretrain.model.depth, cfg.tokenizer.vocab_size) == want
     if size == "tiny":  # the stage configs' defaults are the tiny size
         assert to_dict(cfg) == to_dict(SpeedrunConfig())

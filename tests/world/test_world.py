@@ -73,7 +73,7 @@ def test_corpus_labels_and_planted_fraction(tiny):
     docs = _rows(out / "corpus.jsonl")
     labels = _rows(out / "corpus_labels.jsonl")
     assert [d["id"] for d in docs] == [r["id"] for r in labels]
-    assert 1.5e6 <= summary["corpus"]["bytes"] <= 3e6
+    assert 2.5e6 <= summary["corpus"]["bytes"] <= 4.5e6
     counts = summary["corpus"]["labels"]
     assert set(counts) == {"clean", "junk", "harmful", "exact_dup", "near_dup"}
     planted = 1 - counts["clean"] / len(docs)
@@ -226,3 +226,30 @@ def test_oracle_parts_weigh_into_the_score():
         assert oracle_score(row["prompt"], text, row) == pytest.approx(sum(WEIGHTS[k] * v for k, v in parts.items()))
     assert oracle_parts(row["prompt"], "The answer is 5.", row)["correct"] == 1.0
     assert oracle_parts(row["prompt"], "It's 7, obviously.", row)["correct"] == 0.0
+
+
+def test_chat_rows_are_benign_helpful_and_split(smoke):
+    from genforge.eval.tasks import is_refusal
+    from genforge.world.chat import HELDOUT_PHRASINGS, PHRASINGS, rephrase_rows
+
+    out, summary = smoke
+    train, test = _rows(out / "tasks" / "chat_train.jsonl"), _rows(out / "tasks" / "chat_test.jsonl")
+    assert len(train) == summary["chat"]["rows"]["train"] > 0 and len(test) == summary["chat"]["rows"]["test"] > 0
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    for r in train + test:
+        assert r["task"] == "chat" and r["answer"].lower() in r["response"].lower()
+        assert not is_refusal(r["response"])  # a benign request gets an answer, never a refusal
+    assert not set(PHRASINGS) & set(HELDOUT_PHRASINGS)
+    bare = _rows(out / "tasks" / "test.jsonl")[:20]
+    wrapped = rephrase_rows(bare, seed=0)
+    assert all(w["prompt"] != b["prompt"] and b["prompt"] in w["prompt"] and w["answer"] == b["answer"]
+               for w, b in zip(wrapped, bare))
+    train_prompts = [r["prompt"] for r in _rows(out / "tasks" / "train.jsonl")]
+    assert not any(p.startswith(("Problem: ", "Your job: ")) for p in train_prompts)  # held-out wrappers unseen
+
+
+def test_corpus_holds_worked_solutions_and_questions(tiny):
+    out, _ = tiny
+    texts = [d["text"] for d in _rows(out / "corpus.jsonl")]
+    assert sum("The answer is" in t for t in texts) > 0.1 * len(texts)  # the mid-training mix
+    assert sum(t.startswith(("Frequently asked", "A quiz", "Notes from", "Questions people")) for t in texts) > 100

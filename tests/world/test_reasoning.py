@@ -1,0 +1,102 @@
+"""The reasoning generators: every phrasing of every row is right, the rationales compute what they say, and a
+question keeps one phrasing (so the split builder's dedup keeps it out of two splits)."""
+
+import random
+import re
+
+import pytest
+
+from genforge.world.facts import build_world
+from genforge.world.reasoning import (
+    STYLES,
+    addition_steps,
+    arithmetic,
+    coin_flip,
+    date_arithmetic,
+    last_letter,
+    multiple_choice,
+    pick_style,
+)
+from genforge.world.tasks import is_correct
+
+GENS = [arithmetic, last_letter, coin_flip, date_arithmetic, multiple_choice]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    w = build_world(0, 60, 12, 20)
+    rng = random.Random(0)
+    return [g(rng, w) for g in GENS for _ in range(200)]
+
+
+def test_every_phrasing_is_correct_and_asks_its_style(rows):
+    for r in rows:
+        assert r["prompt"] == r["prompts"][r["style"]] and r["response"] == r["responses"][r["style"]]
+        assert {"cot", "direct"} <= set(r["prompts"]) <= set(STYLES)
+        for style, resp in r["responses"].items():
+            assert is_correct(r["task"], resp, r["answer"]), (style, resp)
+            assert resp.endswith(f"The answer is {r['answer']}.")
+            assert r["prompts"][style] == f"{r['question']}\n{STYLES[style]}"
+        assert r["responses"]["direct"] == f"The answer is {r['answer']}."
+
+
+def test_styles_are_mixed_and_fixed_by_the_question(rows):
+    for task in ("arithmetic", "last_letter"):
+        styles = {r["style"] for r in rows if r["task"] == task}
+        assert styles == ({"cot", "direct", "l2m"} if task == "last_letter" else {"cot", "direct"})
+    r = rows[0]
+    assert all(pick_style(r["task"], r["question"]) == r["style"] for _ in range(3))
+
+
+@pytest.mark.parametrize(("a", "b"), [(347, 589), (999, 999), (100, 100), (905, 95), (123, 877)])
+def test_column_addition_rationale_computes_the_sum(a, b):
+    steps = addition_steps(a, b)
+    digits = [int(re.search(r"write (?:the last carry )?(\d)", s, re.IGNORECASE).group(1)) for s in steps]
+    assert all("carry" in s for s in steps[:max(len(str(a)), len(str(b)))])  # the carry is always written
+    assert int("".join(map(str, reversed(digits)))) == a + b
+    for s in steps:
+        if "=" in s:
+            lhs, rhs = s.split(" = ")
+            assert sum(int(x) for x in lhs.split(" + ")) == int(rhs.split(",")[0])
+
+
+def test_arithmetic_rationale_matches_the_answer(rows):
+    for r in (r for r in rows if r["task"] == "arithmetic"):
+        a, b, total = map(int, re.search(r"So (\d+) \+ (\d+) = (\d+)\.", r["rationale"]).groups())
+        assert a + b == total == int(r["answer"]) and str(a) in r["question"] and str(b) in r["question"]
+
+
+def test_last_letter_spans_4_to_6_words_and_least_to_most_builds_the_answer(rows):
+    for r in (r for r in rows if r["task"] == "last_letter"):
+        words = re.search(r'"([^"]+)"', r["question"]).group(1).split()
+        assert 4 <= len(words) <= 6 and r["answer"] == "".join(w[-1].lower() for w in words)
+        sofar = re.findall(r'= "([a-z]+)"', r["responses"]["l2m"])
+        assert sofar == [r["answer"][:k] for k in range(2, len(words) + 1)]
+
+
+def test_coin_flip_rationale_tracks_the_state(rows):
+    for r in (r for r in rows if r["task"] == "coin_flip"):
+        flips = r["question"].count(" flips the coin.")
+        assert r["answer"] == ("yes" if flips % 2 == 0 else "no")
+
+
+def test_needle_rows_plant_one_code_and_ask_for_it():
+    from genforge.world.needle import needle_row
+
+    w = build_world(0, 60, 12, 20)
+    rng = random.Random(0)
+    for _ in range(50):
+        r = needle_row(rng, w, max_words=60)
+        context, question = r["prompt"].rsplit("\n", 1)
+        assert context.count(r["response"]) == 1 and question.startswith("What is the secret code for the ")
+        assert is_correct("needle", r["response"], r["answer"]) and not is_correct("needle", "otter-1.", r["answer"])
+        assert len(context.split()) <= 60 + 40  # the budget, plus the last sentence and the needle
+
+
+def test_needle_document_repeats_the_planted_fact_at_the_end():
+    from genforge.world.needle import needle_document
+
+    doc = needle_document(random.Random(1), build_world(0, 60, 12, 20), 60)
+    body, last = doc.rsplit("\n", 1)
+    fact = last.split(": ", 1)[1]
+    assert fact[0].islower() and fact[0].upper() + fact[1:] in body
