@@ -27,6 +27,11 @@ PAL_HEADER = "Write a Python program that solves the problem and prints the answ
 STOP = ("\nQuestion:",)
 
 
+
+def question_of(row: dict) -> str:
+    """The bare question of a world row (its `prompt` may add a style line such as "Give only the final answer.")."""
+    return row.get("question") or row["prompt"]
+
 def rationale_to_program(rationale: str) -> str:
     """Turn the worked steps "a op b = c" of a rationale into a program; earlier results become names.
 
@@ -131,13 +136,13 @@ def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str,
     end where the number comes ("... The answer is"). bind_numbers: run PAL programs after `number_bindings`.
     """
     make = {"direct": direct_prompt, "cot": cot_prompt, "pal": pal_prompt}[method]
-    prompts = prompts if prompts is not None else [make(r["prompt"], examples) for r in rows]
+    prompts = prompts if prompts is not None else [make(question_of(r), examples) for r in rows]
     outs = model.generate(prompts, max_new_tokens=max_new_tokens if method != "direct" else 16, temperature=0.0,
                           stop=STOP)
     answers, details = [], []
     for row, out in zip(rows, outs):
         if method == "pal":
-            prelude = number_bindings(row["prompt"]) if bind_numbers else ""
+            prelude = number_bindings(question_of(row)) if bind_numbers else ""
             res = run_python(prelude + program_of(out), sandbox)
             answers.append(answer_from_output(res.stdout) if res.ok else "")
             details.append({"completion": out, "output": res.as_observation(), "isolation": res.isolation})

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genforge.agents.pal import question_of
 from genforge.errors import ConfigError
 from genforge.report import StageReport
 from genforge.speedrun import sft, world
@@ -181,9 +182,10 @@ def training_conversations(arith: list[dict], hops: list[dict], kb: KnowledgeBas
 
     out = []
     for r in arith:
-        out.append(conv(f"{TAGS['direct']} {r['prompt']}", f"The answer is {r['answer']}."))
-        out.append(conv(f"{TAGS['cot']} {r['prompt']}", f"{r['rationale']}\nThe answer is {r['answer']}."))
-        out.append(conv(f"{TAGS['pal']} {r['prompt']}", numbered_program(r["prompt"], r["rationale"])))
+        q = question_of(r)
+        out.append(conv(f"{TAGS['direct']} {q}", f"The answer is {r['answer']}."))
+        out.append(conv(f"{TAGS['cot']} {q}", f"{r['rationale']}\nThe answer is {r['answer']}."))
+        out.append(conv(f"{TAGS['pal']} {q}", numbered_program(q, r["rationale"])))
     for r in hops:
         out.append(conv(f"{TAGS['direct']} {r['question']}", r["answer"]))
         out.append(conv(facts_prompt(kb, r["question"], k), r["answer"]))
@@ -253,7 +255,7 @@ def _arithmetic(ctx: StageContext, report: StageReport, lm, tok, rows: list[dict
                 f"; gold {rows[ex]['answer']}; the same item directly: `{res['direct'].answers[ex]}`, by chain of "
                 f"thought: `{res['cot'].answers[ex]}`.")
     write_jsonl(ctx.path("agents", "pal.jsonl"),
-                [{"prompt": r["prompt"], "answer": r["answer"], **{m: res[m].answers[i] for m in res},
+                [{"prompt": question_of(r), "answer": r["answer"], **{m: res[m].answers[i] for m in res},
                   "program": res["pal"].details[i]["completion"], "output": res["pal"].details[i]["output"]}
                  for i, r in enumerate(rows)])
     return {m: r.accuracy for m, r in res.items()}

@@ -54,7 +54,7 @@ class Config:
     icl_task: str = "coin_flip"  # in-context learning on the pretrained model
     icl_shots: int = 3
     strategies: list[str] = field(default_factory=lambda: list(OPTIONAL))  # which of OPTIONAL to run
-    search_limit: int = 20  # items for self-verification and tree of thoughts (cost grows ~10x per item)
+    search_limit: int = 12  # items for self-verification and tree of thoughts (cost grows ~10x per item)
     needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 192, 256, 320, 384, 448])
     needle_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     needle_trials: int = 4  # needles per (length, depth) cell

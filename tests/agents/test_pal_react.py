@@ -34,7 +34,7 @@ def test_rationale_programs_compute_every_gold_answer():
 def test_pal_beats_direct_on_a_stub_that_structures_but_cannot_add():
     """The stub writes the right program (PAL) but guesses numbers off by one when it must compute them."""
     rows, shots = _rows(12, 1), _rows(2, 2)
-    by_question = {r["prompt"]: r for r in rows}
+    by_question = {r.get("question", r["prompt"]): r for r in rows}
 
     def reply(prompt: str) -> str:
         q = prompt.rsplit("Question: ", 1)[1].split("\n")[0]

@@ -41,7 +41,7 @@ def test_sft_eval_and_align_lessons_score_a_checkpoint_identically(world_and_mod
 
     w, tok, model, items = world_and_model
     scores = sft._Scores()
-    sft._measure(scores, "m", model, tok, items, None, heldout=False, forgetting=False)
+    sft._measure(scores, "m", model, tok, items, None, extra=False, forgetting=False)
     from_sft = scores.tasks["m"]
     tasks = [t for t in resolve_tasks(list(items.eval), w.dir, "test") if t.metric != "mc"]  # mc: log-likelihood
     direct = eval_lesson.direct_results(GenforgeLM(model, tok, chat=True), tasks, 3, tmp_path, EvalConfig(seed=0))
