@@ -40,15 +40,7 @@ def rationale_to_program(rationale: str) -> str:
     step2 = step1 - 3
     print(step2)
     """
-    lines, names = [], {}
-    for a, op, b, c in _STEP.findall(rationale):
-        op = "//" if op == "/" else op  # the world's divisions are exact
-        name = f"step{len(lines) + 1}"
-        lines.append(f"{name} = {names.get(a, a)} {op} {names.get(b, b)}")
-        names[c] = name
-    if not lines:
-        raise ValueError(f"no worked step 'a op b = c' in rationale {rationale[:60]!r}")
-    return "\n".join(lines + [f"print({name})"])
+    return _program(rationale, [])
 
 
 _NUMBER = re.compile(r"\d+")
@@ -71,13 +63,20 @@ def numbered_program(question: str, rationale: str) -> str:
     step1 = n0 + n1
     print(step1)
     """
-    nums = question_numbers(question)
-    lines, names = [], {}
-    for a, op, b, c in _STEP.findall(rationale):
-        op = "//" if op == "/" else op
+    return _program(rationale, question_numbers(question))
 
-        def ref(x: str) -> str:
-            return names.get(x) or (f"n{nums.index(x)}" if x in nums else x)
+
+def _program(rationale: str, nums: list[str]) -> str:
+    """Steps "a op b = c" -> `stepK = x op y` lines; an operand is an earlier step's name, a bound question
+    number (n0, n1, ... when `nums` lists them) or the literal."""
+    lines: list[str] = []
+    names: dict[str, str] = {}
+
+    def ref(x: str) -> str:
+        return names.get(x) or (f"n{nums.index(x)}" if x in nums else x)
+
+    for a, op, b, c in _STEP.findall(rationale):
+        op = "//" if op == "/" else op  # the world's divisions are exact
         name = f"step{len(lines) + 1}"
         lines.append(f"{name} = {ref(a)} {op} {ref(b)}")
         names[c] = name

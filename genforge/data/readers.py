@@ -91,14 +91,20 @@ def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
     yield from read_jsonl(path)
 
 
+def text_field_of(obj: dict, text_field: str, where: str) -> str:
+    """A JSONL row's text, or a one-line error naming file:line and the fix (missing or non-string field)."""
+    if text_field not in obj:
+        raise DataError(f'{where}: missing field "{text_field}" (set text_field to the name of the text field; '
+                        f"this row has {', '.join(map(repr, obj)) or 'no fields'})")
+    text = obj[text_field]
+    if not isinstance(text, str):
+        raise DataError(f'{where}: field "{text_field}" must be a string, got {type(text).__name__}')
+    return text
+
+
 def _read_jsonl(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
     for lineno, obj in _json_rows(path):
-        if text_field not in obj:
-            raise DataError(f'{path}:{lineno}: missing field "{text_field}" (set text_field to the name of the '
-                            f"text field; this row has {', '.join(map(repr, obj)) or 'no fields'})")
-        text = obj[text_field]
-        if not isinstance(text, str):
-            raise DataError(f'{path}:{lineno}: field "{text_field}" must be a string, got {type(text).__name__}')
+        text = text_field_of(obj, text_field, f"{path}:{lineno}")
         did = obj.get(id_field)
         yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, f"{path}:{lineno}")
 

@@ -7,12 +7,13 @@ a few blank files is normal; an input that yields *no* document at all is an err
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genforge.data.readers import text_field_of
 from genforge.errors import DataError
+from genforge.io import read_jsonl
 
 SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".md": "markdown", ".markdown": "markdown"}
 
@@ -88,23 +89,10 @@ def _load_markdown(path: Path, rep: LoadReport) -> None:
 
 
 def _load_jsonl(path: Path, rep: LoadReport, text_field: str, id_field: str) -> None:
-    raw = _read_text(path)
+    _read_text(path)  # one-line errors for unreadable / non-UTF-8 files, as for the other formats
     n_before = len(rep.documents)
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-        if text_field not in obj:
-            raise DataError(f'{path}:{lineno}: missing field "{text_field}" '
-                            f"(set text_field to the key holding the text; keys here: {', '.join(sorted(obj))})")
-        text = obj[text_field]
-        if not isinstance(text, str):
-            raise DataError(f'{path}:{lineno}: field "{text_field}" must be a string, got {type(text).__name__}')
+    for lineno, obj in read_jsonl(path):  # the one JSONL reader: file:line errors for bad JSON
+        text = text_field_of(obj, text_field, f"{path}:{lineno}")
         if not text.strip():
             rep.skipped.append(f"{path}:{lineno}: empty")
             continue

@@ -23,19 +23,8 @@ import torch.nn as nn
 from genforge.config import save_resolved, to_dict
 from genforge.errors import ConfigError, DataError
 from genforge.tokenizer import Tokenizer
+from genforge.train import rollout
 from genforge.train.rl_losses import entropy_from_logits, group_advantages, grpo_loss, masked_mean
-from genforge.train.rollout import (
-    MonitorFn,
-    Reference,
-    RewardFn,
-    RolloutSource,
-    encode_prompt,
-    gather_logprobs,
-    make_policy,
-    nan_loss,
-    response_forward,
-    write_policy,
-)
 from genforge.train.trainer import TrainConfig, Trainer
 
 
@@ -66,20 +55,20 @@ class GRPOConfig:
         log_every=1))
 
 
-class GRPORollouts(RolloutSource):
+class GRPORollouts(rollout.RolloutSource):
     """Rollouts of G responses per prompt with group-normalised advantages."""
 
     name = "grpo"
 
-    def __init__(self, policy: nn.Module, ref: Reference | None, *args, **kw):
+    def __init__(self, policy: nn.Module, ref: rollout.Reference | None, *args, **kw):
         super().__init__(policy, *args, **kw)
         self.ref = ref
 
     @torch.no_grad()
     def process(self, batch: dict, scores: torch.Tensor) -> tuple[dict, dict]:
         mask = batch["response_mask"].float()
-        logits = response_forward(self.policy, batch)
-        logp = gather_logprobs(logits, batch["response_ids"], mask)  # (B, R)
+        logits = rollout.response_forward(self.policy, batch)
+        logp = rollout.gather_logprobs(logits, batch["response_ids"], mask)  # (B, R)
         adv = group_advantages(scores, self.group_size, self.cfg.adv_eps)  # (B,)
         out = {"old_logp": logp, "advantages": adv}
         stats = {"entropy": masked_mean(entropy_from_logits(logits), mask).item(),
@@ -93,36 +82,32 @@ class GRPORollouts(RolloutSource):
 def make_loss_fn(cfg: GRPOConfig):
     def loss_fn(model: nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict]:
         if batch.get("bad"):
-            return nan_loss(model), 1, {}
+            return rollout.nan_loss(model), 1, {}
         mask = batch["response_mask"].float()
-        logits = response_forward(model, batch)
-        logp = gather_logprobs(logits, batch["response_ids"], mask)
+        logits = rollout.response_forward(model, batch)
+        logp = rollout.gather_logprobs(logits, batch["response_ids"], mask)
         loss, st = grpo_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"], mask, cfg.clip,
                              cfg.beta)
         metrics = {"clip_frac": st["clip_frac"].item(), "kl_k3": st["kl"].item()}
-        for k, v in batch.items():  # the rollout's statistics, unless the minibatch measured the same thing
-            if k.startswith("rollout_"):
-                metrics.setdefault(k[len("rollout_"):], v)
-        return loss, 1, metrics
+        return loss, 1, rollout.with_rollout_stats(metrics, batch)
     return loss_fn
 
 
-def train_grpo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn: RewardFn, cfg: GRPOConfig,
-               out_dir: str | Path, *, monitor_fn: MonitorFn | None = None, run_config: dict | None = None
+def train_grpo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn: rollout.RewardFn, cfg: GRPOConfig,
+               out_dir: str | Path, *, monitor_fn: rollout.MonitorFn | None = None, run_config: dict | None = None
                ) -> tuple[dict, list[dict]]:
     """GRPO of `policy` (reference = its state now); returns (trainer result, one stats row per rollout)."""
     if cfg.group_size < 2:
         raise ConfigError("grpo.group_size must be >= 2: advantages are relative to the other samples of a group")
-    ref = Reference(policy) if cfg.beta > 0 else None
-    ids = [encode_prompt(tok, r["prompt"]) for r in prompts]
+    ref = rollout.Reference(policy) if cfg.beta > 0 else None
+    ids = [rollout.encode_prompt(tok, r["prompt"]) for r in prompts]
     source = GRPORollouts(policy, ref, ids, prompts, reward_fn, cfg, cfg.train, pad_id=tok.pad_id,
                           stop_id=tok.end_id, group_size=cfg.group_size, monitor_fn=monitor_fn)
     train = cfg.train
-    train.max_steps = cfg.rollouts * source.steps_per_rollout if cfg.rollouts else train.max_steps
-    train.max_bad_steps = max(train.max_bad_steps, cfg.max_nan_rewards)
+    rollout.schedule_rollouts(train, cfg.rollouts, source.steps_per_rollout, cfg.max_nan_rewards)
 
     def save_fn(folder: Path) -> None:
-        write_policy(folder, policy, tok, run_config or {}, {"stage": "grpo", "step": trainer.step,
+        rollout.write_policy(folder, policy, tok, run_config or {}, {"stage": "grpo", "step": trainer.step,
                                                              "rollouts": source.history[-1:]})
 
     trainer = Trainer(policy, train, make_loss_fn(cfg), source, out_dir, save_fn=save_fn, name="grpo")
@@ -147,6 +132,6 @@ def main(cfg: GRPOConfig) -> dict:
             raise DataError(f"{cfg.prompts}: no rows with task in {sorted(keep)}")
     out = Path(cfg.out_dir)
     save_resolved(cfg, out)
-    policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
+    policy = rollout.make_policy(model, cfg.lora_r, cfg.lora_alpha)
     result, history = train_grpo(policy, tok, prompts, verifiable_reward(tok), cfg, out, run_config=to_dict(cfg))
     return {**result, **{f"last_{k}": v for k, v in (history[-1] if history else {}).items()}}

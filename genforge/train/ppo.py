@@ -51,6 +51,8 @@ from genforge.train.rollout import (
     make_policy,
     nan_loss,
     response_forward,
+    schedule_rollouts,
+    with_rollout_stats,
     write_policy,
 )
 from genforge.train.trainer import TrainConfig, Trainer
@@ -165,10 +167,7 @@ def make_loss_fn(cfg: PPOConfig):
         metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": st["clip_frac"].item(),
                    "vf_clip_frac": vf_frac.item(), "approx_kl_old": st["approx_kl"].item(),
                    "entropy": entropy.item()}
-        for k, v in batch.items():  # the rollout's statistics, unless the minibatch measured the same thing
-            if k.startswith("rollout_"):
-                metrics.setdefault(k[len("rollout_"):], v)
-        return loss, 1, metrics
+        return loss, 1, with_rollout_stats(metrics, batch)
     return loss_fn
 
 
@@ -185,8 +184,7 @@ def train_ppo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn:
     source = PPORollouts(ac, ref, ids, prompts, reward_fn, cfg, cfg.train, pad_id=tok.pad_id, stop_id=tok.end_id,
                          monitor_fn=monitor_fn)
     train = cfg.train
-    train.max_steps = cfg.rollouts * source.steps_per_rollout if cfg.rollouts else train.max_steps
-    train.max_bad_steps = max(train.max_bad_steps, cfg.max_nan_rewards)
+    schedule_rollouts(train, cfg.rollouts, source.steps_per_rollout, cfg.max_nan_rewards)
 
     def save_fn(folder: Path) -> None:
         write_policy(folder, policy, tok, run_config or {}, {"stage": "ppo", "step": trainer.step,

@@ -314,3 +314,18 @@ class RolloutSource:
 def nan_loss(model: nn.Module) -> torch.Tensor:
     """A NaN loss connected to the model: the trainer's guard then skips the step (and counts it)."""
     return next(p for p in model.parameters() if p.requires_grad).sum() * float("nan")
+
+
+def with_rollout_stats(metrics: dict, batch: dict) -> dict:
+    """A minibatch's metrics plus the rollout's statistics (batch keys "rollout_*"), unless the minibatch
+    measured the same thing itself."""
+    for k, v in batch.items():
+        if k.startswith("rollout_"):
+            metrics.setdefault(k[len("rollout_"):], v)
+    return metrics
+
+
+def schedule_rollouts(train, rollouts: int, steps_per_rollout: int, max_nan_rewards: int) -> None:
+    """Trainer steps = rollouts x optimiser steps per rollout (when rollouts is set); NaN rewards are bad steps."""
+    train.max_steps = rollouts * steps_per_rollout if rollouts else train.max_steps
+    train.max_bad_steps = max(train.max_bad_steps, max_nan_rewards)

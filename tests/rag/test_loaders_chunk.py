@@ -32,7 +32,7 @@ def test_bad_jsonl_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"k\.jsonl:2: invalid JSON"):
         load_documents(f)
     f.write_text('{"text": "ok"}\n{"body": "x"}\n')
-    with pytest.raises(DataError, match=r'k\.jsonl:2: missing field "text".*keys here: body'):
+    with pytest.raises(DataError, match=r'k\.jsonl:2: missing field "text".*this row has .body.'):
         load_documents(f)
 
 
