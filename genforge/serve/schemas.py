@@ -109,12 +109,21 @@ class SamplingRequest(_Strict):
                               presence_penalty=self.presence_penalty, stop=self.stops())
 
 
+class RetrievalOptions(_Strict):
+    """Extension (rag): retrieve k passages for the last user message; see genforge/serve/embeddings.py."""
+
+    collection: str = Field(min_length=1)
+    k: int = Field(3, ge=1, le=20)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     top_logprobs: Any = None
+    retrieval: RetrievalOptions | None = None  # extension (rag): answer from retrieved passages, cite sources
 
 
 class CompletionRequest(SamplingRequest):
@@ -145,7 +154,7 @@ def reject_unsupported(req: SamplingRequest) -> None:
 
 def _field_names() -> set[str]:
     names: set[str] = set()
-    for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions):
+    for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions, RetrievalOptions):
         names |= set(cls.model_fields)
     return names
 
