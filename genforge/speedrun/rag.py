@@ -63,7 +63,8 @@ class Config:
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
     qa_steps: int = 400  # fine-tuning steps of the QA format
     micro_batch: int = 16
-    closed_book_share: float = 0.2  # share of training rows with no passages (answer from memory)
+    exercise_share: float = 0.5  # share of training facts that are reading exercises (see `reading_exercises`)
+    closed_book_share: float = 0.2  # share of corpus-fact training rows with no passages (answer from memory)
     defended_share: float = 0.5  # share of context rows in the delimited (defended) format
     injection_share: float = 0.3  # share of defended rows that carry a training injection phrasing
     max_new_tokens: int = 16
@@ -134,21 +135,44 @@ def corpus_facts(w: World) -> list[dict]:
     return rows
 
 
-def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects: set[str]) -> list[list[dict]]:
-    """Chat conversations teaching the format: passages (gold + distractors, shuffled) + question -> answer."""
+def reading_exercises(w: World, n: int, seed: int, exclude_questions: set[str]) -> list[dict]:
+    """`n` invented facts from the knowledge-base generator under another seed, none asking a test question.
+
+    Corpus facts alone do not teach reading: their answers come from small closed sets (jobs, towns), so a small
+    model learns the likely answer instead of copying it from the passage. These facts pair random people with
+    random shop, bridge, comet and pet names, so the only way to answer is to read. They are exercises, not
+    knowledge: no test fact is among them (same question excluded), and the test measures facts never trained on.
+    """
+    from genforge.world.knowledge import make_knowledge
+
+    rows = make_knowledge(w, n + len(exclude_questions), seed=10_000 + seed)
+    out = [r for r in rows if r["question"] not in exclude_questions][:n]
+    return [{"fact": r["fact"], "question": r["question"], "answer": r["answer"], "subject": r["keyword"],
+             "kind": "exercise"} for r in out]
+
+
+def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects: set[str],
+                     exercises: list[dict] = ()) -> list[list[dict]]:
+    """Chat conversations teaching the format: passages (gold + distractors, shuffled) + question -> answer.
+
+    Corpus facts are sometimes asked closed-book (what the model remembers); exercises always come with passages.
+    """
     from genforge.rag.qa import closed_book_prompt, context_prompt
 
     rng = random.Random(f"rag-qa-{seed}")
     pool = [f for f in facts if f["subject"] not in exclude_subjects]
+    exercises = list(exercises)
     convs = []
     for _ in range(cfg.qa_train_rows):
-        f = rng.choice(pool)
-        if rng.random() < cfg.closed_book_share:
+        exercise = bool(exercises) and rng.random() < cfg.exercise_share
+        f = rng.choice(exercises if exercise else pool)
+        if not exercise and rng.random() < cfg.closed_book_share:
             prompt = closed_book_prompt(f["question"])
         else:
             # distractors that share the subject make the model read the question, not just copy a name
+            src = exercises if exercise else pool
             same = [g["fact"] for g in pool if g["subject"] == f["subject"] and g is not f]
-            others = rng.sample(pool, cfg.k)
+            others = rng.sample(src, cfg.k)
             passages = [f["fact"], *rng.sample(same, min(len(same), 1)),
                         *[g["fact"] for g in others if g is not f]][:cfg.k]
             rng.shuffle(passages)
@@ -162,6 +186,10 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
 
 
 # ----------------------------------------------------------------------------------------------- the stage
+def _say(what: str, t0: float) -> None:
+    print(f"rag: {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, sft: sft.Outputs) -> Outputs:
     """Index the knowledge base, measure retrieval, teach the QA format, measure QA / faithfulness /
     contradiction / injection, then kNN-LM."""
@@ -192,6 +220,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     dense = retrievers["dense"]
     dense.embedder = CachingEmbedder(dense.embedder)
     ret = eval_retrieval(retrievers, items, k=10)
+    _say("indexed and retrieval measured", t_start)
     _retrieval_rows(report, ret, len(items), summary, t_index)
     per_q = {n: m.pop("per_query_mrr") for n, m in ret.items()}
     report.row("hybrid MRR minus dense MRR", str(bootstrap_diff(per_q["hybrid"], per_q["dense"], paired=True)),
@@ -206,8 +235,11 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     w = load_world(world.dir)
     facts = corpus_facts(w)
     contra = _contradiction_items(w, cfg, ctx.seed)
-    model, tok = _fine_tune_qa(ctx, cfg, sft.checkpoint, qa_training_rows(facts, cfg, ctx.seed,
-                                                                             {c["subject"] for c in contra}))
+    exercises = reading_exercises(w, max(len(kb), 300), ctx.seed, {r["question"] for r in kb})
+    rows = qa_training_rows(facts, cfg, ctx.seed, {c["subject"] for c in contra}, exercises)
+    _say(f"fine-tuning the reading format: {len(rows)} rows, {cfg.qa_steps} steps", t_start)
+    model, tok = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows)
+    _say("fine-tuned; answering", t_start)
     model.eval()
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
 
@@ -223,6 +255,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     t0 = time.perf_counter()
     qa = eval_qa(generate, items, retrievers["hybrid"], cfg.k, defended=True, fits=fits)
     t_qa = time.perf_counter() - t0
+    _say("QA answered; contradiction and injection probes", t_start)
     acc = {m: bootstrap_proportion(qa[m]["correct"]) for m in ("closed", "rag", "oracle")}
     gain = bootstrap_diff(qa["rag"]["correct"], qa["closed"]["correct"], paired=True)
     report.lesson("retrieval lets the model answer questions about facts after its training cutoff "
@@ -267,6 +300,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     t_probe = time.perf_counter() - t0
 
     # 5. kNN-LM on the pretrained base
+    _say("kNN-LM", t_start)
     t0 = time.perf_counter()
     knn = _knn_lm(ctx, cfg, report, sft.base, world.dir, w, kb)
     t_knn = time.perf_counter() - t0
