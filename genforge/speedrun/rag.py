@@ -73,7 +73,7 @@ class Config:
     knn_docs: int = 400  # corpus documents in the kNN-LM datastore
     knn_heldout_docs: int = 60  # freshly generated world documents (never trained on) to measure
     knn_kb_docs: int = 10  # knowledge-base facts per new-domain document
-    knn_lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    knn_lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
     knn_ks: list[int] = field(default_factory=lambda: [8, 32])
 
 
@@ -235,7 +235,8 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     w = load_world(world.dir)
     facts = corpus_facts(w)
     contra = _contradiction_items(w, cfg, ctx.seed)
-    exercises = reading_exercises(w, max(len(kb), 300), ctx.seed, {r["question"] for r in kb})
+    # one fresh exercise per row: seen once, an exercise cannot be memorised, only read
+    exercises = reading_exercises(w, cfg.qa_train_rows, ctx.seed, {r["question"] for r in kb})
     rows = qa_training_rows(facts, cfg, ctx.seed, {c["subject"] for c in contra}, exercises)
     _say(f"fine-tuning the reading format: {len(rows)} rows, {cfg.qa_steps} steps", t_start)
     model, tok = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows)
@@ -371,26 +372,29 @@ def _contradiction_items(w: World, cfg: Config, seed: int) -> list[dict]:
 
 def _contradiction(generate, contra: list[dict], cfg: Config, report: StageReport, fits) -> dict[str, float]:
     """Closed-book answers (what training left) vs answers given a passage that contradicts the corpus."""
-    from genforge.eval.stats import bootstrap_proportion
+    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
     from genforge.rag.qa import QAItem, answer_correct, run_qa
 
     items = [QAItem(id=c["subject"], question=c["question"], answer=c["memory"], oracle=c["passage"])
              for c in contra]
     closed = run_qa(generate, items, "closed")
     given = run_qa(generate, items, "oracle", defended=True, fits=fits)
-    rates = {}
+    rates, given_mem, given_sto = {}, [], []
     for label, res in (("closed", closed), ("store", given)):
         mem = [float(answer_correct(a, c["memory"])) for a, c in zip(res.answers, contra)]
         sto = [float(answer_correct(a, c["store"])) for a, c in zip(res.answers, contra)]
         rates[f"{label}_memory"], rates[f"{label}_store"] = sum(mem) / len(mem), sum(sto) / len(sto)
+        given_mem, given_sto = mem, sto
         what = "closed-book" if label == "closed" else "given the contradicting passage"
         report.row(f"contradiction, {what}: answers the corpus town / the store's town",
                    f"{bootstrap_proportion(mem)} / {bootstrap_proportion(sto)}",
                    note=f"{len(contra)} people held out of the QA fine-tune; 'Where does X live?'")
+    diff = bootstrap_diff(given_sto, given_mem, paired=True)  # store minus memory, same questions
+    rates["store_minus_memory"] = float(diff.estimate)
     winner = ("the store wins: retrieval can correct a stale fact, and a poisoned store can overwrite a true one"
-              if rates["store_store"] > rates["store_memory"] else
-              "memory wins: the model keeps its training fact against the passage"
-              if rates["store_memory"] > rates["store_store"] else "neither wins")
+              if diff.low > 0 else "memory wins: the model keeps its training fact against the passage"
+              if diff.high < 0 else "neither wins clearly (the interval of store minus memory holds 0)")
+    report.row("contradiction: store minus memory, given the passage", str(diff), note="paired over the same people")
     report.note(f"**Contradiction.** Asked where a person lives, the model answers the corpus's town "
                 f"{rates['closed_memory']:.0%} of the time from memory; given a store passage that says otherwise, "
                 f"it answers the store's town {rates['store_store']:.0%} and the corpus's town "

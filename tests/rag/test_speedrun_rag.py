@@ -96,3 +96,14 @@ def test_smoke_run_has_the_rag_rows(smoke_run):
     report = (smoke_run.run / "report.md").read_text()
     assert "retrieval lets the model answer questions about facts after its training cutoff" in report
     assert "kNN-LM: adding new-domain text to the datastore" in report
+
+
+def test_reading_exercises_never_ask_a_test_question(w):
+    from genforge.world.knowledge import make_knowledge
+
+    kb = make_knowledge(w, 20, seed=0)
+    ex = rag.reading_exercises(w, 50, seed=0, exclude_questions={r["question"] for r in kb})
+    assert len(ex) == 50 and not {e["question"] for e in ex} & {r["question"] for r in kb}
+    assert all(e["answer"] in e["fact"] for e in ex)
+    convs = rag.qa_training_rows(rag.corpus_facts(w), rag.Config(qa_train_rows=200, exercise_share=1.0), 0, set(), ex)
+    assert not any(c[0]["content"].startswith("Question:") for c in convs)  # exercises always come with passages
