@@ -70,8 +70,8 @@ class Config:
     max_new_tokens: int = 16
     contradiction_items: int = 100
     injection_items: int = 100
-    knn_docs: int = 400  # corpus documents in the kNN-LM datastore
-    knn_heldout_docs: int = 60  # freshly generated world documents (never trained on) to measure
+    knn_docs: int = 300  # corpus documents in the kNN-LM datastore
+    knn_heldout_docs: int = 40  # freshly generated world documents (never trained on) to measure
     knn_kb_docs: int = 10  # knowledge-base facts per new-domain document
     knn_lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
     knn_ks: list[int] = field(default_factory=lambda: [8, 32])
