@@ -270,6 +270,13 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.row("oracle minus retrieval-augmented",
                str(bootstrap_diff(qa["oracle"]["correct"], qa["rag"]["correct"], paired=True)),
                note="what retrieval misses (wrong or distracting passages)")
+    reading = bootstrap_diff(qa["oracle"]["correct"], qa["closed"]["correct"], paired=True)
+    if reading.low <= 0:  # even the gold passage does not help: the bottleneck is reading, not retrieval
+        report.note(f"**Why retrieval does not help here.** With the gold passage in the prompt, accuracy rises by "
+                    f"only {reading} over closed-book, while hybrid retrieval puts the gold fact first for "
+                    f"{ret['hybrid']['hit@1']:.0%} of questions: the model has not learned to copy an answer out of "
+                    "its context in this fine-tune (its answers are the likeliest name for the question's template). "
+                    "Retrieval can only help a model that reads.")
     faith = bootstrap_mean(qa["rag"]["faithfulness"])
     cprec = bootstrap_mean(qa["rag"]["context_precision"])
     crec = bootstrap_mean(qa["rag"]["context_recall"])
