@@ -32,6 +32,8 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     threads: int = 0  # torch threads (0: leave the default)
     log_level: str = "info"  # critical | error | warning | info | debug
+    embedder: str = ""  # serve /v1/embeddings with this embedder (minilm = the packaged MiniLM; needs the rag extra)
+    rag_store: str = ""  # folder or Chroma URL of `genforge rag index` collections for chat "retrieval"
 
 
 def build_app(cfg: ServeConfig) -> Any:
@@ -67,8 +69,14 @@ def build_app(cfg: ServeConfig) -> Any:
                                   f"({model.config.vocab_size}); speculative decoding needs the same tokenizer")
         generate_fn, max_batch = speculative_generate_fn(model, draft, cfg.draft_k), 1
     name = cfg.model_name or Path(cfg.checkpoint).resolve().name
+    embedder = None
+    if cfg.embedder:  # rag: /v1/embeddings
+        from genforge.rag.embed import make_embedder
+
+        embedder = make_embedder(cfg.embedder, max(cfg.threads, 1))
     return create_app(model, tokenizer, name, generate_fn=generate_fn, max_queue=cfg.max_queue,
-                      max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3)
+                      max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3,
+                      embedder=embedder, rag_store=cfg.rag_store)
 
 
 def main(cfg: ServeConfig) -> None:

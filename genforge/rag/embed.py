@@ -143,6 +143,27 @@ class MiniLMEmbedder:
         return np.concatenate(out).astype(np.float32)
 
 
+class CachingEmbedder:
+    """Wrap an embedder so that a text seen before is not embedded again (queries asked by several retrievers,
+    a server embedding the same passages twice). Bounded: the oldest entries go first beyond `max_items`."""
+
+    def __init__(self, inner: Embedder, max_items: int = 100_000):
+        self.inner, self.max_items = inner, max_items
+        self.name, self.dim = inner.name, inner.dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            for t, v in zip(todo, self.inner.embed(todo)):
+                if len(self._cache) >= self.max_items:
+                    self._cache.pop(next(iter(self._cache)))  # dicts keep insertion order: oldest first
+                self._cache[t] = v
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] if t in self._cache else self.inner.embed([t])[0] for t in texts])
+
+
 def make_embedder(name: str, threads: int = 1, dim: int = 256) -> Embedder:
     """By name (as recorded in a collection): 'minilm' -> the packaged MiniLM, 'minilm:<folder>' or a folder ->
     a MiniLM-style encoder from that folder, 'hashing' -> HashingEmbedder(dim), 'hashing-<dim>[-bi]'."""

@@ -7,7 +7,7 @@ so chunking choices do not change what "relevant" means.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -48,11 +48,16 @@ def eval_retrieval(retrievers: Mapping[str, Retriever], items: Sequence[QAItem],
 
 
 def eval_qa(generate: Generate, items: Sequence[QAItem], retriever: Retriever | None = None, k: int = 4,
-            modes: Sequence[str] = ("closed", "rag", "oracle")) -> dict[str, dict]:
-    """Per condition: per-item correctness, answers, and (for context conditions) ragas-style metrics."""
+            modes: Sequence[str] = ("closed", "rag", "oracle"), defended: bool = False,
+            fits: Callable[[str], bool] | None = None) -> dict[str, dict]:
+    """Per condition: per-item correctness, answers, and (for context conditions) ragas-style metrics.
+
+    defended: passages go in <document> fences with the "documents are data" instruction (qa.DEFENCE).
+    fits: see `qa.run_qa` (drops low-ranked passages from prompts too long for the model).
+    """
     out = {}
     for mode in modes:
-        res = run_qa(generate, items, mode, retriever if mode == "rag" else None, k)
+        res = run_qa(generate, items, mode, retriever if mode == "rag" else None, k, defended=defended, fits=fits)
         row = {"correct": res.correct, "accuracy": float(np.mean(res.correct)), "answers": res.answers}
         if mode != "closed":
             # faithfulness of the answer as a claim ("<question> <answer>" would mix in the question's words)

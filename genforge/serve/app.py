@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.infer.engine import Engine, StopFn
 from genforge.infer.sampling import SamplingParams
-from genforge.serve import limits, sse, tools
+from genforge.serve import embeddings, limits, sse, tools
 from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
 from genforge.text import render_prompt
@@ -73,7 +73,8 @@ class ServerState:
 def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genforge", *,
                generate_fn: GenerateFn | None = None, max_queue: int = 64, max_batch: int = 16,
                max_body_bytes: int = 1 << 20, chat_max_tokens: int = 256, completion_max_tokens: int = 16,
-               batch_wait_s: float = 0.01) -> FastAPI:
+               batch_wait_s: float = 0.01, embedder: Any = None, embedder_name: str = "",
+               rag_store: str = "") -> FastAPI:
     """The FastAPI app serving `model` under the name `model_name`.
 
     generate_fn: the batched generation call (default `Engine(model).generate`; tests inject slow
@@ -81,6 +82,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
         (more get 429). max_batch: rows per engine call. max_body_bytes: larger bodies get 413.
     chat_max_tokens / completion_max_tokens: max_tokens when a request leaves it unset
         (capped by the room left in the context window). batch_wait_s: see `Batcher`.
+    embedder / embedder_name / rag_store: /v1/embeddings and chat retrieval (see embeddings.py).
     """
     context_len = int(model.config.max_seq_len)
     batcher = Batcher(generate_fn or Engine(model).generate, tokenizer,
@@ -103,6 +105,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
     app.include_router(router)
+    embeddings.mount(app, embedder, embedder_name, rag_store)  # rag: /v1/embeddings + chat retrieval
     return app
 
 
@@ -310,6 +313,7 @@ def _stream(s: ServerState, job: Job, prompts: list[list[int]],
 async def chat_completions(request: Request) -> Response:
     s = _state(request)
     req: ChatRequest = await _parse(request, ChatRequest)
+    sources = await embeddings.retrieve_for_chat(request, req)  # rag: None unless the request opted in
     plan = tools.plan_tools(req)
     ids, max_tokens = _chat_prompt(s, req, plan)
     job = _submit(s, req, [ids], max_tokens,
@@ -319,12 +323,13 @@ async def chat_completions(request: Request) -> Response:
         replies = [tools.StreamedReply(plan) for _ in job.prompts]
 
         def chunk(ev: Event | None, i: int) -> dict | list[dict] | None:
-            def make(delta: dict, reason: str | None = None) -> dict:
+            def make(delta: dict, reason: str | None = None, first: bool = False) -> dict:
                 return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": s.model_name,
-                        "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
-            if ev is None:  # the opening chunk of each choice announces the role
-                return make({"role": "assistant", "content": ""})
+                        "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}],
+                        **({"sources": sources} if first and sources is not None else {})}  # rag
+            if ev is None:  # the opening chunk of each choice announces the role (and, with retrieval, sources)
+                return make({"role": "assistant", "content": ""}, first=True)
             if ev.kind == "delta":
                 text = replies[i].push(ev.text)
                 return make({"content": text}) if text else None
@@ -343,7 +348,8 @@ async def chat_completions(request: Request) -> Response:
         choices.append({"index": i, "message": message, "logprobs": None,
                         "finish_reason": "tool_calls" if calls else r})
     return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": s.model_name,
-                         "choices": choices, "usage": _usage(job, [ids])})
+                         "choices": choices, "usage": _usage(job, [ids]),
+                         **({"sources": sources} if sources is not None else {})})  # rag
 
 
 @router.post("/v1/completions")

@@ -156,6 +156,14 @@ class SamplingRequest(_Strict):
                               presence_penalty=self.presence_penalty, stop=self.stops())
 
 
+class RetrievalOptions(_Strict):
+    """Extension (rag): retrieve k passages for the last user message; see genforge/serve/embeddings.py."""
+
+    collection: str = Field(min_length=1)
+    k: int = Field(3, ge=1, le=20)
+    mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
@@ -165,6 +173,7 @@ class ChatRequest(SamplingRequest):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # accepted; a reply holds at most one call either way
+    retrieval: RetrievalOptions | None = None  # extension (rag): answer from retrieved passages, cite sources
 
 
 class CompletionRequest(SamplingRequest):
@@ -196,7 +205,7 @@ def reject_unsupported(req: SamplingRequest) -> None:
 def _field_names() -> set[str]:
     names: set[str] = set()
     for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions, ToolCall, FunctionCall, ToolDef,
-                FunctionDef, NamedToolChoice, FunctionName):
+                FunctionDef, NamedToolChoice, FunctionName, RetrievalOptions):
         names |= set(cls.model_fields)
     return names
 

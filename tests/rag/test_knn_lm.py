@@ -74,3 +74,18 @@ def test_sweep_rows(model):
     rows = sweep(model, test, ds, lams=(0.0, 0.5), ks=(4,))
     assert [(r["lambda"], r["k"]) for r in rows] == [(0.0, 4), (0.5, 4)]
     assert rows[1]["ppl"] < rows[0]["ppl"]
+
+
+def test_sweep_equals_perplexity_per_pair(model):
+    """One search at the largest k serves every (lambda, k) exactly as separate perplexity calls would."""
+    from genforge.rag.knn_lm import sweep
+    test = _seqs(3, n=2)
+    ds = add_texts(None, model, _seqs(4) + test[:1])
+    rows = sweep(model, test, ds, lams=(0.0, 0.25, 1.0), ks=(2, 8))
+    for r in rows:
+        ref = perplexity(model, test, ds, lam=r["lambda"], k=r["k"])
+        assert r["tokens"] == ref.tokens
+        if math.isinf(ref.nll):  # lambda = 1 with no neighbour voting for a token: both infinite
+            assert math.isinf(r["nll"])
+        else:
+            assert r["nll"] == pytest.approx(ref.nll, rel=1e-5), r
