@@ -138,13 +138,21 @@ def score_tasks(model: nn.Module, tokenizer: Tokenizer, items: dict[str, list[di
 
 def _generate(model: nn.Module, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
               batch_size: int) -> list[str]:
-    """The one way a task's answers are generated: greedy, one user turn of the chat template."""
+    """The one way a task's answers are generated: greedy, one user turn of the chat template.
+
+    A prompt that does not fit the model's context (a short smoke-size context and a long needle haystack) gets
+    an empty answer, scored like any wrong one: a model cannot answer what it cannot read.
+    """
     from genforge.infer.sampling import SamplingParams
-    from genforge.text import generate_text
+    from genforge.text import generate_text, render_prompt
 
     model.eval()
     params = SamplingParams(max_new_tokens=max_new_tokens)  # greedy
+    limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+    fits = [limit is None or len(render_prompt(tokenizer, p, chat=True)) < limit for p in prompts]
+    todo = [p for p, ok in zip(prompts, fits) if ok]
     out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        out += generate_text(model, tokenizer, prompts[start:start + batch_size], params, chat=True)
-    return [o.strip() for o in out]
+    for start in range(0, len(todo), batch_size):
+        out += generate_text(model, tokenizer, todo[start:start + batch_size], params, chat=True)
+    answers = iter(out)
+    return [next(answers).strip() if ok else "" for ok in fits]

@@ -112,6 +112,10 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     if tok is None:
         raise ConfigError(f"{pretrain.checkpoint}: the pretrained checkpoint has no tokenizer")
     items = load_items(Path(world.tasks_dir), cfg, ctx.seed)
+    dropped = fit_to_context(items, tok, base.config.max_seq_len)
+    if dropped:
+        report.note(f"{dropped} test prompts are longer than the model's {base.config.max_seq_len}-token context and "
+                    "are not scored (a bigger size trains a longer context).")
     train = conversations(items.train)
     single_task = cfg.single_task or shortest_task(items)
     single = [c for c, r in zip(train, items.train) if r.get("task") == single_task]
@@ -170,6 +174,36 @@ def load_items(tasks_dir: Path, cfg: Config, seed: int = 0) -> _Items:
     chat = _read_rows(tasks_dir / "chat_test.jsonl")[:cfg.chat_items]
     return _Items(train, eval_items, by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items), phrasing,
                   chat)
+
+
+def fit_to_context(items: _Items, tok: Tokenizer, max_len: int, room: int = 16) -> int:
+    """Drop scored rows whose chat prompt leaves fewer than `room` tokens of the context (a smoke model's context
+    is shorter than some world prompts, e.g. needles); returns how many were dropped."""
+    from genforge.text import render_prompt
+
+    def fits(row: dict) -> bool:
+        return len(render_prompt(tok, row["prompt"], chat=True)) + room <= max_len
+
+    dropped = 0
+    for task in list(items.eval):  # a test row and its rephrasing stay paired: both kept or both dropped
+        pairs = list(zip(items.eval[task], items.phrasing.get(task, items.eval[task])))
+        keep = [(r, q) for r, q in pairs if fits(r) and fits(q)]
+        dropped += len(pairs) - len(keep)
+        if keep:
+            items.eval[task] = [r for r, _ in keep]
+            if task in items.phrasing:
+                items.phrasing[task] = [q for _, q in keep]
+        else:
+            items.eval.pop(task)
+            items.phrasing.pop(task, None)
+    for task in list(items.heldout):
+        keep = [r for r in items.heldout[task] if fits(r)]
+        dropped += len(items.heldout[task]) - len(keep)
+        if keep:
+            items.heldout[task] = keep
+        else:
+            items.heldout.pop(task)
+    return dropped
 
 
 def _read_rows(path: Path) -> list[dict]:
