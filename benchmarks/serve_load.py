@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py                          # tiny random model, 16 clients x 200 requests
     python benchmarks/serve_load.py --concurrency 4 --requests 50 --max-tokens 64
-    python benchmarks/serve_load.py --checkpoint runs/tiny/sft/checkpoint
+    python benchmarks/serve_load.py --checkpoint runs/tiny/sft/chat/checkpoint
     python benchmarks/serve_load.py --url http://127.0.0.1:8000   # an already running server
 
 Without --url it starts the server itself (a subprocess on 127.0.0.1, a free port) on --checkpoint or,

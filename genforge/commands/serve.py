@@ -1,6 +1,6 @@
 """`genforge serve CHECKPOINT`: load a checkpoint (+ adapter, + draft) and run the HTTP server under uvicorn.
 
-    genforge serve runs/tiny/sft/checkpoint port=9000 max_queue=32 model_name=tiny
+    genforge serve runs/tiny/sft/chat/checkpoint port=9000 max_queue=32 model_name=tiny
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An OpenAI-compatible HTTP server for a genforge checkpoint, with a web chat page: app factory and routes.
 
-    genforge serve runs/tiny/sft/checkpoint port=8000
+    genforge serve runs/tiny/sft/chat/checkpoint port=8000
     curl localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
          -d '{"model": "checkpoint", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
 

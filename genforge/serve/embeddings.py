@@ -1,6 +1,6 @@
 """`POST /v1/embeddings` (OpenAI-compatible) and retrieval for chat requests that opt into it.
 
-    genforge serve runs/tiny/sft/checkpoint embedder=minilm rag_store=runs/rag
+    genforge serve runs/tiny/sft/chat/checkpoint embedder=minilm rag_store=runs/rag
     curl localhost:8000/v1/embeddings -H 'content-type: application/json' \\
          -d '{"model": "all-MiniLM-L6-v2", "input": ["a cat", "a dog"]}'
 

@@ -39,7 +39,7 @@ from genforge.train.trainer import TrainConfig, Trainer
 class DPOConfig:
     """`genforge dpo`: preference-tune a policy against a frozen reference (the starting model)."""
 
-    init_from: str = "runs/tiny/sft/checkpoint"  # policy and reference start here (usually the SFT model)
+    init_from: str = "runs/tiny/sft/chat/checkpoint"  # policy and reference start here (usually the SFT model)
     data: str = "runs/tiny/world/preferences.jsonl"  # ranked lists (every pair is used) or chosen/rejected pairs
     val_data: str = ""  # held-out preferences; empty -> hold out val_fraction of the prompts of `data`
     val_fraction: float = 0.1

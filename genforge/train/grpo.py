@@ -32,7 +32,7 @@ from genforge.train.trainer import TrainConfig, Trainer
 class GRPOConfig:
     """`genforge grpo`: G samples per prompt, group-normalised advantages, verifiable reward."""
 
-    init_from: str = "runs/tiny/sft/checkpoint"  # the policy and the frozen reference start here
+    init_from: str = "runs/tiny/sft/chat/checkpoint"  # the policy and the frozen reference start here
     prompts: str = "runs/tiny/world/tasks/train.jsonl"  # JSONL rows with "prompt", "task" and "answer"
     tasks: str = "arithmetic"  # comma-separated task names to keep from `prompts` ("" = all rows)
     out_dir: str = "runs/tiny/grpo"

@@ -62,7 +62,7 @@ from genforge.train.trainer import TrainConfig, Trainer
 class PPOConfig:
     """`genforge ppo`: RL fine-tuning against a reward model or a verifiable reward, with a KL leash."""
 
-    init_from: str = "runs/tiny/sft/checkpoint"  # the policy and the frozen reference start here
+    init_from: str = "runs/tiny/sft/chat/checkpoint"  # the policy and the frozen reference start here
     prompts: str = "runs/tiny/world/tasks/train.jsonl"  # JSONL rows with "prompt" (plus "task"/"answer" if verifiable)
     reward: str = "rm"  # rm (reward_model) | verifiable (the world's answer check: 1 correct, 0 not)
     reward_model: str = "runs/tiny/reward/checkpoint"  # used when reward=rm

@@ -273,7 +273,7 @@ def prompt_pair_accuracy(model: RewardModel, tok: Tokenizer, rows: list[RankedPr
 class RewardConfig:
     """`genforge reward`: train a reward model (trunk from a checkpoint + a scalar head) on ranked completions."""
 
-    init_from: str = "runs/tiny/sft/checkpoint"  # checkpoint folder for the trunk (usually the SFT model)
+    init_from: str = "runs/tiny/sft/chat/checkpoint"  # checkpoint folder for the trunk (usually the SFT model)
     data: str = "runs/tiny/world/preferences.jsonl"  # ranked lists or chosen/rejected pairs (JSONL)
     val_data: str = ""  # held-out preferences; empty -> hold out val_fraction of the prompts of `data`
     val_fraction: float = 0.1
