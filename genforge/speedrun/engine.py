@@ -50,7 +50,7 @@ class Config:
     watermark_gamma: float = 0.25  # green share of the vocabulary
     watermark_delta: float = 4.0  # logit bonus at the positions that are watermarked
     watermark_entropy: float = 1.5  # nats; watermark and score only positions this uncertain (SWEET); 0 = plain
-    fpr_windows: int = 384  # human (corpus val) windows also scored for false positives
+    fpr_windows: int = 1024  # human (corpus) windows also scored: enough negatives that a 1 % FPR bound is informative
     compress_seq_len: int = 128  # val sequence length for the compression perplexities
     compress_batches: int = 8  # val batches (of 8 sequences) for the compression perplexities
 
