@@ -16,21 +16,8 @@ from genforge.infer.engine import Engine
 from genforge.infer.sampling import SamplingParams
 from genforge.model.peft import apply_lora, save_lora
 from genforge.serve.app import create_app
-from genforge.serve.testing import running_server, tiny_model_and_tokenizer
-
-CTX = 128
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model_and_tokenizer(max_seq_len=CTX)
-
-
-@pytest.fixture(scope="module")
-def client(tiny):
-    model, tok = tiny
-    with TestClient(create_app(model, tok, "tiny")) as c:
-        yield c
+from genforge.serve.testing import running_server
+from tests.serve.conftest import CTX
 
 
 def chat_body(**kw) -> dict:

@@ -7,25 +7,10 @@ import socket
 from urllib.parse import urlparse
 
 import pytest
-from fastapi.testclient import TestClient
 
 from genforge.serve.app import create_app
 from genforge.serve.limits import MAX_JSON_DEPTH, json_depth_exceeds, unencodable_text
-from genforge.serve.testing import running_server, tiny_model_and_tokenizer
-
-CTX = 128
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model_and_tokenizer(max_seq_len=CTX)
-
-
-@pytest.fixture(scope="module")
-def client(tiny):
-    model, tok = tiny
-    with TestClient(create_app(model, tok, "tiny")) as c:
-        yield c
+from genforge.serve.testing import running_server
 
 
 def chat_body(**kw) -> dict:
