@@ -31,11 +31,15 @@ def repeated_sequence_losses(model: nn.Module, vocab: list[int], bos_id: int, n:
     return first.mean(dim=1).tolist(), second.mean(dim=1).tolist()
 
 
-def ordinary_ids(tokenizer, limit: int | None = None) -> list[int]:
-    """Token ids of the tokenizer that are not special tokens (optionally the first `limit`)."""
+def ordinary_ids(tokenizer, limit: int | None = None, words: bool = True) -> list[int]:
+    """Token ids of the tokenizer that are not special tokens (optionally the first `limit`); `words` keeps only
+    tokens that decode to letters or digits (two or more characters), so the random sequences are made of text
+    pieces the model has seen, not stray bytes."""
     special = set(getattr(tokenizer, "special_ids", ()) or ())
     for name in ("bos_id", "eos_id", "pad_id"):
         if getattr(tokenizer, name, None) is not None:
             special.add(getattr(tokenizer, name))
     ids = [i for i in range(tokenizer.vocab_size) if i not in special and not tokenizer.decode([i]).startswith("<|")]
+    if words:
+        ids = [i for i in ids if len(tokenizer.decode([i]).strip()) >= 2 and tokenizer.decode([i]).strip().isalnum()]
     return ids[:limit] if limit else ids

@@ -119,7 +119,8 @@ def needle_document(rng: random.Random, w: World, max_words: int = 150) -> str:
 
 
 _COPY_LEADS = (("The list reads:", "Read back:"), ("Stock taken at the {place} of {town}:", "Checked again:"),
-               ("Codes for the {place} of {town}:", "Once more:"), ("Order of the parade in {town}:", "In order again:"),
+               ("Codes for the {place} of {town}:", "Once more:"),
+               ("Order of the parade in {town}:", "In order again:"),
                ("Copy this line:", "Copied:"), ("Say after me:", "Said back:"))
 
 
