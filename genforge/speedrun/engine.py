@@ -280,8 +280,8 @@ def speculative(ctx: StageContext, cfg: Config, report: StageReport, target: nn.
     report.row("speculative decoding, n-gram prophet: acceptance / tokens per target forward",
                summary("n-gram"), note="no draft model: proposing costs microseconds")
     report.row("speculative decoding, distilled 1-layer draft: speedup (decode time, 1 thread)",
-               ratio["draft"].estimate, baseline=1.0, note=f"{ratio['draft']}; draft agreement with the target {agreement:.2f}; "
-                                  f"{summary('draft')}")
+               ratio["draft"].estimate, baseline=1.0,
+               note=f"{ratio['draft']}; draft agreement with the target {agreement:.2f}; {summary('draft')}")
     report.note("Speculative decoding pays when proposing is much cheaper than a target forward. On a ~1M-parameter "
                 "CPU model a forward costs mostly fixed per-call overhead, so a 1-layer draft model costs nearly as "
                 "much as the 4-layer target; proposing from the text itself (chain-of-thought answers copy names "
