@@ -36,9 +36,6 @@ def ordinary_ids(tokenizer, limit: int | None = None, words: bool = True) -> lis
     tokens that decode to letters or digits (two or more characters), so the random sequences are made of text
     pieces the model has seen, not stray bytes."""
     special = set(getattr(tokenizer, "special_ids", ()) or ())
-    for name in ("bos_id", "eos_id", "pad_id"):
-        if getattr(tokenizer, name, None) is not None:
-            special.add(getattr(tokenizer, name))
     ids = [i for i in range(tokenizer.vocab_size) if i not in special and not tokenizer.decode([i]).startswith("<|")]
     if words:
         ids = [i for i in ids if len(tokenizer.decode([i]).strip()) >= 2 and tokenizer.decode([i]).strip().isalnum()]

@@ -331,31 +331,22 @@ def questions_and_answers(rng: random.Random, w: World) -> str:
 
 
 # Shares of the open-ended documents after the entries (cumulative thresholds on one uniform draw).
-# "needle" and "copy" documents reward copying from the context (needle.py): without them a ~1M model pretrained on
-# templated text learns no induction heads, and every lesson that reads its prompt (needle, few-shot, multiple
-# choice, carrying digits) fails.
-# Haystack filler (needle.py) uses the mix without the copy-rich kinds.
-DOC_MIX_PLAIN = (("story", 0.45), ("letter", 0.62), ("arithmetic", 0.68), ("worked", 0.88), ("qa", 1.0))
-DOC_MIX = (("story", 0.36), ("letter", 0.49), ("arithmetic", 0.54), ("worked", 0.73), ("qa", 0.85), ("needle", 0.92),
-           ("copy", 1.0))
+DOC_MIX = (("story", 0.45), ("letter", 0.62), ("arithmetic", 0.68), ("worked", 0.88), ("qa", 1.0))
 
 
-def iter_clean_documents(w: World, rng: random.Random, mix: tuple = DOC_MIX) -> Iterator[str]:
-    """Endless clean documents: first one entry per person, town and object, then `mix` of the rest (cumulative
-    shares; `DOC_MIX_PLAIN` leaves out the copy-rich kinds, for haystack filler)."""
+def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
+    """Endless clean documents: first one entry per person, town and object, then a mix of the rest."""
     for p in w.people:
         yield person_entry(rng, w, p)
     for t in w.towns:
         yield town_entry(rng, w, t)
     for x in w.things:
         yield thing_entry(rng, w, x)
-    from genforge.world.needle import copy_document, needle_document
-
     makers = {"story": story, "letter": letter, "arithmetic": arithmetic_lesson, "worked": worked_solution,
-              "qa": questions_and_answers, "needle": needle_document, "copy": copy_document}
+              "qa": questions_and_answers}
     while True:
         r = rng.random()
-        kind = next(k for k, cut in mix if r < cut)
+        kind = next(k for k, cut in DOC_MIX if r < cut)
         yield makers[kind](rng, w)
 
 

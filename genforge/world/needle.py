@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 
 from genforge.errors import ConfigError
-from genforge.world.corpus import DOC_MIX_PLAIN, iter_clean_documents
+from genforge.world.corpus import iter_clean_documents
 from genforge.world.facts import World, build_world
 
 _SENT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -41,7 +41,7 @@ def make_needle(filler_tokens: int, depth: float, seed: int = 0,
     question = f"What is the secret code for the {place} of {town}?"
     cue = f"The secret code for the {place} of {town} is"
     # Filler: world documents split into sentences until the budget is met.
-    docs = iter_clean_documents(w, random.Random(f"needle-filler-{seed}"), DOC_MIX_PLAIN)
+    docs = iter_clean_documents(w, random.Random(f"needle-filler-{seed}"))
     for _ in range(rng.randrange(len(w.people))):  # start somewhere in the mix, not always at the first entry
         next(docs)
     sents: list[str] = []
@@ -75,7 +75,7 @@ _PLACES = ("north gate", "old well", "bell tower", "east bridge", "river mill", 
 def _sentence_pool(w: World) -> list[str]:
     """World-text sentences to build haystacks from (the world's first few hundred clean documents), per world."""
     if id(w) not in _POOLS:
-        docs = iter_clean_documents(w, random.Random("needle-pool"), DOC_MIX_PLAIN)
+        docs = iter_clean_documents(w, random.Random("needle-pool"))
         _POOLS[id(w)] = [s.strip() for _ in range(300) for s in _SENT_RE.split(next(docs)) if s.strip()]
     return _POOLS[id(w)]
 
@@ -116,29 +116,3 @@ def needle_document(rng: random.Random, w: World, max_words: int = 150) -> str:
     context = row["prompt"].rsplit("\n", 1)[0]
     lead = rng.choice(("Remember:", "Note:", "To repeat:", "Once more:"))
     return f"{context}\n{lead} {row['response'][0].lower()}{row['response'][1:]}"
-
-
-_COPY_LEADS = (("The list reads:", "Read back:"), ("Stock taken at the {place} of {town}:", "Checked again:"),
-               ("Codes for the {place} of {town}:", "Once more:"),
-               ("Order of the parade in {town}:", "In order again:"),
-               ("Copy this line:", "Copied:"), ("Say after me:", "Said back:"))
-
-
-def copy_document(rng: random.Random, w: World) -> str:
-    """Pretraining text whose second half can only be predicted by copying its first: a random sequence of 5-24 world
-    words, names, numbers and codes, then the same sequence again after a lead ("Read back:").
-
-    A repeated random sequence is the cleanest training signal for induction heads (Olsson et al. 2022, "In-context
-    learning and induction heads"): nothing but the context predicts it. Copying is what needle retrieval, few-shot
-    prompting, multiple choice and carrying digits through a worked sum all need.
-    """
-    pool = (lambda: rng.choice(w.people).name.split()[rng.randrange(2)], lambda: rng.choice(w.towns).name,
-            lambda: rng.choice(_WORDS), lambda: str(rng.randint(0, 999)),
-            lambda: f"{rng.choice(_WORDS)}-{rng.randint(100, 999)}", lambda: " ".join(str(rng.randint(0, 9))
-                                                                                    for _ in range(rng.randint(2, 5))))
-    items = [rng.choice(pool)() for _ in range(rng.randint(5, 24))]
-    head, lead = rng.choice(_COPY_LEADS)
-    fmt = {"place": rng.choice(_PLACES), "town": rng.choice(w.towns).name}
-    sep = rng.choice((" ", ", ", "; "))
-    seq = sep.join(items)
-    return f"{head.format(**fmt)} {seq}.\n{lead} {seq}."
