@@ -4,6 +4,11 @@ Feed `[BOS] s s` where `s` is a sequence of random tokens. Nothing but the conte
 so a model with induction heads (attend to the token after the previous occurrence of the current token, copy it)
 predicts it far better than the first; a model without them predicts both copies equally badly. The per-sequence
 loss difference (first copy minus second, nats/token) is the "in-context copying" score.
+
+Measured at `tiny` (0.87 M parameters, 900 steps): the base scores about -0.5 (it copies nothing), and still does
+with 15 % of the corpus built to reward copying (needle and read-back documents). A model trained only on repeats
+of a fixed length learns to copy by position, not content: probed at another length it scores below zero. So probe
+at lengths the training did not use.
 """
 
 from __future__ import annotations
