@@ -40,9 +40,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.infer.engine import Engine, StopFn
+from genforge.infer.engine import Engine, StopFn, supports_static
 from genforge.infer.sampling import SamplingParams
-from genforge.infer.engine import supports_static
 from genforge.serve import embeddings, limits, sse, structured, tools
 from genforge.serve.batcher import Batcher, Closed, ContinuousBatcher, Event, GenerateFn, Job, QueueFull, TokenLogprob
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported

@@ -41,7 +41,8 @@ class ServeMetrics:
         self.latency = prom.Histogram("genforge_e2e_request_latency_seconds", "Submission to last token, per request",
                                       buckets=_LATENCY_BUCKETS, registry=r)
         self.tpot = prom.Histogram("genforge_time_per_output_token_seconds",
-                                   "Mean time between a row's tokens after the first", buckets=_TPOT_BUCKETS, registry=r)
+                                   "Mean time between a row's tokens after the first", buckets=_TPOT_BUCKETS,
+                                   registry=r)
         self.prefix_queries = prom.Counter("genforge_prefix_cache_queries", "Prompts looked up in the prefix cache",
                                            registry=r)
         self.prefix_hits = prom.Counter("genforge_prefix_cache_hits", "Prompts that reused cached prefix keys/values",
