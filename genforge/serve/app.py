@@ -472,8 +472,8 @@ async def chat_completions(request: Request) -> Response:
     ids, max_tokens = _chat_prompt(s, req, plan)
     greedy = req.sampling().greedy
     processors = tools.constraint(plan, s.tokenizer, len(ids), greedy, max_tokens)
-    fmt = structured.processor_for(req.response_format, s.tokenizer, len(ids), [s.tokenizer.end_id,
-                                                                               s.tokenizer.eos_id])
+    fmt = structured.processor_for(req.response_format, s.tokenizer, len(ids),
+                                   [s.tokenizer.end_id, s.tokenizer.eos_id], max_tokens)
     if fmt is not None:
         if plan.active:
             raise APIError(400, "response_format and tools cannot be combined in one request (the reply is either "
@@ -536,7 +536,7 @@ async def completions(request: Request) -> Response:
             raise APIError(400, "response_format works on one prompt and n=1 per completions request",
                            param="response_format", code="unsupported")
         fmt = structured.processor_for(req.response_format, s.tokenizer, len(prompts[0]),
-                                       [s.tokenizer.end_id, s.tokenizer.eos_id])
+                                       [s.tokenizer.end_id, s.tokenizer.eos_id], max_tokens)
         processors = [fmt] if fmt is not None else []
     job = _submit(s, req, prompts, max_tokens, processors)
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"

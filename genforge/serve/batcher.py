@@ -490,8 +490,9 @@ class ContinuousBatcher(Batcher):
         V = int(self.model.config.vocab_size)
         seed = None if p.seed is None else p.seed + i  # choice i of a seeded request: its own reproducible stream
         gen = torch.Generator(device=self.decoder.device).manual_seed(seed) if seed is not None else None
-        row = _Row(job, i, prompt, StreamDecoder(self.tokenizer, p.stop),
-                   logits_processors(p, V, job.logits_processors), gen)
+        # a processor with state per row (a grammar's matcher) gives each choice its own copy
+        own = [proc.fork() if hasattr(proc, "fork") else proc for proc in job.logits_processors]
+        row = _Row(job, i, prompt, StreamDecoder(self.tokenizer, p.stop), logits_processors(p, V, own), gen)
         if p.repetition_penalty != 1.0:
             row.seen = torch.zeros(V, dtype=torch.bool, device=self.decoder.device)
             row.seen[torch.tensor(prompt, device=self.decoder.device)] = True
