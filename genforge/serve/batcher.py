@@ -292,8 +292,6 @@ class Batcher:
             finally:
                 for job in batch:
                     job.done.set()
-                    if self.metrics is not None:
-                        self.metrics.finished(job.submitted)
                 self.running = self.running_rows = 0
 
     def _run(self, batch: list[Job]) -> None:
@@ -360,6 +358,8 @@ class Batcher:
         for job in batch:
             if job.cancelled.is_set():
                 self.stats["cancelled"] += 1
+            if self.metrics is not None:  # before "end": a client that got its reply finds it counted
+                self.metrics.finished(job.submitted)
             job.send(Event("end"))
         log.debug("batch of %d rows (%d jobs) in %.3fs", len(rows), len(batch), time.perf_counter() - t0)
 
@@ -584,10 +584,10 @@ class ContinuousBatcher(Batcher):
         self._jobs.pop(key, None)
         if job.cancelled.is_set():
             self.stats["cancelled"] += 1
+        if self.metrics is not None:  # before "end": a client that got its reply finds it counted
+            self.metrics.finished(job.submitted)
         job.send(Event("end"))
         job.done.set()
-        if self.metrics is not None:
-            self.metrics.finished(job.submitted)
 
 
 def _top(logp: torch.Tensor, k: int) -> list[tuple[int, float]]:
