@@ -428,6 +428,10 @@ class PrefixCache:
                 return n, k[:, :, :n], v[:, :, :n]
         return 0, None, None
 
+    def clear(self) -> None:
+        """Forget every stored prompt (the model's weights changed)."""
+        self._entries, self._index, self.stored = {}, {}, 0
+
     def store(self, tag: str | None, prompt: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Remember a prompt's keys/values k, v (L, K, n, D) (copied) under each of its block prefixes."""
         n = len(prompt) // self.block * self.block
@@ -491,6 +495,10 @@ class SlotDecoder:
     @property
     def active(self) -> int:
         return len(self.rows)
+
+    def refresh(self) -> None:
+        """Re-read which LoRA adapters the model carries (after loading or unloading one)."""
+        self._lora = bool(adapter_names(self.model))
 
     def fits(self, prompt_len: int, max_new: int) -> bool:
         """Can a row with this prompt and output budget join now (after dropping finished columns)?"""

@@ -31,7 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genforge.infer.engine import Engine, StopFn, supports_static
 from genforge.infer.sampling import SamplingParams
-from genforge.serve import embeddings, limits, sse, structured, tools
+from genforge.serve import adapters, embeddings, limits, sse, structured, tools
 from genforge.serve.batcher import Batcher, Closed, ContinuousBatcher, Event, GenerateFn, Job, QueueFull, TokenLogprob
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
 from genforge.text import render_prompt
@@ -71,6 +71,7 @@ class ServerState:
     continuous: bool = False
     metrics: Any = None
     api_key: str = ""
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served by name -> folder
 
 
 def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genforge", *,
@@ -131,6 +132,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
     if api_key:
         app.middleware("http")(_check_key)
     app.include_router(router)
+    app.include_router(adapters.router)
     embeddings.mount(app, embedder, embedder_name, rag_store)  # rag: /v1/embeddings + chat retrieval
     return app
 
@@ -240,14 +242,21 @@ async def detokenize(request: Request) -> dict[str, Any]:
     return {"prompt": s.tokenizer.decode(ids)}
 
 
+def _adapter_card(s: ServerState, name: str) -> dict[str, Any]:
+    return {**_model_card(s), "id": name, "parent": s.model_name, "root": s.adapters[name]}
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(_state(request))]}
+    s = _state(request)
+    return {"object": "list", "data": [_model_card(s)] + [_adapter_card(s, a) for a in s.adapters]}
 
 
 @router.get("/v1/models/{name:path}")
 async def one_model(name: str, request: Request) -> dict[str, Any]:
     s = _state(request)
+    if name in s.adapters:
+        return _adapter_card(s, name)
     if name != s.model_name:
         raise APIError(404, f"the model {name!r} does not exist; this server serves {s.model_name!r}",
                        type="not_found_error", param="model", code="model_not_found")
@@ -260,8 +269,9 @@ async def _parse(request: Request, cls: type) -> Any:
     s = _state(request)
     body = await limits.read_json_body(request.stream(), request.headers.get("content-length"), s.max_body_bytes)
     req = parse_request(cls, body)
-    if req.model != s.model_name:
-        raise APIError(400, f"the model {req.model!r} does not exist; this server serves {s.model_name!r}",
+    if req.model != s.model_name and req.model not in s.adapters:
+        served = ", ".join(repr(n) for n in [s.model_name, *s.adapters])
+        raise APIError(400, f"the model {req.model!r} does not exist; this server serves {served}",
                        param="model", code="model_not_found")
     return req
 
@@ -334,7 +344,8 @@ def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[
                        "static batching (speculative decoding or a custom generate function)", param="logprobs",
                        code="unsupported")
     job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling(),
-              logits_processors=list(processors or []), logprobs=top, echo_logprobs=echo)
+              logits_processors=list(processors or []), logprobs=top, echo_logprobs=echo,
+              adapter=req.model if req.model != s.model_name else None)
     job.bind()
     if s.metrics is not None:
         s.metrics.accepted(sum(len(p) for p in job.prompts))
@@ -490,7 +501,7 @@ async def chat_completions(request: Request) -> Response:
                      lps: list[TokenLogprob] | None = None) -> dict:
                 logprobs = chat_logprobs(s.tokenizer, lps) if job.logprobs is not None and lps else None
                 return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": s.model_name,
+                        "model": req.model,
                         "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
                         **({"sources": sources} if first and sources is not None else {})}  # rag
             if ev is None:  # the opening chunk of each choice announces the role (and, with retrieval, sources)
@@ -520,7 +531,7 @@ async def chat_completions(request: Request) -> Response:
         logprobs = chat_logprobs(s.tokenizer, got.logprobs[i]) if job.logprobs is not None else None
         choices.append({"index": i, "message": message, "logprobs": logprobs,
                         "finish_reason": "tool_calls" if calls else r})
-    return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": s.model_name,
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
                          "choices": choices, "usage": _usage(job, [ids]),
                          **({"sources": sources} if sources is not None else {})})  # rag
 
@@ -554,7 +565,7 @@ async def completions(request: Request) -> Response:
             if want_lps:
                 logprobs = completion_logprobs(s.tokenizer, lps or [], offsets[i])
                 offsets[i] += len(text)
-            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": s.model_name,
+            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
                     "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
 
         def chunk(ev: Event | None, i: int) -> dict | None:
@@ -571,7 +582,7 @@ async def completions(request: Request) -> Response:
     for i, (t, r) in enumerate(zip(got.texts, got.reasons)):
         logprobs = completion_logprobs(s.tokenizer, got.prompt_logprobs[i] + got.logprobs[i]) if want_lps else None
         choices.append({"index": i, "text": echo_of(i) + t, "logprobs": logprobs, "finish_reason": r})
-    return JSONResponse({"id": rid, "object": "text_completion", "created": int(time.time()), "model": s.model_name,
+    return JSONResponse({"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
                          "choices": choices, "usage": _usage(job, prompts)})
 
 

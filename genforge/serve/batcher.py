@@ -404,6 +404,7 @@ class ContinuousBatcher(Batcher):
         self._queued: list[tuple[Job, int]] = []  # rows of taken jobs not admitted yet (job, choice index)
         self._left: dict[int, int] = {}  # id(job) -> rows not finished
         self._jobs: dict[int, Job] = {}
+        self.model_lock = threading.Lock()  # held while the worker runs the model; adapters change it between steps
         self.stats["steps"] = 0
         self.stats["prefix_hits"] = 0
         self.stats["prefix_hit_tokens"] = 0
@@ -438,14 +439,31 @@ class ContinuousBatcher(Batcher):
                     self.stats["jobs"] += 1
                     self._queued += [(job, i) for i in range(len(job.prompts))]
             try:
-                self._admit()
-                if self._rows:
-                    self._step()
+                with self.model_lock:
+                    self._admit()
+                    if self._rows:
+                        self._step()
             except Exception as e:  # a bug or an engine error: fail the running rows, keep serving
                 log.exception("generation failed")
                 self.stats["errors"] += 1
                 self._fail_all(f"generation failed: {type(e).__name__}: {e}")
             self.running = len({id(r.job) for r in self._rows})
+
+    def with_model(self, fn: Any, drain: str | None = None) -> Any:
+        """Run fn(model) between decode steps (it may change the model's modules: load a LoRA adapter).
+
+        drain: an adapter name; wait until no queued or running row uses it first (unloading it).
+        """
+        while drain is not None and (any(r.job.adapter == drain for r in self._rows)
+                                     or any(j.adapter == drain for j, _ in self._queued)
+                                     or any(j.adapter == drain for j in self._waiting)):
+            time.sleep(0.01)
+        with self.model_lock:
+            out = fn(self.model)
+            self.decoder.refresh()
+            if self.prefix is not None:
+                self.prefix.clear()  # keys computed with an adapter that may be gone or replaced
+            return out
 
     def _fail_all(self, message: str) -> None:
         jobs = {id(r.job): r.job for r in self._rows} | {id(j): j for j, _ in self._queued}
