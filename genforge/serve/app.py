@@ -588,11 +588,12 @@ async def completions(request: Request) -> Response:
 
 # ---------------------------------------------------------------------------------------------- speculative decoding
 def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> GenerateFn:
-    """A `generate_fn` for the batcher that decodes one row at a time with a draft model.
+    """A `generate_fn` for the (static) batcher that decodes one row at a time with a draft model.
 
-    `speculative_generate` returns whole completions, so the tokens are replayed through the
-    batcher's per-token `stop_fn` afterwards: a reply arrives as one burst, and a disconnect cannot
-    interrupt a row already being generated. Penalties are not applied (the speculative decoder has none).
+    Tokens stream as each target call accepts them (the batcher's per-token `stop_fn` runs inside
+    `speculative_generate`), so a streamed reply arrives in bursts of up to k + 1 tokens, and a stop string,
+    max_tokens or a client that goes away ends the row at the next accepted token. Penalties are not
+    applied (the speculative decoder has none).
     """
     from dataclasses import replace
 
@@ -603,13 +604,9 @@ def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> 
         params = replace(params, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
         outs = []
         for row, prompt in enumerate(prompts):
-            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids)
-            out: list[int] = []
-            for t in tokens:
-                out.append(t)
-                if stop_fn is not None and stop_fn(row, out):
-                    break
-            outs.append(out)
+            each = None if stop_fn is None else (lambda toks, row=row: stop_fn(row, list(toks)))
+            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids, stop_fn=each)
+            outs.append(tokens)
         return outs
 
     return generate

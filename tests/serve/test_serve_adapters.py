@@ -91,3 +91,29 @@ def test_adapter_endpoint_errors(tiny, tmp_path):
     with TestClient(create_app(copy.deepcopy(model), tok, "tiny", batching="static")) as c:
         assert_error(c.post("/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(tmp_path)}), 400,
                      code="unsupported")
+
+
+def test_cli_serves_lora_adapters_by_name(tiny, tmp_path):
+    from genforge.checkpoint import save_checkpoint
+    from genforge.cli import COMMANDS, collect_overrides
+    from genforge.commands.serve import ServeConfig, build_app
+    from genforge.config import load_config
+    from genforge.errors import ConfigError
+
+    model, tok = tiny
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    merged = _adapter(model, tmp_path / "math", 0, "math")
+
+    def parse(*words: str) -> ServeConfig:
+        return load_config(ServeConfig, None, collect_overrides(ServeConfig, COMMANDS["serve"].positional, list(words)))
+
+    app = build_app(parse(str(tmp_path / "ckpt"), f"lora=[math={tmp_path / 'math'}]", "api_key=k"))
+    ids = tok.encode("hello", add_bos=True)
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={"model": "math", "prompt": "hello", "max_tokens": 10, "temperature": 0},
+                   headers={"Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.json()["model"] == "math"
+    want = Engine(merged).generate([ids], SamplingParams(max_new_tokens=10), stop_ids=[tok.end_id, tok.eos_id])[0]
+    assert r.json()["choices"][0]["text"] == tok.decode(want)
+    with pytest.raises(ConfigError, match="NAME=FOLDER"):
+        build_app(parse(str(tmp_path / "ckpt"), "lora=[math]"))

@@ -177,3 +177,31 @@ def test_api_key(tiny):
         assert ok.status_code == 200
         assert c.post("/tokenize", json={"prompt": "x"}).status_code == 401
         assert c.get("/health").status_code == 200 and c.get("/metrics").status_code == 200
+
+
+def test_speculative_decoding_streams_as_tokens_are_accepted(long_ctx):
+    """With a draft, a streamed reply starts long before the generation ends (one burst per target call)."""
+    import copy
+
+    from genforge.serve.app import speculative_generate_fn
+
+    model, tok = long_ctx
+    draft = copy.deepcopy(model)  # a perfect draft: every proposal accepted, k + 1 tokens per target call
+    app = create_app(model, tok, "tiny", generate_fn=speculative_generate_fn(model, draft, k=4), max_batch=1)
+    body = {"model": "tiny", "prompt": "the cat", "max_tokens": 500, "temperature": 0}
+    with running_server(app) as url:
+        full = httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+        t0, first, texts = time.monotonic(), None, []
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    text = __import__("json").loads(line[6:])["choices"][0]["text"]
+                    if text:
+                        first = first or time.monotonic() - t0
+                        texts.append(text)
+        total = time.monotonic() - t0
+    assert "".join(texts) == full and len(texts) > 10
+    assert first < 0.3 * total, (first, total)  # not replayed after the whole reply was generated
+    ids = tok.encode("the cat", add_bos=True)
+    assert full == tok.decode(Engine(model).generate([ids], SamplingParams(max_new_tokens=500),
+                                                     stop_ids=[tok.end_id, tok.eos_id])[0])
