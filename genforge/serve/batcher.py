@@ -404,6 +404,7 @@ class ContinuousBatcher(Batcher):
         self._queued: list[tuple[Job, int]] = []  # rows of taken jobs not admitted yet (job, choice index)
         self._left: dict[int, int] = {}  # id(job) -> rows not finished
         self._jobs: dict[int, Job] = {}
+        self._outbox: list[tuple[Job, Event]] = []
         self.model_lock = threading.Lock()  # held while the worker runs the model; adapters change it between steps
         self.stats["steps"] = 0
         self.stats["prefix_hits"] = 0
@@ -443,11 +444,33 @@ class ContinuousBatcher(Batcher):
                     self._admit()
                     if self._rows:
                         self._step()
+                self._flush()
             except Exception as e:  # a bug or an engine error: fail the running rows, keep serving
                 log.exception("generation failed")
                 self.stats["errors"] += 1
                 self._fail_all(f"generation failed: {type(e).__name__}: {e}")
             self.running = len({id(r.job) for r in self._rows})
+
+    def _send(self, job: Job, event: Event) -> None:
+        """Queue an event for the end of this step (see `_flush`)."""
+        self._outbox.append((job, event))
+
+    def _flush(self) -> None:
+        """Hand the step's events to the event loop(s) in one wake-up each: waking a loop costs a socket write
+        (~0.5-1 ms on a loaded machine), which per token would cost as much as the decode step itself."""
+        if not self._outbox:
+            return
+        by_loop: dict[Any, list[tuple[Job, Event]]] = {}
+        for job, ev in self._outbox:
+            if job.loop is not None and job.events is not None:
+                by_loop.setdefault(job.loop, []).append((job, ev))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancel()
 
     def with_model(self, fn: Any, drain: str | None = None) -> Any:
         """Run fn(model) between decode steps (it may change the model's modules: load a LoRA adapter).
@@ -467,6 +490,7 @@ class ContinuousBatcher(Batcher):
 
     def _fail_all(self, message: str) -> None:
         jobs = {id(r.job): r.job for r in self._rows} | {id(j): j for j, _ in self._queued}
+        self._flush()
         for job in jobs.values():
             job.send(Event("error", text=message))
             job.done.set()
@@ -496,7 +520,7 @@ class ContinuousBatcher(Batcher):
             row = self._new_row(job, i, prompt)
             self._rows.append(row)
             if job.echo_logprobs:
-                job.send(Event("prompt", i, logprobs=_prompt_logprobs(logits, prompt, job.logprobs or 0)))
+                self._send(job, Event("prompt", i, logprobs=_prompt_logprobs(logits, prompt, job.logprobs or 0)))
                 logits = logits[-1]
             if job.max_tokens <= 0:  # scoring only (echo with max_tokens 0)
                 self._finish(len(self._rows) - 1, "length")
@@ -569,7 +593,7 @@ class ContinuousBatcher(Batcher):
             row.pending_lps.append(_token_logprob(raw[0], tok, job.logprobs))
         delta = row.decoder.push(tok)
         if delta:
-            job.send(Event("delta", row.index, delta, logprobs=row.pending_lps))
+            self._send(job, Event("delta", row.index, delta, logprobs=row.pending_lps))
             row.pending_lps = []
         if row.decoder.stopped:
             self._finish(s, "stop")
@@ -583,8 +607,8 @@ class ContinuousBatcher(Batcher):
         if reason is not None:
             rest = row.decoder.flush()
             if rest or row.pending_lps:
-                job.send(Event("delta", row.index, rest, logprobs=row.pending_lps))
-            job.send(Event("finish", row.index, finish_reason=reason, tokens=len(row.out)))
+                self._send(job, Event("delta", row.index, rest, logprobs=row.pending_lps))
+            self._send(job, Event("finish", row.index, finish_reason=reason, tokens=len(row.out)))
         if self.metrics is not None:
             self.metrics.row_done(row.first, len(row.out))
         moved = self.decoder.release(s)
@@ -604,8 +628,14 @@ class ContinuousBatcher(Batcher):
             self.stats["cancelled"] += 1
         if self.metrics is not None:  # before "end": a client that got its reply finds it counted
             self.metrics.finished(job.submitted)
-        job.send(Event("end"))
+        self._send(job, Event("end"))
         job.done.set()
+
+
+def _deliver(items: list[tuple[Job, Event]]) -> None:
+    """On the event loop: put each event into its job's queue."""
+    for job, ev in items:
+        job.events.put_nowait(ev)
 
 
 def _top(logp: torch.Tensor, k: int) -> list[tuple[int, float]]:
