@@ -4,11 +4,16 @@
     curl localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
          -d '{"model": "checkpoint", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
 
-Endpoints: `GET /` (chat page), `GET /health`, `GET /v1/models`, `POST /v1/completions`,
-`POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
-server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Chat completions do function
-calling in OpenAI's schema (`tools`, `tool_choice`, `tool_calls`, `tool` messages; a forced call is
-constrained by a grammar so even a tiny model's call parses; see tools.py). Errors use OpenAI's body
+Endpoints: `GET /` (chat page), `GET /health`, `GET /metrics` (Prometheus, see metrics.py), `GET /v1/models`,
+`POST /v1/completions`, `POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
+server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py), `POST /tokenize` and `/detokenize`
+(vLLM's shapes), `POST /v1/load_lora_adapter` / `unload_lora_adapter` (adapters.py). Completions return
+log-probabilities in the legacy format (`logprobs: k`, `echo`, `max_tokens: 0` to score a prompt), chat in the
+chat format (`logprobs`, `top_logprobs`). Chat completions do function calling in OpenAI's schema (`tools`,
+`tool_choice`, `tool_calls`, `tool` messages; see tools.py) and both honour `response_format` (structured.py):
+calls and formats are enforced while decoding by one grammar engine (genforge.infer.grammar), so even a tiny
+model's output parses and validates. With `api_key`, every endpoint but the page, /health and /metrics needs
+`Authorization: Bearer <key>` (401 otherwise). Errors use OpenAI's body
 `{"error": {"message", "type", "param", "code"}}`: 400 bad parameters / unknown fields / unknown
 model / over-long prompt / over-deep JSON (see limits.py), 413 oversized body, 429 queue full,
 503 worker down.
@@ -17,9 +22,10 @@ Special-token strings (`<|end|>`, `<|user|>`...) are plain text everywhere: in c
 in raw `/v1/completions` prompts alike, so no request can forge a turn or end a document early.
 A client that needs control tokens sends token ids as the prompt.
 
-The model never runs on the event loop: requests become jobs for `Batcher`, whose worker thread
-batches compatible jobs through the engine and streams text back (see batcher.py). A client that
-disconnects cancels its job, so its rows stop at the next token. The command (`genforge serve`,
+The model never runs on the event loop: requests become jobs for the batcher, whose worker thread runs
+them through the engine -- by default with continuous batching over a slot KV cache with prefix caching,
+statically with `batching="static"` or a custom `generate_fn` (speculative decoding) -- and streams text
+back (see batcher.py). A client that disconnects cancels its job, so its rows stop at the next token. The command (`genforge serve`,
 uvicorn start-up) lives in `genforge.commands.serve`.
 """
 
