@@ -25,8 +25,8 @@ A client that needs control tokens sends token ids as the prompt.
 The model never runs on the event loop: requests become jobs for the batcher, whose worker thread runs
 them through the engine -- by default with continuous batching over a slot KV cache with prefix caching,
 statically with `batching="static"` or a custom `generate_fn` (speculative decoding) -- and streams text
-back (see batcher.py). A client that disconnects cancels its job, so its rows stop at the next token. The command (`genforge serve`,
-uvicorn start-up) lives in `genforge.commands.serve`.
+back (see batcher.py). A client that disconnects cancels its job, so its rows stop at the next token.
+The command (`genforge serve`, uvicorn start-up) lives in `genforge.commands.serve`.
 """
 
 from __future__ import annotations
