@@ -32,6 +32,7 @@ class ServeConfig:
     max_batch: int = 16  # rows (requests x n) generated together (continuous: the KV cache's slots)
     batching: str = "continuous"  # continuous (rows join/leave between decode steps) | static (whole batches)
     prefix_cache_tokens: int = 8192  # prompt tokens whose keys/values are kept for reuse (continuous; 0 = off)
+    kv_cache_tokens: int = 0  # columns of the continuous slot KV cache (0: 2 x context, at most 8192)
     lora: list[str] = field(default_factory=list)  # NAME=FOLDER LoRA adapters served unmerged, picked by `model`
     api_key: str = ""  # require `Authorization: Bearer KEY` (default: $GENFORGE_API_KEY; empty = no auth)
     metrics: bool = True  # Prometheus metrics at /metrics
@@ -94,7 +95,8 @@ def build_app(cfg: ServeConfig) -> Any:
     app = create_app(model, tokenizer, name, generate_fn=generate_fn, max_queue=cfg.max_queue,
                      max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3,
                      embedder=embedder, rag_store=cfg.rag_store, batching=cfg.batching,
-                     prefix_cache_tokens=cfg.prefix_cache_tokens, metrics=cfg.metrics,
+                     prefix_cache_tokens=cfg.prefix_cache_tokens, kv_cache_tokens=cfg.kv_cache_tokens,
+                     metrics=cfg.metrics,
                      api_key=cfg.api_key or os.environ.get("GENFORGE_API_KEY", ""))
     if loras:
         from genforge.serve import adapters

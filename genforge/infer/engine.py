@@ -450,6 +450,9 @@ class PrefixCache:
             self._index = {key: hit for key, hit in self._index.items() if hit[0] in self._entries}
 
 
+DEFAULT_SLOT_COLUMNS = 8192
+
+
 @dataclass
 class _Slot:
     start: int  # first cache column of the row
@@ -469,7 +472,9 @@ class SlotDecoder:
     as it would alone. When the columns run out, the finished rows' columns on the left are dropped
     (`_compact`). Per-row LoRA adapters ride along as per-row adapter names (`use_adapter` with a list).
 
-    slots: rows at most. cache_len: columns M (default 2x the context: room for rows that joined later).
+    slots: rows at most. cache_len: columns M (default 2x the context, room for rows that joined later, but at
+    most DEFAULT_SLOT_COLUMNS: a long-context model would otherwise allocate gigabytes; a row needs prompt +
+    max_new columns, so with M below the context the longest requests cannot run).
     Shapes: k, v (L, S, K, M, D); key_ok (S, M).
     """
 
@@ -480,7 +485,7 @@ class SlotDecoder:
         self.model = model
         cfg = model.config.resolved()
         self.context = int(cfg.max_seq_len)
-        self.S, self.M = max(1, slots), max(cache_len or 2 * self.context, self.context)
+        self.S, self.M = max(1, slots), max(1, cache_len or min(2 * self.context, DEFAULT_SLOT_COLUMNS))
         device, dtype = _device_dtype(model)
         self.device = device
         shape = (cfg.depth, self.S, cfg.n_kv_head, self.M, cfg.head_dim)

@@ -85,7 +85,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
                max_body_bytes: int = 1 << 20, chat_max_tokens: int = 256, completion_max_tokens: int = 16,
                batch_wait_s: float = 0.01, embedder: Any = None, embedder_name: str = "",
                rag_store: str = "", batching: str = "continuous", prefix_cache_tokens: int = 8192,
-               api_key: str = "", metrics: bool = True) -> FastAPI:
+               kv_cache_tokens: int = 0, api_key: str = "", metrics: bool = True) -> FastAPI:
     """The FastAPI app serving `model` under the name `model_name`.
 
     generate_fn: the batched generation call (default `Engine(model).generate`; tests inject slow
@@ -97,6 +97,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
     batching: "continuous" (rows join and leave between decode steps; needs a genforge GPT with stock
         attention and no generate_fn) or "static" (see batcher.py). prefix_cache_tokens: prompt tokens whose
         keys/values are kept for reuse by later prompts with the same start (continuous only; 0 = off).
+        kv_cache_tokens: columns of the continuous scheduler's slot KV cache (0: 2 x context, at most 8192).
     api_key: when set, /v1/*, /tokenize and /detokenize need `Authorization: Bearer <api_key>`.
     metrics: serve Prometheus metrics at /metrics.
     """
@@ -113,7 +114,8 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
     if continuous:
         batcher: Batcher = ContinuousBatcher(model, tokenizer, stop_ids=stop_ids, context_len=context_len,
                                              max_batch=max_batch, max_queue=max_queue, metrics=meters,
-                                             prefix_cache_tokens=prefix_cache_tokens)
+                                             prefix_cache_tokens=prefix_cache_tokens,
+                                             cache_len=kv_cache_tokens or None)
     else:
         batcher = Batcher(generate_fn or Engine(model).generate, tokenizer, stop_ids=stop_ids,
                           context_len=context_len, max_batch=max_batch, max_queue=max_queue,
@@ -349,6 +351,11 @@ def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[
         raise APIError(400, "log-probabilities and max_tokens 0 need the continuous scheduler; this server runs "
                        "static batching (speculative decoding or a custom generate function)", param="logprobs",
                        code="unsupported")
+    need = max(len(p) for p in prompts) + max_tokens
+    if need > s.batcher.capacity:
+        raise APIError(400, f"prompt + max_tokens = {need} tokens exceed the server's KV cache ({s.batcher.capacity} "
+                       "tokens per row; genforge serve kv_cache_tokens=...); shorten the prompt or lower max_tokens",
+                       param="max_tokens", code="context_length_exceeded")
     job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling(),
               logits_processors=list(processors or []), logprobs=top, echo_logprobs=echo,
               adapter=req.model if req.model != s.model_name else None)
@@ -549,8 +556,8 @@ async def completions(request: Request) -> Response:
     prompts, max_tokens = _completion_prompts(s, req)
     processors = []
     if req.response_format is not None:
-        if len(prompts) * req.n > 1 and req.response_format.type != "text":
-            raise APIError(400, "response_format works on one prompt and n=1 per completions request",
+        if len(prompts) > 1 and req.response_format.type != "text":
+            raise APIError(400, "response_format works on one prompt per completions request (n may be > 1)",
                            param="response_format", code="unsupported")
         fmt = structured.processor_for(req.response_format, s.tokenizer, len(prompts[0]),
                                        [s.tokenizer.end_id, s.tokenizer.eos_id], max_tokens)

@@ -213,6 +213,11 @@ class Batcher:
         return len(self._waiting)
 
     @property
+    def capacity(self) -> int:
+        """Tokens (prompt + max_tokens) one row may need at most."""
+        return self.context_len
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._closed
 
@@ -416,6 +421,17 @@ class ContinuousBatcher(Batcher):
     @property
     def running_rows(self) -> int:  # type: ignore[override]
         return len(self._rows)
+
+    @property
+    def capacity(self) -> int:
+        """Tokens (prompt + max_tokens) one row may need at most: the slot cache's columns."""
+        return self.decoder.M
+
+    @property
+    def waiting(self) -> int:
+        """Requests not started yet: still queued, or taken but with no row admitted (no free slot or columns)."""
+        started = {id(r.job) for r in list(self._rows)}
+        return len(self._waiting) + len({id(j) for j, _ in list(self._queued) if id(j) not in started})
 
     @running_rows.setter
     def running_rows(self, value: int) -> None:  # the base class resets it; the row list is the truth here

@@ -205,3 +205,12 @@ def test_speculative_decoding_streams_as_tokens_are_accepted(long_ctx):
     ids = tok.encode("the cat", add_bos=True)
     assert full == tok.decode(Engine(model).generate([ids], SamplingParams(max_new_tokens=500),
                                                      stop_ids=[tok.end_id, tok.eos_id])[0])
+
+
+def test_requests_beyond_the_slot_cache_are_a_clear_400(tiny):
+    model, tok = tiny
+    with TestClient(create_app(model, tok, "tiny", kv_cache_tokens=40)) as c:
+        r = c.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 60})
+        assert r.status_code == 400 and "kv_cache_tokens" in r.json()["error"]["message"]
+        ok = c.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 20, "n": 4})
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 4  # rows wait for columns, then run
