@@ -523,6 +523,13 @@ class ContinuousBatcher(Batcher):
                 continue
             prompt = job.prompts[i]
             if not self.decoder.fits(len(prompt), max(job.max_tokens, 1)):
+                if not self._rows:  # it would not fit even alone: fail it rather than wait forever
+                    self._queued = [(j, k) for j, k in self._queued if j is not job]
+                    too_long = f"prompt + max_tokens exceed the KV cache ({self.decoder.M} tokens)"
+                    self._send(job, Event("error", text=too_long))
+                    self._left.pop(id(job), None)
+                    job.done.set()
+                    continue
                 return
             self._queued.pop(0)
             logits, cached = self.decoder.admit(prompt, max(job.max_tokens, 1), adapter=job.adapter,
