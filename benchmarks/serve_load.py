@@ -1,17 +1,20 @@
-"""Load test for `genforge serve`: N concurrent streaming clients x M requests.
+"""Load test for `genforge serve`: static vs continuous batching, N concurrent streaming clients, mixed lengths.
 
-    python benchmarks/serve_load.py                          # tiny random model, 16 clients x 200 requests
-    python benchmarks/serve_load.py --concurrency 4 --requests 50 --max-tokens 64
+    python benchmarks/serve_load.py                          # tiny random model, 16 and 64 clients, both modes
+    python benchmarks/serve_load.py --concurrency 16 --requests 100
     python benchmarks/serve_load.py --checkpoint runs/tiny/sft/chat/checkpoint
-    python benchmarks/serve_load.py --url http://127.0.0.1:8000   # an already running server
+    python benchmarks/serve_load.py --url http://127.0.0.1:8000   # an already running server (its own mode)
 
 Without --url it starts the server itself (a subprocess on 127.0.0.1, a free port) on --checkpoint or,
-by default, on a tiny random-weight model saved to a temp folder. Every client streams
-/v1/chat/completions (SSE) and records time to first token (TTFT), total latency and the tokens of
-each reply (from the final usage chunk). Reported: p50/p99 TTFT and latency, total tokens/s, and
-the HTTP status counts; 5xx must be 0 (exit status 1 otherwise). As a reference measured in the
-same run, one client first sends --baseline requests one after another, so the printed ratio says
-what concurrency (i.e. the server's batching) buys over serving one request at a time.
+by default, on a tiny random-weight model saved to a temp folder -- once with `batching=static` (a batch
+runs until its longest row ends; newcomers wait) and once with `batching=continuous` (rows join and leave
+between decode steps), the same requests against each. Requests mix prompt lengths (a few words to ~100
+tokens) and output lengths (--max-tokens cycles through several caps, e.g. 8/24/64/160: the random model
+never stops early, so each reply runs to its cap), which is where static batching wastes its slots.
+Every client streams /v1/chat/completions (SSE) and records time to first token (TTFT), total latency and
+the tokens of each reply (from the final usage chunk). Reported per mode and concurrency: p50/p99 TTFT and
+latency, total tokens/s, HTTP status counts (5xx must be 0: exit status 1 otherwise), and the ratios
+continuous / static measured in the same run.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ import httpx
 
 PROMPTS = ["hello there", "what is one plus two?", "tell me about Alice and her red kite",
            "where does the dog run?", "count to five", "say something about the cat on the mat"]
+LONG = " Alice lives in Brightwater; Bob keeps a lamp, a map and a red kite."  # repeated to lengthen prompts
+
+
+def request_shape(i: int, caps: list[int]) -> tuple[str, int]:
+    """Request i's prompt (short to ~100 tokens) and max_tokens (cycling through caps, out of step with prompts)."""
+    prompt = PROMPTS[i % len(PROMPTS)] + LONG * ((i * 7) % 5)
+    return prompt, caps[(i * 3) % len(caps)]
 
 
 @dataclass
@@ -51,8 +61,9 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs) + 0.5) - 1))]
 
 
-async def one_request(client: httpx.AsyncClient, model: str, i: int, max_tokens: int, temperature: float) -> Result:
-    body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+async def one_request(client: httpx.AsyncClient, model: str, i: int, caps: list[int], temperature: float) -> Result:
+    prompt, max_tokens = request_shape(i, caps)
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "temperature": temperature, "stream": True,
             "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
@@ -86,7 +97,7 @@ async def one_request(client: httpx.AsyncClient, model: str, i: int, max_tokens:
     return res
 
 
-async def run_load(url: str, model: str, concurrency: int, requests: int, max_tokens: int,
+async def run_load(url: str, model: str, concurrency: int, requests: int, caps: list[int],
                    temperature: float) -> tuple[list[Result], float]:
     """`concurrency` clients share `requests` requests; returns the results and the wall time."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -102,7 +113,7 @@ async def run_load(url: str, model: str, concurrency: int, requests: int, max_to
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results.append(await one_request(client, model, i, max_tokens, temperature))
+                results.append(await one_request(client, model, i, caps, temperature))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -143,13 +154,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """`python -m genforge serve CHECKPOINT` on a free loopback port; waits for /health."""
+def start_server(checkpoint: str, args: argparse.Namespace, batching: str) -> tuple[subprocess.Popen, str]:
+    """`python -m genforge serve CHECKPOINT batching=...` on a free loopback port; waits for /health."""
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     cmd = [sys.executable, "-m", "genforge", "serve", checkpoint, "host=127.0.0.1", f"port={port}",
-           "model_name=bench", f"max_queue={max(64, args.concurrency * 2)}",
-           f"max_batch={args.max_batch}", f"batch_wait_ms={args.batch_wait_ms}",
+           "model_name=bench", f"max_queue={max(64, max(args.concurrency) * 2)}",
+           f"max_batch={args.max_batch}", f"batch_wait_ms={args.batch_wait_ms}", f"batching={batching}",
            f"threads={args.threads}", "log_level=warning"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -179,66 +190,68 @@ def tiny_checkpoint(folder: Path, depth: int, max_seq_len: int) -> str:
     return str(save_checkpoint(folder / "tiny", model, tok))
 
 
+def load_phase(url: str, model: str, args: argparse.Namespace, label: str, proc: subprocess.Popen | None) -> dict:
+    """Every --concurrency level against one server; returns {concurrency: summary}."""
+    out: dict = {}
+    asyncio.run(run_load(url, model, 1, 2, args.caps, args.temperature))  # warm-up
+    for conc in args.concurrency:
+        cpu0 = cpu_seconds(proc.pid) if proc else float("nan")
+        s = summarize(f"{label:10s} {conc:3d} clients x {args.requests}",
+                      *asyncio.run(run_load(url, model, conc, args.requests, args.caps, args.temperature)))
+        s["server_cpu_s"] = (cpu_seconds(proc.pid) if proc else float("nan")) - cpu0
+        out[conc] = s
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--url", help="an already running server (default: start one)")
+    ap.add_argument("--url", help="an already running server (default: start one per batching mode)")
     ap.add_argument("--checkpoint", help="checkpoint to serve (default: a tiny random model)")
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--requests", type=int, default=192)
+    ap.add_argument("--caps", type=int, nargs="+", default=[8, 24, 64, 160], help="max_tokens values cycled through")
     ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--baseline", type=int, default=20, help="sequential single-client requests as the reference "
-                    "(0: skip)")
+    ap.add_argument("--modes", nargs="+", default=["static", "continuous"])
     ap.add_argument("--depth", type=int, default=4, help="tiny random model depth (width = 32 * depth)")
-    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=32, help="rows per batch (continuous: KV-cache slots)")
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--threads", type=int, default=1, help="server torch threads")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
 
-    proc = None
+    out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        url = args.url
-        if url is None:
-            ckpt = args.checkpoint or tiny_checkpoint(Path(tmp), args.depth, max_seq_len=256)
-            proc, url = start_server(ckpt, args)
-        try:
-            model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
-            print(f"server {url}, model {model!r}, max_tokens {args.max_tokens}, temperature {args.temperature}")
-            asyncio.run(run_load(url, model, 1, 2, args.max_tokens, args.temperature))  # warm-up
-            out: dict = {}
-            if args.baseline:
-                out["baseline"] = summarize(f"reference: 1 client x {args.baseline}",
-                                            *asyncio.run(run_load(url, model, 1, args.baseline, args.max_tokens,
-                                                                  args.temperature)))
-            name = f"load: {args.concurrency} clients x {args.requests}"
-            cpu0 = (cpu_seconds(), cpu_seconds(proc.pid) if proc else float("nan"))
-            out["load"] = summarize(name, *asyncio.run(run_load(url, model, args.concurrency, args.requests,
-                                                                args.max_tokens, args.temperature)))
-            out["load"]["client_cpu_s"] = cpu_seconds() - cpu0[0]
-            out["load"]["server_cpu_s"] = (cpu_seconds(proc.pid) if proc else float("nan")) - cpu0[1]
-            print(f"CPU during the load phase: server {out['load']['server_cpu_s']:.1f} s "
-                  f"({out['load']['tokens'] / out['load']['server_cpu_s']:.0f} tokens per server CPU second), "
-                  f"load generator {out['load']['client_cpu_s']:.1f} s, wall {out['load']['wall_s']:.1f} s "
-                  f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f})")
-            health = httpx.get(url + "/health", timeout=10).json()
-            if health.get("batches"):
-                print(f"server: {health['jobs']} jobs in {health['batches']} batches "
-                      f"({health['rows'] / health['batches']:.1f} rows per batch on average)")
-            if args.baseline:
-                ratio = out["load"]["tokens_per_s"] / out["baseline"]["tokens_per_s"]
-                print(f"throughput ratio, {args.concurrency} concurrent vs 1 at a time: {ratio:.2f}x")
-                out["throughput_ratio"] = ratio
-            if args.json:
-                Path(args.json).write_text(json.dumps(out, indent=2))
-        finally:
-            if proc is not None:
-                proc.terminate()
+        if args.url is not None:
+            model = httpx.get(args.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+            out["server"] = load_phase(args.url, model, args, "server", None)
+        else:
+            ckpt = args.checkpoint or tiny_checkpoint(Path(tmp), args.depth, max_seq_len=512)
+            print(f"caps {args.caps}, temperature {args.temperature}, max_batch {args.max_batch}, "
+                  f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f})")
+            for mode in args.modes:
+                proc, url = start_server(ckpt, args, mode)
                 try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    n_5xx = out["load"]["n_5xx"] + out.get("baseline", {}).get("n_5xx", 0)
+                    model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+                    out[mode] = load_phase(url, model, args, mode, proc)
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+    if "static" in out and "continuous" in out:
+        print("\ncontinuous / static (same requests, same run):")
+        for conc in args.concurrency:
+            a, b = out["continuous"][conc], out["static"][conc]
+            ratios = {"throughput": a["tokens_per_s"] / b["tokens_per_s"], "ttft_p50": a["ttft_p50"] / b["ttft_p50"],
+                      "ttft_p99": a["ttft_p99"] / b["ttft_p99"], "latency_p50": a["latency_p50"] / b["latency_p50"]}
+            out.setdefault("ratios", {})[conc] = ratios
+            print(f"  {conc:3d} clients: throughput {ratios['throughput']:.2f}x, TTFT p50 {ratios['ttft_p50']:.2f}x, "
+                  f"TTFT p99 {ratios['ttft_p99']:.2f}x, latency p50 {ratios['latency_p50']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    n_5xx = sum(s["n_5xx"] for mode in out.values() if isinstance(mode, dict) for s in mode.values()
+                if isinstance(s, dict) and "n_5xx" in s)
     if n_5xx:
         print(f"FAIL: {n_5xx} server errors (5xx)", file=sys.stderr)
         return 1

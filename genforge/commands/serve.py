@@ -1,12 +1,14 @@
 """`genforge serve CHECKPOINT`: load a checkpoint (+ adapter, + draft) and run the HTTP server under uvicorn.
 
     genforge serve runs/tiny/sft/chat/checkpoint port=9000 max_queue=32 model_name=tiny
+    genforge serve runs/tiny/sft/chat/checkpoint lora=[math=runs/math-lora] api_key=$KEY
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,14 @@ class ServeConfig:
     port: int = 8000  # TCP port (0 = any free port)
     model_name: str = ""  # the name clients use in `model` (default: the checkpoint folder's name)
     max_queue: int = 64  # requests that may wait for a batch; more get 429
-    max_batch: int = 16  # rows (requests x n) generated together
-    batch_wait_ms: float = 10.0  # under concurrent load, wait this long to fill a batch before starting it
+    max_batch: int = 16  # rows (requests x n) generated together (continuous: the KV cache's slots)
+    batching: str = "continuous"  # continuous (rows join/leave between decode steps) | static (whole batches)
+    prefix_cache_tokens: int = 8192  # prompt tokens whose keys/values are kept for reuse (continuous; 0 = off)
+    kv_cache_tokens: int = 0  # columns of the continuous slot KV cache (0: 2 x context, at most 8192)
+    lora: list[str] = field(default_factory=list)  # NAME=FOLDER LoRA adapters served unmerged, picked by `model`
+    api_key: str = ""  # require `Authorization: Bearer KEY` (default: $GENFORGE_API_KEY; empty = no auth)
+    metrics: bool = True  # Prometheus metrics at /metrics
+    batch_wait_ms: float = 10.0  # static batching: under concurrent load, wait this long to fill a batch
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     threads: int = 0  # torch threads (0: leave the default)
     log_level: str = "info"  # critical | error | warning | info | debug
@@ -46,6 +54,16 @@ def build_app(cfg: ServeConfig) -> Any:
         raise ConfigError("checkpoint is not set: genforge serve CHECKPOINT")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level={cfg.log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
+    if cfg.batching not in ("continuous", "static"):
+        raise ConfigError(f"batching={cfg.batching!r}: choose continuous or static")
+    loras = []
+    for item in cfg.lora:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"lora={item!r}: write NAME=FOLDER, e.g. lora=[math=runs/math-lora]")
+        loras.append((name, folder))
+    if loras and (cfg.batching != "continuous" or cfg.draft):
+        raise ConfigError("lora= adapters need batching=continuous and no draft (they are selected per row)")
     for key in ("max_queue", "max_batch", "draft_k", "max_body_bytes"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key}={getattr(cfg, key)}: must be >= 1")
@@ -74,9 +92,21 @@ def build_app(cfg: ServeConfig) -> Any:
         from genforge.rag.embed import make_embedder
 
         embedder = make_embedder(cfg.embedder, max(cfg.threads, 1))
-    return create_app(model, tokenizer, name, generate_fn=generate_fn, max_queue=cfg.max_queue,
-                      max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3,
-                      embedder=embedder, rag_store=cfg.rag_store)
+    app = create_app(model, tokenizer, name, generate_fn=generate_fn, max_queue=cfg.max_queue,
+                     max_batch=max_batch, max_body_bytes=cfg.max_body_bytes, batch_wait_s=cfg.batch_wait_ms / 1e3,
+                     embedder=embedder, rag_store=cfg.rag_store, batching=cfg.batching,
+                     prefix_cache_tokens=cfg.prefix_cache_tokens, kv_cache_tokens=cfg.kv_cache_tokens,
+                     metrics=cfg.metrics,
+                     api_key=cfg.api_key or os.environ.get("GENFORGE_API_KEY", ""))
+    if loras:
+        from genforge.serve import adapters
+
+        for lora_name, folder in loras:
+            if lora_name == name:
+                raise ConfigError(f"lora={lora_name}=...: the name is the base model's; pick another")
+            app.state.batcher.with_model(lambda m, n=lora_name, f=folder: adapters.load(m, n, f))
+            app.state.server.adapters[lora_name] = folder
+    return app
 
 
 def main(cfg: ServeConfig) -> None:

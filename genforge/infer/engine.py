@@ -27,10 +27,12 @@ Shapes: B batch, P longest prompt, M cache length, V vocab, L layers, K kv heads
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -39,6 +41,7 @@ from genforge.errors import ConfigError
 from genforge.infer import sampling
 from genforge.infer.sampling import LogitsProcessor, SamplingParams, penalize, sample_next
 from genforge.model.gpt import GPT, Attention, KVCache, StaticKV
+from genforge.model.peft.lora import adapter_names, use_adapter
 
 # A row stops when stop_fn(row, tokens_so_far) is true (the text layer uses it for stop strings).
 StopFn = Callable[[int, list[int]], bool]
@@ -390,3 +393,219 @@ def stream(model: nn.Module, prompt: list[int], params: SamplingParams | None = 
            stop_ids: Sequence[int] = (), stop_fn: StopFn | None = None) -> Iterator[int]:
     """Yield new token ids for one prompt as they are produced (see `Engine.stream`)."""
     return Engine(model).stream(prompt, params, stop_ids=stop_ids, stop_fn=stop_fn)
+
+
+# ---------------------------------------------------------------------------------------------- continuous batching
+class PrefixCache:
+    """Keys/values of recently prefilled prompts, reused when a new prompt starts with the same tokens.
+
+    A prefilled prompt is stored once, (L, K, n, D) per k/v, and indexed by its prefixes at every multiple
+    of `block` tokens (as vLLM's automatic prefix caching hashes fixed-size blocks), so a new prompt that
+    shares its first 40 tokens with a stored one reuses 32 of them (block 16). Keys depend only on the
+    tokens before them (causal attention, RoPE positions from 0), so reuse is exact. Least recently used
+    entries go first once `max_tokens` tokens are stored. `tag` separates models (a LoRA adapter's keys differ).
+    """
+
+    def __init__(self, max_tokens: int = 8192, block: int = 16):
+        self.max_tokens, self.block = max_tokens, max(1, block)
+        self._entries: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id -> (k, v, n) in LRU order
+        self._index: dict[tuple, tuple[int, int]] = {}  # (tag, prefix tokens) -> (entry id, length)
+        self._next = 0
+        self.stored = 0
+        self.hits = self.queries = self.hit_tokens = 0
+
+    def lookup(self, tag: str | None, prompt: Sequence[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """(n, k, v): the longest stored block prefix of `prompt` shorter than the prompt (one token is left
+        to prefill, whose logits the caller needs), or (0, None, None)."""
+        self.queries += 1
+        for n in range((len(prompt) - 1) // self.block * self.block, 0, -self.block):
+            hit = self._index.get((tag, tuple(prompt[:n])))
+            if hit is not None and hit[0] in self._entries:
+                k, v, size = self._entries.pop(hit[0])
+                self._entries[hit[0]] = (k, v, size)  # most recently used
+                self.hits += 1
+                self.hit_tokens += n
+                return n, k[:, :, :n], v[:, :, :n]
+        return 0, None, None
+
+    def clear(self) -> None:
+        """Forget every stored prompt (the model's weights changed)."""
+        self._entries, self._index, self.stored = {}, {}, 0
+
+    def store(self, tag: str | None, prompt: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> None:
+        """Remember a prompt's keys/values k, v (L, K, n, D) (copied) under each of its block prefixes."""
+        n = len(prompt) // self.block * self.block
+        if n == 0 or n > self.max_tokens or (tag, tuple(prompt[:n])) in self._index:
+            return
+        while self.stored + n > self.max_tokens and self._entries:
+            _, (_, _, size) = next(iter(self._entries.items()))
+            self._entries.pop(next(iter(self._entries)))
+            self.stored -= size
+        eid, self._next = self._next, self._next + 1
+        self._entries[eid] = (k[:, :, :n].clone(), v[:, :, :n].clone(), n)
+        self.stored += n
+        for m in range(self.block, n + 1, self.block):
+            self._index[(tag, tuple(prompt[:m]))] = (eid, m)
+        if len(self._index) > 8 * self.max_tokens:  # drop index entries of evicted prompts
+            self._index = {key: hit for key, hit in self._index.items() if hit[0] in self._entries}
+
+
+DEFAULT_SLOT_COLUMNS = 8192
+
+
+@dataclass
+class _Slot:
+    start: int  # first cache column of the row
+    pos: int  # RoPE position of the row's next fed token
+    remaining: int  # tokens the row may still feed (columns it still needs)
+    adapter: str | None
+
+
+class SlotDecoder:
+    """The engine side of continuous (iteration-level) batching, as in Orca (Yu et al. 2022) and vLLM.
+
+    Rows join (`admit`) and leave (`release`) between decode steps. The KV cache has one slot (a cache row)
+    per running row; active rows fill slots 0..A-1 (a leaving row's slot takes the last row's cache). All
+    rows write their next token into the same column `col`, so one `GPT.decode_step` over a `StaticKV` view
+    serves every row; a joining row's prompt is prefilled alone (reusing a `PrefixCache` hit) and placed to
+    end at `col`, `key_ok` marks each row's own columns, and RoPE positions are per row, so a row decodes
+    as it would alone. When the columns run out, the finished rows' columns on the left are dropped
+    (`_compact`). Per-row LoRA adapters ride along as per-row adapter names (`use_adapter` with a list).
+
+    slots: rows at most. cache_len: columns M (default 2x the context, room for rows that joined later, but at
+    most DEFAULT_SLOT_COLUMNS: a long-context model would otherwise allocate gigabytes; a row needs prompt +
+    max_new columns, so with M below the context the longest requests cannot run).
+    Shapes: k, v (L, S, K, M, D); key_ok (S, M).
+    """
+
+    def __init__(self, model: nn.Module, slots: int = 16, *, cache_len: int | None = None,
+                 prefix_cache: PrefixCache | None = None):
+        if not supports_static(model):
+            raise ConfigError("continuous batching needs a genforge GPT with stock attention; use static batching")
+        self.model = model
+        cfg = model.config.resolved()
+        self.context = int(cfg.max_seq_len)
+        self.S, self.M = max(1, slots), max(1, cache_len or min(2 * self.context, DEFAULT_SLOT_COLUMNS))
+        device, dtype = _device_dtype(model)
+        self.device = device
+        shape = (cfg.depth, self.S, cfg.n_kv_head, self.M, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.key_ok = torch.zeros(self.S, self.M, dtype=torch.bool, device=device)
+        self.col = 0  # the column the next step writes
+        self.rows: list[_Slot] = []
+        self.prefix = prefix_cache
+        self._lora = bool(adapter_names(model))
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    def refresh(self) -> None:
+        """Re-read which LoRA adapters the model carries (after loading or unloading one)."""
+        self._lora = bool(adapter_names(self.model))
+
+    def fits(self, prompt_len: int, max_new: int) -> bool:
+        """Can a row with this prompt and output budget join now (after dropping finished columns)?"""
+        if len(self.rows) >= self.S:
+            return False
+        shift = min((r.start for r in self.rows), default=self.col)
+        col = max(self.col - shift, prompt_len)
+        need = max([max_new] + [r.remaining for r in self.rows])
+        return col + need <= self.M
+
+    @torch.inference_mode()
+    def admit(self, prompt: Sequence[int], max_new: int, *, adapter: str | None = None,
+              all_logits: bool = False, reuse: bool = True) -> tuple[torch.Tensor, int]:
+        """Prefill a new row (check `fits` first) -> (logits, cached): logits (V,) of the next token, or
+        (n, V) for every prompt position when all_logits (no prefix reuse then: the cached positions have
+        no logits); cached = prompt tokens taken from the prefix cache."""
+        n = len(prompt)
+        if not self.fits(n, max_new):
+            raise ConfigError(f"no room for a {n}-token prompt + {max_new} tokens in the slot cache")
+        if n > self.context:
+            raise ConfigError(f"prompt of {n} tokens is longer than the model's context ({self.context})")
+        cfg = self.model.config
+        cache = KVCache(cfg, 1, max_len=n, device=self.device, dtype=self.k.dtype)
+        p, pk, pv = (0, None, None)
+        if self.prefix is not None and reuse and not all_logits:
+            p, pk, pv = self.prefix.lookup(adapter, prompt)
+        if p:
+            cache.k[:, 0, :, :p], cache.v[:, 0, :, :p] = pk, pv
+            cache.pos = p
+        ids = torch.tensor([list(prompt[p:])], dtype=torch.long, device=self.device)  # (1, n - p)
+        with self._adapter(adapter):
+            logits = self.model(ids, cache=cache)[0]  # (n - p, V)
+        if self.prefix is not None:
+            self.prefix.store(adapter, prompt, cache.k[:, 0], cache.v[:, 0])
+        # make room: drop columns no running row uses any more, then start the row so it ends at `col`
+        if self.rows:
+            self._compact()
+        else:
+            self.col = 0
+        if self.col < n:
+            self.col = n  # the other rows get unused (masked) columns
+        s = len(self.rows)
+        self.k[:, s, :, self.col - n:self.col] = cache.k[:, 0]
+        self.v[:, s, :, self.col - n:self.col] = cache.v[:, 0]
+        self.key_ok[s] = False
+        self.key_ok[s, self.col - n:self.col] = True
+        self.rows.append(_Slot(self.col - n, n, max_new, adapter))
+        return (logits if all_logits else logits[-1]), p
+
+    def _compact(self) -> None:
+        shift = min(r.start for r in self.rows)
+        if shift == 0:
+            return
+        A, w = len(self.rows), self.col - shift
+        self.k[:, :A, :, :w] = self.k[:, :A, :, shift:self.col].clone()
+        self.v[:, :A, :, :w] = self.v[:, :A, :, shift:self.col].clone()
+        self.key_ok[:A, :w] = self.key_ok[:A, shift:self.col].clone()
+        self.key_ok[:A, w:] = False
+        for r in self.rows:
+            r.start -= shift
+        self.col = w
+
+    def release(self, slot: int) -> int | None:
+        """Free a row's slot; the last row moves into it. Returns the moved row's old slot (or None): the
+        caller moves its own bookkeeping the same way."""
+        last = len(self.rows) - 1
+        if slot != last:
+            self.k[:, slot] = self.k[:, last]
+            self.v[:, slot] = self.v[:, last]
+            self.key_ok[slot] = self.key_ok[last]
+            self.rows[slot] = self.rows[last]
+        self.rows.pop()
+        if not self.rows:
+            self.col = 0
+        return last if slot != last else None
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed one token per active row (slot order) -> next-token logits (A, V)."""
+        A = len(self.rows)
+        if len(tokens) != A or A == 0:
+            raise ConfigError(f"step: {len(tokens)} tokens for {A} active rows")
+        if self.col >= self.M:
+            self._compact()
+        tok = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (A, 1)
+        pos = torch.tensor([r.pos for r in self.rows], device=self.device)[:, None]  # (A, 1)
+        self.key_ok[:A, self.col] = True
+        W = self.col + 1  # attend over the columns written so far only
+        col = torch.tensor([self.col], device=self.device)
+        static = StaticKV(self.k[:, :A, :, :W], self.v[:, :A, :, :W], col, self.key_ok[:A, :W])
+        with self._adapter([r.adapter for r in self.rows]):
+            logits = self.model.decode_step(tok, pos, static)  # (A, V)
+        for r in self.rows:
+            r.pos += 1
+            r.remaining -= 1
+        self.col += 1
+        return logits
+
+    def _adapter(self, name: str | None | list[str | None]) -> contextlib.AbstractContextManager:
+        """Per-call LoRA selection: a name, None (the base model) or one name per row (no-op without LoRA)."""
+        if not self._lora:
+            return contextlib.nullcontext()
+        if isinstance(name, list) and not any(name):
+            name = None
+        return use_adapter(self.model, name)

@@ -31,7 +31,7 @@ a prefix of the sequence, and every call feeds it the tokens it has not seen yet
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import torch
@@ -152,7 +152,8 @@ class NGramProphet:
 
 def speculative_generate(target: nn.Module, draft: nn.Module | Prophet, prompt: list[int],
                          params: SamplingParams | None = None, *, k: int = 4,
-                         stop_ids: Sequence[int] = ()) -> tuple[list[int], dict]:
+                         stop_ids: Sequence[int] = (),
+                         stop_fn: Callable[[list[int]], bool] | None = None) -> tuple[list[int], dict]:
     """New tokens for one prompt (stop token excluded) and stats.
 
     draft: a draft model (wrapped in a `ModelProphet`) or any `Prophet` (e.g. `NGramProphet()`).
@@ -161,6 +162,8 @@ def speculative_generate(target: nn.Module, draft: nn.Module | Prophet, prompt: 
     params' temperature/top_k/top_p shape both p and q, so the output follows the target's
     *filtered* distribution, as plain sampling with the same settings. Penalties, logprobs and
     watermarks are not supported here (ConfigError if asked for).
+    stop_fn(tokens_so_far) is called after every accepted token (so a server can stream them as each target
+    call accepts them); True ends the generation there (the token that triggered it is kept).
     """
     params = params or SamplingParams()
     if params.penalties != (1.0, 0.0, 0.0) or params.watermark or params.logprobs:
@@ -250,6 +253,9 @@ def speculative_generate(target: nn.Module, draft: nn.Module | Prophet, prompt: 
                         break
                     out.append(t)
                     seq.append(t)
+                    if stop_fn is not None and stop_fn(out):
+                        finished = True
+                        break
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)

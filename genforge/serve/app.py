@@ -4,11 +4,16 @@
     curl localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
          -d '{"model": "checkpoint", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
 
-Endpoints: `GET /` (chat page), `GET /health`, `GET /v1/models`, `POST /v1/completions`,
-`POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
-server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py). Chat completions do function
-calling in OpenAI's schema (`tools`, `tool_choice`, `tool_calls`, `tool` messages; a forced call is
-constrained by a grammar so even a tiny model's call parses; see tools.py). Errors use OpenAI's body
+Endpoints: `GET /` (chat page), `GET /health`, `GET /metrics` (Prometheus, see metrics.py), `GET /v1/models`,
+`POST /v1/completions`, `POST /v1/chat/completions` (OpenAI request/response shapes; `stream: true` answers with
+server-sent events `data: {...}` and a final `data: [DONE]`, see sse.py), `POST /tokenize` and `/detokenize`
+(vLLM's shapes), `POST /v1/load_lora_adapter` / `unload_lora_adapter` (adapters.py). Completions return
+log-probabilities in the legacy format (`logprobs: k`, `echo`, `max_tokens: 0` to score a prompt), chat in the
+chat format (`logprobs`, `top_logprobs`). Chat completions do function calling in OpenAI's schema (`tools`,
+`tool_choice`, `tool_calls`, `tool` messages; see tools.py) and both honour `response_format` (structured.py):
+calls and formats are enforced while decoding by one grammar engine (genforge.infer.grammar), so even a tiny
+model's output parses and validates. With `api_key`, every endpoint but the page, /health and /metrics needs
+`Authorization: Bearer <key>` (401 otherwise). Errors use OpenAI's body
 `{"error": {"message", "type", "param", "code"}}`: 400 bad parameters / unknown fields / unknown
 model / over-long prompt / over-deep JSON (see limits.py), 413 oversized body, 429 queue full,
 503 worker down.
@@ -17,10 +22,11 @@ Special-token strings (`<|end|>`, `<|user|>`...) are plain text everywhere: in c
 in raw `/v1/completions` prompts alike, so no request can forge a turn or end a document early.
 A client that needs control tokens sends token ids as the prompt.
 
-The model never runs on the event loop: requests become jobs for `Batcher`, whose worker thread
-batches compatible jobs through the engine and streams text back (see batcher.py). A client that
-disconnects cancels its job, so its rows stop at the next token. The command (`genforge serve`,
-uvicorn start-up) lives in `genforge.commands.serve`.
+The model never runs on the event loop: requests become jobs for the batcher, whose worker thread runs
+them through the engine -- by default with continuous batching over a slot KV cache with prefix caching,
+statically with `batching="static"` or a custom `generate_fn` (speculative decoding) -- and streams text
+back (see batcher.py). A client that disconnects cancels its job, so its rows stop at the next token.
+The command (`genforge serve`, uvicorn start-up) lives in `genforge.commands.serve`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +46,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.infer.engine import Engine, StopFn
+from genforge.infer.engine import Engine, StopFn, supports_static
 from genforge.infer.sampling import SamplingParams
-from genforge.serve import embeddings, limits, sse, tools
-from genforge.serve.batcher import Batcher, Closed, Event, GenerateFn, Job, QueueFull
+from genforge.serve import adapters, embeddings, limits, sse, structured, tools
+from genforge.serve.batcher import Batcher, Closed, ContinuousBatcher, Event, GenerateFn, Job, QueueFull, TokenLogprob
 from genforge.serve.schemas import APIError, ChatRequest, CompletionRequest, parse_request, reject_unsupported
 from genforge.text import render_prompt
 from genforge.tokenizer import Tokenizer
@@ -68,13 +74,18 @@ class ServerState:
     chat_max_tokens: int
     completion_max_tokens: int
     created: int
+    continuous: bool = False
+    metrics: Any = None
+    api_key: str = ""
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters served by name -> folder
 
 
 def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genforge", *,
                generate_fn: GenerateFn | None = None, max_queue: int = 64, max_batch: int = 16,
                max_body_bytes: int = 1 << 20, chat_max_tokens: int = 256, completion_max_tokens: int = 16,
                batch_wait_s: float = 0.01, embedder: Any = None, embedder_name: str = "",
-               rag_store: str = "") -> FastAPI:
+               rag_store: str = "", batching: str = "continuous", prefix_cache_tokens: int = 8192,
+               kv_cache_tokens: int = 0, api_key: str = "", metrics: bool = True) -> FastAPI:
     """The FastAPI app serving `model` under the name `model_name`.
 
     generate_fn: the batched generation call (default `Engine(model).generate`; tests inject slow
@@ -83,11 +94,32 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
     chat_max_tokens / completion_max_tokens: max_tokens when a request leaves it unset
         (capped by the room left in the context window). batch_wait_s: see `Batcher`.
     embedder / embedder_name / rag_store: /v1/embeddings and chat retrieval (see embeddings.py).
+    batching: "continuous" (rows join and leave between decode steps; needs a genforge GPT with stock
+        attention and no generate_fn) or "static" (see batcher.py). prefix_cache_tokens: prompt tokens whose
+        keys/values are kept for reuse by later prompts with the same start (continuous only; 0 = off).
+        kv_cache_tokens: columns of the continuous scheduler's slot KV cache (0: 2 x context, at most 8192).
+    api_key: when set, /v1/*, /tokenize and /detokenize need `Authorization: Bearer <api_key>`.
+    metrics: serve Prometheus metrics at /metrics.
     """
+    if batching not in ("continuous", "static"):
+        raise ValueError(f"batching={batching!r}: choose continuous or static")
     context_len = int(model.config.max_seq_len)
-    batcher = Batcher(generate_fn or Engine(model).generate, tokenizer,
-                      stop_ids=[tokenizer.end_id, tokenizer.eos_id], context_len=context_len,
-                      max_batch=max_batch, max_queue=max_queue, batch_wait_s=batch_wait_s)
+    stop_ids = [tokenizer.end_id, tokenizer.eos_id]
+    meters = None
+    if metrics:
+        from genforge.serve.metrics import ServeMetrics
+
+        meters = ServeMetrics()
+    continuous = batching == "continuous" and generate_fn is None and supports_static(model)
+    if continuous:
+        batcher: Batcher = ContinuousBatcher(model, tokenizer, stop_ids=stop_ids, context_len=context_len,
+                                             max_batch=max_batch, max_queue=max_queue, metrics=meters,
+                                             prefix_cache_tokens=prefix_cache_tokens,
+                                             cache_len=kv_cache_tokens or None)
+    else:
+        batcher = Batcher(generate_fn or Engine(model).generate, tokenizer, stop_ids=stop_ids,
+                          context_len=context_len, max_batch=max_batch, max_queue=max_queue,
+                          batch_wait_s=batch_wait_s, metrics=meters)
     batcher.start()  # also (re)started by the lifespan, so an app used without one still works
 
     @contextlib.asynccontextmanager
@@ -98,13 +130,17 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
 
     app = FastAPI(title="genforge", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = ServerState(batcher, tokenizer, model_name, context_len, int(model.config.vocab_size),
-                                   max_body_bytes, chat_max_tokens, completion_max_tokens, int(time.time()))
+                                   max_body_bytes, chat_max_tokens, completion_max_tokens, int(time.time()),
+                                   continuous, meters, api_key)
     app.state.batcher = batcher
     app.state.model_name = model_name
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
+    if api_key:
+        app.middleware("http")(_check_key)
     app.include_router(router)
+    app.include_router(adapters.router)
     embeddings.mount(app, embedder, embedder_name, rag_store)  # rag: /v1/embeddings + chat retrieval
     return app
 
@@ -129,6 +165,24 @@ async def _server_error(request: Request, e: Exception) -> JSONResponse:
                         status_code=500)
 
 
+_OPEN_PATHS = ("/", "/health", "/metrics", "/docs", "/openapi.json")  # no key needed (no model output)
+
+
+async def _check_key(request: Request, call_next: Callable) -> Response:
+    """Optional API-key auth (OpenAI's `Authorization: Bearer KEY`); compared in constant time."""
+    import hmac
+
+    s = _state(request)
+    if request.url.path not in _OPEN_PATHS and not request.url.path.startswith("/static"):
+        given = request.headers.get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), s.api_key.encode()):
+            return JSONResponse(APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                                         type="authentication_error", code="invalid_api_key").body(),
+                                status_code=401)
+    return await call_next(request)
+
+
 # ---------------------------------------------------------------------------------------------- plain endpoints
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
@@ -149,14 +203,68 @@ def _model_card(s: ServerState) -> dict[str, Any]:
             "max_model_len": s.context_len}
 
 
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    s = _state(request)
+    if s.metrics is None:
+        raise APIError(404, "metrics are off on this server (create_app(metrics=True))", type="not_found_error")
+    body, ctype = s.metrics.render()
+    return Response(body, media_type=ctype)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> dict[str, Any]:
+    """vLLM's shape: {"prompt": text, "add_special_tokens": true} -> {"tokens", "count", "max_model_len"};
+    add_special_tokens adds BOS as completions do; {"messages": [...]} renders the chat template instead."""
+    s = _state(request)
+    body = await limits.read_json_body(request.stream(), request.headers.get("content-length"), s.max_body_bytes)
+    if not isinstance(body, dict) or ("prompt" in body) == ("messages" in body):
+        raise APIError(400, "send either \"prompt\" (a string) or \"messages\" (a chat)", param="prompt")
+    unknown = set(body) - {"prompt", "messages", "add_special_tokens", "model", "add_generation_prompt"}
+    if unknown:
+        raise APIError(400, f"unrecognized request argument supplied: {sorted(unknown)[0]!r}",
+                       param=sorted(unknown)[0], code="unknown_parameter")
+    if "messages" in body:
+        req = parse_request(ChatRequest, {"model": s.model_name, "messages": body["messages"]})
+        ids = render_prompt(s.tokenizer, tools.message_dicts(req))
+    else:
+        if not isinstance(body["prompt"], str):
+            raise APIError(400, "prompt must be a string", param="prompt", code="invalid_value")
+        add = body.get("add_special_tokens", True)
+        if not isinstance(add, bool):
+            raise APIError(400, "add_special_tokens must be a boolean", param="add_special_tokens")
+        ids = render_prompt(s.tokenizer, body["prompt"], add_bos=add, allow_special=False)
+    return {"tokens": ids, "count": len(ids), "max_model_len": s.context_len}
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> dict[str, Any]:
+    """{"tokens": [ids]} -> {"prompt": text} (special tokens skipped, as in replies)."""
+    s = _state(request)
+    body = await limits.read_json_body(request.stream(), request.headers.get("content-length"), s.max_body_bytes)
+    ids = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise APIError(400, "tokens must be a list of token ids", param="tokens", code="invalid_value")
+    if any(not 0 <= t < s.vocab_size for t in ids):
+        raise APIError(400, f"token ids must be in [0, {s.vocab_size})", param="tokens", code="invalid_value")
+    return {"prompt": s.tokenizer.decode(ids)}
+
+
+def _adapter_card(s: ServerState, name: str) -> dict[str, Any]:
+    return {**_model_card(s), "id": name, "parent": s.model_name, "root": s.adapters[name]}
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(_state(request))]}
+    s = _state(request)
+    return {"object": "list", "data": [_model_card(s)] + [_adapter_card(s, a) for a in s.adapters]}
 
 
 @router.get("/v1/models/{name:path}")
 async def one_model(name: str, request: Request) -> dict[str, Any]:
     s = _state(request)
+    if name in s.adapters:
+        return _adapter_card(s, name)
     if name != s.model_name:
         raise APIError(404, f"the model {name!r} does not exist; this server serves {s.model_name!r}",
                        type="not_found_error", param="model", code="model_not_found")
@@ -169,8 +277,9 @@ async def _parse(request: Request, cls: type) -> Any:
     s = _state(request)
     body = await limits.read_json_body(request.stream(), request.headers.get("content-length"), s.max_body_bytes)
     req = parse_request(cls, body)
-    if req.model != s.model_name:
-        raise APIError(400, f"the model {req.model!r} does not exist; this server serves {s.model_name!r}",
+    if req.model != s.model_name and req.model not in s.adapters:
+        served = ", ".join(repr(n) for n in [s.model_name, *s.adapters])
+        raise APIError(400, f"the model {req.model!r} does not exist; this server serves {served}",
                        param="model", code="model_not_found")
     return req
 
@@ -225,14 +334,34 @@ def _completion_prompts(s: ServerState, req: CompletionRequest) -> tuple[list[li
     return [ids for ids, _ in fitted], min(m for _, m in fitted)
 
 
+def _logprob_request(req: ChatRequest | CompletionRequest) -> tuple[int | None, bool]:
+    """(alternatives per token or None when log-probs are off, prompt log-probs wanted)."""
+    if isinstance(req, ChatRequest):
+        return (req.top_logprobs or 0) if req.logprobs else None, False
+    return req.logprobs, bool(req.echo and req.logprobs is not None)
+
+
 def _submit(s: ServerState, req: ChatRequest | CompletionRequest, prompts: list[list[int]], max_tokens: int,
             processors: list | None = None) -> Job:
     """Queue a job with one row per choice (choice index = prompt_index * n + j, as OpenAI orders them)."""
     reject_unsupported(req)
     limits.check_rows(len(prompts), req.n)
+    top, echo = _logprob_request(req)
+    if (top is not None or max_tokens == 0) and not s.continuous:
+        raise APIError(400, "log-probabilities and max_tokens 0 need the continuous scheduler; this server runs "
+                       "static batching (speculative decoding or a custom generate function)", param="logprobs",
+                       code="unsupported")
+    need = max(len(p) for p in prompts) + max_tokens
+    if need > s.batcher.capacity:
+        raise APIError(400, f"prompt + max_tokens = {need} tokens exceed the server's KV cache ({s.batcher.capacity} "
+                       "tokens per row; genforge serve kv_cache_tokens=...); shorten the prompt or lower max_tokens",
+                       param="max_tokens", code="context_length_exceeded")
     job = Job([p for p in prompts for _ in range(req.n)], max_tokens, req.sampling(),
-              logits_processors=list(processors or []))
+              logits_processors=list(processors or []), logprobs=top, echo_logprobs=echo,
+              adapter=req.model if req.model != s.model_name else None)
     job.bind()
+    if s.metrics is not None:
+        s.metrics.accepted(sum(len(p) for p in job.prompts))
     try:
         s.batcher.submit(job)
     except QueueFull as e:
@@ -254,24 +383,73 @@ async def _watch_disconnect(request: Request, job: Job) -> None:
             return
 
 
-async def _collect(request: Request, job: Job) -> tuple[list[str], list[str | None]]:
-    """Run a non-streamed job to the end: (text per choice, finish reason per choice)."""
-    texts = [""] * len(job.prompts)
-    reasons: list[str | None] = [None] * len(job.prompts)
+@dataclass
+class Collected:
+    """A finished non-streamed job: per choice its text, finish reason, token log-probs and prompt log-probs."""
+
+    texts: list[str]
+    reasons: list[str | None]
+    logprobs: list[list[TokenLogprob]]
+    prompt_logprobs: list[list[TokenLogprob]]
+
+
+async def _collect(request: Request, job: Job) -> Collected:
+    """Run a non-streamed job to the end."""
+    n = len(job.prompts)
+    out = Collected([""] * n, [None] * n, [[] for _ in range(n)], [[] for _ in range(n)])
     watcher = asyncio.create_task(_watch_disconnect(request, job))
     try:
         async for events in job.stream():
             for ev in events:
                 if ev.kind == "delta":
-                    texts[ev.index] += ev.text
+                    out.texts[ev.index] += ev.text
+                    out.logprobs[ev.index] += ev.logprobs
                 elif ev.kind == "finish":
-                    reasons[ev.index] = ev.finish_reason
+                    out.reasons[ev.index] = ev.finish_reason
+                elif ev.kind == "prompt":
+                    out.prompt_logprobs[ev.index] = ev.logprobs
     except RuntimeError as e:
         raise APIError(500, str(e), type="server_error") from None
     finally:
         watcher.cancel()
         job.cancel()  # no-op when finished; stops the rows if this coroutine was cancelled
-    return texts, reasons
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- log-probs
+def token_text(tok: Tokenizer, i: int) -> str:
+    """A token as a string: its text, or its name for a special token (`<|bos|>`)."""
+    if i in tok.special_ids:
+        return tok.hf.id_to_token(i) or ""
+    return tok.decode([i])
+
+
+def completion_logprobs(tok: Tokenizer, lps: list[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions `logprobs` object: tokens, token_logprobs, top_logprobs ({token: logprob}, the
+    chosen token included, as vLLM does), text_offset."""
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for lp in lps:
+        text = token_text(tok, lp.token)
+        out["tokens"].append(text)
+        out["token_logprobs"].append(lp.logprob)
+        if lp.logprob is None:
+            out["top_logprobs"].append(None)
+        else:
+            top = {token_text(tok, t): v for t, v in lp.top}
+            top.setdefault(text, lp.logprob)
+            out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(text)
+    return out
+
+
+def chat_logprobs(tok: Tokenizer, lps: list[TokenLogprob]) -> dict[str, Any]:
+    """The chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    def entry(t: int, v: float) -> dict[str, Any]:
+        text = token_text(tok, t)
+        return {"token": text, "logprob": v, "bytes": list(text.encode("utf-8"))}
+    return {"content": [{**entry(lp.token, lp.logprob or 0.0), "top_logprobs": [entry(t, v) for t, v in lp.top]}
+                        for lp in lps]}
 
 
 def _usage(job: Job, prompts: list[list[int]]) -> dict[str, int]:
@@ -316,38 +494,57 @@ async def chat_completions(request: Request) -> Response:
     sources = await embeddings.retrieve_for_chat(request, req)  # rag: None unless the request opted in
     plan = tools.plan_tools(req)
     ids, max_tokens = _chat_prompt(s, req, plan)
-    job = _submit(s, req, [ids], max_tokens,
-                  tools.constraint(plan, s.tokenizer, len(ids), req.sampling().greedy, max_tokens))
+    greedy = req.sampling().greedy
+    processors = tools.constraint(plan, s.tokenizer, len(ids), greedy, max_tokens)
+    fmt = structured.processor_for(req.response_format, s.tokenizer, len(ids),
+                                   [s.tokenizer.end_id, s.tokenizer.eos_id], max_tokens)
+    if fmt is not None:
+        if plan.active:
+            raise APIError(400, "response_format and tools cannot be combined in one request (the reply is either "
+                           "a tool call or the formatted text)", param="response_format", code="invalid_value")
+        processors = [fmt]
+    job = _submit(s, req, [ids], max_tokens, processors)
     rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if req.stream:
         replies = [tools.StreamedReply(plan) for _ in job.prompts]
+        held: list[list[TokenLogprob]] = [[] for _ in job.prompts]  # log-probs of text a tool call holds back
 
         def chunk(ev: Event | None, i: int) -> dict | list[dict] | None:
-            def make(delta: dict, reason: str | None = None, first: bool = False) -> dict:
+            def make(delta: dict, reason: str | None = None, first: bool = False,
+                     lps: list[TokenLogprob] | None = None) -> dict:
+                logprobs = chat_logprobs(s.tokenizer, lps) if job.logprobs is not None and lps else None
                 return {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": s.model_name,
-                        "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}],
+                        "model": req.model,
+                        "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
                         **({"sources": sources} if first and sources is not None else {})}  # rag
             if ev is None:  # the opening chunk of each choice announces the role (and, with retrieval, sources)
                 return make({"role": "assistant", "content": ""}, first=True)
             if ev.kind == "delta":
+                held[i] += ev.logprobs
                 text = replies[i].push(ev.text)
-                return make({"content": text}) if text else None
+                if not text:
+                    return None
+                lps, held[i] = held[i], []
+                return make({"content": text}, lps=lps)
+            if ev.kind != "finish":
+                return None
             rest, calls = replies[i].finish()
-            out = [make({"content": rest})] if rest else []
+            lps, held[i] = held[i], []
+            out = [make({"content": rest}, lps=lps)] if rest else []
             out += [make({"tool_calls": [d]}) for d in calls]
             return out + [make({}, "tool_calls" if calls else ev.finish_reason)]
         return _stream(s, job, [ids], chunk, req.include_usage(), "chat.completion.chunk", rid)
-    texts, reasons = await _collect(request, job)
+    got = await _collect(request, job)
     choices = []
-    for i, (t, r) in enumerate(zip(texts, reasons)):
+    for i, (t, r) in enumerate(zip(got.texts, got.reasons)):
         content, calls = tools.parse_reply(t, plan)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
-        choices.append({"index": i, "message": message, "logprobs": None,
+        logprobs = chat_logprobs(s.tokenizer, got.logprobs[i]) if job.logprobs is not None else None
+        choices.append({"index": i, "message": message, "logprobs": logprobs,
                         "finish_reason": "tool_calls" if calls else r})
-    return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": s.model_name,
+    return JSONResponse({"id": rid, "object": "chat.completion", "created": int(time.time()), "model": req.model,
                          "choices": choices, "usage": _usage(job, [ids]),
                          **({"sources": sources} if sources is not None else {})})  # rag
 
@@ -357,30 +554,59 @@ async def completions(request: Request) -> Response:
     s = _state(request)
     req: CompletionRequest = await _parse(request, CompletionRequest)
     prompts, max_tokens = _completion_prompts(s, req)
-    job = _submit(s, req, prompts, max_tokens)
+    processors = []
+    if req.response_format is not None:
+        if len(prompts) > 1 and req.response_format.type != "text":
+            raise APIError(400, "response_format works on one prompt per completions request (n may be > 1)",
+                           param="response_format", code="unsupported")
+        fmt = structured.processor_for(req.response_format, s.tokenizer, len(prompts[0]),
+                                       [s.tokenizer.end_id, s.tokenizer.eos_id], max_tokens)
+        processors = [fmt] if fmt is not None else []
+    job = _submit(s, req, prompts, max_tokens, processors)
     rid = f"cmpl-{uuid.uuid4().hex[:24]}"
+    echoed = [s.tokenizer.decode(p) if req.echo else "" for p in prompts]
+    want_lps = job.logprobs is not None
+
+    def echo_of(i: int) -> str:
+        return echoed[i // req.n]
+
     if req.stream:
+        offsets = [0] * len(job.prompts)
+
+        def make(i: int, text: str, lps: list[TokenLogprob] | None, reason: str | None) -> dict:
+            logprobs = None
+            if want_lps:
+                logprobs = completion_logprobs(s.tokenizer, lps or [], offsets[i])
+                offsets[i] += len(text)
+            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
+                    "choices": [{"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}]}
+
         def chunk(ev: Event | None, i: int) -> dict | None:
-            if ev is None:
-                return None
-            text, reason = (ev.text, None) if ev.kind == "delta" else ("", ev.finish_reason)
-            return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": s.model_name,
-                    "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}]}
+            if ev is None:  # echo without log-probs: the prompt text first
+                return make(i, echo_of(i), [], None) if req.echo and not job.echo_logprobs else None
+            if ev.kind == "prompt":
+                return make(i, echo_of(i), ev.logprobs, None)
+            if ev.kind == "delta":
+                return make(i, ev.text, ev.logprobs, None)
+            return make(i, "", [], ev.finish_reason)
         return _stream(s, job, prompts, chunk, req.include_usage(), "text_completion", rid)
-    texts, reasons = await _collect(request, job)
-    choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-               for i, (t, r) in enumerate(zip(texts, reasons))]
-    return JSONResponse({"id": rid, "object": "text_completion", "created": int(time.time()), "model": s.model_name,
+    got = await _collect(request, job)
+    choices = []
+    for i, (t, r) in enumerate(zip(got.texts, got.reasons)):
+        logprobs = completion_logprobs(s.tokenizer, got.prompt_logprobs[i] + got.logprobs[i]) if want_lps else None
+        choices.append({"index": i, "text": echo_of(i) + t, "logprobs": logprobs, "finish_reason": r})
+    return JSONResponse({"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model,
                          "choices": choices, "usage": _usage(job, prompts)})
 
 
 # ---------------------------------------------------------------------------------------------- speculative decoding
 def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> GenerateFn:
-    """A `generate_fn` for the batcher that decodes one row at a time with a draft model.
+    """A `generate_fn` for the (static) batcher that decodes one row at a time with a draft model.
 
-    `speculative_generate` returns whole completions, so the tokens are replayed through the
-    batcher's per-token `stop_fn` afterwards: a reply arrives as one burst, and a disconnect cannot
-    interrupt a row already being generated. Penalties are not applied (the speculative decoder has none).
+    Tokens stream as each target call accepts them (the batcher's per-token `stop_fn` runs inside
+    `speculative_generate`), so a streamed reply arrives in bursts of up to k + 1 tokens, and a stop string,
+    max_tokens or a client that goes away ends the row at the next accepted token. Penalties are not
+    applied (the speculative decoder has none).
     """
     from dataclasses import replace
 
@@ -391,13 +617,9 @@ def speculative_generate_fn(target: nn.Module, draft: nn.Module, k: int = 4) -> 
         params = replace(params, repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0)
         outs = []
         for row, prompt in enumerate(prompts):
-            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids)
-            out: list[int] = []
-            for t in tokens:
-                out.append(t)
-                if stop_fn is not None and stop_fn(row, out):
-                    break
-            outs.append(out)
+            each = None if stop_fn is None else (lambda toks, row=row: stop_fn(row, list(toks)))
+            tokens, _stats = speculative_generate(target, draft, prompt, params, k=k, stop_ids=stop_ids, stop_fn=each)
+            outs.append(tokens)
         return outs
 
     return generate

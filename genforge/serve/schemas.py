@@ -1,9 +1,14 @@
 """Request bodies of the OpenAI-compatible API, and its error body.
 
 Requests are validated strictly (a string where a number belongs is a 400, as OpenAI does, not
-silently coerced). Unknown fields (`response_format`, `functions`, ...) are a 400 naming the field:
-ignoring them would answer a different request than the one sent. Fields we recognise but cannot
-honour (logprobs, suffix, best_of > n) are rejected with a clear 400 too. Numbers are limited to
+silently coerced). Unknown fields (`functions`, ...) are a 400 naming the field: ignoring them would
+answer a different request than the one sent. Fields we recognise but cannot honour (suffix,
+best_of > n) are rejected with a clear 400 too. Log-probabilities: completions take `logprobs: k`
+(the legacy format: each token's log-prob and the k most likely alternatives) and `echo` (the prompt
+and its tokens' log-probs first; with `max_tokens: 0` a request only scores its prompt, which is how
+lm-evaluation-harness asks for log-likelihoods); chat takes `logprobs: true` + `top_logprobs: k`.
+Structured output: `response_format` (`text`, `json_object`, `json_schema`; extensions `regex` and
+`choice`) is enforced while decoding (see `genforge.infer.grammar`). Numbers are limited to
 what the sampler can honour: `seed` fits in 64 bits (torch's generator seed), and a temperature
 above 0 but below `genforge.infer.sampling.GREEDY_BELOW` samples greedily (see there).
 Function calling (`tools`, `tool_choice`, `tool_calls`, role "tool") is parsed here and checked and
@@ -128,7 +133,6 @@ class SamplingRequest(_Strict):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)  # extension (CTRL)
     truncate: bool = False  # extension: fit an over-long prompt by dropping its oldest part
     user: str | None = None
-    logprobs: Any = None  # recognised only to refuse it (see reject_unsupported)
 
     @field_validator("stop")
     @classmethod
@@ -164,12 +168,36 @@ class RetrievalOptions(_Strict):
     mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
 
 
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 5 for completions, 20 for chat)
+
+
+class JSONSchemaFormat(_Strict):
+    """`response_format.json_schema`: the schema the reply must validate against."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """`response_format`: OpenAI's text / json_object / json_schema, and two extensions: `regex` (the reply
+    matches the pattern) and `choice` (the reply is one of the strings)."""
+
+    type: Literal["text", "json_object", "json_schema", "regex", "choice"]
+    json_schema: JSONSchemaFormat | None = None
+    regex: str | None = Field(None, min_length=1, max_length=4096)
+    choice: list[str] | None = Field(None, min_length=1, max_length=256)
+
+
 class ChatRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
-    top_logprobs: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    response_format: ResponseFormat | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None  # accepted; a reply holds at most one call either way
@@ -180,32 +208,34 @@ class CompletionRequest(SamplingRequest):
     """POST /v1/completions; `prompt` is a string, a list of strings, token ids, or a list of token-id lists."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 with echo: score the prompt only
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    response_format: ResponseFormat | None = None  # extension (OpenAI has it on chat only)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
 
 
 def reject_unsupported(req: SamplingRequest) -> None:
-    """400 for recognised OpenAI features this server does not implement."""
-    if req.logprobs not in (None, False, 0):
-        raise APIError(400, "logprobs are not supported by this server", param="logprobs", code="unsupported")
-    if isinstance(req, ChatRequest) and req.top_logprobs not in (None, 0):
-        raise APIError(400, "top_logprobs is not supported by this server", param="top_logprobs", code="unsupported")
+    """400 for recognised OpenAI features this server does not implement, or combinations that make no sense."""
+    if isinstance(req, ChatRequest) and req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs needs \"logprobs\": true", param="top_logprobs", code="invalid_value")
     if isinstance(req, CompletionRequest):
+        if req.max_tokens == 0 and not req.echo:
+            raise APIError(400, "max_tokens 0 generates nothing; it is only allowed with \"echo\": true (scoring the "
+                           "prompt)", param="max_tokens", code="invalid_value")
         if req.suffix:
             raise APIError(400, "suffix (insertion) is not supported by this server", param="suffix",
                            code="unsupported")
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(400, "best_of other than n is not supported by this server", param="best_of",
                            code="unsupported")
-        if req.echo:
-            raise APIError(400, "echo is not supported by this server", param="echo", code="unsupported")
 
 
 def _field_names() -> set[str]:
     names: set[str] = set()
     for cls in (ChatRequest, CompletionRequest, Message, TextPart, StreamOptions, ToolCall, FunctionCall, ToolDef,
-                FunctionDef, NamedToolChoice, FunctionName, RetrievalOptions):
+                FunctionDef, NamedToolChoice, FunctionName, RetrievalOptions, ResponseFormat, JSONSchemaFormat):
         names |= set(cls.model_fields)
     return names
 

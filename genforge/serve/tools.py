@@ -10,16 +10,14 @@ shape, see `genforge.tokenizer`); the server turns a well-formed call into OpenA
 - `"required"` / `{"type": "function", "function": {"name": ...}}`: the reply *is* a call (to any tool / to that
   one), constrained from its first token.
 
-Constrained decoding (as in Outlines, Willard & Louf 2023, at a much smaller scale): the call's grammar is a
-regular expression built from the tools' JSON schemas (`call_regex`), and `ToolCallConstraint`, a logits processor,
-lets through only tokens that keep the text a prefix of some match (`regex`'s partial matching), and the
-end-of-turn token only once the call is complete. So even a random ~1M-parameter model emits a parseable call
-that fits the schema. The regex covers the JSON-schema subset function signatures use (object with properties,
-string / integer / number / boolean / null, enum / const, arrays of those); it writes the required properties
-in the schema's order, in `json.dumps`'s spacing. Keywords it cannot express (pattern, minimum, oneOf...) are
-still checked afterwards: every call is validated with `jsonschema` before it is returned, and a call that fails
-is returned as plain content instead (never as a broken `tool_calls`). A request with tools carries its own
-processor, so it runs as a batch of its own (see `serve.batcher`).
+Constrained decoding: the call is a Lark grammar, `"<tool_call>" %json{schema} "</tool_call>"`, whose JSON schema
+is the tools' own (`{"name": <const>, "arguments": <the function's parameters>}`, one alternative per tool),
+enforced by the same grammar engine as `response_format` (`genforge.infer.grammar`, llguidance): only tokens
+that keep the reply inside the grammar get through, and the end-of-turn token only once the call is complete.
+So even a random ~1M-parameter model emits a parseable call that fits the schema (strings and arrays are
+bounded to fit max_tokens, see `grammar.bounded_schema`). A schema keyword the engine cannot enforce is a 400.
+Every call is still validated with `jsonschema` before it is returned, and a call that fails (a model that
+ran out of tokens mid-call) is returned as plain content instead, never as a broken `tool_calls`.
 
 Requests are checked before they reach the model: a `tool_choice` without tools or naming an unknown function,
 duplicate names, a `parameters` that is not a JSON schema, a `tool` message answering no earlier call, and an
@@ -30,131 +28,38 @@ naming the field.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from genforge.errors import ConfigError
 from genforge.extras import require
+from genforge.infer import grammar
 from genforge.serve.schemas import APIError, ChatRequest
 from genforge.tokenizer import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, Tokenizer
 
-MAX_STRING = 200  # characters of one string value in a constrained call (at most; see `constraint`)
-MAX_ITEMS = 16  # items of one array value
-_INT = r"-?(?:0|[1-9][0-9]{0,15})"
-_NUMBER = _INT + r"(?:\.[0-9]{1,10})?"
-
-
-def _string(n: int) -> str:
-    """A JSON string of at most n characters (escapes count as one)."""
-    return r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]){0,' + str(n) + '}"'
-
-
-def _scalar(n: int) -> str:
-    return f"(?:{_string(n)}|{_NUMBER}|true|false|null)"
-
 
 # ---------------------------------------------------------------------------------------------- the grammar
-def value_regex(schema: dict[str, Any], depth: int = 0, max_string: int = MAX_STRING) -> str:
-    """A regex for the JSON text of one value of `schema` (the subset described in the module docstring)."""
-    if depth > 6:  # deeper schemas: any scalar (jsonschema still validates the result)
-        return _scalar(max_string)
-    if "const" in schema:
-        return re.escape(json.dumps(schema["const"], ensure_ascii=False))
-    if "enum" in schema:
-        return "(?:" + "|".join(re.escape(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]) + ")"
-    t = schema.get("type")
-    if isinstance(t, list):
-        return "(?:" + "|".join(value_regex({**schema, "type": x}, depth, max_string) for x in t) + ")"
-    if t == "string":
-        return _string(max_string)
-    if t == "integer":
-        return _INT
-    if t == "number":
-        return _NUMBER
-    if t == "boolean":
-        return "(?:true|false)"
-    if t == "null":
-        return "null"
-    if t == "array":
-        item = value_regex(schema.get("items") or {}, depth + 1, max_string)
-        return rf"\[(?:{item}(?:, {item}){{0,{MAX_ITEMS - 1}}})?\]"
-    if t == "object" or "properties" in schema:
-        return object_regex(schema, depth + 1, max_string)
-    return _scalar(max_string)
-
-
-def object_regex(schema: dict[str, Any], depth: int = 0, max_string: int = MAX_STRING) -> str:
-    """`{"a": A, "b": B}` with the required properties in the schema's order (none required: `{}`)."""
-    props = schema.get("properties") or {}
-    parts = [re.escape(json.dumps(k)) + ": " + value_regex(props.get(k, {}), depth, max_string)
-             for k in schema.get("required", [])]
-    return r"\{" + ", ".join(parts) + r"\}"
-
-
-def call_regex(tools: Sequence[dict[str, Any]], max_string: int = MAX_STRING) -> str:
-    """The text of one call to any of `tools` (OpenAI tool objects):
-    `<tool_call>{"name": .., "arguments": ..}</tool_call>`."""
+def call_schema(tools: Sequence[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
+    """The JSON schema of one call's object `{"name": ..., "arguments": {...}}` to any of `tools`, narrowed to fit
+    max_tokens (`grammar.bounded_schema`)."""
     alts = []
     for t in tools:
         f = t["function"]
         params = f.get("parameters") or {"type": "object", "properties": {}}
-        head = re.escape(f'{TOOL_CALL_OPEN}{{"name": "{f["name"]}", "arguments": ')
-        alts.append(head + object_regex(params, 0, max_string)
-                    + re.escape("}" + TOOL_CALL_CLOSE))
-    return "(?:" + "|".join(alts) + ")"
+        alts.append({"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": params},
+                     "required": ["name", "arguments"], "additionalProperties": False})
+    schema = alts[0] if len(alts) == 1 else {"anyOf": alts}
+    return grammar.bounded_schema(schema, max_tokens)
 
 
-class ToolCallConstraint:
-    """Logits processor: only tokens that keep the reply's call a prefix of `call_regex(tools)` (see module doc).
-
-    forced=True constrains from the first token; otherwise only from where the reply writes `<tool_call>`.
-    prompt_len: the prompt's length (every row of the job shares it), so the reply is input_ids[:, prompt_len:].
-    keep: how many allowed tokens to find per step, best first (1 for greedy decoding: the argmax among the
-    allowed tokens; more when sampling, which then samples among the `keep` best allowed tokens).
-    """
-
-    def __init__(self, tokenizer: Tokenizer, tools: Sequence[dict[str, Any]], prompt_len: int, *, forced: bool,
-                 stop_ids: Sequence[int], keep: int = 1, max_string: int = MAX_STRING):
-        regex = require("regex", "serve")
-        self.rx = regex.compile(call_regex(tools, max_string))
-        self.tok, self.prompt_len, self.forced = tokenizer, prompt_len, forced
-        self.stop_ids, self.keep = set(stop_ids), max(1, keep)
-        # a token's text; special tokens and partial UTF-8 bytes never extend a call
-        pieces = [None if i in tokenizer.special_ids else tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
-        self.pieces = [p if p and "\ufffd" not in p else None for p in pieces]
-
-    def _allowed(self, call: str, order: list[int]) -> list[int]:
-        done = self.rx.fullmatch(call) is not None
-        ok: list[int] = []
-        for i in order:
-            if i in self.stop_ids:
-                good = done
-            else:
-                piece = self.pieces[i] if i < len(self.pieces) else None
-                good = piece is not None and not done and self.rx.fullmatch(call + piece, partial=True) is not None
-            if good:
-                ok.append(i)
-                if len(ok) >= self.keep:
-                    break
-        return ok or sorted(self.stop_ids)  # nothing fits (cannot happen for a valid grammar): end the turn
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        out = scores.clone()
-        for b in range(scores.shape[0]):
-            text = self.tok.decode(input_ids[b, self.prompt_len:].tolist())
-            start = 0 if self.forced else text.find(TOOL_CALL_OPEN)
-            if start < 0:
-                continue  # auto: no call started, the model writes freely
-            order = torch.argsort(scores[b], descending=True).tolist()
-            allowed = self._allowed(text[start:], order)
-            row = torch.full_like(scores[b], float("-inf"))
-            row[allowed] = scores[b, allowed]
-            out[b] = row
-        return out
+def call_grammar(tools: Sequence[dict[str, Any]], max_tokens: int) -> str:
+    """The Lark grammar of one call as the model writes it: `<tool_call>{"name": .., "arguments": ..}</tool_call>`,
+    in `json.dumps`'s spacing (what the chat template shows the model)."""
+    schema = {**call_schema(tools, max_tokens), "x-guidance": grammar.JSON_STYLE}
+    return grammar.lark_grammar(f'start: "{TOOL_CALL_OPEN}" call "{TOOL_CALL_CLOSE}"\ncall: %json '
+                                + json.dumps(schema))
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -268,17 +173,23 @@ def message_dicts(req: ChatRequest) -> list[dict[str, Any]]:
 
 
 def constraint(plan: ToolPlan, tokenizer: Tokenizer, prompt_len: int, greedy: bool,
-               max_tokens: int) -> list[ToolCallConstraint]:
-    """The logits processors a request's generation needs ([] without tools).
-
-    Strings are capped at max_tokens // 3 characters (16..MAX_STRING): a model that never closes its string
-    (a random or confused one) still finishes the call within max_tokens, as long as the schema has few strings.
-    """
+               max_tokens: int) -> list[grammar.GrammarLogitsProcessor]:
+    """The logits processors a request's generation needs ([] without tools): the call grammar, from the first
+    token when the call is forced, from `<tool_call>` on otherwise. A tool whose schema uses a keyword the
+    grammar engine cannot enforce is a 400 naming it."""
     if not plan.active:
         return []
-    return [ToolCallConstraint(tokenizer, plan.callable, prompt_len, forced=plan.forced,
-                               stop_ids=[tokenizer.end_id, tokenizer.eos_id], keep=1 if greedy else 64,
-                               max_string=min(MAX_STRING, max(16, max_tokens // 3)))]
+    wrapper = len(TOOL_CALL_OPEN) + len(TOOL_CALL_CLOSE)
+    try:
+        g = call_grammar(plan.callable, max(16, max_tokens - wrapper))
+        grammar.check_grammar(g, tokenizer)
+        reserve = wrapper + grammar.min_bytes(call_schema(plan.callable, max_tokens))
+    except (ConfigError, ValueError, RuntimeError) as e:
+        raise APIError(400, f"tools: the arguments' schema cannot be enforced: {e}", param="tools",
+                       code="invalid_value") from None
+    return [grammar.GrammarLogitsProcessor(g, tokenizer, prompt_len, stop_ids=[tokenizer.end_id, tokenizer.eos_id],
+                                           trigger=None if plan.forced else TOOL_CALL_OPEN, max_tokens=max_tokens,
+                                           reserve=reserve)]
 
 
 # ---------------------------------------------------------------------------------------------- replies

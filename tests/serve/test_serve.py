@@ -181,7 +181,9 @@ def test_developer_role_and_text_parts(client):
     ({"messages": [{"role": "user"}]}, "messages[0].content", "missing_required_parameter"),
     ({"model": None}, "model", "invalid_value"),
     ({"model": "gpt-4o"}, "model", "model_not_found"),  # unknown model
-    ({"logprobs": True}, "logprobs", "unsupported"),
+    ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),  # without logprobs: true
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type", "invalid_value"),
 ])
 def test_bad_parameters_give_400(client, change, param, code):
     assert_error(client.post("/v1/chat/completions", json=chat_body(**change)), 400, param, code)

@@ -119,7 +119,7 @@ def test_lone_surrogate_is_400_naming_the_field(client):
 # ---------------------------------------------------------------------------------------------- unknown fields
 @pytest.mark.parametrize("path, extra, param", [
     ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),  # the legacy form of tools
-    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object", "grammar": "x"}}, "response_format.grammar"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "audio": {"id": "a"}}]},
      "messages[0].audio"),
     ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),

@@ -13,11 +13,11 @@ import torch
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("jsonschema")
-pytest.importorskip("regex")
+pytest.importorskip("llguidance")
 
 from genforge.serve.app import create_app  # noqa: E402
 from genforge.serve.testing import running_server, tiny_model_and_tokenizer  # noqa: E402
-from genforge.serve.tools import ToolCallConstraint, ToolPlan, call_regex, parse_reply  # noqa: E402
+from genforge.serve.tools import ToolPlan, constraint, parse_reply  # noqa: E402
 
 CALC = {"type": "function", "function": {
     "name": "calculator", "description": "Evaluate arithmetic.",
@@ -115,24 +115,59 @@ def test_constraint_masks_all_but_the_grammar():
     """Unit check of the processor on a hand-made state: after `<tool_call>{"name": "` only tool names continue."""
     model, tok = tiny_model_and_tokenizer()
     prompt = tok.encode("hi", add_bos=True)
-    proc = ToolCallConstraint(tok, [CALC, WEATHER], len(prompt), forced=True, stop_ids=[tok.end_id], keep=10_000)
-    so_far = prompt + tok.encode('<tool_call>{"name": "')
-    scores = torch.zeros(1, tok.vocab_size)
-    out = proc(torch.tensor([so_far]), scores)
-    allowed = [tok.decode([i]) for i in torch.nonzero(out[0] > float("-inf")).flatten().tolist()]
-    assert allowed and all("calculator".startswith(a) or "weather".startswith(a) for a in allowed)
-    assert tok.end_id not in torch.nonzero(out[0] > float("-inf")).flatten().tolist()
-    done = prompt + tok.encode('<tool_call>{"name": "calculator", "arguments": {"expression": "1"}}</tool_call>')
-    out = proc(torch.tensor([done]), scores)
-    assert torch.nonzero(out[0] > float("-inf")).flatten().tolist() == [tok.end_id]  # complete: only the end
+    (proc,) = constraint(ToolPlan([CALC, WEATHER], [CALC, WEATHER], forced=True), tok, len(prompt), True, 200)
+
+    def allowed(text: str) -> list[int]:
+        out = proc.fork()(torch.tensor([prompt + tok.encode(text)]), torch.zeros(1, tok.vocab_size))
+        return torch.nonzero(out[0] > float("-inf")).flatten().tolist()
+
+    ok = allowed('<tool_call>{"name": "')
+    assert ok and all("calculator".startswith(tok.decode([i])) or "weather".startswith(tok.decode([i])) for i in ok)
+    assert tok.end_id not in ok
+    done = allowed('<tool_call>{"name": "calculator", "arguments": {"expression": "1"}}</tool_call>')
+    assert done == sorted([tok.end_id, tok.eos_id])  # complete: only the end of the turn
+    # auto: free text until the call starts, then the grammar
+    (auto,) = constraint(ToolPlan([CALC], [CALC], forced=False), tok, len(prompt), True, 200)
+    free = auto(torch.tensor([prompt + tok.encode("sure")]), torch.zeros(1, tok.vocab_size))
+    assert bool((free[0] == 0).all())
+    started = auto.fork()(torch.tensor([prompt + tok.encode('sure <tool_call>{"na')]), torch.zeros(1, tok.vocab_size))
+    assert 0 < int((started[0] == 0).sum()) < 5  # only what continues `"name"`
+
+
+def test_unenforceable_tool_schema_is_a_400(client):
+    bad = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+        "propertyNames": {"maxLength": 3}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=ASK, tools=[bad], tool_choice="required", max_tokens=40)
+    assert e.value.body["param"] == "tools" and "propertyNames" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sampled_calls_always_fit_the_schema(client, stream):
+    """Temperature 1 on a random model: every call parses and validates (jsonschema), streamed or not."""
+    import jsonschema
+
+    schema = WEATHER["function"]["parameters"]
+    for seed in range(6):
+        # 160 tokens: this tiny vocabulary spends about one token per character, and the shortest call is ~90
+        kw = dict(model="tiny", messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=160,
+                  temperature=1.0, seed=seed)
+        if stream:
+            chunks = list(client.chat.completions.create(**kw, stream=True))
+            deltas = [tc for ch in chunks for tc in (ch.choices[0].delta.tool_calls or [])]
+            args = "".join(d.function.arguments or "" for d in deltas)
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        else:
+            c = client.chat.completions.create(**kw).choices[0]
+            assert c.finish_reason == "tool_calls"
+            args = c.message.tool_calls[0].function.arguments
+        jsonschema.validate(json.loads(args), schema)
 
 
 def test_parse_reply_rejects_calls_that_do_not_fit():
-    import regex
-
     plan = ToolPlan([CALC], [CALC], forced=False)
     ok = '<tool_call>{"name": "calculator", "arguments": {"expression": "2+2"}}</tool_call>'
-    assert regex.fullmatch(call_regex([CALC]), ok)
     content, calls = parse_reply("let me see " + ok, plan)
     assert content == "let me see" and calls[0]["function"] == {"name": "calculator",
                                                                "arguments": '{"expression": "2+2"}'}
