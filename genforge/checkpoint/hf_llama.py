@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from genforge.checkpoint.core import load_model, register_family, save_checkpoint
 from genforge.errors import CheckpointError
 from genforge.io import write_json
-from genforge.model.gpt import GPT, GPTConfig, rope_tables
+from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.hf import (
     from_hf_config,
     from_hf_state_dict,
@@ -62,8 +62,7 @@ class LlamaFamily:
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
         if cfg.tie_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
-        # non-persistent buffers were created on the meta device: rebuild the RoPE tables
-        model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        model.build_rope()  # non-persistent buffers were created on the meta device
         return model.to(device).eval()
 
 
