@@ -39,11 +39,11 @@ FAMILIES = {
 }
 
 
-def make_hf(tmp_path, name: str):
+def make_hf(tmp_path, name: str, vocab_size: int = V):
     """A random tiny HF model of family `name`, saved with save_pretrained; every weight perturbed so that
     zero-initialised biases, unit norms and (1 + w) norms all matter."""
     cls, extra = FAMILIES[name]
-    cfg = getattr(transformers, cls)(**{**BASE, **extra})
+    cfg = getattr(transformers, cls)(**{**BASE, **extra, "vocab_size": vocab_size})
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():
