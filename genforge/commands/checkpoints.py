@@ -35,17 +35,31 @@ def import_hf(cfg: ImportConfig) -> Path:
 
 @dataclass
 class ExportConfig:
-    """Write a checkpoint as a clean HF folder (no training state)."""
+    """Write a checkpoint as a clean HF folder (no training state), or as one GGUF file (llama.cpp, ollama)."""
 
     src: str = ""  # checkpoint folder
-    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained)
+    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained), or the .gguf file
+    format: str = "hf"  # hf | gguf
+    quant: str = "f16"  # gguf only: f32 | f16 | q8_0 (norms and biases stay f32)
 
 
 def export(cfg: ExportConfig) -> Path:
     from genforge.checkpoint import load_checkpoint, save_checkpoint
 
     _need(cfg, ("src", "dst"), "genforge export runs/pt/checkpoint runs/export")
+    if cfg.format not in ("hf", "gguf"):
+        raise ConfigError(f"format={cfg.format!r}: choose hf (a Hugging Face folder) or gguf (one llama.cpp file)")
     model, tok, meta = load_checkpoint(cfg.src)
+    if cfg.format == "gguf":
+        from genforge.checkpoint.gguf_file import write_gguf
+        from genforge.model.gpt import GPT
+
+        if not isinstance(model, GPT):
+            raise ConfigError(f"{cfg.src}: a {type(model).__name__} checkpoint; GGUF export writes decoder (GPT) models")
+        dst = Path(cfg.dst)
+        out = write_gguf(dst / "model.gguf" if dst.is_dir() else dst, model, tok, cfg.quant)
+        print(f"exported {cfg.src} -> {out} (GGUF, {cfg.quant}: llama.cpp / ollama read it)")
+        return out
     out = save_checkpoint(cfg.dst, model, tok, meta.get("run"), {k: v for k, v in meta.items() if k != "run"})
     save_resolved(cfg, out)
     print(f"exported {cfg.src} -> {out} (HF layout: load with AutoModelForCausalLM.from_pretrained)")
