@@ -55,7 +55,7 @@ def export(cfg: ExportConfig) -> Path:
         from genforge.model.gpt import GPT
 
         if not isinstance(model, GPT):
-            raise ConfigError(f"{cfg.src}: a {type(model).__name__} checkpoint; GGUF export writes decoder (GPT) models")
+            raise ConfigError(f"{cfg.src}: a {type(model).__name__} checkpoint; GGUF export writes GPT decoders")
         dst = Path(cfg.dst)
         out = write_gguf(dst / "model.gguf" if dst.is_dir() else dst, model, tok, cfg.quant)
         print(f"exported {cfg.src} -> {out} (GGUF, {cfg.quant}: llama.cpp / ollama read it)")

@@ -28,7 +28,7 @@ HF_PREFIX = "model."
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
                  "phi3": "Phi3ForCausalLM"}
-# HF activation names -> GPTConfig.mlp_act (Gemma's legacy "gelu" means the tanh approximation, as transformers reads it)
+# HF activation names -> GPTConfig.mlp_act (Gemma's legacy "gelu" means the tanh approximation: see from_hf_config)
 _ACTS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 _ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 # fields that change nothing about the function the weights compute (metadata, dropout at 0, cache hints)
