@@ -1,6 +1,8 @@
-"""The Hugging Face Llama family: `GPT` checkpoints that `transformers` loads as they are.
+"""The Hugging Face decoder families: `GPT` checkpoints that `transformers` loads as they are.
 
-Files: `config.json` (Llama fields), `model.safetensors` (HF names), `tokenizer.json` +
+A GPT is written as the simplest HF family that expresses it (Llama for genforge's own models; Qwen2, Qwen3,
+Mistral, Gemma, Gemma 2 for imported ones: `genforge.model.hf.hf_model_type`), and any of those folders (and
+Phi-3) is read back. Files: `config.json`, `model.safetensors` (HF names), `tokenizer.json` +
 `tokenizer_config.json` (with the chat template, written by the core), `generation_config.json`, and
 the core's `genforge.json`. `transformers.AutoModelForCausalLM` and `AutoTokenizer` load the folder.
 The name and config mapping itself is `genforge.model.hf` (pure functions, no file layout).
@@ -31,7 +33,7 @@ from genforge.tokenizer import Tokenizer
 
 
 class LlamaFamily:
-    """`GPT` <-> a Hugging Face `LlamaForCausalLM` folder (also reads Mistral/Qwen2-style Llama folders)."""
+    """`GPT` <-> a Hugging Face folder of a supported decoder family (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3)."""
 
     name = "gpt"
 
@@ -70,7 +72,8 @@ register_family(LlamaFamily())
 
 
 def import_hf(src: str | Path, dst: str | Path) -> Path:
-    """Turn a local HF Llama-family folder into a genforge checkpoint (weights, config, tokenizer)."""
+    """Turn a local HF folder (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3) into a genforge checkpoint (weights,
+    config, tokenizer); a config field genforge does not model raises a one-line CheckpointError naming it."""
     src = Path(src)
     model = load_model(src)
     tok = None

@@ -17,7 +17,7 @@ def _need(cfg: object, keys: tuple[str, ...], example: str) -> None:
 
 @dataclass
 class ImportConfig:
-    """Turn a local Hugging Face Llama-family folder into a genforge checkpoint."""
+    """Turn a local Hugging Face folder (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3) into a genforge checkpoint."""
 
     src: str = ""  # HF folder (config.json + safetensors + tokenizer.json)
     dst: str = ""  # genforge checkpoint folder to write
