@@ -78,3 +78,30 @@ def test_lora_finetune_loads_in_peft_on_the_original_checkpoint(tmp_path, tiny_t
         ref = hf.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False,
                           eos_token_id=None, pad_token_id=tok.pad_id)[0, len(prompt):].tolist()
     assert Engine(lora).generate([prompt], SamplingParams(max_new_tokens=6))[0] == ref
+
+
+def test_phi3_lora_loads_in_peft_on_the_original_fused_checkpoint(tmp_path, tiny_tokenizer):
+    """Adapters on the split q/k/v and gate/up become one fused-rank adapter per fused matrix (exact)."""
+    from genforge.checkpoint.hf_phi3 import save_lora_phi3
+
+    tok = tiny_tokenizer
+    make_hf(tmp_path, "phi3", vocab_size=tok.vocab_size)
+    import_hf(tmp_path / "hf", tmp_path / "gf")
+    model, _, _ = load_checkpoint(tmp_path / "gf")
+    # q, v, up and down only: k and gate get zero blocks in the fused adapters
+    lora = gpeft.apply_lora(model, r=4, alpha=12, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in gpeft.lora_modules(lora).values():
+            m.lora_B["default"].weight.copy_(torch.randn(m.lora_B["default"].weight.shape, generator=g) * 0.2)
+    save_lora_phi3(lora, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "hf"))
+    hf = peft_lib.PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32),
+        str(tmp_path / "adapter")).eval()
+    assert type(hf.base_model.model).__name__ == "Phi3ForCausalLM"
+    ids = torch.tensor([tok.encode("What is 3 plus 4?", add_bos=True)])
+    with torch.no_grad():
+        want = lora.eval()(ids)
+        with gpeft.use_adapter(lora, None):
+            assert not torch.allclose(want, lora(ids), atol=1e-3)  # the adapter does something
+        torch.testing.assert_close(hf(input_ids=ids).logits, want, atol=1e-4, rtol=0)
