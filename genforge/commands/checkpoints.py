@@ -38,7 +38,7 @@ class ExportConfig:
     """Write a checkpoint as a clean HF folder (no training state), or as one GGUF file (llama.cpp, ollama)."""
 
     src: str = ""  # checkpoint folder
-    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained), or the .gguf file
+    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained); gguf: a .gguf file or folder
     format: str = "hf"  # hf | gguf
     quant: str = "f16"  # gguf only: f32 | f16 | q8_0 (norms and biases stay f32)
 
@@ -56,8 +56,8 @@ def export(cfg: ExportConfig) -> Path:
 
         if not isinstance(model, GPT):
             raise ConfigError(f"{cfg.src}: a {type(model).__name__} checkpoint; GGUF export writes GPT decoders")
-        dst = Path(cfg.dst)
-        out = write_gguf(dst / "model.gguf" if dst.is_dir() else dst, model, tok, cfg.quant)
+        dst = Path(cfg.dst)  # a .gguf file, or a folder to put model.gguf in
+        out = write_gguf(dst if dst.suffix == ".gguf" else dst / "model.gguf", model, tok, cfg.quant)
         print(f"exported {cfg.src} -> {out} (GGUF, {cfg.quant}: llama.cpp / ollama read it)")
         return out
     out = save_checkpoint(cfg.dst, model, tok, meta.get("run"), {k: v for k, v in meta.items() if k != "run"})
