@@ -93,3 +93,67 @@ def test_import_is_exact_for_a_default_mistral_window_longer_than_the_context(tm
     ids = torch.randint(0, 50, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+
+
+# config.json key sets as the popular checkpoints publish them (sizes shrunk): every benign field is accepted
+# and the ones that matter land in GPTConfig
+SHAPES = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2)
+PUBLISHED = {
+    "llama-3.2-1b": dict(architectures=["LlamaForCausalLM"], attention_bias=False, attention_dropout=0.0,
+                         bos_token_id=1, eos_token_id=[2, 3], head_dim=8, hidden_act="silu", initializer_range=0.02,
+                         max_position_embeddings=131072, mlp_bias=False, model_type="llama", pretraining_tp=1,
+                         rms_norm_eps=1e-05, rope_scaling=dict(factor=32.0, high_freq_factor=4.0, low_freq_factor=1.0,
+                                                               original_max_position_embeddings=8192,
+                                                               rope_type="llama3"),
+                         rope_theta=500000.0, tie_word_embeddings=True, torch_dtype="bfloat16",
+                         transformers_version="4.45.0.dev0", use_cache=True),
+    "qwen2.5-0.5b": dict(architectures=["Qwen2ForCausalLM"], attention_dropout=0.0, bos_token_id=1, eos_token_id=2,
+                         hidden_act="silu", initializer_range=0.02, max_position_embeddings=32768,
+                         max_window_layers=24, model_type="qwen2", rms_norm_eps=1e-06, rope_theta=1000000.0,
+                         sliding_window=32768, tie_word_embeddings=True, torch_dtype="bfloat16",
+                         transformers_version="4.43.1", use_cache=True, use_sliding_window=False),
+    "qwen3-0.6b": dict(architectures=["Qwen3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+                       bos_token_id=1, eos_token_id=2, head_dim=16, hidden_act="silu", initializer_range=0.02,
+                       max_position_embeddings=40960, max_window_layers=28, model_type="qwen3", rms_norm_eps=1e-06,
+                       rope_scaling=None, rope_theta=1000000, sliding_window=None, tie_word_embeddings=True,
+                       torch_dtype="bfloat16", transformers_version="4.51.0", use_cache=True,
+                       use_sliding_window=False),
+    "gemma-2-2b": dict(architectures=["Gemma2ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+                       attn_logit_softcapping=50.0, bos_token_id=2, cache_implementation="hybrid", eos_token_id=1,
+                       final_logit_softcapping=30.0, head_dim=16, hidden_act="gelu_pytorch_tanh",
+                       hidden_activation="gelu_pytorch_tanh", initializer_range=0.02, max_position_embeddings=8192,
+                       model_type="gemma2", pad_token_id=0, query_pre_attn_scalar=16, rms_norm_eps=1e-06,
+                       rope_theta=10000.0, sliding_window=4096, torch_dtype="float32",
+                       transformers_version="4.42.4", use_cache=True),
+    "phi-3-mini-4k": dict(architectures=["Phi3ForCausalLM"], attention_bias=False, attention_dropout=0.0,
+                          auto_map={"AutoConfig": "configuration_phi3.Phi3Config"}, bos_token_id=1, embd_pdrop=0.0,
+                          eos_token_id=32000, hidden_act="silu", initializer_range=0.02,
+                          max_position_embeddings=4096, model_type="phi3", original_max_position_embeddings=4096,
+                          pad_token_id=32000, resid_pdrop=0.0, rms_norm_eps=1e-05, rope_scaling=None,
+                          rope_theta=10000.0, sliding_window=2047, tie_word_embeddings=False, torch_dtype="bfloat16",
+                          transformers_version="4.40.2", use_cache=True),
+    "mistral-7b-v0.1": dict(architectures=["MistralForCausalLM"], bos_token_id=1, eos_token_id=2, hidden_act="silu",
+                            initializer_range=0.02, max_position_embeddings=32768, model_type="mistral",
+                            rms_norm_eps=1e-05, rope_theta=10000.0, sliding_window=4096, tie_word_embeddings=False,
+                            torch_dtype="bfloat16", transformers_version="4.34.0.dev0", use_cache=True),
+}
+EXPECT = {
+    "llama-3.2-1b": dict(rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0,
+                                       "low_freq_factor": 1.0, "original_max_position_embeddings": 8192},
+                         tie_embeddings=True, head_dim=8, sliding_window=0),
+    "qwen2.5-0.5b": dict(qkv_bias=True, o_bias=False, sliding_window=0, rope_theta=1e6),
+    "qwen3-0.6b": dict(qk_norm=True, head_dim=16, n_head=4, qkv_bias=False, sliding_window=0),
+    "gemma-2-2b": dict(sandwich_norm=True, norm_offset=1.0, embed_scale=True, mlp_act="gelu_tanh", attn_softcap=50.0,
+                       final_softcap=30.0, sliding_window=4096, sliding_layers=[0], attn_scale=0.25,
+                       tie_embeddings=True),
+    "phi-3-mini-4k": dict(sliding_window=2047, sliding_layers=None, qkv_bias=False),
+    "mistral-7b-v0.1": dict(sliding_window=4096, sliding_layers=None),
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_config_shapes_import(name):
+    cfg = from_hf_config({**PUBLISHED[name], **SHAPES}, where=f"{name}/config.json")
+    for field, value in EXPECT[name].items():
+        assert getattr(cfg, field) == value, field
