@@ -45,7 +45,7 @@ def test_full_finetune_and_generate(tmp_path, tiny_tokenizer, name):
     model, _, _ = load_checkpoint(tmp_path / "gf")
     before = _loss(model, tok)
     trained = _sft(model.train(), tok, tmp_path / "sft", "full").eval()
-    assert _loss(trained, tok) < before - 0.3
+    assert _loss(trained, tok) < before - 1.0  # measured drops: 2.9 (Gemma 2) to 6.1 nats
     # the saved fine-tune is a checkpoint of the same family that transformers loads with equal logits
     ft, _, _ = load_checkpoint(tmp_path / "sft" / "checkpoint")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "checkpoint", dtype=torch.float32)
@@ -67,7 +67,7 @@ def test_lora_finetune_loads_in_peft_on_the_original_checkpoint(tmp_path, tiny_t
         base = save_checkpoint(tmp_path / "base", model)
     before = _loss(model, tok)
     lora = _sft(model.train(), tok, tmp_path / "sft", "lora").eval()
-    assert _loss(lora, tok) < before - 0.3
+    assert _loss(lora, tok) < before - 1.0  # measured drops: 2.1 (Gemma 2) to 5.2 nats
     gpeft.save_lora(lora, tmp_path / "adapter", base_model_name_or_path=str(base))
     hf = peft_lib.PeftModel.from_pretrained(
         transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(tmp_path / "adapter")).eval()
