@@ -132,3 +132,14 @@ def test_cli_export_format_gguf(tmp_path, tiny_tokenizer):
     assert r.returncode == 0, r.stderr
     _, tensors, types = read_gguf(tmp_path / "m.gguf")
     assert types["model.layers.0.mlp.up_proj.weight"] == "Q8_0" and len(tensors) == 1 + 1 + 9 * 2
+
+
+def test_q8_0_falls_back_to_f16_for_rows_that_are_not_whole_blocks(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, depth=1, width=48, head_dim=16, max_seq_len=32)).eval()  # 48 % 32 != 0
+    _, tensors, types = read_gguf(write_gguf(tmp_path / "m.gguf", model, None, "q8_0"))
+    assert types["model.layers.0.self_attn.q_proj.weight"] == "F16"  # rows of 48 inputs
+    assert types["model.layers.0.mlp.down_proj.weight"] == "Q8_0"  # rows of 128 inputs
+    assert types["model.norm.weight"] == "F32"
+    w = model.layers[0].self_attn.q_proj.weight.detach()
+    assert torch.equal(tensors["model.layers.0.self_attn.q_proj.weight"], w.half().float())
