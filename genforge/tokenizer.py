@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from genforge.errors import CheckpointError, ConfigError, DataError
 from genforge.io import write_json, write_text
@@ -181,7 +181,7 @@ class Tokenizer:
         """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) atomically."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(out_dir / "tokenizer.json", self.hf.to_str())
+        write_text(out_dir / "tokenizer.json", self.with_bos_template().to_str())
         specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
         write_json(out_dir / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -192,6 +192,16 @@ class Tokenizer:
             "clean_up_tokenization_spaces": False,
         })
         write_json(out_dir / "special_tokens_map.json", specials)
+
+    def with_bos_template(self) -> HFTokenizer:
+        """A copy whose post-processor prepends <|bos|> as genforge does for plain text, so that
+        `AutoTokenizer(...)(text)` in transformers gives `encode(text, add_bos=True)` (no EOS). genforge itself
+        always encodes with add_special_tokens=False, and chat templates render their own <|bos|> (transformers'
+        apply_chat_template tokenizes without special tokens), so neither adds it twice."""
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, self.bos_id)])
+        return hf
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:

@@ -1,6 +1,8 @@
-"""The Hugging Face Llama family: `GPT` checkpoints that `transformers` loads as they are.
+"""The Hugging Face decoder families: `GPT` checkpoints that `transformers` loads as they are.
 
-Files: `config.json` (Llama fields), `model.safetensors` (HF names), `tokenizer.json` +
+A GPT is written as the simplest HF family that expresses it (Llama for genforge's own models; Qwen2, Qwen3,
+Mistral, Gemma, Gemma 2 for imported ones: `genforge.model.hf.hf_model_type`), and any of those folders (and
+Phi-3) is read back. Files: `config.json`, `model.safetensors` (HF names), `tokenizer.json` +
 `tokenizer_config.json` (with the chat template, written by the core), `generation_config.json`, and
 the core's `genforge.json`. `transformers.AutoModelForCausalLM` and `AutoTokenizer` load the folder.
 The name and config mapping itself is `genforge.model.hf` (pure functions, no file layout).
@@ -18,7 +20,7 @@ from safetensors.torch import save_file
 from genforge.checkpoint.core import load_model, register_family, save_checkpoint
 from genforge.errors import CheckpointError
 from genforge.io import write_json
-from genforge.model.gpt import GPT, GPTConfig, rope_tables
+from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.hf import (
     from_hf_config,
     from_hf_state_dict,
@@ -31,7 +33,7 @@ from genforge.tokenizer import Tokenizer
 
 
 class LlamaFamily:
-    """`GPT` <-> a Hugging Face `LlamaForCausalLM` folder (also reads Mistral/Qwen2-style Llama folders)."""
+    """`GPT` <-> a Hugging Face folder of a supported decoder family (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3)."""
 
     name = "gpt"
 
@@ -62,8 +64,7 @@ class LlamaFamily:
         model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True, assign=True)
         if cfg.tie_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
-        # non-persistent buffers were created on the meta device: rebuild the RoPE tables
-        model.rope_cos, model.rope_sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        model.build_rope()  # non-persistent buffers were created on the meta device
         return model.to(device).eval()
 
 
@@ -71,7 +72,8 @@ register_family(LlamaFamily())
 
 
 def import_hf(src: str | Path, dst: str | Path) -> Path:
-    """Turn a local HF Llama-family folder into a genforge checkpoint (weights, config, tokenizer)."""
+    """Turn a local HF folder (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3) into a genforge checkpoint (weights,
+    config, tokenizer); a config field genforge does not model raises a one-line CheckpointError naming it."""
     src = Path(src)
     model = load_model(src)
     tok = None

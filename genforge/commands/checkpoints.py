@@ -17,7 +17,7 @@ def _need(cfg: object, keys: tuple[str, ...], example: str) -> None:
 
 @dataclass
 class ImportConfig:
-    """Turn a local Hugging Face Llama-family folder into a genforge checkpoint."""
+    """Turn a local Hugging Face folder (Llama, Mistral, Qwen2/3, Gemma/2, Phi-3) into a genforge checkpoint."""
 
     src: str = ""  # HF folder (config.json + safetensors + tokenizer.json)
     dst: str = ""  # genforge checkpoint folder to write
@@ -35,17 +35,31 @@ def import_hf(cfg: ImportConfig) -> Path:
 
 @dataclass
 class ExportConfig:
-    """Write a checkpoint as a clean HF folder (no training state)."""
+    """Write a checkpoint as a clean HF folder (no training state), or as one GGUF file (llama.cpp, ollama)."""
 
     src: str = ""  # checkpoint folder
-    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained)
+    dst: str = ""  # folder to write (load it with AutoModelForCausalLM.from_pretrained); gguf: a .gguf file or folder
+    format: str = "hf"  # hf | gguf
+    quant: str = "f16"  # gguf only: f32 | f16 | q8_0 (norms and biases stay f32)
 
 
 def export(cfg: ExportConfig) -> Path:
     from genforge.checkpoint import load_checkpoint, save_checkpoint
 
     _need(cfg, ("src", "dst"), "genforge export runs/pt/checkpoint runs/export")
+    if cfg.format not in ("hf", "gguf"):
+        raise ConfigError(f"format={cfg.format!r}: choose hf (a Hugging Face folder) or gguf (one llama.cpp file)")
     model, tok, meta = load_checkpoint(cfg.src)
+    if cfg.format == "gguf":
+        from genforge.checkpoint.gguf_file import write_gguf
+        from genforge.model.gpt import GPT
+
+        if not isinstance(model, GPT):
+            raise ConfigError(f"{cfg.src}: a {type(model).__name__} checkpoint; GGUF export writes GPT decoders")
+        dst = Path(cfg.dst)  # a .gguf file, or a folder to put model.gguf in
+        out = write_gguf(dst if dst.suffix == ".gguf" else dst / "model.gguf", model, tok, cfg.quant)
+        print(f"exported {cfg.src} -> {out} (GGUF, {cfg.quant}: llama.cpp / ollama read it)")
+        return out
     out = save_checkpoint(cfg.dst, model, tok, meta.get("run"), {k: v for k, v in meta.items() if k != "run"})
     save_resolved(cfg, out)
     print(f"exported {cfg.src} -> {out} (HF layout: load with AutoModelForCausalLM.from_pretrained)")

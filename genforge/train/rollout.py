@@ -74,7 +74,7 @@ def response_forward(model: nn.Module, batch: dict, with_hidden: bool = False):
     hidden = model(batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
                    return_hidden=True)  # (B, P+R, C)
     hidden = hidden[:, -R - 1:-1]  # (B, R, C): column P-1+t predicts response token t
-    logits = model.lm_head(hidden)  # (B, R, V)
+    logits = model.head(hidden)  # (B, R, V); GPT.head = lm_head (+ Gemma 2's logit soft-cap)
     return (logits, hidden) if with_hidden else logits
 
 
