@@ -58,6 +58,13 @@ def supports_static(model: nn.Module) -> bool:
     return isinstance(model, GPT) and all(isinstance(b.self_attn, Attention) for b in model.layers)
 
 
+def supports_slots(model: nn.Module) -> bool:
+    """True when `SlotDecoder` can serve the model: stock attention and no sliding window. (A row that joins with a
+    longer prompt leaves masked gap columns in the running rows; a window counted over columns would then see
+    fewer positions than the model's window.)"""
+    return supports_static(model) and not any(model.config.window(i) for i in range(model.config.depth))
+
+
 def compiled_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, k_cache: torch.Tensor,
                   v_cache: torch.Tensor, key_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The function torch.compile freezes: `GPT.decode_step` on a read-only `StaticKV`.
@@ -480,8 +487,9 @@ class SlotDecoder:
 
     def __init__(self, model: nn.Module, slots: int = 16, *, cache_len: int | None = None,
                  prefix_cache: PrefixCache | None = None):
-        if not supports_static(model):
-            raise ConfigError("continuous batching needs a genforge GPT with stock attention; use static batching")
+        if not supports_slots(model):
+            raise ConfigError("continuous batching needs a genforge GPT with stock attention and no sliding window; "
+                              "use static batching")
         self.model = model
         cfg = model.config.resolved()
         self.context = int(cfg.max_seq_len)

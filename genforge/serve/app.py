@@ -46,7 +46,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genforge.infer.engine import Engine, StopFn, supports_static
+from genforge.infer.engine import Engine, StopFn, supports_slots
 from genforge.infer.sampling import SamplingParams
 from genforge.serve import adapters, embeddings, limits, sse, structured, tools
 from genforge.serve.batcher import Batcher, Closed, ContinuousBatcher, Event, GenerateFn, Job, QueueFull, TokenLogprob
@@ -95,7 +95,8 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
         (capped by the room left in the context window). batch_wait_s: see `Batcher`.
     embedder / embedder_name / rag_store: /v1/embeddings and chat retrieval (see embeddings.py).
     batching: "continuous" (rows join and leave between decode steps; needs a genforge GPT with stock
-        attention and no generate_fn) or "static" (see batcher.py). prefix_cache_tokens: prompt tokens whose
+        attention, no sliding window and no generate_fn; otherwise static) or "static" (see batcher.py).
+        prefix_cache_tokens: prompt tokens whose
         keys/values are kept for reuse by later prompts with the same start (continuous only; 0 = off).
         kv_cache_tokens: columns of the continuous scheduler's slot KV cache (0: 2 x context, at most 8192).
     api_key: when set, /v1/*, /tokenize and /detokenize need `Authorization: Bearer <api_key>`.
@@ -110,7 +111,7 @@ def create_app(model: nn.Module, tokenizer: Tokenizer, model_name: str = "genfor
         from genforge.serve.metrics import ServeMetrics
 
         meters = ServeMetrics()
-    continuous = batching == "continuous" and generate_fn is None and supports_static(model)
+    continuous = batching == "continuous" and generate_fn is None and supports_slots(model)
     if continuous:
         batcher: Batcher = ContinuousBatcher(model, tokenizer, stop_ids=stop_ids, context_len=context_len,
                                              max_batch=max_batch, max_queue=max_queue, metrics=meters,

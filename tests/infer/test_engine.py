@@ -241,3 +241,19 @@ def test_logits_processors_run_after_penalties(model):
     cfg = WatermarkConfig(gamma=wm.watermark_gamma, delta=3.0, key=wm.watermark_key)
     assert generate(model, prompts, wm) == generate(model, prompts, SamplingParams(max_new_tokens=12),
                                                     logits_processors=[WatermarkLogitsProcessor(cfg, 97)])
+
+
+def test_slot_decoder_refuses_sliding_window_models():
+    """A row joining with a longer prompt leaves gap columns in running rows; a window over columns would then
+    be wrong, so sliding-window models are served with static batching."""
+    import pytest
+
+    from genforge.errors import ConfigError
+    from genforge.infer.engine import SlotDecoder, supports_slots
+    from genforge.model.gpt import GPT, GPTConfig
+
+    full = GPT(GPTConfig(vocab_size=40, depth=1, width=32, head_dim=16, max_seq_len=32))
+    windowed = GPT(GPTConfig(vocab_size=40, depth=1, width=32, head_dim=16, max_seq_len=32, sliding_window=4))
+    assert supports_slots(full) and not supports_slots(windowed)
+    with pytest.raises(ConfigError, match="sliding window"):
+        SlotDecoder(windowed)
