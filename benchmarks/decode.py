@@ -134,6 +134,7 @@ def main() -> None:
     print(f"model: {model.num_params() / 1e6:.2f} M params, threads={args.threads}, "
           f"max |logit diff| vs HF = {diff:.1e}")
 
+    DTYPES = {"fp32": torch.float32, "int8": torch.int8}  # roofline key -> the dtype its weights stream in
     roof = {"fp32": weight_pass_roofline(model)}
     if args.int8:
         roof["int8"] = weight_pass_roofline(model, torch.int8)
@@ -156,7 +157,7 @@ def main() -> None:
         for _ in range(args.repeats):  # interleave the contenders: the shared CPU's load drifts
             if b == 1:  # the roofline too, so that it sees the same load as the decodes it bounds
                 for key in roof:
-                    roof[key] = max(roof[key], weight_pass_roofline(model, getattr(torch, key), 50, quiet=True))
+                    roof[key] = max(roof[key], weight_pass_roofline(model, DTYPES[key], 50, quiet=True))
             dt, ref = time_hf(hf, prompts, n)
             best["HF generate"] = min(best.get("HF generate", 1e9), dt)
             for name, eng in engines.items():
