@@ -17,6 +17,7 @@ from genforge.checkpoint.core import (
     write_checkpoint_files,
 )
 from genforge.checkpoint.hf_llama import LlamaFamily, import_hf
+from genforge.checkpoint import hf_bert  # noqa: F401  (registers the BERT family)
 
 __all__ = ["FAMILIES", "LlamaFamily", "ModuleFamily", "find_resume_state", "import_hf", "load_checkpoint",
            "load_model", "load_training_state", "read_meta", "register_family", "save_checkpoint",
