@@ -3,6 +3,7 @@
 Importing the package registers the built-in families, so `load_model` can read any folder they wrote.
 """
 
+from genforge.checkpoint import hf_bert  # noqa: F401  (registers the BERT family)
 from genforge.checkpoint.core import (
     FAMILIES,
     ModuleFamily,
@@ -17,7 +18,6 @@ from genforge.checkpoint.core import (
     write_checkpoint_files,
 )
 from genforge.checkpoint.hf_llama import LlamaFamily, import_hf
-from genforge.checkpoint import hf_bert  # noqa: F401  (registers the BERT family)
 
 __all__ = ["FAMILIES", "LlamaFamily", "ModuleFamily", "find_resume_state", "import_hf", "load_checkpoint",
            "load_model", "load_training_state", "read_meta", "register_family", "save_checkpoint",
