@@ -42,7 +42,8 @@ class Seq2SeqData:
             raise ConfigError(f"seq2seq mode must be 'ar' or 'cmlm', got {mode!r}")
         if mode == "cmlm" and mask_id < 0:
             raise ConfigError("cmlm training needs the [MASK] id (mask_id)")
-        self.pairs, self.batch_size, self.pad_id, self.eos_id, self.start_id = pairs, batch_size, pad_id, eos_id, start_id
+        self.pairs, self.batch_size, self.pad_id = pairs, batch_size, pad_id
+        self.eos_id, self.start_id = eos_id, start_id
         self.seed, self.mode, self.mask_id, self.grad_accum = seed, mode, mask_id, grad_accum
 
     def get_batch(self, step: int, micro: int, rank: int = 0, world: int = 1) -> dict:

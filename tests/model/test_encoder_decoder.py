@@ -139,6 +139,6 @@ def test_mask_predict_recovers_memorised_pairs(tmp_path):
     train_seq2seq(m, pairs, cfg, tmp_path / "cmlm", pad_id=0, eos_id=1, mode="cmlm", mask_id=mask_id)
     src = torch.tensor([s + [0] * (7 - len(s)) for s, _ in pairs])
     am = (torch.arange(7)[None] < torch.tensor([len(s) for s, _ in pairs])[:, None]).long()
-    out = mask_predict(m, src, am, mask_id, iterations=8, length_beam=2)
+    out = mask_predict(m, src, am, mask_id, iterations=8)
     assert out == [t for _, t in pairs]
     assert repeat_rate([[1, 1, 2], [3]]) == 0.5 and repeat_rate([[]]) == 0.0
