@@ -45,12 +45,12 @@ def main() -> None:
     draft, _, _ = load_checkpoint(run / "engine" / "draft" / "checkpoint")
     rows = [json.loads(line) for line in (run / "world" / "tasks" / "test.jsonl").read_text().splitlines()]
     train_rows = [json.loads(line) for line in (run / "world" / "tasks" / "train.jsonl").read_text().splitlines()]
-    enc = [tok.encode_chat([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True) for r in rows]
+    enc = [tok.encode_chat([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)[0] for r in rows]
     prompts = [p for p in enc if len(p) + args.new_tokens < target.config.max_seq_len][:args.prompts]
     params = SamplingParams(max_new_tokens=args.new_tokens)
     stop = [tok.end_id, tok.eos_id]
     # heads: trained on the target's own greedy answers to training prompts (what Medusa-1 recommends)
-    tp = [tok.encode_chat([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)
+    tp = [tok.encode_chat([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True)[0]
           for r in train_rows[:args.train_prompts]]
     tp = [p for p in tp if len(p) + args.new_tokens < target.config.max_seq_len]
     outs = generate(target, tp, params, stop_ids=stop)

@@ -46,6 +46,11 @@ class Config:
     transfer_test: int = 200
     transfer_lr: float = 1e-4  # fine-tuning lr of the pretrained model
     random_lr: float = 1e-3  # lr of the random init (the better of 1e-4 / 1e-3 measured at 128 labels)
+    # 1b. genforge's own encoder: MLM on the world corpus, then entity tagging with few labels
+    mlm_steps: int = 200
+    tag_labels: int = 32  # labelled sentences for the tagging fine-tune
+    tag_steps: int = 60
+    tag_test: int = 200
     # 2. architectures
     width: int = 64
     arch_steps: int = 150
@@ -61,12 +66,13 @@ class Config:
     # 4. LSTM and attention cost
     lm_steps: int = 150
     lm_window: int = 64
-    attn_lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024, 2048])
+    attn_lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
 
 
 @dataclass
 class Outputs:
     transfer: dict[str, dict[str, float]]  # "n=16" -> {"pretrained": acc, "random": acc}
+    tagging: dict[str, float]  # mlm_masked_acc, tag accuracy on entity tokens: mlm / scratch
     architectures: dict[str, dict[str, float]]  # task -> architecture -> score
     mask_predict: dict[str, dict[str, float]]  # "ar" / "mp-<N>" -> bleu, seconds, repeat_rate
     lstm: dict[str, float]
@@ -213,13 +219,15 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     w = load_world(world.dir)
     out = ctx.path("objectives", "x").parent
     transfer = _transfer(ctx, cfg, report, w, out)
+    texts, lm_vocab = _corpus(w, ctx.seed)
+    tagging = _mlm_and_tagging(ctx, cfg, report, w, out, texts, lm_vocab)
     archs, ar_model, vocab_tr, test_tr = _architectures(ctx, cfg, report, w, out)
     mp = _mask_predict(ctx, cfg, report, w, out, ar_model, vocab_tr, test_tr)
-    lstm = _lstm_vs_transformer(ctx, cfg, report, w, out)
+    lstm = _lstm_vs_transformer(ctx, cfg, report, texts, lm_vocab, out)
     _attention_cost(ctx, cfg, report)
     cpu = time.process_time() - c0
     report.row("stage CPU time", round(cpu, 1), note="seconds of process CPU time (the machine is shared)")
-    return Outputs(transfer=transfer, architectures=archs, mask_predict=mp, lstm=lstm,
+    return Outputs(transfer=transfer, tagging=tagging, architectures=archs, mask_predict=mp, lstm=lstm,
                    seconds=time.perf_counter() - t0, cpu_seconds=cpu)
 
 
@@ -460,20 +468,85 @@ def _mask_predict(ctx: StageContext, cfg: Config, report: StageReport, w, out: P
 
 
 # ------------------------------------------------------------------------------- 4. LSTM and attention cost
-def _lstm_vs_transformer(ctx: StageContext, cfg: Config, report: StageReport, w, out: Path) -> dict:
+def _corpus(w, seed: int) -> tuple[list[str], WordVocab]:
+    """Clean world documents (from the generator itself, so no planted junk), shuffled, and their word vocabulary."""
     import itertools
 
+    from genforge.world.corpus import iter_clean_documents
+
+    texts = list(itertools.islice(iter_clean_documents(w, random.Random(f"objectives-lm-{seed}")), 3000))
+    random.Random(seed).shuffle(texts)
+    return texts, WordVocab(texts[:2500], max_size=3000)
+
+
+def _mlm_and_tagging(ctx: StageContext, cfg: Config, report: StageReport, w, out: Path, texts: list[str],
+                     v: WordVocab) -> dict:
+    """Masked-LM pretraining of genforge's encoder on the corpus, then entity tagging from it vs from scratch."""
+    import copy
+
+    from genforge.eval.stats import bootstrap_diff, bootstrap_mean
+    from genforge.model.encoder import Encoder, EncoderConfig, MaskedLM, TokenTagger
+    from genforge.train.classify import finetune_tagger
+    from genforge.train.mlm import WindowData, mlm_loss_fn
+    from genforge.train.trainer import Trainer, read_metrics
+    from genforge.world.labels import ENTITY_TAGS, entity_examples
+
+    ecfg = EncoderConfig(vocab_size=len(v), depth=2, width=cfg.width, head_dim=16, mlp_hidden=3 * cfg.width,
+                         max_seq_len=512)
+    torch.manual_seed(ctx.seed)
+    mlm = MaskedLM(ecfg)
+    stream = torch.tensor([i for t in texts[:2500] for i in v.encode(t) + [v.eos]])
+    res = Trainer(mlm, _tcfg(cfg.mlm_steps, cfg.lr, cfg.micro_batch, ctx.seed),
+                  mlm_loss_fn(v.mask, len(v), v.pad), WindowData(stream, cfg.lm_window, cfg.micro_batch, ctx.seed),
+                  out / "mlm", name="mlm").fit()
+    last = (read_metrics(out / "mlm") or [{}])[-1]
+    report.row("masked-LM pretraining (15 %, 80/10/10): masked-token accuracy", round(last.get("masked_acc", 0.0), 3),
+               note=f"last logged batch; {cfg.mlm_steps} steps on the world corpus, loss {res['train_loss']:.3f}")
+
+    def encode(words: list[str], tags: list[str]) -> tuple[list[int], list[int]]:
+        ids, ys = [], []
+        for word, tag in zip(words, tags):
+            for j, piece in enumerate(_TOKEN.findall(word.lower())):
+                ids.append(v.stoi.get(piece, v.unk))
+                inner = tag if j == 0 or tag == "O" else "I-" + tag[2:]
+                ys.append(ENTITY_TAGS.index("O" if not piece[0].isalnum() else inner))
+        return ids, ys
+
+    sents = [encode(*ex) for ex in entity_examples(w, cfg.tag_labels + cfg.tag_test, ctx.seed)]
+    train, test = sents[:cfg.tag_labels], sents[cfg.tag_labels:]
+    scores: dict[str, list[float]] = {}
+    for name in ("MLM-pretrained", "scratch"):
+        torch.manual_seed(ctx.seed)
+        trunk = copy.deepcopy(mlm.encoder) if name == "MLM-pretrained" else Encoder(ecfg)
+        tagger = TokenTagger(trunk, len(ENTITY_TAGS))
+        finetune_tagger(tagger, train, _tcfg(cfg.tag_steps, cfg.lr, 8, ctx.seed), out / f"tag_{name}", v.pad)
+        tagger.eval()
+        per = []
+        with torch.no_grad():
+            for ids, ys in test:
+                pred = tagger(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0].argmax(-1).tolist()
+                ent = [i for i, y in enumerate(ys) if y != 0]
+                per.append(sum(pred[i] == ys[i] for i in ent) / max(1, len(ent)))
+        scores[name] = per
+        report.row(f"entity tagging (PER/LOC/OBJ), {cfg.tag_labels} labelled sentences, {name}",
+                   str(bootstrap_mean(per)), note="per-sentence accuracy on entity tokens (BIO tags)")
+    a, b = scores["MLM-pretrained"], scores["scratch"]
+    report.lesson(f"MLM pretraining on the world corpus helps entity tagging with {cfg.tag_labels} labelled sentences",
+                  ("entity-token accuracy, MLM-pretrained", bootstrap_mean(a)), ("from scratch", bootstrap_mean(b)),
+                  effect=bootstrap_diff(a, b, paired=True), target=0.0,
+                  note=f"genforge's encoder ({_n(mlm):,} parameters), {cfg.mlm_steps} MLM steps, "
+                       f"{cfg.tag_steps} tagging steps; {len(a)} held-out sentences")
+    return {"mlm_masked_acc": float(last.get("masked_acc", 0.0)), "tag_mlm": sum(a) / len(a),
+            "tag_scratch": sum(b) / len(b)}
+
+
+def _lstm_vs_transformer(ctx: StageContext, cfg: Config, report: StageReport, texts: list[str], v: WordVocab,
+                         out: Path) -> dict:
     from genforge.eval.stats import bootstrap_diff
     from genforge.model.gpt import GPT, GPTConfig
     from genforge.model.lstm import LSTMLM, LSTMConfig, width_for_params
     from genforge.report import line_plot
     from genforge.train.trainer import Trainer
-    from genforge.world.corpus import iter_clean_documents
-
-    # clean world documents (the generator itself, so no planted junk), entries and the open-ended mix shuffled
-    texts = list(itertools.islice(iter_clean_documents(w, random.Random(f"objectives-lm-{ctx.seed}")), 3000))
-    random.Random(ctx.seed).shuffle(texts)
-    v = WordVocab(texts[:2500], max_size=3000)
     L = cfg.lm_window + 1
     stream = [i for t in texts for i in v.encode(t) + [v.eos]]
     split = int(len(stream) * 0.85)

@@ -73,3 +73,40 @@ def predict(model: nn.Module, seqs: list[list[int]], pad_id: int, batch_size: in
         ids, mask = pad_batch(seqs[i:i + batch_size], pad_id)
         out.append(model(ids, mask).argmax(-1))
     return torch.cat(out)
+
+
+def tag_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Token classification: summed cross-entropy over real positions; batch has input_ids, attention_mask and
+    labels (B, T) with -100 on padding."""
+    logits = model(batch["input_ids"], batch["attention_mask"])  # (B, T, L)
+    y = batch["labels"]
+    return (F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum"),
+            (y != -100).sum(), {})
+
+
+class TagData:
+    """Shuffled micro-batches of (ids, tags) sentences for `tag_loss`."""
+
+    def __init__(self, examples: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, seed: int):
+        if not examples:
+            raise DataError("tagging fine-tune: no labelled sentences")
+        self.examples, self.batch_size, self.pad_id, self.seed = examples, batch_size, pad_id, seed
+
+    def get_batch(self, step: int, micro: int, rank: int = 0, world: int = 1) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1009 + step * 17 + micro)
+        idx = torch.randint(0, len(self.examples), (self.batch_size,), generator=g).tolist()
+        ids, mask = pad_batch([self.examples[i][0] for i in idx], self.pad_id)
+        labels = torch.full_like(ids, -100)
+        for r, i in enumerate(idx):
+            tags = self.examples[i][1]
+            labels[r, :len(tags)] = torch.tensor(tags)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def finetune_tagger(model: nn.Module, examples: list[tuple[list[int], list[int]]], cfg: TrainConfig,
+                    out_dir: str | Path, pad_id: int) -> dict:
+    """Train a token tagger (ids (B, T), mask -> (B, T, L)) for cfg.max_steps; no resume checkpoint is kept."""
+    out = Trainer(model, cfg, tag_loss, TagData(examples, cfg.micro_batch, pad_id, cfg.seed), out_dir,
+                  name="tagger").fit()
+    shutil.rmtree(Path(out_dir) / "checkpoint", ignore_errors=True)
+    return out

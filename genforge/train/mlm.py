@@ -5,8 +5,8 @@ Why 80/10/10: [MASK] never appears at fine-tuning time, so a model that only eve
 positions would learn nothing useful about unmasked tokens; random and unchanged targets force it to keep
 a good representation of every position.
 
-`mask_tokens` is the data collator (ids in, corrupted ids + labels out); `mlm_loss` the loss;
-`pretrain_mlm` a short training run through the one loop (`genforge.train.trainer.Trainer`).
+`mask_tokens` is the data collator (ids in, corrupted ids + labels out); `mlm_loss` the loss; `mlm_loss_fn` and
+`WindowData` plug MLM pretraining into the one loop (`genforge.train.trainer.Trainer`).
 """
 
 from __future__ import annotations
@@ -77,3 +77,32 @@ def mlm_batches(windows: torch.Tensor, batch_size: int, mask_id: int, vocab_size
             real = ids != pad_id
             x, y = mask_tokens(ids, mask_id, vocab_size, cfg, special=~real, generator=g)
             yield {"input_ids": x, "attention_mask": real.long(), "labels": y}
+
+
+def mlm_loss_fn(mask_id: int, vocab_size: int, pad_id: int, cfg: MLMConfig | None = None):
+    """A trainer loss_fn(model, batch) over raw windows {"ids": (B, T)}: masks them afresh each time (dynamic
+    masking, as RoBERTa; drawn from the global RNG the trainer seeds) and sums the targets' cross-entropy."""
+    def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        ids = batch["ids"]
+        real = ids != pad_id
+        x, y = mask_tokens(ids, mask_id, vocab_size, cfg, special=~real)
+        logits = model(x, attention_mask=real.long())  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        n = (y != IGNORE).sum()
+        acc = ((logits.argmax(-1) == y) & (y != IGNORE)).sum().item() / max(1, n.item())
+        return loss, n, {"masked_acc": acc}
+    return loss_fn
+
+
+class WindowData:
+    """Random windows (B, T) of a token stream; a pure function of (step, micro) for exact resume."""
+
+    def __init__(self, stream: torch.Tensor, window: int, batch_size: int, seed: int):
+        if len(stream) <= window:
+            raise ConfigError(f"MLM data: {len(stream)} tokens is not more than one window of {window}")
+        self.stream, self.window, self.batch_size, self.seed = stream, window, batch_size, seed
+
+    def get_batch(self, step: int, micro: int, rank: int = 0, world: int = 1) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + (step * 64 + micro) * world + rank)
+        starts = torch.randint(0, len(self.stream) - self.window, (self.batch_size,), generator=g).tolist()
+        return {"ids": torch.stack([self.stream[s:s + self.window] for s in starts])}

@@ -22,8 +22,9 @@ def test_objectives_stage_smoke(tmp_path):
     assert "encoder-only" in out.architectures["topic"] and "encoder-only" not in out.architectures["translation"]
     assert {"ar", "mp-1", "mp-2"} <= set(out.mask_predict)
     assert out.lstm["LSTM_loss"] > 0 and out.cpu_seconds > 0
+    assert 0 <= out.tagging["tag_mlm"] <= 1 and 0 <= out.tagging["mlm_masked_acc"] <= 1
     claims = " ".join(les.claim for les in report.lessons)
-    for key in ("MiniLM", "topic", "translation", "mask-predict", "LSTM", "quadratically"):
+    for key in ("MiniLM", "MLM pretraining", "topic", "translation", "mask-predict", "LSTM", "quadratically"):
         assert key in claims
     for _, caption in report.plots:
         assert caption
