@@ -378,6 +378,16 @@ def _architectures(ctx: StageContext, cfg: Config, report: StageReport, w, out: 
                       (other, bootstrap_mean(scores[other])), ("decoder-only", bootstrap_mean(scores["decoder-only"])),
                       effect=bootstrap_diff(scores[other], scores["decoder-only"], paired=True), target=0.0,
                       note=f"{len(scores[other])} held-out items, models trained from scratch")
+    archs = ("decoder-only", "encoder-only", "encoder-decoder")
+    lines = ["**Architectures side by side** (same width, ~same parameters, same steps, from scratch; "
+             "mean [95 % CI] over held-out items; best in bold):", "",
+             "| task | " + " | ".join(archs) + " |", "|---|" + "---|" * len(archs)]
+    for task, scores in per_item.items():
+        best = max(scores, key=lambda a: sum(scores[a]) / len(scores[a]))
+        cells = [("**{}**" if a == best else "{}").format(bootstrap_mean(scores[a])) if a in scores else "n/a"
+                 for a in archs]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    report.note("\n".join(lines))
     if "translation" in per_item:  # span corruption: the encoder-decoder's self-supervised objective, as a row
         _span_row(ctx, cfg, report, w, out)
     return table, ar_model, vocab_tr, test_tr
