@@ -3,6 +3,7 @@
 Importing the package registers the built-in families, so `load_model` can read any folder they wrote.
 """
 
+from genforge.checkpoint import hf_bert, hf_t5  # noqa: F401  (register the BERT and T5 families)
 from genforge.checkpoint.core import (
     FAMILIES,
     ModuleFamily,

@@ -24,6 +24,15 @@ Two prophets:
   without x_i, which keeps sampling exact. Proposing costs microseconds, so on a small model,
   where a forward costs mostly fixed per-call overhead, every accepted token is nearly free.
 
+Two more (the issue's "prophets" list):
+- `HeadsProphet`: multi-token heads in the style of Medusa (Cai et al. 2024): head i maps the target's own
+  last hidden state to the token i+1 places after the one the target is about to emit, so drafting costs
+  k small matrix products and no extra forward (the hidden state is read from the verification pass with a
+  forward hook). A non-autoregressive draft: all k guesses come from one state at once.
+- `MultiProphet`: several prophets at once. Each round every prophet proposes; once the target has
+  answered, each proposal's would-be accepted run (its agreement with what was actually emitted) is scored,
+  and the next round uses the prophet with the longest recent runs (an exponential average).
+
 The target keeps a KV cache; rejected positions are dropped with `KVCache.crop`. Each cache holds
 a prefix of the sequence, and every call feeds it the tokens it has not seen yet.
 """
@@ -148,6 +157,108 @@ class NGramProphet:
                 break
             drafts.append(nxt)
         return drafts, None
+
+
+class MultiTokenHeads(nn.Module):
+    """k Medusa-style heads over a decoder's final hidden state h (C,): head i gives h + SiLU(W_i h), read
+    through the target's own output layer, to predict the token i+2 places ahead of h's position (the target's
+    head already predicts i+1). Trained by `genforge.train.prophets.train_heads`."""
+
+    def __init__(self, width: int, k: int = 3):
+        super().__init__()
+        self.k = k
+        self.proj = nn.ModuleList(nn.Linear(width, width) for _ in range(k))
+        for p in self.proj:  # start as the identity residual: every head first guesses the next token
+            nn.init.zeros_(p.weight)
+            nn.init.zeros_(p.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., C) -> per-head hidden states (k, ..., C) to feed the target's lm_head."""
+        return torch.stack([hidden + torch.nn.functional.silu(p(hidden)) for p in self.proj])
+
+
+class HeadsProphet:
+    """Drafts from `MultiTokenHeads` over the target's last hidden state, read from its verification pass."""
+
+    def __init__(self, target: nn.Module, heads: MultiTokenHeads):
+        self.target, self.heads = target, heads
+        self._pending: torch.Tensor | None = None  # final-norm output (T, C) of the call in progress
+        self._hidden: torch.Tensor | None = None  # (T, C) final states of the target's latest cached call
+        self._end = 0  # absolute position after that call's last token
+        self._hooks: list = []
+
+    def start(self, prompt: list[int], max_len: int) -> None:
+        if not self._hooks:
+            # two forward hooks: the final norm's output (the state lm_head reads), and the whole forward, whose
+            # cache position then says which absolute positions those rows were
+            self._hooks = [self.target.norm.register_forward_hook(self._on_norm),
+                           self.target.register_forward_hook(self._on_forward, with_kwargs=True)]
+        self._hidden, self._end = None, 0
+
+    def _on_norm(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self._pending = output[0] if output.dim() == 3 and output.shape[0] == 1 else None
+
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+        cache = kwargs.get("cache")
+        if isinstance(cache, KVCache) and self._pending is not None:
+            self._hidden, self._end = self._pending, cache.pos
+        self._pending = None
+
+    def close(self) -> None:
+        """Remove the hooks from the target."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def propose(self, seq: list[int], k: int, dist: dict, gen: torch.Generator | None
+                ) -> tuple[list[int], list[torch.Tensor] | None]:
+        q = len(seq) - 2  # the last accepted position: the target's own head there emitted seq[-1]
+        if self._hidden is None or k < 1 or not (self._end - len(self._hidden) <= q < self._end):
+            return [], None
+        h = self._hidden[q - (self._end - len(self._hidden))]  # (C,)
+        with torch.no_grad():
+            logits = self.target.lm_head(self.heads(h)[:k])  # (k, V): head i guesses seq[-1]'s (i+1)-th successor
+        return logits.argmax(-1).tolist(), None
+
+    def keep(self, n: int) -> None:
+        pass
+
+
+class MultiProphet:
+    """Several prophets: use the one whose proposals would have been accepted longest recently (EMA of the run)."""
+
+    def __init__(self, prophets: Sequence[Prophet], decay: float = 0.7):
+        if not prophets:
+            raise ConfigError("MultiProphet needs at least one prophet")
+        self.prophets, self.decay = list(prophets), decay
+        self.score = [0.0] * len(self.prophets)
+        self.last: list[tuple[int, list[int]]] = []  # (len(seq) at proposal, proposal) per prophet
+        self.chosen: list[int] = [0] * len(self.prophets)  # rounds each prophet was used (for reports)
+
+    def start(self, prompt: list[int], max_len: int) -> None:
+        for p in self.prophets:
+            p.start(prompt, max_len)
+        self.last = []
+
+    def propose(self, seq: list[int], k: int, dist: dict, gen: torch.Generator | None
+                ) -> tuple[list[int], list[torch.Tensor] | None]:
+        # score last round's proposals against what the target actually emitted after them
+        for i, (at, drafts) in enumerate(self.last):
+            emitted = seq[at:]
+            run = 0
+            while run < min(len(drafts), len(emitted)) and drafts[run] == emitted[run]:
+                run += 1
+            self.score[i] = self.decay * self.score[i] + (1 - self.decay) * run
+        proposals = [p.propose(seq, k, dist, gen) for p in self.prophets]
+        self.last = [(len(seq), d) for d, _ in proposals]
+        order = sorted(range(len(self.prophets)), key=lambda i: -self.score[i])
+        best = next((i for i in order if proposals[i][0]), order[0])
+        self.chosen[best] += 1
+        return proposals[best]
+
+    def keep(self, n: int) -> None:
+        for p in self.prophets:
+            p.keep(n)
 
 
 def speculative_generate(target: nn.Module, draft: nn.Module | Prophet, prompt: list[int],
