@@ -715,7 +715,8 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                        f"where correct labels beat chance ({chance:.2f}); flipped labels: "
                        f"{sum(s['flipped']) / len(test):.2f}")
     if len(res) > 1:
-        small, large = list(res)[0], list(res)[-1]
+        size = {m: sum(x.numel() for x in models[m].model.parameters()) for m in res}
+        small, large = min(res, key=size.get), max(res, key=size.get)
         drop = {m: [c - f for c, f in zip(res[m]["correct"], res[m]["flipped"])] for m in (small, large)}
         report.lesson(f"the larger model follows flipped labels more (its accuracy drops more; {large} vs {small})",
                       (f"drop under flipped labels, {large}", sum(drop[large]) / len(test)),
@@ -814,7 +815,7 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
                out: Path) -> list[float]:
     """False belief (Sally-Anne with unseen names and objects) by option log-likelihood; returns the first model's
     per-item 1/0 on the false-belief items (for the composite suite)."""
-    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.eval.stats import bootstrap_diff, bootstrap_mean
     from genforge.io import read_jsonl, write_json
     from genforge.world import tom
 
@@ -823,7 +824,9 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
     def correct(lm: GenforgeLM, its: list[dict]) -> list[float]:
         pairs = [(it["prompt"], f"The answer is the {o}.") for it in its for o in it["options"]]
         ll = [x[0] for x in lm.loglikelihood(pairs)]
-        return [float(max((0, 1), key=lambda j: ll[2 * i + j]) == it["gold_index"]) for i, it in enumerate(its)]
+        # a tie (the model cannot tell the two containers apart) counts half, whatever the options' order
+        return [0.5 if ll[2 * i] == ll[2 * i + 1] else float(max((0, 1), key=lambda j: ll[2 * i + j]) ==
+                                                                it["gold_index"]) for i, it in enumerate(its)]
 
     res = {}
     for name, lm in lms.items():
@@ -831,17 +834,19 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
     first = next(iter(res))
     by_kind = {k: [x for x, it in zip(res[first], items) if it["kind"] == k] for k in tom.KINDS}
     write_json(out / "false_belief.json", {m: sum(v) / len(v) for m, v in res.items()})
-    report.lesson(f"false belief (Sally-Anne with unseen names and objects) above chance ({first})",
-                  ("accuracy, false-belief questions", bootstrap_proportion(by_kind["false_belief"])),
-                  ("chance", 0.5), effect=bootstrap_proportion(by_kind["false_belief"]), target=0.5,
-                  effect_name="accuracy",
-                  note="two containers, option log-likelihood; controls on the same kind of story: true belief "
-                       f"{sum(by_kind['true_belief']) / len(by_kind['true_belief']):.2f}, reality "
-                       f"{sum(by_kind['reality']) / len(by_kind['reality']):.2f}. A model that names the first (or "
-                       "last) container scores 1 on one kind and 0 on another; only belief tracking passes all three")
+    kinds = {k: bootstrap_mean(v) for k, v in by_kind.items() if v}
+    worst = min(kinds, key=lambda k: kinds[k].estimate)
+    report.lesson(f"false belief (Sally-Anne with unseen names and objects): above chance on every kind of question "
+                  f"({first})",
+                  ("accuracy, false-belief questions", kinds["false_belief"]), ("chance", 0.5),
+                  effect=kinds[worst], target=0.5, effect_name=f"accuracy of the weakest kind ({worst})",
+                  note="two containers in random order, option log-likelihood; "
+                       + ", ".join(f"{k.replace('_', ' ')} {v.estimate:.2f}" for k, v in kinds.items())
+                       + ". A heuristic (the container named first, or last) passes one kind and fails another; "
+                         "only tracking who saw what passes all three")
     for name in list(res)[1:]:
         fb = [x for x, it in zip(res[name], items) if it["kind"] == "false_belief"]
-        report.row(f"false-belief accuracy, {name}", _ci(bootstrap_proportion(fb)), 0.5, f"n={len(fb)}")
+        report.row(f"false-belief accuracy, {name}", _ci(bootstrap_mean(fb)), 0.5, f"n={len(fb)}")
     leaked = Path(world_dir) / "contamination.jsonl"
     if leaked.exists() and "pretrained" in lms:
         rows = [r for _, r in read_jsonl(leaked)]

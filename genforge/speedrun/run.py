@@ -15,12 +15,26 @@ from types import ModuleType
 from genforge.config import load_config, read_recipe, save_resolved, update
 from genforge.errors import ConfigError
 from genforge.report import Report, StageReport
-from genforge.speedrun import agents, align, clean, engine, eval, image, pretrain, rag, sft, tokenizer, world
+from genforge.speedrun import (
+    agents,
+    align,
+    clean,
+    datalessons,
+    engine,
+    eval,
+    image,
+    pretrain,
+    rag,
+    sft,
+    tokenizer,
+    world,
+)
 from genforge.speedrun.stage import StageContext, check_stage, outputs_path, read_outputs, stage_inputs, write_outputs
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, eval, engine, rag, agents, image)
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, eval, datalessons, engine,
+                                  rag, agents, image)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -44,6 +58,7 @@ class SpeedrunConfig:
     sft: sft.Config = field(default_factory=sft.Config)
     eval: eval.Config = field(default_factory=eval.Config)
     align: align.Config = field(default_factory=align.Config)
+    datalessons: datalessons.Config = field(default_factory=datalessons.Config)
     engine: engine.Config = field(default_factory=engine.Config)
     rag: rag.Config = field(default_factory=rag.Config)
     agents: agents.Config = field(default_factory=agents.Config)

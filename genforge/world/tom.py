@@ -66,6 +66,7 @@ def false_belief_item(rng: random.Random, kind: str = "false_belief") -> dict:
     else:
         question, gold = f"Where will {a} look for the {obj} first?", c1 if away else c2
     options = [c1, c2]
+    rng.shuffle(options)  # so "the first option" is no strategy
     return {"task": "false_belief", "kind": kind, "story": story, "question": question,
             "prompt": f"{story}\n{question}", "options": options, "gold_index": options.index(gold),
             "answer": gold, "text": f"{story} Question: {question} Answer: in the {gold}."}
