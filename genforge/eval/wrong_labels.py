@@ -71,21 +71,38 @@ def build_prompts(train: Sequence[LabeledItem], test: Sequence[LabeledItem], lab
     return prompts
 
 
-def classify(lm, prompts: Sequence[str], labels: Sequence[str]) -> list[str]:
-    """The label whose word is likeliest after each prompt (sum of log-probs of " <label>")."""
-    pairs = [(p, f" {lab}") for p in prompts for lab in labels]
-    ll = [x[0] for x in lm.loglikelihood(pairs)]
+CONTENT_FREE = "N/A"
+
+
+def classify(lm, prompts: Sequence[str], labels: Sequence[str], *, calibrate: bool = True) -> list[str]:
+    """The label whose word is likeliest after each prompt (sum of log-probs of " <label>").
+
+    calibrate: contextual calibration (Zhao et al. 2021, "Calibrate before use"): subtract each label's
+    log-probability after the same prompt with the query replaced by a content-free input ("N/A"). A small model
+    often prefers one label word whatever the input; calibration removes that prior so the prediction can depend
+    on the input (and on the demonstrations), which is what this lesson measures.
+    """
     n = len(labels)
+
+    def scores(ps: Sequence[str]) -> list[float]:
+        return [x[0] for x in lm.loglikelihood([(p, f" {lab}") for p in ps for lab in labels])]
+
+    ll = scores(prompts)
+    if calibrate:
+        free = [p[:p.rindex("Input: ")] + f"Input: {CONTENT_FREE}\n" + p.rsplit("\n", 1)[1] for p in prompts]
+        prior = scores(free)
+        ll = [a - b for a, b in zip(ll, prior)]
     return [labels[max(range(n), key=lambda j: ll[i * n + j])] for i in range(len(prompts))]
 
 
 def wrong_label_scores(lm, train: Sequence[LabeledItem], test: Sequence[LabeledItem], labels: Sequence[str],
-                       k: int = 4, seed: int = 0, modes: Sequence[str] = MODES) -> dict[str, list[float]]:
+                       k: int = 4, seed: int = 0, modes: Sequence[str] = MODES,
+                       calibrate: bool = True) -> dict[str, list[float]]:
     """{mode: per-item 1/0 accuracy against the TRUE label}, plus "zero_shot" (no demonstrations)."""
     out = {"zero_shot": [float(p == t.label) for p, t in
-                         zip(classify(lm, [render([], t.text) for t in test], labels), test)]}
+                         zip(classify(lm, [render([], t.text) for t in test], labels, calibrate=calibrate), test)]}
     for mode in modes:
-        preds = classify(lm, build_prompts(train, test, labels, k, mode, seed), labels)
+        preds = classify(lm, build_prompts(train, test, labels, k, mode, seed), labels, calibrate=calibrate)
         out[mode] = [float(p == t.label) for p, t in zip(preds, test)]
     return out
 

@@ -72,6 +72,7 @@ class Config:
     ape_generated: int = 4  # instructions the model proposes (besides prompting.SEED_INSTRUCTIONS)
     rl_group: int = 4  # RL prompt search: prompts per GRPO step
     rl_batch: int = 4  # RL prompt search: dev items per step (steps are set so calls ~ APE's)
+    instruction_at: str = "end"  # where APE / RL put an instruction: "end" (the world's own place) or "start"
     judge_pairs: int = 40
     judge_words: int = 30  # responses are clipped to this many words so the judge prompt fits the context
     wrong_label_k: int = 4  # demonstrations per prompt
@@ -602,14 +603,22 @@ def _task_prompts(task: Task, rows: list[dict], style: str = "direct") -> list[s
     return [styled.build_prompt(r) for r in rows]
 
 
+def _place(cfg: Config):
+    from genforge.eval import prompting
+
+    if cfg.instruction_at not in ("start", "end"):
+        from genforge.errors import ConfigError
+        raise ConfigError(f"eval.instruction_at={cfg.instruction_at!r}: choose 'start' or 'end'")
+    return prompting.instruction_after if cfg.instruction_at == "end" else prompting.with_instruction
+
+
 def _instruction_scores(lm: GenforgeLM, task: Task, rows: list[dict], instructions: list[str], cfg: Config,
                         gen: CountingGen) -> dict[str, list[float]]:
     """{instruction: per-row score} with the instruction prefixed to the trained (direct) prompt, greedy."""
-    from genforge.eval import prompting
     from genforge.eval.score import score_outputs
 
     prompts = _task_prompts(task, rows)
-    asks = [prompting.with_instruction(ins, p) for ins in instructions for p in prompts]
+    asks = [_place(cfg)(ins, p) for ins in instructions for p in prompts]
     outs = [o[0] for o in gen(asks, max_new_tokens=cfg.short_tokens, temperature=0.0, stop=(), n=1, seed=None)]
     n = len(rows)
     return {ins: score_outputs(task.name, rows, outs[k * n:(k + 1) * n]).items for k, ins in enumerate(instructions)}
@@ -637,7 +646,7 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
     ape_gen = CountingGen(lm.generate)
     ape = prompting.prompt_search(
         ape_gen, dev, lambda o, ex: score_outputs(task.name, [{"answer": ex.answer, "task": task.name}], [o]).score,
-        n_generated=cfg.ape_generated, max_new_tokens=cfg.short_tokens, seed=ctx.seed)
+        n_generated=cfg.ape_generated, max_new_tokens=cfg.short_tokens, seed=ctx.seed, place=_place(cfg))
     hand_dev = next(c["score"] for c in ape["candidates"] if c["instruction"] == "")
     # RL: minibatches of the same dev rows, cycling; the budget in model calls is set to about APE's
     rl_gen = CountingGen(lm.generate)
@@ -707,13 +716,19 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                 + "\n".join(lines))
     first = next(iter(res))
     s = res[first]
+    correct = bootstrap_proportion(s["correct"])
+    # "random labels cost little" is hollow when correct labels do no better than chance (0 vs 0 would "hold"):
+    # then the claim is untestable and recorded as not holding (target -1 cannot be beaten)
+    testable = correct.low > chance
     report.lesson(f"random demonstration labels cost little (correct minus random <= 0.10; Min et al. 2022; {first})",
-                  ("accuracy, random labels", bootstrap_proportion(s["random"])),
-                  ("accuracy, correct labels", bootstrap_proportion(s["correct"])),
-                  effect=bootstrap_diff(s["correct"], s["random"], paired=True), target=0.10, direction="below",
-                  note=f"same {len(test)} test names and demonstration inputs, only the labels differ. Meaningful only "
-                       f"where correct labels beat chance ({chance:.2f}); flipped labels: "
-                       f"{sum(s['flipped']) / len(test):.2f}")
+                  ("accuracy, random labels", bootstrap_proportion(s["random"])), ("accuracy, correct labels", correct),
+                  effect=bootstrap_diff(s["correct"], s["random"], paired=True), target=0.10 if testable else -1.0,
+                  direction="below",
+                  note=f"same {len(test)} test names and demonstration inputs, only the labels differ; label "
+                       f"log-likelihood with contextual calibration (Zhao et al. 2021); flipped labels: "
+                       f"{sum(s['flipped']) / len(test):.2f}"
+                       + ("" if testable else f"; correct labels do not beat chance ({chance:.2f}) here, so the claim "
+                                              "cannot be tested at this scale"))
     if len(res) > 1:
         size = {m: sum(x.numel() for x in models[m].model.parameters()) for m in res}
         small, large = min(res, key=size.get), max(res, key=size.get)
@@ -760,7 +775,8 @@ def variants_lesson(ctx: StageContext, report: StageReport, models: dict[str, Ge
             deltas[m].append(d.estimate)
             cells.append(_ci(d))
         lines.append(f"| {VARIANTS[v][1]} | " + " | ".join(cells) + " |")
-    report.note(f"**Prompt variants** on {task.name} (the chain-of-thought phrasing plus each variant; {len(rows)} "
+    report.note(f"**Prompt variants** on {task.name} (the world's {cfg.variant_style} phrasing plus each variant; "
+                f"{len(rows)} "
                 "test items, greedy; accuracy minus the plain prompt's, paired bootstrap). Most variants were found on "
                 "large instruction-tuned models; an interval around 0 is the lesson that a prompt trick belongs to a "
                 "model, not to the task:\n\n" + "\n".join(lines))

@@ -51,7 +51,7 @@ def copier(context: str, continuation: str) -> float:
 
 def test_a_model_that_follows_demonstrations_drops_under_flipped_labels():
     test = [LabeledItem(f"p{i}x", "person") for i in range(8)] + [LabeledItem(f"t{i}x", "town") for i in range(8)]
-    s = wrong_label_scores(StubLM(score=copier), DEMOS, test, LABELS, k=4)
+    s = wrong_label_scores(StubLM(score=copier), DEMOS, test, LABELS, k=4, calibrate=False)
     mean = {k: sum(v) / len(v) for k, v in s.items()}
     assert mean["correct"] == 1.0 and mean["flipped"] == 0.0 and 0.0 < mean["random"] < 1.0
     assert mean["zero_shot"] == 0.5
@@ -64,3 +64,17 @@ def test_entity_type_items_are_balanced_and_disjoint():
     assert {t.text for t in train}.isdisjoint({t.text for t in test})
     assert sorted({t.label for t in test}) == ["object", "person", "town"]
     assert sum(t.label == "town" for t in test) == sum(t.label == "person" for t in test) == 6
+
+
+def test_contextual_calibration_removes_a_label_prior():
+    """A stub with a strong prior for "person" and a weak input signal (names starting with t are towns)."""
+    def biased(context: str, continuation: str) -> float:
+        query = context.rsplit("Input: ", 1)[1].split("\n")[0]
+        prior = 0.0 if continuation.strip() == "person" else -5.0
+        signal = 1.0 if (query.startswith("t") == (continuation.strip() == "town")) else 0.0
+        return prior + signal
+
+    test = [LabeledItem(f"p{i}x", "person") for i in range(5)] + [LabeledItem(f"t{i}x", "town") for i in range(5)]
+    raw = wrong_label_scores(StubLM(score=biased), DEMOS, test, LABELS, calibrate=False)
+    cal = wrong_label_scores(StubLM(score=biased), DEMOS, test, LABELS, calibrate=True)
+    assert sum(raw["correct"]) / 10 == 0.5 and sum(cal["correct"]) / 10 == 1.0
