@@ -59,6 +59,7 @@ class Outputs:
     curves: dict[str, dict[str, list[float]]]  # run -> probe -> accuracy per probe point
     tokens: list[int]  # tokens seen at each probe point
     final: dict[str, dict[str, float]]  # run -> probe -> final accuracy
+    checkpoint: str = ""  # the model trained with the full mix (a smaller pretrained model for eval's size rows)
 
 
 # ---- probes --------------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ def train_with_probes(ctx: StageContext, cfg: Config, tok, docs: list[str], prob
     Returns {"tokens": [...], probe name: [accuracy...], "items": {probe: final per-item list}}."""
     import torch
 
+    from genforge.checkpoint import write_checkpoint_files
     from genforge.eval.lm import GenforgeLM
     from genforge.model.gpt import GPT, GPTConfig
     from genforge.train.losses import lm_loss
@@ -223,9 +225,14 @@ def train_with_probes(ctx: StageContext, cfg: Config, tok, docs: list[str], prob
     with torch.no_grad():
         probe(model)
     model.train()
+
+    def save_fn(folder: Path) -> None:  # a checkpoint folder like any other (the eval stage reuses it)
+        write_checkpoint_files(folder, model, tok, {"depth": cfg.depth, "steps": cfg.steps}, {"stage": NAME})
+
     Trainer(model, tcfg, lm_loss, WindowSource(ids, cfg.seq_len, cfg.micro_batch, ctx.seed), out, eval_fn=probe,
-            default_lr=model.config.default_lr(), name=NAME).fit()
+            save_fn=save_fn, default_lr=model.config.default_lr(), name=NAME).fit()
     curve["train_tokens"] = len(ids)
+    curve["checkpoint"] = str(out / "checkpoint")
     return curve
 
 
@@ -301,7 +308,8 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.row("datalessons stage seconds", round(time.perf_counter() - t0, 1), None,
                f"CPU {time.process_time() - cpu0:.0f} s; {len(runs)} pretraining runs of {cfg.steps} steps")
     return Outputs(curves={k: {p: v[p] for p in probes} for k, v in curves.items()}, tokens=tokens,
-                   final={k: {p: v[p][-1] for p in probes} for k, v in curves.items()})
+                   final={k: {p: v[p][-1] for p in probes} for k, v in curves.items()},
+                   checkpoint=main["checkpoint"])
 
 
 def _share_of_final_gain(curve: list[float], at: int) -> float:

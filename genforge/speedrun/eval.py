@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genforge.report import StageReport
-from genforge.speedrun import align, clean, sft, world
+from genforge.speedrun import align, clean, datalessons, sft, world
 from genforge.speedrun.stage import StageContext
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class CountingGen:
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, clean: clean.Outputs,
-        sft: sft.Outputs, align: align.Outputs) -> Outputs:
+        sft: sft.Outputs, align: align.Outputs, datalessons: datalessons.Outputs) -> Outputs:
     """Direct scores, prompting lessons, in-context learning, multiple choice, needle grid, contamination."""
     from genforge.checkpoint import load_checkpoint
     from genforge.eval.harness import EvalConfig
@@ -158,8 +158,9 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     _contamination(report, tasks, ecfg, out)
     instructions = {}
     if cfg.lessons19:
+        smaller = [datalessons.checkpoint] if datalessons.checkpoint else []
         instructions = issue19_lessons(ctx, report, cfg, lm, base_lm, by_task, direct, world.dir, clean.clean,
-                                       getattr(align, cfg.aligned, ""), out)
+                                       getattr(align, cfg.aligned, ""), smaller, out)
     report.row("eval stage seconds (wall)", round(time.perf_counter() - t0, 1),
                note=f"all of the above; CPU {time.process_time() - cpu0:.0f} s")
     return Outputs(checkpoint=sft.checkpoint, direct={t: v["score"] for t, v in direct["tasks"].items()},
@@ -168,7 +169,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
 
 def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: GenforgeLM, base_lm: GenforgeLM,
                     tasks: dict[str, Task], direct: dict, world_dir: str, corpus: str, aligned: str,
-                    out: Path) -> dict[str, str]:
+                    smaller: list[str], out: Path) -> dict[str, str]:
     """The prompting and evaluation rows of issue 19, each timed (CPU seconds in the last row)."""
     from genforge.checkpoint import load_checkpoint
     from genforge.eval.lm import GenforgeLM
@@ -194,13 +195,16 @@ def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: Gen
     if cfg.cot_prompt_task in tasks:
         timed("CoT prompting", cot_prompting_lesson, report, lm, tasks[cfg.cot_prompt_task], cfg, out)
     timed("judge", judge_lesson, report, lm, world_dir, cfg, ctx.seed, out)
-    bases = {"pretrained": base_lm}
-    for p in cfg.wrong_label_models:
+    def millions(m) -> str:
+        return f"{sum(x.numel() for x in m.parameters()) / 1e6:.2f} M"
+
+    bases = {f"pretrained ({millions(base_lm.model)})": base_lm}
+    # more sizes: the data lessons' smaller model (same corpus, fewer steps) and any checkpoints the config names
+    for p in list(smaller) + list(cfg.wrong_label_models):
         path = Path(p) if Path(p).is_absolute() else Path(ctx.run_dir) / p
         if (path / "config.json").exists():
             m, t, _ = load_checkpoint(path)
-            bases[f"{path.parent.name}/{path.name} ({sum(x.numel() for x in m.parameters()) / 1e6:.1f} M)"] = \
-                GenforgeLM(m, t, chat=False)
+            bases[f"{path.parent.parent.name}/{path.parent.name} ({millions(m)})"] = GenforgeLM(m, t, chat=False)
     timed("wrong labels", wrong_labels_lesson, report, bases, world_dir, cfg, ctx.seed, out)
     timed("contamination by asking", contamination_lesson, report, base_lm, world_dir, corpus, cfg, out)
     fb = timed("false belief", tom_lesson, report, {"SFT": lm, "pretrained": base_lm}, world_dir, corpus, cfg,

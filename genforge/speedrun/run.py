@@ -33,7 +33,7 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, eval, datalessons, engine,
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, datalessons, eval, engine,
                                   rag, agents, image)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 

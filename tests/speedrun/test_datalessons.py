@@ -55,3 +55,17 @@ def test_corpus_arms_and_windows():
     b1, b2 = src.get_batch(3, 0, 0, 1), src.get_batch(3, 0, 0, 1)
     assert (b1["input_ids"] == b2["input_ids"]).all() and b1["input_ids"].shape == (4, 16)
     assert (b1["labels"][:, :-1] == b1["input_ids"][:, 1:]).all()
+
+
+def test_train_with_probes_records_a_curve_and_a_checkpoint(tiny_tokenizer, tmp_path):
+    from genforge.checkpoint import load_checkpoint
+    from genforge.speedrun.datalessons import Config, train_with_probes
+    from genforge.speedrun.stage import StageContext
+
+    cfg = Config(steps=4, eval_every=2, micro_batch=2, seq_len=32)
+    docs = corpus_docs("smoke", 0, 60, True)
+    probes = {"const": lambda lm: [1.0, 0.0]}
+    curve = train_with_probes(StageContext(tmp_path), cfg, tiny_tokenizer, docs, probes, tmp_path / "run")
+    assert curve["tokens"] == [0, 2 * 2 * 32, 4 * 2 * 32] and curve["const"] == [0.5] * 3
+    model, tok, _ = load_checkpoint(curve["checkpoint"])
+    assert model.config.depth == cfg.depth
