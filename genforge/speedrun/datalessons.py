@@ -268,18 +268,13 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
               "What pretraining teaches first", "tokens seen", "minimal-pair / option accuracy")
     report.plot("plots/datalessons_curves.png", f"Probe accuracy over pretraining tokens (depth-{cfg.depth} model, "
                 f"{cfg.probe_pairs} pairs per probe; chance 0.5 for pairs)")
-    # language saturates early: its gain after the first probe point past step 0 is smaller than knowledge's
-    early = 1  # the first probe after step 0
-    report.row("probe accuracy at the first probe point vs the end (language / knowledge)",
-               f"{main['language'][early]:.2f} -> {main['language'][-1]:.2f} / "
-               f"{main['knowledge'][early]:.2f} -> {main['knowledge'][-1]:.2f}", None,
-               f"after {tokens[early]:,} and {tokens[-1]:,} tokens")
-    lang_frac = _share_of_final_gain(main["language"], early)
-    know_frac = _share_of_final_gain(main["knowledge"], early)
-    report.row("share of the final gain over step 0 reached at the first probe point (language vs knowledge)",
-               f"{lang_frac:.2f} vs {know_frac:.2f}", None,
-               "language knowledge is expected to get there first; a share is undefined (nan) when a probe never "
-               "rose above its step-0 value")
+    mid = len(tokens) // 2
+    for probe in ("language", "knowledge", "reasoning"):
+        c = main[probe]
+        report.row(f"{probe} probe accuracy: step 0 -> {tokens[mid]:,} tokens -> {tokens[-1]:,} tokens",
+                   f"{c[0]:.2f} -> {c[mid]:.2f} -> {c[-1]:.2f}", None,
+                   "saturated by mid-training" if c[-1] - c[mid] < 0.02 and c[mid] - c[0] > 0.1 else
+                   "still rising in the second half" if c[-1] - c[mid] >= 0.02 else "no clear rise")
     lang_end, know_end = main["items"]["language"], main["items"]["knowledge"]
     report.lesson("language knowledge is learned before world knowledge (language pairs more accurate than fact pairs "
                   "at the end of a short pretraining)",
@@ -310,11 +305,6 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     return Outputs(curves={k: {p: v[p] for p in probes} for k, v in curves.items()}, tokens=tokens,
                    final={k: {p: v[p][-1] for p in probes} for k, v in curves.items()},
                    checkpoint=main["checkpoint"])
-
-
-def _share_of_final_gain(curve: list[float], at: int) -> float:
-    gain = curve[-1] - curve[0]
-    return (curve[at] - curve[0]) / gain if gain > 0 else float("nan")
 
 
 def _tuned_vs_larger(ctx: StageContext, cfg: Config, report: StageReport, items) -> None:

@@ -67,6 +67,7 @@ class Config:
     lesson_limit: int = 60  # test items for those rows
     short_tokens: int = 48  # generation budget of a direct answer (APE, RL search, variants, tuned few-shot)
     prompt_task: str = "coin_flip"  # the task of APE, RL prompt search, prompt variants and tuned few-shot
+    transfer_task: str = "date_arithmetic"  # the held-out task family APE's instruction is carried to
     cot_prompt_task: str = "coin_flip"  # zero-shot vs few-shot chain of thought
     ape_dev: int = 16  # dev items APE and the RL search score candidates on
     ape_generated: int = 4  # instructions the model proposes (besides prompting.SEED_INSTRUCTIONS)
@@ -190,7 +191,8 @@ def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: Gen
     found: dict[str, str] = {}
     if pt is not None:
         timed("tuned few-shot", tuned_fewshot_lesson, report, lm, pt, cfg, out)
-        found = timed("prompt search", prompt_search_lessons, ctx, report, lm, pt, cfg, out)
+        found = timed("prompt search", prompt_search_lessons, ctx, report, lm, pt, cfg, out,
+                      tasks.get(cfg.transfer_task))
         timed("variants", variants_lesson, ctx, report, models, pt, cfg, out)
     if cfg.cot_prompt_task in tasks:
         timed("CoT prompting", cot_prompting_lesson, report, lm, tasks[cfg.cot_prompt_task], cfg, out)
@@ -629,7 +631,7 @@ def _instruction_scores(lm: GenforgeLM, task: Task, rows: list[dict], instructio
 
 
 def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM, task: Task, cfg: Config,
-                          out: Path) -> dict[str, str]:
+                          out: Path, transfer: Task | None = None) -> dict[str, str]:
     """APE (Zhou et al. 2023) and RL prompt search (`eval.rl_prompt`) at about the same number of model calls, on
     the dev split; then the found instructions vs the hand-written prompt (the world's own, no extra instruction)
     on held-out test items. Returns {"ape": instruction, "rl": instruction}."""
@@ -679,6 +681,13 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
                        f"{len(ape['candidates'])} candidates ({cfg.ape_generated} proposed by the model from solved "
                        f"examples); {ape_gen.calls} model calls; held-out n={len(hand)}. A tie means the "
                        "hand-written prompt won on dev: the model was tuned on exactly that phrasing")
+    if transfer is not None and ape["best"]:
+        rows = transfer.load(cfg.lesson_limit)
+        t = _instruction_scores(lm, transfer, rows, ["", ape["best"]], cfg, CountingGen(lm.generate))
+        report.row(f"APE's instruction transferred to the held-out task family ({transfer.name}), minus hand-written",
+                   _ci(bootstrap_diff(t[ape["best"]], t[""], paired=True)), None,
+                   f"accuracy {sum(t[ape['best']]) / len(rows):.3f} vs {sum(t['']) / len(rows):.3f}; found on "
+                   f"{task.name}, never searched on {transfer.name}; n={len(rows)}")
     for name, ins in (("RL search, best-rewarded", rl["best"]), ("RL search, most likely", rl["greedy"])):
         report.row(f"{name} instruction minus hand-written, held-out ({task.name})",
                    _ci(bootstrap_diff(test[ins], hand, paired=True)), None,

@@ -59,12 +59,14 @@ def test_prompt_search_finds_the_instruction_the_model_needs(tasks, tmp_path):
     cfg = ev.Config(lesson_limit=12, ape_dev=8, ape_generated=2, rl_group=4, rl_batch=2)
     rep = StageReport("eval", "t")
     found = ev.prompt_search_lessons(StageContext(tmp_path), rep, needs(tasks, "step by step"), tasks["coin_flip"],
-                                     cfg, tmp_path)
+                                     cfg, tmp_path, transfer=tasks["date_arithmetic"])
     (ape,) = [les for les in rep.lessons if les.claim.startswith("APE")]
     assert "step by step" in found["ape"] and ape.holds and ape.effect == pytest.approx(1.0)
     data = json.loads((tmp_path / "prompt_search.json").read_text())
     assert data["rl_calls"] <= data["ape_calls"] + cfg.rl_group * cfg.rl_batch  # about equal model calls
     assert (tmp_path / "plots" / "rl_prompt_search.png").exists()
+    assert any(r.metric.startswith("APE's instruction transferred") for r in rep.rows)
+    assert any(r.metric.startswith("RL search, best-rewarded") for r in rep.rows)
 
 
 def test_variants_table_shows_the_variant_that_helps(tasks, tmp_path):
