@@ -12,6 +12,15 @@ Every compared arm scores the SAME test items, so each lesson is a paired bootst
 - needle in a haystack within the trained context and beyond it (the heatmap), on the chat model (SFT trains on
   the world's needle rows: the pretrained model copies nothing from its context) or, as a cloze, the pretrained one;
 - contamination of the eval items against the training corpus.
+Issue 19's rows (`issue19_lessons`, each on a small fixed subsample so the stage stays cheap at tiny):
+- few-shot vs zero-shot on the tuned model; zero-shot CoT ("Let's think step by step") vs few-shot CoT;
+- the tuned model as an LLM judge: agreement with the world's oracle, position and length bias;
+- prompt search: APE (the model proposes instructions from solved examples) and RL (a phrase policy trained with
+  GRPO, `eval.rl_prompt`) at about equal model calls, carried to held-out items and a held-out task family;
+- wrong-label demonstrations (correct / random / flipped) for two pretrained sizes (the data lessons' small model);
+- prompt variants (`eval.variants`) on the SFT and an aligned model, a table of paired deltas;
+- contamination by asking (items planted in the corpus by `world.tom.plant`), false belief with unseen names,
+  a BIG-bench-style composite suite, and diversity (distinct-n, self-BLEU) vs temperature and alignment.
 Direct scores of every task go through `genforge.eval.score` (the SFT and align sections' path).
 """
 
