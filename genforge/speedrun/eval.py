@@ -98,7 +98,6 @@ class Config:
     tom_items: int = 60  # false-belief items (a third each: false belief, true belief, reality)
     composite_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter",
                                                                 "date_arithmetic", "multiple_choice"])
-    composite_chance: dict[str, float] = field(default_factory=lambda: {"coin_flip": 0.5})  # low anchors
     div_prompts: int = 12
     div_samples: int = 4
     div_tokens: int = 48
@@ -220,7 +219,7 @@ def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: Gen
     timed("contamination by asking", contamination_lesson, report, base_lm, world_dir, corpus, cfg, out)
     fb = timed("false belief", tom_lesson, report, {"SFT": lm, "pretrained": base_lm}, world_dir, corpus, cfg,
                ctx.seed, out)
-    composite_lesson(report, direct, {"false_belief": (fb, 0.5)} if fb else {}, cfg)
+    composite_lesson(report, direct, tasks, {"false_belief": (fb, 0.5)} if fb else {}, cfg)
     timed("diversity", diversity_lesson, ctx, report, models, world_dir, cfg, out)
     report.row("issue-19 rows: CPU seconds per part", round(sum(cpu.values()), 1), None,
                ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
@@ -900,8 +899,14 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
     return by_kind["false_belief"]
 
 
-def composite_lesson(report: StageReport, direct: dict, extra: dict[str, tuple[list[float], float]],
-                     cfg: Config) -> None:
+def _answer_chance(task: Task) -> float:
+    """Chance accuracy of a generative task with a small closed answer set (coin flip: yes / no -> 0.5), else 0."""
+    answers = {str(r.get("answer", "")).strip().lower() for r in task.load()}
+    return 1 / len(answers) if 1 < len(answers) <= 4 else 0.0
+
+
+def composite_lesson(report: StageReport, direct: dict, tasks: dict[str, Task],
+                     extra: dict[str, tuple[list[float], float]], cfg: Config) -> None:
     """A BIG-bench-style suite over the world's skills: per-task scores normalised between chance and 1, equal task
     weights, one interval over all items."""
     from genforge.eval.composite import composite_items
@@ -913,7 +918,7 @@ def composite_lesson(report: StageReport, direct: dict, extra: dict[str, tuple[l
         if t is None:
             continue
         items[name] = [float(x) for x in t["items"]]
-        low[name] = sum(t["chance"]) / len(t["chance"]) if "chance" in t else cfg.composite_chance.get(name, 0.0)
+        low[name] = sum(t["chance"]) / len(t["chance"]) if "chance" in t else _answer_chance(tasks[name])
     for name, (vals, chance) in extra.items():
         items[name], low[name] = vals, chance
     if not items:
