@@ -144,18 +144,35 @@ def reproduced_share(output: str, rest: Sequence[str], m: int) -> float:
     return k / len(target)
 
 
+def lcs_share(output: str, rest: Sequence[str], m: int) -> float:
+    """Longest common subsequence (in words) of `output` and the first m words of `rest`, over m: how much of the
+    true continuation comes back in order, even when a word is missed (a small model's partial recall; the
+    ROUGE-L recall of the continuation). Words a template predicts count for clean items too, so compare with them."""
+    target, got = list(rest[:m]), output.split()[:2 * m]
+    if not target:
+        return 0.0
+    prev = [0] * (len(got) + 1)
+    for t in target:
+        cur = [0]
+        for j, g in enumerate(got):
+            cur.append(prev[j] + 1 if t == g else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1] / len(target)
+
+
 def ask_reproduction(lm, texts: Sequence[str], *, prefix_share: float = 0.5, words: int = 12,
                      max_new_tokens: int = 48) -> list[dict]:
-    """Prompt with each text's start (greedy) and score how much of its next `words` words come back verbatim.
+    """Prompt with each text's start (greedy) and score how much of its next `words` words come back.
 
     lm: anything with `generate` (a pretrained model: no chat template, it continues text). Returns per text
-    {"prompt", "rest", "output", "reproduced" (share, see `reproduced_share`), "verbatim" (1.0 when all `words`)}.
+    {"prompt", "rest", "output", "reproduced" (in-order share, `lcs_share`), "prefix" (verbatim share from the
+    start, `reproduced_share`), "verbatim" (1.0 when all `words` come back exactly)}.
     """
     prompts, rests = zip(*[split_item(t, prefix_share) for t in texts]) if texts else ((), ())
     outs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=0.0, stop=(), n=1)
     res = []
     for p, rest, o in zip(prompts, rests, outs):
         share = reproduced_share(o[0], rest, words)
-        res.append({"prompt": p, "rest": " ".join(rest[:words]), "output": o[0], "reproduced": share,
-                    "verbatim": float(share >= 1.0)})
+        res.append({"prompt": p, "rest": " ".join(rest[:words]), "output": o[0],
+                    "reproduced": lcs_share(o[0], rest, words), "prefix": share, "verbatim": float(share >= 1.0)})
     return res

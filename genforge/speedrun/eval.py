@@ -94,7 +94,8 @@ class Config:
     variant_limit: int = 40
     variant_style: str = "direct"  # the world phrasing the variants extend ("direct" keeps answers short)
     aligned: str = "dpo"  # the aligned model of the variants and diversity rows (a field of align's Outputs)
-    contam_words: int = 8  # contamination by asking: words of the continuation compared
+    contam_words: int = 12  # contamination by asking: words of the continuation compared
+    contam_ngram: int = 13  # n of the n-gram check beside it (GPT-3's 13; shorter n-grams match the family's template)
     tom_items: int = 60  # false-belief items (a third each: false belief, true belief, reality)
     composite_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter",
                                                                 "date_arithmetic", "multiple_choice"])
@@ -832,20 +833,21 @@ def contamination_lesson(report: StageReport, base_lm: GenforgeLM, world_dir: st
     p = ask_reproduction(base_lm, [r["text"] for r in planted], words=cfg.contam_words)
     c = ask_reproduction(base_lm, [r["text"] for r in clean], words=cfg.contam_words)
     pr, cr = [x["reproduced"] for x in p], [x["reproduced"] for x in c]
-    idx = NgramIndex.from_files([corpus], n=cfg.ngram)
+    idx = NgramIndex.from_files([corpus], n=cfg.contam_ngram)
     flag_p = check_contamination([r["text"] for r in planted], idx)["rate"]
     flag_c = check_contamination([r["text"] for r in clean], idx)["rate"]
     write_json(out / "contamination_asking.json", {"planted": p, "clean": c, "ngram_flagged": [flag_p, flag_c]})
     report.lesson("asking reveals contamination: the pretrained model continues planted test items verbatim more "
                   "than clean ones",
-                  (f"share of the next {cfg.contam_words} words reproduced, planted items", sum(pr) / len(pr)),
+                  (f"share of the next {cfg.contam_words} words reproduced in order, planted items",
+                   sum(pr) / len(pr)),
                   ("clean items of the same family", sum(cr) / len(cr)),
                   effect=bootstrap_diff(pr, cr, paired=False), target=0.0,
                   note=f"{len(planted)} false-belief items each planted in several corpus documents vs {len(clean)} "
-                       f"never shown; greedy continuation of the first half. Verbatim: "
+                       f"never shown; greedy continuation of the first half; template words count for both. Verbatim: "
                        f"{_ci(bootstrap_proportion([x['verbatim'] for x in p]))} vs "
-                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in c]))}. The {cfg.ngram}-gram check, which "
-                       f"needs the corpus, flags {flag_p:.0%} vs {flag_c:.0%}; asking needs only the model")
+                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in c]))}. The {cfg.contam_ngram}-gram "
+                       f"check (it needs the corpus) flags {flag_p:.0%} vs {flag_c:.0%}; asking needs the model")
 
 
 def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, corpus: str, cfg: Config, seed: int,

@@ -85,14 +85,16 @@ def planted_items(seed: int, n: int = 16) -> tuple[list[dict], list[dict]]:
     return planted, clean
 
 
-def plant(clean_docs: list[str], out_dir: str | Path, seed: int, n: int = 16, copies: int = 4,
+def plant(clean_docs: list[str], out_dir: str | Path, seed: int, n: int = 12, copies: int = 6,
           max_share: float = 0.02) -> dict:
     """Append each planted item to `copies` different clean documents (in place) and write
     `contamination.jsonl` ({"split": "planted" | "clean", "text", ...} rows) beside the corpus.
 
     Appending rather than adding documents keeps the corpus's document count, order and dedup labels unchanged,
     and the host documents differ, so dedup does not collapse the copies. n * copies documents change, at most
-    `max_share` of them (64 of the tiny world's 9,000: 0.7 %).
+    `max_share` of them (72 of the tiny world's 9,000: 0.8 %). Six copies over ~5 epochs of pretraining give ~30
+    exposures per item (measured: with four copies, a 300-step, 1.7-epoch tiny model reproduced planted items no
+    better than clean ones).
     """
     n = max(1, min(n, int(len(clean_docs) * max_share) // copies))  # at most max_share of the documents change
     rng = random.Random(f"tom-plant-{seed}")

@@ -1,4 +1,4 @@
-from genforge.eval.contamination import ask_reproduction, reproduced_share, split_item
+from genforge.eval.contamination import ask_reproduction, lcs_share, reproduced_share, split_item
 from genforge.eval.lm import StubLM
 
 SEEN = ["Ysolde and Quenby are in the attic. Ysolde puts the acorn in the drawer. Ysolde leaves the attic.",
@@ -21,6 +21,9 @@ def test_split_and_share():
     assert reproduced_share("c d e", ["c", "d"], 2) == 1.0
     assert reproduced_share("c x", ["c", "d"], 2) == 0.5
     assert reproduced_share("", ["c"], 5) == 0.0
+    # in-order overlap: "a x c d" keeps a, c, d of "a b c d" (3 of 4); order matters ("d c" keeps 1 of 2)
+    assert lcs_share("a x c d", "a b c d".split(), 4) == 0.75
+    assert lcs_share("d c", ["c", "d"], 2) == 0.5 and lcs_share("zzz", ["c"], 1) == 0.0
 
 
 def test_memorised_items_come_back_and_clean_ones_do_not():
