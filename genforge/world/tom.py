@@ -101,7 +101,8 @@ def plant(clean_docs: list[str], out_dir: str | Path, seed: int, n: int = 12, co
     planted, clean = planted_items(seed, n)
     hosts = rng.sample(range(len(clean_docs)), min(len(clean_docs), n * copies))
     for k, doc in enumerate(hosts):
-        clean_docs[doc] = f"{clean_docs[doc]}\n\n{planted[k % len(planted)]['text']}"
+        # one newline: corpus.txt separates documents by a blank line, so none may contain one
+        clean_docs[doc] = f"{clean_docs[doc]}\n{planted[k % len(planted)]['text']}"
     rows = [{"split": "planted", **it} for it in planted] + [{"split": "clean", **it} for it in clean]
     write_jsonl(Path(out_dir) / "contamination.jsonl", rows)
     return {"planted": len(planted), "clean": len(clean), "host_documents": len(hosts)}
