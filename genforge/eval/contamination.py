@@ -1,6 +1,10 @@
 """Contamination check: do eval items appear in the training corpus?
 
-Word n-gram overlap, as in GPT-3 (Brown et al. 2020, appendix C: 13-grams of normalised words).
+Two ways. By looking: word n-gram overlap, as in GPT-3 (Brown et al. 2020, appendix C: 13-grams of
+normalised words). By asking (`ask_reproduction`), when the corpus is not available: prompt the model with the
+start of an item and see whether it continues with the item's exact rest (Carlini et al. 2021's extraction
+test; Golchin & Surdeanu 2023, "Time travel in LLMs", guided instruction). A model reproduces text it saw,
+especially text it saw several times, and cannot reproduce unseen items beyond what their template predicts.
 Each eval item's n-grams are looked up in an index of the corpus's n-grams; an item is flagged
 when any of them matches (or a share above `min_overlap`), and listed with its overlap ratio
 (matched / total n-grams). Items shorter than n words cannot form an n-gram; they are flagged
@@ -116,3 +120,59 @@ def check_contamination(items: Sequence[dict | str], index: NgramIndex, *,
     flagged.sort(key=lambda f: -f["overlap"])
     return {"n": index.n, "n_items": len(items), "n_flagged": len(flagged),
             "rate": len(flagged) / len(items) if items else 0.0, "per_task": per_task, "flagged": flagged}
+
+
+# ---- contamination by asking ---------------------------------------------------------------------------
+
+def split_item(text: str, prefix_share: float = 0.5) -> tuple[str, list[str]]:
+    """(the item's first `prefix_share` of whitespace words as the prompt, the remaining words)."""
+    ws = text.split()
+    k = max(1, min(len(ws) - 1, round(len(ws) * prefix_share)))
+    return " ".join(ws[:k]), ws[k:]
+
+
+def reproduced_share(output: str, rest: Sequence[str], m: int) -> float:
+    """Share of the first m words of `rest` that `output` reproduces verbatim, in order from the start
+    (the longest common word prefix / m): 1.0 is a verbatim continuation."""
+    target = list(rest[:m])
+    if not target:
+        return 0.0
+    got = output.split()
+    k = 0
+    while k < len(target) and k < len(got) and got[k] == target[k]:
+        k += 1
+    return k / len(target)
+
+
+def lcs_share(output: str, rest: Sequence[str], m: int) -> float:
+    """Longest common subsequence (in words) of `output` and the first m words of `rest`, over m: how much of the
+    true continuation comes back in order, even when a word is missed (a small model's partial recall; the
+    ROUGE-L recall of the continuation). Words a template predicts count for clean items too, so compare with them."""
+    target, got = list(rest[:m]), output.split()[:2 * m]
+    if not target:
+        return 0.0
+    prev = [0] * (len(got) + 1)
+    for t in target:
+        cur = [0]
+        for j, g in enumerate(got):
+            cur.append(prev[j] + 1 if t == g else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1] / len(target)
+
+
+def ask_reproduction(lm, texts: Sequence[str], *, prefix_share: float = 0.5, words: int = 12,
+                     max_new_tokens: int = 48) -> list[dict]:
+    """Prompt with each text's start (greedy) and score how much of its next `words` words come back.
+
+    lm: anything with `generate` (a pretrained model: no chat template, it continues text). Returns per text
+    {"prompt", "rest", "output", "reproduced" (in-order share, `lcs_share`), "prefix" (verbatim share from the
+    start, `reproduced_share`), "verbatim" (1.0 when all `words` come back exactly)}.
+    """
+    prompts, rests = zip(*[split_item(t, prefix_share) for t in texts]) if texts else ((), ())
+    outs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=0.0, stop=(), n=1)
+    res = []
+    for p, rest, o in zip(prompts, rests, outs):
+        share = reproduced_share(o[0], rest, words)
+        res.append({"prompt": p, "rest": " ".join(rest[:words]), "output": o[0],
+                    "reproduced": lcs_share(o[0], rest, words), "prefix": share, "verbatim": float(share >= 1.0)})
+    return res

@@ -317,6 +317,12 @@ def with_instruction(instruction: str, prompt: str) -> str:
     return f"{instruction.strip()}\n{prompt}" if instruction.strip() else prompt
 
 
+def instruction_after(instruction: str, prompt: str) -> str:
+    """The instruction as the prompt's last line (where instruction-tuned data often puts it: "...\nThink step by
+    step."); a small model attends mostly to the end of its prompt, so this is where an instruction can act."""
+    return f"{prompt.rstrip()}\n{instruction.strip()}" if instruction.strip() else prompt
+
+
 def propose_instructions(gen: GenerateFn, demos: Sequence[Example], n: int = 4, *, temperature: float = 0.9,
                          seed: int | None = 0, max_new_tokens: int = 32) -> list[str]:
     """Ask the model to infer the instruction behind solved examples (APE's forward template)."""
@@ -327,16 +333,18 @@ def propose_instructions(gen: GenerateFn, demos: Sequence[Example], n: int = 4, 
 
 def prompt_search(gen: GenerateFn, dev: Sequence[Example], score: Callable[[str, Example], float], *,
                   seed_instructions: Sequence[str] = SEED_INSTRUCTIONS, n_generated: int = 4,
-                  demos: int = 3, max_new_tokens: int = 64, seed: int | None = 0) -> dict:
+                  demos: int = 3, max_new_tokens: int = 64, seed: int | None = 0,
+                  place: Callable[[str, str], str] = with_instruction) -> dict:
     """Score candidate instructions on a dev split and keep the best (Zhou et al. 2023, APE).
 
     Candidates are the seed list plus `n_generated` instructions the model proposes from `demos`
     dev examples. Each candidate answers every dev item greedily; its score is the mean of
     `score(output, example)`. Ties keep the earlier candidate (the seeds come first).
+    `place(instruction, prompt)` puts the instruction into the prompt (default: before it).
     """
     candidates = list(dict.fromkeys(list(seed_instructions) + (
         propose_instructions(gen, dev[:demos], n_generated, seed=seed) if n_generated > 0 else [])))
-    prompts = [with_instruction(c, ex.prompt) for c in candidates for ex in dev]
+    prompts = [place(c, ex.prompt) for c in candidates for ex in dev]
     outs = gen(prompts, max_new_tokens=max_new_tokens, temperature=0.0, stop=(), n=1, seed=None)
     table, k = [], 0
     for c in candidates:

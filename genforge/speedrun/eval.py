@@ -12,6 +12,15 @@ Every compared arm scores the SAME test items, so each lesson is a paired bootst
 - needle in a haystack within the trained context and beyond it (the heatmap), on the chat model (SFT trains on
   the world's needle rows: the pretrained model copies nothing from its context) or, as a cloze, the pretrained one;
 - contamination of the eval items against the training corpus.
+Issue 19's rows (`issue19_lessons`, each on a small fixed subsample so the stage stays cheap at tiny):
+- few-shot vs zero-shot on the tuned model; zero-shot CoT ("Let's think step by step") vs few-shot CoT;
+- the tuned model as an LLM judge: agreement with the world's oracle, position and length bias;
+- prompt search: APE (the model proposes instructions from solved examples) and RL (a phrase policy trained with
+  GRPO, `eval.rl_prompt`) at about equal model calls, carried to held-out items and a held-out task family;
+- wrong-label demonstrations (correct / random / flipped) for two pretrained sizes (the data lessons' small model);
+- prompt variants (`eval.variants`) on the SFT and an aligned model, a table of paired deltas;
+- contamination by asking (items planted in the corpus by `world.tom.plant`), false belief with unseen names,
+  a BIG-bench-style composite suite, and diversity (distinct-n, self-BLEU) vs temperature and alignment.
 Direct scores of every task go through `genforge.eval.score` (the SFT and align sections' path).
 """
 
@@ -25,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genforge.report import StageReport
-from genforge.speedrun import clean, sft, world
+from genforge.speedrun import align, clean, datalessons, sft, world
 from genforge.speedrun.stage import StageContext
 
 if TYPE_CHECKING:
@@ -62,6 +71,39 @@ class Config:
     trained_context: int = 0  # the needle lesson counts cells up to this length (0: that model's training seq_len)
     needle_target: float = 0.8
     ngram: int = 8  # contamination n-gram size
+    # issue 19's rows: small fixed subsamples so the stage stays cheap at tiny (every arm scores the same items)
+    lessons19: bool = True  # few-shot on the tuned model, CoT prompting, judge, APE/RL search, wrong labels, ...
+    lesson_limit: int = 60  # test items for those rows
+    short_tokens: int = 48  # generation budget of a direct answer (APE, RL search, variants, tuned few-shot)
+    prompt_task: str = "coin_flip"  # the task of APE, RL prompt search, prompt variants and tuned few-shot
+    transfer_task: str = "date_arithmetic"  # the held-out task family APE's instruction is carried to
+    cot_prompt_task: str = "coin_flip"  # zero-shot vs few-shot chain of thought
+    ape_dev: int = 16  # dev items APE and the RL search score candidates on
+    ape_generated: int = 4  # instructions the model proposes (besides prompting.SEED_INSTRUCTIONS)
+    rl_group: int = 4  # RL prompt search: prompts per GRPO step
+    rl_batch: int = 4  # RL prompt search: dev items per step (steps are set so calls ~ APE's)
+    instruction_at: str = "end"  # where APE / RL put an instruction: "end" (the world's own place) or "start"
+    judge_pairs: int = 40
+    judge_words: int = 30  # responses are clipped to this many words so the judge prompt fits the context
+    wrong_label_k: int = 4  # demonstrations per prompt
+    wrong_label_items: int = 60
+    wrong_label_models: list[str] = field(default_factory=list)  # more pretrained checkpoints (run-relative or
+    #                                                               absolute; missing ones are skipped)
+    variants: list[str] = field(default_factory=lambda: ["explain_first", "analysis", "emotion", "tip", "penalty",
+                                                         "do", "dont", "unbiased", "trigger"])
+    variant_limit: int = 40
+    variant_style: str = "direct"  # the world phrasing the variants extend ("direct" keeps answers short)
+    aligned: str = "dpo"  # the aligned model of the variants and diversity rows (a field of align's Outputs)
+    contam_words: int = 12  # contamination by asking: words of the continuation compared
+    contam_ngram: int = 13  # n of the n-gram check beside it (GPT-3's 13; shorter n-grams match the family's template)
+    tom_items: int = 60  # false-belief items (a third each: false belief, true belief, reality)
+    composite_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter",
+                                                                "date_arithmetic", "multiple_choice"])
+    div_prompts: int = 12
+    div_samples: int = 4
+    div_tokens: int = 48
+    div_temperatures: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5])
+    div_compare_at: float = 1.0  # temperature of the before/after-alignment comparison
 
 
 @dataclass
@@ -70,6 +112,7 @@ class Outputs:
     direct: dict[str, float]  # task -> direct score
     strategies: dict[str, float]  # strategy -> mean score on the reasoning tasks it ran on
     needle: float  # needle-in-a-haystack accuracy within the trained context (pretrained model)
+    instructions: dict[str, str] = field(default_factory=dict)  # prompt search: method -> best instruction found
 
 
 def EvalConfigStub() -> EvalConfig:  # noqa: N802  (reads like the class it builds)
@@ -91,7 +134,7 @@ class CountingGen:
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, clean: clean.Outputs,
-        sft: sft.Outputs) -> Outputs:
+        sft: sft.Outputs, align: align.Outputs, datalessons: datalessons.Outputs) -> Outputs:
     """Direct scores, prompting lessons, in-context learning, multiple choice, needle grid, contamination."""
     from genforge.checkpoint import load_checkpoint
     from genforge.eval.harness import EvalConfig
@@ -108,7 +151,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                 "unless a strategy samples. In-context learning uses the pretrained model "
                 f"`{sft.base}` (no chat template). Intervals: 95 % paired bootstrap over the shared test items.")
     tasks = resolve_tasks("all", world.dir, "test")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     direct = direct_results(lm, tasks, cfg.limit, out / "direct", ecfg)
     _report_direct(report, direct)
     by_task = {t.name: t for t in tasks}
@@ -123,9 +166,65 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
         icl_lesson(report, base_lm, by_task[cfg.icl_task], cfg, out)
     needle = needle_lesson(ctx, report, needle_lm, cfg, out)
     _contamination(report, tasks, ecfg, out)
-    report.row("eval stage seconds (wall)", round(time.perf_counter() - t0, 1), note="all of the above")
+    instructions = {}
+    if cfg.lessons19:
+        smaller = [datalessons.checkpoint] if datalessons.checkpoint else []
+        instructions = issue19_lessons(ctx, report, cfg, lm, base_lm, by_task, direct, world.dir, clean.clean,
+                                       getattr(align, cfg.aligned, ""), smaller, out)
+    report.row("eval stage seconds (wall)", round(time.perf_counter() - t0, 1),
+               note=f"all of the above; CPU {time.process_time() - cpu0:.0f} s")
     return Outputs(checkpoint=sft.checkpoint, direct={t: v["score"] for t, v in direct["tasks"].items()},
-                   strategies=means, needle=needle)
+                   strategies=means, needle=needle, instructions=instructions)
+
+
+def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: GenforgeLM, base_lm: GenforgeLM,
+                    tasks: dict[str, Task], direct: dict, world_dir: str, corpus: str, aligned: str,
+                    smaller: list[str], out: Path) -> dict[str, str]:
+    """The prompting and evaluation rows of issue 19, each timed (CPU seconds in the last row)."""
+    from genforge.checkpoint import load_checkpoint
+    from genforge.eval.lm import GenforgeLM
+
+    cpu: dict[str, float] = {}
+
+    def timed(name: str, fn, *a, **kw):
+        t = time.process_time()
+        r = fn(*a, **kw)
+        cpu[name] = time.process_time() - t
+        return r
+
+    models = {"SFT": lm}
+    if aligned and Path(aligned).exists():
+        a_model, a_tok, _ = load_checkpoint(aligned)
+        models[f"aligned ({cfg.aligned})"] = GenforgeLM(a_model, a_tok, chat=True)
+    pt = tasks.get(cfg.prompt_task)
+    found: dict[str, str] = {}
+    if pt is not None:
+        timed("tuned few-shot", tuned_fewshot_lesson, report, lm, pt, cfg, out)
+        found = timed("prompt search", prompt_search_lessons, ctx, report, lm, pt, cfg, out,
+                      tasks.get(cfg.transfer_task))
+        timed("variants", variants_lesson, ctx, report, models, pt, cfg, out)
+    if cfg.cot_prompt_task in tasks:
+        timed("CoT prompting", cot_prompting_lesson, report, lm, tasks[cfg.cot_prompt_task], cfg, out)
+    timed("judge", judge_lesson, report, lm, world_dir, cfg, ctx.seed, out)
+    def millions(m) -> str:
+        return f"{sum(x.numel() for x in m.parameters()) / 1e6:.2f} M"
+
+    bases = {f"pretrained ({millions(base_lm.model)})": base_lm}
+    # more sizes: the data lessons' smaller model (same corpus, fewer steps) and any checkpoints the config names
+    for p in list(smaller) + list(cfg.wrong_label_models):
+        path = Path(p) if Path(p).is_absolute() else Path(ctx.run_dir) / p
+        if (path / "config.json").exists():
+            m, t, _ = load_checkpoint(path)
+            bases[f"{path.parent.parent.name}/{path.parent.name} ({millions(m)})"] = GenforgeLM(m, t, chat=False)
+    timed("wrong labels", wrong_labels_lesson, report, bases, world_dir, cfg, ctx.seed, out)
+    timed("contamination by asking", contamination_lesson, report, base_lm, world_dir, corpus, cfg, out)
+    fb = timed("false belief", tom_lesson, report, {"SFT": lm, "pretrained": base_lm}, world_dir, corpus, cfg,
+               ctx.seed, out)
+    composite_lesson(report, direct, tasks, {"false_belief": (fb, 0.5)} if fb else {}, cfg)
+    timed("diversity", diversity_lesson, ctx, report, models, world_dir, cfg, out)
+    report.row("issue-19 rows: CPU seconds per part", round(sum(cpu.values()), 1), None,
+               ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
+    return found
 
 
 # ---- direct answers of every task ----------------------------------------------------------------------------
@@ -401,3 +500,477 @@ def _contamination(report: StageReport, tasks: list[Task], ecfg: EvalConfig, out
     contam = run_contamination(tasks, ecfg, out)
     report.row(f"eval items contaminated ({contam['n']}-gram overlap with the corpus)", contam["rate"],
                note=f"{contam['n_flagged']} of {contam['n_items']} items flagged; list in eval/contamination.json")
+
+
+# ---- issue 19: prompting and evaluation lessons ---------------------------------------------------------------
+# Each helper takes the models it needs and a small, fixed subsample of items (the stage's budget at tiny), scores
+# every compared arm on the same items and reports paired intervals.
+
+def _ci(i) -> str:
+    return f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}]"
+
+
+def _greedy(lm: GenforgeLM, prompts: list[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[str]:
+    return [o[0] for o in lm.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop),
+                                      n=1, seed=None)]
+
+
+def tuned_fewshot_lesson(report: StageReport, lm: GenforgeLM, task: Task, cfg: Config, out: Path) -> None:
+    """Few-shot vs zero-shot on the TUNED model (the base model's row is `icl_lesson`): the trained prompt alone vs
+    the same prompt after `icl_shots` solved examples in the "Question:/Answer:" frame."""
+    from genforge.eval import prompting
+    from genforge.eval.score import score_outputs
+    from genforge.eval.stats import bootstrap_diff
+    from genforge.io import write_jsonl
+
+    rows = task.load(cfg.lesson_limit)
+    styled = style_task(task, "direct")
+    ex = [prompting.Example(styled.build_prompt(r), r.get("responses", {}).get("direct", r["response"]))
+          for r in task.examples(cfg.icl_shots)]
+    zero = [styled.build_prompt(r) for r in rows]
+    few = [prompting.few_shot_prompt(p, ex) for p in zero]
+    s0 = score_outputs(task.name, rows, _greedy(lm, zero, cfg.short_tokens, prompting.FEW_SHOT_STOP))
+    s1 = score_outputs(task.name, rows, _greedy(lm, few, cfg.short_tokens, prompting.FEW_SHOT_STOP))
+    write_jsonl(out / "fewshot_tuned" / f"{task.name}.jsonl",
+                [{"zero": a, "few": b, "answer": r["answer"]} for a, b, r in zip(s0.predictions, s1.predictions, rows)])
+    report.row(f"few-shot ({cfg.icl_shots}) minus zero-shot, tuned model ({task.name})",
+               _ci(bootstrap_diff(s1.items, s0.items, paired=True)), None,
+               f"accuracy {s1.score:.3f} vs {s0.score:.3f}; the tuned model already knows the format, so examples "
+               f"matter less than for the pretrained model (row above); n={len(rows)}")
+
+
+def cot_prompting_lesson(report: StageReport, lm: GenforgeLM, task: Task, cfg: Config, out: Path) -> None:
+    """Zero-shot chain of thought ("Let's think step by step.", Kojima et al. 2022, two-stage answer extraction) vs
+    few-shot chain of thought (`icl_shots` worked examples, Wei et al. 2022) on the bare question, tuned model."""
+    from genforge.eval import prompting
+    from genforge.eval.score import answers_match
+    from genforge.eval.stats import bootstrap_diff
+    from genforge.io import write_jsonl
+
+    rows = task.load(cfg.lesson_limit)
+    qs = [r.get("question", r["prompt"]) for r in rows]
+    ex = [prompting.Example(r.get("question", r["prompt"]), r["response"], r.get("rationale", ""), r.get("answer", ""))
+          for r in task.examples(cfg.icl_shots)]
+    gen = CountingGen(lm.generate)
+    zs = prompting.zero_shot_cot(gen, qs, extract=task.extract, max_new_tokens=cfg.max_new_tokens)
+    fs_out = _greedy(lm, [prompting.few_shot_prompt(q, ex, cot=True) for q in qs], cfg.max_new_tokens,
+                     prompting.FEW_SHOT_STOP)
+    z = [answers_match(o["answer"], r["answer"]) for o, r in zip(zs, rows)]
+    f = [answers_match(task.extract(o), r["answer"]) for o, r in zip(fs_out, rows)]
+    write_jsonl(out / "cot_prompting" / f"{task.name}.jsonl",
+                [{"zero_shot_cot": a["output"], "few_shot_cot": b, "answer": r["answer"]}
+                 for a, b, r in zip(zs, fs_out, rows)])
+    report.row(f"few-shot CoT minus zero-shot CoT ('{prompting.STEP_BY_STEP}'), tuned model ({task.name})",
+               _ci(bootstrap_diff(f, z, paired=True)), None,
+               f"accuracy {sum(f) / len(f):.3f} vs {sum(z) / len(z):.3f}; zero-shot CoT costs 2 model calls per item "
+               f"(reasoning, then 'Therefore, the answer is'), few-shot 1; n={len(rows)}")
+
+
+def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Config, seed: int, out: Path) -> None:
+    """The tuned model as a pairwise judge: agreement with the world's oracle on preference pairs (best vs worst
+    completion of a prompt, oracle gap >= 0.2), position bias (both orders) and length bias (padding)."""
+    import random
+
+    from genforge.eval.judge import ModelJudge, Pair, pairwise, verbosity_probe
+    from genforge.eval.stats import bootstrap_mean
+    from genforge.io import read_jsonl, write_json
+
+    rng = random.Random(f"judge-{seed}")
+    pairs, oracle_first = [], []
+    for _, row in read_jsonl(Path(world_dir) / "preferences.jsonl"):
+        best, worst = row["ranking"][0], row["ranking"][-1]
+        if row["scores"][best] - row["scores"][worst] < 0.2:
+            continue
+        clip = lambda t: " ".join(t.split()[:cfg.judge_words])  # noqa: E731  (prompts must fit the context)
+        a, b = clip(row["completions"][best]), clip(row["completions"][worst])
+        first = rng.random() < 0.5
+        pairs.append(Pair(row["prompt"], a, b) if first else Pair(row["prompt"], b, a))
+        oracle_first.append(first)
+        if len(pairs) == cfg.judge_pairs:
+            break
+    if not pairs:
+        return
+    judge = ModelJudge(lm, max_new_tokens=4)
+    res = pairwise(judge, pairs)
+    agree = [1.0 if it["winner"] == ("1" if f else "2") else 0.5 if it["winner"] == "tie" else 0.0
+             for it, f in zip(res["items"], oracle_first)]
+    verb = verbosity_probe(judge, [(p.question, (p.response_1 if f else p.response_2))
+                                   for p, f in zip(pairs, oracle_first)])
+    write_json(out / "judge.json", {**{k: v for k, v in res.items() if k != "items"}, "verbosity": verb,
+                                    "items": res["items"]})
+    ci = bootstrap_mean(agree)
+    report.lesson("the tuned model as an LLM judge agrees with the world's oracle above chance",
+                  ("agreement with the oracle (order-dependent verdicts count 0.5)", ci), ("chance", 0.5),
+                  effect=ci, target=0.5, effect_name="agreement",
+                  note=f"{len(pairs)} preference pairs (oracle's best vs worst completion), each judged in both "
+                       f"orders; verdicts naming neither A nor B: {res['invalid_rate']:.0%}. The model was never "
+                       "trained to judge; a verdict that flips with the order counts as a tie (bias rows below)")
+    report.row("judge position bias: share of valid verdicts naming position A", res["first_position_rate"], 0.5,
+               f"same winner in both orders {res['consistency']:.0%}; 'A' in both orders {res['bias_first']:.0%}, "
+               f"'B' in both {res['bias_second']:.0%} (Zheng et al. 2023)")
+    report.row("judge length bias: an answer padded with content-free text beats itself", verb["padded_win_rate"], 0.5,
+               f"0.5 = no length bias; longer preferred in {verb['longer_preferred']:.0%} of valid verdicts; "
+               f"n={verb['n']}")
+
+
+def _task_prompts(task: Task, rows: list[dict], style: str = "direct") -> list[str]:
+    styled = style_task(task, style)
+    return [styled.build_prompt(r) for r in rows]
+
+
+def _place(cfg: Config):
+    from genforge.eval import prompting
+
+    if cfg.instruction_at not in ("start", "end"):
+        from genforge.errors import ConfigError
+        raise ConfigError(f"eval.instruction_at={cfg.instruction_at!r}: choose 'start' or 'end'")
+    return prompting.instruction_after if cfg.instruction_at == "end" else prompting.with_instruction
+
+
+def _instruction_scores(lm: GenforgeLM, task: Task, rows: list[dict], instructions: list[str], cfg: Config,
+                        gen: CountingGen) -> dict[str, list[float]]:
+    """{instruction: per-row score} with the instruction prefixed to the trained (direct) prompt, greedy."""
+    from genforge.eval.score import score_outputs
+
+    prompts = _task_prompts(task, rows)
+    asks = [_place(cfg)(ins, p) for ins in instructions for p in prompts]
+    outs = [o[0] for o in gen(asks, max_new_tokens=cfg.short_tokens, temperature=0.0, stop=(), n=1, seed=None)]
+    n = len(rows)
+    return {ins: score_outputs(task.name, rows, outs[k * n:(k + 1) * n]).items for k, ins in enumerate(instructions)}
+
+
+def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM, task: Task, cfg: Config,
+                          out: Path, transfer: Task | None = None) -> dict[str, str]:
+    """APE (Zhou et al. 2023) and RL prompt search (`eval.rl_prompt`) at about the same number of model calls, on
+    the dev split; then the found instructions vs the hand-written prompt (the world's own, no extra instruction)
+    on held-out test items. Returns {"ape": instruction, "rl": instruction}."""
+    from genforge.eval import prompting
+    from genforge.eval.rl_prompt import RLPromptConfig, rl_prompt_search
+    from genforge.eval.score import score_outputs
+    from genforge.eval.stats import bootstrap_diff
+    from genforge.io import write_json
+    from genforge.report import line_plot
+
+    dev_rows = task.examples(cfg.ape_dev, dev=True)
+    if not dev_rows:
+        return {}
+    test_rows = task.load(cfg.lesson_limit)
+    dev = [prompting.Example(p, r["response"], answer=r["answer"]) for p, r in zip(_task_prompts(task, dev_rows),
+                                                                                  dev_rows)]
+    # APE: the seed instructions plus ones the model proposes from solved dev examples, each scored on the dev split
+    ape_gen = CountingGen(lm.generate)
+    ape = prompting.prompt_search(
+        ape_gen, dev, lambda o, ex: score_outputs(task.name, [{"answer": ex.answer, "task": task.name}], [o]).score,
+        n_generated=cfg.ape_generated, max_new_tokens=cfg.short_tokens, seed=ctx.seed, place=_place(cfg))
+    hand_dev = next(c["score"] for c in ape["candidates"] if c["instruction"] == "")
+    # RL: minibatches of the same dev rows, cycling; the budget in model calls is set to about APE's
+    rl_gen = CountingGen(lm.generate)
+    batch = max(1, cfg.rl_batch)
+
+    def score(instructions: list[str], step: int) -> list[float]:
+        start = (step * batch) % len(dev_rows)
+        rows = (dev_rows + dev_rows)[start:start + batch]
+        s = _instruction_scores(lm, task, rows, instructions, cfg, rl_gen)
+        return [sum(s[i]) / len(s[i]) for i in instructions]
+
+    steps = max(1, ape_gen.calls // (cfg.rl_group * batch))
+    rl = rl_prompt_search(score, cfg=RLPromptConfig(steps=steps, group=cfg.rl_group, seed=ctx.seed))
+    # held-out transfer: hand-written vs APE's best vs RL's best-rewarded and most likely instruction
+    arms = list(dict.fromkeys(["", ape["best"], rl["best"], rl["greedy"]]))
+    test = _instruction_scores(lm, task, test_rows, arms, cfg, CountingGen(lm.generate))
+    write_json(out / "prompt_search.json", {"ape": ape, "rl": rl, "ape_calls": ape_gen.calls,
+                                             "rl_calls": rl_gen.calls,
+                                             "test": {k: sum(v) / len(v) for k, v in test.items()}})
+    hand = test[""]
+    d_ape = bootstrap_diff(test[ape["best"]], hand, paired=True)
+    report.lesson(f"APE's best instruction beats the hand-written prompt on held-out items ({task.name})",
+                  (f"accuracy with '{ape['best'] or '(none)'}'", sum(test[ape['best']]) / len(hand)),
+                  ("accuracy, hand-written prompt", sum(hand) / len(hand)), effect=d_ape, target=0.0,
+                  note=f"chosen on {len(dev)} dev items ({ape['best_score']:.2f} vs hand-written {hand_dev:.2f}) from "
+                       f"{len(ape['candidates'])} candidates ({cfg.ape_generated} proposed by the model from solved "
+                       f"examples); {ape_gen.calls} model calls; held-out n={len(hand)}. A tie means the "
+                       "hand-written prompt won on dev: the model was tuned on exactly that phrasing")
+    if transfer is not None and ape["best"]:
+        rows = transfer.load(cfg.lesson_limit)
+        t = _instruction_scores(lm, transfer, rows, ["", ape["best"]], cfg, CountingGen(lm.generate))
+        report.row(f"APE's instruction transferred to the held-out task family ({transfer.name}), minus hand-written",
+                   _ci(bootstrap_diff(t[ape["best"]], t[""], paired=True)), None,
+                   f"accuracy {sum(t[ape['best']]) / len(rows):.3f} vs {sum(t['']) / len(rows):.3f}; found on "
+                   f"{task.name}, never searched on {transfer.name}; n={len(rows)}")
+    for name, ins in (("RL search, best-rewarded", rl["best"]), ("RL search, most likely", rl["greedy"])):
+        report.row(f"{name} instruction minus hand-written, held-out ({task.name})",
+                   _ci(bootstrap_diff(test[ins], hand, paired=True)), None,
+                   f"'{ins or '(none)'}'; {steps} GRPO steps x {cfg.rl_group} prompts x {batch} dev items = "
+                   f"{rl_gen.calls} model calls vs APE's {ape_gen.calls}")
+    line_plot(ctx.path("plots", "rl_prompt_search.png"),
+              {"RL policy: mean reward of its samples": (list(range(1, steps + 1)), rl["curve"]),
+               "APE best (dev)": ([1, steps], [ape["best_score"]] * 2),
+               "hand-written (dev)": ([1, steps], [hand_dev] * 2)},
+              f"Prompt search on {task.name}: RL (GRPO) learning curve", "policy step", "dev accuracy")
+    report.plot("plots/rl_prompt_search.png", "RL prompt search: the policy's mean reward per step (minibatch of "
+                f"{batch} dev items, so noisy) against APE's best and the hand-written prompt on the whole dev split")
+    return {"ape": ape["best"], "rl": rl["best"]}
+
+
+def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], world_dir: str, cfg: Config, seed: int,
+                        out: Path) -> None:
+    """In-context classification (is this name a person, a town or an object?) with correct, random and flipped
+    demonstration labels, for each pretrained model given (smallest first), by label log-likelihood."""
+    import json
+
+    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.eval.wrong_labels import entity_type_items, wrong_label_scores
+    from genforge.io import write_json
+
+    tables = json.loads((Path(world_dir) / "world.json").read_text())
+    train, test = entity_type_items(tables, 60, cfg.wrong_label_items, seed)
+    labels = sorted({t.label for t in test})
+    res = {name: wrong_label_scores(lm, train, test, labels, k=cfg.wrong_label_k, seed=seed)
+           for name, lm in models.items()}
+    write_json(out / "wrong_labels.json", {m: {k: sum(v) / len(v) for k, v in s.items()} for m, s in res.items()})
+    chance = 1 / len(labels)
+    lines = ["| model | zero-shot | correct labels | random labels | flipped labels |", "|---|---|---|---|---|"]
+    for name, s in res.items():
+        lines.append(f"| {name} | " + " | ".join(_ci(bootstrap_proportion(s[m]))
+                                                  for m in ("zero_shot", "correct", "random", "flipped")) + " |")
+    report.note(f"**Wrong-label demonstrations** ({cfg.wrong_label_k} demonstrations, {len(test)} names, "
+                f"{len(labels)} labels, chance {chance:.2f}; accuracy against the true label, 95 % intervals):\n\n"
+                + "\n".join(lines))
+    first = next(iter(res))
+    s = res[first]
+    correct = bootstrap_proportion(s["correct"])
+    # "random labels cost little" is hollow when correct labels do no better than chance (0 vs 0 would "hold"):
+    # then the claim is untestable and recorded as not holding (target -1 cannot be beaten)
+    testable = correct.low > chance
+    report.lesson(f"random demonstration labels cost little (correct minus random <= 0.10; Min et al. 2022; {first})",
+                  ("accuracy, random labels", bootstrap_proportion(s["random"])), ("accuracy, correct labels", correct),
+                  effect=bootstrap_diff(s["correct"], s["random"], paired=True), target=0.10 if testable else -1.0,
+                  direction="below",
+                  note=f"same {len(test)} test names and demonstration inputs, only the labels differ; label "
+                       f"log-likelihood with contextual calibration (Zhao et al. 2021); flipped labels: "
+                       f"{sum(s['flipped']) / len(test):.2f}"
+                       + ("" if testable else f"; correct labels do not beat chance ({chance:.2f}) here, so the claim "
+                                              "cannot be tested at this scale"))
+    if len(res) > 1:
+        size = {m: sum(x.numel() for x in models[m].model.parameters()) for m in res}
+        small, large = min(res, key=size.get), max(res, key=size.get)
+        drop = {m: [c - f for c, f in zip(res[m]["correct"], res[m]["flipped"])] for m in (small, large)}
+        report.lesson(f"the larger model follows flipped labels more (its accuracy drops more; {large} vs {small})",
+                      (f"drop under flipped labels, {large}", sum(drop[large]) / len(test)),
+                      (f"drop under flipped labels, {small}", sum(drop[small]) / len(test)),
+                      effect=bootstrap_diff(drop[large], drop[small], paired=True), target=0.0,
+                      note="Wei et al. 2023: larger models override their prior with the demonstrations' labels")
+    else:
+        report.row("wrong-label size effect", "not measured", None,
+                   "one model size in this run; set eval.wrong_label_models to a second pretrained checkpoint "
+                   "(the small recipe compares the tiny and small bases)")
+
+
+def variants_lesson(ctx: StageContext, report: StageReport, models: dict[str, GenforgeLM], task: Task, cfg: Config,
+                    out: Path) -> None:
+    """Every prompt variant of `genforge.eval.variants` on the same test items, for each model; a table of deltas
+    against the plain prompt with paired intervals, and a bar plot."""
+    from genforge.eval.score import score_outputs
+    from genforge.eval.stats import bootstrap_diff
+    from genforge.eval.variants import VARIANTS, variant_prompts
+    from genforge.io import write_json
+    from genforge.report import bar_plot
+
+    rows = task.load(cfg.variant_limit)
+    names = ["plain"] + [v for v in cfg.variants if v != "plain"]
+    prompts = variant_prompts(_task_prompts(task, rows, cfg.variant_style), names)
+    scores: dict[str, dict[str, list[float]]] = {}
+    for model, lm in models.items():
+        outs = _greedy(lm, [p for v in names for p in prompts[v]], cfg.short_tokens)
+        n = len(rows)
+        scores[model] = {v: score_outputs(task.name, rows, outs[k * n:(k + 1) * n]).items for k, v in enumerate(names)}
+    write_json(out / "variants.json", {m: {v: sum(x) / len(x) for v, x in s.items()} for m, s in scores.items()})
+    head = "| variant | " + " | ".join(f"{m}: delta [95 % CI]" for m in scores) + " |"
+    lines = [head, "|---|" + "---|" * len(scores)]
+    lines.append("| plain (accuracy) | " + " | ".join(f"{sum(s['plain']) / len(rows):.3f}" for s in scores.values())
+                 + " |")
+    deltas: dict[str, list[float]] = {m: [] for m in scores}
+    for v in names[1:]:
+        cells = []
+        for m, s in scores.items():
+            d = bootstrap_diff(s[v], s["plain"], paired=True)
+            deltas[m].append(d.estimate)
+            cells.append(_ci(d))
+        lines.append(f"| {VARIANTS[v][1]} | " + " | ".join(cells) + " |")
+    report.note(f"**Prompt variants** on {task.name} (the world's {cfg.variant_style} phrasing plus each variant; "
+                f"{len(rows)} "
+                "test items, greedy; accuracy minus the plain prompt's, paired bootstrap). Most variants were found on "
+                "large instruction-tuned models; an interval around 0 is the lesson that a prompt trick belongs to a "
+                "model, not to the task:\n\n" + "\n".join(lines))
+    for m, ds in deltas.items():
+        report.row(f"prompt variants, {m}: largest |delta| vs the plain prompt", max(ds, key=abs) if ds else 0.0,
+                   None, f"over {len(ds)} variants on {task.name}; table above")
+    first = next(iter(deltas))
+    bar_plot(ctx.path("plots", "prompt_variants.png"), names[1:], deltas[first],
+             f"Prompt variants on {task.name} ({first})", "accuracy minus plain prompt")
+    report.plot("plots/prompt_variants.png", f"Accuracy change per prompt variant ({first}); intervals in the table")
+
+
+def contamination_lesson(report: StageReport, base_lm: GenforgeLM, world_dir: str, corpus: str, cfg: Config,
+                         out: Path) -> None:
+    """Contamination by asking: the pretrained model continues the start of false-belief items that were planted in
+    its corpus (world/contamination.jsonl, written by `world.tom.plant`) and of clean items of the same family.
+    Beside it, the n-gram check on the same items, and whether the planted ("leaked public") items are also
+    *answered* better than fresh ones: why a public test cannot be trusted."""
+    from genforge.eval.contamination import NgramIndex, ask_reproduction, check_contamination
+    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.io import read_jsonl, write_json
+
+    path = Path(world_dir) / "contamination.jsonl"
+    if not path.exists():
+        report.row("contamination by asking", "not measured", None,
+                   f"{path} is missing: this world was generated before items were planted; rerun world onwards")
+        return
+    rows = [r for _, r in read_jsonl(path)]
+    planted = [r for r in rows if r["split"] == "planted"]
+    clean = [r for r in rows if r["split"] == "clean"]
+    # prompt with the story's first half; the rest holds the names, container and answer the template cannot predict
+    p = ask_reproduction(base_lm, [r["text"] for r in planted], words=cfg.contam_words)
+    c = ask_reproduction(base_lm, [r["text"] for r in clean], words=cfg.contam_words)
+    pr, cr = [x["reproduced"] for x in p], [x["reproduced"] for x in c]
+    idx = NgramIndex.from_files([corpus], n=cfg.contam_ngram)
+    flag_p = check_contamination([r["text"] for r in planted], idx)["rate"]
+    flag_c = check_contamination([r["text"] for r in clean], idx)["rate"]
+    write_json(out / "contamination_asking.json", {"planted": p, "clean": c, "ngram_flagged": [flag_p, flag_c]})
+    report.lesson("asking reveals contamination: the pretrained model continues planted test items verbatim more "
+                  "than clean ones",
+                  (f"share of the next {cfg.contam_words} words reproduced in order, planted items",
+                   sum(pr) / len(pr)),
+                  ("clean items of the same family", sum(cr) / len(cr)),
+                  effect=bootstrap_diff(pr, cr, paired=False), target=0.0,
+                  note=f"{len(planted)} false-belief items each planted in several corpus documents vs {len(clean)} "
+                       f"never shown; greedy continuation of the first half; template words count for both. Verbatim: "
+                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in p]))} vs "
+                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in c]))}. The {cfg.contam_ngram}-gram "
+                       f"check (it needs the corpus) flags {flag_p:.0%} vs {flag_c:.0%}; asking needs the model")
+
+
+def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, corpus: str, cfg: Config, seed: int,
+               out: Path) -> list[float]:
+    """False belief (Sally-Anne with unseen names and objects) by option log-likelihood; returns the first model's
+    per-item 1/0 on the false-belief items (for the composite suite)."""
+    from genforge.eval.stats import bootstrap_diff, bootstrap_mean
+    from genforge.io import read_jsonl, write_json
+    from genforge.world import tom
+
+    items = tom.false_belief_items(cfg.tom_items, seed)
+
+    def correct(lm: GenforgeLM, its: list[dict]) -> list[float]:
+        pairs = [(it["prompt"], f"The answer is the {o}.") for it in its for o in it["options"]]
+        ll = [x[0] for x in lm.loglikelihood(pairs)]
+        # a tie (the model cannot tell the two containers apart) counts half, whatever the options' order
+        return [0.5 if ll[2 * i] == ll[2 * i + 1] else float(max((0, 1), key=lambda j: ll[2 * i + j]) ==
+                                                                it["gold_index"]) for i, it in enumerate(its)]
+
+    res = {}
+    for name, lm in lms.items():
+        res[name] = correct(lm, items)
+    first = next(iter(res))
+    by_kind = {k: [x for x, it in zip(res[first], items) if it["kind"] == k] for k in tom.KINDS}
+    write_json(out / "false_belief.json", {m: sum(v) / len(v) for m, v in res.items()})
+    kinds = {k: bootstrap_mean(v) for k, v in by_kind.items() if v}
+    worst = min(kinds, key=lambda k: kinds[k].estimate)
+    report.lesson(f"false belief (Sally-Anne with unseen names and objects): above chance on every kind of question "
+                  f"({first})",
+                  ("accuracy, false-belief questions", kinds["false_belief"]), ("chance", 0.5),
+                  effect=kinds[worst], target=0.5, effect_name=f"accuracy of the weakest kind ({worst})",
+                  note="two containers in random order, option log-likelihood; "
+                       + ", ".join(f"{k.replace('_', ' ')} {v.estimate:.2f}" for k, v in kinds.items())
+                       + ". A heuristic (the container named first, or last) passes one kind and fails another; "
+                         "only tracking who saw what passes all three")
+    for name in list(res)[1:]:
+        fb = [x for x, it in zip(res[name], items) if it["kind"] == "false_belief"]
+        report.row(f"false-belief accuracy, {name}", _ci(bootstrap_mean(fb)), 0.5, f"n={len(fb)}")
+    leaked = Path(world_dir) / "contamination.jsonl"
+    if leaked.exists() and "pretrained" in lms:
+        rows = [r for _, r in read_jsonl(leaked)]
+        p = correct(lms["pretrained"], [r for r in rows if r["split"] == "planted"])
+        c = correct(lms["pretrained"], [r for r in rows if r["split"] == "clean"])
+        report.row("false belief, pretrained model: leaked (planted) items minus fresh ones",
+                   _ci(bootstrap_diff(p, c, paired=False)), None,
+                   f"accuracy {sum(p) / len(p):.2f} vs {sum(c) / len(c):.2f}: a score on a public test that leaked "
+                   "into training measures recall as much as skill")
+    public = tom.public_story_in(line for _, r in read_jsonl(corpus) for line in [r.get("text", "")])
+    report.row("the public Sally-Anne story is in the training corpus", "yes" if public else "no", None,
+               "kept out on purpose, so the family above is the only false-belief test and it is unseen")
+    return by_kind["false_belief"]
+
+
+def _answer_chance(task: Task) -> float:
+    """Chance accuracy of a generative task with a small closed answer set (coin flip: yes / no -> 0.5), else 0."""
+    answers = {str(r.get("answer", "")).strip().lower() for r in task.load()}
+    return 1 / len(answers) if 1 < len(answers) <= 4 else 0.0
+
+
+def composite_lesson(report: StageReport, direct: dict, tasks: dict[str, Task],
+                     extra: dict[str, tuple[list[float], float]], cfg: Config) -> None:
+    """A BIG-bench-style suite over the world's skills: per-task scores normalised between chance and 1, equal task
+    weights, one interval over all items."""
+    from genforge.eval.composite import composite_items
+    from genforge.eval.stats import bootstrap_mean
+
+    items, low = {}, {}
+    for name in cfg.composite_tasks:
+        t = direct["tasks"].get(name)
+        if t is None:
+            continue
+        items[name] = [float(x) for x in t["items"]]
+        low[name] = sum(t["chance"]) / len(t["chance"]) if "chance" in t else _answer_chance(tasks[name])
+    for name, (vals, chance) in extra.items():
+        items[name], low[name] = vals, chance
+    if not items:
+        return
+    weighted, per_task = composite_items(items, low)
+    report.row("composite suite score (normalised: 0 = chance, 1 = perfect; equal task weights)",
+               _ci(bootstrap_mean(weighted)), 0.0,
+               "; ".join(f"{k} {v:+.2f}" for k, v in per_task.items()) + " (Srivastava et al. 2022's normalisation)")
+
+
+def diversity_lesson(ctx: StageContext, report: StageReport, models: dict[str, GenforgeLM], world_dir: str,
+                     cfg: Config, out: Path) -> None:
+    """Distinct-n and self-BLEU of `div_samples` answers per benign chat prompt, at each temperature, per model."""
+    from genforge.eval.diversity import diversity, per_prompt
+    from genforge.eval.stats import bootstrap_diff
+    from genforge.io import read_jsonl, write_json
+    from genforge.report import line_plot
+
+    path = Path(world_dir) / "tasks" / "chat_test.jsonl"
+    if not path.exists():
+        return
+    prompts = [r["prompt"] for _, r in read_jsonl(path)][:cfg.div_prompts]
+    res: dict[str, dict[float, dict]] = {}
+    groups_at: dict[str, list[list[str]]] = {}
+    for name, lm in models.items():
+        res[name] = {}
+        for t in cfg.div_temperatures:
+            groups = lm.generate(prompts, max_new_tokens=cfg.div_tokens, temperature=t, n=cfg.div_samples,
+                                 seed=ctx.seed)
+            res[name][t] = diversity(groups)
+            if t == cfg.div_compare_at:
+                groups_at[name] = groups
+    write_json(out / "diversity.json", {m: {str(t): d for t, d in r.items()} for m, r in res.items()})
+    temps = list(cfg.div_temperatures)
+    line_plot(ctx.path("plots", "diversity.png"),
+              {f"{m}: distinct-2": (temps, [res[m][t]["distinct_2"] for t in temps]) for m in res}
+              | {f"{m}: self-BLEU / 100": (temps, [res[m][t]["self_bleu"] / 100 for t in temps]) for m in res},
+              "Diversity of sampled answers vs temperature", "temperature", "distinct-2 (up) / self-BLEU (down)")
+    report.plot("plots/diversity.png", f"Diversity of {cfg.div_samples} samples per prompt ({len(prompts)} benign "
+                "prompts): distinct-2 rises and self-BLEU falls as the temperature rises")
+    first = next(iter(res))
+    lo, hi = temps[0], temps[-1]
+    report.row(f"diversity vs temperature ({first}): distinct-2 at T={lo} -> T={hi}",
+               f"{res[first][lo]['distinct_2']:.3f} -> {res[first][hi]['distinct_2']:.3f}", None,
+               f"self-BLEU {res[first][lo]['self_bleu']:.1f} -> {res[first][hi]['self_bleu']:.1f} (100 = every sample "
+               "the same)")
+    if len(groups_at) > 1:
+        (a, ga), (b, gb) = list(groups_at.items())[:2]
+        pa, pb = per_prompt(ga), per_prompt(gb)
+        report.row(f"diversity after alignment ({b} minus {a}) at T={cfg.div_compare_at}: distinct-2",
+                   _ci(bootstrap_diff(pb["distinct_2"], pa["distinct_2"], paired=True)), None,
+                   f"self-BLEU {_ci(bootstrap_diff(pb['self_bleu'], pa['self_bleu'], paired=True))}; paired over "
+                   f"{len(prompts)} prompts. Preference tuning is reported to narrow outputs (Kirk et al. 2024)")

@@ -19,6 +19,7 @@ from genforge.speedrun import (
     agents,
     align,
     clean,
+    datalessons,
     engine,
     eval,
     image,
@@ -33,8 +34,8 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, eval, align, engine, rag, agents, objectives,
-                                  image)
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, datalessons, eval, engine,
+                                  rag, agents, objectives, image)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -58,6 +59,7 @@ class SpeedrunConfig:
     sft: sft.Config = field(default_factory=sft.Config)
     eval: eval.Config = field(default_factory=eval.Config)
     align: align.Config = field(default_factory=align.Config)
+    datalessons: datalessons.Config = field(default_factory=datalessons.Config)
     engine: engine.Config = field(default_factory=engine.Config)
     rag: rag.Config = field(default_factory=rag.Config)
     agents: agents.Config = field(default_factory=agents.Config)

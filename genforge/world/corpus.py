@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from genforge.io import write_jsonl, write_text
-from genforge.world import harmful, names
+from genforge.world import harmful, names, tom
 from genforge.world.facts import Person, World
 
 # Fractions of the clean-document count planted per label (together ~13 % of the final corpus).
@@ -462,6 +462,7 @@ def write_corpus(out_dir: str | Path, w: World, seed: int, n_clean: int) -> dict
     gen = iter_clean_documents(w, rng)
     clean = [next(gen) for _ in range(n_clean)]
     rng.shuffle(clean)
+    tom.plant(clean, out_dir, seed)  # a few false-belief items leak into the corpus (eval: contamination by asking)
     # Each item: (sort key, text, label, index of source clean doc or None)
     items = [(i + rng.random(), t, "clean", None) for i, t in enumerate(clean)]
     n = {k: max(1, round(n_clean * f)) for k, f in PLANT_FRACTIONS.items()}
