@@ -311,7 +311,7 @@ def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
                   (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
                   ("asked: P(yes) > P(no)", bootstrap_proportion(asked)),
                   effect=bootstrap_diff(best.real, asked, paired=True), target=0.0,
-                  note=f"SFT chat model; {len(test_idx)} test statements (jobs, towns, sums; half true); shuffled-label "
+                  note=f"SFT chat model; {len(test_idx)} test statements (jobs, towns, sums; half true); shuffled "
                        f"control {np.mean(best.control):.2f}; layer chosen by train accuracy minus control's")
     by_fam = {}
     for fam in ("job", "town", "sum"):
@@ -330,8 +330,7 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
                         cfg: Config) -> tuple[dict, dict]:
     from genforge.checkpoint import load_checkpoint
     from genforge.eval.stats import bootstrap_proportion
-    from genforge.interp.calibration import bootstrap_ece, confidence_correct, letter_probs, mc_items, \
-        reliability_plot
+    from genforge.interp.calibration import bootstrap_ece, confidence_correct, letter_probs, mc_items, reliability_plot
 
     items = mc_items(w, cfg.mc_items, ctx.seed)
     gold = [it["gold"] for it in items]
