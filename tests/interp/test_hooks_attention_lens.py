@@ -81,8 +81,7 @@ def test_a_wrong_recomputation_is_caught(model, monkeypatch):
 def test_logit_lens_equals_nnsight_on_the_hf_loaded_checkpoint(model, tmp_path):
     """The same checkpoint in transformers' LlamaForCausalLM, residuals read by nnsight, decoded through HF's
     final norm and head: every layer's lens equals ours."""
-    pytest.importorskip("nnsight", reason="the interp extra (pip install genforge[interp])")
-    from nnsight import NNsight
+    from nnsight import NNsight  # the interp extra (part of dev)
     from transformers import LlamaForCausalLM
 
     from genforge.checkpoint import save_checkpoint
