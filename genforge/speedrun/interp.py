@@ -38,9 +38,13 @@ class Config:
     mc_items: int = 300  # multiple-choice questions for calibration
     calib_bins: int = 10
     lens_docs: int = 32  # corpus documents (first 64 tokens) for the logit-lens agreement curve
-    models: dict[str, str] = field(default_factory=lambda: {
-        "pretrained": "pretrain", "SFT": "sft", "DPO": "dpo", "PPO (RLHF)": "ppo", "RLAIF (CAI)": "rlaif"})
-    # calibration's models: label -> which checkpoint (pretrain | sft | an align output field)
+    models: list[str] = field(default_factory=lambda: ["pretrain", "sft", "dpo", "ppo", "rlaif"])
+    # calibration's models: pretrain | sft | any align output (dpo, ppo, ppo_kl0, grpo, rlaif)
+
+
+# how the report names each model of `Config.models`
+MODEL_LABELS = {"pretrain": "pretrained", "sft": "SFT", "dpo": "DPO", "ppo": "PPO (RLHF)", "ppo_kl0": "PPO, no KL",
+                "grpo": "GRPO", "rlaif": "RLAIF (CAI)"}
 
 
 @dataclass
@@ -335,7 +339,8 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
     items = mc_items(w, cfg.mc_items, ctx.seed)
     gold = [it["gold"] for it in items]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for label, key in cfg.models.items():
+    for key in cfg.models:
+        label = MODEL_LABELS.get(key, key)
         if key not in paths:
             report.row(f"calibration: {label}", "skipped", note=f"no checkpoint '{key}' in this run")
             continue
