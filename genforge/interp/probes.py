@@ -35,6 +35,7 @@ class ProbeConfig:
 
     train: TrainConfig = field(default_factory=_probe_train_defaults)
     l2: float = 1e-3  # ridge penalty on the probe's weights, per item (keeps few-item regressions sane)
+    pca: int = 0  # > 0: read only the top-k principal components of the training items' features (few items)
 
 
 class LinearProbe(nn.Module):
@@ -44,19 +45,21 @@ class LinearProbe(nn.Module):
     ridge penalty suit features and targets of any scale."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, out_dim: int, y_mean: torch.Tensor | None = None,
-                 y_std: torch.Tensor | None = None):
+                 y_std: torch.Tensor | None = None, proj: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.register_buffer("y_mean", torch.zeros(out_dim) if y_mean is None else y_mean)
         self.register_buffer("y_std", torch.ones(out_dim) if y_std is None else y_std)
-        self.linear = nn.Linear(mean.numel(), out_dim)
+        # (C, k) projection onto principal components, or the identity
+        self.register_buffer("proj", torch.eye(mean.numel()) if proj is None else proj)
+        self.linear = nn.Linear(self.proj.shape[1], out_dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def standardised(self, x: torch.Tensor) -> torch.Tensor:
         """The probe's output before the targets' scale is put back (logits for classes)."""
-        return self.linear((x - self.mean) / self.std)
+        return self.linear(((x - self.mean) / self.std) @ self.proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.standardised(x) * self.y_std + self.y_mean
@@ -85,10 +88,14 @@ def train_probe(x: torch.Tensor, y: torch.Tensor, cfg: ProbeConfig | None = None
         raise DataError(f"train_probe: need >= 2 items with one label each, got {len(x)} features, {len(y)} labels")
     x = x.float()
     y = y.long() if classes else y.float().reshape(len(y), -1)
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    proj = None
+    if cfg.pca:  # top-k right singular vectors of the standardised training features: (C, k)
+        proj = torch.linalg.svd((x - mean) / std, full_matrices=False)[2][:min(cfg.pca, len(x))].T.contiguous()
     if classes:
-        probe = LinearProbe(x.mean(0), x.std(0).clamp(min=1e-6), classes)
+        probe = LinearProbe(mean, std, classes, proj=proj)
     else:
-        probe = LinearProbe(x.mean(0), x.std(0).clamp(min=1e-6), y.shape[1], y.mean(0), y.std(0).clamp(min=1e-6))
+        probe = LinearProbe(mean, std, y.shape[1], y.mean(0), y.std(0).clamp(min=1e-6), proj=proj)
     l2 = cfg.l2
 
     def loss_fn(model: nn.Module, batch):
@@ -160,40 +167,41 @@ def probe_layers(feats: torch.Tensor, y: torch.Tensor, train_idx: Sequence[int],
 
 
 def cross_validated(feats: torch.Tensor, y: torch.Tensor, folds: int, *, classes: int = 0,
-                    cfg: ProbeConfig | None = None, seed: int = 0) -> list[LayerResult]:
+                    cfg: ProbeConfig | None = None, seed: int = 0, shuffles: int = 1) -> list[LayerResult]:
     """`probe_layers` with k-fold cross-validation: every item is predicted once, by a probe that never saw it
     (for few items, e.g. a world's 40 towns); R^2 is computed over all out-of-fold predictions against the
-    mean of all targets. Train scores are averaged over folds."""
+    mean of all targets. The control's per-item scores are averaged over `shuffles` permutations (one
+    permutation of few items is a noisy baseline). Train scores are averaged over folds."""
     n = len(y)
     if folds < 2 or folds > n:
         raise DataError(f"cross_validated: folds must be in [2, {n}], got {folds}")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g).tolist()
     parts = [order[k::folds] for k in range(folds)]
-    y_ctl = shuffled(y, seed)
-    L = feats.shape[0]
     out = []
-    for layer in range(L):
+    for layer in range(feats.shape[0]):
         x = feats[layer]
-        scores, train_scores = {}, {}
-        for name, labels in (("real", y), ("control", y_ctl)):
+
+        def run(labels: torch.Tensor) -> tuple[list[float], float]:
             preds: list[torch.Tensor | None] = [None] * n
-            train_scores[name] = 0.0
+            train_score = 0.0
             for k, test in enumerate(parts):
                 held = set(test)
                 tr, te = torch.tensor([i for i in order if i not in held]), torch.tensor(test)
                 ymean = labels[tr].float().reshape(len(tr), -1).mean(0)
                 p = train_probe(x[tr], labels[tr], cfg, classes=classes, seed=seed + 101 * k + layer)
-                train_scores[name] += float(np.mean(_score(p, x[tr], labels[tr], classes, ymean))) / folds
+                train_score += float(np.mean(_score(p, x[tr], labels[tr], classes, ymean))) / folds
                 with torch.no_grad():
                     for i, o in zip(test, p(x[te].float())):
                         preds[i] = o
             pred = torch.stack(preds)  # (n, K)
             if classes:
-                scores[name] = (pred.argmax(-1) == labels).float().tolist()
-            else:
-                yy = labels.float().reshape(n, -1)
-                scores[name] = r2_items(pred, yy, yy.mean(0))
-        out.append(LayerResult(layer, scores["real"], scores["control"], train_scores["real"],
-                               train_scores["control"]))
+                return (pred.argmax(-1) == labels).float().tolist(), train_score
+            yy = labels.float().reshape(n, -1)
+            return r2_items(pred, yy, yy.mean(0)), train_score
+
+        real, tr_real = run(y)
+        ctl_runs = [run(shuffled(y, seed + s)) for s in range(max(1, shuffles))]
+        ctl = np.mean([c for c, _ in ctl_runs], axis=0).tolist()
+        out.append(LayerResult(layer, real, ctl, tr_real, float(np.mean([t for _, t in ctl_runs]))))
     return out

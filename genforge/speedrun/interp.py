@@ -30,7 +30,8 @@ class Config:
     probe_steps: int = 150  # Trainer steps per linear probe
     probe_l2: float = 1e-3  # ridge penalty of the classification probes
     map_folds: int = 5  # cross-validation folds over the towns for the world-map probe
-    map_l2: float = 1.0  # ridge penalty of the map probe (few towns, 128-d features: strong)
+    map_l2: float = 10.0  # ridge penalty of the map probe (few towns, 128-d features: strong)
+    map_shuffles: int = 3  # shuffled-coordinate controls averaged (one permutation of 40 towns is noisy)
     lie_people: int = 200  # people whose true/false statements train (75 %) and test (25 %) the lie detector
     lie_sums: int = 200  # true/false sums ("7 plus 5 is 12.") in the lie detector's second family
     icl_prompts: int = 100  # few-shot prompts for the label-anchor analysis
@@ -204,12 +205,13 @@ def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     names = [t.name for t in w.towns]
     y = torch.tensor([coords[n] for n in names])
     feats = entity_features(model, tok, names)
-    res = cross_validated(feats, y, cfg.map_folds, cfg=_probe_cfg(cfg, cfg.map_l2), seed=ctx.seed)
+    res = cross_validated(feats, y, cfg.map_folds, cfg=_probe_cfg(cfg, cfg.map_l2), seed=ctx.seed,
+                          shuffles=cfg.map_shuffles)
     best = max(res, key=lambda r: r.train_real - r.train_control)
     report.lesson("world map: town coordinates are linearly recoverable from town-name representations (held-out "
                   "R^2 above shuffled coordinates)",
                   (f"R^2, held-out towns, layer {best.layer}", bootstrap_mean(best.real)),
-                  ("shuffled coordinates", bootstrap_mean(best.control)),
+                  (f"shuffled coordinates (mean of {cfg.map_shuffles})", bootstrap_mean(best.control)),
                   effect=bootstrap_diff(best.real, best.control, paired=True), target=0.0,
                   effect_name="R^2 difference",
                   note=f"{len(names)} towns, {cfg.map_folds}-fold cross-validated ridge probes on the Trainer; the "

@@ -47,6 +47,20 @@ def test_probe_is_trained_by_the_shared_trainer(tmp_path):
     feats, y = _planted(n=80)
     probes.train_probe(feats[1], y, classes=4, out_dir=tmp_path)
     assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "checkpoint").is_dir()
+    # reading only the top principal components: a (C, k) projection, still finds the planted class
+    p = probes.train_probe(feats[1], y, probes.ProbeConfig(pca=6), classes=4)
+    assert p.proj.shape == (24, 6)
+    assert (p(feats[1]).argmax(-1) == y).float().mean() > 0.8
+
+
+def test_control_averaged_over_shuffles():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 40, 6, generator=g)
+    y = torch.randn(40, 2, generator=g)  # no link to x at all
+    one = probes.cross_validated(x, y, folds=4, shuffles=1)[0]
+    three = probes.cross_validated(x, y, folds=4, shuffles=3)[0]
+    assert one.real == three.real and one.control != three.control
+    assert abs(np.mean(three.real) - np.mean(three.control)) < 0.5
 
 
 def test_ece_by_hand():
