@@ -182,7 +182,7 @@ def cross_validated(feats: torch.Tensor, y: torch.Tensor, folds: int, *, classes
     for layer in range(feats.shape[0]):
         x = feats[layer]
 
-        def run(labels: torch.Tensor) -> tuple[list[float], float]:
+        def run(labels: torch.Tensor, x: torch.Tensor = x, layer: int = layer) -> tuple[list[float], float]:
             preds: list[torch.Tensor | None] = [None] * n
             train_score = 0.0
             for k, test in enumerate(parts):
