@@ -217,6 +217,17 @@ def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
                   note=f"{len(names)} towns, {cfg.map_folds}-fold cross-validated ridge probes on the Trainer; the "
                        "corpus states no coordinate, only travel distances and directions (world/geo.py); "
                        "layer chosen on training folds")
+    # why (or why not): does the model even know which region each town is in? (the corpus states it)
+    from genforge.eval.lm import GenforgeLM
+    from genforge.eval.stats import bootstrap_proportion
+
+    regions = sorted({t.region for t in w.towns})
+    ll = GenforgeLM(model, tok).loglikelihood([(f"{t.name} is a town in", f" {r}") for t in w.towns for r in regions])
+    knows = [float(regions[int(np.argmax([ll[i * len(regions) + j][0] for j in range(len(regions))]))] == t.region)
+             for i, t in enumerate(w.towns)]
+    report.row("the model knows each town's region ('<town> is a town in ...', likeliest of the regions)",
+               str(bootstrap_proportion(knows)), baseline=round(1 / len(regions), 3),
+               note="regions cluster on the planted map, so without this knowledge no probe can draw the map")
     for r in res:
         report.row(f"world map R^2, layer {r.layer}", round(float(np.mean(r.real)), 3),
                    baseline=round(float(np.mean(r.control)), 3), note="held-out towns (baseline: shuffled)")
@@ -326,6 +337,9 @@ def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
             by_fam[fam] = (np.mean([best.real[k] for k in ix]), np.mean([asked[k] for k in ix]))
     report.row("lie detector by family (probe / asked accuracy)",
                ", ".join(f"{f} {a:.2f} / {b:.2f}" for f, (a, b) in by_fam.items()))
+    report.row("lie detector probe accuracy by layer (held-out; control)",
+               ", ".join(f"{r.layer}: {np.mean(r.real):.2f} ({np.mean(r.control):.2f})" for r in res),
+               note="layer 0 is the final token's embedding, the same for every statement: chance by construction")
     report.row("asked confidence ROC AUC", round(auc(conf, [items[i].true for i in test_idx]), 3), baseline=0.5)
     return {"probe": float(np.mean(best.real)), "asked": float(np.mean(asked)),
             "control": float(np.mean(best.control)), "layer": best.layer}
