@@ -225,9 +225,14 @@ def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     ll = GenforgeLM(model, tok).loglikelihood([(f"{t.name} is a town in", f" {r}") for t in w.towns for r in regions])
     knows = [float(regions[int(np.argmax([ll[i * len(regions) + j][0] for j in range(len(regions))]))] == t.region)
              for i, t in enumerate(w.towns)]
+    known = bootstrap_proportion(knows)
     report.row("the model knows each town's region ('<town> is a town in ...', likeliest of the regions)",
-               str(bootstrap_proportion(knows)), baseline=round(1 / len(regions), 3),
+               str(known), baseline=round(1 / len(regions), 3),
                note="regions cluster on the planted map, so without this knowledge no probe can draw the map")
+    if known.low <= 1 / len(regions):
+        report.note(f"World map: this model picks each town's region no better than chance ({known}), so its town "
+                    "names carry no location for a probe to find; the map lesson needs a model that has memorised "
+                    "the towns (run size=small, or pretrain longer).")
     for r in res:
         report.row(f"world map R^2, layer {r.layer}", round(float(np.mean(r.real)), 3),
                    baseline=round(float(np.mean(r.control)), 3), note="held-out towns (baseline: shuffled)")
