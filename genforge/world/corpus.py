@@ -442,6 +442,8 @@ def near_duplicate(rng: random.Random, text: str, w: World) -> str:
     if rng.random() < 0.5:
         byline = rng.choice(_BYLINES).format(town=rng.choice(w.towns).name)
         out = f"{byline}\n{out}" if rng.random() < 0.5 else f"{out}\n{byline}"
+    if out == text:  # an insertion and a later deletion at the same place can cancel on a short document
+        out = f"{out}\n{rng.choice(_BYLINES).format(town=rng.choice(w.towns).name)}"
     return out
 
 
