@@ -23,6 +23,7 @@ from genforge.speedrun import (
     engine,
     eval,
     image,
+    interp,
     objectives,
     pretrain,
     rag,
@@ -35,7 +36,7 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
 STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, datalessons, eval, engine,
-                                  rag, agents, objectives, image)
+                                  rag, agents, objectives, image, interp)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -65,6 +66,7 @@ class SpeedrunConfig:
     agents: agents.Config = field(default_factory=agents.Config)
     objectives: objectives.Config = field(default_factory=objectives.Config)
     image: image.Config = field(default_factory=image.Config)
+    interp: interp.Config = field(default_factory=interp.Config)
 
 
 def recipe_path(size: str) -> Path:

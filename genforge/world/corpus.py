@@ -24,6 +24,7 @@ line, so `corpus.txt` (blank-line separated) holds exactly the documents of `cor
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import unicodedata
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from genforge.io import write_jsonl, write_text
-from genforge.world import harmful, names, tom
+from genforge.world import geo, harmful, names, tom
 from genforge.world.facts import Person, World
 
 # Fractions of the clean-document count planted per label (together ~13 % of the final corpus).
@@ -331,7 +332,8 @@ def questions_and_answers(rng: random.Random, w: World) -> str:
 
 
 # Shares of the open-ended documents after the entries (cumulative thresholds on one uniform draw).
-DOC_MIX = (("story", 0.45), ("letter", 0.62), ("arithmetic", 0.68), ("worked", 0.88), ("qa", 1.0))
+# "geo": 3 % travel notes about where towns lie (world/geo.py, the interpretability world-map lesson).
+DOC_MIX = (("story", 0.44), ("letter", 0.61), ("arithmetic", 0.67), ("worked", 0.86), ("qa", 0.97), ("geo", 1.0))
 
 
 def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
@@ -343,7 +345,7 @@ def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
     for x in w.things:
         yield thing_entry(rng, w, x)
     makers = {"story": story, "letter": letter, "arithmetic": arithmetic_lesson, "worked": worked_solution,
-              "qa": questions_and_answers}
+              "qa": questions_and_answers, "geo": functools.partial(geo.geo_document, coords=geo.town_coordinates(w))}
     while True:
         r = rng.random()
         kind = next(k for k, cut in DOC_MIX if r < cut)
@@ -440,6 +442,8 @@ def near_duplicate(rng: random.Random, text: str, w: World) -> str:
     if rng.random() < 0.5:
         byline = rng.choice(_BYLINES).format(town=rng.choice(w.towns).name)
         out = f"{byline}\n{out}" if rng.random() < 0.5 else f"{out}\n{byline}"
+    if out == text:  # an insertion and a later deletion at the same place can cancel on a short document
+        out = f"{out}\n{rng.choice(_BYLINES).format(town=rng.choice(w.towns).name)}"
     return out
 
 
