@@ -7,6 +7,9 @@ from genforge.scaling.plan import DEVICES, METHODS, PRECISIONS, SHAPES, PlanConf
 # for `genforge plan --help`
 MODELS = {name: f"{c.resolved().depth} layers, width {c.resolved().width}" for name, c in SHAPES.items()}
 DEVICE_HELP = {name: f"{d.memory_gib:g} GiB, {d.bf16_tflops:g} bf16 TFLOP/s" for name, d in DEVICES.items()}
+DEVICE_HELP["24gb"] += " (a generic 24 GB card: an RTX 4090's peak)"
+DEVICE_HELP["80gb"] += " (a generic 80 GB card: an H100's peak)"
+DEVICE_HELP["cpu"] = "no memory limit; give peak_tflops (measured) for a time estimate"
 
 
 def main(cfg: PlanConfig) -> dict:

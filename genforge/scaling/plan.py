@@ -289,8 +289,11 @@ def render(p: Plan) -> str:
         lines.append(f"trainable parameters: {trainable / 1e6:,.1f} M")
     lines += ["", f"FLOPs/token {p.flops_per_token / 1e9:.2f} G; step {p.step_flops / 1e12:.2f} TFLOP per device",
               f"at MFU {cfg.mfu:g}: {p.step_s:.3g} s/step, {p.tokens_per_s:,.0f} tokens/s"]
-    if cfg.method != "inference":
-        lines.append(f"Chinchilla-optimal tokens (20/param): {p.chinchilla_tokens / 1e9:,.1f} B; "
+    if cfg.method == "full" or cfg.tokens:
+        lines.append(f"Chinchilla-optimal pretraining tokens (20/param): {p.chinchilla_tokens / 1e9:,.1f} B; "
                      f"{(cfg.tokens or p.chinchilla_tokens) / 1e9:,.1f} B tokens take {p.train_days:,.1f} days here")
+    elif cfg.method != "inference":
+        lines.append(f"Chinchilla-optimal pretraining tokens (20/param): {p.chinchilla_tokens / 1e9:,.1f} B "
+                     "(fine-tuning needs far fewer: pass tokens=N for a time estimate)")
     lines += [f"note: {x}" for x in p.notes]
     return "\n".join(lines)
