@@ -23,6 +23,7 @@ EXTRAS = {
     "image": "image models and metrics (scikit-learn, pillow, scipy, diffusers)",
     "rag": "retrieval: the packaged MiniLM, bm25s, LanceDB, FAISS",
     "rag-server": "the Chroma server backend (chromadb)",
+    "scaling": "scaling-law fits and plots (scipy, matplotlib)",
 }
 
 

@@ -90,7 +90,9 @@ def fit_law(n: Sequence[float], d: Sequence[float], loss: Sequence[float], *, de
     """Approach 3: fit L(N, D) to runs of N parameters, D tokens and final loss (Huber on log loss, L-BFGS).
 
     `starts` (theta vectors) replaces the initialisation grid (the bootstrap restarts from the full fit)."""
-    from scipy.optimize import minimize
+    from genforge.extras import require
+
+    minimize = require("scipy.optimize", "scaling").minimize
 
     log_n, log_d, log_l = (np.log(np.asarray(x, dtype=np.float64)) for x in (n, d, loss))
     if len(log_l) < 5:

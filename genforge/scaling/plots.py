@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from genforge.scaling.fit import Approach2, LawFit
-    from genforge.scaling.sweep import Run, SweepResult
+# the sweep's types (Run, SweepResult, LawFit, Approach2) are duck-typed here: the sweep imports this module
+Run = SweepResult = LawFit = Approach2 = Any
 
 
 def _figure(ncols: int = 1):
