@@ -120,3 +120,15 @@ def test_mixed_precision_policy_follows_train_precision():
     assert fsdp.mixed_precision("fp32", torch.device("cuda")) is None
     mp = fsdp.mixed_precision("bf16", torch.device("cpu"))
     assert mp.param_dtype == torch.bfloat16 and mp.reduce_dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_with_activation_checkpointing_tracks_fp32(runs, tmp_path):
+    shards, _, sharded = runs
+    out = str(tmp_path / "bf16")
+    r = subprocess.run(_torchrun(shards, out, **{"train.precision": "bf16", "train.activation_checkpointing": "true"}),
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _losses(sharded), _losses(out)
+    assert a[1] == pytest.approx(b[1], rel=0.01)  # bf16 rounding only
+    assert b[STEPS] == pytest.approx(a[STEPS], rel=0.05) and b[STEPS] < b[1] - 1.0
