@@ -11,8 +11,8 @@ What the trainer calls, all collective (every rank calls them, in the same order
     all-gather units: one block's full weights live at a time);
   * `save_sharded(folder, model, optimizers)` / `load_sharded(folder, model, optimizers)`: the resume state
     via `torch.distributed.checkpoint` (DCP: each rank writes its own shards, plus metadata), so no rank ever
-    holds the full optimizer state, and the number of processes may change between save and resume
-    (DCP reshards on load);
+    holds the full optimizer state (DCP can reshard on load; resuming with another process count is untested
+    here, and would change which rank reads which batches);
   * `FullCopy`: a meta-device twin of the model that rank 0 fills with the gathered full weights to write
     the Hugging Face files beside the shards (a checkpoint folder stays one a `transformers` user loads).
 
