@@ -174,15 +174,19 @@ def isoflop_profile(flops: float, n: Sequence[float], loss: Sequence[float]) -> 
 @dataclass
 class Approach2:
     profiles: list[IsoFLOP]
-    n_law: PowerLaw  # N_opt(C)
-    d_law: PowerLaw  # D_opt(C) = C / (6 N_opt)
+    n_law: PowerLaw | None  # N_opt(C); None when fewer than 2 budgets have their minimum inside the sizes tried
+    d_law: PowerLaw | None  # D_opt(C) = C / (6 N_opt)
 
 
 def fit_isoflops(budgets: dict[float, tuple[Sequence[float], Sequence[float]]]) -> Approach2:
-    """Approach 2 over budgets {C: (sizes, losses)}: each budget's optimum, then N_opt, D_opt vs C power laws."""
+    """Approach 2 over budgets {C: (sizes, losses)}: each budget's optimum, then N_opt, D_opt vs C power laws
+    through the *interior* minima only (a minimum at the grid's edge says "smaller/larger than tried", not where)."""
     profiles = [isoflop_profile(c, n, loss) for c, (n, loss) in sorted(budgets.items())]
-    cs = [p.flops for p in profiles]
-    n_opt = [p.n_opt for p in profiles]
+    inside = [p for p in profiles if p.interior]
+    if len(inside) < 2:
+        return Approach2(profiles, None, None)
+    cs = [p.flops for p in inside]
+    n_opt = [p.n_opt for p in inside]
     return Approach2(profiles, fit_power_law(cs, n_opt), fit_power_law(cs, [c / (6 * n) for c, n in zip(cs, n_opt)]))
 
 

@@ -73,11 +73,18 @@ def isoflop(path: str | Path, a2: Approach2) -> Path:
     ax.set_title("IsoFLOP profiles (x = minimum, ^ = at the edge)")
     ax.legend(fontsize=7)
     cs = np.array([p.flops for p in a2.profiles])
-    ax2.plot(cs, [p.n_opt for p in a2.profiles], "o", label="N_opt")
-    ax2.plot(cs, [c / 6 / p.n_opt for c, p in zip(cs, a2.profiles)], "s", label="D_opt")
-    grid = np.geomspace(cs.min() / 3, cs.max() * 3, 30)
-    ax2.plot(grid, a2.n_law(grid), "-", label=f"N ∝ C^{a2.n_law.exponent:.2f}")
-    ax2.plot(grid, a2.d_law(grid), "-", label=f"D ∝ C^{a2.d_law.exponent:.2f}")
+    inside = np.array([p.interior for p in a2.profiles])
+    n_opt = np.array([p.n_opt for p in a2.profiles])
+    ax2.plot(cs[inside], n_opt[inside], "o", color="tab:blue", label="N_opt")
+    ax2.plot(cs[inside], cs[inside] / 6 / n_opt[inside], "s", color="tab:orange", label="D_opt")
+    ax2.plot(cs[~inside], n_opt[~inside], "o", mfc="none", color="tab:blue", label="N_opt at the edge (not fitted)")
+    if a2.n_law is not None:
+        grid = np.geomspace(cs.min() / 3, cs.max() * 3, 30)
+        ax2.plot(grid, a2.n_law(grid), "-", label=f"N ∝ C^{a2.n_law.exponent:.2f}")
+        ax2.plot(grid, a2.d_law(grid), "-", label=f"D ∝ C^{a2.d_law.exponent:.2f}")
+    from matplotlib.ticker import NullFormatter
+
+    ax2.xaxis.set_minor_formatter(NullFormatter())
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("compute C (FLOPs)")
@@ -98,7 +105,7 @@ def exponents(path: str | Path, res: SweepResult) -> Path:
     err = np.array([[v - lo for v, (lo, _) in zip(vals, ivs)], [hi - v for v, (_, hi) in zip(vals, ivs)]])
     ax.errorbar(xs, vals, yerr=np.maximum(err, 0), fmt="o", capsize=6, label="this sweep (95 % bootstrap)")
     ax.scatter(xs, ref, marker="_", s=400, color="gray", label="Chinchilla (approach 3)")
-    if res.isoflops is not None:
+    if res.isoflops is not None and res.isoflops.n_law is not None:
         ax.scatter([2], [res.isoflops.n_law.exponent], marker="s", color="tab:orange", label="approach 2")
     ax.set_xticks(xs, names)
     ax.set_ylabel("exponent")

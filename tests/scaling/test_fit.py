@@ -63,3 +63,10 @@ def test_isoflop_needs_three_sizes_and_power_law_two_points():
     with pytest.raises(ConfigError):
         fit_power_law([1.0, 1.0], [2.0, 3.0])
     assert fit_power_law([1, 10, 100], [2, 20, 200]).exponent == pytest.approx(1.0)
+
+
+def test_isoflop_minima_at_the_edge_are_not_fitted():
+    # every budget's best size is the smallest tried: no valley, so approach 2 must not invent an exponent
+    budgets = {c: ([1e5, 3e5, 1e6], [2.0 + k, 2.5 + k, 3.5 + k]) for k, c in enumerate((1e15, 1e16, 1e17))}
+    a2 = fit_isoflops(budgets)
+    assert not any(p.interior for p in a2.profiles) and a2.n_law is None
