@@ -115,3 +115,13 @@ def test_llama_7b_full_fine_tune_needs_more_than_80gb_but_4bit_lora_fits_24gb():
     one_b = plan(PlanConfig(model="tinyllama-1.1b", method="full", precision="fp32", device="24gb", batch=1))
     states = one_b.memory_gib["weights"] + one_b.memory_gib["gradients"] + one_b.memory_gib["optimizer"]
     assert 15 < states < 18 and 20 < one_b.total_gib < 30
+
+
+def test_plan_command_prints_the_table_and_names_bad_choices(capsys, tmp_path):
+    from genforge.cli import main
+
+    assert main(["plan", "llama-7b", "method=qlora-4bit", "device=24gb", "grad_checkpointing=true"]) == 0
+    out = capsys.readouterr().out
+    assert "qlora-4bit" in out and "-> FITS" in out and "optimizer" in out
+    assert main(["plan", "llama-7b", "method=dora"]) != 0
+    assert "choose one of full, lora" in capsys.readouterr().err
