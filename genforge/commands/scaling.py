@@ -52,7 +52,9 @@ def main(cfg: ScalingConfig) -> dict:
     sr.seconds = time.perf_counter() - t0
     rep = Report(cfg.out_dir, title=f"genforge scaling report ({cfg.size})")
     rep.save_stage(sr)
-    path = rep.write(["scaling"], header=f"Sweep of depths {cfg.depths} x budgets {cfg.flops} FLOPs on {cfg.shards}.")
+    budgets = ", ".join(f"{c:.2g}" for c in cfg.flops)
+    path = rep.write(["scaling"], header=f"Sweep of depths {cfg.depths} x budgets [{budgets}] FLOPs on {cfg.shards}; "
+                     f"held-out depth {cfg.heldout_depth} at {cfg.heldout_flops:.2g} FLOPs.")
     law = res.law
     print(f"L(N, D) = {law.E:.3f} + {law.A:.3g}/N^{law.alpha:.3f} + {law.B:.3g}/D^{law.beta:.3f}; held-out "
           f"{res.heldout.val_loss:.4f} measured vs {res.heldout_pred:.4f} predicted -> {path}")
