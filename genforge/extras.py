@@ -24,6 +24,7 @@ EXTRAS = {
     "rag": "retrieval: the packaged MiniLM, bm25s, LanceDB, FAISS",
     "rag-server": "the Chroma server backend (chromadb)",
     "gguf": "GGUF export for llama.cpp / ollama (gguf)",
+    "scaling": "scaling-law fits and plots (scipy, matplotlib)",
 }
 
 

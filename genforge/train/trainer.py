@@ -41,6 +41,7 @@ from genforge import runtime
 from genforge.checkpoint.core import find_resume_state, save_training_state
 from genforge.errors import TrainingError
 from genforge.io import atomic_dir, atomic_path, storage_error
+from genforge.train import fsdp
 
 
 @dataclass
@@ -68,6 +69,8 @@ class TrainConfig:
     resume: bool = True  # continue from out_dir/checkpoint if it exists
     max_bad_steps: int = 0  # non-finite losses skipped before the run stops (0 = stop at the first)
     progress: bool = True  # show a progress bar
+    parallel: str = "ddp"  # ddp (full copy per process) | fsdp (FSDP2: shard weights/grads/optimizer; under torchrun)
+    activation_checkpointing: bool = False  # recompute blocks in backward: less memory, ~1/3 more compute
 
 
 class DataSource(Protocol):
@@ -136,6 +139,18 @@ class Trainer:
         self.rank, self.world = runtime.init_distributed()
         self.device = runtime.resolve_device(cfg.device)
         self.model = model.to(self.device)
+        if cfg.parallel not in ("ddp", "fsdp"):
+            raise TrainingError(f"[{name}] train.parallel must be ddp or fsdp, got {cfg.parallel!r}")
+        if cfg.activation_checkpointing:
+            fsdp.activation_checkpointing(self.model)
+        # FSDP shards the parameters before the optimizers are built (they step the shards); one process = plain
+        self.fsdp = cfg.parallel == "fsdp" and self.world > 1
+        self.full_copy = None
+        if self.fsdp:
+            if not callable(loss_fn):
+                raise TrainingError(f"[{name}] several optimizers under FSDP are not supported; use parallel=ddp")
+            self.full_copy = fsdp.FullCopy(self.model)  # meta twin for writing HF files from gathered weights
+            fsdp.shard(self.model, cfg.precision, self.device)
         self.peak_lr = cfg.lr or default_lr
         self.single = callable(loss_fn)
         self.parts = [Part("model", self.model, loss_fn)] if callable(loss_fn) else list(loss_fn)
@@ -156,12 +171,31 @@ class Trainer:
             if found is not None:
                 self._load_state(*found)
         self._trim_metrics()
-        self.ddp = DDP(self.model) if self.world > 1 else None
+        self.ddp = DDP(self.model) if self.world > 1 and not self.fsdp else None
         fwd = self.ddp or self.model
         self.forward_model = torch.compile(fwd) if cfg.compile else fwd
 
     # ---------------------------------------------------------------- checkpointing
     def _load_state(self, folder: Path, state: dict) -> None:
+        if state.get("sharded"):
+            if not self.fsdp:
+                raise TrainingError(f"{folder}: a sharded (FSDP) checkpoint; resume it under torchrun with "
+                                    "train.parallel=fsdp, or pass train.resume=false to start over")
+            fsdp.load_sharded(folder, self.model, self.optimizers)
+        elif self.fsdp:
+            raise TrainingError(f"{folder}: a full (unsharded) checkpoint cannot resume an FSDP run; use "
+                                "train.parallel=ddp, or train.resume=false to start over")
+        else:
+            self._load_full(folder, state)
+        self.step, self.bad_steps = state["step"], state["bad_steps"]
+        runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
+        if hasattr(self.data, "load_state_dict") and "data" in state:
+            self.data.load_state_dict(state["data"])
+        if runtime.is_main():
+            note = "" if folder == self.ckpt_dir else f" (newest complete checkpoint; {self.ckpt_dir} was not usable)"
+            print(f"[{self.name}] resumed from {folder} at step {self.step}{note}", flush=True)
+
+    def _load_full(self, folder: Path, state: dict) -> None:
         # PEFT runs store only trainable tensors: the frozen base comes from where the stage loaded it
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
@@ -173,13 +207,6 @@ class Trainer:
                                 "Use train.resume=false to start over")
         for part_name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][part_name])
-        self.step, self.bad_steps = state["step"], state["bad_steps"]
-        runtime.set_rng_state(state["rng"][min(self.rank, len(state["rng"]) - 1)])
-        if hasattr(self.data, "load_state_dict") and "data" in state:
-            self.data.load_state_dict(state["data"])
-        if runtime.is_main():
-            note = "" if folder == self.ckpt_dir else f" (newest complete checkpoint; {self.ckpt_dir} was not usable)"
-            print(f"[{self.name}] resumed from {folder} at step {self.step}{note}", flush=True)
 
     def _trim_metrics(self) -> None:
         """Keep the log rows up to the step training continues from: rows past it will be produced again (no
@@ -208,6 +235,8 @@ class Trainer:
         if self.world > 1:  # every rank's RNG, gathered to rank 0
             rngs = [None] * self.world
             dist.all_gather_object(rngs, runtime.rng_state())
+        if self.fsdp:
+            return self._save_sharded(rngs)
         if not runtime.is_main():
             return
         with atomic_dir(self.ckpt_dir) as tmp:
@@ -215,10 +244,34 @@ class Trainer:
                 self.save_fn(tmp)
             state = {"model": self._resume_weights(), "step": self.step, "bad_steps": self.bad_steps, "rng": rngs,
                      "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()}}
-            if hasattr(self.data, "state_dict"):
-                state["data"] = self.data.state_dict()
-            save_training_state(tmp, state)
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, **self.last_eval}, indent=2))
+            self._write_state(tmp, state)
+
+    def _write_state(self, tmp: Path, state: dict) -> None:
+        if hasattr(self.data, "state_dict"):
+            state["data"] = self.data.state_dict()
+        save_training_state(tmp, state)
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, **self.last_eval}, indent=2))
+
+    def _save_sharded(self, rngs: list) -> None:
+        """FSDP: every rank writes its shards into rank 0's temp folder (DCP), rank 0 adds the HF files (from
+        gathered full weights) and the small state, then renames the folder into place: still atomic."""
+        main = runtime.is_main()
+        full_model = self.full_copy.gather(self.model, main)  # collective
+        with contextlib.ExitStack() as stack:
+            tmp = [str(stack.enter_context(atomic_dir(self.ckpt_dir))) if main else None]
+            dist.broadcast_object_list(tmp, src=0)
+            fsdp.save_sharded(Path(tmp[0]), self.model, self.optimizers)  # collective
+            if main:
+                if self.save_fn:
+                    # the stage's save_fn writes `trainer.model`: point it at the full twin while it writes
+                    sharded, self.model = self.model, full_model
+                    try:
+                        self.save_fn(Path(tmp[0]))
+                    finally:
+                        self.model = sharded
+                self._write_state(Path(tmp[0]), {"sharded": True, "step": self.step, "bad_steps": self.bad_steps,
+                                                 "rng": rngs})
+        dist.barrier()  # no rank runs ahead while rank 0 renames
 
     def _resume_weights(self) -> dict:
         """The weights resume needs: all of them, or only the trainable ones when part of the model is frozen."""
@@ -284,6 +337,8 @@ class Trainer:
             batch = batches(micro)
             sync = self.ddp is None or micro == cfg.grad_accum - 1
             ctx = self.ddp.no_sync() if not sync else contextlib.nullcontext()
+            if self.fsdp:
+                fsdp.set_gradient_sync(self.model, micro == cfg.grad_accum - 1)
             with ctx, runtime.autocast(self.device, cfg.precision):
                 loss_sum, count, metrics = part.loss_fn(model, batch)
             with ctx:
@@ -295,13 +350,15 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(total_loss)
             dist.all_reduce(total_count)
-        # DDP averaged gradients over ranks; sum/total_count is the exact mean over every item of the step
+        # DDP (and FSDP's reduce-scatter) averaged gradients over ranks; sum/total_count is the exact mean over every
+        # item of the step
         scale = self.world / total_count.clamp(min=1.0)
         loss = (total_loss / total_count.clamp(min=1.0)).item()
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         for p in params:
             p.grad.mul_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = fsdp.full_norm(grad_norm) if self.fsdp else grad_norm
         finite = math.isfinite(loss) and math.isfinite(float(grad_norm))
         if finite:
             opt.step()
