@@ -261,6 +261,9 @@ def stage_rebuild(root: str | Path, collection: str, backend: str, dim: int, emb
     if not _NAME.match(collection):
         raise StoreError(f"collection name {collection!r} must be letters, digits, '_', '-', '.'")
     spath = _staging_path(root, collection)
+    if root.is_dir():  # a kill during one of the staging manifest's atomic rewrites leaves its temp file
+        for tmp in root.glob(f".{spath.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     if spath.exists():  # leftovers of a rebuild that was killed
         with contextlib.suppress(Exception):
             old = json.loads(spath.read_text())
