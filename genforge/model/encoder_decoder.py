@@ -53,6 +53,8 @@ class Seq2SeqConfig:
     decoder_start_id: int = 0  # T5 starts decoding from the pad id
     decoder_causal: bool = True  # False: a conditional masked LM (mask-predict)
     length_classes: int = 0  # > 0: a target-length head predicting lengths 0 .. length_classes-1
+    mlp_act: str = "silu"  # the reused gpt.py MLP's activation (T5 "gated-silu")
+    mlp_bias: bool = False  # T5's feed-forward has no biases
 
     def resolved(self) -> Seq2SeqConfig:
         c = Seq2SeqConfig(**self.__dict__)
