@@ -44,7 +44,10 @@ def _mlp(model: nn.Module, layer: int) -> nn.Module:
 def collect_keys(model: nn.Module, layer: int, seqs: Sequence[Sequence[int]], max_keys: int = 4000) -> torch.Tensor:
     """The down projection's inputs at every position of the sequences -> (N, H) (at most max_keys rows)."""
     got: list[torch.Tensor] = []
-    h = _mlp(model, layer).down_proj.register_forward_pre_hook(lambda m, a: got.append(a[0].reshape(-1, a[0].shape[-1])))
+    def keep(m: nn.Module, args: tuple) -> None:
+        got.append(args[0].reshape(-1, args[0].shape[-1]))
+
+    h = _mlp(model, layer).down_proj.register_forward_pre_hook(keep)
     try:
         for s in seqs:
             model(torch.tensor([list(s)]))
@@ -67,7 +70,8 @@ def subject_key(model: nn.Module, layer: int, subject_ids: Sequence[int]) -> tor
 
 
 def target_delta(model: nn.Module, layer: int, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
-                 subject_pos: int, steps: int = 60, lr: float = 0.1, l2: float = 1e-2) -> tuple[torch.Tensor, float, float]:
+                 subject_pos: int, steps: int = 60, lr: float = 0.1,
+                 l2: float = 1e-2) -> tuple[torch.Tensor, float, float]:
     """delta (C,) added to the MLP output at `subject_pos` that makes each prompt continue with its target."""
     C = model.config.width
     delta = torch.zeros(C, requires_grad=True)

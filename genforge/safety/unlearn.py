@@ -60,5 +60,6 @@ def unlearn(model: nn.Module, forget: Sequence[Sequence[int]], targets_from: Seq
         ref = torch.tensor(continuation_logprob(model, forget, targets_from, pad_id))
         extra = lambda idx: {"ref_lp": ref[idx]}  # noqa: E731
     data = SeqBatches(forget, micro_batch, pad_id, seed, targets_from, extra)
-    finetune(m, ga_loss if method == "ga" else npo_loss(beta), data, steps, lr, seed, work_dir, name=f"unlearn-{method}")
+    loss = ga_loss if method == "ga" else npo_loss(beta)
+    finetune(m, loss, data, steps, lr, seed, work_dir, name=f"unlearn-{method}")
     return m
