@@ -15,12 +15,13 @@ from types import ModuleType
 from genforge.config import load_config, read_recipe, save_resolved, update
 from genforge.errors import ConfigError
 from genforge.report import Report, StageReport
-from genforge.speedrun import agents, align, clean, engine, eval, image, pretrain, rag, sft, tokenizer, world
+from genforge.speedrun import agents, align, clean, engine, eval, image, pretrain, rag, safety, sft, tokenizer, world
 from genforge.speedrun.stage import StageContext, check_stage, outputs_path, read_outputs, stage_inputs, write_outputs
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, eval, align, engine, rag, agents, image)
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, eval, align, engine, rag, agents, image,
+                                  safety)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -48,6 +49,7 @@ class SpeedrunConfig:
     rag: rag.Config = field(default_factory=rag.Config)
     agents: agents.Config = field(default_factory=agents.Config)
     image: image.Config = field(default_factory=image.Config)
+    safety: safety.Config = field(default_factory=safety.Config)
 
 
 def recipe_path(size: str) -> Path:
