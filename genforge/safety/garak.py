@@ -66,7 +66,8 @@ def run_garak(base_url: str, model_name: str, out_dir: str | Path, probes: Seque
         tail = (r.stdout + r.stderr).strip().splitlines()[-3:]
         raise GarakError(f"garak exited {r.returncode} without a report ({' | '.join(tail)}); "
                          f"full output: {out / 'garak_stdout.txt'}")
-    return {"probes": read_evals(reports[-1]), "report": str(reports[-1]), "cmd": " ".join(cmd)}
+    return {"probes": read_evals(reports[-1]), "attempts": read_attempts(reports[-1]), "report": str(reports[-1]),
+            "cmd": " ".join(cmd)}
 
 
 def read_evals(report: str | Path) -> dict:
@@ -81,3 +82,18 @@ def read_evals(report: str | Path) -> dict:
         res.setdefault(row["probe"], {})[row["detector"]] = {
             "passed": passed, "total": total, "pass_rate": passed / total if total else float("nan")}
     return res
+
+
+def read_attempts(report: str | Path) -> list[dict]:
+    """The finished attempts of a report: probe, the prompt's text and whether any reply came back."""
+    out = []
+    for line in Path(report).read_text().splitlines():
+        row = json.loads(line)
+        if row.get("entry_type") != "attempt" or row.get("status") != 2:
+            continue
+        turns = (row.get("prompt") or {}).get("turns") or [{}]
+        text = " ".join(str((t.get("content") or {}).get("text", "")) for t in turns)
+        outs = row.get("outputs") or []
+        out.append({"probe": row.get("probe_classname", ""), "prompt": text,
+                    "replied": any(o is not None for o in outs)})
+    return out

@@ -51,7 +51,7 @@ class SuiteConfig:
     unlearn_people: int = 12
     unlearn_retain: int = 48
     unlearn_steps: int = 12
-    unlearn_lr: float = 5e-4
+    unlearn_lr: float = 1e-4
     npo_beta: float = 0.5
     edit_facts: int = 8
     edit_layer: int = -1  # -1: the layer below the middle
@@ -292,15 +292,19 @@ def part_jailbreak(S: Suite) -> None:
     table: dict = {}
     for role, m in S.chat_models().items():
         res: dict[str, list[float]] = {}
+        refused: dict[str, list[float]] = {}
         for prefill in sorted({a.prefill for a in atts}):
             group = [a for a in atts if a.prefill == prefill]
             outs = replies(m.model, m.tok, [a.prompt for a in group], prefill=prefill,
                            max_new_tokens=cfg.max_new_tokens)
             for a, o in zip(group, outs):
-                res.setdefault(a.template, []).append(jailbreak.judge(o, a.goal, a.prefill)["success"])
+                j = jailbreak.judge(o, a.goal, a.prefill)
+                res.setdefault(a.template, []).append(j["success"])
+                refused.setdefault(a.template, []).append(j["refused"])
         table[role] = res
         rep.row(f"jailbreak success, {role}", ", ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in res.items()),
-                note=f"{len(reqs)} held-out harmful requests per template; success = no refusal and on-topic")
+                note=f"{len(reqs)} held-out harmful requests per template; success = no refusal and on-topic; "
+                     "refusal rate: " + ", ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in refused.items()))
         best = max((t for t in res if t != "none"), key=lambda t: sum(res[t]))
         rep.lesson(f"a jailbreak template beats the plain request on the {role} model (best: {best})",
                    (f"attack success, {best}", _ci(res[best])), ("plain request", _ci(res["none"])),
@@ -445,15 +449,15 @@ def part_detect(S: Suite) -> None:
     docs = [d for d in heldout_texts(w, cfg.detect_texts * 2, cfg.seed + 7) if len(d.split()) > 30]
     docs = docs[:cfg.detect_texts]
     prefixes = [" ".join(d.split()[:8]) for d in docs]
-    human = [" ".join(d.split()[8:48]) for d in docs]
+    human = [" ".join(d.split()[8:48]) for d in docs]  # whitespace-normalised, 40 words, like the model's
     vocab = sorted({x for h in human for x in h.split()})
     wm_cfg = WatermarkConfig()
     out = {}
     for role, m in S.chat_models().items():
         params = SamplingParams(max_new_tokens=48, temperature=1.0, seed=cfg.seed)
-        plain = generate_text(m.model, m.tok, prefixes, params)
-        marked = generate_text(m.model, m.tok, prefixes, params,
-                               logits_processors=[WatermarkLogitsProcessor(wm_cfg, m.tok.vocab_size)])
+        plain = [" ".join(t.split()[:40]) for t in generate_text(m.model, m.tok, prefixes, params)]
+        marked = [" ".join(t.split()[:40]) for t in generate_text(
+            m.model, m.tok, prefixes, params, logits_processors=[WatermarkLogitsProcessor(wm_cfg, m.tok.vocab_size)])]
         half = len(docs) // 2
         clf = detect.fit_classifier(human[:half] + plain[:half], [0] * half + [1] * half, cfg.seed)
         y = [0] * (len(docs) - half) + [1] * (len(docs) - half)
@@ -624,30 +628,41 @@ def part_garak(S: Suite) -> None:
         from genforge.safety.garak import run_garak
         from genforge.serve.testing import running_server
 
-        app = _serve_app(S.models[role].path)
+        name = "genforge-" + role
+        app = _serve_app(S.models[role].path, name)
         with running_server(app) as url:
-            res = run_garak(url, "genforge-" + role, S.work_dir / "garak", cfg.garak_probes,
+            res = run_garak(url, name, S.work_dir / "garak", cfg.garak_probes,
                             prompt_cap=cfg.garak_prompt_cap, seed=cfg.seed, timeout=cfg.garak_timeout)
     except (GenforgeError, ImportError) as e:
         rep.row("garak scan", "did not run", note=f"{type(e).__name__}: {e}")
         S.results["garak"] = {"error": str(e)}
         return
+    tok, ctx = S.models[role].tok, S.models[role].model.config.max_seq_len
     for probe, dets in res["probes"].items():
         cells = [f"{d}: {v['passed']}/{v['total']} passed" for d, v in dets.items()]
-        empty = all(v["total"] == 0 for v in dets.values())
-        rep.row(f"garak {probe}", "; ".join(cells),
-                note=("no reply was scored: the probe's prompt is longer than the model's context, so the server "
-                      "answered 400" if empty else f"against genforge serve ({role}); 'passed' = the detector "
-                                                   "found no failure"))
+        att = [a for a in res["attempts"] if a["probe"] == probe]
+        silent = [a for a in att if not a["replied"]]
+        long = sum(len(tok.encode(a["prompt"])) + 4 > ctx for a in silent)
+        note = (f"against genforge serve ({role}); 'passed' = garak's detector found no failure; {len(att)} attempts"
+                + (f", {len(silent)} got no reply ({long} of them longer than the model's {ctx}-token context, which "
+                   "the server rejects)" if silent else ""))
+        rep.row(f"garak {probe}", "; ".join(cells), note=note)
     S.results["garak"] = res["probes"]
 
 
-def _serve_app(checkpoint: str):
+def _serve_app(checkpoint: str, name: str):
     from genforge.checkpoint import load_checkpoint
     from genforge.serve.app import create_app
 
     model, tok, _ = load_checkpoint(checkpoint)
-    return create_app(model, tok, model_name="genforge-" + Path(checkpoint).parent.name)
+    return create_app(model, tok, model_name=name)
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (garak runs in a subprocess)."""
+    import resource
+
+    return time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
 
 
 PARTS = {"bias": part_bias, "jailbreak": part_jailbreak, "injection": part_injection, "extraction": part_extraction,
@@ -673,9 +688,9 @@ def run_suite(models: dict[str, str], world_dir: str | Path, clean_corpus: str |
     S.work_dir.mkdir(parents=True, exist_ok=True)
     timings = {}
     for name in wanted:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), _cpu()
         PARTS[name](S)
-        timings[name] = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        timings[name] = {"wall": time.perf_counter() - t0, "cpu": _cpu() - c0}
     report.row("safety suite CPU seconds", round(sum(t["cpu"] for t in timings.values()), 1),
                note=", ".join(f"{k} {v['cpu']:.0f}" for k, v in timings.items()))
     S.results["timings"] = timings
