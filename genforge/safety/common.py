@@ -19,6 +19,10 @@ def replies(model: nn.Module, tok: Tokenizer, conversations: Sequence[Conversati
     ("Absolutely! Here's"): the model continues it, and the returned text includes it."""
     texts = [tok.render_chat([{"role": "user", "content": c}] if isinstance(c, str) else list(c),
                              add_generation_prompt=True) + prefill for c in conversations]
+    room = model.config.max_seq_len - max_new_tokens - 1
+    ids = [tok.encode(t) for t in texts]
+    # a conversation longer than the context keeps its end (the request, the assistant tag), as eval's fit_prompt does
+    texts = [t if len(i) <= room else tok.decode(i[-room:], skip_special=False) for t, i in zip(texts, ids)]
     out: list[str] = []
     for b, i in enumerate(range(0, len(texts), batch_size)):
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + b)
