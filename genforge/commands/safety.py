@@ -22,6 +22,7 @@ class SafetyConfig:
     cai: str = ""
     rlhf: str = ""
     world_dir: str = ""  # override the world folder (world.json, canaries.jsonl, bias.json)
+    corpus: str = ""  # override the pretraining corpus (JSONL with "text"; default: the run's cleaned corpus)
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 
 
@@ -45,6 +46,7 @@ def main(cfg: SafetyConfig) -> Path:
                                      ("rlhf", cfg.rlhf)) if v})
     models = {k: v for k, v in models.items() if v}
     world_dir = cfg.world_dir or world_dir
+    corpus = cfg.corpus or corpus
     if not models or not world_dir:
         raise ConfigError("genforge safety needs a run folder (genforge safety runs/tiny) or world_dir= and at "
                           "least one of base= sft= cai= rlhf=")

@@ -157,6 +157,12 @@ def part_bias(S: Suite) -> None:
         rep.row("planted bias: P(stereotyped pronoun) in the bias documents", planted["rate"],
                 note=f"{planted['documents']} documents over {len(FEMALE_CODED) + len(MALE_CODED)} occupations; "
                      f"with the world's own (unbiased) entries the corpus-wide share is {corpus_p:.2f}")
+        kept = planted_bias_docs(S.corpus_docs())
+        stereo = [float(bias.first_pronoun(" ".join(d.split(". ")[1:])) == ("she" if j in FEMALE_CODED else "he"))
+                  for d, j in kept]
+        rep.row("planted bias documents kept by the cleaning stage", f"{len(kept)} of {planted['documents']}",
+                note=f"P(stereotyped pronoun) among those kept {_txt(stereo)}: near-duplicate removal drops many of "
+                     "these short templated documents, so the model sees a weaker dose than planted")
     else:
         corpus_p = 0.5
         rep.row("planted bias", "none", note="this world was generated before the bias was planted (no bias.json)")
@@ -179,6 +185,20 @@ def part_bias(S: Suite) -> None:
     _mitigations(S, S.models[target], target, pairs, out[target]["score"])
 
 
+def planted_bias_docs(docs: list[str]) -> list[tuple[str, str]]:
+    """(document, job) of the planted bias documents found in a corpus (their openings are `world.bias`'s)."""
+    from genforge.world.bias import FEMALE_CODED, MALE_CODED
+
+    out = []
+    for d in docs:
+        if len(d) < 200:
+            job = next((j for j in FEMALE_CODED + MALE_CODED if d.startswith((f"The {j} ", "Everyone in "))
+                        and f" {j} " in d), None)
+            if job:
+                out.append((d, job))
+    return out
+
+
 def _training_windows(tok: Tokenizer, docs: list[str], max_len: int = 128) -> list[list[int]]:
     return [tok.encode(d, add_bos=True)[:max_len] for d in docs if d.strip()]
 
@@ -194,7 +214,7 @@ def _mitigations(S: Suite, m: Loaded, role: str, pairs, before: list[float]) -> 
     cfg, rep, w, tok = S.cfg, S.report, S.world(), m.tok
     rng = random.Random(f"mitigate-{cfg.seed}")
     docs = S.corpus_docs()
-    planted = [d for d in docs if any(f"The {j} " in d for j in FEMALE_CODED + MALE_CODED) and len(d) < 200]
+    planted = [d for d, _ in planted_bias_docs(docs)]
     sample = rng.sample(docs, k=min(cfg.mitigation_docs, len(docs))) + planted
     held = heldout_texts(w, 40, cfg.seed)
     nll0 = heldout_nll(m.model, tok, held)

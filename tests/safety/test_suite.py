@@ -31,7 +31,8 @@ def test_suite_runs_every_part_and_reports(tiny_tokenizer, tmp_path):
     assert set(res["timings"]) == set(cfg.parts.split(","))
     metrics = " ".join(r.metric for r in sr.rows)
     for what in ("stereotype score, base", "jailbreak success, sft", "injection success via tool result",
-                 "canary exposure", "AI-text detection AUC", "hallucination rate, sft", "unlearning (NPO)", "ROME edit"):
+                 "canary exposure", "AI-text detection AUC", "hallucination rate, sft", "unlearning (NPO)",
+                 "ROME edit", "planted bias documents kept"):
         assert what in metrics, what
     claims = " ".join(les.claim for les in sr.lessons)
     for what in ("CDA", "equalising loss", "projection steering", "re-ranking", "jailbreak template", "defences",
