@@ -41,3 +41,15 @@ def test_suite_runs_every_part_and_reports(tiny_tokenizer, tmp_path):
     for les in sr.lessons:
         assert les.verdict in ("holds", "does not hold")
     assert any(p.endswith("jailbreak.png") for p, _ in sr.plots)
+
+
+def test_command_needs_models_and_names_unknown_parts(tmp_path):
+    import pytest
+
+    from genforge.commands.safety import SafetyConfig, main
+    from genforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a run folder"):
+        main(SafetyConfig())
+    with pytest.raises(ConfigError, match="unknown"):
+        run_suite({}, tmp_path, None, SuiteConfig(parts="bias,nope"), StageReport("s", "S"), tmp_path / "w")
