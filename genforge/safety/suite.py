@@ -160,8 +160,9 @@ def part_bias(S: Suite) -> None:
         kept = planted_bias_docs(S)
         stereo = [x for d in kept for x in stereotyped_pronouns(d)]
         rep.row("planted bias documents kept by the cleaning stage", f"{len(kept)} of {planted['documents']}",
-                note=f"P(stereotyped pronoun) among those kept {_txt(stereo)}: near-duplicate removal drops many of "
-                     "these short templated documents, so the model sees a weaker dose than planted")
+                note=f"P(stereotyped pronoun) among those kept {_txt(stereo)}"
+                     + ("; cleaning removed some (near-duplicates), so the model sees a weaker dose than planted"
+                        if len(kept) < planted["documents"] else ""))
     else:
         corpus_p = 0.5
         rep.row("planted bias", "none", note="this world was generated before the bias was planted (no bias.json)")
@@ -443,7 +444,8 @@ def part_extraction(S: Suite) -> None:
             series[f"{role} {form}"] = (xs, ys)
             rep.row(f"canary exposure (bits) by copies, {role}, {form}",
                     ", ".join(f"{x}: {y:.1f}" for x, y in zip(xs, ys)),
-                    note=f"of at most {math.log2(cfg.canary_candidates + 1):.1f} (sampled estimate); random ~1; "
+                    note=f"of at most {math.log2(cfg.canary_candidates + 1):.1f} (sampled estimate); an unlearned secret "
+                         "~1.4 (log2 e); "
                          f"verbatim by prefix: {sum(pref[i] for i, c in enumerate(cans) if c.form == form):.0f} of "
                          f"{sum(c.form == form for c in cans)}")
         emb = [e for e in exps if e.form == "embedded"]
