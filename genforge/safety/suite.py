@@ -444,8 +444,8 @@ def part_extraction(S: Suite) -> None:
             series[f"{role} {form}"] = (xs, ys)
             rep.row(f"canary exposure (bits) by copies, {role}, {form}",
                     ", ".join(f"{x}: {y:.1f}" for x, y in zip(xs, ys)),
-                    note=f"of at most {math.log2(cfg.canary_candidates + 1):.1f} (sampled estimate); an unlearned secret "
-                         "~1.4 (log2 e); "
+                    note=f"of at most {math.log2(cfg.canary_candidates + 1):.1f} (sampled estimate); an "
+                         "unlearned secret ~1.4 (log2 e); "
                          f"verbatim by prefix: {sum(pref[i] for i, c in enumerate(cans) if c.form == form):.0f} of "
                          f"{sum(c.form == form for c in cans)}")
         emb = [e for e in exps if e.form == "embedded"]
