@@ -27,6 +27,7 @@ from genforge.speedrun import (
     objectives,
     pretrain,
     rag,
+    safety,
     sft,
     tokenizer,
     world,
@@ -36,7 +37,7 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
 STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, datalessons, eval, engine,
-                                  rag, agents, objectives, image, interp)
+                                  rag, agents, objectives, image, interp, safety)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -67,6 +68,7 @@ class SpeedrunConfig:
     objectives: objectives.Config = field(default_factory=objectives.Config)
     image: image.Config = field(default_factory=image.Config)
     interp: interp.Config = field(default_factory=interp.Config)
+    safety: safety.Config = field(default_factory=safety.Config)
 
 
 def recipe_path(size: str) -> Path:

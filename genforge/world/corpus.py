@@ -31,8 +31,8 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-from genforge.io import write_jsonl, write_text
-from genforge.world import geo, harmful, names, tom
+from genforge.io import write_json, write_jsonl, write_text
+from genforge.world import bias, canaries, geo, harmful, names, tom
 from genforge.world.facts import Person, World
 
 # Fractions of the clean-document count planted per label (together ~13 % of the final corpus).
@@ -480,6 +480,8 @@ def write_corpus(out_dir: str | Path, w: World, seed: int, n_clean: int) -> dict
         for src in rng.sample(range(n_clean), n[label]):
             key = items[src][0]
             items.append((rng.uniform(key, n_clean) + 1e-9, make(clean[src]), label, src))
+    safety = _plant_safety(out_dir, w, seed, n_clean)  # canaries and a known bias (world/canaries.py, world/bias.py)
+    items += [(rng.uniform(0, n_clean), text, label, None) for label, text in safety]
     items.sort(key=lambda it: it[0])
     # A clean doc's key is its index plus a fraction, so int(key) recovers it: map index -> final position.
     clean_pos = {int(it[0]): k for k, it in enumerate(items) if it[2] == "clean"}
@@ -501,3 +503,15 @@ def write_corpus(out_dir: str | Path, w: World, seed: int, n_clean: int) -> dict
         counts[row["label"]] = counts.get(row["label"], 0) + 1
     return {"docs": len(docs), "labels": counts, "bytes": sum(len(d["text"].encode()) for d in docs),
             "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def _plant_safety(out_dir: Path, w: World, seed: int, n_clean: int) -> list[tuple[str, str]]:
+    """(label, text) of the safety lesson's planted documents (~2.9 % of the clean count at every size), with
+    their ground truth in canaries.jsonl and bias.json; their own generators keep the rest of the corpus as it was."""
+    rng = random.Random(f"safety-plant-{seed}")
+    cans = canaries.make_canaries(w, seed, *canaries.plan(n_clean))
+    docs = [("canary", d) for d in canaries.canary_documents(cans, rng, lambda: rng.choice((story, letter))(rng, w))]
+    bias_docs, bias_summary = bias.bias_documents(w, seed, n_clean)
+    write_jsonl(out_dir / "canaries.jsonl", canaries.canary_rows(cans))
+    write_json(out_dir / "bias.json", bias_summary)
+    return docs + [("bias", d) for d in bias_docs]

@@ -16,7 +16,7 @@ from genforge.speedrun.stage import from_dict, read_outputs, stage_inputs, write
 
 def test_stage_order_and_contract():
     assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "align", "datalessons",
-                                        "eval", "engine", "rag", "agents", "objectives", "image", "interp"]
+                                        "eval", "engine", "rag", "agents", "objectives", "image", "interp", "safety"]
     runner.check_stages()  # every module has NAME/TITLE/Config/Outputs/run and reads only earlier stages
     for m in STAGES:  # one config section per stage, of the stage's own Config class
         assert isinstance(getattr(SpeedrunConfig(), m.NAME), m.Config), m.NAME

@@ -75,9 +75,10 @@ def test_corpus_labels_and_planted_fraction(tiny):
     assert [d["id"] for d in docs] == [r["id"] for r in labels]
     assert 2.5e6 <= summary["corpus"]["bytes"] <= 4.5e6
     counts = summary["corpus"]["labels"]
-    assert set(counts) == {"clean", "junk", "harmful", "exact_dup", "near_dup"}
-    planted = 1 - counts["clean"] / len(docs)
+    assert set(counts) == {"clean", "junk", "harmful", "exact_dup", "near_dup", "canary", "bias"}
+    planted = sum(counts[k] for k in ("junk", "harmful", "exact_dup", "near_dup")) / len(docs)
     assert 0.10 <= planted <= 0.15
+    assert (counts["canary"] + counts["bias"]) / counts["clean"] <= 0.03  # the safety lesson's plants
     position = {r["id"]: i for i, r in enumerate(labels)}
     label_of = {r["id"]: r["label"] for r in labels}
     for r in labels:

@@ -1,0 +1,62 @@
+import torch
+
+from genforge.eval.lm import StubLM
+from genforge.safety import bias
+from genforge.world.bias import FEMALE_CODED, MALE_CODED
+
+
+def _diff_words(a: str, b: str) -> list[tuple[str, str]]:
+    wa, wb = a.split(), b.split()
+    assert len(wa) == len(wb)
+    return [(x, y) for x, y in zip(wa, wb) if x != y]
+
+
+def test_counterfactual_pairs_differ_only_in_the_swapped_word():
+    pairs = bias.counterfactual_pairs(["Millford", "Ashby"], per_job=3)
+    assert len(pairs) == 3 * (len(FEMALE_CODED) + len(MALE_CODED))
+    for p in pairs:
+        d = _diff_words(p.stereotyped, p.other)
+        assert len(d) == 1, (p.stereotyped, p.other)
+        (x, y), = d
+        assert {x.lower().strip(".,"), y.lower().strip(".,")} == {"she", "he"}
+        stereo = "she" if p.group == "female_coded" else "he"
+        assert x.lower() == stereo
+
+
+def test_swap_gender_is_an_involution_on_unambiguous_words():
+    t = "Mara said he would meet his brother, and She laughed."
+    s = bias.swap_gender(t)
+    assert s != t and "she would meet her sister" in s and "He laughed" in s
+    assert _diff_words(t, s)  # something swapped
+    assert bias.swap_gender("The weaver of Ashby") == "The weaver of Ashby"
+
+
+def test_stereotype_scores_read_the_gap():
+    lm = StubLM(score=lambda c, x: 0.0 if " she " in f" {x.lower()} " else -1.0)
+    pairs = bias.counterfactual_pairs(["Ashby"], per_job=1)
+    s = bias.stereotype_scores(lm, pairs)
+    for p, v in zip(pairs, s):
+        assert v == (1.0 if p.group == "female_coded" else -1.0)
+    assert bias.stereotype_rate(s) == 0.5
+
+
+def test_project_out_removes_the_direction(tiny_model):
+    layer = tiny_model.layers[0]
+    u = torch.randn(tiny_model.config.width)
+    ids = torch.randint(0, 50, (2, 5))
+    hook = bias.ProjectOut(u).attach(layer)
+    got = []
+    h2 = layer.register_forward_hook(lambda m, i, o: got.append(o))
+    try:
+        tiny_model(ids)
+    finally:
+        hook.remove()
+        h2.remove()
+    assert torch.allclose(got[0] @ (u / u.norm()), torch.zeros(2, 5), atol=1e-5)
+
+
+def test_rerank_prefers_the_counterfactually_stable_candidate():
+    # the model likes "she" much more than "he": a she-candidate has a big gap, a gender-free one none
+    lm = StubLM(score=lambda c, x: -0.1 if "she" in x.split() else (-5.0 if "he" in x.split() else -2.0))
+    assert bias.rerank(lm, ["and she left", "and then left"]) == 1
+    assert bias.first_pronoun("then Her cat") == "she" and bias.first_pronoun("nobody") is None
