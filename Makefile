@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# garak (the red-team scanner the safety tests run against `genforge serve`) pins transformers and openai below
+# genforge's, so it gets a venv of its own; it talks to the server over HTTP only.
+GARAK_VENV := .venv-garak
+GARAK_STAMP := $(GARAK_VENV)/.installed-stamp
 SIZE ?= tiny
 PYTEST_ARGS ?=
 
@@ -20,18 +24,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps 'pytorch-fid>=0.3'
 	@touch $(STAMP)
 
+$(GARAK_STAMP): constraints.txt
+	@test -x $(GARAK_VENV)/bin/python || $(PYTHON) -m venv $(GARAK_VENV)
+	$(GARAK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(GARAK_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(GARAK_VENV)/bin/python -m pip install -q -c constraints.txt 'garak>=0.10'
+	@touch $(GARAK_STAMP)
+
 install: $(STAMP)
 
-speedrun: $(STAMP)
-	$(VENV)/bin/genforge speedrun size=$(SIZE)
+speedrun: $(STAMP) $(GARAK_STAMP)
+	GENFORGE_GARAK_PYTHON=$(GARAK_VENV)/bin/python $(VENV)/bin/genforge speedrun size=$(SIZE)
 
 smoke: $(STAMP)
 	$(VENV)/bin/genforge speedrun size=smoke
 
 # the layer contracts in pyproject.toml ([tool.importlinter]) first: a broken layer fails fast
-test: $(STAMP)
+test: $(STAMP) $(GARAK_STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	GENFORGE_GARAK_PYTHON=$(GARAK_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

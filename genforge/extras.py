@@ -25,7 +25,7 @@ EXTRAS = {
     "rag-server": "the Chroma server backend (chromadb)",
     "gguf": "GGUF export for llama.cpp / ollama (gguf)",
     "scaling": "scaling-law fits and plots (scipy, matplotlib)",
-    "safety": "the safety suite's text classifier and red-team scanner (scikit-learn, garak)",
+    "safety": "the safety suite's AI-text classifier (scikit-learn); garak runs from .venv-garak",
 }
 
 

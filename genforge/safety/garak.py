@@ -43,10 +43,23 @@ def garak_config(base_url: str, model_name: str, generations: int, prompt_cap: i
     }
 
 
+def garak_python() -> str:
+    """The Python that runs garak: `$GENFORGE_GARAK_PYTHON` (a venv of its own: garak pins transformers and openai
+    below what genforge's environment uses, so `make test` installs it in `.venv-garak`), else this interpreter if
+    garak is importable here."""
+    python = os.environ.get("GENFORGE_GARAK_PYTHON", "")
+    if python:
+        if not Path(python).exists():
+            raise GarakError(f"GENFORGE_GARAK_PYTHON={python} does not exist; `make .venv-garak/bin/python` builds it")
+        return python
+    require("garak", "safety")
+    return sys.executable
+
+
 def run_garak(base_url: str, model_name: str, out_dir: str | Path, probes: Sequence[str] = DEFAULT_PROBES, *,
               generations: int = 1, prompt_cap: int = 5, seed: int = 0, timeout: float = 900.0) -> dict:
     """Scan the endpoint; returns {'probes': {probe: {detector: {'passed', 'total', 'pass_rate'}}}, 'report', 'cmd'}."""
-    require("garak", "safety")
+    python = garak_python()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "garak_config.json"
@@ -54,7 +67,7 @@ def run_garak(base_url: str, model_name: str, out_dir: str | Path, probes: Seque
     env = dict(os.environ, XDG_DATA_HOME=str(out / "data"), XDG_CACHE_HOME=str(out / "cache"),
                XDG_CONFIG_HOME=str(out / "config"), OPENAICOMPATIBLE_API_KEY="genforge", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "garak", "--config", str(cfg_path), "--probes", ",".join(probes),
+    cmd = [python, "-m", "garak", "--config", str(cfg_path), "--probes", ",".join(probes),
            "--report_prefix", "genforge"]
     try:
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=out)
