@@ -156,8 +156,7 @@ def corpus_docs(size: str, seed: int, n: int, procedural: bool) -> list[str]:
     s = SIZES[size]
     w = build_world(seed, s["people"], s["towns"], s["objects"])
     rng = random.Random(f"datalessons-corpus-{seed}")
-    makers = {"story": wc.story, "letter": wc.letter, "arithmetic": wc.arithmetic_lesson,
-              "worked": wc.worked_solution, "qa": wc.questions_and_answers}
+    makers = wc.document_makers(w)
     docs = [wc.person_entry(rng, w, p) for p in w.people] + [wc.town_entry(rng, w, t) for t in w.towns]
     others = [k for k, _ in wc.DOC_MIX if k not in PROCEDURAL]
     while len(docs) < n:

@@ -28,7 +28,7 @@ import functools
 import random
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from genforge.io import write_json, write_jsonl, write_text
@@ -336,6 +336,12 @@ def questions_and_answers(rng: random.Random, w: World) -> str:
 DOC_MIX = (("story", 0.44), ("letter", 0.61), ("arithmetic", 0.67), ("worked", 0.86), ("qa", 0.97), ("geo", 1.0))
 
 
+def document_makers(w: World) -> dict[str, Callable[[random.Random, World], str]]:
+    """The open-ended document kinds of `DOC_MIX`: kind -> maker(rng, world)."""
+    return {"story": story, "letter": letter, "arithmetic": arithmetic_lesson, "worked": worked_solution,
+            "qa": questions_and_answers, "geo": functools.partial(geo.geo_document, coords=geo.town_coordinates(w))}
+
+
 def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
     """Endless clean documents: first one entry per person, town and object, then a mix of the rest."""
     for p in w.people:
@@ -344,8 +350,7 @@ def iter_clean_documents(w: World, rng: random.Random) -> Iterator[str]:
         yield town_entry(rng, w, t)
     for x in w.things:
         yield thing_entry(rng, w, x)
-    makers = {"story": story, "letter": letter, "arithmetic": arithmetic_lesson, "worked": worked_solution,
-              "qa": questions_and_answers, "geo": functools.partial(geo.geo_document, coords=geo.town_coordinates(w))}
+    makers = document_makers(w)
     while True:
         r = rng.random()
         kind = next(k for k, cut in DOC_MIX if r < cut)
