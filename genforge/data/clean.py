@@ -83,7 +83,31 @@ class CleanConfig:
     minhash_seed: int = 1
     """Seed of the MinHash permutations."""
     dedup_backend: str = "auto"
-    """"auto" (datasketch if installed), "datasketch" or "builtin" (numpy)."""
+    """"auto"/"builtin": batch numpy MinHash with a compact index (fastest; resumable); "datasketch": its
+    MinHash + MinHashLSH, one document at a time (slower; kept as an oracle)."""
+    classifier: str = "world"
+    """Learned filters: "world" (train on a generated tiny world's planted labels), "off", a labelled JSONL
+    (`{"text" or "id", "label"}` with labels clean/junk/harmful; ids are looked up in the inputs), or a
+    folder holding quality.pkl and harm.pkl from an earlier run."""
+    quality_threshold: float = 0.5
+    """P(junk) from the quality classifier at which a document is dropped ("quality_classifier")."""
+    harm_classifier_threshold: float = 0.5
+    """P(harmful) from the harm classifier at which a document is dropped ("harm_classifier")."""
+    classifier_holdout: float = 0.25
+    """Share of labelled documents held out (by text hash) to measure the classifiers against the heuristics."""
+    classifier_world_seed: int = 1000
+    """Seed of the world generated for classifier="world" (not the seed of your own world, to avoid leakage)."""
+    skip_bad: bool = False
+    """Skip malformed JSONL lines (bad JSON, missing/non-string text, bad UTF-8), counting and sampling them in
+    the report, instead of stopping at the first with a file:line error."""
+    workers: int = 1
+    """Processes for normalise/filters/classifiers/MinHash (dedup decisions stay in order in the main one)."""
+    chunk_docs: int = 256
+    """Documents per work item (bigger amortises overhead; memory in flight is ~2 x workers x chunk)."""
+    resume: bool = True
+    """Continue an interrupted run from its last checkpoint (the `<out>.work` folder) when inputs and config match."""
+    checkpoint_docs: int = 20_000
+    """Input documents between checkpoints of a resumable run."""
     progress: bool | None = None
     """Show progress (a bar on a terminal, a line every 10 % in a log); None shows it for inputs over 20 MB."""
 
