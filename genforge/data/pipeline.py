@@ -123,7 +123,12 @@ def _baselines(cfg: CleanConfig) -> dict:
             "harm": lambda t: harmful.score(t) >= cfg.harmful_threshold}
 
 
-@lru_cache(maxsize=4)
+_RUNTIME_FIELDS = ("workers", "chunk_docs", "progress", "resume", "checkpoint_docs", "skip_bad", "text_field",
+                   "id_field", "dedup_exact", "dedup_near", "dedup_backend")
+_WORLD_FILTERS: dict[str, tuple] = {}
+
+
+@lru_cache(maxsize=2)
 def _world_rows(seed: int) -> tuple[tuple[str, str], ...]:
     """Labelled rows of a generated tiny world (cached: tests and benchmarks train on it many times)."""
     from genforge.world import generate_world
@@ -149,8 +154,17 @@ def prepare_filters(cfg: CleanConfig, inputs: list[Path], folder: Path) -> dict:
         rep = folder / "training_report.json"
         return json.loads(rep.read_text()) if rep.exists() else {"source": str(src)}
     if cfg.classifier == "world":
-        rows, source = list(_world_rows(cfg.classifier_world_seed)), f"world seed {cfg.classifier_world_seed} (tiny)"
-    elif src.is_file():
+        key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}, sort_keys=True)
+        if key not in _WORLD_FILTERS:  # the same world and settings train the same models: train once a process
+            rows = list(_world_rows(cfg.classifier_world_seed))
+            _WORLD_FILTERS[key] = train_filters(
+                rows, ClassifierConfig(holdout=cfg.classifier_holdout),
+                {"quality": cfg.quality_threshold, "harm": cfg.harm_classifier_threshold}, _baselines(cfg), normalize)
+            _WORLD_FILTERS[key][1]["source"] = f"generated tiny world, seed {cfg.classifier_world_seed}"
+        models, report = _WORLD_FILTERS[key]
+        save_filters(models, report, folder)
+        return report
+    if src.is_file():
         rows, source = load_labelled(src, iter_documents(inputs, cfg.text_field, cfg.id_field)), str(src)
     else:
         raise ConfigError(f'classifier={cfg.classifier!r}: not "world", "off", a labelled .jsonl file '
@@ -225,6 +239,10 @@ def _fingerprint(cfg: CleanConfig, files: list[Path]) -> str:
     c = asdict(cfg)
     for k in ("workers", "chunk_docs", "progress", "resume", "checkpoint_docs"):
         c.pop(k)
+    if cfg.classifier not in ("world", "off") and Path(cfg.classifier).exists():
+        p = Path(cfg.classifier)  # a changed labels file or model folder changes the output
+        c["classifier_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                                 for f in ([p] if p.is_file() else sorted(p.iterdir()))]
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     blob = json.dumps({"v": STATE_VERSION, "cfg": c, "files": stats}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

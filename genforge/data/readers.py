@@ -126,7 +126,7 @@ def _read_jsonl(path: Path, text_field: str, id_field: str, on_bad: OnBad | None
                 yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, where)
                 continue
             if on_bad is None:
-                raise DataError(msg + ("" if "skip_bad" in msg else " (or set skip_bad=true to skip bad lines)"))
+                raise DataError(msg + " (or set skip_bad=true to skip bad lines)")
             on_bad(where, msg, raw[:300])
 
 
