@@ -203,12 +203,12 @@ def train_filters(rows: list[tuple[str, str]], cfg: ClassifierConfig, thresholds
 
 
 def save_filters(models: dict[str, TextClassifier], report: dict, folder: str | os.PathLike) -> None:
-    """`quality.pkl`, `harm.pkl` and `training_report.json` (without per-document outcomes) in `folder`."""
+    """`quality.pkl`, `harm.pkl`, `training_report.json` and `heldout_outcomes.json` (per document, for intervals)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, clf in models.items():
         clf.save(folder / f"{name}.pkl")
     slim = json.loads(json.dumps(report))
-    for f in slim["filters"].values():
-        f.pop("outcomes", None)
+    outcomes = {name: f.pop("outcomes", None) for name, f in slim["filters"].items()}
     write_json(folder / "training_report.json", slim)
+    write_json(folder / "heldout_outcomes.json", outcomes)

@@ -148,7 +148,7 @@ def prepare_filters(cfg: CleanConfig, inputs: list[Path], folder: Path) -> dict:
             TextClassifier.load(src / f"{name}.pkl")  # a clear error now rather than in a worker
         if src.resolve() != folder.resolve():
             folder.mkdir(parents=True, exist_ok=True)
-            for f in ("quality.pkl", "harm.pkl", "training_report.json"):
+            for f in ("quality.pkl", "harm.pkl", "training_report.json", "heldout_outcomes.json"):
                 if (src / f).exists():
                     shutil.copyfile(src / f, folder / f)
         rep = folder / "training_report.json"
