@@ -48,6 +48,8 @@ class CleanCommandConfig:
     out: str = ""  # cleaned .jsonl to write (clean_report.json, data_report.md, <stem>.removed.jsonl go beside it)
     skip_bad: bool = False  # skip malformed lines, counted in the report (`--skip-bad`; same as clean.skip_bad=true)
     workers: int = 0  # processes for the filters and MinHash (0: clean.workers)
+    engine: str = "local"  # local (the resumable one-machine pipeline) | datatrove (filters as datatrove steps)
+    tasks: int = 2  # engine=datatrove: tasks the input files are sharded over (out is then a folder)
     clean: CleanConfig = field(default_factory=CleanConfig)
 
 
@@ -60,6 +62,10 @@ def clean(cfg: CleanCommandConfig) -> dict:
         cfg.clean.skip_bad = True
     if cfg.workers:
         cfg.clean.workers = cfg.workers
+    if cfg.engine == "datatrove":
+        return _clean_datatrove(cfg)
+    if cfg.engine != "local":
+        raise ConfigError(f"engine={cfg.engine!r}: choose local or datatrove")
     report = clean_corpus(cfg.inputs, cfg.out, cfg.clean)
     out = Path(cfg.out)
     save_resolved(cfg, out.parent, name=f"{out.name.split('.')[0]}.config.yaml")
@@ -72,6 +78,19 @@ def clean(cfg: CleanCommandConfig) -> dict:
         print(f"skipped {report.bad_lines:,} malformed line(s); first: {report.bad_samples[0]['error']}")
     print(f"report: {report.data_report_path}")
     return summary
+
+
+def _clean_datatrove(cfg: CleanCommandConfig) -> dict:
+    from genforge.data.distributed import clean_with_datatrove
+
+    if len(cfg.inputs) != 1:
+        raise ConfigError("engine=datatrove takes one input (a .jsonl file or a folder of them)")
+    kept = clean_with_datatrove(cfg.inputs[0], cfg.out, cfg.clean, tasks=cfg.tasks,
+                                workers=cfg.workers or cfg.clean.workers)
+    save_resolved(cfg, cfg.out)
+    print(f"datatrove: kept documents in {kept}/, removed in {Path(cfg.out) / 'removed'}/, stats in "
+          f"{Path(cfg.out) / 'logs'}/ (dedup is not part of this engine run; see genforge.data.distributed)")
+    return {"kept": str(kept)}
 
 
 @dataclass

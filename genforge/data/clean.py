@@ -87,8 +87,9 @@ class CleanConfig:
     dedup_backend: str = "auto"
     """"auto"/"builtin": batch numpy MinHash with a compact index (fastest; resumable); "datasketch": its
     MinHash + MinHashLSH, one document at a time (slower; kept as an oracle)."""
-    classifier: str = "world"
-    """Learned filters: "world" (train on a generated tiny world's planted labels), "off", a labelled JSONL
+    classifier: str = "auto"
+    """Learned filters: "world" (train on a generated tiny world's planted labels), "auto" ("world" when
+    scikit-learn, from the `data` extra, is installed, else "off"), "off", a labelled JSONL
     (`{"text" or "id", "label"}` with labels clean/junk/harmful; ids are looked up in the inputs), or a
     folder holding quality.pkl and harm.pkl from an earlier run."""
     quality_threshold: float = 0.5

@@ -25,7 +25,9 @@ How it scales on one machine:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -391,6 +393,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
     run with the same inputs and config resumes.
     """
     cfg = cfg or CleanConfig()
+    if cfg.classifier == "auto":
+        cfg = dataclasses.replace(cfg, classifier="world" if importlib.util.find_spec("sklearn") else "off")
     _check_config(cfg)
     t0, c0 = time.perf_counter(), time.process_time()
     out_path = Path(out_path)
