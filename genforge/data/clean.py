@@ -252,8 +252,12 @@ class HarmfulMatcher:
                 self._by_first.setdefault(toks[0], []).append(toks)
         self._words = frozenset(HARMFUL_WORDS) if use_default else frozenset()
         self._keys = self._words | frozenset(self._by_first)
+        self._alpha_keys = all(k.isalpha() for k in self._keys)
 
-    def score(self, text: str) -> float:
+    def score(self, text: str, letter_words: list[str] | None = None) -> float:
+        """Harmful-vocabulary score; `letter_words` (`words(text)`, already computed) lets most texts skip a scan."""
+        if letter_words is not None and self._alpha_keys and self._keys.isdisjoint(letter_words):
+            return 0.0  # every key is letters only, so any hit would be among the text's letter runs
         toks = _HARM_TOKEN_RE.findall(text.lower())
         if self._keys.isdisjoint(toks):  # the common case, in C
             return 0.0
@@ -295,13 +299,13 @@ def reject_reason(text: str, cfg: CleanConfig, harmful: HarmfulMatcher) -> tuple
     n_toks = len(text.split())
     if n_toks < cfg.min_words:
         return "too_short", f"{n_toks} words < {cfg.min_words}"
-    h = harmful.score(text)
+    ws = words(text)
+    h = harmful.score(text, ws)
     if h >= cfg.harmful_threshold:
         return "harmful", f"harmful vocabulary score {h:g}"
     r = symbol_ratio(text)
     if r > cfg.max_symbol_ratio:
         return "symbols", f"symbol ratio {r:.2f}"
-    ws = words(text)
     mean_len = sum(map(len, ws)) / len(ws) if ws else 0.0
     if not cfg.min_mean_word_len <= mean_len <= cfg.max_mean_word_len:
         return "word_length", f"mean word length {mean_len:.1f}"
