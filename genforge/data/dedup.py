@@ -264,15 +264,16 @@ class BatchMinHash:
 
 
 class RunIndex:
-    """A multimap uint64 key -> int64 value kept as sorted numpy runs (a small log-structured merge tree).
+    """A multimap key -> int32 value kept as sorted numpy runs (a small log-structured merge tree).
 
-    16 bytes an entry instead of ~100 for a dict of lists, and lookups of a whole batch of keys are a
-    few `np.searchsorted` calls per run. Entries added with `add` are visible to `lookup_pending` at
-    once and to `lookup` after `seal()`; runs merge when one is at least half the size of the previous,
-    so there are O(log n) of them.
+    8 bytes an entry with uint32 keys (12 with uint64) instead of ~100 for a dict of lists, and lookups of a
+    whole batch of keys are a few `np.searchsorted` calls per run. Entries added with `add` are visible to
+    `lookup_pending` at once and to `lookup` after `seal()`; a run merges into the previous one when it is at
+    least half its size, so there are O(log n) runs, and merging two sorted runs needs no sort.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, key_dtype: type = np.uint64) -> None:
+        self.dtype = np.dtype(key_dtype)
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending: dict[int, list[int]] = {}
 
@@ -287,7 +288,7 @@ class RunIndex:
         """For each row of `keys` (shape (n, k)), the values stored in sealed runs under any of its keys."""
         n = len(keys)
         out: list[list[int]] = [[] for _ in range(n)]
-        flat = keys.reshape(-1)
+        flat = keys.reshape(-1).astype(self.dtype, copy=False)
         width = keys.shape[1] if keys.ndim == 2 else 1
         for k, v in self.runs:
             lo = np.searchsorted(k, flat, "left")
@@ -301,31 +302,38 @@ class RunIndex:
         if not self.pending:
             return []
         out: list[int] = []
-        for key in keys.tolist():
+        for key in keys.astype(self.dtype, copy=False).tolist():
             out.extend(self.pending.get(key, ()))
         return out
 
     def add(self, keys: np.ndarray, value: int) -> None:
-        for key in keys.reshape(-1).tolist():
+        for key in keys.reshape(-1).astype(self.dtype, copy=False).tolist():
             self.pending.setdefault(key, []).append(value)
 
     def add_run(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Add many entries at once (rebuilding an index on resume)."""
+        """Add many entries at once (a sealed batch, or rebuilding an index on resume)."""
+        keys = keys.astype(self.dtype, copy=False)
         order = np.argsort(keys, kind="stable")
-        self.runs.append((keys[order], values[order]))
+        self.runs.append((keys[order], values.astype(np.int32)[order]))
         self._merge()
 
     def seal(self) -> None:
         if not self.pending:
             return
-        ks = np.fromiter((k for k, vs in self.pending.items() for _ in vs), dtype=np.uint64)
-        vs = np.fromiter((v for vals in self.pending.values() for v in vals), dtype=np.int64)
+        ks = np.fromiter((k for k, vs in self.pending.items() for _ in vs), dtype=self.dtype)
+        vs = np.fromiter((v for vals in self.pending.values() for v in vals), dtype=np.int32)
         self.pending = {}
         self.add_run(ks, vs)
 
     def _merge(self) -> None:
         while len(self.runs) > 1 and len(self.runs[-1][0]) * 2 >= len(self.runs[-2][0]):
             (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
-            k, v = np.concatenate([k1, k2]), np.concatenate([v1, v2])
-            order = np.argsort(k, kind="stable")  # stable: equal keys keep insertion order
-            self.runs.append((k[order], v[order]))
+            # positions of the newer run's entries in the merged run; "right" puts them after equal older keys
+            pos = np.searchsorted(k1, k2, "right") + np.arange(len(k2))
+            older = np.ones(len(k1) + len(k2), dtype=bool)
+            older[pos] = False
+            k, v = np.empty(len(older), self.dtype), np.empty(len(older), np.int32)
+            k[pos], v[pos] = k2, v2
+            k[older], v[older] = k1, v1
+            del older, pos, k1, v1, k2, v2
+            self.runs.append((k, v))

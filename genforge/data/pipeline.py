@@ -261,7 +261,9 @@ class _Index:
         from genforge.data.dedup import RunIndex
 
         self.work, self.cfg, self.minhash = work, cfg, minhash
-        self.exact, self.near = RunIndex(), RunIndex()
+        # exact keys must not collide (a hit drops a document unchecked): 64 bits; band keys only propose
+        # candidates that are then verified against the signature, so 32 bits do (a spurious one costs a read)
+        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32)
         self.ids: list[str] = []
         self.recent: dict[int, np.ndarray] = {}  # signatures of this chunk's kept documents, before flush
         self.f_keys = open(work / "keys.bin", "ab")
