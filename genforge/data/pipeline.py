@@ -544,7 +544,7 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                              "index_bytes": index.nbytes, "examples": examples})
     from genforge.data.report import render_data_report
 
-    write_text(data_report_path, render_data_report(report, examples, cfg, [str(f) for f in files]))
+    write_text(data_report_path, render_data_report(report.summary(), examples, cfg, [str(f) for f in files]))
     shutil.rmtree(work, ignore_errors=True)
     return report
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
 
-if TYPE_CHECKING:
-    from genforge.data.clean import CleanConfig
-    from genforge.data.pipeline import CleanReport
+from genforge.data.clean import CleanConfig
 
 
 def _md(text: str) -> str:
@@ -14,8 +12,10 @@ def _md(text: str) -> str:
     return text.replace("\n", " ⏎ ").replace("|", "\\|")
 
 
-def render_data_report(rep: CleanReport, examples: dict[str, list[dict]], cfg: CleanConfig, inputs: list[str]) -> str:
-    """Markdown: counts per filter and reason, removed examples per reason, throughput, bad lines, classifiers."""
+def render_data_report(summary: dict, examples: dict[str, list[dict]], cfg: CleanConfig, inputs: list[str]) -> str:
+    """Markdown from `CleanReport.summary()`: counts per filter and reason, removed examples, throughput, bad lines,
+    and the learned filters against the rules."""
+    rep = SimpleNamespace(**summary)
     mb = rep.bytes_in / 1e6
     lines = [f"# Data report: {rep.out_path}", "",
              f"Inputs: {', '.join(inputs)}", "",

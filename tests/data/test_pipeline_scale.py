@@ -156,6 +156,7 @@ def test_two_workers_write_the_same_bytes(tiny, tmp_path):
     assert _outputs(out) == _outputs(Path(rep.out_path))
 
 
+@pytest.mark.slow  # ~20 s on an idle machine: two full cleans of the tiny world plus a killed one
 def test_sigkilled_clean_resumes_byte_identical(tiny, tmp_path):
     d, rep = tiny
     filters = Path(rep.out_path).with_name("clean.filters")
