@@ -527,6 +527,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
     if s["docs_done"] == 0:
         raise DataError(f"no readable documents: all {bad_count} lines of {', '.join(map(str, files))} are "
                         f"malformed (first: {bad[0]['error']})")
+    # from here the work folder no longer describes a resumable state (outputs move out of it)
+    write_json(work / "state.json", {**s, "finished": True})
     os.replace(kept_path, out_path)
     os.replace(rem_path, removed_path)
     kept_ids, removed_ids = [], {}
@@ -564,6 +566,8 @@ def _load_state(work: Path, fp: str) -> dict | None:
         state = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    if state.get("finished"):
+        return None  # killed while moving finished outputs into place: redo it cleanly
     if state.get("fingerprint") != fp:
         print(f"{work}: inputs or config changed since the interrupted run; starting over")
         return None
