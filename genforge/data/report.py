@@ -70,9 +70,8 @@ def render_data_report(summary: dict, examples: dict[str, list[dict]], cfg: Clea
                              f"{m['recall']:.3f} | {m['f1']:.3f} |")
         if all(v["classifier"]["f1"] == v["baseline"]["f1"] == 1.0 for v in f.values()):
             lines += ["", "Both are perfect here: the world's junk and harmful documents come from the few templates "
-                      "the "
-                      "rules were written for. The models earn their place on text the rules were not written for "
-                      "(e.g. harmful requests with no blocklisted phrase; see tests/data/test_pipeline_scale.py)."]
+                      "the rules were written for. The models earn their place on text the rules were not written "
+                      "for (e.g. harmful requests with no blocklisted phrase; see tests/data/test_pipeline_scale.py)."]
         lines += ["", f"Thresholds: quality P(junk) >= {cfg.quality_threshold}, harm P(harmful) >= "
                   f"{cfg.harm_classifier_threshold}. Models and training_report.json are in the .filters folder."]
     lines.append("")
