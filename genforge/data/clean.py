@@ -23,7 +23,6 @@ lines ending in sentence punctuation, mean word length in [3, 8], and distinct-w
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from collections import Counter
@@ -145,7 +144,6 @@ STOPWORDS = frozenset(
 _WORD_RE = re.compile(r"[^\W\d_]+", re.UNICODE)  # runs of letters
 _SENT_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 _SYMBOL_RE = re.compile(r"[^\w\s.,;:!?'\"()\-]|_")  # not alphanumeric, space or common punctuation
-_SPACE_RE = re.compile(r"\s")
 _VOWEL_RE = re.compile(r"[aeiouyàáâäèéêëìíîïòóôöùúûüÿ]")
 _CONSONANT_RUN_RE = re.compile(r"[b-df-hj-np-tv-xz]{5,}")
 # Control characters (except newline and tab) and invisible format characters such as zero-width spaces.
@@ -170,9 +168,7 @@ def words(text: str) -> list[str]:
 
 
 def _non_space(text: str) -> int:
-    if text.isascii():  # the common case, in C: delete the whitespace bytes and count the rest
-        return len(text.encode("ascii").translate(None, _ASCII_SPACE))
-    return len(text) - len(_SPACE_RE.findall(text))
+    return len("".join(text.split()))  # in C; str.split's whitespace is the same set as the regex's \s
 
 
 def symbol_ratio(text: str) -> float:
@@ -229,11 +225,11 @@ def char_entropy(text: str) -> float:
         p = np.bincount(np.frombuffer(b, np.uint8), minlength=128)
         p = p[p > 0] / len(b)
         return float(-(p * np.log2(p)).sum())
-    counts = Counter(text.lower())
-    for c in [c for c in counts if c.isspace()]:
-        del counts[c]
-    n = sum(counts.values())
-    return -sum(k / n * math.log2(k / n) for k in counts.values()) if n else 0.0
+    chars = np.frombuffer("".join(text.lower().split()).encode("utf-32-le"), np.uint32)  # code points, no spaces
+    if not len(chars):
+        return 0.0
+    p = np.unique(chars, return_counts=True)[1] / len(chars)
+    return float(-(p * np.log2(p)).sum())
 
 
 class HarmfulMatcher:
@@ -251,7 +247,9 @@ class HarmfulMatcher:
             if toks and toks not in self._by_first.get(toks[0], []):
                 self._by_first.setdefault(toks[0], []).append(toks)
         self._words = frozenset(HARMFUL_WORDS) if use_default else frozenset()
-        self._keys = self._words | frozenset(self._by_first)
+        # A phrase can only match where its longest (rarest) word occurs: "make a bomb" needs "bomb", so the
+        # common first words ("make", "get", "without") do not send most documents down the slow path.
+        self._keys = self._words | frozenset(max(p, key=len) for ps in self._by_first.values() for p in ps)
         self._alpha_keys = all(k.isalpha() for k in self._keys)
 
     def score(self, text: str, letter_words: list[str] | None = None) -> float:
