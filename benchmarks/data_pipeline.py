@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (default 200)")
     ap.add_argument("--big", action="store_true", help="a 1 GB corpus")
     ap.add_argument("--workers", default="1,2", help="worker counts to compare")
+    ap.add_argument("--steps", default="clean,dedup,pack",
+                    help="which steps to time (clean: filters only; dedup: the full clean; pack: tokenise + pack)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -97,24 +99,28 @@ def main() -> None:
         prepare_filters(CleanConfig(classifier="world"), [corpus], filters)
         rows: list[tuple[str, dict]] = [("read only (reference)", _run({"step": "read", "input": str(corpus)}))]
         cleaned = None
+        steps = args.steps.split(",")
         for w in [int(x) for x in args.workers.split(",")]:
             base = {"classifier": str(filters), "workers": w, "resume": False, "checkpoint_docs": 200_000,
                     "chunk_docs": 256}
-            rows.append((f"clean, {w} worker(s)", _run({"step": "clean", "input": str(corpus),
-                                                       "out": str(root / f"c{w}" / "clean.jsonl"),
-                                                       "cfg": {**base, "dedup_exact": False, "dedup_near": False}})))
+            if "clean" in steps:
+                rows.append((f"clean, {w} worker(s)", _run({"step": "clean", "input": str(corpus),
+                                                           "out": str(root / f"c{w}" / "clean.jsonl"),
+                                                           "cfg": {**base, "dedup_exact": False,
+                                                                   "dedup_near": False}})))
             out = root / f"d{w}" / "clean.jsonl"
             rows.append((f"+ exact & near dedup, {w} worker(s)",
                          _run({"step": "clean", "input": str(corpus), "out": str(out), "cfg": base})))
             cleaned = out
-        from genforge.data.readers import iter_documents
-        from genforge.tokenizer import TokenizerConfig, train_tokenizer
+        if "pack" in steps:
+            from genforge.data.readers import iter_documents
+            from genforge.tokenizer import TokenizerConfig, train_tokenizer
 
-        sample = (d.text for i, d in enumerate(iter_documents(cleaned)) if i < 5000)
-        train_tokenizer(sample, TokenizerConfig(vocab_size=4096)).save(root / "tok")
-        rows.append(("tokenise + pack (cleaned output)", _run({"step": "pack", "input": str(cleaned),
-                                                               "tokenizer": str(root / "tok"),
-                                                               "out": str(root / "shards")})))
+            sample = (d.text for _, d in zip(range(5000), iter_documents(cleaned)))
+            train_tokenizer(sample, TokenizerConfig(vocab_size=4096)).save(root / "tok")
+            rows.append(("tokenise + pack (cleaned output)", _run({"step": "pack", "input": str(cleaned),
+                                                                   "tokenizer": str(root / "tok"),
+                                                                   "out": str(root / "shards")})))
     print(f"\n{'step':<36} {'wall s':>7} {'MB/s':>6} {'CPU s':>7} {'MB/CPU-s':>8} {'2-core MB/s':>11} "
           f"{'RSS main':>9} {'worker':>7} {'sum MB':>7}")
     results = []
@@ -126,7 +132,7 @@ def main() -> None:
               f"{r['rss_main_mb']:9.0f} {r['rss_worker_mb']:7.0f} {total_rss:7.0f}")
         results.append({"step": name, **r, "mb": mb, "total_rss_mb_bound": total_rss})
     dedup = [r for n, r in rows if n.startswith("+ exact")][-1]
-    pack = rows[-1][1]
+    pack = rows[-1][1] if rows[-1][0].startswith("tokenise") else {"wall": 0.0, "cpu_main": 0.0, "cpu_workers": 0.0}
     cpu_e2e = dedup["cpu_main"] + dedup["cpu_workers"] + pack["cpu_main"] + pack["cpu_workers"]
     e2e_wall = mb / (dedup["wall"] + pack["wall"])
     print(f"\nend to end (clean + dedup + tokenise + pack, last worker count): {e2e_wall:.2f} MB/s wall, "
