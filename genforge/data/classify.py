@@ -64,7 +64,7 @@ def featurize(texts: Sequence[str], cfg: ClassifierConfig):
 
 
 class TextClassifier:
-    """P(positive | text) from a logistic regression on hashed word and character n-grams."""
+    """P(positive | text) from a logistic regression on hashed word n-grams (punctuation and symbols as tokens)."""
 
     def __init__(self, name: str, threshold: float = 0.5, cfg: ClassifierConfig | None = None) -> None:
         self.name, self.threshold, self.cfg = name, threshold, cfg or ClassifierConfig()
