@@ -183,6 +183,16 @@ def collect_overrides(cls: type, positional: tuple[str, ...], words: list[str]) 
     return overrides
 
 
+def bool_flags(cls: type, words: list[str]) -> list[str]:
+    """`--skip-bad` -> `skip_bad=true` for a top-level bool key of the config (flags people expect for switches)."""
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    rest, flags = [], []
+    for w in words:
+        key = w[2:].replace("-", "_") if w.startswith("--") and "=" not in w else ""
+        (flags.append(f"{key}=true") if key and hints.get(key) is bool else rest.append(w))
+    return rest + flags
+
+
 def command_parser(name: str, cmd: Command, cls: type) -> argparse.ArgumentParser:
     """The parser of one command: positional shorthands, --config, and every key in the epilog."""
     from genforge.config import field_help
@@ -235,7 +245,7 @@ def run(argv: list[str]) -> Any:
         raise ConfigError(f"unknown command {argv[0]!r}; {hint}see `genforge --help`")
     cmd = COMMANDS[name]
     cls = resolve(cmd.config)
-    args = command_parser(name, cmd, cls).parse_args(rest)
+    args = command_parser(name, cmd, cls).parse_args(bool_flags(cls, rest))
     overrides = collect_overrides(cls, cmd.positional, args.words)
     cfg = resolve(cmd.build)(overrides, args.config) if cmd.build else load_config(cls, args.config, overrides)
     return resolve(cmd.main)(cfg)

@@ -18,7 +18,7 @@ EXTRAS = {
     "serve": "the OpenAI-compatible server (fastapi, uvicorn, httpx)",
     "eval": "ROUGE/BLEU metrics and LLM judges (rouge-score, sacrebleu, httpx)",
     "report": "plots in report cards (matplotlib)",
-    "data": "MinHash near-dedup with datasketch (a numpy fallback exists)",
+    "data": "learned data filters (scikit-learn), datasketch MinHash, datatrove scale-out",
     "agents": "the agents' router classifier (scikit-learn)",
     "image": "image models and metrics (scikit-learn, pillow, scipy, diffusers)",
     "rag": "retrieval: the packaged MiniLM, bm25s, LanceDB, FAISS",

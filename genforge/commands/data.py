@@ -45,7 +45,11 @@ class CleanCommandConfig:
     """Clean a corpus: normalise, filter junk/harmful/low-quality text, deduplicate (exact + MinHash)."""
 
     inputs: list[str] = field(default_factory=list)  # .txt / .jsonl / .parquet files or folders
-    out: str = ""  # cleaned .jsonl to write (clean_report.json and <stem>.removed.jsonl go beside it)
+    out: str = ""  # cleaned .jsonl to write (clean_report.json, data_report.md, <stem>.removed.jsonl go beside it)
+    skip_bad: bool = False  # skip malformed lines, counted in the report (`--skip-bad`; same as clean.skip_bad=true)
+    workers: int = 0  # processes for the filters and MinHash (0: clean.workers)
+    engine: str = "local"  # local (the resumable one-machine pipeline) | datatrove (filters as datatrove steps)
+    tasks: int = 2  # engine=datatrove: tasks the input files are sharded over (out is then a folder)
     clean: CleanConfig = field(default_factory=CleanConfig)
 
 
@@ -54,12 +58,39 @@ def clean(cfg: CleanCommandConfig) -> dict:
 
     _need(cfg.inputs, "inputs", "genforge data clean corpus.jsonl out=clean.jsonl")
     _need(cfg.out, "out", "genforge data clean corpus.jsonl out=clean.jsonl")
+    if cfg.skip_bad:
+        cfg.clean.skip_bad = True
+    if cfg.workers:
+        cfg.clean.workers = cfg.workers
+    if cfg.engine == "datatrove":
+        return _clean_datatrove(cfg)
+    if cfg.engine != "local":
+        raise ConfigError(f"engine={cfg.engine!r}: choose local or datatrove")
     report = clean_corpus(cfg.inputs, cfg.out, cfg.clean)
     out = Path(cfg.out)
     save_resolved(cfg, out.parent, name=f"{out.name.split('.')[0]}.config.yaml")
-    summary = report.summary() if hasattr(report, "summary") else report
-    print(summary)
+    summary = report.summary()
+    mb = report.bytes_in / 1e6
+    print(f"kept {report.docs_kept:,} of {report.docs_in:,} documents ({report.bytes_kept / 1e6:.2f} of {mb:.2f} MB) "
+          f"in {report.seconds:.1f} s ({mb / max(report.seconds, 1e-9):.2f} MB/s) -> {cfg.out}")
+    print(f"removed: {', '.join(f'{k} {v:,}' for k, v in report.removed.items()) or 'nothing'}")
+    if report.bad_lines:
+        print(f"skipped {report.bad_lines:,} malformed line(s); first: {report.bad_samples[0]['error']}")
+    print(f"report: {report.data_report_path}")
     return summary
+
+
+def _clean_datatrove(cfg: CleanCommandConfig) -> dict:
+    from genforge.data.distributed import clean_with_datatrove
+
+    if len(cfg.inputs) != 1:
+        raise ConfigError("engine=datatrove takes one input (a .jsonl file or a folder of them)")
+    kept = clean_with_datatrove(cfg.inputs[0], cfg.out, cfg.clean, tasks=cfg.tasks,
+                                workers=cfg.workers or cfg.clean.workers)
+    save_resolved(cfg, cfg.out)
+    print(f"datatrove: kept documents in {kept}/, removed in {Path(cfg.out) / 'removed'}/, stats in "
+          f"{Path(cfg.out) / 'logs'}/ (dedup is not part of this engine run; see genforge.data.distributed)")
+    return {"kept": str(kept)}
 
 
 @dataclass

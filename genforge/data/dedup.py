@@ -183,3 +183,157 @@ class NearDeduper:
         if best is None:
             self._impl.insert(doc_id, sig)
         return best
+
+
+# ---- batch MinHash and a compact index, for corpora that do not fit Python dicts ------------------------------
+
+_SHINGLE_MULT = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1, 0xD3A2646C, 0xFD7046C5,
+                          0xB55A4F09], dtype=np.uint64)
+
+
+def word_hashes(text: str) -> np.ndarray:
+    """CRC-32 of each lower-cased word, shape (n_words,) uint64."""
+    ws = _WORD_RE.findall(text.lower())
+    return np.fromiter(map(zlib.crc32, map(str.encode, ws)), dtype=np.uint64, count=len(ws))
+
+
+class BatchMinHash:
+    """MinHash signatures for many documents in a few numpy ops, and their LSH band keys.
+
+    A shingle's hash is a fixed linear mix of its words' CRC-32s (mod 2^32), so shingles need no Python
+    strings; one (n_shingles_in_batch, num_perm) product and `np.minimum.reduceat` give every signature.
+    This is a different (equally valid) hash family from `_BuiltinMinHash`, so signatures of the two
+    are not comparable; similarities are.
+    """
+
+    def __init__(self, threshold: float, num_perm: int = 128, shingle_size: int = 3, seed: int = 1) -> None:
+        if shingle_size > len(_SHINGLE_MULT):
+            raise ValueError(f"shingle_size must be <= {len(_SHINGLE_MULT)}, got {shingle_size}")
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
+        self.b = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64)
+        self.num_perm, self.shingle_size = num_perm, shingle_size
+        self.bands, self.rows = lsh_params(threshold, num_perm)
+        self.fold = rng.integers(0, 1 << 63, self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        # the band number is mixed into each key so all bands share one index
+        self.band_salt = rng.integers(0, 1 << 63, self.bands, dtype=np.uint64)
+
+    def shingle_hashes(self, wh: np.ndarray) -> np.ndarray:
+        """Hashes of the word n-grams (all words as one shingle when there are fewer than n), shape (n_shingles,)."""
+        n = self.shingle_size
+        if len(wh) == 0:
+            return wh
+        if len(wh) <= n:
+            return ((wh * _SHINGLE_MULT[:len(wh)]).sum(dtype=np.uint64) & _MASK32).reshape(1)
+        m = len(wh) - n + 1
+        acc = np.zeros(m, dtype=np.uint64)
+        for j in range(n):
+            acc += wh[j:j + m] * _SHINGLE_MULT[j]
+        return acc & _MASK32
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(n_texts, num_perm) uint32 signatures; a text without words gets all-ones (it matches nothing real)."""
+        sh = [self.shingle_hashes(word_hashes(t)) for t in texts]
+        out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        # Hash a few thousand shingles at a time: the (shingles, num_perm) temporaries then stay in cache,
+        # about twice as fast as one huge product per chunk.
+        group: list[int] = []
+        size = 0
+        for i, s in enumerate(sh):
+            if len(s):
+                group.append(i)
+                size += len(s)
+            if group and (size >= 4096 or i == len(sh) - 1):
+                self._fill(out, group, sh)
+                group, size = [], 0
+        return out
+
+    def _fill(self, out: np.ndarray, idx: list[int], sh: list[np.ndarray]) -> None:
+        h = np.concatenate([sh[i] for i in idx])  # (n_shingles,)
+        sizes = np.fromiter((len(sh[i]) for i in idx), dtype=np.int64, count=len(idx))
+        # multiply-shift hashing (Dietzfelbinger et al. 1997): the top 32 bits of a*h + b mod 2^64, with a odd;
+        # no modulo, about 3x faster than (a*h + b) mod p
+        perm = ((h[:, None] * self.a + self.b) >> np.uint64(32)).astype(np.uint32)  # (n_shingles, num_perm)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out[idx] = np.minimum.reduceat(perm, starts, axis=0)
+
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """(n, bands) uint64 keys: each band's rows folded into one number, salted by the band index."""
+        s = sigs[:, :self.bands * self.rows].astype(np.uint64).reshape(len(sigs), self.bands, self.rows)
+        return (s * self.fold).sum(axis=2, dtype=np.uint64) ^ self.band_salt
+
+
+class RunIndex:
+    """A multimap key -> int32 value kept as sorted numpy runs (a small log-structured merge tree).
+
+    8 bytes an entry with uint32 keys (12 with uint64) instead of ~100 for a dict of lists, and lookups of a
+    whole batch of keys are a few `np.searchsorted` calls per run. Entries added with `add` are visible to
+    `lookup_pending` at once and to `lookup` after `seal()`; a run merges into the previous one when it is at
+    least half its size, so there are O(log n) runs, and merging two sorted runs needs no sort.
+    """
+
+    def __init__(self, key_dtype: type = np.uint64) -> None:
+        self.dtype = np.dtype(key_dtype)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(k) for k, _ in self.runs) + sum(map(len, self.pending.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.runs)
+
+    def lookup(self, keys: np.ndarray) -> list[list[int]]:
+        """For each row of `keys` (shape (n, k)), the values stored in sealed runs under any of its keys."""
+        n = len(keys)
+        out: list[list[int]] = [[] for _ in range(n)]
+        flat = keys.reshape(-1).astype(self.dtype, copy=False)
+        width = keys.shape[1] if keys.ndim == 2 else 1
+        for k, v in self.runs:
+            lo = np.searchsorted(k, flat, "left")
+            hi = np.searchsorted(k, flat, "right")
+            for i in np.flatnonzero(hi > lo).tolist():
+                out[i // width].extend(v[lo[i]:hi[i]].tolist())
+        return out
+
+    def lookup_pending(self, keys: np.ndarray) -> list[int]:
+        """Values added since the last `seal()` under any of `keys` (one document's keys)."""
+        if not self.pending:
+            return []
+        out: list[int] = []
+        for key in keys.astype(self.dtype, copy=False).tolist():
+            out.extend(self.pending.get(key, ()))
+        return out
+
+    def add(self, keys: np.ndarray, value: int) -> None:
+        for key in keys.reshape(-1).astype(self.dtype, copy=False).tolist():
+            self.pending.setdefault(key, []).append(value)
+
+    def add_run(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Add many entries at once (a sealed batch, or rebuilding an index on resume)."""
+        keys = keys.astype(self.dtype, copy=False)
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], values.astype(np.int32)[order]))
+        self._merge()
+
+    def seal(self) -> None:
+        if not self.pending:
+            return
+        ks = np.fromiter((k for k, vs in self.pending.items() for _ in vs), dtype=self.dtype)
+        vs = np.fromiter((v for vals in self.pending.values() for v in vals), dtype=np.int32)
+        self.pending = {}
+        self.add_run(ks, vs)
+
+    def _merge(self) -> None:
+        while len(self.runs) > 1 and len(self.runs[-1][0]) * 2 >= len(self.runs[-2][0]):
+            (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
+            # positions of the newer run's entries in the merged run; "right" puts them after equal older keys
+            pos = np.searchsorted(k1, k2, "right") + np.arange(len(k2))
+            older = np.ones(len(k1) + len(k2), dtype=bool)
+            older[pos] = False
+            k, v = np.empty(len(older), self.dtype), np.empty(len(older), np.int32)
+            k[pos], v[pos] = k2, v2
+            k[older], v[older] = k1, v1
+            del older, pos, k1, v1, k2, v2
+            self.runs.append((k, v))

@@ -1,34 +1,68 @@
-"""The cleaning pipeline: read -> normalise -> filter -> exact dedup -> near dedup -> write, one streaming pass.
+"""The cleaning pipeline: read -> normalise -> filter -> classify -> exact dedup -> near dedup -> write, streaming.
 
-`clean_corpus` writes the kept documents as `{"id", "text"}` JSONL (atomically), a
-`<name>.removed.jsonl` sidecar (`{"id", "reason", "detail"}` per removed document) and
-`clean_report.json` (counts per reason, sizes, timing, the config used). Deduplication keeps the first
-occurrence, so put the sources you trust most first. `score_against_labels` compares what was kept
-with a labels file such as the tiny world's `corpus_labels.jsonl`.
+`clean_corpus` writes the kept documents as `{"id", "text"}` JSONL, a `<name>.removed.jsonl` sidecar
+(`{"id", "reason", "detail", "source"}` per removed document), `clean_report.json` (counts, sizes,
+timing, config), `data_report.md` (the same for people: counts per filter, removed examples, throughput,
+the learned filters against the heuristics) and `<name>.filters/` (the classifiers and their training
+report). Deduplication keeps the first occurrence, so put the sources you trust most first.
+
+How it scales on one machine:
+
+* memory is bounded by the dedup index, not the corpus: documents stream through in chunks, at most
+  ~2 x workers chunks in flight; per kept document the index holds an 8-byte exact key and one 8-byte
+  key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
+  signatures spill to a file in the work folder and are read back only to verify a candidate;
+* normalisation, the filters, the classifiers and MinHash run in a process pool (`workers`); results are
+  consumed in input order and every keep/drop decision that depends on earlier documents (dedup) is made
+  in the main process, so the output is the same for any number of workers;
+* runs are resumable: every `checkpoint_docs` documents the partial outputs and the append-only index
+  files are flushed and fsynced and `state.json` records their lengths; a run killed at any moment
+  resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
+  byte-identical output.
+
+`score_against_labels` compares what was kept with a labels file such as the tiny world's `corpus_labels.jsonl`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.util
+import itertools
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable
+import unicodedata
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
+from genforge.data.classify import ClassifierConfig, TextClassifier, load_labelled, save_filters, train_filters
 from genforge.data.clean import CleanConfig, HarmfulMatcher, normalize, reject_reason
-from genforge.data.dedup import ExactDeduper, NearDeduper
-from genforge.data.readers import expand_paths, iter_documents
+from genforge.data.dedup import BatchMinHash, NearDeduper
+from genforge.data.readers import Doc, expand_paths, iter_documents
 from genforge.errors import ConfigError, DataError
-from genforge.io import atomic_path, read_jsonl, write_json
-from genforge.progress import progress
+from genforge.io import read_jsonl, write_json, write_text
+from genforge.progress import Progress
 
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
+STATE_VERSION = 1
+SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
+SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
+N_EXAMPLES = 3  # removed documents shown per reason in data_report.md
+N_BAD_SAMPLES = 5
 
 
 @dataclass
 class CleanReport:
-    """What `clean_corpus` did: counts per removal reason, sizes, timing and the kept ids."""
+    """What `clean_corpus` did: counts per removal reason, sizes, timing and (for small runs) the ids."""
 
     docs_in: int
     docs_kept: int
@@ -39,6 +73,12 @@ class CleanReport:
     out_path: str
     report_path: str
     removed_path: str
+    cpu_seconds: float = 0.0
+    bad_lines: int = 0
+    bad_samples: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+    data_report_path: str = ""
+    filters: dict = field(default_factory=dict)
     kept_ids: list[str] = field(default_factory=list, repr=False)
     removed_ids: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -61,64 +101,497 @@ def _harmful_matcher(cfg: CleanConfig) -> HarmfulMatcher:
     return HarmfulMatcher(terms, use_default=cfg.use_default_harmful)
 
 
+def _check_config(cfg: CleanConfig) -> None:
+    if not 0 < cfg.near_threshold <= 1:
+        raise ConfigError(f"near_threshold must be in (0, 1], got {cfg.near_threshold}")
+    if cfg.num_perm < 1 or cfg.shingle_size < 1:
+        raise ConfigError(f"num_perm and shingle_size must be >= 1, got {cfg.num_perm} and {cfg.shingle_size}")
+    if cfg.dedup_backend not in ("auto", "builtin", "datasketch"):
+        raise ConfigError(f"dedup_backend: unknown near-dedup backend {cfg.dedup_backend!r}; "
+                          "use auto, builtin or datasketch")
+    if cfg.workers < 1 or cfg.chunk_docs < 1 or cfg.checkpoint_docs < 1:
+        raise ConfigError("workers, chunk_docs and checkpoint_docs must be >= 1")
+    for key in ("quality_threshold", "harm_classifier_threshold"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise ConfigError(f"{key} must be a probability in [0, 1], got {getattr(cfg, key)}")
+    if not 0 < cfg.classifier_holdout < 1:
+        raise ConfigError(f"classifier_holdout must be in (0, 1), got {cfg.classifier_holdout}")
+
+
+# ---- learned filters -------------------------------------------------------------------------------------------
+
+def _baselines(cfg: CleanConfig) -> dict:
+    """The heuristics each classifier complements: every junk rule (no vocabulary), and the blocklist."""
+    harmful, none = _harmful_matcher(cfg), HarmfulMatcher(use_default=False)
+    return {"quality": lambda t: reject_reason(t, cfg, none) is not None,
+            "harm": lambda t: harmful.score(t) >= cfg.harmful_threshold}
+
+
+_RUNTIME_FIELDS = ("workers", "chunk_docs", "progress", "resume", "checkpoint_docs", "skip_bad", "text_field",
+                   "id_field", "dedup_exact", "dedup_near", "dedup_backend")
+_WORLD_FILTERS: dict[str, tuple] = {}
+
+
+@lru_cache(maxsize=2)
+def _world_rows(seed: int) -> tuple[tuple[str, str], ...]:
+    """Labelled rows of a generated tiny world (cached: tests and benchmarks train on it many times)."""
+    from genforge.world import generate_world
+
+    with tempfile.TemporaryDirectory(prefix="gf-clf-world-") as tmp:
+        generate_world(tmp, seed=seed, size="tiny")
+        return tuple(load_labelled(Path(tmp, "corpus_labels.jsonl"), iter_documents(Path(tmp, "corpus.jsonl"))))
+
+
+def prepare_filters(cfg: CleanConfig, inputs: list[Path], folder: Path) -> dict:
+    """Train (or load) the classifiers cfg.classifier asks for into `folder`; return the training report ({} if off)."""
+    if cfg.classifier == "off":
+        return {}
+    src = Path(cfg.classifier)
+    if cfg.classifier != "world" and src.is_dir():
+        for name in ("quality", "harm"):
+            TextClassifier.load(src / f"{name}.pkl")  # a clear error now rather than in a worker
+        if src.resolve() != folder.resolve():
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in ("quality.pkl", "harm.pkl", "training_report.json", "heldout_outcomes.json"):
+                if (src / f).exists():
+                    shutil.copyfile(src / f, folder / f)
+        rep = folder / "training_report.json"
+        return json.loads(rep.read_text()) if rep.exists() else {"source": str(src)}
+    if cfg.classifier == "world":
+        key = json.dumps({k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}, sort_keys=True)
+        if key not in _WORLD_FILTERS:  # the same world and settings train the same models: train once a process
+            rows = list(_world_rows(cfg.classifier_world_seed))
+            _WORLD_FILTERS[key] = train_filters(
+                rows, ClassifierConfig(holdout=cfg.classifier_holdout),
+                {"quality": cfg.quality_threshold, "harm": cfg.harm_classifier_threshold}, _baselines(cfg), normalize)
+            _WORLD_FILTERS[key][1]["source"] = f"generated tiny world, seed {cfg.classifier_world_seed}"
+        models, report = _WORLD_FILTERS[key]
+        save_filters(models, report, folder)
+        return report
+    if src.is_file():
+        rows, source = load_labelled(src, iter_documents(inputs, cfg.text_field, cfg.id_field)), str(src)
+    else:
+        raise ConfigError(f'classifier={cfg.classifier!r}: not "world", "off", a labelled .jsonl file '
+                          "or a folder with quality.pkl and harm.pkl")
+    models, report = train_filters(rows, ClassifierConfig(holdout=cfg.classifier_holdout),
+                                   {"quality": cfg.quality_threshold, "harm": cfg.harm_classifier_threshold},
+                                   _baselines(cfg), normalize)
+    report["source"] = source
+    save_filters(models, report, folder)
+    return report
+
+
+# ---- per-chunk work (runs in the pool) --------------------------------------------------------------------------
+
+class _Worker:
+    """Everything a chunk needs that does not depend on earlier documents."""
+
+    def __init__(self, cfg: CleanConfig, filters_dir: str | None) -> None:
+        self.cfg = cfg
+        self.harmful = _harmful_matcher(cfg)
+        self.clf: dict[str, TextClassifier] = {}
+        if filters_dir:
+            self.clf = {"harm": TextClassifier.load(Path(filters_dir, "harm.pkl"), cfg.harm_classifier_threshold),
+                        "quality": TextClassifier.load(Path(filters_dir, "quality.pkl"), cfg.quality_threshold)}
+        self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
+                        if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
+
+    def process(self, chunk: list[tuple[str, str, str]]) -> dict:
+        """chunk: (id, text, source) rows -> normalised texts, rejections, exact keys and signatures of the rest."""
+        texts = [normalize(t) for _, t, _ in chunk]
+        why = [reject_reason(t, self.cfg, self.harmful) for t in texts]
+        if self.clf:
+            # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
+            idx = [i for i, w in enumerate(why) if w is None]
+            if idx:
+                from genforge.data.classify import featurize
+
+                feats = featurize([texts[i] for i in idx], self.clf["harm"].cfg)
+                for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
+                    p = self.clf[name].proba([texts[i] for i in idx], features=feats)
+                    for i, pi in zip(idx, p.tolist()):
+                        if why[i] is None and pi >= self.clf[name].threshold:
+                            why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
+        keep = [i for i, w in enumerate(why) if w is None]
+        keys = np.array([exact_key64(texts[i]) for i in keep], dtype=np.uint64)
+        sigs = self.minhash.signatures([texts[i] for i in keep]) if self.minhash is not None else None
+        return {"texts": texts, "why": why, "keep": keep, "keys": keys, "sigs": sigs}
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(cfg: CleanConfig, filters_dir: str | None) -> None:
+    global _WORKER
+    _WORKER = _Worker(cfg, filters_dir)
+
+
+def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
+    return _WORKER.process(chunk)
+
+
+def exact_key64(text: str) -> int:
+    """64-bit hash of the text with case, spacing and Unicode form normalised away (`dedup.exact_key`'s canon)."""
+    canon = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+# ---- resumable state -------------------------------------------------------------------------------------------
+
+def _fingerprint(cfg: CleanConfig, files: list[Path]) -> str:
+    """What the output depends on: the config (not workers/progress/checkpointing) and the input files."""
+    c = asdict(cfg)
+    for k in ("workers", "chunk_docs", "progress", "resume", "checkpoint_docs"):
+        c.pop(k)
+    if cfg.classifier not in ("world", "off") and Path(cfg.classifier).exists():
+        p = Path(cfg.classifier)  # a changed labels file or model folder changes the output
+        c["classifier_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
+                                 for f in ([p] if p.is_file() else sorted(p.iterdir()))]
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps({"v": STATE_VERSION, "cfg": c, "files": stats}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Index:
+    """The dedup state of the kept documents: exact keys, LSH band keys, signatures (on disk) and ids.
+
+    Append-only files in the work folder hold everything needed to rebuild it after a crash:
+    keys.bin (uint64 per kept document), sigs.bin (num_perm x uint32 per kept document), ids.jsonl.
+    """
+
+    def __init__(self, work: Path, cfg: CleanConfig, minhash: BatchMinHash | None) -> None:
+        from genforge.data.dedup import RunIndex
+
+        self.work, self.cfg, self.minhash = work, cfg, minhash
+        # exact keys must not collide (a hit drops a document unchecked): 64 bits; band keys only propose
+        # candidates that are then verified against the signature, so 32 bits do (a spurious one costs a read)
+        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32)
+        self.ids: list[str] = []
+        self.recent: dict[int, np.ndarray] = {}  # signatures of this chunk's kept documents, before flush
+        # The low byte of the first SKETCH signature values of every kept document, in memory (32 B each): a
+        # candidate whose sketch agrees far less than the threshold is dropped without reading its signature.
+        # Pages that share a few boilerplate sentences collide in some band often, and reading each one's
+        # signature from disk was most of the main process's time.
+        self.k = min(SKETCH, cfg.num_perm)
+        self.sketch = np.zeros((1024, self.k), dtype=np.uint8)
+        self.f_keys = open(work / "keys.bin", "ab")
+        self.f_sigs = open(work / "sigs.bin", "ab")
+        self.f_ids = open(work / "ids.jsonl", "ab")
+        self.r_sigs = open(work / "sigs.bin", "rb")
+        self.sig_bytes = 4 * cfg.num_perm
+        # the datasketch backend keeps its own (in-memory) index; on resume it is rebuilt from kept texts
+        self.ds = NearDeduper(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, "datasketch") \
+            if cfg.dedup_near and cfg.dedup_backend == "datasketch" else None
+
+    def restore(self, n_kept: int, kept_path: Path) -> None:
+        """Truncate the files to `n_kept` documents and rebuild the in-memory index from them."""
+        for f, name, size in ((self.f_keys, "keys.bin", 8 * n_kept),
+                              (self.f_sigs, "sigs.bin", self.sig_bytes * n_kept)):
+            f.flush()
+            os.truncate(self.work / name, size)
+        self.f_ids.close()
+        lines = (self.work / "ids.jsonl").read_bytes().splitlines()[:n_kept]
+        self.ids = [json.loads(x) for x in lines]
+        write_text(self.work / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
+        self.f_ids = open(self.work / "ids.jsonl", "ab")
+        if n_kept:
+            keys = np.fromfile(self.work / "keys.bin", dtype=np.uint64)
+            self.exact.add_run(keys, np.arange(n_kept, dtype=np.int64))
+            if self.minhash is not None:
+                block = 65_536  # rebuild band keys a block of signatures at a time (bounded memory)
+                sigs = np.memmap(self.work / "sigs.bin", dtype=np.uint32, mode="r", shape=(n_kept, self.cfg.num_perm))
+                self.sketch = np.zeros((max(1024, 2 * n_kept), self.k), dtype=np.uint8)
+                for lo in range(0, n_kept, block):
+                    part = np.asarray(sigs[lo:lo + block])
+                    self.sketch[lo:lo + len(part)] = part[:, :self.k] & 0xFF
+                    bands = self.minhash.band_keys(part)
+                    vals = np.repeat(np.arange(lo, lo + len(bands), dtype=np.int64), bands.shape[1])
+                    self.near.add_run(bands.reshape(-1), vals)
+                del sigs
+            if self.ds is not None:
+                for _, row in read_jsonl(kept_path):
+                    self.ds.check_add(str(row["id"]), row["text"])
+
+    def sig(self, ordinal: int) -> np.ndarray:
+        got = self.recent.get(ordinal)
+        if got is not None:
+            return got
+        return np.frombuffer(os.pread(self.r_sigs.fileno(), self.sig_bytes, ordinal * self.sig_bytes), np.uint32)
+
+    def exact_first(self, key: int, sealed: list[int]) -> int | None:
+        hits = sealed or self.exact.lookup_pending(np.array([key], dtype=np.uint64))
+        return min(hits) if hits else None
+
+    def near_best(self, sig: np.ndarray, bands: np.ndarray, sealed: list[int]) -> tuple[int, float] | None:
+        """The most similar earlier kept document at or above the threshold (ties: the earliest)."""
+        best = None
+        cands = sorted(set(sealed).union(self.near.lookup_pending(bands)))
+        if cands:
+            # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
+            agree = (self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8)).mean(axis=1)
+            cands = [o for o, a in zip(cands, agree.tolist()) if a >= self.cfg.near_threshold - SKETCH_SLACK]
+        for o in cands:
+            sim = float(np.count_nonzero(self.sig(o) == sig)) / len(sig)
+            if sim >= self.cfg.near_threshold and (best is None or sim > best[1]):
+                best = (o, sim)
+        return best
+
+    def add(self, doc_id: str, key: int, sig: np.ndarray | None, bands: np.ndarray | None) -> None:
+        o = len(self.ids)
+        self.ids.append(doc_id)
+        self.exact.add(np.array([key], dtype=np.uint64), o)
+        self.f_keys.write(np.uint64(key).tobytes())
+        self.f_ids.write((json.dumps(doc_id) + "\n").encode())
+        if sig is not None:
+            if o >= len(self.sketch):
+                self.sketch = np.concatenate([self.sketch, np.zeros_like(self.sketch)])
+            self.sketch[o] = sig[:self.k] & 0xFF
+            self.near.add(bands, o)
+            self.f_sigs.write(sig.tobytes())
+            self.recent[o] = sig
+
+    def seal(self) -> None:
+        self.exact.seal()
+        self.near.seal()
+        self.f_sigs.flush()  # signatures become readable with pread; recent ones can go
+        self.recent = {}
+
+    def sync(self) -> None:
+        for f in (self.f_keys, self.f_sigs, self.f_ids):
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        for f in (self.f_keys, self.f_sigs, self.f_ids, self.r_sigs):
+            f.close()
+
+    @property
+    def nbytes(self) -> int:
+        return self.exact.nbytes + self.near.nbytes
+
+
+def _chunks(docs: Iterator[Doc], n: int) -> Iterator[list[tuple[str, str, str]]]:
+    while True:
+        chunk = [(d.id, d.text, d.source) for d in itertools.islice(docs, n)]
+        if not chunk:
+            return
+        yield chunk
+
+
+def _ordered_results(chunks: Iterator[list], cfg: CleanConfig, filters_dir: str | None) -> Iterator[tuple[list, dict]]:
+    """(chunk, result) in input order; with workers > 1 at most 2 x workers chunks are in flight."""
+    if cfg.workers == 1:
+        w = _Worker(cfg, filters_dir)
+        for chunk in chunks:
+            yield chunk, w.process(chunk)
+        return
+    import multiprocessing as mp
+
+    # fork: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the caller's script
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(cfg.workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(cfg, filters_dir)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_process_in_worker, chunk)))
+            if len(pending) >= 2 * cfg.workers:
+                c, fut = pending.popleft()
+                yield c, fut.result()
+        while pending:
+            c, fut = pending.popleft()
+            yield c, fut.result()
+
+
+# ---- the pipeline ----------------------------------------------------------------------------------------------
+
 def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_path: str | os.PathLike,
                  cfg: CleanConfig | None = None) -> CleanReport:
     """Clean and deduplicate documents from `inputs` (files or folders) into `out_path` (JSONL).
 
-    Also writes `clean_report.json` beside `out_path` and a `<stem>.removed.jsonl` sidecar.
-    Raises `DataError` for unreadable or empty input.
+    Also writes `clean_report.json`, `data_report.md`, a `<stem>.removed.jsonl` sidecar and the learned
+    filters in `<stem>.filters/` beside `out_path`. Raises `DataError` for unreadable or empty input (or a
+    malformed line, unless `skip_bad`). An interrupted run leaves `<out>.work/`, from which the next
+    run with the same inputs and config resumes.
     """
     cfg = cfg or CleanConfig()
-    if not 0 < cfg.near_threshold <= 1:
-        raise ConfigError(f"near_threshold must be in (0, 1], got {cfg.near_threshold}")
-    t0 = time.perf_counter()
+    if cfg.classifier == "auto":
+        cfg = dataclasses.replace(cfg, classifier="world" if importlib.util.find_spec("sklearn") else "off")
+    _check_config(cfg)
+    t0, c0 = time.perf_counter(), time.process_time()
     out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    stem = out_path.name.removesuffix(".jsonl")
     report_path = out_path.with_name("clean_report.json")
-    removed_path = out_path.with_name(out_path.name.removesuffix(".jsonl") + ".removed.jsonl")
+    removed_path = out_path.with_name(stem + ".removed.jsonl")
+    data_report_path = out_path.with_name("data_report.md")
+    filters_dir = out_path.with_name(stem + ".filters")
+    work = out_path.with_name(out_path.name + ".work")
     files = expand_paths(inputs)
-    show = cfg.progress if cfg.progress is not None else sum(f.stat().st_size for f in files) > 20e6
-    harmful = _harmful_matcher(cfg)
-    exact = ExactDeduper() if cfg.dedup_exact else None
-    if cfg.num_perm < 1 or cfg.shingle_size < 1:
-        raise ConfigError(f"num_perm and shingle_size must be >= 1, got {cfg.num_perm} and {cfg.shingle_size}")
+    total_bytes = sum(f.stat().st_size for f in files)
+    show = cfg.progress if cfg.progress is not None else total_bytes > 20e6
+    if cfg.dedup_near and cfg.dedup_backend == "datasketch":
+        try:
+            NearDeduper(cfg.near_threshold, 8, cfg.shingle_size, cfg.minhash_seed, "datasketch")
+        except (ValueError, ImportError) as e:
+            raise ConfigError(f"dedup_backend: {e}") from None
+    _harmful_matcher(cfg)  # a missing terms file is a config error before any work
+
+    fp = _fingerprint(cfg, files)
+    state = _load_state(work, fp) if cfg.resume else None
+    if state is None:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        state = {"fingerprint": fp, "docs_done": 0, "n_kept": 0, "kept_size": 0, "removed_size": 0,
+                 "bytes_in": 0, "bytes_kept": 0, "removed": {}, "examples": {}, "seconds": 0.0, "cpu_seconds": 0.0}
+        filters = prepare_filters(cfg, files, filters_dir)
+        write_json(work / "filters.json", filters)
+        t0, c0 = time.perf_counter(), time.process_time()  # throughput counts cleaning, not classifier training
+    else:
+        filters = json.loads((work / "filters.json").read_text())
+    resumed_from = state["docs_done"]
+    has_clf = cfg.classifier != "off"
+
+    kept_path, rem_path = work / "kept.jsonl", work / "removed.jsonl"
+    for p, size in ((kept_path, state["kept_size"]), (rem_path, state["removed_size"])):
+        p.touch()
+        os.truncate(p, size)
+    minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
+               if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
+    index = _Index(work, cfg, minhash)
+    index.restore(state["n_kept"], kept_path)
+
+    bad: list[dict] = []
+    bad_count = 0
+
+    def on_bad(where: str, msg: str, raw: bytes) -> None:
+        nonlocal bad_count
+        bad_count += 1
+        if len(bad) < N_BAD_SAMPLES:
+            bad.append({"where": where, "error": msg, "line": raw.decode("utf-8", "replace")})
+
+    docs = iter_documents(files, cfg.text_field, cfg.id_field, on_bad=on_bad if cfg.skip_bad else None)
+    docs = itertools.islice(docs, resumed_from, None)
+    removed, examples = dict(state["removed"]), {k: list(v) for k, v in state["examples"].items()}
+    s = dict(state)
+    bar = Progress(None, desc="clean", unit="doc", initial=resumed_from) if show else None
+    last_ckpt = s["docs_done"]
     try:
-        near = NearDeduper(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed,
-                           cfg.dedup_backend) if cfg.dedup_near else None
-    except (ValueError, ImportError) as e:
-        raise ConfigError(f"dedup_backend: {e}") from None
-    removed: dict[str, int] = {}
-    removed_ids: dict[str, str] = {}
-    kept_ids: list[str] = []
-    docs_in = bytes_in = bytes_kept = 0
-    with atomic_path(out_path) as tmp, atomic_path(removed_path) as tmp_removed, \
-            open(tmp, "w", encoding="utf-8") as out, open(tmp_removed, "w", encoding="utf-8") as rem:
-        for doc in progress(iter_documents(files, cfg.text_field, cfg.id_field), desc="clean", unit="doc",
-                            enabled=show):
-            docs_in += 1
-            bytes_in += len(doc.text.encode("utf-8"))
-            text = normalize(doc.text)
-            why = reject_reason(text, cfg, harmful)
-            if why is None and exact is not None and (first := exact.check_add(doc.id, text)) is not None:
-                why = ("exact_dup", f"same as {first}")
-            if why is None and near is not None and (hit := near.check_add(doc.id, text)) is not None:
-                why = ("near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})")
-            if why is None:
-                kept_ids.append(doc.id)
-                line = json.dumps({"id": doc.id, "text": text}, ensure_ascii=False)
-                bytes_kept += len(text.encode("utf-8"))
-                out.write(line + "\n")
-            else:
-                removed[why[0]] = removed.get(why[0], 0) + 1
-                removed_ids[doc.id] = why[0]
-                rem.write(json.dumps({"id": doc.id, "reason": why[0], "detail": why[1], "source": doc.source},
-                                     ensure_ascii=False) + "\n")
-    report = CleanReport(docs_in=docs_in, docs_kept=len(kept_ids), bytes_in=bytes_in, bytes_kept=bytes_kept,
-                         removed=dict(sorted(removed.items(), key=lambda kv: -kv[1])),
-                         seconds=round(time.perf_counter() - t0, 3), out_path=str(out_path),
-                         report_path=str(report_path), removed_path=str(removed_path),
-                         kept_ids=kept_ids, removed_ids=removed_ids)
-    write_json(report_path, {**report.summary(), "inputs": [str(f) for f in files], "config": asdict(cfg)})
+        with open(kept_path, "ab") as out, open(rem_path, "ab") as rem:
+            def checkpoint() -> None:
+                out.flush()
+                rem.flush()
+                for f in (out, rem):
+                    os.fsync(f.fileno())
+                index.sync()
+                s.update(kept_size=out.tell(), removed_size=rem.tell(), n_kept=len(index.ids), removed=removed,
+                         examples=examples, seconds=s["seconds"] + time.perf_counter() - t_seg[0],
+                         cpu_seconds=s["cpu_seconds"] + time.process_time() - t_seg[1])
+                t_seg[:] = [time.perf_counter(), time.process_time()]
+                write_json(work / "state.json", s)
+
+            t_seg = [t0, c0]
+
+            def drop(doc_id: str, source: str, reason: str, detail: str, text: str) -> None:
+                removed[reason] = removed.get(reason, 0) + 1
+                ex = examples.setdefault(reason, [])
+                if len(ex) < N_EXAMPLES:
+                    ex.append({"id": doc_id, "detail": detail, "text": text[:300]})
+                rem.write((json.dumps({"id": doc_id, "reason": reason, "detail": detail, "source": source},
+                                      ensure_ascii=False) + "\n").encode("utf-8"))
+
+            results = _ordered_results(_chunks(docs, cfg.chunk_docs), cfg, str(filters_dir) if has_clf else None)
+            for chunk, res in results:
+                texts, why, keep = res["texts"], res["why"], res["keep"]
+                chunk_bytes = sum(len(t.encode("utf-8")) for _, t, _ in chunk)
+                s["bytes_in"] += chunk_bytes
+                s["docs_done"] += len(chunk)
+                keep_pos = {i: j for j, i in enumerate(keep)}
+                ex_sealed = index.exact.lookup(res["keys"].reshape(-1, 1)) if cfg.dedup_exact and keep else None
+                bands = minhash.band_keys(res["sigs"]) if minhash is not None and keep else None
+                near_sealed = index.near.lookup(bands) if bands is not None else None
+                for i, (doc_id, _, source) in enumerate(chunk):
+                    text = texts[i]
+                    if why[i] is not None:
+                        drop(doc_id, source, *why[i], text)
+                        continue
+                    j = keep_pos[i]
+                    key = int(res["keys"][j])
+                    if cfg.dedup_exact and (first := index.exact_first(key, ex_sealed[j])) is not None:
+                        drop(doc_id, source, "exact_dup", f"same as {index.ids[first]}", text)
+                        continue
+                    sig = res["sigs"][j] if bands is not None else None
+                    if sig is not None and (hit := index.near_best(sig, bands[j], near_sealed[j])) is not None:
+                        drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})",
+                             text)
+                        continue
+                    if index.ds is not None and (hit := index.ds.check_add(doc_id, text)) is not None:
+                        drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", text)
+                        continue
+                    index.add(doc_id, key, sig, bands[j] if bands is not None else None)
+                    out.write((json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n").encode("utf-8"))
+                    s["bytes_kept"] += len(text.encode("utf-8"))
+                index.seal()
+                if bar is not None:
+                    bar.update(len(chunk))
+                if s["docs_done"] - last_ckpt >= cfg.checkpoint_docs:
+                    checkpoint()
+                    last_ckpt = s["docs_done"]
+            checkpoint()
+    finally:
+        index.close()
+        if bar is not None:
+            bar.close()
+    if s["docs_done"] == 0 and not bad_count:
+        raise DataError(f"empty corpus: no documents in {', '.join(map(str, files))}")
+    if s["docs_done"] == 0:
+        raise DataError(f"no readable documents: all {bad_count} lines of {', '.join(map(str, files))} are "
+                        f"malformed (first: {bad[0]['error']})")
+    # from here the work folder no longer describes a resumable state (outputs move out of it)
+    write_json(work / "state.json", {**s, "finished": True})
+    os.replace(kept_path, out_path)
+    os.replace(rem_path, removed_path)
+    kept_ids, removed_ids = [], {}
+    if s["docs_done"] <= 1_000_000:  # per-document lists for callers that score small runs in memory
+        kept_ids = list(index.ids)
+        for _, row in read_jsonl(removed_path):
+            removed_ids[str(row["id"])] = row["reason"]
+    report = CleanReport(
+        docs_in=s["docs_done"], docs_kept=len(index.ids), bytes_in=s["bytes_in"], bytes_kept=s["bytes_kept"],
+        removed=dict(sorted(removed.items(), key=lambda kv: -kv[1])), seconds=round(s["seconds"], 3),
+        cpu_seconds=round(s["cpu_seconds"], 3), out_path=str(out_path), report_path=str(report_path),
+        removed_path=str(removed_path), bad_lines=bad_count, bad_samples=bad, resumed_from=resumed_from,
+        data_report_path=str(data_report_path), filters=_slim(filters), kept_ids=kept_ids, removed_ids=removed_ids)
+    write_json(report_path, {**report.summary(), "inputs": [str(f) for f in files], "config": asdict(cfg),
+                             "index_bytes": index.nbytes, "examples": examples})
+    from genforge.data.report import render_data_report
+
+    write_text(data_report_path, render_data_report(report.summary(), examples, cfg, [str(f) for f in files]))
+    shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _slim(filters: dict) -> dict:
+    out = json.loads(json.dumps(filters))
+    for f in out.get("filters", {}).values():
+        f.pop("outcomes", None)
+    return out
+
+
+def _load_state(work: Path, fp: str) -> dict | None:
+    p = work / "state.json"
+    if not p.is_file():
+        return None
+    try:
+        state = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if state.get("finished"):
+        return None  # killed while moving finished outputs into place: redo it cleanly
+    if state.get("fingerprint") != fp:
+        print(f"{work}: inputs or config changed since the interrupted run; starting over")
+        return None
+    print(f"resuming from {work} at document {state['docs_done']:,}")
+    return state
 
 
 def score_against_labels(kept: CleanReport | str | os.PathLike | Iterable[str],
@@ -129,7 +602,8 @@ def score_against_labels(kept: CleanReport | str | os.PathLike | Iterable[str],
     document counts as caught when it was removed for any reason.
     """
     if isinstance(kept, CleanReport):
-        kept_ids = set(kept.kept_ids)
+        kept_ids = set(kept.kept_ids) if kept.kept_ids or not kept.docs_kept else \
+            {str(obj["id"]) for _, obj in read_jsonl(kept.out_path, required=("id",))}
     elif isinstance(kept, (str, os.PathLike)):
         kept_ids = {str(obj["id"]) for _, obj in read_jsonl(kept, required=("id",))}
     else:
@@ -155,3 +629,35 @@ def score_against_labels(kept: CleanReport | str | os.PathLike | Iterable[str],
         "counts": total,
         "missed": {k: v[:10] for k, v in missed.items()},
     }
+
+
+def per_filter_scores(removed_path: str | os.PathLike, labels_path: str | os.PathLike) -> dict[str, dict]:
+    """Precision and recall of each removal reason against planted labels.
+
+    precision: share of the documents a reason removed that carry a planted (non-clean) label;
+    recall: share of the documents with the label that reason targets that it removed (a document counts
+    for the first reason that fired, so a later filter's recall is what the earlier ones left it).
+    Also returns per-document 0/1 outcomes ("hits", "caught") for bootstrap intervals.
+    """
+    labels = {str(row["id"]): row["label"] for _, row in read_jsonl(labels_path, required=("id", "label"))}
+    by_reason: dict[str, list[str]] = {}
+    for _, row in read_jsonl(removed_path, required=("id", "reason")):
+        by_reason.setdefault(row["reason"], []).append(labels.get(str(row["id"]), "unlabelled"))
+    totals: dict[str, int] = {}
+    for lab in labels.values():
+        totals[lab] = totals.get(lab, 0) + 1
+    out = {}
+    for reason, labs in by_reason.items():
+        target = REASON_TARGET.get(reason, "junk")
+        hits = [int(lab not in ("clean", "unlabelled")) for lab in labs]
+        n_t = totals.get(target, 0)
+        caught = [1] * sum(lab == target for lab in labs)
+        caught += [0] * (n_t - len(caught))
+        out[reason] = {"n": len(labs), "target": target, "precision": float(np.mean(hits)) if hits else 0.0,
+                       "recall": float(np.mean(caught)) if caught else 0.0, "hits": hits, "caught": caught}
+    return out
+
+
+REASON_TARGET = {"harmful": "harmful", "harm_classifier": "harmful", "exact_dup": "exact_dup",
+                 "near_dup": "near_dup"}
+"""The planted label each removal reason is meant to catch (every other reason targets "junk")."""

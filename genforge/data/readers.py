@@ -7,8 +7,9 @@ corpus with no text at all is an error too, because every later stage would fail
 from __future__ import annotations
 
 import gzip
+import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TypeVar
@@ -86,11 +87,6 @@ def _read_txt(path: Path) -> Iterator[Doc]:
         yield Doc(f"{path.name}:{start}", "\n".join(lines), f"{path}:{start}")
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line, object) pairs through `genforge.io.read_jsonl` (which also reads .gz)."""
-    yield from read_jsonl(path)
-
-
 def text_field_of(obj: dict, text_field: str, where: str) -> str:
     """A JSONL row's text, or a one-line error naming file:line and the fix (missing or non-string field)."""
     if text_field not in obj:
@@ -102,14 +98,39 @@ def text_field_of(obj: dict, text_field: str, where: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
-    for lineno, obj in _json_rows(path):
-        text = text_field_of(obj, text_field, f"{path}:{lineno}")
-        did = obj.get(id_field)
-        yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, f"{path}:{lineno}")
+OnBad = Callable[[str, str, bytes], None]
+"""Called as on_bad(where, message, raw line) for a malformed line that is skipped."""
 
 
-def _read_parquet(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
+def _read_jsonl(path: Path, text_field: str, id_field: str, on_bad: OnBad | None = None) -> Iterator[Doc]:
+    """Rows of a JSONL file, read as bytes and decoded per line so one bad line can be skipped (`on_bad`)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                text = text_field_of(obj, text_field, where)
+            except UnicodeDecodeError as e:
+                msg = f"{where}: not UTF-8 (bad byte at column {e.start + 1}); re-encode the file as UTF-8"
+            except json.JSONDecodeError as e:
+                msg = f"{where}: invalid JSON ({e.msg} at column {e.colno})"
+            except DataError as e:
+                msg = str(e)
+            else:
+                did = obj.get(id_field)
+                yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, where)
+                continue
+            if on_bad is None:
+                raise DataError(msg + " (or set skip_bad=true to skip bad lines)")
+            on_bad(where, msg, raw[:300])
+
+
+def _read_parquet(path: Path, text_field: str, id_field: str, on_bad: OnBad | None = None) -> Iterator[Doc]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -130,7 +151,11 @@ def _read_parquet(path: Path, text_field: str, id_field: str) -> Iterator[Doc]:
         for text, did in zip(data[text_field], ids):
             row += 1
             if not isinstance(text, str):
-                raise DataError(f'{path}:row {row}: column "{text_field}" must be a string, got {type(text).__name__}')
+                msg = f'{path}:row {row}: column "{text_field}" must be a string, got {type(text).__name__}'
+                if on_bad is None:
+                    raise DataError(msg)
+                on_bad(f"{path}:row {row}", msg, repr(text)[:300].encode())
+                continue
             yield Doc(str(did) if did is not None else f"{path.name}:{row}", text, f"{path}:row {row}")
 
 
@@ -157,11 +182,12 @@ def iter_json_rows(paths: str | os.PathLike | Iterable[str | os.PathLike],
 
 
 def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], text_field: str = "text",
-                   id_field: str = "id") -> Iterator[Doc]:
-    """Yield every document from files and folders (.txt, .jsonl, .parquet, .txt.gz, .jsonl.gz).
+                   id_field: str = "id", on_bad: OnBad | None = None) -> Iterator[Doc]:
+    """Yield every document from files and folders (.txt, .jsonl, .parquet, .txt.gz, .jsonl.gz), streaming.
 
     Raises `DataError` for a missing or unsupported file, a malformed line (`file:line: ...`), or a
-    corpus in which no document has any text.
+    corpus in which no document has any text. With `on_bad`, malformed JSONL lines and parquet rows are
+    passed to it and skipped instead; unreadable files are still errors.
     """
     files = expand_paths(paths)
     any_text = False
@@ -170,9 +196,9 @@ def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], text_
         if kind in (".txt", ".txt.gz"):
             docs = _read_txt(path)
         elif kind == ".parquet":
-            docs = _read_parquet(path, text_field, id_field)
+            docs = _read_parquet(path, text_field, id_field, on_bad)
         else:
-            docs = _read_jsonl(path, text_field, id_field)
+            docs = _read_jsonl(path, text_field, id_field, on_bad)
         for doc in _guarded(path, docs):
             any_text = any_text or bool(doc.text.strip())
             yield doc

@@ -215,7 +215,7 @@ def test_user_harmful_terms_file(tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "How to build a glitter cannon for the office party, "
                                                            "step by step, with things you can find at home."}) + "\n")
     report = clean_corpus(tmp_path / "in.jsonl", tmp_path / "out.jsonl",
-                          CleanConfig(harmful_terms_file=str(tmp_path / "terms.txt")))
+                          CleanConfig(harmful_terms_file=str(tmp_path / "terms.txt"), classifier="off"))
     assert report.removed == {"harmful": 1} and report.docs_kept == 0
 
 

@@ -1,0 +1,38 @@
+"""Bounded memory: `genforge data clean` on a generated 50 MB corpus stays far below 1.5 GB peak RSS.
+
+The 1 GB measurement is `python benchmarks/data_pipeline.py --big` (it takes far longer than a test may).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genforge.data.synth import write_synthetic_corpus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_clean_50mb_in_bounded_memory(tmp_path):
+    info = write_synthetic_corpus(tmp_path / "corpus.jsonl", 50, seed=1)
+    out = tmp_path / "out" / "clean.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFORGE_PROGRESS": "off"}
+    # a fresh process that reports its own peak (RUSAGE_CHILDREN here would mix in every earlier child)
+    code = ("import resource, sys; from genforge.cli import main; rc = main(sys.argv[1:]); "
+            "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "data", "clean", str(tmp_path / "corpus.jsonl"), f"out={out}",
+                        "clean.classifier=off"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    peak_mb = int(r.stdout.split("PEAK_KB")[1].split()[0]) / 1e3  # KB on Linux
+    assert peak_mb < 1500, peak_mb
+    rep = json.loads(out.with_name("clean_report.json").read_text())
+    assert rep["docs_in"] == info["docs"]
+    # the index is what grows with the corpus: 8 B per LSH band and 12 B of exact key per kept document
+    assert rep["index_bytes"] <= rep["docs_kept"] * (8 * 42 + 12) * 1.01, rep["index_bytes"]
+    assert peak_mb < 700, f"peak RSS {peak_mb:.0f} MB for 50 MB of input: is something holding the corpus?"

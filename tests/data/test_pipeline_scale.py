@@ -1,0 +1,228 @@
+"""The pipeline at scale: learned filters vs heuristics, --skip-bad, workers, resume after SIGKILL, the index."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genforge.data.classify import TextClassifier, is_holdout, prf
+from genforge.data.dedup import BatchMinHash, RunIndex, jaccard, shingles
+from genforge.data.pipeline import CleanConfig, clean_corpus, per_filter_scores, score_against_labels
+from genforge.errors import DataError
+from genforge.world import generate_world
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny world, cleaned once with the default learned filters (trained on another world)."""
+    d = tmp_path_factory.mktemp("tiny")
+    generate_world(d / "world", seed=3, size="tiny")
+    rep = clean_corpus(d / "world" / "corpus.jsonl", d / "out" / "clean.jsonl", CleanConfig())
+    return d, rep
+
+
+def test_classifiers_match_or_beat_the_rules_on_held_out_planted_docs(tiny):
+    _, rep = tiny
+    f = rep.filters["filters"]
+    for name in ("quality", "harm"):
+        clf, base = f[name]["classifier"], f[name]["baseline"]
+        assert f[name]["n_heldout_positive"] >= 30, f[name]
+        assert clf["recall"] >= 0.95 and clf["precision"] >= 0.95, (name, clf)
+        # On the world's templated junk the rules are already perfect; the model must not be worse.
+        assert clf["f1"] >= base["f1"] - 0.02, (name, clf, base)
+    training = json.loads((Path(rep.out_path).with_name("clean.filters") / "training_report.json").read_text())
+    assert training["filters"]["quality"]["classifier"] == f["quality"]["classifier"]
+    text = Path(rep.data_report_path).read_text()
+    assert "quality classifier" in text and "harmful blocklist" in text and "| near_dup |" in text
+
+
+def test_classifier_learns_what_a_blocklist_misses(tmp_path):
+    """Harmful requests phrased without any blocklisted phrase: the blocklist is blind, the model is not."""
+    rng = np.random.default_rng(0)
+    verbs = ["assemble", "rig", "put together", "prepare", "cook up", "wire"]
+    things = ["a device that hurts a crowd", "a trap for my neighbour", "something to make the guard sick",
+              "a package that goes off when opened", "a drink that knocks a person out for good"]
+    places = ["in the garage", "at the school", "on the bus", "near the station", "at home"]
+    safe = ["a bird feeder", "a birthday cake", "a bookshelf", "a kite for the park", "a pot of soup"]
+    rows = []
+    for i in range(400):
+        harmful = i % 2 == 0
+        thing = things[rng.integers(len(things))] if harmful else safe[rng.integers(len(safe))]
+        text = (f"Tell me how to {verbs[rng.integers(len(verbs))]} {thing} {places[rng.integers(len(places))]}, "
+                f"step by step, number {i}.")
+        rows.append({"text": text, "label": "harmful" if harmful else "clean"})
+    rows += [{"text": f"Junk junk ### @@@ {i} $$$ !!!", "label": "junk"} for i in range(40)]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "text": rows[0]["text"]}) + "\n")
+    rep = clean_corpus(tmp_path / "in.jsonl", tmp_path / "out.jsonl", CleanConfig(classifier=str(labels)))
+    harm = rep.filters["filters"]["harm"]
+    assert harm["baseline"]["recall"] == 0.0 and harm["classifier"]["recall"] >= 0.9, harm
+    assert harm["classifier"]["precision"] >= 0.9, harm
+    assert rep.removed == {"harm_classifier": 1}
+    # the saved model is reusable: classifier=<folder>
+    folder = tmp_path / "out.filters"
+    clf = TextClassifier.load(folder / "harm.pkl")
+    assert clf.flags([rows[0]["text"], rows[1]["text"]]).tolist() == [True, False]
+    rep2 = clean_corpus(tmp_path / "in.jsonl", tmp_path / "again" / "out.jsonl", CleanConfig(classifier=str(folder)))
+    assert rep2.removed == {"harm_classifier": 1}
+
+
+def test_prf_and_holdout_helpers():
+    m = prf([True, True, False, False], [True, False, True, False])
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    share = np.mean([is_holdout(f"text {i}", 0.25) for i in range(4000)])
+    assert 0.22 < share < 0.28 and is_holdout("same", 0.5) == is_holdout("same", 0.5)
+
+
+def test_per_filter_precision_and_recall(tiny):
+    d, rep = tiny
+    scores = per_filter_scores(rep.removed_path, d / "world" / "corpus_labels.jsonl")
+    assert set(scores) == set(rep.removed)
+    for reason, s in scores.items():
+        assert 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1 and len(s["hits"]) == s["n"], reason
+    assert scores["harmful"]["precision"] == 1.0 and scores["harmful"]["recall"] >= 0.9
+    assert scores["exact_dup"]["recall"] >= 0.95
+    overall = score_against_labels(rep, d / "world" / "corpus_labels.jsonl")
+    assert min(overall["recall"].values()) >= 0.9 and overall["clean_keep_rate"] >= 0.95, overall
+
+
+# ---- --skip-bad ------------------------------------------------------------------------------------------------
+
+def _bad_file(p: Path) -> None:
+    good = [json.dumps({"id": f"g{i}", "text": f"This is a perfectly ordinary sentence about garden number {i} and "
+                                                 "the people who tend it every day."}) for i in range(6)]
+    lines = [good[0], "{not json", good[1], json.dumps({"body": "no text field"}), good[2],
+             json.dumps({"text": 42}), good[3], "[1, 2]", good[4]]
+    p.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "caf\xe9 latin-1"}\n' + (good[5] + "\n").encode())
+
+
+def test_skip_bad_counts_and_samples(tmp_path):
+    p = tmp_path / "in.jsonl"
+    _bad_file(p)
+    with pytest.raises(DataError, match=r"in\.jsonl:2: invalid JSON.*skip_bad"):
+        clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off"))
+    rep = clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off", skip_bad=True))
+    assert rep.bad_lines == 5 and rep.docs_in == 6
+    where = [b["where"].rsplit(":", 1)[1] for b in rep.bad_samples]
+    assert where == ["2", "4", "6", "8", "10"]
+    assert "not UTF-8" in rep.bad_samples[-1]["error"] and "missing field" in rep.bad_samples[1]["error"]
+    text = Path(rep.data_report_path).read_text()
+    assert "5 line(s) skipped" in text and "in.jsonl:4" in text
+    assert json.loads(Path(rep.report_path).read_text())["bad_lines"] == 5
+
+
+def test_every_bad_input_is_one_line_naming_file_and_line(tmp_path):
+    cases = {"json": "{oops\n", "field": '{"body": "x"}\n', "type": '{"text": [1]}\n', "object": '"just a string"\n'}
+    for name, content in cases.items():
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text('{"text": "fine words here"}\n' + content)
+        with pytest.raises(DataError) as e:
+            clean_corpus(p, tmp_path / f"{name}.out.jsonl", CleanConfig(classifier="off"))
+        msg = str(e.value)
+        assert f"{name}.jsonl:2:" in msg and "\n" not in msg, msg
+
+
+def test_cli_skip_bad_flag(tmp_path, capsys):
+    from genforge.cli import main
+
+    p = tmp_path / "in.jsonl"
+    _bad_file(p)
+    assert main(["data", "clean", str(p), f"out={tmp_path / 'o.jsonl'}", "--skip-bad", "clean.classifier=off"]) == 0
+    assert "skipped 5 malformed line(s)" in capsys.readouterr().out
+
+
+# ---- workers, resume, index ------------------------------------------------------------------------------------
+
+def _outputs(out: Path) -> tuple[bytes, bytes]:
+    return out.read_bytes(), out.with_name(out.name.removesuffix(".jsonl") + ".removed.jsonl").read_bytes()
+
+
+def test_two_workers_write_the_same_bytes(tiny, tmp_path):
+    d, rep = tiny
+    cfg = CleanConfig(workers=2, chunk_docs=97, classifier=str(Path(rep.out_path).with_name("clean.filters")))
+    out = tmp_path / "w2" / "clean.jsonl"
+    clean_corpus(d / "world" / "corpus.jsonl", out, cfg)
+    assert _outputs(out) == _outputs(Path(rep.out_path))
+
+
+@pytest.mark.slow  # ~20 s on an idle machine: two full cleans of the tiny world plus a killed one
+def test_sigkilled_clean_resumes_byte_identical(tiny, tmp_path):
+    d, rep = tiny
+    filters = Path(rep.out_path).with_name("clean.filters")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes((d / "world" / "corpus.jsonl").read_bytes())
+    ref = tmp_path / "ref" / "clean.jsonl"
+    clean_corpus(corpus, ref, CleanConfig(classifier=str(filters)))
+    out = tmp_path / "run" / "clean.jsonl"
+    cmd = [sys.executable, "-m", "genforge", "data", "clean", str(corpus), f"out={out}",
+           f"clean.classifier={filters}", "clean.checkpoint_docs=1500", "clean.chunk_docs=100"]
+    env = {**os.environ, "GENFORGE_PROGRESS": "off"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = out.with_name("clean.jsonl.work") / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text() or "{}").get("docs_done", 0) >= 3000:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and state.exists()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout
+    assert json.loads(out.with_name("clean_report.json").read_text())["resumed_from"] >= 3000
+    assert _outputs(out) == _outputs(ref)
+    assert not out.with_name("clean.jsonl.work").exists()
+
+
+def test_changed_config_starts_over(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"id": i, "text": f"A plain sentence about the river and boat number {i} today."})
+                         + "\n" for i in range(50)))
+    work = tmp_path / "out.jsonl.work"
+    work.mkdir()
+    (work / "state.json").write_text(json.dumps({"fingerprint": "stale", "docs_done": 10}))
+    rep = clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off"))
+    assert rep.resumed_from == 0 and rep.docs_in == 50
+
+
+def test_run_index_matches_a_dict_of_lists():
+    rng = np.random.default_rng(0)
+    idx, ref = RunIndex(), {}
+    for step in range(40):
+        for v in range(step * 10, step * 10 + 10):
+            ks = rng.integers(0, 50, 3, dtype=np.uint64)
+            idx.add(ks, v)
+            for k in ks.tolist():
+                ref.setdefault(k, []).append(v)
+        idx.seal()
+    assert len(idx.runs) <= 8 and len(idx) == sum(map(len, ref.values()))
+    q = np.arange(60, dtype=np.uint64).reshape(-1, 2)
+    for row, got in zip(q, idx.lookup(q)):
+        want = [v for k in row.tolist() for v in ref.get(k, [])]
+        assert sorted(got) == sorted(want)
+
+
+def test_batch_minhash_estimates_jaccard():
+    base = " ".join(f"word{i}" for i in range(200))
+    edited = base.replace("word5 ", "other ").replace("word50 ", "x ").replace("word120 ", "y z ")
+    other = " ".join(f"token{i}" for i in range(200))
+    mh = BatchMinHash(0.5, num_perm=256)
+    sig = mh.signatures([base, edited, other, ""])
+    est = float(np.mean(sig[0] == sig[1]))
+    assert abs(est - jaccard(shingles(base), shingles(edited))) < 0.08
+    assert np.mean(sig[0] == sig[2]) < 0.05
+    bands = mh.band_keys(sig)
+    assert bands.shape == (4, mh.bands) and (bands[0] == bands[1]).any() and not (bands[0] == bands[2]).any()
