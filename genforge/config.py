@@ -104,10 +104,11 @@ def _apply(cfg: Any, key_path: str, value: Any) -> None:
                 raise ConfigError(f"config key '{key_path}': '{part}' is a value, not a section")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten_keys(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}: a recipe's nested sections as the dotted keys `update` takes."""
     out = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flatten_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -140,7 +141,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
     """Defaults, then the YAML recipe at `path`, then overrides (dict or ['k=v', ...])."""
     cfg = cls()
     if path is not None:
-        for k, v in _flatten(read_recipe(path)).items():
+        for k, v in flatten_keys(read_recipe(path)).items():
             _apply(cfg, k, v)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)

@@ -463,19 +463,26 @@ def _figure():
     return plt, *plt.subplots(figsize=(6, 3.6), dpi=110)
 
 
-def _save(plt, fig, ax, path: str | Path, title: str, ylabel: str) -> Path:
-    """Title, grid, tight layout, then an atomic PNG write."""
+def save_figure(fig, path: str | Path, dpi: int | None = None) -> Path:
+    """Write a finished matplotlib figure as PNG atomically (temp + rename), close it, return the path."""
+    import matplotlib.pyplot as plt
+
     from genforge.io import atomic_path
 
+    path = Path(path).with_suffix(".png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _save(plt, fig, ax, path: str | Path, title: str, ylabel: str) -> Path:
+    """Title, grid, tight layout, then an atomic PNG write."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path).with_suffix(".png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def line_plot(path: str | Path, series: dict[str, tuple[list, list]], title: str, xlabel: str, ylabel: str,

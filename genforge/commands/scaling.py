@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genforge.config import load_config, read_recipe, update
+from genforge.config import flatten_keys, load_config, read_recipe, update
 from genforge.errors import ConfigError
 from genforge.scaling.sweep import ScalingConfig
 
@@ -25,15 +25,9 @@ def resolve(overrides: dict | list | None = None, recipe: str | Path | None = No
         raise ConfigError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
     cfg = load_config(ScalingConfig, RECIPES / f"{size}.yaml")
     if recipe is not None:
-        cfg = update(cfg, _flat(read_recipe(recipe)))
+        cfg = update(cfg, flatten_keys(read_recipe(recipe)))
     return update(cfg, overrides)
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def main(cfg: ScalingConfig) -> dict:

@@ -33,7 +33,9 @@ from genforge.io import atomic_path, read_jsonl, write_json
 
 POSITIVE = {"quality": "junk", "harm": "harmful"}
 IGNORED_LABELS = {"exact_dup", "near_dup"}
-KNOWN_LABELS = {"clean", "junk", "harmful"} | IGNORED_LABELS
+# The world's safety plants (world/canaries.py, world/bias.py) are ordinary text a filter must keep: clean here.
+CLEAN_ALIASES = {"canary", "bias"}
+KNOWN_LABELS = {"clean", "junk", "harmful"} | IGNORED_LABELS | CLEAN_ALIASES
 
 
 @dataclass
@@ -132,9 +134,10 @@ def load_labelled(labels_path: str | os.PathLike, corpus: Iterable | None = None
         label = row["label"]
         if label not in KNOWN_LABELS:
             raise DataError(f"{labels_path}:{lineno}: label {label!r} is not one of clean, junk, harmful "
-                            "(exact_dup/near_dup are ignored)")
+                            "(exact_dup/near_dup are ignored; canary/bias count as clean)")
         if label in IGNORED_LABELS:
             continue
+        label = "clean" if label in CLEAN_ALIASES else label
         if isinstance(row.get("text"), str):
             rows.append((row["text"], label))
         elif "id" in row:

@@ -93,14 +93,13 @@ def check_reconstruction(model: nn.Module, ids: torch.Tensor, attention_mask: to
 
 def heatmap(path, weights: torch.Tensor, tokens: list[str], title: str):
     """Save a grid of head-averaged attention maps, one panel per layer; weights (L, H, T, T) for one prompt."""
-    from pathlib import Path
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genforge.io import atomic_path
+    from genforge.report import save_figure
 
     L = weights.shape[0]
     fig, axes = plt.subplots(1, L, figsize=(3.2 * L, 3.4), dpi=110)
@@ -112,8 +111,4 @@ def heatmap(path, weights: torch.Tensor, tokens: list[str], title: str):
         ax.set_yticks(range(len(tokens)), tokens if i == 0 else [""] * len(tokens), fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path).with_suffix(".png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -110,7 +110,7 @@ def reliability_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genforge.io import atomic_path
+    from genforge.report import save_figure
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=110)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
@@ -126,8 +126,4 @@ def reliability_plot(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nd
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path).with_suffix(".png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -59,7 +59,7 @@ def map_plot(path: str | Path, names: Sequence[str], true_xy: torch.Tensor, pca_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genforge.io import atomic_path
+    from genforge.report import save_figure
 
     panels = [("planted coordinates", true_xy), ("PCA of town names (aligned)", procrustes(pca_xy, true_xy))]
     if probe_xy is not None:
@@ -79,8 +79,4 @@ def map_plot(path: str | Path, names: Sequence[str], true_xy: torch.Tensor, pca_
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(uniq)), fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = Path(path).with_suffix(".png")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

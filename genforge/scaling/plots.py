@@ -22,16 +22,12 @@ def _figure(ncols: int = 1):
 
 
 def _save(plt, fig, path: str | Path) -> Path:
-    from genforge.io import atomic_path
+    from genforge.report import save_figure
 
     for ax in fig.axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def frontier(path: str | Path, runs: list[Run], law: LawFit, heldout: Run | None = None) -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from genforge.config import load_config, read_recipe, save_resolved, update
+from genforge.config import flatten_keys, load_config, read_recipe, save_resolved, update
 from genforge.errors import ConfigError
 from genforge.report import Report, StageReport
 from genforge.speedrun import (
@@ -87,15 +87,9 @@ def resolve(overrides: dict | list | None = None, recipe: str | Path | None = No
     size = load_config(SpeedrunConfig, recipe, overrides).size  # validates every key before the recipe is read
     cfg = load_config(SpeedrunConfig, recipe_path(size))
     if recipe is not None:
-        cfg = update(cfg, _flat(read_recipe(recipe)))
+        cfg = update(cfg, flatten_keys(read_recipe(recipe)))
     return update(cfg, overrides)
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def check_stages() -> None:
