@@ -34,7 +34,7 @@ $(GARAK_STAMP): constraints.txt
 install: $(STAMP)
 
 speedrun: $(STAMP) $(GARAK_STAMP)
-	GENFORGE_GARAK_PYTHON=$(GARAK_VENV)/bin/python $(VENV)/bin/genforge speedrun size=$(SIZE)
+	GENFORGE_GARAK_PYTHON=$(CURDIR)/$(GARAK_VENV)/bin/python $(VENV)/bin/genforge speedrun size=$(SIZE)
 
 smoke: $(STAMP)
 	$(VENV)/bin/genforge speedrun size=smoke
@@ -42,7 +42,7 @@ smoke: $(STAMP)
 # the layer contracts in pyproject.toml ([tool.importlinter]) first: a broken layer fails fast
 test: $(STAMP) $(GARAK_STAMP)
 	$(VENV)/bin/lint-imports
-	GENFORGE_GARAK_PYTHON=$(GARAK_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
+	GENFORGE_GARAK_PYTHON=$(CURDIR)/$(GARAK_VENV)/bin/python $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -44,7 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from genforge.data.classify import ClassifierConfig, TextClassifier, load_labelled, save_filters, train_filters
+from genforge.data.classify import (
+    CLEAN_ALIASES,
+    ClassifierConfig,
+    TextClassifier,
+    load_labelled,
+    save_filters,
+    train_filters,
+)
 from genforge.data.clean import CleanConfig, HarmfulMatcher, normalize, reject_reason
 from genforge.data.dedup import BatchMinHash, NearDeduper
 from genforge.data.readers import Doc, expand_paths, iter_documents
@@ -615,17 +622,21 @@ def score_against_labels(kept: CleanReport | str | os.PathLike | Iterable[str],
         label, did = row["label"], str(row["id"])
         total[label] = total.get(label, 0) + 1
         if did in kept_ids:
-            if label != "clean":
+            if label != "clean" and label not in CLEAN_ALIASES:
                 missed.setdefault(label, []).append(did)
         else:
             removed[label] = removed.get(label, 0) + 1
     if not total:
         raise DataError(f"{labels_path}: no labels")
     n_removed = sum(removed.values())
+    n_judged = n_removed - sum(removed.get(k, 0) for k in CLEAN_ALIASES)
     return {
-        "recall": {k: removed.get(k, 0) / total[k] for k in total if k != "clean"},
+        # planted to be removed: junk, harmful, duplicates; the safety plants (canary, bias) are text to keep
+        "recall": {k: removed.get(k, 0) / total[k] for k in total if k != "clean" and k not in CLEAN_ALIASES},
         "clean_keep_rate": 1 - removed.get("clean", 0) / total["clean"] if "clean" in total else None,
-        "precision": (n_removed - removed.get("clean", 0)) / n_removed if n_removed else None,
+        "plant_keep_rate": {k: 1 - removed.get(k, 0) / total[k] for k in total if k in CLEAN_ALIASES},
+        # of the removals the labels judge (a canary's identical copies are fair dedup removals: not judged)
+        "precision": (n_judged - removed.get("clean", 0)) / n_judged if n_judged else None,
         "counts": total,
         "missed": {k: v[:10] for k, v in missed.items()},
     }
@@ -649,7 +660,7 @@ def per_filter_scores(removed_path: str | os.PathLike, labels_path: str | os.Pat
     out = {}
     for reason, labs in by_reason.items():
         target = REASON_TARGET.get(reason, "junk")
-        hits = [int(lab not in ("clean", "unlabelled")) for lab in labs]
+        hits = [int(lab not in ("clean", "unlabelled") and lab not in CLEAN_ALIASES) for lab in labs]
         n_t = totals.get(target, 0)
         caught = [1] * sum(lab == target for lab in labs)
         caught += [0] * (n_t - len(caught))

@@ -50,8 +50,8 @@ def garak_python() -> str:
     python = os.environ.get("GENFORGE_GARAK_PYTHON", "")
     if python:
         if not Path(python).exists():
-            raise GarakError(f"GENFORGE_GARAK_PYTHON={python} does not exist; `make .venv-garak/bin/python` builds it")
-        return python
+            raise GarakError(f"GENFORGE_GARAK_PYTHON={python} does not exist; `make test` builds .venv-garak")
+        return str(Path(python).absolute())  # garak runs in its output folder: a relative path would break there
     require("garak", "safety")
     return sys.executable
 

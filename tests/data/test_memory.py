@@ -35,4 +35,5 @@ def test_clean_50mb_in_bounded_memory(tmp_path):
     assert rep["docs_in"] == info["docs"]
     # the index is what grows with the corpus: 8 B per LSH band and 12 B of exact key per kept document
     assert rep["index_bytes"] <= rep["docs_kept"] * (8 * 42 + 12) * 1.01, rep["index_bytes"]
-    assert peak_mb < 700, f"peak RSS {peak_mb:.0f} MB for 50 MB of input: is something holding the corpus?"
+    # the bound is 1.5 GB for 1 GB of input; imports + the learned filters take ~250-500 MB before any text
+    assert peak_mb < 1000, f"peak RSS {peak_mb:.0f} MB for 50 MB of input: is something holding the corpus?"
