@@ -660,7 +660,10 @@ def per_filter_scores(removed_path: str | os.PathLike, labels_path: str | os.Pat
     out = {}
     for reason, labs in by_reason.items():
         target = REASON_TARGET.get(reason, "junk")
-        hits = [int(lab not in ("clean", "unlabelled") and lab not in CLEAN_ALIASES) for lab in labs]
+        # a removal is right when the document was planted to go; a canary's identical copy is a fair dedup
+        hits = [int(lab not in ("clean", "unlabelled") and (lab not in CLEAN_ALIASES or
+                                                             (lab == "canary" and reason in ("exact_dup", "near_dup"))))
+                for lab in labs]
         n_t = totals.get(target, 0)
         caught = [1] * sum(lab == target for lab in labs)
         caught += [0] * (n_t - len(caught))

@@ -32,6 +32,7 @@ class Outputs:
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs) -> Outputs:
     """Clean the corpus, then report precision and recall per filter and the learned filters against the rules."""
+    from genforge.data.classify import CLEAN_ALIASES
     from genforge.data.pipeline import CleanConfig, clean_corpus, per_filter_scores, score_against_labels
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
 
@@ -77,8 +78,14 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     scores = score_against_labels(rep, labels)
     kept_ids = set(rep.kept_ids)
     rows = _label_rows(labels)
+    # the safety plants (canary, bias) are text to keep, not junk; a canary's identical copies are fair dedup
+    # removals, so plants are judged by neither lesson (their keep rates are a row below)
+    rows = [(did, lab) for did, lab in rows if lab not in CLEAN_ALIASES]
     removed_planted = [int(did not in kept_ids) for did, lab in rows if lab != "clean"]
     removed_all = [int(lab != "clean") for did, lab in rows if did not in kept_ids]
+    for lab, rate in scores.get("plant_keep_rate", {}).items():
+        report.row(f"safety plants kept: {lab}", f"{rate:.3f}", note="canaries' identical copies are deduplicated "
+                   "by design (world/canaries.py); the bias documents should all survive")
     if removed_planted and removed_all:
         recall = bootstrap_proportion(removed_planted)
         report.lesson("cleaning removes the planted junk, harmful and duplicate documents (recall >= 0.9)",
