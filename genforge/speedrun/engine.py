@@ -275,7 +275,7 @@ def speculative(ctx: StageContext, cfg: Config, report: StageReport, target: nn.
                   note=f"k={k}, greedy, {len(prompts)} chat prompts x <= {cfg.new_tokens} tokens, interval over "
                        f"prompts; wall clock on this (possibly shared) machine: "
                        f"{wall['plain'] / max(wall['n-gram'], 1e-9):.2f}x; "
-                       f"prompts; prompt lookup (Saxena 2023) then a {cfg.ngram_n}-gram table of the SFT turns "
+                       f"prompt lookup (Saxena 2023) then a {cfg.ngram_n}-gram table of the SFT turns "
                        f"({len(ngram.table):,} contexts, built in {build_s:.1f} s); {summary('n-gram')}")
     report.row("speculative decoding, n-gram prophet: acceptance / tokens per target forward",
                summary("n-gram"), note="no draft model: proposing costs microseconds")
