@@ -187,8 +187,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-class SequenceClassifier(nn.Module):
-    """Encoder + mean pooling + linear: ids (B, T) -> label logits (B, L) (topic, sentiment)."""
+class _EncoderWithHead(nn.Module):
+    """An encoder plus one linear `classifier` over its hidden states (the heads below differ only in forward)."""
 
     def __init__(self, encoder: Encoder, n_labels: int):
         super().__init__()
@@ -197,6 +197,10 @@ class SequenceClassifier(nn.Module):
         self.classifier = nn.Linear(encoder.config.width, n_labels)
         nn.init.normal_(self.classifier.weight, 0.0, encoder.config.init_std)
         nn.init.zeros_(self.classifier.bias)
+
+
+class SequenceClassifier(_EncoderWithHead):
+    """Encoder + mean pooling + linear: ids (B, T) -> label logits (B, L) (topic, sentiment)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,16 +208,8 @@ class SequenceClassifier(nn.Module):
         return self.classifier(mean_pool(h, attention_mask))  # (B, L)
 
 
-class TokenTagger(nn.Module):
+class TokenTagger(_EncoderWithHead):
     """Encoder + per-token linear: ids (B, T) -> tag logits (B, T, L) (entity tagging, BIO labels)."""
-
-    def __init__(self, encoder: Encoder, n_labels: int):
-        super().__init__()
-        self.encoder = encoder
-        self.config = encoder.config
-        self.classifier = nn.Linear(encoder.config.width, n_labels)
-        nn.init.normal_(self.classifier.weight, 0.0, encoder.config.init_std)
-        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encoder(input_ids, attention_mask))  # (B, T, L)
