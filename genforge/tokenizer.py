@@ -253,3 +253,14 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig | None = None) ->
 def hf_tokenizer_json(path: str | Path) -> dict:
     """The raw tokenizer.json dict (for inspection/tests)."""
     return json.loads(Path(path, "tokenizer.json").read_text())
+
+
+def ordinary_ids(tokenizer: Tokenizer, limit: int | None = None, words: bool = True) -> list[int]:
+    """Token ids of the tokenizer that are not special tokens (optionally the first `limit`); `words` keeps only
+    tokens that decode to letters or digits (two or more characters), so the random sequences are made of text
+    pieces the model has seen, not stray bytes."""
+    special = set(getattr(tokenizer, "special_ids", ()) or ())
+    ids = [i for i in range(tokenizer.vocab_size) if i not in special and not tokenizer.decode([i]).startswith("<|")]
+    if words:
+        ids = [i for i in ids if len(tokenizer.decode([i]).strip()) >= 2 and tokenizer.decode([i]).strip().isalnum()]
+    return ids[:limit] if limit else ids

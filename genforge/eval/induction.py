@@ -17,6 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genforge.tokenizer import ordinary_ids
+
+__all__ = ["ordinary_ids", "repeated_sequence_losses"]
+
 
 @torch.no_grad()
 def repeated_sequence_losses(model: nn.Module, vocab: list[int], bos_id: int, n: int = 64, length: int = 24,
@@ -34,14 +38,3 @@ def repeated_sequence_losses(model: nn.Module, vocab: list[int], bos_id: int, n:
     # follows the end of the first copy), so both halves drop it and compare the same L - 1 transitions.
     first, second = nats[:, 1:length], nats[:, length + 1:]
     return first.mean(dim=1).tolist(), second.mean(dim=1).tolist()
-
-
-def ordinary_ids(tokenizer, limit: int | None = None, words: bool = True) -> list[int]:
-    """Token ids of the tokenizer that are not special tokens (optionally the first `limit`); `words` keeps only
-    tokens that decode to letters or digits (two or more characters), so the random sequences are made of text
-    pieces the model has seen, not stray bytes."""
-    special = set(getattr(tokenizer, "special_ids", ()) or ())
-    ids = [i for i in range(tokenizer.vocab_size) if i not in special and not tokenizer.decode([i]).startswith("<|")]
-    if words:
-        ids = [i for i in ids if len(tokenizer.decode([i]).strip()) >= 2 and tokenizer.decode([i]).strip().isalnum()]
-    return ids[:limit] if limit else ids

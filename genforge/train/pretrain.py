@@ -16,10 +16,11 @@ import torch.nn.functional as F
 
 from genforge.checkpoint import write_checkpoint_files
 from genforge.config import save_resolved
+from genforge.data.copymix import CopyMix
 from genforge.data.shards import TokenShards
 from genforge.errors import ConfigError
 from genforge.model.gpt import GPT, GPTConfig
-from genforge.tokenizer import Tokenizer
+from genforge.tokenizer import Tokenizer, ordinary_ids
 from genforge.train.losses import lm_loss
 from genforge.train.trainer import TrainConfig, Trainer
 
@@ -33,6 +34,11 @@ class PretrainConfig:
     seq_len: int = 256
     eval_batches: int = 16  # val batches per eval
     init_from: str = ""  # optional checkpoint folder to continue from instead of random init
+    # Copy curriculum (genforge/data/copymix.py): share of training sequences that carry random word spans shown
+    # twice, so the model learns to copy from its context; 0 = the corpus alone.
+    copy_mix: float = 0.0
+    copy_spans: int = 2  # span pairs pasted per chosen sequence
+    copy_max_len: int = 48  # longest span (tokens); spans are 4..copy_max_len long
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -80,6 +86,9 @@ def main(cfg: PretrainConfig) -> dict:
         model = GPT(cfg.model)
     cfg.model = model.config
     train = TokenShards(cfg.shards, "train", cfg.seq_len, cfg.train.micro_batch, cfg.train.seed)
+    if cfg.copy_mix > 0:
+        train = CopyMix(train, ordinary_ids(tok), cfg.copy_mix, seed=cfg.train.seed, max_len=cfg.copy_max_len,
+                        spans=cfg.copy_spans)
     val = TokenShards(cfg.shards, "val", cfg.seq_len, cfg.train.micro_batch, cfg.train.seed)
     run_config = save_resolved(cfg, out)
 
