@@ -9,6 +9,14 @@ taught it in ~75 steps but by position (a fixed length) and was erased by 50 ste
 here have random lengths, are pasted at random distances into ordinary corpus windows (the copy is by content across
 intervening text), and stay in every batch for the whole run.
 
+Measured at `tiny` (900 steps, fraction 0.25, two spans of 4-48 tokens per chosen window): the random-sequence probe
+of `genforge/eval/induction.py` rose from -0.5 to +0.58 nat/token at length 12 (+0.26 at 24, +0.13 at 40; it was
+higher at step 600) and val loss on the corpus went 0.635 -> 0.653, but a span pasted into a held-out corpus window
+was not copied at all (second copy 6.67 vs first 6.71 nats/token). Content-based induction did not form: from
+scratch, pure variable-length copy data (4-32 tokens, 256-token rows) stayed on the uniform plateau for 350 steps,
+and short rows (3-12 tokens, 64-token rows) learned only lengths they saw in 400 steps. It stays off by default
+(`copy_mix=0`); it is here for runs with more steps, where it is the cheapest lever to try first.
+
 A sequence is chosen with probability `fraction`, from a generator seeded by (seed, step, index): the mix is a pure
 function of the step like `TokenShards.get_batch`, so resume and data parallelism stay exact.
 """

@@ -8,7 +8,8 @@ loss difference (first copy minus second, nats/token) is the "in-context copying
 Measured at `tiny` (0.87 M parameters, 900 steps): the base scores about -0.5 (it copies nothing), and still does
 with 15 % of the corpus built to reward copying (needle and read-back documents). A model trained only on repeats
 of a fixed length learns to copy by position, not content: probed at another length it scores below zero. So probe
-at lengths the training did not use.
+at lengths the training did not use. A copy curriculum mixed into pretraining (`genforge/data/copymix.py`, measured
+there) raised this probe above zero at tiny but did not make the model copy inside corpus text.
 """
 
 from __future__ import annotations
