@@ -4,8 +4,12 @@
     python benchmarks/train_throughput.py --compile           # also torch.compile genforge (reports warm-up)
     python benchmarks/train_throughput.py --steps 5 --batch 4 --seq 128   # a quick look
 
-Each step is forward + backward + AdamW on random tokens. Steps alternate between the two models in
-rounds so that a busy machine slows both alike; the ratio is genforge tokens/s over HF eager tokens/s.
+Each step is forward + backward + AdamW on random tokens. Steps alternate between the models in rounds so that a
+busy machine slows all alike; the ratio is tokens/s over HF eager's (fp32, transformers' default).
+
+"genforge" trains as `genforge pretrain` does by default (`train.precision=auto`: bf16 autocast on GPUs and on CPUs
+with native bf16 instructions, fp32 elsewhere; the line says which). When that is bf16, "hf_same_precision" runs HF
+under the same autocast, so the table separates what precision buys from what the model code buys.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import genforge  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.hf import to_hf_config, to_hf_state_dict
+from genforge.runtime import autocast_dtype
 
 
 def build(depth: int, width: int, vocab: int, seq: int):
@@ -32,12 +37,10 @@ def build(depth: int, width: int, vocab: int, seq: int):
     return ours, hf
 
 
-def step_fn(model, opt, ids, hf: bool):
+def step_fn(model, opt, ids, hf: bool, dtype: torch.dtype | None = None):
     def step():
-        if hf:
-            logits = model(ids).logits
-        else:
-            logits = model(ids)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = model(ids).logits if hf else model(ids)
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         opt.step()
@@ -61,13 +64,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ours, hf = build(args.depth, args.width, args.vocab, args.seq)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq))
+    dtype = autocast_dtype(torch.device("cpu"), "auto")  # what the Trainer uses here by default
     runs = {"hf_eager": step_fn(hf, torch.optim.AdamW(hf.parameters(), 1e-4), ids, True),
-            "genforge": step_fn(ours, torch.optim.AdamW(ours.parameters(), 1e-4), ids, False)}
+            "genforge": step_fn(ours, torch.optim.AdamW(ours.parameters(), 1e-4), ids, False, dtype)}
+    if dtype is not None:
+        _, hf2 = build(args.depth, args.width, args.vocab, args.seq)
+        runs["hf_same_precision"] = step_fn(hf2, torch.optim.AdamW(hf2.parameters(), 1e-4), ids, True, dtype)
     if args.compile:
         ours_c, _ = build(args.depth, args.width, args.vocab, args.seq)
         compiled = torch.compile(ours_c)
         t0 = time.perf_counter()
-        f = step_fn(compiled, torch.optim.AdamW(ours_c.parameters(), 1e-4), ids, False)
+        f = step_fn(compiled, torch.optim.AdamW(ours_c.parameters(), 1e-4), ids, False, dtype)
         f()
         f()
         print(f"torch.compile warm-up: {time.perf_counter() - t0:.1f} s (two steps)")
@@ -75,17 +82,21 @@ def main() -> None:
     for f in runs.values():  # warm-up step each
         f()
     times = {k: 0.0 for k in runs}
+    cpu = {k: 0.0 for k in runs}
     for _ in range(args.steps):  # interleave so machine load hits all alike
         for k, f in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f()
             times[k] += time.perf_counter() - t0
+            cpu[k] += time.process_time() - c0
     tokens = args.batch * args.seq * args.steps
     print(f"shape: depth {args.depth}, width {args.width}, vocab {args.vocab}, batch {args.batch}x{args.seq}, "
-          f"{torch.get_num_threads()} threads, {args.steps} steps")
-    base = tokens / times["hf_eager"]
+          f"{torch.get_num_threads()} threads, {args.steps} steps; genforge precision: "
+          f"{'bf16 autocast' if dtype is not None else 'fp32'}")
+    base, base_cpu = tokens / times["hf_eager"], tokens / cpu["hf_eager"]
     for k, t in times.items():
-        print(f"{k:18s} {tokens / t:10,.0f} tokens/s   ratio vs HF eager {tokens / t / base:5.2f}x")
+        print(f"{k:18s} {tokens / t:10,.0f} tokens/s   ratio vs HF eager {tokens / t / base:5.2f}x   "
+              f"(CPU time: {tokens / cpu[k]:,.0f} tokens/CPU-s, {tokens / cpu[k] / base_cpu:5.2f}x)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 
@@ -23,11 +24,43 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (x86 `avx512_bf16` or `amx_bf16` in /proc/cpuinfo).
+
+    Without them oneDNN emulates bf16 and autocast is slower than fp32; with them (e.g. AMD Zen 4, Intel Sapphire
+    Rapids) a bf16 matmul of the tiny model's shapes ran 2.3x faster than fp32 here, and a training step 1.35x
+    (depth 4, width 128, 16 x 256 tokens, 1 thread; 1.48x at depth 6, width 256)."""
+    if os.environ.get("GENFORGE_CPU_BF16") in ("0", "1"):  # an override for machines the check gets wrong
+        return os.environ["GENFORGE_CPU_BF16"] == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype `precision` means on `device`, or None for plain fp32.
+
+    "auto": bf16 on GPUs and on CPUs with native bf16 instructions (fp32 master weights and optimizer state either
+    way), fp32 elsewhere (MPS, and CPUs where bf16 is emulated and slower)."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs (faster, fp32 master weights); plain fp32 on CPU, where bf16 matmuls are slow."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    """Mixed precision for a forward pass as `autocast_dtype` chooses it (a no-op context for fp32)."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision in ("auto", "bf16") else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -63,7 +63,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
     threads: int = 0  # torch intra-op threads (0 = default)
     compile: bool = False  # torch.compile the model (pays off on GPU and for long CPU runs)
     resume: bool = True  # continue from out_dir/checkpoint if it exists
