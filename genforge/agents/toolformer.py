@@ -10,8 +10,12 @@ inserting the call *with its result* makes the following text easier to predict 
 `loss(prefix, continuation) -> float` is any callable (mean negative log-likelihood per token of the
 continuation given the prefix): a genforge model through `loss_from_eval_lm`, or a stub with known
 losses in tests. The paper weights the continuation's tokens by distance; here the caller chooses the
-continuation window (`window` characters), which is the same idea with a hard cut. Kept calls are
-inserted into the texts (`augment`) to make fine-tuning data; fine-tuning is the trainer's job.
+continuation window (`window` characters, to the end of a word), which is the same idea with a hard cut.
+Kept calls are inserted into the texts (`augment`) to make fine-tuning data; fine-tuning is the trainer's job.
+
+At inference (`generate_with_tools`) the model's own call is executed as soon as it writes "[tool(input) ->":
+the result and "]" are appended to the same decode session (`DecodeSession.append`, no re-prefill) and
+decoding goes on, as the paper's "interrupt decoding at ->" does.
 """
 
 from __future__ import annotations
@@ -195,7 +199,10 @@ def generate_with_tools(session: Session, tokenizer: Any, registry: ToolRegistry
     tools' tokens do not count). At most `max_calls` calls are executed; later ones are left as text.
     """
     out = ToolDecode("")
+    room = getattr(session, "room", None)  # a DecodeSession's cache is finite: stop where it is full
     for _ in range(max_new_tokens):
+        if room is not None and room() <= 0:
+            break
         t = session.step()
         if t in stop_ids:
             break
@@ -210,6 +217,8 @@ def generate_with_tools(session: Session, tokenizer: Any, registry: ToolRegistry
             call = APICall(m[1], m[2])
             result = execute(registry, call) if call.tool in registry else f"error: no tool {call.tool!r}"
             ids = tokenizer.encode(f" {result}]")
+            if room is not None and room() < len(ids) + 1:
+                break
             session.append(ids)
             out.tokens += ids
             out.text = tokenizer.decode(out.tokens)
