@@ -446,14 +446,13 @@ def spurious_prefixes(w, n: int, seed: int, exclude: set[str]) -> list[str]:
 
 
 def call_rate(model, tok, prefixes: list[str], max_new_tokens: int = 6) -> list[float]:
-    """Per prefix: 1.0 if the model's greedy continuation opens a call ('[tool(') within max_new_tokens."""
-    import re
-
+    """Per prefix: 1.0 if the model's greedy continuation opens a call (its "[": the world's texts have none)
+    within max_new_tokens."""
     from genforge.infer.sampling import SamplingParams
     from genforge.text import generate_text
 
     outs = generate_text(model.eval(), tok, prefixes, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    return [float(bool(re.search(r"\[\w+\(", o))) for o in outs]
+    return [float("[" in o) for o in outs]
 
 
 def _calculator_registry() -> ToolRegistry:
