@@ -439,20 +439,21 @@ def spurious_prefixes(w, n: int, seed: int, exclude: set[str]) -> list[str]:
     rng = random.Random(f"toolformer-spurious-{seed}")
     out = []
     for text in toolformer_texts(w, 2 * n, seed + 7919):
-        spaces = [i for i, ch in enumerate(text) if ch == " " and i > 20 and text[i - 1] != "="]
+        # not after "=" and not a few characters before one (a call there, after the "=", would be right)
+        spaces = [i for i, ch in enumerate(text) if ch == " " and i > 20 and "=" not in text[i - 1:i + 12]]
         if text not in exclude and spaces:
             out.append(text[:rng.choice(spaces)])
     return out[:n]
 
 
-def call_rate(model, tok, prefixes: list[str], max_new_tokens: int = 6) -> list[float]:
-    """Per prefix: 1.0 if the model's greedy continuation opens a call (its "[": the world's texts have none)
-    within max_new_tokens."""
-    from genforge.infer.sampling import SamplingParams
-    from genforge.text import generate_text
+def call_probability(model, tok, prefixes: list[str]) -> list[float]:
+    """Per prefix: the model's probability of opening a calculator call next (" [calculator(")."""
+    import math
 
-    outs = generate_text(model.eval(), tok, prefixes, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    return [float("[" in o) for o in outs]
+    from genforge.eval.lm import GenforgeLM
+
+    lls = GenforgeLM(model.eval(), tok, batch_size=32).loglikelihood([(p, " [calculator(") for p in prefixes])
+    return [math.exp(ll[0]) for ll in lls]
 
 
 def _calculator_registry() -> ToolRegistry:
@@ -571,8 +572,8 @@ def _toolformer(ctx: StageContext, report: StageReport, w, base_ckpt: str, cfg: 
     ev = {name: tool_eval(m, tok, reg, tests) for name, m in (("before", base), ("kept", m_kept),
                                                               ("unfiltered", m_unf))}
     spurious_at = spurious_prefixes(w, cfg.tf_test, ctx.seed, set(texts))
-    spurious = {name: call_rate(m, tok, spurious_at) for name, m in (("before", base), ("kept", m_kept),
-                                                                     ("unfiltered", m_unf))}
+    spurious = {name: call_probability(m, tok, spurious_at) for name, m in (("before", base), ("kept", m_kept),
+                                                                            ("unfiltered", m_unf))}
     cpu["tool decoding"] = time.process_time() - t
     acc = {k: bootstrap_mean(v["correct"], seed=ctx.seed) for k, v in ev.items()}
     use = {k: bootstrap_mean(v["used"], seed=ctx.seed) for k, v in ev.items()}
@@ -601,15 +602,15 @@ def _toolformer(ctx: StageContext, report: StageReport, w, base_ckpt: str, cfg: 
                   note=f"{n} held-out worked solutions cut before 'So a + b ='; the model's call is executed inside "
                        f"the decode and its result appended to the same session; same texts and {cfg.tf_steps} steps "
                        "for both fine-tunes (Schick et al. 2023)")
-    report.lesson("The loss filter teaches where a call helps: the kept-data model writes fewer calls where no result "
-                  "follows than the model trained on every call", ("call rate, kept calls",
-                                                                   bootstrap_mean(spurious["kept"], seed=ctx.seed)),
-                  ("call rate, unfiltered calls", bootstrap_mean(spurious["unfiltered"], seed=ctx.seed)),
+    report.lesson("The loss filter teaches where a call helps: the kept-data model is less likely to open a call where "
+                  "no result follows than the model trained on every call",
+                  ("P(call), kept calls", bootstrap_mean(spurious["kept"], seed=ctx.seed)),
+                  ("P(call), unfiltered calls", bootstrap_mean(spurious["unfiltered"], seed=ctx.seed)),
                   effect=bootstrap_diff(spurious["kept"], spurious["unfiltered"], paired=True, seed=ctx.seed),
                   target=0.0, direction="below",
-                  note=f"{len(spurious_at)} held-out texts cut at a random word boundary not after '='; share of "
-                       "greedy continuations that open a call within 6 tokens (before fine-tuning: "
-                       f"{statistics.mean(spurious['before']):.2f}); the filter kept "
+                  note=f"{len(spurious_at)} held-out texts cut at a random word boundary with no '=' near; the model's "
+                       "probability that ' [calculator(' comes next (before fine-tuning: "
+                       f"{statistics.mean(spurious['before']):.4f}); the filter kept "
                        f"{sum(s.kept for s in random_calls)} of {len(random_calls)} random calls and "
                        f"{sum(s.kept for s in worked_calls)} of {len(worked_calls)} calls before a worked result")
     copied = {k: bootstrap_mean(v["copied"], seed=ctx.seed) for k, v in ev.items()}
@@ -644,7 +645,7 @@ def _toolformer(ctx: StageContext, report: StageReport, w, base_ckpt: str, cfg: 
                 "digits must be copied from a few tokens back, the copying skill this base lacks, as ReAct's "
                 "searches show too); what the filter changes shows in where the model calls and whether it uses "
                 "the result (the lessons above). `small` trains longer on more texts.\n\n"
-                f"Toolformer example (test item {ex}): `...{tests[ex]['prefix'][-40:]}` -> "
+                f"Toolformer example (test item {ex}): `...{tests[ex]['prefix'][-26:].replace(chr(10), ' / ')}` -> "
                 f"`{ev['kept']['text'][ex].strip()}` (gold {tests[ex]['answer']}; before: "
                 f"`{ev['before']['text'][ex].strip()}`; unfiltered: `{ev['unfiltered']['text'][ex].strip()}`).")
     write_jsonl(ctx.path("agents", "toolformer", "calls.jsonl"),
