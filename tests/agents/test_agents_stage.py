@@ -134,3 +134,14 @@ def test_family_rows_are_disjoint(tmp_path, world):
         assert not {r["prompt"] for r in parts["test"]} & {r["prompt"] for r in parts["collab"]}
     with pytest.raises(agents.ConfigError, match="router_test"):
         agents.family_rows(tmp_path, agents.Config(router_test=30))
+
+
+def test_spurious_positions_have_no_sum_near(world):
+    w, _ = world
+    texts = agents.toolformer_texts(w, 6, seed=0)
+    pre = agents.spurious_prefixes(w, 8, seed=0, exclude=set(texts))
+    assert len(pre) == 8
+    full = agents.toolformer_texts(w, 16, seed=7919)
+    for p in pre:
+        text = next(t for t in full if t.startswith(p))
+        assert "=" not in text[len(p) - 1:len(p) + 12]  # no result is about to come: a call cannot help here
