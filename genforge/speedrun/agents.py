@@ -402,8 +402,8 @@ def _planner(ctx: StageContext, report: StageReport, w, cfg: Config) -> tuple[di
 # ---- Toolformer (Schick et al. 2023): propose, execute, filter by loss, fine-tune, use at inference -------------
 
 def toolformer_texts(w, n: int, seed: int) -> list[str]:
-    """Training texts: two in three are worked arithmetic solutions, one in three another worked solution from the
-    corpus generator (no sums: only the random, unhelpful candidate calls land there)."""
+    """Training texts: two in three are worked arithmetic solutions, one in three a worked solution as the corpus
+    generator writes it (any reasoning family; where there is no sum, only random, unhelpful candidate calls land)."""
     from genforge.world.corpus import worked_solution
     from genforge.world.reasoning import arithmetic
 
@@ -434,8 +434,8 @@ def toolformer_tests(w, n: int, seed: int, exclude: set[str]) -> list[dict]:
 
 
 def spurious_prefixes(w, n: int, seed: int, exclude: set[str]) -> list[str]:
-    """Held-out texts cut at a random word boundary that does not follow '=' (no result comes next, so a call
-    there cannot help): where a model that learned *where* to call should not call."""
+    """Held-out texts cut at a random word boundary with no '=' just before or soon after (no result comes next, so
+    a call there cannot help): where a model that learned *where* to call should not call."""
     rng = random.Random(f"toolformer-spurious-{seed}")
     out = []
     for text in toolformer_texts(w, 2 * n, seed + 7919):
