@@ -88,6 +88,31 @@ class EngineModel:
         return out
 
 
+class ChatTurns:
+    """A `TextModel` that sends each prompt as one user turn of the chat template and returns the reply
+    (for a chat model in loops written with plain prompts, such as `router.critique_many`)."""
+
+    def __init__(self, model: EngineModel, tokenizer: Any):
+        self.model, self.tok = model, tokenizer
+        self.truncated = 0  # prompts cut from the left to fit the context with room for the reply
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 stop: Sequence[str] = ()) -> list[str]:
+        return self.model.generate([chat_prefix(self.tok, self.fit(p, max_new_tokens)) for p in prompts],
+                                   max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+
+    def fit(self, prompt: str, max_new_tokens: int) -> str:
+        """The prompt, its start cut off if the chat turn and the reply would not fit the model's context (the end,
+        where the question is, matters most)."""
+        room = self.model.engine.model.config.max_seq_len - max_new_tokens - len(self.tok.encode(
+            chat_prefix(self.tok, "")))
+        ids = self.tok.encode(prompt)
+        if len(ids) <= room:
+            return prompt
+        self.truncated += 1
+        return self.tok.decode(ids[-max(room, 1):])
+
+
 def chat_prefix(tokenizer: Any, user: str, reply_so_far: str = "") -> str:
     """The text of a one-turn chat ready for the assistant, plus the start of its reply (for `EngineModel`)."""
     return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True) + reply_so_far

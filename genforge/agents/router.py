@@ -41,11 +41,21 @@ def hashed_features(prompts: Sequence[str], n_features: int = 1 << 14) -> np.nda
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def best_labels(scores: np.ndarray, costs: Sequence[float]) -> np.ndarray:
-    """Index of the best model per item [n]; among equal scores the cheapest wins."""
+def item_costs(costs: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    """Costs per item and model [n, m] from per-model costs [m] (the same for every item) or per-item ones."""
+    c = np.asarray(costs, dtype=float)
+    return np.broadcast_to(c, (n, c.shape[-1])) if c.ndim == 1 else c
+
+
+def best_labels(scores: np.ndarray, costs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Index of the best model per item [n]; among equal scores the cheapest wins.
+
+    costs: per model [m], or per item and model [n, m] (e.g. the tokens each model spent on each item)."""
     scores = np.asarray(scores, dtype=float)
-    order = np.argsort(np.asarray(costs), kind="stable")  # cheapest first
-    return order[np.argmax(scores[:, order], axis=1)]
+    c = item_costs(costs, len(scores))
+    order = np.argsort(c, axis=1, kind="stable")  # [n, m] cheapest first, per item
+    best = np.argmax(np.take_along_axis(scores, order, axis=1), axis=1)
+    return order[np.arange(len(scores)), best]
 
 
 @dataclass
@@ -80,11 +90,14 @@ class Router:
         return self.clf.predict(features)
 
 
-def compare(scores: np.ndarray, costs: Sequence[float], names: Sequence[str], chosen: np.ndarray,
+def compare(scores: np.ndarray, costs: Sequence[float] | np.ndarray, names: Sequence[str], chosen: np.ndarray,
             seed: int = 0) -> list[dict]:
-    """Rows {system, accuracy, ci, cost} for the router's choices, each specialist alone and the oracle."""
+    """Rows {system, accuracy, ci, cost, per_item} for the router's choices, each specialist alone and the oracle.
+
+    costs: per model [m] or per item and model [n, m]; a system's cost is the mean cost of what it picked."""
     scores = np.asarray(scores, dtype=float)
     n = len(scores)
+    cost = item_costs(costs, n)
     systems = {"router": np.asarray(chosen)}
     systems.update({f"only {m}": np.full(n, j) for j, m in enumerate(names)})
     systems["oracle"] = best_labels(scores, costs)
@@ -93,7 +106,7 @@ def compare(scores: np.ndarray, costs: Sequence[float], names: Sequence[str], ch
         per_item = scores[np.arange(n), pick].tolist()
         ci = bootstrap_mean(per_item, seed=seed)
         acc, lo, hi = ci.estimate, ci.low, ci.high
-        rows.append({"system": name, "accuracy": acc, "ci": (lo, hi), "cost": float(np.mean(np.asarray(costs)[pick])),
+        rows.append({"system": name, "accuracy": acc, "ci": (lo, hi), "cost": float(np.mean(cost[np.arange(n), pick])),
                      "per_item": per_item})
     return rows
 
@@ -102,16 +115,26 @@ def critique_rounds(a: TextModel, b: TextModel, question: str, rounds: int = 2,
                     extract: Callable[[str], str] = lambda t: t.strip(), max_new_tokens: int = 96) -> dict:
     """A answers; then per round B critiques A's latest answer and gives its own, and A revises.
 
-    Returns {"answer": A's final answer (extracted), "transcript": [(speaker, text), ...]}.
+    Returns {"answer": A's final answer (extracted), "first": A's first answer (extracted),
+    "transcript": [(speaker, text), ...]}.
     """
+    return critique_many(a, b, [question], rounds, extract, max_new_tokens)[0]
+
+
+def critique_many(a: TextModel, b: TextModel, questions: Sequence[str], rounds: int = 2,
+                  extract: Callable[[str], str] = lambda t: t.strip(), max_new_tokens: int = 96) -> list[dict]:
+    """`critique_rounds` for many questions, each turn one batched `generate` over all of them."""
     gen = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "stop": ("\nQuestion:",)}
-    (first,) = a.generate([f"Question: {question}\nAnswer:"], **gen)
-    transcript = [("A", first.strip())]
+    firsts = a.generate([f"Question: {q}\nAnswer:" for q in questions], **gen)
+    transcripts = [[("A", f.strip())] for f in firsts]
     for _ in range(rounds):
-        (crit,) = b.generate([f"Question: {question}\nProposed answer: {transcript[-1][1]}\n"
-                              "Critique the proposed answer, then give your own.\nCritique:"], **gen)
-        transcript.append(("B", crit.strip()))
-        (rev,) = a.generate([f"Question: {question}\nYour answer: {transcript[-2][1]}\nA critic says: {crit.strip()}\n"
-                             "Give your final answer.\nAnswer:"], **gen)
-        transcript.append(("A", rev.strip()))
-    return {"answer": extract(transcript[-1][1]), "transcript": transcript}
+        crits = b.generate([f"Question: {q}\nProposed answer: {t[-1][1]}\n"
+                            "Critique the proposed answer, then give your own.\nCritique:"
+                            for q, t in zip(questions, transcripts)], **gen)
+        for t, c in zip(transcripts, crits):
+            t.append(("B", c.strip()))
+        revs = a.generate([f"Question: {q}\nYour answer: {t[-2][1]}\nA critic says: {t[-1][1]}\n"
+                           "Give your final answer.\nAnswer:" for q, t in zip(questions, transcripts)], **gen)
+        for t, r in zip(transcripts, revs):
+            t.append(("A", r.strip()))
+    return [{"answer": extract(t[-1][1]), "first": extract(t[0][1]), "transcript": t} for t in transcripts]

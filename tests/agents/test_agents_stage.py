@@ -89,3 +89,59 @@ def test_batched_episodes_equal_one_at_a_time():
     one = [run_episode(ScriptedModel(reply), reg, q).to_dict() for q in qs]
     many = [t.to_dict() for t in run_episodes(ScriptedModel(reply), reg, qs)]
     assert one == many
+
+
+def test_toolformer_texts_and_test_cuts(world):
+    """Test prefixes stop right where the final sum's result comes; no test text is a training text."""
+    w, _ = world
+    texts = agents.toolformer_texts(w, 9, seed=0)
+    assert sum(t.count("So ") == 1 and "column by column" in t for t in texts) >= 6  # two in three are worked sums
+    tests = agents.toolformer_tests(w, 5, seed=0, exclude=set(texts))
+    for t in tests:
+        a, b = t["call"].split(" + ")
+        assert t["prefix"].endswith(f"So {a} + {b} =") and int(a) + int(b) == int(t["answer"])
+        assert not any(x.startswith(t["prefix"]) for x in texts)
+
+
+def test_math_specialist_programs_print_the_gold_answer(world):
+    from genforge.agents.pal import number_bindings
+
+    w, _ = world
+    rng = random.Random(3)
+    rows = [arithmetic(rng, w) for _ in range(4)]
+    progs = [agents.math_program(r) for r in rows]
+    assert progs[0] == "step1 = n0 + n1\nprint(step1)"
+    outs = [run_python(number_bindings(r["prompt"]) + p).stdout.strip() for r, p in zip(rows, progs)]
+    assert outs == [r["answer"] for r in rows]
+    convs = agents.specialist_conversations("arithmetic", rows)
+    assert [c[1]["content"] for c in convs] == progs and convs[0][0]["content"] == rows[0]["prompt"]
+
+
+def test_family_rows_are_disjoint(tmp_path, world):
+    from genforge.io import write_jsonl
+    from genforge.world.tasks import summarization
+
+    w, _ = world
+    rng = random.Random(5)
+    for split, n in (("train", 40), ("test", 20)):
+        write_jsonl(tmp_path / f"{split}.jsonl", [g(rng, w) for _ in range(n) for g in (arithmetic, summarization)])
+    cfg = agents.Config(router_train=6, router_test=5, collab_items=4)
+    fams = agents.family_rows(tmp_path, cfg)
+    for fam, parts in fams.items():
+        assert {r["task"] for p in parts.values() for r in p} == {fam}
+        assert len(parts["router"]) == 6 and len(parts["test"]) == 5 and len(parts["collab"]) == 4
+        assert not {r["prompt"] for r in parts["lora"]} & {r["prompt"] for r in parts["router"]}
+        assert not {r["prompt"] for r in parts["test"]} & {r["prompt"] for r in parts["collab"]}
+    with pytest.raises(agents.ConfigError, match="router_test"):
+        agents.family_rows(tmp_path, agents.Config(router_test=30))
+
+
+def test_spurious_positions_have_no_sum_near(world):
+    w, _ = world
+    texts = agents.toolformer_texts(w, 6, seed=0)
+    pre = agents.spurious_prefixes(w, 8, seed=0, exclude=set(texts))
+    assert len(pre) == 8
+    full = agents.toolformer_texts(w, 16, seed=7919)
+    for p in pre:
+        text = next(t for t in full if t.startswith(p))
+        assert "=" not in text[len(p) - 1:len(p) + 12]  # no result is about to come: a call cannot help here

@@ -60,3 +60,17 @@ def test_engine_model_continues_a_chat_turn(tiny_model, tiny_tokenizer):
     lm = EngineModel(tiny_model, tok, batch_size=2)
     outs = lm.generate([text, chat_prefix(tok, "hi"), text], max_new_tokens=5, temperature=0.0, stop=())
     assert len(outs) == 3 and outs[0] == outs[2]
+
+
+def test_chat_turns_fit_long_prompts_into_the_context(tiny_model, tiny_tokenizer):
+    from genforge.agents.llm import ChatTurns, EngineModel, chat_prefix
+
+    tok = tiny_tokenizer
+    lm = ChatTurns(EngineModel(tiny_model, tok), tok)
+    long = " ".join(["Ada walks to the well."] * 200) + " Question: who walks?"
+    short = lm.fit(long, 16)
+    assert short.endswith("Question: who walks?") and lm.truncated == 1
+    assert len(tok.encode(chat_prefix(tok, short))) + 16 <= tiny_model.config.max_seq_len
+    assert lm.fit("Who walks?", 16) == "Who walks?" and lm.truncated == 1
+    (out,) = lm.generate([long], max_new_tokens=4)  # no context overflow
+    assert isinstance(out, str)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 
 from genforge.agents.llm import ScriptedModel
-from genforge.agents.router import Router, best_labels, compare, critique_rounds, hashed_features
+from genforge.agents.router import Router, best_labels, compare, critique_many, critique_rounds, hashed_features
 from genforge.world.facts import build_world
 from genforge.world.tasks import arithmetic, summarization
 
@@ -60,3 +60,38 @@ def test_critique_rounds_transcript():
     assert out["answer"] == "42"
     assert [s for s, _ in out["transcript"]] == ["A", "B", "A"]
     assert "Proposed answer: 41" in b.prompts[0] and "A critic says: 41 is off by one. 42" in a.prompts[1]
+
+
+def test_router_equals_oracle_when_a_feature_decides_exactly():
+    """Planted: the prompt's family decides which specialist is right (math right on every sum and wrong on every
+    summary, the other way round for the summary model), so the router matches the oracle exactly."""
+    rng = random.Random(4)
+    prompts = [(arithmetic if i % 2 == 0 else summarization)(rng, W)["prompt"] for i in range(160)]
+    scores = np.array([[1.0, 0.0] if i % 2 == 0 else [0.0, 1.0] for i in range(160)])
+    router = Router(["math", "summary"], [1.0, 1.0]).fit(hashed_features(prompts[:80]), scores[:80])
+    chosen = router.predict(hashed_features(prompts[80:]))
+    rows = {r["system"]: r for r in compare(scores[80:], [1.0, 1.0], ["math", "summary"], chosen)}
+    assert rows["router"]["accuracy"] == rows["oracle"]["accuracy"] == 1.0
+    assert rows["only math"]["accuracy"] == rows["only summary"]["accuracy"] == 0.5
+
+
+def test_per_item_costs():
+    """Costs per item and model (tokens spent): ties go to the cheaper model of that item, and a system's cost
+    is the mean of what it picked."""
+    scores = np.array([[1, 1], [1, 1], [0, 1]])
+    costs = np.array([[5.0, 2.0], [1.0, 9.0], [1.0, 3.0]])
+    assert best_labels(scores, costs).tolist() == [1, 0, 1]
+    rows = {r["system"]: r for r in compare(scores, costs, ["a", "b"], np.array([0, 0, 0]))}
+    assert rows["router"]["cost"] == (5 + 1 + 1) / 3 and rows["oracle"]["cost"] == (2 + 1 + 3) / 3
+    assert rows["only b"]["cost"] == (2 + 9 + 3) / 3
+
+
+def test_critique_many_equals_one_at_a_time():
+    def reply(p: str) -> str:
+        return f" {len(p) % 13}"
+    qs = ["What is 6 * 7?", "Who lives in Ashford?", "Sum 1 and 2."]
+    one = [critique_rounds(ScriptedModel(reply), ScriptedModel(reply), q, rounds=2) for q in qs]
+    a, b = ScriptedModel(reply), ScriptedModel(reply)
+    many = critique_many(a, b, qs, rounds=2)
+    assert many == one
+    assert len(a.prompts) == 3 * 3 and len(b.prompts) == 2 * 3  # A: first + 2 revisions; B: 2 critiques
