@@ -136,3 +136,23 @@ class CLIP(nn.Module):
 
 
 register_family(ModuleFamily("image_clip", CLIP, CLIPConfig))
+
+
+def train_clip(images: torch.Tensor, caption_ids: torch.Tensor, out_dir: str, *, vocab_size: int, steps: int = 150,
+               batch_size: int = 128, lr: float = 2e-3, dim: int = 64, width: int = 32, seed: int = 0,
+               threads: int = 0, progress: bool = False) -> tuple[CLIP, dict]:
+    """Train a `CLIP` on (images (N, C, H, W) in [0, 1], caption ids (N, L)) with the shared Trainer; the model
+    (eval mode) and the trainer summary. The checkpoint lands in out_dir/checkpoint."""
+    from genforge.checkpoint import write_checkpoint_files
+    from genforge.image.run import ImageBatches
+    from genforge.train.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(seed)
+    model = CLIP(CLIPConfig(image_shape=tuple(images.shape[1:]), vocab_size=vocab_size, dim=dim, width=width))
+    cfg = TrainConfig(max_steps=steps, micro_batch=batch_size, lr=lr, warmup_steps=min(20, steps), weight_decay=0.0,
+                      beta2=0.999, grad_clip=1.0, eval_every=0, ckpt_every=0, log_every=max(1, steps // 20),
+                      seed=seed, device="cpu", threads=threads, resume=False, progress=progress)
+    trainer = Trainer(model, cfg, lambda m, b: m.loss(b), ImageBatches(images, caption_ids, batch_size, seed), out_dir,
+                      name="clip", save_fn=lambda folder: write_checkpoint_files(folder, model))
+    summary = trainer.fit()
+    return model.eval(), summary
