@@ -4,8 +4,10 @@ schedulers/ (DDPM, DDIM: noise schedule and reverse steps), unet.py (eps-predict
 class and text conditioning), diffusion.py (training loss, the sampling loop with classifier-free guidance, and
 the checkpointable `DiffusionModel`), vae.py, flow.py (RealNVP), gan.py, ema.py (weight averages to sample
 from), metrics.py (FID on world-classifier features with bootstrap intervals, precision/recall, caption
-faithfulness), run.py (`genforge image train|sample|eval`: every family trained by the shared
-`train.trainer.Trainer` and saved by the generic `checkpoint` core, one registered family per model bundle).
+faithfulness), clip.py (a small CLIP trained here and the CLIP score), latent.py (latent diffusion: VAE first
+stage + text-conditioned latent denoiser), inversion.py (textual inversion: one new token embedding), run.py
+(`genforge image train|sample|eval`: every family trained by the shared `train.trainer.Trainer` and saved by the
+generic `checkpoint` core, one registered family per model bundle).
 
 Heavy optional dependencies (diffusers for parity tests, pytorch-fid, scikit-learn, Pillow) sit in the `image`
 extra.

@@ -61,8 +61,9 @@ def sample(model: nn.Module, scheduler: DDPMScheduler, n: int, image_shape: tupl
         # 3. predict the noise in x_t, guided toward the condition (scale 1 = plain conditional model)
         eps = guided_eps(model, x, tt, cond, guidance_scale)
         # 4. let the scheduler step x_t -> x_{t-1} (eq. 7 / DDIM eq. 12), adding its own noise
+        #    (DDIM re-derives eps from the clipped x0, GLIDE's choice: see DDIMScheduler.step for why it matters)
         if isinstance(scheduler, DDIMScheduler):
-            x = scheduler.step(eps, t, x, eta=eta, generator=g).prev_sample
+            x = scheduler.step(eps, t, x, eta=eta, generator=g, use_clipped_model_output=True).prev_sample
         else:
             x = scheduler.step(eps, t, x, generator=g).prev_sample
     # 5. back to pixels

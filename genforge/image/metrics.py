@@ -137,21 +137,44 @@ def fid(clf: WorldClassifier, real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3) -> dict[str, float]:
-    """Improved precision/recall (Kynkäänniemi et al. 2019).
+    """Improved precision/recall (Kynkäänniemi et al. 2019, eq. 1-3).
 
-    precision: share of fake points inside some real point's k-NN ball (fidelity);
-    recall: share of real points inside some fake point's k-NN ball (coverage).
+    The real manifold is the union of balls around each real feature vector with radius = the distance to its
+    k-th nearest real neighbour (k = 3 as in the paper); likewise for the generated set.
+    precision: share of fake points inside the real manifold (fidelity);
+    recall: share of real points inside the fake manifold (coverage).
     """
-    def radii(x: np.ndarray) -> np.ndarray:
-        d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
-        return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+    hits = _manifold_hits(real_feats, fake_feats, k)
+    return {"precision": float(hits["precision"].mean()), "recall": float(hits["recall"].mean())}
 
-    def inside(points: np.ndarray, support: np.ndarray, r: np.ndarray) -> float:
-        d = np.sqrt(((points[:, None] - support[None]) ** 2).sum(-1))  # (P, S)
-        return float((d <= r[None]).any(1).mean())
 
-    return {"precision": inside(fake_feats, real_feats, radii(real_feats)),
-            "recall": inside(real_feats, fake_feats, radii(fake_feats))}
+def _manifold_hits(real_feats: np.ndarray, fake_feats: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-point indicators behind `precision_recall`: {'precision': (F,) bool, 'recall': (R,) bool}."""
+    real = torch.as_tensor(np.asarray(real_feats), dtype=torch.float64)
+    fake = torch.as_tensor(np.asarray(fake_feats), dtype=torch.float64)
+    if min(len(real), len(fake)) <= k:
+        raise GenforgeError(f"precision_recall: k={k} needs more than k points per set, got {len(real)} real and "
+                            f"{len(fake)} generated")
+
+    def radii(x: torch.Tensor) -> torch.Tensor:
+        # the k-th smallest distance, counting the point itself (distance 0) as the 0-th
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values  # (N,)
+
+    d = torch.cdist(fake, real)  # (F, R)
+    return {"precision": (d <= radii(real)[None]).any(1).numpy(),
+            "recall": (d.t() <= radii(fake)[None]).any(1).numpy()}
+
+
+def bootstrap_precision_recall(real_feats: np.ndarray, fake_feats: np.ndarray, k: int = 3, *,
+                               n_resamples: int = 1000, seed: int = 0) -> dict[str, Interval]:
+    """`precision_recall` with 95 % percentile bootstrap intervals: precision is a mean over the generated
+    points (inside the fixed real manifold or not), recall a mean over the real points (inside the fixed generated
+    manifold or not), so each is resampled over its own points. Resampling the generated set for recall would
+    shrink its k-NN radii (duplicates sit at distance 0) and bias it."""
+    from genforge.eval.stats import bootstrap_proportion
+
+    hits = _manifold_hits(real_feats, fake_feats, k)
+    return {key: bootstrap_proportion(v.astype(float), n_resamples=n_resamples, seed=seed) for key, v in hits.items()}
 
 
 @torch.no_grad()

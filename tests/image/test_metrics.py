@@ -66,3 +66,27 @@ def test_caption_faithfulness_with_heldout_attribute_classifier():
     wrong = caption_faithfulness(clf, test.images, {k: (v + 1) % int(v.max() + 1) for k, v in test.labels.items()})
     assert right["all"] > 0.6 and wrong["all"] < 0.05
     assert abs(right["colour"] - acc["colour"]) < 1e-6
+
+
+def test_precision_recall_against_itself_is_one_and_far_away_is_zero():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((100, 8))
+    assert precision_recall(a, a) == {"precision": 1.0, "recall": 1.0}
+    assert precision_recall(a, a + 100.0) == {"precision": 0.0, "recall": 0.0}
+    # half the generated points far away: precision falls to ~0.5, the other half still covers part of the data
+    mix = np.concatenate([a[:50], a[50:] + 100.0])
+    pr = precision_recall(a, mix)
+    assert pr["precision"] == 0.5 and 0.4 < pr["recall"] < 1.0
+
+
+def test_bootstrap_precision_recall_intervals():
+    from genforge.image.metrics import bootstrap_precision_recall
+
+    rng = np.random.default_rng(1)
+    real, fake = rng.standard_normal((150, 4)), rng.standard_normal((150, 4)) * 1.5
+    iv = bootstrap_precision_recall(real, fake, n_resamples=200)
+    pr = precision_recall(real, fake)
+    for k in ("precision", "recall"):
+        assert iv[k].estimate == pr[k] and iv[k].low <= pr[k] <= iv[k].high and iv[k].high - iv[k].low < 0.3
+    with pytest.raises(Exception, match="k=3"):
+        precision_recall(real[:3], fake)

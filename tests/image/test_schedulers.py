@@ -66,8 +66,8 @@ def test_ddpm_step_matches_diffusers(n_steps):
         assert torch.allclose(x_ours, x_ref, atol=1e-5), t
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_step_matches_diffusers(eta):
+@pytest.mark.parametrize(("eta", "clipped_eps"), [(0.0, False), (1.0, False), (0.0, True)])
+def test_ddim_step_matches_diffusers(eta, clipped_eps):
     T = 200
     ours, ref = DDIMScheduler(num_train_timesteps=T), diffusers.DDIMScheduler(num_train_timesteps=T)
     ours.set_timesteps(20)
@@ -77,8 +77,11 @@ def test_ddim_step_matches_diffusers(eta):
     x_ref = x_ours.clone()
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     for t in ours.timesteps.tolist():
-        x_ours = ours.step(torch.tanh(x_ours + t / T), t, x_ours, eta=eta, generator=g1).prev_sample
-        x_ref = ref.step(torch.tanh(x_ref + t / T), t, x_ref, eta=eta, generator=g2).prev_sample
+        # 3 * tanh: an eps whose x0 guess leaves [-1, 1], so clipping (and the clipped-eps flag) matters
+        x_ours = ours.step(3 * torch.tanh(x_ours + t / T), t, x_ours, eta=eta, generator=g1,
+                           use_clipped_model_output=clipped_eps).prev_sample
+        x_ref = ref.step(3 * torch.tanh(x_ref + t / T), t, x_ref, eta=eta, generator=g2,
+                         use_clipped_model_output=clipped_eps).prev_sample
         assert torch.allclose(x_ours, x_ref, atol=1e-5), t
 
 

@@ -17,12 +17,21 @@ def test_image_stage_at_smoke(tmp_path):
     assert set(out["faithfulness"]) == {"0", "1", "3"}
     assert set(out["sampler_fid"]) == {"ddpm-50", "ddim-5", "ddim-10"}
     for name in ("image_families", "image_samplers", "image_quality_vs_time", "image_text_guidance",
-                 "image_guidance_sweep"):
+                 "image_guidance_sweep", "image_latent", "image_guidance_latent", "image_inversion"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
     stage = json.loads((run / "report" / "image.json").read_text())
     claims = [les["claim"] for les in stage["lessons"]]
-    assert len(claims) == 8  # four families, DDIM speed, colour and colour+shape conditioning, guidance
+    # four families, DDIM speed, colour and colour+shape conditioning, guidance; CLIP real vs shuffled and retrieval,
+    # CLIP score conditional and guided; latent vs pixel, latent sampling speed, latent guidance; inversion vs random
+    # token and vs the nearest word
+    assert len(claims) == 17
     assert all(les["low"] is not None for les in stage["lessons"] if "faster" not in les["claim"])
     assert "FID real vs real" in report and "CIFAR-10" in report  # the FID is labelled for what it is
     assert load_image_model(out["checkpoints"]["text"], "ddpm")[1].config.cond == "text"
     assert load_image_model(out["checkpoints"]["gan"])[0] == "gan"
+    assert out["clip"]["real"] > out["clip"]["shuffled"] and set(out["clip_score"]) == {"0", "1", "3"}
+    assert {"hit_latent", "hit_pixel", "train_cpu_latent", "sample_cpu_pixel"} <= set(out["latent"])
+    assert set(out["inversion"]) == {"learned token", "random token", "nearest word", "the words"}
+    assert set(out["precision_recall"]) == {"real", "noise", "ddpm", "gan", "vae", "flow"}
+    assert out["precision_recall"]["real"]["precision"] > out["precision_recall"]["noise"]["precision"]
+    assert "precision / recall" in report and "CLIP score" in report
