@@ -445,3 +445,22 @@ def main_eval(cfg: ImageEvalConfig) -> dict[str, Any]:
     write_json(Path(cfg.out or Path(cfg.checkpoint).parent / "eval.json"), res)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
     return res
+
+
+# ------------------------------------------------------------------------------------------------ video
+def train_video(vcfg: Any, clips: torch.Tensor, out_dir: str | Path, *, steps: int, batch_size: int, seed: int = 0,
+                lr: float = 3e-3, threads: int = 0, progress: bool = False, resume: bool = False
+                ) -> tuple[nn.Module, dict]:
+    """Train a `video.VideoModel` (config `vcfg`) on clips (N, T, C, H, W) with the shared Trainer; (model, summary)."""
+    from genforge.image.video import VideoModel
+
+    torch.manual_seed(seed)
+    model = VideoModel(vcfg)
+    tcfg = TrainConfig(max_steps=steps, micro_batch=batch_size, lr=lr, warmup_steps=min(20, steps), weight_decay=0.0,
+                       beta2=0.999, grad_clip=1.0, eval_every=0, ckpt_every=0, log_every=max(1, min(50, steps // 20)),
+                       seed=seed, device="cpu", threads=threads, resume=resume, progress=progress)
+    trainer = Trainer(model, tcfg, lambda m, b: m.loss(b), ImageBatches(clips, None, batch_size, seed), out_dir,
+                      name=f"video_{vcfg.attention}",
+                      save_fn=lambda folder: write_checkpoint_files(folder, model, run_config=asdict(vcfg)))
+    summary = trainer.fit()
+    return model.eval(), summary

@@ -118,7 +118,7 @@ class Block(nn.Module):
 
 
 class VideoModel(nn.Module):
-    """Clips (B, T, C, H, W) in [0, 1] -> predicted next frames (B, T, C, H, W): output t is frame t+1."""
+    """Clips (B, T, C, H, W) in [0, 1] -> predicted next frames (B, T, C, H, W): output t is frame t+1 (unclamped)."""
 
     def __init__(self, config: VideoConfig) -> None:
         super().__init__()
@@ -132,7 +132,7 @@ class VideoModel(nn.Module):
 
     def to_patches(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T, S, C*p*p), patches in raster order."""
-        c, (B, T, ch, H, W) = self.config, clips.shape
+        c, (B, T, ch) = self.config, clips.shape[:3]
         p, s = c.patch, c.side
         x = clips.reshape(B, T, ch, s, p, s, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, s, s, C, p, p)
         return x.reshape(B, T, s * s, ch * p * p)
@@ -147,11 +147,13 @@ class VideoModel(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         T = clips.shape[1]
-        x = self.embed(self.to_patches(clips) * 2 - 1)  # (B, T, S, C)
+        patches = self.to_patches(clips)  # (B, T, S, P)
+        x = self.embed(patches * 2 - 1)  # (B, T, S, C)
         x = x + self.pos_space[None, None] + self.pos_time[None, :T, None]
         for blk in self.blocks:
             x = blk(x)
-        return self.from_patches(torch.sigmoid(self.head(self.norm(x))))
+        # the next frame as a change of this one: "nothing moves" is the starting point, motion is what is learned
+        return self.from_patches(patches + self.head(self.norm(x)))
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, int, dict]:
         """Teacher-forced next-frame MSE over frames 2..T, summed over the batch."""
@@ -166,7 +168,7 @@ class VideoModel(nn.Module):
         total = frames or self.config.frames
         clip = context
         while clip.shape[1] < total:
-            clip = torch.cat([clip, self(clip)[:, -1:]], 1)
+            clip = torch.cat([clip, self(clip)[:, -1:].clamp(0, 1)], 1)
         return clip
 
     def sample(self, n: int, seed: int = 0, **_: object) -> torch.Tensor:  # noqa: ARG002 - the family API

@@ -2,7 +2,7 @@
 
 import torch
 
-from genforge.image.vq import VQConfig, VQVAE, nearest_code, straight_through
+from genforge.image.vq import VQVAE, VQConfig, nearest_code, straight_through
 
 
 def test_assignment_is_the_nearest_codebook_row():
