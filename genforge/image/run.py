@@ -112,9 +112,7 @@ class ImageTrainConfig(SampleOptions, DataOptions):
         SampleOptions.__post_init__(self)
         if self.family not in FAMILIES:
             raise ConfigError(f"family={self.family!r}: use one of {', '.join(FAMILIES)}")
-        if self.family in TOKEN_FAMILIES and not self.vq_checkpoint:
-            raise ConfigError(f"family={self.family} models a VQ-VAE's tokens: set vq_checkpoint=FOLDER (train one "
-                              "with `genforge image train family=vq`, then use its out_dir/checkpoint)")
+        _need_vq(self)
         for name in ("steps", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
@@ -122,6 +120,12 @@ class ImageTrainConfig(SampleOptions, DataOptions):
             raise ConfigError("ddpm.cond='text' needs captions: use dataset=shapes")
         if self.family == "ddpm" and self.ddpm.cond == "class" and self.dataset != "digits":
             raise ConfigError("ddpm.cond='class' needs digit labels: use dataset=digits")
+
+
+def _need_vq(cfg: ImageTrainConfig) -> None:
+    if cfg.family in TOKEN_FAMILIES and not cfg.vq_checkpoint:
+        raise ConfigError(f"family={cfg.family} models a VQ-VAE's tokens: set vq_checkpoint=FOLDER (train one "
+                          "with `genforge image train family=vq`, then use its out_dir/checkpoint)")
 
 
 @dataclass
@@ -152,6 +156,7 @@ def model_config(cfg: ImageTrainConfig, data: DataSplit) -> Any:
     """The family's model config with what the data decides filled in (image shape, classes, vocabulary)."""
     mc = getattr(cfg, cfg.family)
     if cfg.family in TOKEN_FAMILIES:  # the tokenizer's shape is the trained VQ-VAE's; classes only for digits
+        _need_vq(cfg)
         _, vq = load_image_model(cfg.vq_checkpoint, "vq")
         if tuple(vq.config.image_shape) != data.shape:
             raise ConfigError(f"vq_checkpoint={cfg.vq_checkpoint}: a VQ-VAE for {tuple(vq.config.image_shape)} "
