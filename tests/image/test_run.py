@@ -103,7 +103,6 @@ def test_token_priors_train_sample_evaluate_and_resume_exactly(tmp_path, family,
     import torch
 
     from genforge.image import run as image_run
-
     from genforge.image.ar import ARConfig
     from genforge.image.maskgit import MaskGITConfig
     from genforge.image.run import train
