@@ -40,8 +40,9 @@ FAMILIES: dict[str, tuple[str, type[nn.Module]]] = {
     "gan": ("image_gan", GAN), "vq": ("image_vq", VQVAE), "ar": ("image_ar", ARImageModel),
     "maskgit": ("image_maskgit", MaskGITModel)}
 TOKEN_FAMILIES = ("ar", "maskgit")  # priors over a trained VQ-VAE's tokens (`vq_checkpoint`)
-# GAN: 5e-4 at batch 64 -> FID 30 on digits; 1e-4 at batch 128 collapsed (first image wave, 75 s runs)
-DEFAULT_LR = {"ddpm": 1e-3, "vae": 1e-3, "flow": 1e-3, "gan": 5e-4, "vq": 2e-3, "ar": 2e-3, "maskgit": 2e-3}
+# GAN: 5e-4 at batch 64 -> FID 30 on digits; 1e-4 at batch 128 collapsed (first image wave, 75 s runs); in 3000
+# steps (tiny, ~18 s CPU) 5e-4 reached only FID 119 (raw G 190), 1e-3 reached 27 (6000 steps at 5e-4: 32)
+DEFAULT_LR = {"ddpm": 1e-3, "vae": 1e-3, "flow": 1e-3, "gan": 1e-3, "vq": 2e-3, "ar": 2e-3, "maskgit": 2e-3}
 GRAD_CLIP = {"ddpm": 1.0, "vae": 0.0, "flow": 5.0, "gan": 0.0, "vq": 1.0, "ar": 1.0, "maskgit": 1.0}
 BETA1 = {"gan": 0.5}  # DCGAN's Adam beta1 (Radford et al. 2016); 0.9 elsewhere
 # final lr / peak lr of the cosine schedule; the GAN keeps DCGAN's constant rate (measured on digits, 3000 steps:
