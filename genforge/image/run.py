@@ -91,7 +91,7 @@ class ImageTrainConfig(SampleOptions, DataOptions):
     out_dir: str = "runs/image"  # checkpoint/, metrics.jsonl, samples.png and metrics.json go here
     steps: int = 2000  # optimizer steps
     batch_size: int = 64
-    lr: float = 0.0  # 0: the family's measured default (ddpm/vae/flow 1e-3, gan 5e-4)
+    lr: float = 0.0  # 0: the family's measured default (ddpm/vae/flow/gan 1e-3, vq/ar/maskgit 2e-3)
     warmup_steps: int = 20
     ckpt_every: int = 500
     eval_every: int = 200  # flow: steps between test bits/dim checks (early stopping keeps the best)
