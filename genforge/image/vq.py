@@ -178,8 +178,8 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, **_: object) -> torch.Tensor:
-        """Tokens drawn independently from the training histogram are not a model; a VQ-VAE alone does not
-        generate. This decodes uniformly random tokens (a baseline: what a prior that learned nothing gives)."""
+        """A VQ-VAE alone does not generate: this decodes uniformly random tokens, the baseline of a prior that
+        learned nothing (`ar.py` and `maskgit.py` are the priors)."""
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, self.config.codebook_size, (n, self.config.n_tokens), generator=g)
         return self.decode_tokens(ids.to(self.codebook.device))
