@@ -106,7 +106,8 @@ COMMANDS: dict[str, Command] = {
                                  ("method", "genforge.scaling.plan:METHODS"),
                                  ("device", "genforge.commands.plan:DEVICE_HELP"))),
     "image train": Command("genforge.image.run:ImageTrainConfig", "genforge.image.run:main_train",
-                           "train an image model (ddpm | vae | flow | gan), then samples.png and FID", ("family",)),
+                           "train an image model (ddpm | vae | flow | gan | vq | ar | maskgit), then samples.png and "
+                           "FID", ("family",)),
     "image sample": Command("genforge.image.run:ImageSampleConfig", "genforge.image.run:main_sample",
                             "a PNG grid of samples from an image checkpoint", ("checkpoint",)),
     "image eval": Command("genforge.image.run:ImageEvalConfig", "genforge.image.run:main_eval",

@@ -119,7 +119,8 @@ class FlowConfig:
     n_layers: int = 8
     hidden: int = 256
     levels: int = 17  # grey levels of the data: 17 for digits (0..16), 256 for 8-bit pictures
-    temperature: float = 0.8  # sampling temperature (Kingma & Dhariwal 2018 sample Glow at T < 1 too)
+    temperature: float = 1.0  # sampling temperature; Glow (Kingma & Dhariwal 2018) samples at T < 1, but on digits
+    # T = 0.8 lost: FID 59 vs 37 at T = 1 (tiny, same checkpoint; 0.9: 46, 0.7: 77)
 
 
 class FlowModel(nn.Module):

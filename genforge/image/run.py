@@ -22,11 +22,14 @@ from torch import nn
 from genforge.checkpoint import load_model, read_meta, write_checkpoint_files
 from genforge.errors import CheckpointError, ConfigError
 from genforge.image import metrics
+from genforge.image.ar import ARConfig, ARImageModel
 from genforge.image.diffusion import DiffusionConfig, DiffusionModel
 from genforge.image.flow import FlowConfig, FlowModel
 from genforge.image.gan import GAN, GANConfig
+from genforge.image.maskgit import MaskGITConfig, MaskGITModel
 from genforge.image.text import CaptionTokenizer
 from genforge.image.vae import VAE, VAEConfig
+from genforge.image.vq import VQVAE, VQConfig
 from genforge.io import write_json
 from genforge.train.trainer import Part, TrainConfig, Trainer
 from genforge.world.images import ImageSet, load_digits_set, load_image_folder, make_shapes, save_grid
@@ -34,10 +37,13 @@ from genforge.world.images import ImageSet, load_digits_set, load_image_folder, 
 # family -> (checkpoint family name, model class); lr / grad clip / Adam beta1 are the defaults measured on digits
 FAMILIES: dict[str, tuple[str, type[nn.Module]]] = {
     "ddpm": ("image_ddpm", DiffusionModel), "vae": ("image_vae", VAE), "flow": ("image_flow", FlowModel),
-    "gan": ("image_gan", GAN)}
-DEFAULT_LR = {"ddpm": 1e-3, "vae": 1e-3, "flow": 1e-3, "gan": 5e-4}  # GAN: 5e-4 at batch 64 -> FID 30 on digits;
-# 1e-4 at batch 128 collapsed (first image wave, 75 s runs)
-GRAD_CLIP = {"ddpm": 1.0, "vae": 0.0, "flow": 5.0, "gan": 0.0}
+    "gan": ("image_gan", GAN), "vq": ("image_vq", VQVAE), "ar": ("image_ar", ARImageModel),
+    "maskgit": ("image_maskgit", MaskGITModel)}
+TOKEN_FAMILIES = ("ar", "maskgit")  # priors over a trained VQ-VAE's tokens (`vq_checkpoint`)
+# GAN: 5e-4 at batch 64 -> FID 30 on digits; 1e-4 at batch 128 collapsed (first image wave, 75 s runs); in 3000
+# steps (tiny, ~18 s CPU) 5e-4 reached only FID 119 (raw G 190), 1e-3 reached 27 (6000 steps at 5e-4: 32)
+DEFAULT_LR = {"ddpm": 1e-3, "vae": 1e-3, "flow": 1e-3, "gan": 1e-3, "vq": 2e-3, "ar": 2e-3, "maskgit": 2e-3}
+GRAD_CLIP = {"ddpm": 1.0, "vae": 0.0, "flow": 5.0, "gan": 0.0, "vq": 1.0, "ar": 1.0, "maskgit": 1.0}
 BETA1 = {"gan": 0.5}  # DCGAN's Adam beta1 (Radford et al. 2016); 0.9 elsewhere
 # final lr / peak lr of the cosine schedule; the GAN keeps DCGAN's constant rate (measured on digits, 3000 steps:
 # FID 119 constant vs 265 with the cosine decay to 0.1)
@@ -66,7 +72,8 @@ class SampleOptions:
     """How a checkpoint is sampled (diffusion settings are ignored by the other families)."""
 
     sampler: str = "ddpm"  # diffusion: 'ddpm' (ancestral) or 'ddim' (deterministic with eta 0)
-    sample_steps: int = 0  # diffusion inference steps; 0: T for ddpm, T // 4 for ddim
+    sample_steps: int = 0  # diffusion inference steps (0: T for ddpm, T // 4 for ddim); maskgit: decoding steps K
+    # (0: its config's)
     guidance_scale: float = 1.0  # classifier-free guidance: 0 unconditional, 1 conditional, > 1 pushes harder
     eta: float = 0.0  # DDIM's noise (0 deterministic, 1 ~ ancestral)
 
@@ -79,11 +86,12 @@ class SampleOptions:
 class ImageTrainConfig(SampleOptions, DataOptions):
     """`genforge image train`: train (or resume) one family, then sample, grid and FID."""
 
-    family: str = "ddpm"  # ddpm | vae | flow | gan
+    family: str = "ddpm"  # ddpm | vae | flow | gan | vq | ar | maskgit (ar/maskgit need vq_checkpoint)
+    vq_checkpoint: str = ""  # ar / maskgit: the VQ-VAE whose tokens they model (out_dir/checkpoint of family=vq)
     out_dir: str = "runs/image"  # checkpoint/, metrics.jsonl, samples.png and metrics.json go here
     steps: int = 2000  # optimizer steps
     batch_size: int = 64
-    lr: float = 0.0  # 0: the family's measured default (ddpm/vae/flow 1e-3, gan 5e-4)
+    lr: float = 0.0  # 0: the family's measured default (ddpm/vae/flow/gan 1e-3, vq/ar/maskgit 2e-3)
     warmup_steps: int = 20
     ckpt_every: int = 500
     eval_every: int = 200  # flow: steps between test bits/dim checks (early stopping keeps the best)
@@ -96,12 +104,16 @@ class ImageTrainConfig(SampleOptions, DataOptions):
     vae: VAEConfig = field(default_factory=VAEConfig)  # from the data
     flow: FlowConfig = field(default_factory=FlowConfig)
     gan: GANConfig = field(default_factory=GANConfig)
+    vq: VQConfig = field(default_factory=VQConfig)
+    ar: ARConfig = field(default_factory=ARConfig)  # its vq fields come from vq_checkpoint
+    maskgit: MaskGITConfig = field(default_factory=MaskGITConfig)
 
     def __post_init__(self) -> None:
         DataOptions.__post_init__(self)
         SampleOptions.__post_init__(self)
         if self.family not in FAMILIES:
             raise ConfigError(f"family={self.family!r}: use one of {', '.join(FAMILIES)}")
+        _need_vq(self)
         for name in ("steps", "batch_size", "n_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
@@ -109,6 +121,12 @@ class ImageTrainConfig(SampleOptions, DataOptions):
             raise ConfigError("ddpm.cond='text' needs captions: use dataset=shapes")
         if self.family == "ddpm" and self.ddpm.cond == "class" and self.dataset != "digits":
             raise ConfigError("ddpm.cond='class' needs digit labels: use dataset=digits")
+
+
+def _need_vq(cfg: ImageTrainConfig) -> None:
+    if cfg.family in TOKEN_FAMILIES and not cfg.vq_checkpoint:
+        raise ConfigError(f"family={cfg.family} models a VQ-VAE's tokens: set vq_checkpoint=FOLDER (train one "
+                          "with `genforge image train family=vq`, then use its out_dir/checkpoint)")
 
 
 @dataclass
@@ -138,6 +156,13 @@ def load_data(cfg: DataOptions) -> DataSplit:
 def model_config(cfg: ImageTrainConfig, data: DataSplit) -> Any:
     """The family's model config with what the data decides filled in (image shape, classes, vocabulary)."""
     mc = getattr(cfg, cfg.family)
+    if cfg.family in TOKEN_FAMILIES:  # the tokenizer's shape is the trained VQ-VAE's; classes only for digits
+        _need_vq(cfg)
+        _, vq = load_image_model(cfg.vq_checkpoint, "vq")
+        if tuple(vq.config.image_shape) != data.shape:
+            raise ConfigError(f"vq_checkpoint={cfg.vq_checkpoint}: a VQ-VAE for {tuple(vq.config.image_shape)} "
+                              f"images, but dataset={cfg.dataset} has {data.shape}")
+        return replace(mc, vq=vq.config, num_classes=mc.num_classes if cfg.dataset == "digits" else 0)
     mc = replace(mc, image_shape=data.shape)
     if cfg.family == "ddpm":
         mc = replace(mc, num_classes=10 if mc.cond == "class" else 0,
@@ -150,11 +175,19 @@ def model_config(cfg: ImageTrainConfig, data: DataSplit) -> Any:
 def conditions(model: nn.Module, images: ImageSet) -> torch.Tensor | None:
     """The training conditions of a diffusion model: digit ids or caption ids (B, L); None otherwise."""
     cond = getattr(getattr(model, "config", None), "cond", "none")
+    if isinstance(model, (ARImageModel, MaskGITModel)):  # a class prefix token when the data has digit labels
+        cond = "class" if model.config.num_classes else "none"
     if cond == "class":
         return images.labels["digit"]
     if cond == "text":
         return CaptionTokenizer()(images.captions)
     return None
+
+
+def image_shape(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of the images a model makes (token priors: their VQ-VAE's)."""
+    cfg = model.config
+    return tuple(cfg.vq.image_shape if isinstance(model, (ARImageModel, MaskGITModel)) else cfg.image_shape)
 
 
 def parts(model: nn.Module) -> list[Part]:
@@ -165,6 +198,10 @@ def parts(model: nn.Module) -> list[Part]:
         return [Part("denoiser", model.denoiser, lambda m, b: m.loss(b))]
     if isinstance(model, FlowModel):
         return [Part("flow", model.flow, lambda m, b: m.train_loss(b))]
+    if isinstance(model, (ARImageModel, MaskGITModel)):  # the prior only: its VQ-VAE is fixed
+        return [Part("prior", model.trained_part(), lambda m, b: m.loss(b))]
+    if isinstance(model, VQVAE):
+        return [Part("vq", model, lambda m, b: m.train_loss(b))]
     return [Part("vae", model, lambda m, b: m.train_loss(b))]
 
 
@@ -243,6 +280,10 @@ def train(cfg: ImageTrainConfig, data: DataSplit | None = None) -> tuple[nn.Modu
     torch.manual_seed(cfg.seed)
     fam_name, cls = FAMILIES[cfg.family]
     model = cls(model_config(cfg, data))
+    inputs = data.train.images
+    if cfg.family in TOKEN_FAMILIES:  # the trained VQ-VAE goes in, and the prior learns its tokens of the images
+        model.vq.load_state_dict(load_image_model(cfg.vq_checkpoint, "vq")[1].state_dict())
+        inputs = model.vq.eval().tokens(inputs)
     tcfg = TrainConfig(max_steps=cfg.steps, micro_batch=cfg.batch_size, lr=cfg.lr or DEFAULT_LR[cfg.family],
                        warmup_steps=min(cfg.warmup_steps, cfg.steps), weight_decay=0.0,
                        min_lr_ratio=MIN_LR_RATIO.get(cfg.family, 0.1),
@@ -250,7 +291,7 @@ def train(cfg: ImageTrainConfig, data: DataSplit | None = None) -> tuple[nn.Modu
                        eval_every=cfg.eval_every if cfg.family == "flow" else 0, ckpt_every=cfg.ckpt_every,
                        log_every=max(1, min(50, cfg.steps // 20)), seed=cfg.seed, device="cpu", threads=cfg.threads,
                        resume=cfg.resume, progress=cfg.progress)
-    batches = ImageBatches(data.train.images, conditions(model, data.train), cfg.batch_size, cfg.seed)
+    batches = ImageBatches(inputs, conditions(model, data.train), cfg.batch_size, cfg.seed)
     holder: dict[str, Trainer] = {}
     eval_fn = None
     if cfg.family == "flow":
@@ -276,6 +317,8 @@ def generate(family: str, model: nn.Module, n: int, opts: SampleOptions, seed: i
     if family == "ddpm":
         return model.sample(n, cond, opts.guidance_scale, opts.sampler, opts.sample_steps or (
             model.config.num_train_timesteps // 4 if opts.sampler == "ddim" else None), seed, opts.eta)
+    if family == "maskgit":
+        return model.sample(n, seed, steps=opts.sample_steps or None)
     return model.sample(n, seed)
 
 
@@ -323,6 +366,8 @@ def main_train(cfg: ImageTrainConfig) -> dict[str, Any]:
     if isinstance(model, FlowModel):
         res.update(best_step=int(model.best_step), test_bpd=model.bpd(data.test.images, "best"),
                    train_bpd=model.bpd(data.train.images[: len(data.test)], "best"))
+    if isinstance(model, VQVAE):  # reconstruction and codebook use on the test images
+        res.update(model.usage(data.test.images))
     if isinstance(model, VAE):
         elbo = model.elbo(data.test.images, 8, torch.Generator().manual_seed(1))
         res["test_elbo_nats"] = round(float(elbo.mean()), 2)
@@ -339,12 +384,12 @@ class ImageSampleConfig(SampleOptions):
     """`genforge image sample CHECKPOINT`: a PNG grid from a trained image model."""
 
     checkpoint: str = ""  # an image checkpoint folder (out_dir/checkpoint of `genforge image train`)
-    family: str = ""  # expected family (ddpm | vae | flow | gan); '' accepts any image family
+    family: str = ""  # expected family (ddpm | vae | flow | gan | vq | ar | maskgit); '' accepts any image family
     out: str = "samples.png"
     n: int = 64
     seed: int = 0
     prompt: str = ""  # text-conditioned DDPM: the caption to draw, e.g. "a small red circle in the top left"
-    digit: int = -1  # class-conditioned DDPM: the digit to draw (-1: 0..9 in turn)
+    digit: int = -1  # class-conditioned DDPM / ar / maskgit: the digit to draw (-1: 0..9 in turn)
 
     def __post_init__(self) -> None:
         SampleOptions.__post_init__(self)
@@ -363,6 +408,12 @@ def main_sample(cfg: ImageSampleConfig) -> Path:
         cond = CaptionTokenizer()([cfg.prompt] * cfg.n) if cfg.prompt else None
     elif kind == "class":
         cond = torch.full((cfg.n,), cfg.digit) if cfg.digit >= 0 else torch.arange(cfg.n) % 10
+    elif family in TOKEN_FAMILIES and model.config.num_classes and not cfg.prompt:
+        labels = torch.full((cfg.n,), cfg.digit) if cfg.digit >= 0 else None
+        images = model.sample(cfg.n, cfg.seed, labels=labels, steps=cfg.sample_steps or None)
+        path = save_grid(images, cfg.out, nrow=8)
+        print(f"{cfg.n} {family} samples -> {path}", flush=True)
+        return path
     elif cfg.prompt or cfg.digit >= 0:
         raise ConfigError(f"{cfg.checkpoint}: an unconditional {family} model; drop prompt= / digit=")
     images = generate(family, model, cfg.n, cfg, cfg.seed, cond)
@@ -390,8 +441,8 @@ def main_eval(cfg: ImageEvalConfig) -> dict[str, Any]:
     """Sample from the checkpoint and score it against the test split of `dataset`."""
     family, model = load_image_model(cfg.checkpoint, cfg.family)
     data = load_data(cfg)
-    if tuple(model.config.image_shape) != data.shape:
-        raise ConfigError(f"{cfg.checkpoint}: the model makes {tuple(model.config.image_shape)} images but "
+    if image_shape(model) != data.shape:
+        raise ConfigError(f"{cfg.checkpoint}: the model makes {image_shape(model)} images but "
                           f"dataset={cfg.dataset} has {data.shape}; evaluate on the data it was trained on")
     t0 = time.perf_counter()
     samples = generate(family, model, cfg.n_samples, cfg, cfg.seed + 1, eval_conditions(model, data, cfg.n_samples))
@@ -400,3 +451,22 @@ def main_eval(cfg: ImageEvalConfig) -> dict[str, Any]:
     write_json(Path(cfg.out or Path(cfg.checkpoint).parent / "eval.json"), res)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
     return res
+
+
+# ------------------------------------------------------------------------------------------------ video
+def train_video(vcfg: Any, clips: torch.Tensor, out_dir: str | Path, *, steps: int, batch_size: int, seed: int = 0,
+                lr: float = 3e-3, threads: int = 0, progress: bool = False, resume: bool = False
+                ) -> tuple[nn.Module, dict]:
+    """Train a `video.VideoModel` (config `vcfg`) on clips (N, T, C, H, W) with the shared Trainer; (model, summary)."""
+    from genforge.image.video import VideoModel
+
+    torch.manual_seed(seed)
+    model = VideoModel(vcfg)
+    tcfg = TrainConfig(max_steps=steps, micro_batch=batch_size, lr=lr, warmup_steps=min(20, steps), weight_decay=0.0,
+                       beta2=0.999, grad_clip=1.0, eval_every=0, ckpt_every=0, log_every=max(1, min(50, steps // 20)),
+                       seed=seed, device="cpu", threads=threads, resume=resume, progress=progress)
+    trainer = Trainer(model, tcfg, lambda m, b: m.loss(b), ImageBatches(clips, None, batch_size, seed), out_dir,
+                      name=f"video_{vcfg.attention}",
+                      save_fn=lambda folder: write_checkpoint_files(folder, model, run_config=asdict(vcfg)))
+    summary = trainer.fit()
+    return model.eval(), summary

@@ -86,3 +86,67 @@ def test_bad_configs():
         ImageTrainConfig(family="vqgan")
     with pytest.raises(ConfigError, match="checkpoint is not set"):
         main_sample(ImageSampleConfig())
+
+
+# ------------------------------------------------------------------------------------------------ token families
+def _vq(tmp_path):
+    from genforge.image.vq import VQConfig
+
+    res = main_train(ImageTrainConfig(family="vq", out_dir=str(tmp_path / "vq"), vq=VQConfig(hidden=8, code_dim=4,
+                                                                                           codebook_size=16), **SMALL))
+    assert res["steps"] == 6 and 0 < res["perplexity"] <= 16 and res["recon_mse"] > 0
+    return str(tmp_path / "vq" / "checkpoint")
+
+
+@pytest.mark.parametrize("family", ["ar", "maskgit"])
+def test_token_priors_train_sample_evaluate_and_resume_exactly(tmp_path, family, monkeypatch):
+    import torch
+
+    from genforge.image import run as image_run
+    from genforge.image.ar import ARConfig
+    from genforge.image.maskgit import MaskGITConfig
+    from genforge.image.run import train
+
+    vq = _vq(tmp_path)
+    extra = {"ar": {"ar": ARConfig(width=32)}, "maskgit": {"maskgit": MaskGITConfig(width=32), "sample_steps": 3}}
+    res = main_train(ImageTrainConfig(family=family, vq_checkpoint=vq, out_dir=str(tmp_path / "p"), **SMALL,
+                                      **extra[family]))
+    assert res["steps"] == 6 and res["fid"] >= 0
+    ck = str(tmp_path / "p" / "checkpoint")
+    assert load_image_model(ck)[0] == family
+    assert main_sample(ImageSampleConfig(checkpoint=ck, family=family, n=4, digit=7, out=str(tmp_path / "s.png")
+                                         )).exists()
+    assert main_eval(ImageEvalConfig(checkpoint=ck, n_samples=30, classifier_steps=5))["family"] == family
+    # exact resume: a run killed during step 7 (checkpoint at 6) and resumed == 9 steps in one go
+    small = {**SMALL, "steps": 9}
+    one, _ = train(ImageTrainConfig(family=family, vq_checkpoint=vq, out_dir=str(tmp_path / "a"), resume=False,
+                                    **small, **extra[family]))
+    get_batch = image_run.ImageBatches.get_batch
+
+    def dying(self, step, *a):
+        if step == 7:
+            raise KeyboardInterrupt("killed")
+        return get_batch(self, step, *a)
+
+    monkeypatch.setattr(image_run.ImageBatches, "get_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(ImageTrainConfig(family=family, vq_checkpoint=vq, out_dir=str(tmp_path / "b"), resume=False, **small,
+                               **extra[family]))
+    monkeypatch.setattr(image_run.ImageBatches, "get_batch", get_batch)
+    two, _ = train(ImageTrainConfig(family=family, vq_checkpoint=vq, out_dir=str(tmp_path / "b"), resume=True,
+                                    **small, **extra[family]))
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(one.vq.codebook, load_image_model(vq, "vq")[1].codebook)
+
+
+def test_token_priors_need_a_vq_checkpoint_of_the_right_family(tmp_path):
+    with pytest.raises(ConfigError, match="vq_checkpoint=FOLDER"):
+        ImageTrainConfig(family="ar")
+    gan = tmp_path / "gan"
+    main_train(ImageTrainConfig(family="gan", out_dir=str(gan), gan=GANConfig(hidden=16), **SMALL))
+    with pytest.raises(CheckpointError, match="a 'image_gan' checkpoint, but family=vq"):
+        main_train(ImageTrainConfig(family="maskgit", vq_checkpoint=str(gan / "checkpoint"),
+                                    out_dir=str(tmp_path / "m"), **SMALL))
+    with pytest.raises(CheckpointError, match="use family=gan"):
+        main_sample(ImageSampleConfig(checkpoint=str(gan / "checkpoint"), family="maskgit"))
