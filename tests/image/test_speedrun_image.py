@@ -18,14 +18,15 @@ def test_image_stage_at_smoke(tmp_path):
     assert set(out["sampler_fid"]) == {"ddpm-50", "ddim-5", "ddim-10"}
     for name in ("image_families", "image_samplers", "image_quality_vs_time", "image_text_guidance",
                  "image_guidance_sweep", "image_latent", "image_guidance_latent", "image_inversion",
-                 "image_tokens", "image_tokens_quality_vs_time", "image_video"):
+                 "image_tokens", "image_tokens_quality_vs_time", "image_video", "image_vae_editing"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000, name
     stage = json.loads((run / "report" / "image.json").read_text())
     claims = [les["claim"] for les in stage["lessons"]]
     # four families, DDIM speed, colour and colour+shape conditioning, guidance; CLIP real vs shuffled and retrieval,
     # CLIP score conditional and guided; latent vs pixel, latent sampling speed, latent guidance; inversion vs random
-    # token and vs the nearest word; mask-predict speed and FID; video cost, drift and drift vs copying
-    assert len(claims) == 22
+    # token and vs the nearest word; VAE noise editing; mask-predict speed and FID; video cost, drift and drift vs
+    # copying
+    assert len(claims) == 23
     assert all(les["low"] is not None for les in stage["lessons"]
                if "faster" not in les["claim"] and "costs less" not in les["claim"])
     assert "FID real vs real" in report and "CIFAR-10" in report  # the FID is labelled for what it is
@@ -42,3 +43,4 @@ def test_image_stage_at_smoke(tmp_path):
         family, model = load_image_model(out["checkpoints"][fam], fam)
         assert model.sample(2, seed=0).shape == (2, 1, 8, 8)
     assert {"video_factorised", "video_full"} <= set(out["checkpoints"])
+    assert set(out["vae_editing"]) == {"red_before", "red_after", "shape_kept"}
