@@ -203,12 +203,13 @@ class _Worker:
         self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
 
-    def process(self, chunk: list[tuple[str, str, str]]) -> dict:
+    def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
 
         Everything that needs a document's text happens here, so only the survivors' encoded output lines
         travel back to the main process (plus the head of each rejected text, for the report's examples).
         One tokenisation of the lower-cased text serves the rules, the classifiers and MinHash.
+        `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
         texts = [normalize(t) for _, t, _ in chunk]
         lowers = [t.lower() for t in texts]
@@ -240,7 +241,8 @@ class _Worker:
                 "in_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in chunk),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
                 # the datasketch backend indexes texts in the main process
-                "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None}
+                "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
+                "all_texts": texts if all_texts else None}
 
 
 _WORKER: _Worker | None = None
