@@ -22,8 +22,9 @@ from genforge.data.pipeline import CleanConfig, clean_corpus
 
 WORDS = ("the a of and to in is was river town baker lantern market bridge quiet morning walked found "
          "old small bright green copper harbour window garden letter winter summer stone mill song").split()
-ODD = ("café naïve Zoë", "Ελληνικά κείμενο εδώ", "日本語のテキストです。", "x² ½ Ⅻ 3rd a_b", "emoji \U0001F600 \u00a0nbsp",
-       "caf\u0065\u0301 NFD", "tab\there\r\nCRLF", "zero\u200bwidth \ufeffbom", "### $$$ %%% ^^^ &&& @@", "İstanbul ǅ ß")
+ODD = ("café naïve Zoë", "Ελληνικά κείμενο εδώ", "日本語のテキストです。", "x² ½ Ⅻ 3rd a_b",
+       "emoji \U0001F600 \u00a0nbsp", "caf\u0065\u0301 NFD", "tab\there\r\nCRLF", "zero\u200bwidth \ufeffbom",
+       "### $$$ %%% ^^^ &&& @@", "İstanbul ǅ ß")
 JUNK = ("We use cookies to improve your experience.\nClick here to subscribe to our newsletter!\nSign in | Register\n"
         "Privacy policy | Terms of service | Contact us\n© 2020 All rights reserved.",
         "Home > Blog > News\nRead more >>\nShare this page\nFollow us for more updates!",
