@@ -25,6 +25,7 @@ How it scales on one machine:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -90,11 +91,9 @@ class CleanReport:
     removed_ids: dict[str, str] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
-        """The JSON-friendly part (no per-document lists)."""
-        d = asdict(self)
-        d.pop("kept_ids")
-        d.pop("removed_ids")
-        return d
+        """The JSON-friendly part (no per-document lists, which are not copied: they can hold a million ids)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in ("kept_ids", "removed_ids")}
 
 
 def _harmful_matcher(cfg: CleanConfig) -> HarmfulMatcher:
@@ -351,7 +350,7 @@ class _Index:
         cands = sorted(cands)
         if cands:
             # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
-            agree = (self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8)).mean(axis=1)
+            agree = np.count_nonzero(self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8), axis=1) / self.k
             cands = [o for o, a in zip(cands, agree.tolist()) if a >= self.cfg.near_threshold - SKETCH_SLACK]
         for o in cands:
             sim = float(np.count_nonzero(self.sig(o) == sig)) / len(sig)
