@@ -53,7 +53,15 @@ from genforge.data.classify import (
     save_filters,
     train_filters,
 )
-from genforge.data.clean import CleanConfig, HarmfulMatcher, normalize, reject_reason, tokens, word_tokens
+from genforge.data.clean import (
+    CleanConfig,
+    HarmfulMatcher,
+    boilerplate_anchored,
+    normalize,
+    reject_reason,
+    tokens,
+    word_tokens,
+)
 from genforge.data.dedup import BatchMinHash, NearDeduper
 from genforge.data.readers import Doc, expand_paths, iter_documents
 from genforge.errors import ConfigError, DataError
@@ -213,7 +221,9 @@ class _Worker:
         texts = [normalize(t) for _, t, _ in chunk]
         lowers = [t.lower() for t in texts]
         toks = [tokens(low) for low in lowers]
-        why = [reject_reason(t, self.cfg, self.harmful, low, tk) for t, low, tk in zip(texts, lowers, toks)]
+        anchored = boilerplate_anchored(lowers)
+        why = [reject_reason(t, self.cfg, self.harmful, low, tk, a)
+               for t, low, tk, a in zip(texts, lowers, toks, anchored)]
         if self.clf:
             # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
             idx = [i for i, w in enumerate(why) if w is None]
