@@ -181,7 +181,7 @@ def test_pack_stores_the_tokenizers_own_ids(tmp_path, tiny_tokenizer):
 
 
 def test_boilerplate_anchors_found_per_text_in_a_batch():
-    lowers = [t.lower() for t in TEXTS + JUNK + TEXTS[::-1]]
+    lowers = [t.lower() for t in TEXTS + list(JUNK) + TEXTS[::-1]]
     each = [any(a in low for a in C._BOILERPLATE_ANCHORS) or low.lstrip().startswith("home") for low in lowers]
     assert C.boilerplate_anchored(lowers) == each
     assert any(each) and not all(each)
