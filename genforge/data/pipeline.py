@@ -368,6 +368,34 @@ class _Index:
                 best = (o, sim)
         return best
 
+    def best_sealed(self, sigs: np.ndarray, sealed: list[list[int]]) -> list[tuple[int, float] | None]:
+        """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
+        chunks (`sealed`: lists of ordinals from the index runs), all rows at once: one gather and compare per
+        chunk instead of a few small numpy calls and a read per document (most of the main process's time)."""
+        out: list[tuple[int, float] | None] = [None] * len(sigs)
+        lens = [len(c) for c in sealed]
+        if not sum(lens):
+            return out
+        rows = np.repeat(np.arange(len(sigs), dtype=np.int64), lens)
+        cands = np.fromiter(itertools.chain.from_iterable(sealed), dtype=np.int64, count=sum(lens))
+        pair = np.unique(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        rows, cands = pair >> 32, pair & 0xFFFFFFFF
+        sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
+        agree = np.count_nonzero(self.sketch[cands] == sk[rows], axis=1) / self.k
+        ok = agree >= self.cfg.near_threshold - SKETCH_SLACK
+        rows, cands = rows[ok], cands[ok]
+        if not len(rows):
+            return out
+        # sealed signatures are all in sigs.bin (flushed by `seal`); the page cache usually holds them
+        stored = np.memmap(self.work / "sigs.bin", dtype=np.uint32, mode="r",
+                           shape=(int(cands.max()) + 1, self.cfg.num_perm))
+        sims = np.count_nonzero(stored[cands] == sigs[rows], axis=1) / self.cfg.num_perm
+        del stored
+        for j, o, sim in zip(rows.tolist(), cands.tolist(), sims.tolist()):
+            if sim >= self.cfg.near_threshold and (out[j] is None or sim > out[j][1]):
+                out[j] = (o, sim)
+        return out
+
     def reserve(self, n: int) -> None:
         """Room in the sketch for n more kept documents."""
         while len(self.ids) + n > len(self.sketch):
@@ -485,6 +513,7 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     near_sealed = index.near.lookup(bands) if bands is not None else None
     # the index stores band keys as uint32, so within a chunk they collide as uint32 too
     near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
+    sealed_best = index.best_sealed(sigs, near_sealed) if bands is not None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     index.reserve(len(keep))
@@ -511,8 +540,9 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
                 continue
         sig = sigs[j] if bands is not None else None
         if sig is not None:
-            cands = set(near_sealed[j]).union(earlier_kept(j, near_groups))
-            if cands and (hit := index.near_best(sig, cands)) is not None:
+            here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
+            hit = index.near_best(sig, set(near_sealed[j]).union(here)) if here else sealed_best[j]
+            if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
                 continue
         if index.ds is not None and (hit := index.ds.check_add(doc_id, res["texts"][j])) is not None:
