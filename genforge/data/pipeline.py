@@ -12,9 +12,12 @@ How it scales on one machine:
   ~2 x workers chunks in flight; per kept document the index holds an 8-byte exact key and one 8-byte
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
-* normalisation, the filters, the classifiers and MinHash run in a process pool (`workers`); results are
-  consumed in input order and every keep/drop decision that depends on earlier documents (dedup) is made
-  in the main process, so the output is the same for any number of workers;
+* normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
+  with one tokenisation of each text shared by the rules, the classifiers and MinHash; results are consumed
+  in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
+  process, so the output is the same for any number of workers. Those decisions are batched per chunk:
+  one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
+  earlier chunks, and Python per document only where a candidate was kept earlier in the same chunk;
 * runs are resumable: every `checkpoint_docs` documents the partial outputs and the append-only index
   files are flushed and fsynced and `state.json` records their lengths; a run killed at any moment
   resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
