@@ -65,6 +65,20 @@ def featurize(texts: Sequence[str], cfg: ClassifierConfig):
     return _vectorizer(cfg.n_features, cfg.ngrams).transform(texts)
 
 
+def _identity(tokens: list[str]) -> list[str]:
+    return tokens
+
+
+def featurize_tokens(token_lists: Sequence[list[str]], cfg: ClassifierConfig):
+    """`featurize` of texts already split by `clean.tokens(text.lower())` (the vectorizer's own lower-casing and
+    token pattern): the same matrix, without a second regex pass. Unigram models only (cfg.ngrams == 1)."""
+    if cfg.ngrams != 1:
+        raise ValueError("featurize_tokens supports unigram models only; use featurize")
+    sk = require("sklearn.feature_extraction.text", "data")
+    return sk.HashingVectorizer(n_features=cfg.n_features, analyzer=_identity, alternate_sign=False,
+                                norm="l2").transform(token_lists)
+
+
 class TextClassifier:
     """P(positive | text) from a logistic regression on hashed word n-grams (punctuation and symbols as tokens)."""
 

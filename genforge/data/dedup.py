@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import unicodedata
 import zlib
@@ -191,10 +192,23 @@ _SHINGLE_MULT = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x1656
                           0xB55A4F09], dtype=np.uint64)
 
 
+class _CrcCache(dict):
+    """word -> CRC-32 of its UTF-8, remembered: words repeat, and one dict lookup beats encode + crc32."""
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= 1 << 18:  # bounded: under ~40 MB a worker on any corpus
+            self.clear()
+        v = self[word] = zlib.crc32(word.encode("utf-8"))
+        return v
+
+
+_CRC = _CrcCache()
+
+
 def word_hashes(text: str) -> np.ndarray:
     """CRC-32 of each lower-cased word, shape (n_words,) uint64."""
     ws = _WORD_RE.findall(text.lower())
-    return np.fromiter(map(zlib.crc32, map(str.encode, ws)), dtype=np.uint64, count=len(ws))
+    return np.fromiter(map(_CRC.__getitem__, ws), dtype=np.uint64, count=len(ws))
 
 
 class BatchMinHash:
@@ -233,17 +247,26 @@ class BatchMinHash:
 
     def signatures(self, texts: list[str]) -> np.ndarray:
         """(n_texts, num_perm) uint32 signatures; a text without words gets all-ones (it matches nothing real)."""
-        sh = [self.shingle_hashes(word_hashes(t)) for t in texts]
-        out = np.full((len(texts), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
-        # Hash a few thousand shingles at a time: the (shingles, num_perm) temporaries then stay in cache,
-        # about twice as fast as one huge product per chunk.
+        return self._signatures([self.shingle_hashes(word_hashes(t)) for t in texts])
+
+    def signatures_of_words(self, docs: list[list[str]]) -> np.ndarray:
+        """`signatures` from each text's lower-cased words (`\\w+` runs, in order), already split by the caller."""
+        flat = np.fromiter(map(_CRC.__getitem__, itertools.chain.from_iterable(docs)), dtype=np.uint64,
+                           count=sum(map(len, docs)))
+        ends = np.cumsum([len(d) for d in docs]).tolist()
+        return self._signatures([self.shingle_hashes(flat[e - len(d):e]) for d, e in zip(docs, ends)])
+
+    def _signatures(self, sh: list[np.ndarray]) -> np.ndarray:
+        out = np.full((len(sh), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        # Hash about a thousand shingles at a time: the (shingles, num_perm) uint64 temporary (1 MB) then stays in
+        # a core's L2 cache; 4096 at a time (4 MB) was ~25 % slower here, one product per chunk ~2x.
         group: list[int] = []
         size = 0
         for i, s in enumerate(sh):
             if len(s):
                 group.append(i)
                 size += len(s)
-            if group and (size >= 4096 or i == len(sh) - 1):
+            if group and (size >= 1024 or i == len(sh) - 1):
                 self._fill(out, group, sh)
                 group, size = [], 0
         return out
@@ -252,8 +275,12 @@ class BatchMinHash:
         h = np.concatenate([sh[i] for i in idx])  # (n_shingles,)
         sizes = np.fromiter((len(sh[i]) for i in idx), dtype=np.int64, count=len(idx))
         # multiply-shift hashing (Dietzfelbinger et al. 1997): the top 32 bits of a*h + b mod 2^64, with a odd;
-        # no modulo, about 3x faster than (a*h + b) mod p
-        perm = ((h[:, None] * self.a + self.b) >> np.uint64(32)).astype(np.uint32)  # (n_shingles, num_perm)
+        # no modulo, about 3x faster than (a*h + b) mod p. In place: one (n_shingles, num_perm) temporary, not
+        # four (about 3x faster again).
+        perm = np.multiply(h[:, None], self.a)  # (n_shingles, num_perm) uint64
+        perm += self.b
+        perm >>= np.uint64(32)
+        perm = perm.astype(np.uint32)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         out[idx] = np.minimum.reduceat(perm, starts, axis=0)
 
@@ -290,11 +317,20 @@ class RunIndex:
         out: list[list[int]] = [[] for _ in range(n)]
         flat = keys.reshape(-1).astype(self.dtype, copy=False)
         width = keys.shape[1] if keys.ndim == 2 else 1
+        # Queries in sorted order: numpy's binary search starts from the previous answer for increasing keys,
+        # so a batch walks each run once instead of jumping about it (~3x faster on a large index). Most
+        # queries miss, so the "right" bound is searched only for the hits.
+        order = np.argsort(flat, kind="stable")
+        q = flat[order]
         for k, v in self.runs:
-            lo = np.searchsorted(k, flat, "left")
-            hi = np.searchsorted(k, flat, "right")
-            for i in np.flatnonzero(hi > lo).tolist():
-                out[i // width].extend(v[lo[i]:hi[i]].tolist())
+            lo = np.searchsorted(k, q, "left")
+            hit = np.flatnonzero(k[np.minimum(lo, len(k) - 1)] == q)
+            if not len(hit):
+                continue
+            lo = lo[hit]
+            hi = np.searchsorted(k, q[hit], "right")
+            for i, a, b in zip(order[hit].tolist(), lo.tolist(), hi.tolist()):
+                out[i // width].extend(v[a:b].tolist())
         return out
 
     def lookup_pending(self, keys: np.ndarray) -> list[int]:

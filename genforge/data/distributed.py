@@ -69,9 +69,9 @@ class GenforgeFilter(BaseFilter):
             from genforge.data.pipeline import _Worker
 
             self._worker = _Worker(self.cfg, self.filters_dir)
-        res = self._worker.process([(str(d.id), d.text, "") for d in batch])
+        res = self._worker.process([(str(d.id), d.text, "") for d in batch], all_texts=True)
         out: list[bool | tuple[bool, str]] = []
-        for doc, text, why in zip(batch, res["texts"], res["why"]):
+        for doc, text, why in zip(batch, res["all_texts"], res["why"]):
             doc.text = text
             out.append(True if why is None else (False, why[0]))
             if why is not None:

@@ -12,9 +12,12 @@ How it scales on one machine:
   ~2 x workers chunks in flight; per kept document the index holds an 8-byte exact key and one 8-byte
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
-* normalisation, the filters, the classifiers and MinHash run in a process pool (`workers`); results are
-  consumed in input order and every keep/drop decision that depends on earlier documents (dedup) is made
-  in the main process, so the output is the same for any number of workers;
+* normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
+  with one tokenisation of each text shared by the rules, the classifiers and MinHash; results are consumed
+  in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
+  process, so the output is the same for any number of workers. Those decisions are batched per chunk:
+  one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
+  earlier chunks, and Python per document only where a candidate was kept earlier in the same chunk;
 * runs are resumable: every `checkpoint_docs` documents the partial outputs and the append-only index
   files are flushed and fsynced and `state.json` records their lengths; a run killed at any moment
   resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
@@ -25,6 +28,7 @@ How it scales on one machine:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -36,7 +40,7 @@ import tempfile
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -52,7 +56,15 @@ from genforge.data.classify import (
     save_filters,
     train_filters,
 )
-from genforge.data.clean import CleanConfig, HarmfulMatcher, normalize, reject_reason
+from genforge.data.clean import (
+    CleanConfig,
+    HarmfulMatcher,
+    boilerplate_anchored,
+    normalize,
+    reject_reason,
+    tokens,
+    word_tokens,
+)
 from genforge.data.dedup import BatchMinHash, NearDeduper
 from genforge.data.readers import Doc, expand_paths, iter_documents
 from genforge.errors import ConfigError, DataError
@@ -90,11 +102,9 @@ class CleanReport:
     removed_ids: dict[str, str] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
-        """The JSON-friendly part (no per-document lists)."""
-        d = asdict(self)
-        d.pop("kept_ids")
-        d.pop("removed_ids")
-        return d
+        """The JSON-friendly part (no per-document lists, which are not copied: they can hold a million ids)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in ("kept_ids", "removed_ids")}
 
 
 def _harmful_matcher(cfg: CleanConfig) -> HarmfulMatcher:
@@ -203,26 +213,48 @@ class _Worker:
         self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
 
-    def process(self, chunk: list[tuple[str, str, str]]) -> dict:
-        """chunk: (id, text, source) rows -> normalised texts, rejections, exact keys and signatures of the rest."""
+    def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
+        """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
+
+        Everything that needs a document's text happens here, so only the survivors' encoded output lines
+        travel back to the main process (plus the head of each rejected text, for the report's examples).
+        One tokenisation of the lower-cased text serves the rules, the classifiers and MinHash.
+        `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
+        """
         texts = [normalize(t) for _, t, _ in chunk]
-        why = [reject_reason(t, self.cfg, self.harmful) for t in texts]
+        lowers = [t.lower() for t in texts]
+        toks = [tokens(low) for low in lowers]
+        anchored = boilerplate_anchored(lowers)
+        why = [reject_reason(t, self.cfg, self.harmful, low, tk, a)
+               for t, low, tk, a in zip(texts, lowers, toks, anchored)]
         if self.clf:
             # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
             idx = [i for i, w in enumerate(why) if w is None]
             if idx:
-                from genforge.data.classify import featurize
+                from genforge.data.classify import featurize, featurize_tokens
 
-                feats = featurize([texts[i] for i in idx], self.clf["harm"].cfg)
+                ccfg = self.clf["harm"].cfg
+                feats = (featurize_tokens([toks[i] for i in idx], ccfg) if ccfg.ngrams == 1
+                         else featurize([texts[i] for i in idx], ccfg))
                 for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
-                    p = self.clf[name].proba([texts[i] for i in idx], features=feats)
+                    p = self.clf[name].proba(idx, features=feats)
                     for i, pi in zip(idx, p.tolist()):
                         if why[i] is None and pi >= self.clf[name].threshold:
                             why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
         keep = [i for i, w in enumerate(why) if w is None]
         keys = np.array([exact_key64(texts[i]) for i in keep], dtype=np.uint64)
-        sigs = self.minhash.signatures([texts[i] for i in keep]) if self.minhash is not None else None
-        return {"texts": texts, "why": why, "keep": keep, "keys": keys, "sigs": sigs}
+        sigs = (self.minhash.signatures_of_words([word_tokens(toks[i]) for i in keep])
+                if self.minhash is not None else None)
+        kept_text = [texts[i] for i in keep]
+        return {"why": why, "keep": keep, "keys": keys, "sigs": sigs,
+                "lines": [(json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
+                          for i in keep],
+                "kept_bytes": [len(t.encode("utf-8")) for t in kept_text],
+                "in_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in chunk),
+                "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
+                # the datasketch backend indexes texts in the main process
+                "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
+                "all_texts": texts if all_texts else None}
 
 
 _WORKER: _Worker | None = None
@@ -325,17 +357,13 @@ class _Index:
             return got
         return np.frombuffer(os.pread(self.r_sigs.fileno(), self.sig_bytes, ordinal * self.sig_bytes), np.uint32)
 
-    def exact_first(self, key: int, sealed: list[int]) -> int | None:
-        hits = sealed or self.exact.lookup_pending(np.array([key], dtype=np.uint64))
-        return min(hits) if hits else None
-
-    def near_best(self, sig: np.ndarray, bands: np.ndarray, sealed: list[int]) -> tuple[int, float] | None:
-        """The most similar earlier kept document at or above the threshold (ties: the earliest)."""
+    def near_best(self, sig: np.ndarray, cands: set[int]) -> tuple[int, float] | None:
+        """The most similar of the candidate kept documents at or above the threshold (ties: the earliest)."""
         best = None
-        cands = sorted(set(sealed).union(self.near.lookup_pending(bands)))
+        cands = sorted(cands)
         if cands:
             # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
-            agree = (self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8)).mean(axis=1)
+            agree = np.count_nonzero(self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8), axis=1) / self.k
             cands = [o for o, a in zip(cands, agree.tolist()) if a >= self.cfg.near_threshold - SKETCH_SLACK]
         for o in cands:
             sim = float(np.count_nonzero(self.sig(o) == sig)) / len(sig)
@@ -343,23 +371,60 @@ class _Index:
                 best = (o, sim)
         return best
 
-    def add(self, doc_id: str, key: int, sig: np.ndarray | None, bands: np.ndarray | None) -> None:
+    def best_sealed(self, sigs: np.ndarray, sealed: list[list[int]]) -> list[tuple[int, float] | None]:
+        """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
+        chunks (`sealed`: lists of ordinals from the index runs), all rows at once: one gather and compare per
+        chunk instead of a few small numpy calls and a read per document (most of the main process's time)."""
+        out: list[tuple[int, float] | None] = [None] * len(sigs)
+        lens = [len(c) for c in sealed]
+        if not sum(lens):
+            return out
+        rows = np.repeat(np.arange(len(sigs), dtype=np.int64), lens)
+        cands = np.fromiter(itertools.chain.from_iterable(sealed), dtype=np.int64, count=sum(lens))
+        pair = np.unique(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        rows, cands = pair >> 32, pair & 0xFFFFFFFF
+        sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
+        agree = np.count_nonzero(self.sketch[cands] == sk[rows], axis=1) / self.k
+        ok = agree >= self.cfg.near_threshold - SKETCH_SLACK
+        rows, cands = rows[ok], cands[ok]
+        if not len(rows):
+            return out
+        # sealed signatures are all in sigs.bin (flushed by `seal`); the page cache usually holds them
+        stored = np.memmap(self.work / "sigs.bin", dtype=np.uint32, mode="r",
+                           shape=(int(cands.max()) + 1, self.cfg.num_perm))
+        sims = np.count_nonzero(stored[cands] == sigs[rows], axis=1) / self.cfg.num_perm
+        del stored
+        for j, o, sim in zip(rows.tolist(), cands.tolist(), sims.tolist()):
+            if sim >= self.cfg.near_threshold and (out[j] is None or sim > out[j][1]):
+                out[j] = (o, sim)
+        return out
+
+    def reserve(self, n: int) -> None:
+        """Room in the sketch for n more kept documents."""
+        while len(self.ids) + n > len(self.sketch):
+            self.sketch = np.concatenate([self.sketch, np.zeros_like(self.sketch)])
+
+    def add(self, doc_id: str, sig: np.ndarray | None) -> int:
+        """Keep a document (visible to `near_best` of later ones at once); returns its ordinal."""
         o = len(self.ids)
         self.ids.append(doc_id)
-        self.exact.add(np.array([key], dtype=np.uint64), o)
-        self.f_keys.write(np.uint64(key).tobytes())
-        self.f_ids.write((json.dumps(doc_id) + "\n").encode())
         if sig is not None:
-            if o >= len(self.sketch):
-                self.sketch = np.concatenate([self.sketch, np.zeros_like(self.sketch)])
             self.sketch[o] = sig[:self.k] & 0xFF
-            self.near.add(bands, o)
-            self.f_sigs.write(sig.tobytes())
             self.recent[o] = sig
+        return o
 
-    def seal(self) -> None:
-        self.exact.seal()
-        self.near.seal()
+    def seal(self, first: int, keys: np.ndarray, sigs: np.ndarray | None, bands: np.ndarray | None) -> None:
+        """Index the documents kept in this chunk (ordinals first, first+1, ...; keys (n,), sigs (n, num_perm),
+        bands (n, n_bands) of them) as one sorted run each, and append them to the index files."""
+        n = len(self.ids) - first
+        if n:
+            ordinals = np.arange(first, first + n, dtype=np.int64)
+            self.exact.add_run(keys, ordinals)
+            self.f_keys.write(keys.astype(np.uint64).tobytes())
+            self.f_ids.write("".join(json.dumps(i) + "\n" for i in self.ids[first:]).encode())
+            if sigs is not None:
+                self.near.add_run(bands.reshape(-1), np.repeat(ordinals, bands.shape[1]))
+                self.f_sigs.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())
         self.f_sigs.flush()  # signatures become readable with pread; recent ones can go
         self.recent = {}
 
@@ -375,6 +440,31 @@ class _Index:
     @property
     def nbytes(self) -> int:
         return self.exact.nbytes + self.near.nbytes
+
+
+def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list[int]]]:
+    """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
+    (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
+    m, w = keys.shape
+    flat = keys.reshape(-1)
+    rows = np.repeat(np.arange(m), w)
+    order = np.lexsort((rows, flat))  # by key, then row
+    fk, fr = flat[order], rows[order]
+    same = np.flatnonzero(fk[1:] == fk[:-1])
+    groups: list[np.ndarray] = []
+    member: dict[int, list[int]] = {}
+    if not len(same):
+        return groups, member
+    # runs of equal keys: a run starts at p where fk[p] == fk[p+1] but fk[p-1] != fk[p]
+    starts = same[np.concatenate([[True], same[1:] != same[:-1] + 1])]
+    ends = same[np.concatenate([same[1:] != same[:-1] + 1, [True]])] + 2
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        g = np.unique(fr[a:b])
+        if len(g) > 1:
+            for r in g.tolist():
+                member.setdefault(r, []).append(len(groups))
+            groups.append(g)
+    return groups, member
 
 
 def _chunks(docs: Iterator[Doc], n: int) -> Iterator[list[tuple[str, str, str]]]:
@@ -407,6 +497,67 @@ def _ordered_results(chunks: Iterator[list], cfg: CleanConfig, filters_dir: str 
         while pending:
             c, fut = pending.popleft()
             yield c, fut.result()
+
+
+def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, minhash: BatchMinHash | None,
+                  cfg: CleanConfig, drop: Callable) -> tuple[list[bytes], int]:
+    """Every decision that depends on earlier documents, for one chunk in input order: exact and near dedup.
+
+    Hits among documents kept in earlier chunks come from the sorted index runs in one batched lookup per
+    chunk; hits within this chunk from the groups of candidates that share a key (`_earlier_sharing`), so
+    no per-document index update happens in Python. Calls `drop` for each removed document; returns the
+    output lines of the kept ones and their text bytes.
+    """
+    why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
+    keep_pos = {i: j for j, i in enumerate(keep)}
+    ex_sealed = index.exact.lookup(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else None
+    ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
+    bands = minhash.band_keys(sigs) if minhash is not None and keep else None
+    near_sealed = index.near.lookup(bands) if bands is not None else None
+    # the index stores band keys as uint32, so within a chunk they collide as uint32 too
+    near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
+    sealed_best = index.best_sealed(sigs, near_sealed) if bands is not None else None
+    ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
+    first_new = len(index.ids)
+    index.reserve(len(keep))
+    kept_lines: list[bytes] = []
+    kept_bytes = 0
+
+    def earlier_kept(j: int, groups: tuple) -> list[int]:
+        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g].tolist() if r < j and r in ordinal]
+
+    def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
+        if i in res["heads"]:
+            return lambda: res["heads"][i]
+        return lambda: json.loads(lines[keep_pos[i]])["text"][:300]
+
+    for i, (doc_id, _, source) in enumerate(chunk):
+        if why[i] is not None:
+            drop(doc_id, source, *why[i], head(i))
+            continue
+        j = keep_pos[i]
+        if cfg.dedup_exact:
+            hits = ex_sealed[j] or earlier_kept(j, ex_groups)
+            if hits:
+                drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
+                continue
+        sig = sigs[j] if bands is not None else None
+        if sig is not None:
+            here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
+            hit = index.near_best(sig, set(near_sealed[j]).union(here)) if here else sealed_best[j]
+            if hit is not None:
+                drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
+                continue
+        if index.ds is not None and (hit := index.ds.check_add(doc_id, res["texts"][j])) is not None:
+            drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", head(i))
+            continue
+        ordinal[j] = index.add(doc_id, sig)
+        kept_lines.append(lines[j])
+        kept_bytes += res["kept_bytes"][j]
+    kept_j = sorted(ordinal, key=ordinal.__getitem__)
+    index.seal(first_new, keys[kept_j], sigs[kept_j] if bands is not None else None,
+               bands[kept_j] if bands is not None else None)
+    return kept_lines, kept_bytes
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------------------
@@ -498,46 +649,21 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
 
             t_seg = [t0, c0]
 
-            def drop(doc_id: str, source: str, reason: str, detail: str, text: str) -> None:
+            def drop(doc_id: str, source: str, reason: str, detail: str, head: Callable[[], str]) -> None:
                 removed[reason] = removed.get(reason, 0) + 1
                 ex = examples.setdefault(reason, [])
                 if len(ex) < N_EXAMPLES:
-                    ex.append({"id": doc_id, "detail": detail, "text": text[:300]})
+                    ex.append({"id": doc_id, "detail": detail, "text": head()})
                 rem.write((json.dumps({"id": doc_id, "reason": reason, "detail": detail, "source": source},
                                       ensure_ascii=False) + "\n").encode("utf-8"))
 
             results = _ordered_results(_chunks(docs, cfg.chunk_docs), cfg, str(filters_dir) if has_clf else None)
             for chunk, res in results:
-                texts, why, keep = res["texts"], res["why"], res["keep"]
-                chunk_bytes = sum(len(t.encode("utf-8")) for _, t, _ in chunk)
-                s["bytes_in"] += chunk_bytes
+                s["bytes_in"] += res["in_bytes"]
                 s["docs_done"] += len(chunk)
-                keep_pos = {i: j for j, i in enumerate(keep)}
-                ex_sealed = index.exact.lookup(res["keys"].reshape(-1, 1)) if cfg.dedup_exact and keep else None
-                bands = minhash.band_keys(res["sigs"]) if minhash is not None and keep else None
-                near_sealed = index.near.lookup(bands) if bands is not None else None
-                for i, (doc_id, _, source) in enumerate(chunk):
-                    text = texts[i]
-                    if why[i] is not None:
-                        drop(doc_id, source, *why[i], text)
-                        continue
-                    j = keep_pos[i]
-                    key = int(res["keys"][j])
-                    if cfg.dedup_exact and (first := index.exact_first(key, ex_sealed[j])) is not None:
-                        drop(doc_id, source, "exact_dup", f"same as {index.ids[first]}", text)
-                        continue
-                    sig = res["sigs"][j] if bands is not None else None
-                    if sig is not None and (hit := index.near_best(sig, bands[j], near_sealed[j])) is not None:
-                        drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})",
-                             text)
-                        continue
-                    if index.ds is not None and (hit := index.ds.check_add(doc_id, text)) is not None:
-                        drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", text)
-                        continue
-                    index.add(doc_id, key, sig, bands[j] if bands is not None else None)
-                    out.write((json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n").encode("utf-8"))
-                    s["bytes_kept"] += len(text.encode("utf-8"))
-                index.seal()
+                kept_lines, kept_bytes = _decide_chunk(chunk, res, index, minhash, cfg, drop)
+                s["bytes_kept"] += kept_bytes
+                out.write(b"".join(kept_lines))
                 if bar is not None:
                     bar.update(len(chunk))
                 if s["docs_done"] - last_ckpt >= cfg.checkpoint_docs:

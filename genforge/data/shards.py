@@ -73,12 +73,21 @@ def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fr
             splits[split]["files"].append({"path": name, "n_tokens": int(len(chunk))})
             buffers[split], buffered[split] = ([rest] if len(rest) else []), len(rest)
 
+    # HF tokenizers' encode_batch_fast gives the same ids without tracking character offsets: ~20 % less CPU
+    fast = getattr(getattr(tokenizer, "hf", None), "encode_batch_fast", None)
+
+    def encode(batch: list[str]) -> list[list[int]]:
+        if fast is None:
+            return tokenizer.encode_batch(batch)
+        return [e.ids for e in fast(batch, add_special_tokens=False)]
+
     def add(batch: list[str]) -> None:
-        for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+        for text, ids in zip(batch, encode(batch)):
             split = "val" if _is_val(text, val_fraction) else "train"
             # <|bos|> doc <|eos|>: generation prompts start with <|bos|>, as in pretraining
             # stored dtype from the start: a shard's worth of int64 buffers was 4x the memory of the file
-            arr = np.asarray([tokenizer.bos_id] + ids + [tokenizer.eos_id], dtype=dtype)
+            arr = np.empty(len(ids) + 2, dtype=dtype)
+            arr[0], arr[1:-1], arr[-1] = tokenizer.bos_id, ids, tokenizer.eos_id
             buffers[split].append(arr)
             buffered[split] += len(arr)
             s = splits[split]

@@ -313,8 +313,32 @@ def worked_solution(rng: random.Random, w: World) -> str:
     row = gen(rng, w)
     intro = rng.choice(_WORKED_INTROS).format(town=rng.choice(w.towns).name)
     lead = _pick(rng, "Solution:", "Working:", "Step by step:", "Answer:", "")
-    body = "\n".join(x for x in (intro, row["prompt"], lead, row["rationale"], f"The answer is {row['answer']}.") if x)
+    body = "\n".join(x for x in (intro, _worked_frame(rng, w), row["prompt"], lead, row["rationale"],
+                                 f"The answer is {row['answer']}.") if x)
     return body
+
+
+def _worked_frame(rng: random.Random, w: World) -> str:
+    """Who set or solved the problem, where and when: two or three true sentences about a person of the world.
+
+    Without them the short families (coin flips above all: ~80 words of "X flips it, so it is now tails up")
+    are near-duplicates of each other by word shingles (Jaccard >= 0.5), so near-dedup rightly removed about
+    half of them; the names, places and numbers here give each document shingles of its own."""
+    p, q = rng.sample(w.people, 2)
+    _, workplace = names.JOBS[p.job]
+    n, day = rng.randint(2, 60), rng.choice(names.WEEKDAYS)
+    frames = [
+        f"{p.name} set this for the class in {p.town} on {day}.",
+        f"{q.name} copied it into {q.possessive} {q.colour} exercise book as problem {n}.",
+        f"{p.first} the {p.job} worked it out at the {workplace} in {rng.randint(2, 15)} minutes.",
+        f"It was pinned up by the {rng.choice(names.PLACES)} in {q.town} in {rng.choice(names.MONTHS)}.",
+        f"{q.first}, who is {q.age}, found it on page {rng.randint(3, 240)} of an old puzzle book.",
+        f"{p.first} read it aloud to {p.possessive} {p.pet_kind} {p.pet_name}, who was not much help.",
+        f"{q.first} tried it over {q.food} and got it right at the {rng.choice(('first', 'second', 'third'))} try.",
+        f"{p.name} and {q.name} argued about it for {n} minutes at the {rng.choice(names.PLACES)}.",
+        f"Marked {rng.randint(5, 10)} out of 10 by {p.name}, who marks homework on {day}s.",
+    ]
+    return " ".join(rng.sample(frames, rng.randint(2, 3)))
 
 
 def questions_and_answers(rng: random.Random, w: World) -> str:
