@@ -20,6 +20,7 @@ from genforge.errors import ConfigError
 # (log P(continuation | context) summed over its tokens, number of continuation tokens,
 #  whether greedy decoding would have produced exactly this continuation)
 LogLik = tuple[float, int, bool]
+GREEDY_BATCH = 64  # prompts per greedy generation batch (see GenforgeLM.generate)
 
 
 @runtime_checkable
@@ -64,8 +65,12 @@ class GenforgeLM:
             self._engine = Engine(self.model)
         flat = [self.fit_prompt(p, max_new_tokens) for p in prompts for _ in range(n)]
         outs: list[str] = []
-        for b, start in enumerate(range(0, len(flat), self.batch_size)):
-            chunk = flat[start:start + self.batch_size]
+        # a greedy row's answer does not depend on its batch, and finished rows leave the engine's batch, so greedy
+        # requests go in wide batches (a decode step's fixed cost is shared); a sampled batch keeps `batch_size`,
+        # since its seed (seed + batch index) and random draws belong to the batch
+        size = max(self.batch_size, GREEDY_BATCH) if temperature <= 0.0 else self.batch_size
+        for b, start in enumerate(range(0, len(flat), size)):
+            chunk = flat[start:start + size]
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop),
                                     seed=None if seed is None else seed + b)
             outs += generate_text(self._engine, self.tokenizer, chunk, params, chat=self.chat)
