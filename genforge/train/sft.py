@@ -141,10 +141,13 @@ def make_val_fn(data: SFTData):
 
 
 def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SFTConfig, *,
-            val: list[Conversation] | None = None, base_path: str = "", name: str = "") -> tuple[nn.Module, dict]:
+            val: list[Conversation] | None = None, base_path: str = "", name: str = "",
+            encoded: dict | None = None) -> tuple[nn.Module, dict]:
     """Fine-tune `model` (in place) per cfg, save into cfg.out_dir/checkpoint; return (trained module, metrics).
 
     The returned module is what to evaluate: the model itself, or the prompt-tuning wrapper around it.
+    encoded: a dict the caller keeps across runs on the same `train` list and tokenizer (the speedrun trains
+    several variants on one): the encoded conversations are kept in it per (seq_len, system) and reused.
     """
     from genforge.checkpoint import write_checkpoint_files
     from genforge.model.peft import save_adapter, trainable_summary
@@ -161,7 +164,13 @@ def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SF
     if cfg.data.system:
         train = [c if c[0]["role"] == "system" else [{"role": "system", "content": cfg.data.system}] + c for c in train]
     module = prepare_model(model, cfg.peft, cfg.train.seed)
-    enc = encode_conversations(tokenizer, train, cfg.data.seq_len)
+    key = (cfg.data.seq_len, cfg.data.system)
+    if encoded is not None and key in encoded:
+        enc = encoded[key]
+    else:
+        enc = encode_conversations(tokenizer, train, cfg.data.seq_len)
+        if encoded is not None:
+            encoded[key] = enc
     data = SFTData(enc.examples, cfg.train.micro_batch, tokenizer.pad_id, cfg.train.seed, cfg.train.grad_accum,
                    cfg.data.group_by_length)
     eval_fn = None
