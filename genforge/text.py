@@ -15,6 +15,7 @@ Three pieces, used by every stage, the chat REPL, evaluation, rollouts and the s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import torch.nn as nn
 
@@ -117,30 +118,38 @@ def _engine(model_or_engine: nn.Module | Engine) -> Engine:
 def generate_text(model_or_engine: nn.Module | Engine, tokenizer: Tokenizer, prompts: Sequence[str | Conversation],
                   params: SamplingParams | None = None, *, chat: bool = False, system: str = "",
                   add_bos: bool = True, stop_ids: Sequence[int] | None = None,
-                  logits_processors: Sequence[LogitsProcessor] = ()) -> list[str]:
+                  logits_processors: Sequence[LogitsProcessor] = (),
+                  max_new_tokens: Sequence[int] | None = None) -> list[str]:
     """Completions (new text only) for a batch of prompts or conversations.
 
     chat=True (or a conversation) renders the chat template and stops at <|end|>; otherwise the
     prompt is BOS + text and generation stops at EOS (`stop_ids` overrides). params.stop strings
     end a row as soon as they appear in its text and are cut from the output.
+    max_new_tokens: a budget per prompt (instead of params.max_new_tokens), so that prompts with
+    different budgets share one batch; each row ends exactly where it would have alone.
     """
     params = params or SamplingParams()
+    if max_new_tokens is not None:
+        params = replace(params, max_new_tokens=max(max_new_tokens, default=0))
     engine = _engine(model_or_engine)
     ids = [render_prompt(tokenizer, p, chat=chat, system=system, add_bos=add_bos) for p in prompts]
     chat = chat or any(not isinstance(p, str) for p in prompts)
     decoders = [StreamDecoder(tokenizer, params.stop) for _ in prompts]
     engine.generate(ids, params, stop_ids=stop_ids_for(tokenizer, chat) if stop_ids is None else stop_ids,
-                    stop_fn=_decoder_stop_fn(decoders), logits_processors=logits_processors)
+                    stop_fn=_decoder_stop_fn(decoders, max_new_tokens), logits_processors=logits_processors)
     for d in decoders:
         d.flush()
+    if max_new_tokens is not None:  # a row with no budget picked one token before its stop_fn could end it
+        return [d.text if n > 0 else "" for d, n in zip(decoders, max_new_tokens)]
     return [d.text for d in decoders]
 
 
-def _decoder_stop_fn(decoders: list[StreamDecoder]) -> StopFn:
-    """A stop_fn that feeds each new token to its row's decoder and ends the row at a stop string."""
+def _decoder_stop_fn(decoders: list[StreamDecoder], limits: Sequence[int] | None = None) -> StopFn:
+    """A stop_fn that feeds each new token to its row's decoder and ends the row at a stop string (or at its
+    own token budget in `limits`)."""
     def fn(row: int, tokens: list[int]) -> bool:
         decoders[row].push(tokens[-1])
-        return decoders[row].stopped
+        return decoders[row].stopped or (limits is not None and len(tokens) >= limits[row])
     return fn
 
 

@@ -20,6 +20,7 @@ from genforge.errors import ConfigError
 # (log P(continuation | context) summed over its tokens, number of continuation tokens,
 #  whether greedy decoding would have produced exactly this continuation)
 LogLik = tuple[float, int, bool]
+GREEDY_BATCH = 64  # prompts per greedy generation batch (see GenforgeLM.generate)
 
 
 @runtime_checkable
@@ -63,12 +64,23 @@ class GenforgeLM:
         if self._engine is None:
             self._engine = Engine(self.model)
         flat = [self.fit_prompt(p, max_new_tokens) for p in prompts for _ in range(n)]
-        outs: list[str] = []
-        for b, start in enumerate(range(0, len(flat), self.batch_size)):
-            chunk = flat[start:start + self.batch_size]
+        order = list(range(len(flat)))
+        size = self.batch_size
+        if temperature <= 0.0:
+            # a greedy row's answer does not depend on its batch, and finished rows leave the engine's batch, so
+            # greedy requests go in wide batches of similar prompt length (a decode step's fixed cost is shared, and
+            # less left padding is prefilled); a sampled batch keeps `batch_size` and the callers' order, since its
+            # seed (seed + batch index) and random draws belong to the batch
+            size = max(size, GREEDY_BATCH)
+            order.sort(key=lambda i: len(self.tokenizer.encode(flat[i])))
+        outs: list[str] = [""] * len(flat)
+        for b, start in enumerate(range(0, len(flat), size)):
+            idx = order[start:start + size]
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=list(stop),
                                     seed=None if seed is None else seed + b)
-            outs += generate_text(self._engine, self.tokenizer, chunk, params, chat=self.chat)
+            for i, text in zip(idx, generate_text(self._engine, self.tokenizer, [flat[i] for i in idx], params,
+                                                  chat=self.chat)):
+                outs[i] = text
         return [outs[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def fit_prompt(self, prompt: str, max_new_tokens: int) -> str:

@@ -122,12 +122,14 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     if not single:
         raise ConfigError(f"sft.single_task={single_task!r} has no training rows; tasks: {sorted(items.eval)}")
     variants = make_variants(cfg, train, single, single_task)
+    encoded: dict[int, dict] = {}  # id(variant data) -> run_sft's cache of its encoding (variants share lists)
     nll = nll_fn(ctx, cfg, tokenizer.shards, base)
     scores = _Scores()
     t0 = time.perf_counter()
     _measure(scores, "base", base, tok, items, nll, extra=True, forgetting=True)
     scores.seconds = time.perf_counter() - t0
-    results = {v.key: train_variant(ctx, cfg, v, base, tok, pretrain.checkpoint, items, scores, nll)
+    results = {v.key: train_variant(ctx, cfg, v, base, tok, pretrain.checkpoint, items, scores, nll,
+                                    encoded.setdefault(id(v.data), {}))
                for v in variants}
     labels = {"base": "pretrained (no SFT)", **{v.key: v.label for v in variants}}
     final = "chat" if "chat" in results else "full"
@@ -294,7 +296,7 @@ def nll_fn(ctx: StageContext, cfg: Config, shards: str, base: nn.Module):
 
 
 def train_variant(ctx: StageContext, cfg: Config, v: _Variant, base: nn.Module, tok: Tokenizer, ckpt: str,
-                  items: _Items, scores: _Scores, nll) -> dict:
+                  items: _Items, scores: _Scores, nll, encoded: dict | None = None) -> dict:
     """Fine-tune one variant, score it into `scores`, return its training result (with a smoothed loss curve)."""
     import torch
 
@@ -310,7 +312,7 @@ def train_variant(ctx: StageContext, cfg: Config, v: _Variant, base: nn.Module, 
         model = copy.deepcopy(base)
     sc = sft_config(ctx, cfg, v, ckpt, min(cfg.seq_len, base.config.max_seq_len - 16))
     base_path = "" if v.key == "scratch" else str(Path(ckpt).resolve())
-    module, res = run_sft(model, tok, v.data, sc, base_path=base_path, name=f"sft-{v.key}")
+    module, res = run_sft(model, tok, v.data, sc, base_path=base_path, name=f"sft-{v.key}", encoded=encoded)
     t0 = time.perf_counter()
     _measure(scores, v.key, module, tok, items, nll, extra=v.key in ("full", "lora", "chat"),
              forgetting=v.key in ("full", "lora", "single"))

@@ -1,7 +1,8 @@
 """Supervised fine-tuning (`genforge sft`): instruction tuning, fully or parameter-efficiently.
 
 The data is conversations (see `genforge/data/sft_data.py`: chat template, assistant-only loss,
-right padding); the loss is the shared `lm_loss`; the loop is the shared `Trainer`. `peft.method`
+right padding); the loss is `sft_loss` (the shared `lm_loss` with the output head run on assistant tokens only);
+the loop is the shared `Trainer`. `peft.method`
 picks what trains: `full` (every weight), `lora`, `prompt` (prompt tuning), `adapter` (Houlsby
 bottleneck adapters) or `selective` (chosen layers/norms). Full and selective runs save an HF
 checkpoint; the others save an adapter folder (LoRA in peft's own format) next to the base.
@@ -24,7 +25,7 @@ from genforge.errors import ConfigError
 from genforge.io import write_json
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.tokenizer import Tokenizer
-from genforge.train.losses import lm_loss
+from genforge.train.losses import IGNORE, lm_loss
 from genforge.train.trainer import TrainConfig, Trainer
 
 METHODS = ("full", "lora", "prompt", "adapter", "selective")
@@ -104,6 +105,25 @@ def prepare_model(model: GPT, cfg: PEFTConfig, seed: int = 0) -> nn.Module:
     raise ConfigError(f"peft.method={cfg.method!r}: choose one of {', '.join(METHODS)}")
 
 
+def sft_loss(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`lm_loss` (summed next-token cross-entropy over labelled positions) with the output head and the softmax
+    run on the labelled positions only: the same loss and gradients, less work.
+
+    Measured on the tiny world: a quarter of SFT positions carry a label (prompts and padding carry none), and the
+    head over the other three quarters was ~12 % of a training step's CPU time. Models without a `head` (or
+    wrapped for DDP) take `lm_loss` itself.
+    """
+    head = getattr(model, "head", None) or getattr(getattr(model, "base_model", None), "head", None)
+    if head is None or isinstance(model, nn.parallel.DistributedDataParallel):
+        return lm_loss(model, batch)
+    hidden = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), return_hidden=True)  # (B, T, C)
+    labels = batch["labels"]
+    keep = labels != IGNORE  # (B, T)
+    logits = head(hidden[keep])  # (N, V) for the N labelled positions
+    loss = nn.functional.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    return loss, keep.sum(), {}
+
+
 def make_val_fn(data: SFTData):
     """Validation loss over every val conversation's assistant tokens."""
     batches = data.eval_batches()
@@ -112,7 +132,7 @@ def make_val_fn(data: SFTData):
         dev = next(model.parameters()).device
         total, n = 0.0, 0
         for b in batches:
-            loss, count, _ = lm_loss(model, {k: v.to(dev) for k, v in b.items()})
+            loss, count, _ = sft_loss(model, {k: v.to(dev) for k, v in b.items()})
             total, n = total + float(loss), n + int(count)
         loss = total / max(n, 1)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50))}
@@ -121,10 +141,13 @@ def make_val_fn(data: SFTData):
 
 
 def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SFTConfig, *,
-            val: list[Conversation] | None = None, base_path: str = "", name: str = "") -> tuple[nn.Module, dict]:
+            val: list[Conversation] | None = None, base_path: str = "", name: str = "",
+            encoded: dict | None = None) -> tuple[nn.Module, dict]:
     """Fine-tune `model` (in place) per cfg, save into cfg.out_dir/checkpoint; return (trained module, metrics).
 
     The returned module is what to evaluate: the model itself, or the prompt-tuning wrapper around it.
+    encoded: a dict the caller keeps across runs on the same `train` list and tokenizer (the speedrun trains
+    several variants on one): the encoded conversations are kept in it per (seq_len, system) and reused.
     """
     from genforge.checkpoint import write_checkpoint_files
     from genforge.model.peft import save_adapter, trainable_summary
@@ -141,7 +164,13 @@ def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SF
     if cfg.data.system:
         train = [c if c[0]["role"] == "system" else [{"role": "system", "content": cfg.data.system}] + c for c in train]
     module = prepare_model(model, cfg.peft, cfg.train.seed)
-    enc = encode_conversations(tokenizer, train, cfg.data.seq_len)
+    key = (cfg.data.seq_len, cfg.data.system)
+    if encoded is not None and key in encoded:
+        enc = encoded[key]
+    else:
+        enc = encode_conversations(tokenizer, train, cfg.data.seq_len)
+        if encoded is not None:
+            encoded[key] = enc
     data = SFTData(enc.examples, cfg.train.micro_batch, tokenizer.pad_id, cfg.train.seed, cfg.train.grad_accum,
                    cfg.data.group_by_length)
     eval_fn = None
@@ -166,9 +195,9 @@ def run_sft(model: GPT, tokenizer: Tokenizer, train: list[Conversation], cfg: SF
             write_json(folder / "genforge.json", {"run": run_config, **meta})
 
     default_lr = model.config.default_lr() * LR_SCALE.get(method, 1.0)
-    trainer = Trainer(module, cfg.train, lm_loss, data, out, eval_fn=eval_fn, save_fn=save_fn, default_lr=default_lr,
+    trainer = Trainer(module, cfg.train, sft_loss, data, out, eval_fn=eval_fn, save_fn=save_fn, default_lr=default_lr,
                       name=name or f"sft-{method}")
-    memory = training_memory(trainer.model, lm_loss, _batch_to(data.get_batch(0, 0, 0, 1), trainer.device))
+    memory = training_memory(trainer.model, sft_loss, _batch_to(data.get_batch(0, 0, 0, 1), trainer.device))
     result = trainer.fit()
     result.update(method=method, trainable=summary["trainable"], total_params=summary["total"],
                   trainable_percent=summary["percent"], train_memory_mib=memory["total_mib"], memory=memory,

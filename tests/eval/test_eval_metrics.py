@@ -216,3 +216,15 @@ def test_option_order_content_reader_is_stable():
     res = metrics.option_order_test(StubLM(score=score), MC)
     assert res["flip_rate"] == 0.0 and res["consistency"] == 1.0 and res["acc_letter"] == 1.0
     assert set(res["letter_rate"]) == {"A", "B", "C", "D"}  # the right letter moved with the content
+
+
+def test_greedy_generate_answers_each_prompt_as_alone(tiny_lm):
+    """Greedy requests are regrouped by prompt length into wide batches; each answer is the one-prompt answer."""
+    model, tok = tiny_lm
+    lm = GenforgeLM(model, tok, batch_size=2)
+    prompts = ["Mara lives in", "The capital of Arden is a town by the river and", "3 plus 4 is", "Question:",
+               "Mara keeps bees and Oakmere", "A"]
+    got = lm.generate(prompts, max_new_tokens=8, n=2, stop=("\n",))
+    alone = [lm.generate([p], max_new_tokens=8, stop=("\n",))[0][0] for p in prompts]
+    assert got == [[a, a] for a in alone]
+    assert len(set(alone)) > 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genforge.errors import ConfigError
-from genforge.infer.engine import Engine, compiled_step, generate, stream
+from genforge.infer.engine import DecodeSession, Engine, compiled_step, generate, stream
 from genforge.infer.sampling import SamplingParams, apply_penalties
 from genforge.model.gpt import GPT, GPTConfig, KVCache, StaticKV
 
@@ -107,6 +107,35 @@ def test_stop_ids_end_rows_and_are_excluded(model):
     assert out[0] == full[0][:first]
     cut = full[1].index(stop) if stop in full[1] else len(full[1])
     assert out[1] == full[1][:cut]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=16),
+                                    SamplingParams(max_new_tokens=16, temperature=1.0, seed=7, repetition_penalty=1.3,
+                                                   frequency_penalty=0.2, logprobs=True)])
+def test_finished_rows_leave_the_batch_without_changing_any_row(model, monkeypatch, params):
+    """Rows that end early leave the eager batch (`DecodeSession.keep`); every row's tokens (and, seeded, its
+    random draws) stay what they are with all rows kept to the end."""
+    prompts = _prompts([3, 11, 1, 7, 11, 5, 9, 2], seed=4)
+    ends = [2, 16, 5, 9, 1, 12, 3, 16]  # each row stops after this many tokens
+
+    def stop_fn(row, tokens):
+        return len(tokens) >= ends[row]
+
+    kept: list[int] = []
+    keep = DecodeSession.keep
+    monkeypatch.setattr(DecodeSession, "keep", lambda self, index: (kept.append(len(index)), keep(self, index)))
+    engine = Engine(model)
+    dropping = engine.generate(prompts, params, stop_fn=stop_fn)
+    assert kept and kept[-1] < len(prompts)  # rows did leave
+    monkeypatch.setattr(Engine, "_drop_finished", staticmethod(lambda session, done: None))
+    kept.clear()
+    keeping = engine.generate(prompts, params, stop_fn=stop_fn)
+    assert not kept
+    if params.logprobs:
+        (dropping, lp_d), (keeping, lp_k) = dropping, keeping
+        assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(lp_d, lp_k))
+    assert dropping == keeping
+    assert [len(r) for r in dropping] == ends
 
 
 def test_penalties_match_reference(model):

@@ -143,6 +143,29 @@ def test_loss_counts_assistant_tokens_only(tok):
     assert l2 != pytest.approx(l0, rel=1e-3)  # ...while the assistant positions do matter
 
 
+@pytest.mark.parametrize("method", ["full", "lora", "prompt"])
+def test_sft_loss_is_lm_loss_with_the_head_on_labelled_positions_only(tok, method):
+    """The speed path of SFT's loss (head and softmax on labelled positions) gives lm_loss's value and gradients."""
+    from genforge.train.sft import PEFTConfig, prepare_model, sft_loss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, depth=1, width=32, head_dim=16, max_seq_len=128))
+    module = prepare_model(model, PEFTConfig(method=method, num_virtual_tokens=4), seed=0)
+    batch = collate(encode_conversations(tok, CONVS, seq_len=100).examples, tok.pad_id)
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run(fn):
+        module.zero_grad()
+        loss, count, _ = fn(module, batch)
+        loss.backward()
+        return float(loss.detach()), int(count), [p.grad.clone() for p in params]
+
+    (l0, n0, g0), (l1, n1, g1) = run(lm_loss), run(sft_loss)
+    assert n0 == n1 > 0
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g0, g1))
+
+
 def test_sft_batches_are_pure_and_cover_an_epoch(tok):
     convs = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(10)]
     enc = encode_conversations(tok, convs, seq_len=120)
