@@ -14,31 +14,20 @@ run freezes nothing: the VQ-VAE's weights stay in the resume state and no optimi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from genforge.checkpoint import ModuleFamily, register_family
-from genforge.image.vq import VQVAE, VQConfig
+from genforge.image.vq import VQVAE, TokenPriorConfig
 from genforge.model.gpt import GPT, GPTConfig, KVCache
 
 
 @dataclass
-class ARConfig:
-    """A token prior: the VQ-VAE it reads (its config), the transformer's size, the classes."""
-
-    vq: VQConfig = field(default_factory=VQConfig)
-    depth: int = 2
-    width: int = 64
-    head_dim: int = 16
-    num_classes: int = 10  # 0: unconditional
-    p_uncond: float = 0.1  # share of class prefixes replaced by the null class in training
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vq, dict):  # read back from genforge.json
-            self.vq = VQConfig(**self.vq)
+class ARConfig(TokenPriorConfig):
+    """An autoregressive token prior (the shared fields are `TokenPriorConfig`'s)."""
 
     @property
     def vocab_size(self) -> int:

@@ -15,7 +15,7 @@ is a prefix token as in `ar.py`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from genforge.checkpoint import ModuleFamily, register_family
 from genforge.image.ar import drop_labels
-from genforge.image.vq import VQVAE, VQConfig
+from genforge.image.vq import VQVAE, TokenPriorConfig
 from genforge.model.encoder import EncoderConfig, MaskedLM
 
 
@@ -46,21 +46,11 @@ def mask_schedule(n_tokens: int, steps: int) -> list[int]:
 
 
 @dataclass
-class MaskGITConfig:
-    """A masked token predictor over a VQ-VAE's tokens."""
+class MaskGITConfig(TokenPriorConfig):
+    """A masked token predictor over a VQ-VAE's tokens (the shared fields are `TokenPriorConfig`'s)."""
 
-    vq: VQConfig = field(default_factory=VQConfig)
-    depth: int = 2
-    width: int = 64
-    head_dim: int = 16
-    num_classes: int = 10  # 0: unconditional
-    p_uncond: float = 0.1
     steps: int = 4  # K, decoding steps (the default of `sample`)
     choice_temperature: float = 2.0  # Gumbel noise on the confidences, annealed to 0 (MaskGIT's code uses 4.5)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vq, dict):
-            self.vq = VQConfig(**self.vq)
 
     @property
     def mask_id(self) -> int:

@@ -14,7 +14,7 @@ for codebook collapse; not in the paper) so that small codebooks trained for a f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -186,3 +186,20 @@ class VQVAE(nn.Module):
 
 
 register_family(ModuleFamily("image_vq", VQVAE, VQConfig))
+
+
+@dataclass
+class TokenPriorConfig:
+    """What a prior over a VQ-VAE's tokens shares (AR in ar.py, MaskGIT in maskgit.py): the VQ-VAE it reads (its
+    config), the transformer's size, the classes and the share of class prefixes dropped for guidance."""
+
+    vq: VQConfig = field(default_factory=VQConfig)
+    depth: int = 2
+    width: int = 64
+    head_dim: int = 16
+    num_classes: int = 10  # 0: unconditional
+    p_uncond: float = 0.1  # share of class prefixes replaced by the null class in training
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vq, dict):  # read back from genforge.json
+            self.vq = VQConfig(**self.vq)
