@@ -30,6 +30,8 @@ class Config:
     samples: int = 60  # greedy samples from held-out document openings (the repetition lesson)
     sample_tokens: int = 64  # new tokens per greedy sample
     prompt_tokens: int = 8  # tokens of a held-out document's opening used as the prompt
+    copy_mix: float = 0.0  # share of sequences with pasted repeated spans (genforge/data/copymix.py; off: measured
+    # at tiny, it does not make the model copy inside corpus text)
     model: GPTConfig = field(default_factory=GPTConfig)  # depth 4, context 512 (vocab_size comes from the tokenizer)
     train: TrainConfig = field(default_factory=_train_defaults)
 
@@ -49,7 +51,8 @@ def pretrain_config(ctx: StageContext, cfg: Config, shards: str):
     from genforge.train.pretrain import PretrainConfig
 
     pc = PretrainConfig(shards=shards, out_dir=str(ctx.path("pretrain")), seq_len=cfg.seq_len,
-                        eval_batches=cfg.eval_batches, model=copy.deepcopy(cfg.model), train=copy.deepcopy(cfg.train))
+                        eval_batches=cfg.eval_batches, model=copy.deepcopy(cfg.model), train=copy.deepcopy(cfg.train),
+                        copy_mix=cfg.copy_mix)
     pc.train.seed, pc.train.progress = ctx.seed, ctx.progress
     return pc
 
