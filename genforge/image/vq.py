@@ -95,10 +95,13 @@ class VQVAE(nn.Module):
         return self.encoder(x * 2 - 1)
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_e (B, D, h, w) -> (z_q (B, D, h, w) without gradient shortcut, token ids (B, h, w))."""
+        """z_e (B, D, h, w) -> (z_q (B, D, h, w) without gradient shortcut, token ids (B, h, w)).
+
+        In fp32 even under autocast: bf16 distances can pick a farther code, and the codebook is an fp32 buffer."""
         B, D, h, w = z_e.shape
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
-        ids = nearest_code(flat, self.codebook)
+        flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, D)  # (B*h*w, D)
+        with torch.autocast(z_e.device.type, enabled=False):
+            ids = nearest_code(flat, self.codebook)
         z_q = self.codebook[ids].view(B, h, w, D).permute(0, 3, 1, 2)
         return z_q, ids.view(B, h, w)
 
@@ -142,6 +145,10 @@ class VQVAE(nn.Module):
     def _ema_update(self, z_e: torch.Tensor, ids: torch.Tensor) -> None:
         """N_k <- g N_k + (1-g) n_k; m_k <- g m_k + (1-g) sum z_e; e_k = m_k / N_k (app. A.1, Laplace-smoothed);
         codes whose N_k fell below `restart_below` restart at a random z_e of this batch (global RNG: resumable)."""
+        with torch.autocast(z_e.device.type, enabled=False):  # codebook statistics stay fp32 under bf16 autocast
+            self._ema_update_fp32(z_e.float(), ids)
+
+    def _ema_update_fp32(self, z_e: torch.Tensor, ids: torch.Tensor) -> None:
         c = self.config
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, c.code_dim)  # (N, D)
         onehot = F.one_hot(ids.flatten(), c.codebook_size).type_as(flat)  # (N, K)

@@ -58,3 +58,16 @@ def test_ema_moves_the_codebook_and_training_lowers_the_error():
     assert u["recon_mse"] < before
     assert 1.0 <= u["perplexity"] <= 8.0 and 0 < u["codes_used"] <= 1.0
     assert vq.tokens(x).shape == (64, 16) and int(vq.tokens(x).max()) < 8
+
+
+def test_a_training_step_under_bf16_autocast_keeps_the_codebook_fp32_and_restarts_dead_codes():
+    """The trainer autocasts to bf16 on CPUs with native bf16; the EMA codebook update (and a dead-code restart, which
+    writes encoder outputs into the codebook) must stay fp32 there (it crashed with an index_put dtype error)."""
+    torch.manual_seed(0)
+    vq = VQVAE(VQConfig(hidden=8, code_dim=4, codebook_size=16, restart_below=1e9))  # every code "dead": restart all
+    vq.train()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(x)
+    assert vq.codebook.dtype == torch.float32 and torch.isfinite(vq.codebook).all()
+    assert out["ids"].shape == (4, 4, 4)
