@@ -64,7 +64,7 @@ class Config:
     ddpm_arch: str = "unet"
     ddpm_schedule: str = "squaredcos_cap_v2"
     gan_steps: int = 3000
-    vae_steps: int = 3000
+    vae_steps: int = 2000
     vae_beta: float = 0.3  # KL weight (beta-VAE). Measured on digits at tiny (3000 steps, one seed, FID against the
     # test digits): prior samples score 57 at beta 1, 49 with latent 8, 39 at 0.5, 29 at 0.3, 28 at 0.2
     flow_steps: int = 1000
@@ -74,7 +74,7 @@ class Config:
     classifier_steps: int = 600  # the FID feature classifier (digits) and the attribute classifier (shapes)
     ddim_steps: list[int] = field(default_factory=lambda: [10, 25, 50])
     fid_target_ratio: float = 0.25  # claim: a family's FID is below this share of the noise baseline's
-    text_steps: int = 3000  # text-conditioned DDPM on shapes
+    text_steps: int = 2000  # text-conditioned DDPM on shapes (3000 cost 91 s CPU, over the stage budget)
     text_arch: str = "unet"  # 'unet' or 'mlp' (an MLP narrower than the image cannot pass x_t through: noise)
     text_hidden: int = 256  # MLP width, or U-Net base channels * 16
     text_image_size: int = 8  # shapes are drawn at this size (8 keeps tiny in budget but blurs circle vs square;
@@ -117,16 +117,16 @@ class Config:
     vq_steps: int = 300  # VQ-VAE (8x8 digits -> 4x4 tokens)
     vq_hidden: int = 32
     vq_codebook: int = 64
-    token_steps: int = 400  # each token prior (AR, MaskGIT)
+    token_steps: int = 300  # each token prior (AR, MaskGIT)
     token_depth: int = 2
     token_width: int = 64
     maskgit_steps: list[int] = field(default_factory=lambda: [2, 4, 8])  # K decoding steps sampled
     maskgit_main: int = 4  # the K the speed claim is about (fixed in advance)
-    latency_images: int = 20  # images drawn one at a time for the per-image latency
+    latency_images: int = 10  # images drawn one at a time for the per-image latency
     token_speedup_target: float = 3.0  # claim: mask-predict >= this x faster per image than AR...
     token_fid_ratio: float = 1.5  # ... at a FID no worse than this x AR's
     # video: next-frame prediction with factorised vs full 3-D attention
-    video_steps: int = 400
+    video_steps: int = 300
     video_batch: int = 16
     video_patch: int = 4  # 16x16 frames in 4x4 patches: 16 tokens a frame, 128 a clip (2: 512 tokens, `small`)
     video_width: int = 32
