@@ -7,6 +7,7 @@ report card to report/<stage>.json, so a rerun skips finished stages (`force=tru
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +53,11 @@ class SpeedrunConfig:
     seeds: list[int] = field(default_factory=list)  # e.g. seeds=0,1,2: one run per seed + a card of mean ± std
     stages: str = "all"  # comma-separated subset, e.g. "world,clean,tokenizer,pretrain"
     force: bool = False  # rerun the chosen stages even if they finished
-    threads: int = 0  # torch threads (0 = default)
-    progress: bool = True
+    threads: int = 0  # torch threads per stage process (0 = the CPU cores shared out between the jobs)
+    jobs: int = 0  # stages run at once, each in its own process, when their inputs are ready (0 = auto: 2 when
+    # the machine has >= 2 cores). Measured on 2 cores at the tiny shapes: two 1-thread trainings make
+    # 1.34x the tokens/s of one 2-thread training (12.3 k + 12.3 k vs 18.4 k tokens/s)
+    progress: bool = True  # progress bars (with jobs > 1: a status line per stage start/finish instead)
     world: world.Config = field(default_factory=world.Config)
     clean: clean.Config = field(default_factory=clean.Config)
     tokenizer: tokenizer.Config = field(default_factory=tokenizer.Config)
@@ -90,6 +94,57 @@ def resolve(overrides: dict | list | None = None, recipe: str | Path | None = No
         cfg = update(cfg, flatten_keys(read_recipe(recipe)))
     return update(cfg, overrides)
 
+
+
+def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int, index: dict[str, int]) -> None:
+    """Run `todo` with up to `jobs` stage processes at once, each stage as soon as the stages it reads have
+    finished. Progress bars are off (they would interleave); a line per start and finish, and while output is a
+    terminal a status line every 30 s. A failing stage stops new starts; the running ones finish (their outputs
+    are kept, so the rerun resumes) and the error is raised."""
+    import multiprocessing
+    import sys
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    needs = {m.NAME: set(stage_inputs(m.run)) for m in STAGES}
+    rank = _dependents()
+    run_dir = _run_dir(cfg)
+    pending = list(todo)
+    running: dict = {}  # future -> (name, start time)
+    error: BaseException | None = None
+    tty = sys.stdout.isatty()
+    print(f"running up to {jobs} stages at once, {threads} torch thread(s) each (jobs=1 runs them one by one)",
+          flush=True)
+    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool state and can deadlock in torch
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            busy = set(pending) | {n for n, _ in running.values()}  # a forced rerun's old outputs do not count
+            ready = [n for n in pending if error is None
+                     and all(d not in busy and outputs_path(run_dir, d).exists() for d in needs[n])]
+            ready.sort(key=lambda n: (-rank[n], index[n]))
+            for name in ready[:jobs - len(running)]:
+                pending.remove(name)
+                print(f"[{index[name]}/{len(STAGES)}] {name}: {STAGES[index[name] - 1].TITLE} ...", flush=True)
+                running[pool.submit(_run_stage, cfg, name, threads, False)] = (name, time.perf_counter())
+            if not running:
+                if error is None:  # nothing runs and nothing can start: an input stage is not in stages=
+                    missing = sorted({d for n in pending for d in needs[n]
+                                      if not outputs_path(run_dir, d).exists() and d not in pending})
+                    raise ConfigError(f"speedrun stages {pending} need the outputs of {missing}; add them to stages=")
+                break
+            done, _ = wait(running, timeout=30, return_when=FIRST_COMPLETED)
+            for fut in done:
+                name, _t0 = running.pop(fut)
+                try:
+                    seconds = fut.result()
+                    print(f"[{index[name]}/{len(STAGES)}] {name}: finished in {seconds:.0f} s", flush=True)
+                except BaseException as e:  # noqa: BLE001 — re-raised once the running stages are done
+                    print(f"[{index[name]}/{len(STAGES)}] {name}: failed ({type(e).__name__}: {e})", flush=True)
+                    error = error or e
+            if not done and tty:
+                now = time.perf_counter()
+                print("  running: " + ", ".join(f"{n} {now - t:.0f} s" for n, t in running.values()), flush=True)
+    if error is not None:
+        raise error
 
 
 def check_stages() -> None:
@@ -142,34 +197,82 @@ def _main_seeds(cfg: SpeedrunConfig) -> Path:
     return path
 
 
-def _main_one(cfg: SpeedrunConfig) -> Path:
+def jobs_and_threads(cfg: SpeedrunConfig) -> tuple[int, int]:
+    """(stage processes at once, torch threads each) for this machine: `jobs=0` -> 2 on >= 2 cores, and the
+    cores are shared out between the jobs unless `threads` is set."""
+    cores = os.cpu_count() or 1
+    jobs = cfg.jobs or (2 if cores >= 2 else 1)
+    if jobs < 1:
+        raise ConfigError(f"jobs={cfg.jobs}: give the number of stages to run at once (>= 1, or 0 = auto)")
+    threads = cfg.threads or (max(1, cores // jobs) if jobs > 1 else 0)
+    return jobs, threads
+
+
+def _run_stage(cfg: SpeedrunConfig, name: str, threads: int, progress: bool) -> float:
+    """Run one stage (in this process or a worker's): read its inputs, run it, save its report and outputs.
+    Returns its wall seconds. Outputs are written last, so a killed stage reruns whole on resume."""
     from genforge import runtime
 
-    check_stages()
-    wanted = _wanted(cfg)
-    runtime.set_threads(cfg.threads)
-    run_dir = Path(cfg.runs_dir) / (cfg.name or cfg.size)
-    save_resolved(cfg, run_dir)
-    ctx = StageContext(run_dir, cfg.size, cfg.seed, cfg.threads, cfg.progress)
-    report = Report(run_dir, title=f"genforge report card — speedrun '{cfg.size}' (seed {cfg.seed})")
-    t_all = time.perf_counter()
+    mod = next(m for m in STAGES if m.NAME == name)
+    runtime.set_threads(threads)
+    run_dir = _run_dir(cfg)
+    ctx = StageContext(run_dir, cfg.size, cfg.seed, threads, progress)
+    inputs = {n: read_outputs(run_dir, n, cls) for n, cls in stage_inputs(mod.run).items()}
+    t0 = time.perf_counter()
+    sr = StageReport(name, mod.TITLE)
+    outputs = mod.run(ctx, getattr(cfg, name), sr, **inputs)
+    sr.seconds = time.perf_counter() - t0
+    Report(run_dir).save_stage(sr)
+    write_outputs(run_dir, name, outputs)
+    return sr.seconds
+
+
+def _run_dir(cfg: SpeedrunConfig) -> Path:
+    return Path(cfg.runs_dir) / (cfg.name or cfg.size)
+
+
+def _todo(cfg: SpeedrunConfig, wanted: list[str], run_dir: Path) -> list[str]:
+    """The wanted stages that still have to run, in STAGES order (finished ones are skipped unless forced)."""
+    todo = []
     for i, mod in enumerate(STAGES, 1):
-        name, tag = mod.NAME, f"[{i}/{len(STAGES)}] {mod.NAME}"
-        if outputs_path(run_dir, name).exists() and not (cfg.force and name in wanted):
-            if name in wanted:
-                print(f"{tag}: done already, skipping (force=true reruns it)", flush=True)
-            continue
+        name = mod.NAME
         if name not in wanted:
             continue
-        inputs = {n: read_outputs(run_dir, n, cls) for n, cls in stage_inputs(mod.run).items()}
-        print(f"{tag}: {mod.TITLE} ...", flush=True)
-        t0 = time.perf_counter()
-        sr = StageReport(name, mod.TITLE)
-        outputs = mod.run(ctx, getattr(cfg, name), sr, **inputs)
-        sr.seconds = time.perf_counter() - t0
-        report.save_stage(sr)
-        write_outputs(run_dir, name, outputs)
-        print(f"{tag}: finished in {sr.seconds:.0f} s", flush=True)
+        if outputs_path(run_dir, name).exists() and not cfg.force:
+            print(f"[{i}/{len(STAGES)}] {name}: done already, skipping (force=true reruns it)", flush=True)
+            continue
+        todo.append(name)
+    return todo
+
+
+def _dependents() -> dict[str, int]:
+    """How many later stages need each stage, directly or not: the scheduler starts the most-needed first, so
+    the long chain (pretrain -> sft -> align -> eval) is never queued behind a leaf like the image stage."""
+    needs = {m.NAME: set(stage_inputs(m.run)) for m in STAGES}
+    closure: dict[str, set[str]] = {}
+    for m in STAGES:  # STAGES is in dependency order
+        closure[m.NAME] = set(needs[m.NAME]).union(*(closure[n] for n in needs[m.NAME]))
+    return {m.NAME: sum(m.NAME in c for c in closure.values()) for m in STAGES}
+
+
+def _main_one(cfg: SpeedrunConfig) -> Path:
+    check_stages()
+    wanted = _wanted(cfg)
+    run_dir = _run_dir(cfg)
+    save_resolved(cfg, run_dir)
+    jobs, threads = jobs_and_threads(cfg)
+    report = Report(run_dir, title=f"genforge report card — speedrun '{cfg.size}' (seed {cfg.seed})")
+    t_all = time.perf_counter()
+    todo = _todo(cfg, wanted, run_dir)
+    index = {m.NAME: i for i, m in enumerate(STAGES, 1)}
+    if jobs == 1 or len(todo) <= 1:
+        for name in todo:
+            tag = f"[{index[name]}/{len(STAGES)}] {name}"
+            print(f"{tag}: {STAGES[index[name] - 1].TITLE} ...", flush=True)
+            seconds = _run_stage(cfg, name, threads, cfg.progress)
+            print(f"{tag}: finished in {seconds:.0f} s", flush=True)
+    else:
+        _run_parallel(cfg, todo, jobs, threads, index)
     header = (f"Run folder `{run_dir}`; size `{cfg.size}`, seed {cfg.seed}. Every number below was measured "
               "in this run; rerun `make speedrun` to reproduce it.")
     path = report.write([m.NAME for m in STAGES], header)
