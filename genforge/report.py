@@ -136,7 +136,8 @@ class StageReport:
     rows: list[Row] = field(default_factory=list)
     plots: list[tuple[str, str]] = field(default_factory=list)  # (path relative to run dir, caption)
     text: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # the stage process's CPU time (all its threads): on a shared machine the steadier cost
     lessons: list[Lesson] = field(default_factory=list)
 
     def row(self, metric: str, value: Any, baseline: Any = None, note: str = "") -> None:
@@ -254,6 +255,7 @@ class Report:
         d = json.loads(f.read_text())
         return StageReport(d["stage"], d["title"], rows=[Row(**r) for r in d["rows"]],
                            plots=[tuple(p) for p in d["plots"]], text=d["text"], seconds=d.get("seconds", 0.0),
+                           cpu_seconds=d.get("cpu_seconds", 0.0),
                            lessons=[_lesson_from_dict(x) for x in d.get("lessons", [])])
 
     def _stages(self, stages: list[str]) -> list[StageReport]:
@@ -298,8 +300,10 @@ class Report:
                     path = Path(os.path.relpath(self.run_dir / path, out_dir)).as_posix()
                 lines += [f"![{caption}]({path})", f"*{caption}*", ""]
         if srs:
-            lines += ["## Time per stage", "", "| stage | wall time |", "|---|---|",
-                      *[f"| {sr.title} | {sr.seconds:,.0f} s |" for sr in srs], ""]
+            lines += ["## Time per stage", "", "| stage | wall time | CPU time |", "|---|---|---|",
+                      *[f"| {sr.title} | {sr.seconds:,.0f} s | {sr.cpu_seconds:,.0f} s |" for sr in srs],
+                      f"| **sum** | {sum(x.seconds for x in srs):,.0f} s | {sum(x.cpu_seconds for x in srs):,.0f} s |",
+                      ""]
         return "\n".join(lines)
 
     def render_html(self, stages: list[str], header: str = "", lessons: list[Lesson] | None = None) -> str:
@@ -351,9 +355,13 @@ class Report:
             out.append("</div></details>")
         if srs:
             total = sum(sr.seconds for sr in srs)
-            out.append("<h2>Time per stage</h2><table><thead><tr><th>stage</th><th>wall time</th></tr></thead><tbody>")
-            out += [f"<tr><td>{esc(sr.title)}</td><td class=num>{sr.seconds:,.0f} s</td></tr>" for sr in srs]
-            out.append(f"<tr><td><b>total</b></td><td class=num><b>{total:,.0f} s</b></td></tr></tbody></table>")
+            cpu = sum(sr.cpu_seconds for sr in srs)
+            out.append("<h2>Time per stage</h2><table><thead><tr><th>stage</th><th>wall time</th><th>CPU time</th>"
+                       "</tr></thead><tbody>")
+            out += [f"<tr><td>{esc(sr.title)}</td><td class=num>{sr.seconds:,.0f} s</td>"
+                    f"<td class=num>{sr.cpu_seconds:,.0f} s</td></tr>" for sr in srs]
+            out.append(f"<tr><td><b>sum</b></td><td class=num><b>{total:,.0f} s</b></td>"
+                       f"<td class=num><b>{cpu:,.0f} s</b></td></tr></tbody></table>")
         out.append("</body></html>")
         return "\n".join(out)
 

@@ -1,17 +1,19 @@
 """`genforge speedrun`: the whole lifecycle on the embedded tiny world, ending in runs/<name>/report.md.
 
-One lesson module per stage, run in the order of `run.STAGES`: world, clean, tokenizer (+ shards), pretrain,
-sft, eval, align, engine. Sizes: `smoke` (about 2 minutes, run by the end-to-end test), `tiny` (the default,
-<= 15 minutes on 2 CPU cores) and `small`; each size is a recipe, `genforge/recipes/speedrun/<size>.yaml`,
+One lesson module per stage, listed in `run.STAGES` in an order where every stage comes after the stages it
+reads (world, clean, tokenizer, pretrain, sft, peft, align, ...). With `jobs=2` (the default on >= 2 cores) a
+stage starts, in its own process, as soon as the stages it reads have finished, so e.g. image and objectives run
+beside pretraining and peft beside sft. Sizes: `smoke` (about 2 minutes, run by the end-to-end test), `tiny`
+(the default, <= 25 minutes on 2 CPU cores) and `small`; each size is a recipe, `genforge/recipes/speedrun/<size>.yaml`,
 with one section per stage. Any knob can be set on the command line and is validated like every config:
 
-    genforge speedrun size=smoke sft.steps=20 'align={ppo_lr: 1e-4}' progress=false
+    genforge speedrun size=smoke peft.steps=20 'align={ppo_lr: 1e-4}' progress=false
     genforge speedrun stages=align force=true      # rerun one stage from its declared inputs
 
 The stage contract (every lesson module follows it; `run.check_stages` checks it):
 
     # genforge/speedrun/<stage>.py
-    NAME = "sft"; TITLE = "Instruction tuning and PEFT"
+    NAME = "sft"; TITLE = "Instruction tuning"
 
     @dataclass
     class Config:            # this stage's knobs; defaults = the `tiny` size; field comments = --help text

@@ -43,7 +43,6 @@ TITLE = "Alignment: reward model, PPO, DPO, GRPO, constitutional AI"
 
 @dataclass
 class Config:
-    start: str = "checkpoint"  # the SFT model to align: "checkpoint" (the chat model) or "align_base"
     max_new_tokens: int = 128  # answer budget everywhere (room for a rationale)
     eval_prompts: int = 200  # held-out test prompts (trained tasks, spread evenly) for win rates
     kl_items: int = 48  # of those, prompts for the KL estimate
@@ -300,11 +299,9 @@ def setup(ctx: StageContext, cfg: Config, world: world.Outputs, sft: sft.Outputs
     import torch
 
     from genforge.checkpoint import load_checkpoint
-    from genforge.errors import CheckpointError, ConfigError
+    from genforge.errors import CheckpointError
 
-    if cfg.start not in ("checkpoint", "align_base"):
-        raise ConfigError(f"align.start must be 'checkpoint' or 'align_base', got {cfg.start!r}")
-    folder = sft.checkpoint if cfg.start == "checkpoint" else sft.align_base
+    folder = sft.checkpoint
     model, tok, _ = load_checkpoint(folder)
     if tok is None:
         raise CheckpointError(f"{folder}: checkpoint has no tokenizer.json; alignment needs one")

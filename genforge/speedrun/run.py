@@ -26,6 +26,7 @@ from genforge.speedrun import (
     image,
     interp,
     objectives,
+    peft,
     pretrain,
     rag,
     safety,
@@ -37,8 +38,8 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, align, datalessons, eval, engine,
-                                  rag, agents, objectives, image, interp, safety)
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, peft, align, datalessons, eval,
+                                  engine, rag, agents, objectives, image, interp, safety)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -63,6 +64,7 @@ class SpeedrunConfig:
     tokenizer: tokenizer.Config = field(default_factory=tokenizer.Config)
     pretrain: pretrain.Config = field(default_factory=pretrain.Config)
     sft: sft.Config = field(default_factory=sft.Config)
+    peft: peft.Config = field(default_factory=peft.Config)
     eval: eval.Config = field(default_factory=eval.Config)
     align: align.Config = field(default_factory=align.Config)
     datalessons: datalessons.Config = field(default_factory=datalessons.Config)
@@ -109,22 +111,25 @@ def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int,
     rank = _dependents()
     run_dir = _run_dir(cfg)
     pending = list(todo)
-    running: dict = {}  # future -> (name, start time)
+    running: dict = {}  # future -> (name, start time, its executor)
     error: BaseException | None = None
     tty = sys.stdout.isatty()
     print(f"running up to {jobs} stages at once, {threads} torch thread(s) each (jobs=1 runs them one by one)",
           flush=True)
-    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool state and can deadlock in torch
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # One fresh process per stage (an executor of one worker each): no stage inherits another's threads, open
+    # stores or memory. spawn, not fork: a forked child inherits the parent's OpenMP state and can deadlock.
+    spawn = multiprocessing.get_context("spawn")
+    try:
         while pending or running:
-            busy = set(pending) | {n for n, _ in running.values()}  # a forced rerun's old outputs do not count
+            busy = set(pending) | {n for n, _, _ in running.values()}  # a forced rerun's old outputs do not count
             ready = [n for n in pending if error is None
                      and all(d not in busy and outputs_path(run_dir, d).exists() for d in needs[n])]
             ready.sort(key=lambda n: (-rank[n], index[n]))
             for name in ready[:jobs - len(running)]:
                 pending.remove(name)
                 print(f"[{index[name]}/{len(STAGES)}] {name}: {STAGES[index[name] - 1].TITLE} ...", flush=True)
-                running[pool.submit(_run_stage, cfg, name, threads, False)] = (name, time.perf_counter())
+                pool = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
+                running[pool.submit(_run_stage, cfg, name, threads, False)] = (name, time.perf_counter(), pool)
             if not running:
                 if error is None:  # nothing runs and nothing can start: an input stage is not in stages=
                     missing = sorted({d for n in pending for d in needs[n]
@@ -133,7 +138,8 @@ def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int,
                 break
             done, _ = wait(running, timeout=30, return_when=FIRST_COMPLETED)
             for fut in done:
-                name, _t0 = running.pop(fut)
+                name, _t0, pool = running.pop(fut)
+                pool.shutdown()
                 try:
                     seconds = fut.result()
                     print(f"[{index[name]}/{len(STAGES)}] {name}: finished in {seconds:.0f} s", flush=True)
@@ -142,7 +148,12 @@ def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int,
                     error = error or e
             if not done and tty:
                 now = time.perf_counter()
-                print("  running: " + ", ".join(f"{n} {now - t:.0f} s" for n, t in running.values()), flush=True)
+                print("  running: " + ", ".join(f"{n} {now - t:.0f} s" for n, t, _ in running.values()), flush=True)
+    finally:  # Ctrl-C or an error here: stop the stage processes (their outputs are not written; a rerun resumes)
+        for _, _, pool in running.values():
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
     if error is not None:
         raise error
 
@@ -218,10 +229,10 @@ def _run_stage(cfg: SpeedrunConfig, name: str, threads: int, progress: bool) -> 
     run_dir = _run_dir(cfg)
     ctx = StageContext(run_dir, cfg.size, cfg.seed, threads, progress)
     inputs = {n: read_outputs(run_dir, n, cls) for n, cls in stage_inputs(mod.run).items()}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sr = StageReport(name, mod.TITLE)
     outputs = mod.run(ctx, getattr(cfg, name), sr, **inputs)
-    sr.seconds = time.perf_counter() - t0
+    sr.seconds, sr.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     Report(run_dir).save_stage(sr)
     write_outputs(run_dir, name, outputs)
     return sr.seconds
@@ -273,11 +284,15 @@ def _main_one(cfg: SpeedrunConfig) -> Path:
             print(f"{tag}: finished in {seconds:.0f} s", flush=True)
     else:
         _run_parallel(cfg, todo, jobs, threads, index)
+    wall = time.perf_counter() - t_all
     header = (f"Run folder `{run_dir}`; size `{cfg.size}`, seed {cfg.seed}. Every number below was measured "
-              "in this run; rerun `make speedrun` to reproduce it.")
+              "in this run; rerun `make speedrun` to reproduce it. "
+              + (f"This invocation ran {len(todo)} stage(s) in {wall / 60:.1f} min wall on {os.cpu_count()} CPU "
+                 f"core(s), up to {jobs} at once (`jobs=`), so the stage times at the end overlap."
+                 if todo else ""))
     path = report.write([m.NAME for m in STAGES], header)
     from genforge.io import write_text
 
-    write_text(run_dir / "stages" / "total_seconds.txt", f"{time.perf_counter() - t_all:.1f}\n")
+    write_text(run_dir / "stages" / "total_seconds.txt", f"{wall:.1f}\n")
     print(f"report card: {path} (and {path.with_suffix('.html')})", flush=True)
     return path

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genforge.speedrun import align, engine, pretrain, sft, tokenizer, world
+from genforge.errors import ConfigError
+from genforge.speedrun import align, engine, peft, pretrain, sft, tokenizer, world
 from genforge.speedrun.stage import StageContext
 from tests.train.test_sft import base_ckpt, corpus, heldout_rows, make_tasks, tok, write_jsonl  # noqa: F401
 
@@ -29,17 +30,20 @@ ROWS = [{"task": "a", "prompt": "p" * 9, "response": "r"}, {"task": "b", "prompt
 def test_sft_items_variants_and_single_task():
     assert {t: len(v) for t, v in sft.by_task(ROWS, 1).items()} == {"a": 1, "b": 1}
     items = sft._Items(ROWS, sft.by_task(ROWS, 2), {})
-    assert sft.shortest_task(items) == "b"
-    names = [v.key for v in sft.make_variants(sft.Config(steps=10, chat_steps=0), [], [], "b")]
+    assert peft.shortest_task(items) == "b"
+    names = [v.key for v in peft.make_variants(peft.Config(steps=10), [], [], "b")]
     assert names == ["full", "lora", "prompt", "adapter", "scratch", "single"]
-    vs = sft.make_variants(sft.Config(steps=10, chat_steps=40, selective=True), [], [], "b")
-    assert [v.key for v in vs] == ["full", "lora", "prompt", "adapter", "selective", "scratch", "single", "chat"]
-    assert vs[-1].steps == 40 and vs[0].steps == 10
+    vs = peft.make_variants(peft.Config(steps=10, selective=True), [], [], "b")
+    assert [v.key for v in vs] == ["full", "lora", "prompt", "adapter", "selective", "scratch", "single"]
+    assert all(v.steps == 10 for v in vs)
+    with pytest.raises(ConfigError, match="chat_steps=0"):
+        sft.Config(chat_steps=0)
 
 
-def test_sft_lesson_on_a_tiny_world(tmp_path, tok, base_ckpt):  # noqa: F811
+@pytest.fixture
+def sft_inputs(tmp_path, tok, base_ckpt):  # noqa: F811
+    """A tiny world's task files, shards and the pretrained checkpoint, as the sft and peft stages read them."""
     from genforge.data.shards import pack_shards
-    from genforge.report import StageReport
 
     tasks = tmp_path / "world" / "tasks"
     tasks.mkdir(parents=True)
@@ -52,31 +56,52 @@ def test_sft_lesson_on_a_tiny_world(tmp_path, tok, base_ckpt):  # noqa: F811
     write_jsonl(tasks / "chat_test.jsonl", chat[4:])
     shards = tmp_path / "shards"
     pack_shards(corpus(), tok, shards, val_fraction=0.3)
+    return dict(world=world.Outputs(str(tmp_path / "world"), str(tasks), 0, 0, 0, 0.0),
+                tokenizer=tokenizer.Outputs(str(shards), str(shards), tok.vocab_size, 0),
+                pretrain=pretrain.Outputs(str(base_ckpt), 0.0, 0.0, 0.0))
+
+
+def test_sft_lesson_on_a_tiny_world(tmp_path, sft_inputs):
+    from genforge.report import StageReport
+
     ctx = StageContext(tmp_path / "run", size="smoke", progress=False)
-    cfg = sft.Config(steps=4, eval_items=4, chat_steps=0, train_items=400, micro_batch=8, ppl_batches=2)
     report = StageReport("sft", "SFT")
-    out = sft.run(ctx, cfg, report,
-                  world=world.Outputs(str(tmp_path / "world"), str(tasks), 0, 0, 0, 0.0),
-                  tokenizer=tokenizer.Outputs(str(shards), str(shards), tok.vocab_size, 0),
-                  pretrain=pretrain.Outputs(str(base_ckpt), 0.0, 0.0, 0.0))
+    out = sft.run(ctx, sft.Config(chat_steps=4, eval_items=4, train_items=400, micro_batch=8), report, **sft_inputs)
     assert isinstance(out, sft.Outputs)
-    assert (Path(out.checkpoint) / "model.safetensors").exists()
-    assert (Path(out.lora_adapter) / "adapter_config.json").exists()
+    assert (Path(out.checkpoint) / "model.safetensors").exists() and Path(out.checkpoint).parent.name == "chat"
     assert set(out.per_task["base"]) == {"add", "last_letters", "summarize", "translate"}
-    assert set(out.scores) >= {"base", "full", "lora", "prompt", "adapter", "scratch", "single"}
-    assert all(0.0 <= v <= 1.0 for v in out.scores.values())
-    assert out.val_ppl["base"] > 1 and out.val_ppl["full"] > 1
-    metrics = [r.metric for r in report.rows]
-    assert any("LoRA: mean task score" in m for m in metrics)
-    assert any(m.startswith("forgetting") for m in metrics) and any("held-out" in m for m in metrics)
-    assert len(report.plots) == 3 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
-    assert out.trainable_percent["lora"] < out.trainable_percent["full"] == 100.0
-    assert out.checkpoint == out.align_base  # no longer chat run at chat_steps=0
-    assert set(out.benign_refusal) == {"base", "full", "lora"} and set(out.phrasing) == {"base", "full", "lora"}
+    assert set(out.scores) == {"base", "chat"} and all(0.0 <= v <= 1.0 for v in out.scores.values())
+    assert set(out.benign_refusal) == {"base", "chat"} and set(out.phrasing) == {"base", "chat"}
+    assert any("held-out" in r.metric for r in report.rows)
+    assert len(report.plots) == 1 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
     claims = [les.claim for les in report.lessons]
     assert sum("lifts the trained task" in c for c in claims) == 4  # one per trained task
-    for want in ("random init", "LoRA", "forgets more", "unseen phrasings", "held-out task family", "benign"):
+    for want in ("unseen phrasings", "held-out task family", "benign"):
         assert any(want in c for c in claims), want
+    assert not any("LoRA" in c or "random init" in c for c in claims)  # the peft stage's claims
+    assert all(les.low is not None and les.low <= les.effect <= les.high for les in report.lessons)
+
+
+def test_peft_lesson_on_a_tiny_world(tmp_path, sft_inputs):
+    from genforge.report import StageReport
+
+    ctx = StageContext(tmp_path / "run", size="smoke", progress=False)
+    report = StageReport("peft", "PEFT")
+    cfg = peft.Config(steps=4, eval_items=4, train_items=400, micro_batch=8, ppl_batches=2)
+    out = peft.run(ctx, cfg, report, **sft_inputs)
+    assert isinstance(out, peft.Outputs)
+    assert (Path(out.full) / "model.safetensors").exists()
+    assert (Path(out.lora_adapter) / "adapter_config.json").exists() and "peft" in Path(out.lora_adapter).parts
+    assert set(out.scores) == {"base", "full", "lora", "prompt", "adapter", "scratch", "single"}
+    assert out.val_ppl["base"] > 1 and out.val_ppl["full"] > 1
+    metrics = [r.metric for r in report.rows]
+    assert any("LoRA: mean task score" in m for m in metrics) and any(m.startswith("forgetting") for m in metrics)
+    assert len(report.plots) == 3 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
+    assert out.trainable_percent["lora"] < out.trainable_percent["full"] == 100.0
+    claims = [les.claim for les in report.lessons]
+    for want in ("random init", "LoRA", "forgets more"):
+        assert any(want in c for c in claims), want
+    assert not any("lifts the trained task" in c for c in claims)  # the sft stage's claims
     assert all(les.low is not None and les.low <= les.effect <= les.high for les in report.lessons)
 
 

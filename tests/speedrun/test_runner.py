@@ -15,8 +15,9 @@ from genforge.speedrun.stage import from_dict, read_outputs, stage_inputs, write
 
 
 def test_stage_order_and_contract():
-    assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "align", "datalessons",
-                                        "eval", "engine", "rag", "agents", "objectives", "image", "interp", "safety"]
+    assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "peft", "align",
+                                        "datalessons", "eval", "engine", "rag", "agents", "objectives", "image",
+                                        "interp", "safety"]
     runner.check_stages()  # every module has NAME/TITLE/Config/Outputs/run and reads only earlier stages
     for m in STAGES:  # one config section per stage, of the stage's own Config class
         assert isinstance(getattr(SpeedrunConfig(), m.NAME), m.Config), m.NAME
@@ -68,15 +69,15 @@ def test_outputs_that_do_not_match_say_so(tmp_path):
 
 
 def test_overrides_are_validated():
-    with pytest.raises(ConfigError, match="did you mean 'sft.steps'"):
-        resolve(["sft.stpes=10"])
+    with pytest.raises(ConfigError, match="did you mean 'peft.steps'"):
+        resolve(["peft.stpes=10"])
     with pytest.raises(ConfigError, match="did you mean 'align.ppo_lr'"):
         resolve(["align={ppo_lrr: 0.1}"])
     with pytest.raises(ConfigError, match="expected true/false"):
         resolve(["force=maybe"])
-    cfg = resolve(["force=false", "progress=False", "sft.selective=true", "sft={steps: 200, chat_steps: 0}"])
-    assert cfg.force is False and cfg.progress is False and cfg.sft.selective is True
-    assert (cfg.sft.steps, cfg.sft.chat_steps) == (200, 0)
+    cfg = resolve(["force=false", "progress=False", "peft.selective=true", "peft={steps: 200}", "sft={chat_steps: 9}"])
+    assert cfg.force is False and cfg.progress is False and cfg.peft.selective is True
+    assert (cfg.peft.steps, cfg.sft.chat_steps) == (200, 9)
     with pytest.raises(ConfigError, match="section"):
         resolve(["sft=5"])
     with pytest.raises(ConfigError, match="size must be one of"):
@@ -86,9 +87,9 @@ def test_overrides_are_validated():
 def test_override_typo_fails_on_the_command_line(capsys):
     from genforge.cli import main as cli_main
 
-    assert cli_main(["speedrun", "sft.stpes=10"]) == 2
+    assert cli_main(["speedrun", "peft.stpes=10"]) == 2
     err = capsys.readouterr().err
-    assert "did you mean 'sft.steps'" in err and "Traceback" not in err
+    assert "did you mean 'peft.steps'" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("size", ["smoke", "tiny", "small"])
@@ -96,18 +97,18 @@ def test_size_recipes_load(size):
     cfg = resolve([f"size={size}"])
     assert cfg.size == size
     want = {"smoke": (12, 2, 512), "tiny": (100, 4, 1024), "small": (400, 6, 2048)}[size]
-    assert (cfg.sft.steps, cfg.pretrain.model.depth, cfg.tokenizer.vocab_size) == want
+    assert (cfg.peft.steps, cfg.pretrain.model.depth, cfg.tokenizer.vocab_size) == want
     if size == "tiny":  # the stage configs' defaults are the tiny size
         assert to_dict(cfg) == to_dict(SpeedrunConfig())
 
 
 def test_command_line_keys_win_over_the_size_recipe():
-    cfg = resolve(["size=smoke", "sft.steps=120", "eval.strategies=cot"])
-    assert cfg.sft.steps == 120 and cfg.sft.eval_items == 8 and cfg.eval.strategies == ["cot"]
+    cfg = resolve(["size=smoke", "peft.steps=120", "eval.strategies=cot"])
+    assert cfg.peft.steps == 120 and cfg.sft.eval_items == 8 and cfg.eval.strategies == ["cot"]
     # a key set to exactly its tiny default still wins over the smoke recipe
-    tiny_steps = SpeedrunConfig().sft.steps
-    cfg = resolve(["size=smoke", f"sft.steps={tiny_steps}", "pretrain.train.max_steps=7"])
-    assert (cfg.sft.steps, cfg.pretrain.train.max_steps, cfg.pretrain.model.depth) == (tiny_steps, 7, 2)
+    tiny_steps = SpeedrunConfig().peft.steps
+    cfg = resolve(["size=smoke", f"peft.steps={tiny_steps}", "pretrain.train.max_steps=7"])
+    assert (cfg.peft.steps, cfg.pretrain.train.max_steps, cfg.pretrain.model.depth) == (tiny_steps, 7, 2)
 
 
 def test_cli_builds_the_speedrun_config_with_the_size_recipe(tmp_path, monkeypatch):
@@ -118,10 +119,10 @@ def test_cli_builds_the_speedrun_config_with_the_size_recipe(tmp_path, monkeypat
     monkeypatch.setattr("genforge.speedrun.main", runner.main)
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("sft:\n  eval_items: 3\n")
-    tiny_steps = SpeedrunConfig().sft.steps
-    cli.run(["speedrun", "--config", str(recipe), "size=smoke", f"sft.steps={tiny_steps}"])
+    tiny_steps = SpeedrunConfig().peft.steps
+    cli.run(["speedrun", "--config", str(recipe), "size=smoke", f"peft.steps={tiny_steps}"])
     cfg = seen["cfg"]
-    assert cfg.size == "smoke" and cfg.sft.steps == tiny_steps and cfg.sft.eval_items == 3
+    assert cfg.size == "smoke" and cfg.peft.steps == tiny_steps and cfg.sft.eval_items == 3
     assert cfg.pretrain.model.depth == resolve(["size=smoke"]).pretrain.model.depth
 
 
@@ -142,7 +143,7 @@ def test_data_stages_write_typed_outputs_and_the_resolved_config(data_run: Path)
     t = read_outputs(data_run, "tokenizer", tokenizer.Outputs)
     assert t.vocab_size == 512 and (Path(t.shards) / "tokenizer.json").exists()
     saved = load_config(SpeedrunConfig, data_run / "config.yaml")
-    assert saved.size == "smoke" and saved.sft.steps == 12
+    assert saved.size == "smoke" and saved.peft.steps == 12
     for name in ("world", "clean", "tokenizer"):
         assert (data_run / "report" / f"{name}.json").exists()
 
@@ -169,3 +170,37 @@ def test_seeds_run_once_per_seed_and_merge_a_card(tmp_path):
     assert "2 seeds" in path.read_text() and (tmp_path / "smoke-seeds" / "report.html").exists()
     with pytest.raises(ConfigError, match="each seed once"):
         main(resolve([f"runs_dir={tmp_path}", "stages=world", "seeds=0,0"]))
+
+
+def test_most_needed_stage_starts_first():
+    rank = runner._dependents()
+    assert rank["world"] == len(STAGES) - 2  # every stage but image (which draws its own data) reads it
+    assert rank["pretrain"] > rank["image"] == 0 and rank["sft"] > rank["engine"] == 0
+    assert rank["align"] > rank["agents"]  # eval, interp and safety wait on align
+
+
+def test_jobs_share_out_the_cores(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.jobs_and_threads(resolve([])) == (2, 1)
+    assert runner.jobs_and_threads(resolve(["jobs=1"])) == (1, 0)  # one by one: PyTorch's default threads
+    assert runner.jobs_and_threads(resolve(["jobs=2", "threads=2"])) == (2, 2)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)
+    assert runner.jobs_and_threads(resolve([])) == (1, 0)
+    with pytest.raises(ConfigError, match="jobs=-1"):
+        runner.jobs_and_threads(resolve(["jobs=-1"]))
+
+
+def test_parallel_runner_waits_for_a_forced_input(data_run: Path, capsys):
+    """jobs=2 with clean forced: tokenizer reads clean, so it must not start on clean's old outputs."""
+    args = ["size=smoke", f"runs_dir={data_run.parent}", "progress=false", "jobs=2", "threads=1"]
+    main(resolve(args + ["stages=clean,tokenizer", "force=true"]))
+    out = capsys.readouterr().out
+    assert "up to 2 stages at once" in out
+    assert out.index("clean: finished") < out.index("tokenizer: Tokenizer ...") < out.index("tokenizer: finished")
+    assert "## Tokenizer" in (data_run / "report.md").read_text()
+
+
+def test_parallel_runner_names_a_missing_input(tmp_path):
+    args = ["size=smoke", f"runs_dir={tmp_path}", "progress=false", "jobs=2"]
+    with pytest.raises(ConfigError, match=r"need the outputs of \['world'\]"):
+        main(resolve(args + ["stages=clean,objectives"]))
