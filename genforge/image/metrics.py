@@ -14,6 +14,7 @@ import importlib.util
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -193,8 +194,14 @@ def caption_faithfulness(attr_clf: WorldClassifier, images: torch.Tensor, reques
 
 def bootstrap_fid(real_feats: np.ndarray, fake_feats: np.ndarray, other_feats: np.ndarray | None = None, *,
                   n_resamples: int = 200, seed: int = 0, confidence: float = 0.95) -> Interval:
-    """FID of fake against real with a percentile bootstrap interval over the generated images (the real set is
-    fixed: the interval says how much the number moves with another draw of samples).
+    """FID of fake against real with a normal bootstrap interval over the generated images (the real set is
+    fixed: the interval says how much the number moves with another draw of samples): estimate +- z * the
+    standard deviation of the resampled FIDs.
+
+    Why not percentile intervals: FID is biased upward at finite n, and a resample with replacement repeats
+    images, so every bootstrap FID is larger still and percentile intervals sit above their own estimate
+    (measured: estimate 1.29, percentile [1.45, 2.19]); reflecting them (the basic bootstrap) overshoots the
+    other way. The spread of the resamples is what is sound, and what two models with the same n compare by.
 
     With `other_feats` (the same number of images, row i made from the same starting noise as fake row i), the
     statistic is FID(fake) - FID(other) and both sets are resampled with the same indices (a paired bootstrap).
@@ -209,5 +216,6 @@ def bootstrap_fid(real_feats: np.ndarray, fake_feats: np.ndarray, other_feats: n
 
     rng = np.random.default_rng(seed)
     boots = np.array([stat(rng.integers(0, n, n)) for _ in range(n_resamples)])
-    a = (1 - confidence) / 2
-    return Interval(stat(slice(None)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), n, confidence)
+    z = float(NormalDist().inv_cdf(0.5 + confidence / 2))
+    est, sd = stat(slice(None)), float(np.std(boots, ddof=1))
+    return Interval(est, est - z * sd, est + z * sd, n, confidence)
