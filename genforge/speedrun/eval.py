@@ -67,7 +67,8 @@ class Config:
     icl_shots: int = 3
     icl_style: str = "direct"  # the demonstrations' answers: "direct" (short, so several fit the context) or "cot"
     icl_limit: int = 200  # in-context learning items (no chat, short prompts: cheap; 100 left a +0.07 unresolved)
-    icl_tokens: int = 48  # the few-shot arm's answer budget (a short worked answer: "X is kept in Y. That is option C: Y. The answer is C.")
+    icl_tokens: int = 48  # the few-shot arm's answer budget (a short worked answer: "... That is option C: Y.\nThe
+    #                       answer is C.")
     strategies: list[str] = field(default_factory=lambda: list(OPTIONAL))  # which of OPTIONAL to run
     search_limit: int = 12  # items for self-verification and tree of thoughts (cost grows ~10x per item)
     needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 192, 256, 320, 384, 448])
@@ -84,7 +85,7 @@ class Config:
     prompt_task: str = "coin_flip"  # the task of APE, RL prompt search, prompt variants and tuned few-shot
     transfer_task: str = "date_arithmetic"  # the held-out task family APE's instruction is carried to
     cot_prompt_task: str = "coin_flip"  # zero-shot vs few-shot chain of thought
-    ape_dev: int = 16  # dev items APE and the RL search score candidates on
+    ape_dev: int = 40  # dev items APE and the RL search score candidates on (16 gave +-0.12 of noise at chance)
     ape_generated: int = 4  # instructions the model proposes (besides prompting.SEED_INSTRUCTIONS)
     rl_group: int = 4  # RL prompt search: prompts per GRPO step
     rl_batch: int = 4  # RL prompt search: dev items per step (steps are set so calls ~ APE's)
@@ -103,7 +104,8 @@ class Config:
     contam_words: int = 12  # contamination by asking: words of the continuation compared
     contam_ngram: int = 13  # n of the n-gram check beside it (GPT-3's 13; shorter n-grams match the family's template)
     contam_clean: int = 48  # clean (never planted) items of the same family to compare with
-    tom_items: int = 60  # false-belief items (a third each: false belief, true belief, reality)
+    tom_items: int = 300  # false-belief items (a third each: false belief, true belief, reality; 20 per kind left
+    #                       intervals of +-0.2 around chance; option log-likelihood is cheap)
     composite_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter",
                                                                 "date_arithmetic", "multiple_choice"])
     div_prompts: int = 12
@@ -163,9 +165,10 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     _report_direct(report, direct)
     by_task = {t.name: t for t in tasks}
     means = prompting_lessons(ctx, report, lm, cfg, ecfg, by_task, out)
-    _multiple_choice_lesson(report, direct)
     base, base_tok, base_meta = load_checkpoint(sft.base)
     base_lm = GenforgeLM(base, base_tok, chat=False)
+    mc = by_task.get("multiple_choice")
+    _multiple_choice_lesson(report, direct, fact_sentence_accuracy(base_lm, mc.load(cfg.limit)) if mc else None)
     needle_lm, meta = (base_lm, base_meta) if cfg.needle_model == "base" else (lm, sft_meta)
     if not cfg.trained_context:
         cfg = dataclasses.replace(cfg, trained_context=trained_seq_len(meta, needle_lm.max_len))
@@ -470,13 +473,36 @@ def icl_lesson(report: StageReport, base_lm: GenforgeLM, task: Task, cfg: Config
                   effect=bootstrap_diff(s1.items, s0.items, paired=True), target=0.0,
                   note=f"greedy, 'Question:/Answer:' frame, the demonstrations are solved train rows in the "
                        f"'{cfg.icl_style}' style ('The answer is X.'), as many as fit the {context}-token trained "
-                       f"context; n={len(rows)}. Answers in the format 'The answer is ...': {sum(fmt[1]) / len(rows):.2f} "
-                       f"vs {sum(fmt[0]) / len(rows):.2f}. A task where zero-shot fails on the format: at this scale the "
-                       f"demonstrations teach the answer's format and label space (Min et al. 2022), not the skill"
-                       + (f" (chance {chance:.2f})" if chance else ""))
+                       f"context; n={len(rows)}. Answers in the format 'The answer is ...': "
+                       f"{sum(fmt[1]) / len(rows):.2f} vs {sum(fmt[0]) / len(rows):.2f}. Chosen as a task whose zero-shot answers miss the format "
+                       "(the pretrained model drifts into other documents); at this scale the demonstrations teach the "
+                       "answer's format and label space (Min et al. 2022), not the skill"
+                       + (f": accuracy below chance ({chance:.2f}) stays below it, the model does not know the facts "
+                          "asked (multiple-choice row)" if chance and s1.score < chance else ""))
 
 
-def _multiple_choice_lesson(report: StageReport, direct: dict) -> None:
+def fact_sentence_accuracy(lm: GenforgeLM, rows: Sequence[dict]) -> list[float]:
+    """Does the model know the facts the multiple-choice questions ask? Each row's first rationale line states the
+    fact as the corpus does ("Petra Fairley lives in Larkcombe."); per row, 1 when the gold option is the likeliest
+    of the options in that sentence (rows whose sentence does not contain the gold option once are skipped)."""
+    pairs, golds = [], []
+    for r in rows:
+        first = str(r.get("rationale", "")).split("\n")[0]
+        gold = str(r["options"][r["gold_index"]])
+        if first.count(gold) != 1 or first.startswith(gold):
+            continue
+        i = first.index(gold)
+        pre, post = first[:i].rstrip(" "), first[i + len(gold):]
+        pairs += [(pre, f" {o}{post}") for o in r["options"]]
+        golds.append((int(r["gold_index"]), len(r["options"])))
+    ll, out, k = [x[0] for x in lm.loglikelihood(pairs)] if pairs else [], [], 0
+    for g, n in golds:
+        out.append(float(max(range(n), key=lambda j: ll[k + j]) == g))
+        k += n
+    return out
+
+
+def _multiple_choice_lesson(report: StageReport, direct: dict, facts: list[float] | None = None) -> None:
     from genforge.eval.stats import bootstrap_mean, bootstrap_proportion
 
     for name, t in direct["tasks"].items():
@@ -487,7 +513,12 @@ def _multiple_choice_lesson(report: StageReport, direct: dict) -> None:
         report.lesson(f"multiple choice is clearly above chance ({name}, log-likelihood of each option)",
                       ("accuracy", bootstrap_proportion(items)), ("chance", sum(chance) / len(chance)),
                       effect=bootstrap_mean([x - c for x, c in zip(items, chance)]), target=0.0,
-                      note=f"n={len(items)}; letter-format accuracy {m.get('acc_letter', float('nan')):.2f}{flips}")
+                      note=f"n={len(items)}; letter-format accuracy {m.get('acc_letter', float('nan')):.2f}{flips}"
+                           + (f". Does the model know the facts asked? The pretrained model picks the true option in "
+                              f"the fact's own corpus sentence ('X lives in Y.') {_ci(bootstrap_proportion(facts))} "
+                              f"(chance {sum(chance) / len(chance):.2f}, n={len(facts)}): a question about a fact the "
+                              "model never learned cannot be answered by any scoring"
+                              if facts else ""))
 
 
 def trained_seq_len(meta: dict, default: int) -> int:
@@ -707,6 +738,12 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
         ape_gen, dev, lambda o, ex: score_outputs(task.name, [{"answer": ex.answer, "task": task.name}], [o]).score,
         n_generated=cfg.ape_generated, max_new_tokens=cfg.short_tokens, seed=ctx.seed, place=_place(cfg))
     hand_dev = next(c["score"] for c in ape["candidates"] if c["instruction"] == "")
+    # the claim is about what the search FINDS: the hand-written prompt (no instruction) is the baseline, so it is
+    # no candidate; when it won on dev, comparing it with itself gave exactly 0 [0, 0] on held-out items
+    found = [c for c in ape["candidates"] if c["instruction"]]
+    if found:
+        top = max(range(len(found)), key=lambda i: (found[i]["score"], -i))  # ties keep the earlier (seeds first)
+        ape = {**ape, "best": found[top]["instruction"], "best_score": found[top]["score"], "dev_winner": ape["best"]}
     # RL: minibatches of the same dev rows, cycling; the budget in model calls is set to about APE's
     rl_gen = CountingGen(lm.generate)
     batch = max(1, cfg.rl_batch)
@@ -730,10 +767,13 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
     report.lesson(f"APE's best instruction beats the hand-written prompt on held-out items ({task.name})",
                   (f"accuracy with '{ape['best'] or '(none)'}'", sum(test[ape['best']]) / len(hand)),
                   ("accuracy, hand-written prompt", sum(hand) / len(hand)), effect=d_ape, target=0.0,
-                  note=f"chosen on {len(dev)} dev items ({ape['best_score']:.2f} vs hand-written {hand_dev:.2f}) from "
-                       f"{len(ape['candidates'])} candidates ({cfg.ape_generated} proposed by the model from solved "
-                       f"examples); {ape_gen.calls} model calls; held-out n={len(hand)}. A tie means the "
-                       "hand-written prompt won on dev: the model was tuned on exactly that phrasing")
+                  note=f"the best of {len(found)} instructions (the seeds and {cfg.ape_generated} the model proposed "
+                       f"from solved examples) on {len(dev)} dev items: {ape['best_score']:.2f} vs hand-written "
+                       f"{hand_dev:.2f} (dev range {min(c['score'] for c in found):.2f}-"
+                       f"{max(c['score'] for c in found):.2f}); {ape_gen.calls} model calls; held-out n={len(hand)}. "
+                       f"Chance is {_answer_chance(task):.2f}: the world's own phrasing (no instruction) is what SFT "
+                       "trained, and a search can only beat it where some instruction changes what the model gets "
+                       "right")
     if transfer is not None and ape["best"]:
         rows = transfer.load(cfg.lesson_limit)
         t = _instruction_scores(lm, transfer, rows, ["", ape["best"]], cfg, CountingGen(lm.generate))
@@ -763,20 +803,24 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
     import json
 
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
-    from genforge.eval.wrong_labels import entity_type_items, wrong_label_scores
+    from genforge.eval.wrong_labels import entity_type_items, label_sensitivity, scores_of, wrong_label_predictions
     from genforge.io import write_json
 
     tables = json.loads((Path(world_dir) / "world.json").read_text())
     train, test = entity_type_items(tables, 60, cfg.wrong_label_items, seed)
     labels = sorted({t.label for t in test})
-    res = {name: wrong_label_scores(lm, train, test, labels, k=cfg.wrong_label_k, seed=seed)
-           for name, lm in models.items()}
+    preds = {name: wrong_label_predictions(lm, train, test, labels, k=cfg.wrong_label_k, seed=seed)
+             for name, lm in models.items()}
+    res = {name: scores_of(p, test) for name, p in preds.items()}
+    reads = {name: label_sensitivity(p) for name, p in preds.items()}
     write_json(out / "wrong_labels.json", {m: {k: sum(v) / len(v) for k, v in s.items()} for m, s in res.items()})
     chance = 1 / len(labels)
-    lines = ["| model | zero-shot | correct labels | random labels | flipped labels |", "|---|---|---|---|---|"]
+    lines = ["| model | zero-shot | correct labels | random labels | flipped labels | predictions changed by "
+             "flipping |", "|---|---|---|---|---|---|"]
     for name, s in res.items():
         lines.append(f"| {name} | " + " | ".join(_ci(bootstrap_proportion(s[m]))
-                                                  for m in ("zero_shot", "correct", "random", "flipped")) + " |")
+                                                  for m in ("zero_shot", "correct", "random", "flipped"))
+                     + f" | {reads[name]:.2f} |")
     report.note(f"**Wrong-label demonstrations** ({cfg.wrong_label_k} demonstrations, {len(test)} names, "
                 f"{len(labels)} labels, chance {chance:.2f}; accuracy against the true label, 95 % intervals):\n\n"
                 + "\n".join(lines))
@@ -794,7 +838,9 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                        f"log-likelihood with contextual calibration (Zhao et al. 2021); flipped labels: "
                        f"{sum(s['flipped']) / len(test):.2f}"
                        + ("" if testable else f"; correct labels do not beat chance ({chance:.2f}) here, so the claim "
-                                              "cannot be tested at this scale"))
+                                              "cannot be tested at this scale: flipping every demonstration label "
+                                              f"changes {reads[first]:.0%} of the predictions (the model barely "
+                                              "reads its context; see the induction row)"))
     if len(res) > 1:
         size = {m: sum(x.numel() for x in models[m].model.parameters()) for m in res}
         small, large = min(res, key=size.get), max(res, key=size.get)
@@ -803,7 +849,9 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                       (f"drop under flipped labels, {large}", sum(drop[large]) / len(test)),
                       (f"drop under flipped labels, {small}", sum(drop[small]) / len(test)),
                       effect=bootstrap_diff(drop[large], drop[small], paired=True), target=0.0,
-                      note="Wei et al. 2023: larger models override their prior with the demonstrations' labels")
+                      note="Wei et al. 2023: larger models override their prior with the demonstrations' labels. "
+                           "Flipping every label changes " + ", ".join(f"{reads[m]:.0%} ({m})" for m in (large, small))
+                           + " of the predictions: a model that does not read the labels cannot follow them")
     else:
         report.row("wrong-label size effect", "not measured", None,
                    "one model size in this run; set eval.wrong_label_models to a second pretrained checkpoint "
@@ -941,8 +989,10 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
                   effect=kinds[worst], target=0.5, effect_name=f"accuracy of the weakest kind ({worst})",
                   note="two containers in random order, option log-likelihood; "
                        + ", ".join(f"{k.replace('_', ' ')} {v.estimate:.2f}" for k, v in kinds.items())
-                       + ". A heuristic (the container named first, or last) passes one kind and fails another; "
-                         "only tracking who saw what passes all three")
+                       + f" (n={len(by_kind[worst])} per kind). A heuristic (the container named first, or last) "
+                         "passes one kind and fails another; only tracking who saw what passes all three. Near chance on all "
+                         "three, even 'where is it now' (reality), the model does not follow the object through the "
+                         "story, which needs copying a container from its context (the induction row)")
     for name in list(res)[1:]:
         fb = [x for x, it in zip(res[name], items) if it["kind"] == "false_belief"]
         report.row(f"false-belief accuracy, {name}", _ci(bootstrap_mean(fb)), 0.5, f"n={len(fb)}")
@@ -950,7 +1000,11 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
     if leaked.exists() and "pretrained" in lms:
         rows = [r for _, r in read_jsonl(leaked)]
         p = correct(lms["pretrained"], [r for r in rows if r["split"] == "planted"])
-        c = correct(lms["pretrained"], [r for r in rows if r["split"] == "clean"])
+        fresh = [r for r in rows if r["split"] == "clean"]
+        seen = {r["text"] for r in rows}
+        fresh += [it for it in tom.false_belief_items(cfg.contam_clean, seed, ("false_belief",), salt="clean-eval")
+                  if it["text"] not in seen][:max(0, cfg.contam_clean - len(fresh))]
+        c = correct(lms["pretrained"], fresh)
         report.row("false belief, pretrained model: leaked (planted) items minus fresh ones",
                    _ci(bootstrap_diff(p, c, paired=False)), None,
                    f"accuracy {sum(p) / len(p):.2f} vs {sum(c) / len(c):.2f}: a score on a public test that leaked "
