@@ -474,9 +474,10 @@ def icl_lesson(report: StageReport, base_lm: GenforgeLM, task: Task, cfg: Config
                   note=f"greedy, 'Question:/Answer:' frame, the demonstrations are solved train rows in the "
                        f"'{cfg.icl_style}' style ('The answer is X.'), as many as fit the {context}-token trained "
                        f"context; n={len(rows)}. Answers in the format 'The answer is ...': "
-                       f"{sum(fmt[1]) / len(rows):.2f} vs {sum(fmt[0]) / len(rows):.2f}. Chosen as a task whose zero-shot answers miss the format "
-                       "(the pretrained model drifts into other documents); at this scale the demonstrations teach the "
-                       "answer's format and label space (Min et al. 2022), not the skill"
+                       f"{sum(fmt[1]) / len(rows):.2f} vs {sum(fmt[0]) / len(rows):.2f}. Chosen as a task whose "
+                       "zero-shot answers miss the format (the pretrained model drifts into other documents); at this "
+                       "scale the demonstrations teach the answer's format and label space (Min et al. 2022), not the "
+                       "skill"
                        + (f": accuracy below chance ({chance:.2f}) stays below it, the model does not know the facts "
                           "asked (multiple-choice row)" if chance and s1.score < chance else ""))
 
@@ -990,9 +991,9 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
                   note="two containers in random order, option log-likelihood; "
                        + ", ".join(f"{k.replace('_', ' ')} {v.estimate:.2f}" for k, v in kinds.items())
                        + f" (n={len(by_kind[worst])} per kind). A heuristic (the container named first, or last) "
-                         "passes one kind and fails another; only tracking who saw what passes all three. Near chance on all "
-                         "three, even 'where is it now' (reality), the model does not follow the object through the "
-                         "story, which needs copying a container from its context (the induction row)")
+                         "passes one kind and fails another; only tracking who saw what passes all three. Near chance "
+                         "on all three, even 'where is it now' (reality), the model does not follow the object through "
+                         "the story, which needs copying a container from its context (the induction row)")
     for name in list(res)[1:]:
         fb = [x for x, it in zip(res[name], items) if it["kind"] == "false_belief"]
         report.row(f"false-belief accuracy, {name}", _ci(bootstrap_mean(fb)), 0.5, f"n={len(fb)}")
