@@ -947,16 +947,29 @@ def contamination_lesson(report: StageReport, base_lm: GenforgeLM, world_dir: st
                   ("share of item-specific words recalled, planted items", sum(ps) / len(ps)),
                   ("clean items of the same family", sum(cs) / len(cs)),
                   effect=bootstrap_diff(ps, cs, paired=False), target=0.0,
-                  note=f"{len(ps)} false-belief items each planted in several corpus documents vs {len(cs)} never "
-                       "shown; greedy continuation of each item cut just before its first word no template predicts "
-                       "(the container the object is moved to); chance of naming it by guessing ~1/11. The "
-                       f"{cfg.contam_ngram}-gram check (it needs the corpus) flags {flag_p:.0%} vs {flag_c:.0%}; "
-                       "asking needs only the model")
+                  note=f"{len(ps)} false-belief items, each planted in {_copies(corpus, planted)} corpus documents, "
+                       f"vs {len(cs)} never shown; greedy continuation of each item cut just before its first word "
+                       "no template predicts (the container the object is moved to); chance of naming it by guessing "
+                       f"~1/11. The {cfg.contam_ngram}-gram check (it needs the corpus) flags {flag_p:.0%} vs "
+                       f"{flag_c:.0%}; asking needs only the model")
     pr, cr = [x["reproduced"] for x in p], [x["reproduced"] for x in c]
     report.row(f"contamination by asking, all of the next {cfg.contam_words} words reproduced in order: planted minus "
                "clean", _ci(bootstrap_diff(pr, cr, paired=False)), None,
                f"{sum(pr) / len(pr):.3f} vs {sum(cr) / len(cr):.3f}: the family's template words come back for "
                "unseen items too, so this share hides the memory the item-specific words show")
+
+
+def _copies(corpus: str, texts: list[str]) -> str:
+    """How many corpus documents hold each text: "6" or "5-7" (min-max)."""
+    from genforge.io import read_jsonl
+
+    counts = dict.fromkeys(texts, 0)
+    for _, r in read_jsonl(corpus):
+        doc = r.get("text", "")
+        for t in texts:
+            counts[t] += t in doc
+    lo, hi = min(counts.values()), max(counts.values())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, corpus: str, cfg: Config, seed: int,
