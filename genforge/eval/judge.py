@@ -39,7 +39,7 @@ class ModelJudge:
 
 
 class LoglikJudge:
-    """A forced-choice judge: the verdict is the likelier of " A" and " B" after the judge prompt (no generation).
+    """A forced-choice judge: the verdict is the likelier of "A" and "B" after the judge prompt (no generation).
 
     A model too small to follow "Reply with one letter" writes anything but a verdict (a generating judge then has
     nothing to parse); reading the two letters' log-probabilities always gives one, as evaluations of small models
@@ -51,7 +51,9 @@ class LoglikJudge:
         self.lm, self.margins = lm, []
 
     def complete(self, prompts: list[str]) -> list[str]:
-        ll = [x[0] for x in self.lm.loglikelihood([(p, f" {c}") for p in prompts for c in "AB"])]
+        # a chat model's answer starts right after its assistant tag, a base model's after "Verdict:" and a space
+        sep = "" if getattr(self.lm, "chat", False) else " "
+        ll = [x[0] for x in self.lm.loglikelihood([(p, f"{sep}{c}") for p in prompts for c in "AB"])]
         self.margins = [ll[2 * i] - ll[2 * i + 1] for i in range(len(prompts))]
         return ["A" if m >= 0 else "B" for m in self.margins]
 

@@ -638,18 +638,35 @@ def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Confi
     completion of a prompt, oracle gap >= 0.2), position bias (both orders) and length bias (padding)."""
     import random
 
-    from genforge.eval.judge import LoglikJudge, Pair, calibrated_winners, pairwise, verbosity_probe
+    from genforge.eval.judge import (
+        PADDING,
+        PAIRWISE_TEMPLATE,
+        LoglikJudge,
+        Pair,
+        calibrated_winners,
+        pairwise,
+        verbosity_probe,
+    )
     from genforge.eval.stats import bootstrap_mean
     from genforge.io import read_jsonl, write_json
 
     rng = random.Random(f"judge-{seed}")
-    pairs, oracle_first = [], []
+    pairs, oracle_first, too_long = [], [], 0
+    count = getattr(lm, "count_tokens", None)
+    # a judge prompt past the trained context is read at positions the model never trained on (or cut from the
+    # left, instructions first): 39 of 120 were, with long needle questions. 16 tokens: chat template and verdict
+    room = cfg.trained_context - 16 if cfg.trained_context and count else None
     for _, row in read_jsonl(Path(world_dir) / "preferences.jsonl"):
         best, worst = row["ranking"][0], row["ranking"][-1]
         if row["scores"][best] - row["scores"][worst] < 0.2:
             continue
         clip = lambda t: " ".join(t.split()[:cfg.judge_words])  # noqa: E731  (prompts must fit the context)
         a, b = clip(row["completions"][best]), clip(row["completions"][worst])
+        # the pair's prompt, and the length probe's (the oracle's better answer padded, against itself)
+        if room is not None and max(count(PAIRWISE_TEMPLATE.format(question=row["prompt"], a=x, b=y))
+                                    for x, y in ((a, b), (a + PADDING, a))) > room:
+            too_long += 1
+            continue
         first = rng.random() < 0.5
         pairs.append(Pair(row["prompt"], a, b) if first else Pair(row["prompt"], b, a))
         oracle_first.append(first)
@@ -674,9 +691,12 @@ def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Confi
                   ("agreement with the oracle (order-dependent verdicts count 0.5)", ci), ("chance", 0.5),
                   effect=ci, target=0.5, effect_name="agreement",
                   note=f"{len(pairs)} preference pairs (oracle's best vs worst completion), each judged in both "
-                       "orders by the likelier of ' A' / ' B' after the judge prompt; a verdict that flips with the "
-                       f"order counts as a tie: {1 - res['consistency']:.0%} flip. The model was never trained to "
-                       "judge (bias rows below)")
+                       "orders by the likelier of 'A' / 'B' after the judge prompt; a verdict that flips with the "
+                       f"order counts as a tie: {1 - res['consistency']:.0%} flip, and the same position wins both "
+                       f"orders in {res['bias_first'] + res['bias_second']:.0%} of pairs. The model was never trained "
+                       "to judge: position decides, not content (calibrated agreement and bias rows below)"
+                       + (f"; {too_long} pairs skipped whose judge prompt would pass the {cfg.trained_context}-token "
+                          "trained context" if too_long else ""))
     report.row("judge agreement with the oracle, position-calibrated (log-odds summed over both orders)",
                _ci(bootstrap_mean(calibrated)), 0.5,
                "Wang et al. 2023's balanced position calibration: a pure position preference cancels, what is left "

@@ -103,11 +103,12 @@ def test_judge_position_calibration_finds_a_judge_that_knows_the_better_answer(w
     def score(context, continuation):
         a = context.split("Response A: ", 1)[1].split("\n\nResponse B: ")[0]
         good = "A" if a in best else "B"
-        return (2.0 if continuation == " A" else 0.0) + (1.0 if continuation == f" {good}" else 0.0)
+        # a chat model's verdict is scored right after its assistant tag: "A", not " A"
+        return (2.0 if continuation == "A" else 0.0) + (1.0 if continuation == good else 0.0)
 
     rep = StageReport("eval", "t")
     ev.judge_lesson(rep, StubLM(score=score, chat=True), str(world_dir), ev.Config(judge_pairs=12), 0, tmp_path)
-    assert rep.lessons[0].effect == pytest.approx(0.5)
+    assert rep.lessons[0].effect == pytest.approx(0.5) and rep.lessons[0].n == 12
     cal = next(r for r in rep.rows if "position-calibrated" in r.metric)
     assert cal.value.startswith("1.000 [1.000, 1.000]")
 
@@ -232,3 +233,22 @@ def test_fact_sentence_accuracy_reads_the_fact_as_the_corpus_states_it(tasks):
     acc = ev.fact_sentence_accuracy(StubLM(score=knows), rows)
     assert len(acc) == len(gold_after) > 0 and all(x == 1.0 for x in acc)
     assert sum(ev.fact_sentence_accuracy(StubLM(), rows)) < len(acc)  # by length alone it is not always right
+
+
+def test_judge_skips_pairs_whose_prompt_passes_the_trained_context(world_dir, tmp_path):
+    """Judge prompts past the trained context are read at untrained positions: such pairs are skipped, and said so."""
+    seen = []
+
+    class Counting(StubLM):
+        def count_tokens(self, text):
+            return len(text.split())
+
+    def score(context, continuation):
+        seen.append(context)
+        return 0.0
+
+    rep = StageReport("eval", "t")
+    ev.judge_lesson(rep, Counting(score=score, chat=True), str(world_dir),
+                    ev.Config(judge_pairs=6, trained_context=130), 0, tmp_path)
+    assert seen and all(len(c.split()) <= 130 - 16 for c in seen)
+    assert "skipped whose judge prompt would pass the 130-token" in rep.lessons[0].note
