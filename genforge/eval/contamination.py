@@ -14,6 +14,7 @@ only if their whole word sequence occurs verbatim in the corpus.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -160,19 +161,58 @@ def lcs_share(output: str, rest: Sequence[str], m: int) -> float:
     return prev[-1] / len(target)
 
 
+def family_template(texts: Sequence[str], share: float = 0.5) -> set[str]:
+    """The words of an item family's template: those in at least `share` of its texts ("moves", "the", "Question:").
+    The other words (names, objects, the answer) are what makes an item itself."""
+    df = Counter(w for t in texts for w in set(t.split()))
+    return {w for w, c in df.items() if c >= share * len(texts)}
+
+
+def split_at_secret(text: str, template: set[str], prefix_share: float = 0.5) -> tuple[str, list[str]]:
+    """Cut `text` just before its first item-specific word from `prefix_share` of the way on: a word of no template
+    and not yet in the text, so only a model that has seen the item can write it (like a canary's secret). Falls
+    back to `split_item` when the second part has no such word."""
+    ws = text.split()
+    start = max(1, min(len(ws) - 1, round(len(ws) * prefix_share)))
+    for k in range(start, len(ws)):
+        if ws[k] not in template and ws[k] not in ws[:k]:
+            return " ".join(ws[:k]), ws[k:]
+    return split_item(text, prefix_share)
+
+
+def specific_share(output: str, prompt: str, rest: Sequence[str], template: set[str], m: int) -> float | None:
+    """Share of the item-specific words among the first m words of `rest` (no template word, not in the prompt)
+    that the output's first 2m words contain; None when there is none to recall."""
+    seen = set(prompt.split())
+    target = [w for w in rest[:m] if w not in template and w not in seen]
+    if not target:
+        return None
+    got = set(output.split()[:2 * m])
+    return sum(w in got for w in target) / len(target)
+
+
 def ask_reproduction(lm, texts: Sequence[str], *, prefix_share: float = 0.5, words: int = 12,
-                     max_new_tokens: int = 48) -> list[dict]:
+                     max_new_tokens: int = 48, template: set[str] | None = None) -> list[dict]:
     """Prompt with each text's start (greedy) and score how much of its next `words` words come back.
 
-    lm: anything with `generate` (a pretrained model: no chat template, it continues text). Returns per text
-    {"prompt", "rest", "output", "reproduced" (in-order share, `lcs_share`), "prefix" (verbatim share from the
-    start, `reproduced_share`), "verbatim" (1.0 when all `words` come back exactly)}.
+    lm: anything with `generate` (a pretrained model: no chat template, it continues text). template (the family's
+    `family_template`): cut each item at its first item-specific word past `prefix_share` (`split_at_secret`) and
+    also score "specific", the share of the continuation's item-specific words recalled: template words come back
+    for items never seen too, so they say nothing about memory. Returns per text {"prompt", "rest", "output",
+    "reproduced" (in-order share, `lcs_share`), "prefix" (verbatim share from the start, `reproduced_share`),
+    "verbatim" (1.0 when all `words` come back exactly), "specific" (with a template; None if the rest has no
+    item-specific word)}.
     """
-    prompts, rests = zip(*[split_item(t, prefix_share) for t in texts]) if texts else ((), ())
+    cut = (lambda t: split_at_secret(t, template, prefix_share)) if template is not None else (
+        lambda t: split_item(t, prefix_share))
+    prompts, rests = zip(*[cut(t) for t in texts]) if texts else ((), ())
     outs = lm.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=0.0, stop=(), n=1)
     res = []
     for p, rest, o in zip(prompts, rests, outs):
         share = reproduced_share(o[0], rest, words)
-        res.append({"prompt": p, "rest": " ".join(rest[:words]), "output": o[0],
-                    "reproduced": lcs_share(o[0], rest, words), "prefix": share, "verbatim": float(share >= 1.0)})
+        r = {"prompt": p, "rest": " ".join(rest[:words]), "output": o[0],
+             "reproduced": lcs_share(o[0], rest, words), "prefix": share, "verbatim": float(share >= 1.0)}
+        if template is not None:
+            r["specific"] = specific_share(o[0], p, rest, template, words)
+        res.append(r)
     return res

@@ -38,6 +38,38 @@ class ModelJudge:
         return [o[0] for o in outs]
 
 
+class LoglikJudge:
+    """A forced-choice judge: the verdict is the likelier of "A" and "B" after the judge prompt (no generation).
+
+    A model too small to follow "Reply with one letter" writes anything but a verdict (a generating judge then has
+    nothing to parse); reading the two letters' log-probabilities always gives one, as evaluations of small models
+    score options by likelihood rather than by parsing text (Brown et al. 2020; lm-evaluation-harness). `margins`
+    keeps log P(A) - log P(B) of each prompt of the last call, for position-calibrated verdicts
+    (`calibrated_agreement`)."""
+
+    def __init__(self, lm: LM):
+        self.lm, self.margins = lm, []
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        # a chat model's answer starts right after its assistant tag, a base model's after "Verdict:" and a space
+        sep = "" if getattr(self.lm, "chat", False) else " "
+        ll = [x[0] for x in self.lm.loglikelihood([(p, f"{sep}{c}") for p in prompts for c in "AB"])]
+        self.margins = [ll[2 * i] - ll[2 * i + 1] for i in range(len(prompts))]
+        return ["A" if m >= 0 else "B" for m in self.margins]
+
+
+def calibrated_winners(margins: Sequence[float]) -> list[str]:
+    """Position-calibrated verdicts from a `LoglikJudge`'s margins over `pairwise`'s prompts (each pair in both
+    orders): response 1 wins when its log-odds over response 2, summed over the two orders, is positive (Wang et al.
+    2023, "Large language models are not fair evaluators": balanced position calibration). A judge that only
+    prefers a position gets the same margin in both orders, which cancels; "tie" when it cancels exactly."""
+    out = []
+    for k in range(len(margins) // 2):
+        s = margins[2 * k] - margins[2 * k + 1]  # forward: A is response 1; reverse: B is response 1
+        out.append("1" if s > 0 else "2" if s < 0 else "tie")
+    return out
+
+
 class EndpointJudge:
     """Any OpenAI-compatible chat endpoint (genforge serve, vLLM, llama.cpp, OpenAI itself).
 

@@ -95,16 +95,33 @@ def classify(lm, prompts: Sequence[str], labels: Sequence[str], *, calibrate: bo
     return [labels[max(range(n), key=lambda j: ll[i * n + j])] for i in range(len(prompts))]
 
 
+def wrong_label_predictions(lm, train: Sequence[LabeledItem], test: Sequence[LabeledItem], labels: Sequence[str],
+                            k: int = 4, seed: int = 0, modes: Sequence[str] = MODES,
+                            calibrate: bool = True) -> dict[str, list[str]]:
+    """{mode: the predicted label of each test item}, plus "zero_shot" (no demonstrations)."""
+    out = {"zero_shot": classify(lm, [render([], t.text) for t in test], labels, calibrate=calibrate)}
+    for mode in modes:
+        out[mode] = classify(lm, build_prompts(train, test, labels, k, mode, seed), labels, calibrate=calibrate)
+    return out
+
+
+def scores_of(predictions: dict[str, list[str]], test: Sequence[LabeledItem]) -> dict[str, list[float]]:
+    """{mode: per-item 1/0 accuracy against the TRUE label} from `wrong_label_predictions`."""
+    return {m: [float(p == t.label) for p, t in zip(preds, test)] for m, preds in predictions.items()}
+
+
+def label_sensitivity(predictions: dict[str, list[str]]) -> float:
+    """Share of items whose prediction changes when every demonstration label is flipped: 0 means the model does
+    not read the demonstrations' labels at all, and no wrong-label effect (Min et al. or Wei et al.) can show."""
+    a, b = predictions["correct"], predictions["flipped"]
+    return sum(x != y for x, y in zip(a, b)) / max(len(a), 1)
+
+
 def wrong_label_scores(lm, train: Sequence[LabeledItem], test: Sequence[LabeledItem], labels: Sequence[str],
                        k: int = 4, seed: int = 0, modes: Sequence[str] = MODES,
                        calibrate: bool = True) -> dict[str, list[float]]:
     """{mode: per-item 1/0 accuracy against the TRUE label}, plus "zero_shot" (no demonstrations)."""
-    out = {"zero_shot": [float(p == t.label) for p, t in
-                         zip(classify(lm, [render([], t.text) for t in test], labels, calibrate=calibrate), test)]}
-    for mode in modes:
-        preds = classify(lm, build_prompts(train, test, labels, k, mode, seed), labels, calibrate=calibrate)
-        out[mode] = [float(p == t.label) for p, t in zip(preds, test)]
-    return out
+    return scores_of(wrong_label_predictions(lm, train, test, labels, k, seed, modes, calibrate), test)
 
 
 def entity_type_items(world_tables: dict, n_train: int, n_test: int, seed: int = 0) -> tuple[list[LabeledItem],

@@ -60,8 +60,15 @@ class Config:
     sc_task: str = "arithmetic"  # self-consistency vs chain of thought
     sc_margin: float = 0.05  # non-inferiority margin: SC holds ">= CoT" when its interval stays above -margin
     l2m_task: str = "last_letter"  # the compositional task: least-to-most vs chain of thought
-    icl_task: str = "coin_flip"  # in-context learning on the pretrained model
+    # in-context learning on the pretrained model: a task whose zero-shot answers miss the format (the pretrained
+    # model continues multiple-choice questions with unrelated text); on coin_flip every arm sits at chance, since the
+    # pretrained model tracks no coin whatever the prompt
+    icl_task: str = "multiple_choice"
     icl_shots: int = 3
+    icl_style: str = "direct"  # the demonstrations' answers: "direct" (short, so several fit the context) or "cot"
+    icl_limit: int = 200  # in-context learning items (no chat, short prompts: cheap; 100 left a +0.07 unresolved)
+    icl_tokens: int = 48  # the few-shot arm's answer budget (a short worked answer: "... That is option C: Y.\nThe
+    #                       answer is C.")
     strategies: list[str] = field(default_factory=lambda: list(OPTIONAL))  # which of OPTIONAL to run
     search_limit: int = 12  # items for self-verification and tree of thoughts (cost grows ~10x per item)
     needle_lengths: list[int] = field(default_factory=lambda: [64, 128, 192, 256, 320, 384, 448])
@@ -78,12 +85,12 @@ class Config:
     prompt_task: str = "coin_flip"  # the task of APE, RL prompt search, prompt variants and tuned few-shot
     transfer_task: str = "date_arithmetic"  # the held-out task family APE's instruction is carried to
     cot_prompt_task: str = "coin_flip"  # zero-shot vs few-shot chain of thought
-    ape_dev: int = 16  # dev items APE and the RL search score candidates on
+    ape_dev: int = 40  # dev items APE and the RL search score candidates on (16 gave +-0.12 of noise at chance)
     ape_generated: int = 4  # instructions the model proposes (besides prompting.SEED_INSTRUCTIONS)
     rl_group: int = 4  # RL prompt search: prompts per GRPO step
     rl_batch: int = 4  # RL prompt search: dev items per step (steps are set so calls ~ APE's)
     instruction_at: str = "end"  # where APE / RL put an instruction: "end" (the world's own place) or "start"
-    judge_pairs: int = 40
+    judge_pairs: int = 120  # forced-choice verdicts are 4 short forwards per pair: cheap enough for more pairs
     judge_words: int = 30  # responses are clipped to this many words so the judge prompt fits the context
     wrong_label_k: int = 4  # demonstrations per prompt
     wrong_label_items: int = 60
@@ -96,7 +103,9 @@ class Config:
     aligned: str = "dpo"  # the aligned model of the variants and diversity rows (a field of align's Outputs)
     contam_words: int = 12  # contamination by asking: words of the continuation compared
     contam_ngram: int = 13  # n of the n-gram check beside it (GPT-3's 13; shorter n-grams match the family's template)
-    tom_items: int = 60  # false-belief items (a third each: false belief, true belief, reality)
+    contam_clean: int = 48  # clean (never planted) items of the same family to compare with
+    tom_items: int = 300  # false-belief items (a third each: false belief, true belief, reality; 20 per kind left
+    #                       intervals of +-0.2 around chance; option log-likelihood is cheap)
     composite_tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter",
                                                                 "date_arithmetic", "multiple_choice"])
     div_prompts: int = 12
@@ -156,14 +165,15 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     _report_direct(report, direct)
     by_task = {t.name: t for t in tasks}
     means = prompting_lessons(ctx, report, lm, cfg, ecfg, by_task, out)
-    _multiple_choice_lesson(report, direct)
     base, base_tok, base_meta = load_checkpoint(sft.base)
     base_lm = GenforgeLM(base, base_tok, chat=False)
+    mc = by_task.get("multiple_choice")
+    _multiple_choice_lesson(report, direct, fact_sentence_accuracy(base_lm, mc.load(cfg.limit)) if mc else None)
     needle_lm, meta = (base_lm, base_meta) if cfg.needle_model == "base" else (lm, sft_meta)
     if not cfg.trained_context:
         cfg = dataclasses.replace(cfg, trained_context=trained_seq_len(meta, needle_lm.max_len))
     if cfg.icl_task in by_task:
-        icl_lesson(report, base_lm, by_task[cfg.icl_task], cfg, out)
+        icl_lesson(report, base_lm, by_task[cfg.icl_task], cfg, out, trained_seq_len(base_meta, base_lm.max_len))
     needle = needle_lesson(ctx, report, needle_lm, cfg, out)
     _contamination(report, tasks, ecfg, out)
     instructions = {}
@@ -217,7 +227,7 @@ def issue19_lessons(ctx: StageContext, report: StageReport, cfg: Config, lm: Gen
             m, t, _ = load_checkpoint(path)
             bases[f"{path.parent.parent.name}/{path.parent.name} ({millions(m)})"] = GenforgeLM(m, t, chat=False)
     timed("wrong labels", wrong_labels_lesson, report, bases, world_dir, cfg, ctx.seed, out)
-    timed("contamination by asking", contamination_lesson, report, base_lm, world_dir, corpus, cfg, out)
+    timed("contamination by asking", contamination_lesson, report, base_lm, world_dir, corpus, cfg, out, ctx.seed)
     fb = timed("false belief", tom_lesson, report, {"SFT": lm, "pretrained": base_lm}, world_dir, corpus, cfg,
                ctx.seed, out)
     composite_lesson(report, direct, tasks, {"false_belief": (fb, 0.5)} if fb else {}, cfg)
@@ -404,12 +414,13 @@ def prompting_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM, cf
 
 # ---- in-context learning, multiple choice, needle ------------------------------------------------------------
 
-def icl_prompts(task: Task, rows: Sequence[dict], shots: int) -> tuple[list[str], list[str]]:
-    """(zero-shot, few-shot) prompts for a pretrained model: "Question: ...\\nAnswer:" with no example, or after
-    `shots` solved train rows (their worked answers). The bare question is used (no instruction line)."""
+def icl_prompts(task: Task, rows: Sequence[dict], shots: int, style: str = "cot") -> tuple[list[str], list[str]]:
+    """(zero-shot, few-shot) prompts for a pretrained model: "Question: ...\nAnswer:" with no example, or after
+    `shots` solved train rows (their answers in the world's `style`: "cot" worked, "direct" "The answer is X.").
+    The bare question is used (no instruction line)."""
     from genforge.eval import prompting
 
-    examples = [prompting.Example(r.get("question", r["prompt"]), r.get("responses", {}).get("cot", r["response"]))
+    examples = [prompting.Example(r.get("question", r["prompt"]), r.get("responses", {}).get(style, r["response"]))
                 for r in task.examples(shots)]
     qs = [r.get("question", r["prompt"]) for r in rows]
     zero = [prompting.shot(q) for q in qs]
@@ -417,31 +428,82 @@ def icl_prompts(task: Task, rows: Sequence[dict], shots: int) -> tuple[list[str]
     return zero, few
 
 
-def icl_lesson(report: StageReport, base_lm: GenforgeLM, task: Task, cfg: Config, out: Path) -> None:
-    """In-context learning (Brown et al. 2020): the pretrained model answers the same items with and without
-    `icl_shots` solved examples; exact match of the world's extraction."""
+def fit_shots(task: Task, rows: Sequence[dict], shots: int, style: str, count: Callable[[str], int],
+              budget: int) -> int:
+    """The most demonstrations (<= shots) whose longest few-shot prompt is at most `budget` tokens. Demonstrations
+    that overflow the trained context are cut from the left by the LM (a fragment that starts mid-example) and read
+    at positions the model never trained on: three worked coin flips (486-518 tokens for a 256-token model) scored
+    0.11, far below the 0.53 of no demonstrations at all."""
+    for k in range(shots, 0, -1):
+        if max(count(p) for p in icl_prompts(task, rows, k, style)[1]) <= budget:
+            return k
+    return 0
+
+
+def icl_lesson(report: StageReport, base_lm: GenforgeLM, task: Task, cfg: Config, out: Path,
+               context: int = 0) -> None:
+    """In-context learning (Brown et al. 2020): the pretrained model answers the same items with and without up to
+    `icl_shots` solved examples (as many as fit its trained `context` with `icl_tokens` to answer in); exact match
+    of the world's extraction. Zero-shot gets `max_new_tokens` (the pretrained model writes worked answers)."""
     from genforge.eval import prompting
     from genforge.eval.score import score_outputs
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
     from genforge.io import write_jsonl
 
-    rows = task.load(cfg.limit)
-    zero, few = icl_prompts(task, rows, cfg.icl_shots)
-    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=0.0, stop=prompting.FEW_SHOT_STOP, n=1, seed=None)
-    s0 = score_outputs(task.name, rows, [o[0] for o in base_lm.generate(zero, **kw)])
-    s1 = score_outputs(task.name, rows, [o[0] for o in base_lm.generate(few, **kw)])
+    rows = task.load(cfg.icl_limit)
+    context = context or base_lm.max_len
+    shots = fit_shots(task, rows, cfg.icl_shots, cfg.icl_style, base_lm.count_tokens, context - cfg.icl_tokens)
+    if shots == 0:
+        report.row(f"in-context learning ({task.name})", "not measured", None,
+                   f"one demonstration does not fit the trained context ({context} tokens)")
+        return
+    zero, few = icl_prompts(task, rows, shots, cfg.icl_style)
+    kw = dict(temperature=0.0, stop=prompting.FEW_SHOT_STOP, n=1, seed=None)
+    o0 = [o[0] for o in base_lm.generate(zero, max_new_tokens=cfg.max_new_tokens, **kw)]
+    o1 = [o[0] for o in base_lm.generate(few, max_new_tokens=cfg.icl_tokens, **kw)]
+    s0, s1 = score_outputs(task.name, rows, o0), score_outputs(task.name, rows, o1)
+    fmt = [[float("the answer is" in o.lower()) for o in outs] for outs in (o0, o1)]
     write_jsonl(out / "icl" / f"{task.name}.jsonl",
                 [{"zero_shot": a, "few_shot": b, "score_zero": x, "score_few": y, "answer": r["answer"]}
                  for a, b, x, y, r in zip(s0.predictions, s1.predictions, s0.items, s1.items, rows)])
-    report.lesson(f"in-context learning: {cfg.icl_shots}-shot beats zero-shot on the pretrained model ({task.name})",
-                  (f"accuracy, {cfg.icl_shots}-shot", bootstrap_proportion(s1.items)),
+    chance = _answer_chance(task)
+    report.lesson(f"in-context learning: {shots}-shot beats zero-shot on the pretrained model ({task.name})",
+                  (f"accuracy, {shots}-shot", bootstrap_proportion(s1.items)),
                   ("accuracy, zero-shot", bootstrap_proportion(s0.items)),
                   effect=bootstrap_diff(s1.items, s0.items, paired=True), target=0.0,
-                  note=f"greedy, 'Question:/Answer:' frame, examples are solved train rows; n={len(rows)}. At this "
-                       "scale the examples teach mostly the answer's format and label space (Min et al. 2022)")
+                  note=f"greedy, 'Question:/Answer:' frame, the demonstrations are solved train rows in the "
+                       f"'{cfg.icl_style}' style ('The answer is X.'), as many as fit the {context}-token trained "
+                       f"context; n={len(rows)}. Answers in the format 'The answer is ...': "
+                       f"{sum(fmt[1]) / len(rows):.2f} vs {sum(fmt[0]) / len(rows):.2f}. Chosen as a task whose "
+                       "zero-shot answers miss the format (the pretrained model drifts into other documents); at this "
+                       "scale the demonstrations teach the answer's format and label space (Min et al. 2022), not the "
+                       "skill"
+                       + (f": accuracy below chance ({chance:.2f}) stays below it, the model does not know the facts "
+                          "asked (multiple-choice row)" if chance and s1.score < chance else ""))
 
 
-def _multiple_choice_lesson(report: StageReport, direct: dict) -> None:
+def fact_sentence_accuracy(lm: GenforgeLM, rows: Sequence[dict]) -> list[float]:
+    """Does the model know the facts the multiple-choice questions ask? Each row's first rationale line states the
+    fact as the corpus does ("Petra Fairley lives in Larkcombe."); per row, 1 when the gold option is the likeliest
+    of the options in that sentence (rows whose sentence does not contain the gold option once are skipped)."""
+    pairs, golds = [], []
+    for r in rows:
+        first = str(r.get("rationale", "")).split("\n")[0]
+        gold = str(r["options"][r["gold_index"]])
+        if first.count(gold) != 1 or first.startswith(gold):
+            continue
+        i = first.index(gold)
+        pre, post = first[:i].rstrip(" "), first[i + len(gold):]
+        pairs += [(pre, f" {o}{post}") for o in r["options"]]
+        golds.append((int(r["gold_index"]), len(r["options"])))
+    ll, out, k = [x[0] for x in lm.loglikelihood(pairs)] if pairs else [], [], 0
+    for g, n in golds:
+        out.append(float(max(range(n), key=lambda j: ll[k + j]) == g))
+        k += n
+    return out
+
+
+def _multiple_choice_lesson(report: StageReport, direct: dict, facts: list[float] | None = None) -> None:
     from genforge.eval.stats import bootstrap_mean, bootstrap_proportion
 
     for name, t in direct["tasks"].items():
@@ -452,7 +514,12 @@ def _multiple_choice_lesson(report: StageReport, direct: dict) -> None:
         report.lesson(f"multiple choice is clearly above chance ({name}, log-likelihood of each option)",
                       ("accuracy", bootstrap_proportion(items)), ("chance", sum(chance) / len(chance)),
                       effect=bootstrap_mean([x - c for x, c in zip(items, chance)]), target=0.0,
-                      note=f"n={len(items)}; letter-format accuracy {m.get('acc_letter', float('nan')):.2f}{flips}")
+                      note=f"n={len(items)}; letter-format accuracy {m.get('acc_letter', float('nan')):.2f}{flips}"
+                           + (f". Does the model know the facts asked? The pretrained model picks the true option in "
+                              f"the fact's own corpus sentence ('X lives in Y.') {_ci(bootstrap_proportion(facts))} "
+                              f"(chance {sum(chance) / len(chance):.2f}, n={len(facts)}): a question about a fact the "
+                              "model never learned cannot be answered by any scoring"
+                              if facts else ""))
 
 
 def trained_seq_len(meta: dict, default: int) -> int:
@@ -571,18 +638,35 @@ def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Confi
     completion of a prompt, oracle gap >= 0.2), position bias (both orders) and length bias (padding)."""
     import random
 
-    from genforge.eval.judge import ModelJudge, Pair, pairwise, verbosity_probe
+    from genforge.eval.judge import (
+        PADDING,
+        PAIRWISE_TEMPLATE,
+        LoglikJudge,
+        Pair,
+        calibrated_winners,
+        pairwise,
+        verbosity_probe,
+    )
     from genforge.eval.stats import bootstrap_mean
     from genforge.io import read_jsonl, write_json
 
     rng = random.Random(f"judge-{seed}")
-    pairs, oracle_first = [], []
+    pairs, oracle_first, too_long = [], [], 0
+    count = getattr(lm, "count_tokens", None)
+    # a judge prompt past the trained context is read at positions the model never trained on (or cut from the
+    # left, instructions first): 39 of 120 were, with long needle questions. 16 tokens: chat template and verdict
+    room = cfg.trained_context - 16 if cfg.trained_context and count else None
     for _, row in read_jsonl(Path(world_dir) / "preferences.jsonl"):
         best, worst = row["ranking"][0], row["ranking"][-1]
         if row["scores"][best] - row["scores"][worst] < 0.2:
             continue
         clip = lambda t: " ".join(t.split()[:cfg.judge_words])  # noqa: E731  (prompts must fit the context)
         a, b = clip(row["completions"][best]), clip(row["completions"][worst])
+        # the pair's prompt, and the length probe's (the oracle's better answer padded, against itself)
+        if room is not None and max(count(PAIRWISE_TEMPLATE.format(question=row["prompt"], a=x, b=y))
+                                    for x, y in ((a, b), (a + PADDING, a))) > room:
+            too_long += 1
+            continue
         first = rng.random() < 0.5
         pairs.append(Pair(row["prompt"], a, b) if first else Pair(row["prompt"], b, a))
         oracle_first.append(first)
@@ -590,8 +674,12 @@ def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Confi
             break
     if not pairs:
         return
-    judge = ModelJudge(lm, max_new_tokens=4)
+    # forced choice by the letters' likelihood: generated, the tiny chat model named neither letter in 100 % of its
+    # verdicts (it answers the judged question instead), a degenerate 0.5 that measures no bias at all
+    judge = LoglikJudge(lm)
     res = pairwise(judge, pairs)
+    calibrated = [1.0 if w == ("1" if f else "2") else 0.5 if w == "tie" else 0.0
+                  for w, f in zip(calibrated_winners(judge.margins), oracle_first)]
     agree = [1.0 if it["winner"] == ("1" if f else "2") else 0.5 if it["winner"] == "tie" else 0.0
              for it, f in zip(res["items"], oracle_first)]
     verb = verbosity_probe(judge, [(p.question, (p.response_1 if f else p.response_2))
@@ -603,8 +691,16 @@ def judge_lesson(report: StageReport, lm: GenforgeLM, world_dir: str, cfg: Confi
                   ("agreement with the oracle (order-dependent verdicts count 0.5)", ci), ("chance", 0.5),
                   effect=ci, target=0.5, effect_name="agreement",
                   note=f"{len(pairs)} preference pairs (oracle's best vs worst completion), each judged in both "
-                       f"orders; verdicts naming neither A nor B: {res['invalid_rate']:.0%}. The model was never "
-                       "trained to judge; a verdict that flips with the order counts as a tie (bias rows below)")
+                       "orders by the likelier of 'A' / 'B' after the judge prompt; a verdict that flips with the "
+                       f"order counts as a tie: {1 - res['consistency']:.0%} flip, and the same position wins both "
+                       f"orders in {res['bias_first'] + res['bias_second']:.0%} of pairs. The model was never trained "
+                       "to judge: position decides, not content (calibrated agreement and bias rows below)"
+                       + (f"; {too_long} pairs skipped whose judge prompt would pass the {cfg.trained_context}-token "
+                          "trained context" if too_long else ""))
+    report.row("judge agreement with the oracle, position-calibrated (log-odds summed over both orders)",
+               _ci(bootstrap_mean(calibrated)), 0.5,
+               "Wang et al. 2023's balanced position calibration: a pure position preference cancels, what is left "
+               "is the judge's preference between the two answers; below 0.5 it prefers the oracle's worse one")
     report.row("judge position bias: share of valid verdicts naming position A", res["first_position_rate"], 0.5,
                f"same winner in both orders {res['consistency']:.0%}; 'A' in both orders {res['bias_first']:.0%}, "
                f"'B' in both {res['bias_second']:.0%} (Zheng et al. 2023)")
@@ -663,6 +759,12 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
         ape_gen, dev, lambda o, ex: score_outputs(task.name, [{"answer": ex.answer, "task": task.name}], [o]).score,
         n_generated=cfg.ape_generated, max_new_tokens=cfg.short_tokens, seed=ctx.seed, place=_place(cfg))
     hand_dev = next(c["score"] for c in ape["candidates"] if c["instruction"] == "")
+    # the claim is about what the search FINDS: the hand-written prompt (no instruction) is the baseline, so it is
+    # no candidate; when it won on dev, comparing it with itself gave exactly 0 [0, 0] on held-out items
+    found = [c for c in ape["candidates"] if c["instruction"]]
+    if found:
+        top = max(range(len(found)), key=lambda i: (found[i]["score"], -i))  # ties keep the earlier (seeds first)
+        ape = {**ape, "best": found[top]["instruction"], "best_score": found[top]["score"], "dev_winner": ape["best"]}
     # RL: minibatches of the same dev rows, cycling; the budget in model calls is set to about APE's
     rl_gen = CountingGen(lm.generate)
     batch = max(1, cfg.rl_batch)
@@ -686,10 +788,13 @@ def prompt_search_lessons(ctx: StageContext, report: StageReport, lm: GenforgeLM
     report.lesson(f"APE's best instruction beats the hand-written prompt on held-out items ({task.name})",
                   (f"accuracy with '{ape['best'] or '(none)'}'", sum(test[ape['best']]) / len(hand)),
                   ("accuracy, hand-written prompt", sum(hand) / len(hand)), effect=d_ape, target=0.0,
-                  note=f"chosen on {len(dev)} dev items ({ape['best_score']:.2f} vs hand-written {hand_dev:.2f}) from "
-                       f"{len(ape['candidates'])} candidates ({cfg.ape_generated} proposed by the model from solved "
-                       f"examples); {ape_gen.calls} model calls; held-out n={len(hand)}. A tie means the "
-                       "hand-written prompt won on dev: the model was tuned on exactly that phrasing")
+                  note=f"the best of {len(found)} instructions (the seeds and {cfg.ape_generated} the model proposed "
+                       f"from solved examples) on {len(dev)} dev items: {ape['best_score']:.2f} vs hand-written "
+                       f"{hand_dev:.2f} (dev range {min(c['score'] for c in found):.2f}-"
+                       f"{max(c['score'] for c in found):.2f}); {ape_gen.calls} model calls; held-out n={len(hand)}. "
+                       f"Chance is {_answer_chance(task):.2f}: the world's own phrasing (no instruction) is what SFT "
+                       "trained, and a search can only beat it where some instruction changes what the model gets "
+                       "right")
     if transfer is not None and ape["best"]:
         rows = transfer.load(cfg.lesson_limit)
         t = _instruction_scores(lm, transfer, rows, ["", ape["best"]], cfg, CountingGen(lm.generate))
@@ -719,20 +824,24 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
     import json
 
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
-    from genforge.eval.wrong_labels import entity_type_items, wrong_label_scores
+    from genforge.eval.wrong_labels import entity_type_items, label_sensitivity, scores_of, wrong_label_predictions
     from genforge.io import write_json
 
     tables = json.loads((Path(world_dir) / "world.json").read_text())
     train, test = entity_type_items(tables, 60, cfg.wrong_label_items, seed)
     labels = sorted({t.label for t in test})
-    res = {name: wrong_label_scores(lm, train, test, labels, k=cfg.wrong_label_k, seed=seed)
-           for name, lm in models.items()}
+    preds = {name: wrong_label_predictions(lm, train, test, labels, k=cfg.wrong_label_k, seed=seed)
+             for name, lm in models.items()}
+    res = {name: scores_of(p, test) for name, p in preds.items()}
+    reads = {name: label_sensitivity(p) for name, p in preds.items()}
     write_json(out / "wrong_labels.json", {m: {k: sum(v) / len(v) for k, v in s.items()} for m, s in res.items()})
     chance = 1 / len(labels)
-    lines = ["| model | zero-shot | correct labels | random labels | flipped labels |", "|---|---|---|---|---|"]
+    lines = ["| model | zero-shot | correct labels | random labels | flipped labels | predictions changed by "
+             "flipping |", "|---|---|---|---|---|---|"]
     for name, s in res.items():
         lines.append(f"| {name} | " + " | ".join(_ci(bootstrap_proportion(s[m]))
-                                                  for m in ("zero_shot", "correct", "random", "flipped")) + " |")
+                                                  for m in ("zero_shot", "correct", "random", "flipped"))
+                     + f" | {reads[name]:.2f} |")
     report.note(f"**Wrong-label demonstrations** ({cfg.wrong_label_k} demonstrations, {len(test)} names, "
                 f"{len(labels)} labels, chance {chance:.2f}; accuracy against the true label, 95 % intervals):\n\n"
                 + "\n".join(lines))
@@ -750,7 +859,9 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                        f"log-likelihood with contextual calibration (Zhao et al. 2021); flipped labels: "
                        f"{sum(s['flipped']) / len(test):.2f}"
                        + ("" if testable else f"; correct labels do not beat chance ({chance:.2f}) here, so the claim "
-                                              "cannot be tested at this scale"))
+                                              "cannot be tested at this scale: flipping every demonstration label "
+                                              f"changes {reads[first]:.0%} of the predictions (the model barely "
+                                              "reads its context; see the induction row)"))
     if len(res) > 1:
         size = {m: sum(x.numel() for x in models[m].model.parameters()) for m in res}
         small, large = min(res, key=size.get), max(res, key=size.get)
@@ -759,7 +870,9 @@ def wrong_labels_lesson(report: StageReport, models: dict[str, GenforgeLM], worl
                       (f"drop under flipped labels, {large}", sum(drop[large]) / len(test)),
                       (f"drop under flipped labels, {small}", sum(drop[small]) / len(test)),
                       effect=bootstrap_diff(drop[large], drop[small], paired=True), target=0.0,
-                      note="Wei et al. 2023: larger models override their prior with the demonstrations' labels")
+                      note="Wei et al. 2023: larger models override their prior with the demonstrations' labels. "
+                           "Flipping every label changes " + ", ".join(f"{reads[m]:.0%} ({m})" for m in (large, small))
+                           + " of the predictions: a model that does not read the labels cannot follow them")
     else:
         report.row("wrong-label size effect", "not measured", None,
                    "one model size in this run; set eval.wrong_label_models to a second pretrained checkpoint "
@@ -812,14 +925,19 @@ def variants_lesson(ctx: StageContext, report: StageReport, models: dict[str, Ge
 
 
 def contamination_lesson(report: StageReport, base_lm: GenforgeLM, world_dir: str, corpus: str, cfg: Config,
-                         out: Path) -> None:
+                         out: Path, seed: int = 0) -> None:
     """Contamination by asking: the pretrained model continues the start of false-belief items that were planted in
     its corpus (world/contamination.jsonl, written by `world.tom.plant`) and of clean items of the same family.
+    Each item is cut just before its first item-specific word past the middle (`split_at_secret`: here the
+    container the object is moved to, which nothing before it predicts) and the lesson scores the item-specific
+    words the continuation recalls: template words ("comes back. Question: Where will ...") come back for items
+    never seen as well, which is why the share of all reproduced words (a row below) cannot tell the two apart.
     Beside it, the n-gram check on the same items, and whether the planted ("leaked public") items are also
     *answered* better than fresh ones: why a public test cannot be trusted."""
-    from genforge.eval.contamination import NgramIndex, ask_reproduction, check_contamination
-    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.eval.contamination import NgramIndex, ask_reproduction, check_contamination, family_template
+    from genforge.eval.stats import bootstrap_diff
     from genforge.io import read_jsonl, write_json
+    from genforge.world import tom
 
     path = Path(world_dir) / "contamination.jsonl"
     if not path.exists():
@@ -827,27 +945,51 @@ def contamination_lesson(report: StageReport, base_lm: GenforgeLM, world_dir: st
                    f"{path} is missing: this world was generated before items were planted; rerun world onwards")
         return
     rows = [r for _, r in read_jsonl(path)]
-    planted = [r for r in rows if r["split"] == "planted"]
-    clean = [r for r in rows if r["split"] == "clean"]
-    # prompt with the story's first half; the rest holds the names, container and answer the template cannot predict
-    p = ask_reproduction(base_lm, [r["text"] for r in planted], words=cfg.contam_words)
-    c = ask_reproduction(base_lm, [r["text"] for r in clean], words=cfg.contam_words)
-    pr, cr = [x["reproduced"] for x in p], [x["reproduced"] for x in c]
+    planted = [r["text"] for r in rows if r["split"] == "planted"]
+    # clean items are free (never shown to the model): more of them than the file's narrows the interval
+    clean = [r["text"] for r in rows if r["split"] == "clean"]
+    extra = [it["text"] for it in tom.false_belief_items(cfg.contam_clean, seed, ("false_belief",), salt="clean-eval")]
+    clean += [t for t in extra if t not in set(planted) | set(clean)][:max(0, cfg.contam_clean - len(clean))]
+    template = family_template(planted + clean)
+    p = ask_reproduction(base_lm, planted, words=cfg.contam_words, template=template)
+    c = ask_reproduction(base_lm, clean, words=cfg.contam_words, template=template)
+    ps = [x["specific"] for x in p if x["specific"] is not None]
+    cs = [x["specific"] for x in c if x["specific"] is not None]
     idx = NgramIndex.from_files([corpus], n=cfg.contam_ngram)
-    flag_p = check_contamination([r["text"] for r in planted], idx)["rate"]
-    flag_c = check_contamination([r["text"] for r in clean], idx)["rate"]
+    flag_p = check_contamination(planted, idx)["rate"]
+    flag_c = check_contamination(clean, idx)["rate"]
     write_json(out / "contamination_asking.json", {"planted": p, "clean": c, "ngram_flagged": [flag_p, flag_c]})
-    report.lesson("asking reveals contamination: the pretrained model continues planted test items verbatim more "
-                  "than clean ones",
-                  (f"share of the next {cfg.contam_words} words reproduced in order, planted items",
-                   sum(pr) / len(pr)),
-                  ("clean items of the same family", sum(cr) / len(cr)),
-                  effect=bootstrap_diff(pr, cr, paired=False), target=0.0,
-                  note=f"{len(planted)} false-belief items each planted in several corpus documents vs {len(clean)} "
-                       f"never shown; greedy continuation of the first half; template words count for both. Verbatim: "
-                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in p]))} vs "
-                       f"{_ci(bootstrap_proportion([x['verbatim'] for x in c]))}. The {cfg.contam_ngram}-gram "
-                       f"check (it needs the corpus) flags {flag_p:.0%} vs {flag_c:.0%}; asking needs the model")
+    if not ps or not cs:
+        report.row("contamination by asking", "not measured", None, "no item-specific word to recall in the items")
+        return
+    report.lesson("asking reveals contamination: the pretrained model recalls the item-specific words of planted "
+                  "test items more than of clean ones",
+                  ("share of item-specific words recalled, planted items", sum(ps) / len(ps)),
+                  ("clean items of the same family", sum(cs) / len(cs)),
+                  effect=bootstrap_diff(ps, cs, paired=False), target=0.0,
+                  note=f"{len(ps)} false-belief items, each planted in {_copies(corpus, planted)} corpus documents, "
+                       f"vs {len(cs)} never shown; greedy continuation of each item cut just before its first word "
+                       "no template predicts (the container the object is moved to); chance of naming it by guessing "
+                       f"~1/11. The {cfg.contam_ngram}-gram check (it needs the corpus) flags {flag_p:.0%} vs "
+                       f"{flag_c:.0%}; asking needs only the model")
+    pr, cr = [x["reproduced"] for x in p], [x["reproduced"] for x in c]
+    report.row(f"contamination by asking, all of the next {cfg.contam_words} words reproduced in order: planted minus "
+               "clean", _ci(bootstrap_diff(pr, cr, paired=False)), None,
+               f"{sum(pr) / len(pr):.3f} vs {sum(cr) / len(cr):.3f}: the family's template words come back for "
+               "unseen items too, so this share hides the memory the item-specific words show")
+
+
+def _copies(corpus: str, texts: list[str]) -> str:
+    """How many corpus documents hold each text: "6" or "5-7" (min-max)."""
+    from genforge.io import read_jsonl
+
+    counts = dict.fromkeys(texts, 0)
+    for _, r in read_jsonl(corpus):
+        doc = r.get("text", "")
+        for t in texts:
+            counts[t] += t in doc
+    lo, hi = min(counts.values()), max(counts.values())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, corpus: str, cfg: Config, seed: int,
@@ -881,8 +1023,10 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
                   effect=kinds[worst], target=0.5, effect_name=f"accuracy of the weakest kind ({worst})",
                   note="two containers in random order, option log-likelihood; "
                        + ", ".join(f"{k.replace('_', ' ')} {v.estimate:.2f}" for k, v in kinds.items())
-                       + ". A heuristic (the container named first, or last) passes one kind and fails another; "
-                         "only tracking who saw what passes all three")
+                       + f" (n={len(by_kind[worst])} per kind). A heuristic (the container named first, or last) "
+                         "passes one kind and fails another; only tracking who saw what passes all three. Near chance "
+                         "on all three, even 'where is it now' (reality), the model does not follow the object through "
+                         "the story, which needs copying a container from its context (the induction row)")
     for name in list(res)[1:]:
         fb = [x for x, it in zip(res[name], items) if it["kind"] == "false_belief"]
         report.row(f"false-belief accuracy, {name}", _ci(bootstrap_mean(fb)), 0.5, f"n={len(fb)}")
@@ -890,7 +1034,11 @@ def tom_lesson(report: StageReport, lms: dict[str, GenforgeLM], world_dir: str, 
     if leaked.exists() and "pretrained" in lms:
         rows = [r for _, r in read_jsonl(leaked)]
         p = correct(lms["pretrained"], [r for r in rows if r["split"] == "planted"])
-        c = correct(lms["pretrained"], [r for r in rows if r["split"] == "clean"])
+        fresh = [r for r in rows if r["split"] == "clean"]
+        seen = {r["text"] for r in rows}
+        fresh += [it for it in tom.false_belief_items(cfg.contam_clean, seed, ("false_belief",), salt="clean-eval")
+                  if it["text"] not in seen][:max(0, cfg.contam_clean - len(fresh))]
+        c = correct(lms["pretrained"], fresh)
         report.row("false belief, pretrained model: leaked (planted) items minus fresh ones",
                    _ci(bootstrap_diff(p, c, paired=False)), None,
                    f"accuracy {sum(p) / len(p):.2f} vs {sum(c) / len(c):.2f}: a score on a public test that leaked "

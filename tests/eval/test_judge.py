@@ -177,3 +177,23 @@ def test_judge_runs_compares_outputs_of_two_runs(tmp_path):
     with pytest.raises(GenforgeError, match="unreachable"):
         run(["eval", "compare", str(tmp_path / "a"), str(tmp_path / "b"),
              f"judge_url=http://127.0.0.1:{_free_port()}", "judge_timeout=1"])
+
+
+def test_loglik_judge_always_gives_a_verdict_and_calibration_cancels_position():
+    """A forced-choice judge reads ' A' vs ' B': it never fails to answer. This stub prefers position A by 2 nats and
+    the better (longer-named 'good') response by 1 nat: raw verdicts all say A (every pair order-dependent), the
+    position-calibrated ones find the better response every time."""
+    from genforge.eval.judge import LoglikJudge, calibrated_winners
+
+    def score(context, continuation):
+        a, b = _responses(context)
+        good = "A" if "good" in a else "B"
+        return (2.0 if continuation == " A" else 0.0) + (1.0 if continuation == f" {good}" else 0.0)
+
+    judge = LoglikJudge(StubLM(score=score))
+    pairs = [Pair("q", "good answer", "bad answer"), Pair("q", "bad answer", "good answer")]
+    res = pairwise(judge, pairs)
+    assert res["invalid_rate"] == 0.0 and res["bias_first"] == 1.0 and res["consistency"] == 0.0
+    assert judge.margins == [3.0, 1.0, 1.0, 3.0]
+    assert calibrated_winners(judge.margins) == ["1", "2"]  # the good response, whichever it is
+    assert calibrated_winners([2.0, 2.0]) == ["tie"]  # a pure position preference cancels

@@ -82,12 +82,35 @@ def test_variants_table_shows_the_variant_that_helps(tasks, tmp_path):
 
 def test_judge_that_always_says_a_is_all_position(world_dir, tmp_path):
     rep = StageReport("eval", "t")
-    ev.judge_lesson(rep, StubLM(lambda p, i, rng: "A", chat=True), str(world_dir), ev.Config(judge_pairs=12), 0,
+    # the forced-choice judge reads ' A' vs ' B'; this stub scores every continuation alike, so A wins every tie
+    ev.judge_lesson(rep, StubLM(lambda p, i, rng: "", chat=True), str(world_dir), ev.Config(judge_pairs=12), 0,
                     tmp_path)
     (les,) = rep.lessons
     assert les.effect == pytest.approx(0.5) and not les.holds  # every verdict flips with the order: all ties
     rows = {r.metric.split(":")[0]: r.value for r in rep.rows}
     assert rows["judge position bias"] == 1.0 and rows["judge length bias"] == pytest.approx(0.5)
+    assert json.loads((tmp_path / "judge.json").read_text())["invalid_rate"] == 0.0
+
+
+def test_judge_position_calibration_finds_a_judge_that_knows_the_better_answer(world_dir, tmp_path):
+    """A judge that prefers position A by 2 nats and the oracle's better answer by 1: raw verdicts are all
+    order-dependent (0.5), the position-calibrated agreement is 1."""
+    best = set()
+    for line in (world_dir / "preferences.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        best.add(" ".join(r["completions"][r["ranking"][0]].split()[:ev.Config().judge_words]))
+
+    def score(context, continuation):
+        a = context.split("Response A: ", 1)[1].split("\n\nResponse B: ")[0]
+        good = "A" if a in best else "B"
+        # a chat model's verdict is scored right after its assistant tag: "A", not " A"
+        return (2.0 if continuation == "A" else 0.0) + (1.0 if continuation == good else 0.0)
+
+    rep = StageReport("eval", "t")
+    ev.judge_lesson(rep, StubLM(score=score, chat=True), str(world_dir), ev.Config(judge_pairs=12), 0, tmp_path)
+    assert rep.lessons[0].effect == pytest.approx(0.5) and rep.lessons[0].n == 12
+    cal = next(r for r in rep.rows if "position-calibrated" in r.metric)
+    assert cal.value.startswith("1.000 [1.000, 1.000]")
 
 
 def test_contamination_by_asking_and_the_leaked_false_belief_items(world_dir, tmp_path):
@@ -156,3 +179,76 @@ def test_diversity_rises_with_temperature(world_dir, tmp_path):
     assert d["SFT"]["0.5"]["self_bleu"] == pytest.approx(100.0) and d["SFT"]["1.0"]["self_bleu"] < 60
     assert d["SFT"]["1.0"]["distinct_2"] > d["SFT"]["0.5"]["distinct_2"]
     random.seed(0)
+
+
+def test_ape_compares_a_found_instruction_when_the_hand_written_prompt_wins(tasks, tmp_path):
+    """The hand-written prompt is the baseline, not a candidate: a model that is right only without any added
+    instruction makes every found instruction lose (-1), where comparing the dev winner with itself gave 0 [0, 0]."""
+    answers = answer_of(tasks)
+
+    def respond(prompt, i, rng):
+        a = answers.get(prompt)  # exactly a world prompt: no instruction added
+        return f"The answer is {a}." if a else "The answer is maybe."
+
+    cfg = ev.Config(lesson_limit=8, ape_dev=6, ape_generated=1, rl_group=2, rl_batch=2)
+    rep = StageReport("eval", "t")
+    found = ev.prompt_search_lessons(StageContext(tmp_path), rep, StubLM(respond, chat=True), tasks["coin_flip"],
+                                     cfg, tmp_path)
+    (ape,) = [les for les in rep.lessons if les.claim.startswith("APE")]
+    assert found["ape"] and "(none)" not in ape.measured and ape.effect == pytest.approx(-1.0) and not ape.holds
+    assert json.loads((tmp_path / "prompt_search.json").read_text())["ape"]["dev_winner"] == ""
+
+
+def test_wrong_labels_note_says_how_often_flipping_changes_a_prediction(world_dir, tmp_path):
+    """A model that ignores its context: flipping every label changes no prediction, and the note says so."""
+    import torch
+
+    class Sized(StubLM):
+        def __init__(self, n, **kw):
+            super().__init__(**kw)
+            self.model = torch.nn.Linear(n, 1)
+
+    def town(context, continuation):
+        return 1.0 if continuation == " town" else 0.0
+
+    rep = StageReport("eval", "t")
+    models = {"a": Sized(2, score=town), "b": Sized(4, score=town)}
+    ev.wrong_labels_lesson(rep, models, str(world_dir), ev.Config(wrong_label_items=9), 0, tmp_path)
+    assert "changes 0% of the predictions" in rep.lessons[0].note
+    assert "Flipping every label changes 0% (b), 0% (a)" in rep.lessons[1].note
+    assert "| 0.00 |" in "\n".join(rep.text)
+
+
+def test_fact_sentence_accuracy_reads_the_fact_as_the_corpus_states_it(tasks):
+    rows = tasks["multiple_choice"].load(8)
+    gold_after = {}  # the fact sentence's start -> its true option
+    for r in rows:
+        first, gold = r["rationale"].split("\n")[0], r["options"][r["gold_index"]]
+        if first.count(gold) == 1 and not first.startswith(gold):  # two-hop rows state another fact first
+            gold_after[first[:first.index(gold)].rstrip(" ")] = gold
+
+    def knows(context, continuation):
+        return 0.0 if continuation.startswith(f" {gold_after.get(context)}") else -5.0
+
+    acc = ev.fact_sentence_accuracy(StubLM(score=knows), rows)
+    assert len(acc) == len(gold_after) > 0 and all(x == 1.0 for x in acc)
+    assert sum(ev.fact_sentence_accuracy(StubLM(), rows)) < len(acc)  # by length alone it is not always right
+
+
+def test_judge_skips_pairs_whose_prompt_passes_the_trained_context(world_dir, tmp_path):
+    """Judge prompts past the trained context are read at untrained positions: such pairs are skipped, and said so."""
+    seen = []
+
+    class Counting(StubLM):
+        def count_tokens(self, text):
+            return len(text.split())
+
+    def score(context, continuation):
+        seen.append(context)
+        return 0.0
+
+    rep = StageReport("eval", "t")
+    ev.judge_lesson(rep, Counting(score=score, chat=True), str(world_dir),
+                    ev.Config(judge_pairs=6, trained_context=130), 0, tmp_path)
+    assert seen and all(len(c.split()) <= 130 - 16 for c in seen)
+    assert "skipped whose judge prompt would pass the 130-token" in rep.lessons[0].note

@@ -111,3 +111,35 @@ def test_needle_cloze_case_ends_with_the_needles_lead_in():
     last = case.prompt.splitlines()[-1]
     assert last.startswith("The secret code for the ") and last.endswith(" is")
     assert f"{last} {case.answer}." in case.prompt  # the needle itself sits in the context
+
+
+class WordLM(StubLM):
+    """A stub that counts words as tokens."""
+
+    max_len = 512
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def test_icl_demonstrations_fit_the_trained_context(tasks, tmp_path):
+    """Demonstrations that overflow the trained context are cut from the left by the LM (the model reads a fragment
+    at untrained positions): the lesson uses only as many as fit, and says how many in its claim."""
+    task, rows = tasks["coin_flip"], tasks["coin_flip"].load(4)
+    lm = WordLM(lambda p, i, rng: "The answer is yes." if p.count("Question:") > 1 else "heads up and so on")
+    words = lm.count_tokens
+    full = max(words(p) for p in ev.icl_prompts(task, rows, 3, "cot")[1])
+    assert ev.fit_shots(task, rows, 3, "cot", words, full) == 3
+    k = ev.fit_shots(task, rows, 3, "cot", words, full - 1)
+    assert k < 3 and max(words(p) for p in ev.icl_prompts(task, rows, k, "cot")[1]) <= full - 1
+    assert ev.fit_shots(task, rows, 3, "cot", words, 5) == 0
+    # direct demonstrations ("The answer is X.") are shorter than worked ones, so more of them fit
+    assert max(words(p) for p in ev.icl_prompts(task, rows, 3, "direct")[1]) < full
+    cfg = ev.Config(icl_limit=4, icl_shots=3, icl_style="cot", icl_tokens=8)
+    context = max(words(p) for p in ev.icl_prompts(task, rows, 2, "cot")[1]) + cfg.icl_tokens  # 2 of 3 fit
+    rep = StageReport("eval", "t")
+    ev.icl_lesson(rep, lm, task, cfg, tmp_path, context=context)
+    few = lm.calls[1][0]
+    assert all(words(p) <= context - cfg.icl_tokens for p in few) and lm.calls[1][1]["max_new_tokens"] == 8
+    assert few[0].count("Question:") == 3 and rep.lessons[0].claim.startswith("in-context learning: 2-shot")
+    assert rep.lessons[0].holds  # the stub answers in format only after demonstrations
