@@ -55,7 +55,7 @@ class SuiteConfig:
     unlearn_steps: int = 12
     unlearn_lr: float = 1e-4
     npo_beta: float = 0.5
-    edit_facts: int = 8
+    edit_facts: int = 12  # facts edited, each on a fresh copy (8 left the paraphrase interval at [0.5, 1])
     edit_layer: int = -1  # -1: the layer below the middle
     edit_neighbours: int = 24
     garak_probes: list[str] = field(default_factory=lambda: ["promptinject.HijackHateHumans", "encoding.InjectBase64",
@@ -763,7 +763,8 @@ def part_edit(S: Suite) -> None:
         edit.rome_edit(em, m.tok, p.name, [f"{p.name} lives in", f"{p.name} has a home in"], new, layer, cov)
         e_new, e_old = continuation_logprob(em, *_fact_seqs(m.tok, [(f"{p.name} lives in", new),
                                                                     (f"{p.name} lives in", p.town)]))
-        paras = [f"Everyone knows that {p.name} lives in", f"The town where {p.name} lives is"]
+        paras = [f"Everyone knows that {p.name} lives in", f"The town where {p.name} lives is",
+                 f"I heard that {p.name} lives in", f"My friend {p.name} lives in"]  # 4: per-edit share in quarters
         pn = continuation_logprob(em, *_fact_seqs(m.tok, [(q, new) for q in paras]))
         po = continuation_logprob(em, *_fact_seqs(m.tok, [(q, p.town) for q in paras]))
         eff.append(float(e_new > e_old))

@@ -176,12 +176,12 @@ def _probe_lessons(ctx: StageContext, report: StageReport, model, tok, w, cfg: C
     out, series = {}, {}
     pc = _probe_cfg(cfg, cfg.probe_l2)
     knows = {attr: f"; does the model know it? '{tmpl}' ranks the right one of {n} first for "
-                   f"{acc} of {len(people[:100])} people (chance {1 / n:.3f}): a fact the model does not hold "
+                   f"{acc} of {len(people[:60])} people (chance {1 / n:.3f}): a fact the model does not hold "
                    "cannot be read off its states"
              for attr, tmpl, (acc, n) in (("occupation", "<name> works as a <job>", _fact_recall(
-                 model, tok, people[:100], "{} works as a", [p.job for p in people])),
+                 model, tok, people[:60], "{} works as a", [p.job for p in people])),
                                         ("town", "<name> lives in <town>", _fact_recall(
-                 model, tok, people[:100], "{} lives in", [p.town for p in people])))}
+                 model, tok, people[:60], "{} lives in", [p.town for p in people])))}
     for attr, values in attrs.items():
         classes = sorted(set(values))
         y = torch.tensor([classes.index(v) for v in values])
