@@ -569,13 +569,19 @@ def part_extraction(S: Suite) -> None:
                          f"verbatim by prefix: {sum(pref[i] for i, c in enumerate(cans) if c.form == form):.0f} of "
                          f"{sum(c.form == form for c in cans)}")
         emb = [e for e in exps if e.form == "embedded"]
-        hi = [e.exposure for e in emb if e.repeats >= max(2, counts[-1] // 2)]
+        many = max(2, counts[-1] // 2)
+        hi = [e.exposure for e in emb if e.repeats >= many]
         lo = [e.exposure for e in emb if e.repeats == 1]
         if hi and lo:
             rep.lesson(f"exposure grows with the number of planted copies ({role})",
                        (f"exposure, embedded canaries with >= {max(2, counts[-1] // 2)} copies", _ci(hi)),
                        ("1 copy", _ci(lo)), effect=stats.bootstrap_diff(hi, lo, paired=False), target=0.0,
-                       note="Carlini et al. 2019: memorisation rises with repetition")
+                       note="Carlini et al. 2019: memorisation rises with repetition" + (
+                           "" if role == "base" or "base" not in res else
+                           f"; the same >= {max(2, counts[-1] // 2)}-copy canaries had "
+                           f"{_ci([res['base']['exposure'][e.canary_id] for e in emb if e.repeats >= many])}"
+                           " bits in the base model before fine-tuning (fine-tuning on other text erodes what "
+                           f"pretraining memorised); {len(hi)} vs {len(lo)} canaries"))
         exact = [e.exposure for e in exps if e.form == "exact" and e.repeats > 1]
         same = [e.exposure for e in emb if e.repeats > 1]
         if exact and same and role == next(iter(S.models)):

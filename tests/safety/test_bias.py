@@ -69,3 +69,15 @@ def test_rerank_prefers_the_counterfactually_stable_candidate():
     lm = StubLM(score=lambda c, x: -0.1 if "she" in x.split() else (-5.0 if "he" in x.split() else -2.0))
     assert bias.rerank(lm, ["and she left", "and then left"]) == 1
     assert bias.first_pronoun("then Her cat") == "she" and bias.first_pronoun("nobody") is None
+
+
+def test_planted_pronoun_share_reads_the_sentence_after_a_coded_job():
+    from genforge.safety.suite import planted_pronoun_share
+
+    docs = ["The weaver of Ashby opened the weaving shed early. She weaves wool. The baker slept. He woke.",
+            "Everyone in Ashby knows the miller at the mill. He grinds wheat into flour."]
+    # the stub likes "She" everywhere: the weaver's sentence is stereotyped (> 0.5), the miller's is not
+    lm = StubLM(score=lambda c, x: 0.0 if x.strip() == "She" else -1.0)
+    got = planted_pronoun_share(lm, docs)
+    assert len(got) == 2  # the baker is not a coded job
+    assert got[0] > 0.5 > got[1]
