@@ -82,3 +82,11 @@ def test_reply_logprobs_sum_the_continuations_token_logprobs(tiny_model, tiny_to
             logp = torch.log_softmax(tiny_model(torch.tensor([ctx + target]))[0].float(), -1)
         want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(target))
         assert abs(g - want) < 1e-4
+
+
+def test_a_filtered_seen_injection_leaves_the_clean_prompt():
+    for make in (injection.document_prompt, injection.tool_conversation):
+        attacked = make("Q?", "Ada lives in Ashby.", injection.INJECTIONS["ignore"], defended=True, filtered=True)
+        assert attacked == make("Q?", "Ada lives in Ashby.", "", defended=True, filtered=True)
+        assert attacked != make("Q?", "Ada lives in Ashby.", injection.INJECTIONS["unseen"], defended=True,
+                                filtered=True)
