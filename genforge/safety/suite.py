@@ -53,9 +53,10 @@ class SuiteConfig:
     unlearn_people: int = 12
     unlearn_retain: int = 48
     unlearn_steps: int = 12
+    unlearn_long_steps: int = 40  # the GA-vs-NPO comparison's horizon (they differ only once forgetting is deep)
     unlearn_lr: float = 1e-4
     npo_beta: float = 0.5
-    edit_facts: int = 12  # facts edited, each on a fresh copy (8 left the paraphrase interval at [0.5, 1])
+    edit_facts: int = 16  # facts edited, each on a fresh copy (8 left the paraphrase interval at [0.5, 1])
     edit_layer: int = -1  # -1: the layer below the middle
     edit_neighbours: int = 24
     garak_probes: list[str] = field(default_factory=lambda: ["promptinject.HijackHateHumans", "encoding.InjectBase64",
@@ -743,11 +744,26 @@ def part_unlearn(S: Suite) -> None:
                                                [a - b for a, b in zip(r0, r1)], paired=False),
                    target=0.0, note=f"{role} model, '<name> lives in <town>' facts; task cost "
                                     f"{out[method]['nll_cost']:+.3f} nats/token held-out")
-    rep.lesson("NPO keeps more of the retained facts than gradient ascent (same steps and learning rate)",
-               ("retained-fact drop, GA", out["ga"]["retain_drop"]), ("NPO", out["npo"]["retain_drop"]),
-               effect=stats.bootstrap_diff(out["npo"]["retain_r"], out["ga"]["retain_r"], paired=True),
-               target=0.0, note=f"forget drop GA {out['ga']['forget_drop']:.2f} vs NPO {out['npo']['forget_drop']:.2f} "
-                                "nats: compare at matched forgetting before reading this as a win (Zhang et al. 2024)")
+    # NPO's gradient is gradient ascent's times a weight that stays ~1 until the forget facts' likelihood has
+    # fallen below the reference model's (Zhang et al. 2024, eq. 4), so at the short horizon above the two are the
+    # same method (retained drop GA vs NPO equal to 0.01 nats at tiny); their difference, GA's collapse, shows
+    # only on a longer run, where the comparison is made.
+    long: dict = {}
+    for method in ("ga", "npo"):
+        u = unlearn.unlearn(m.model, forget, f_from, method=method, steps=cfg.unlearn_long_steps, lr=cfg.unlearn_lr,
+                            beta=cfg.npo_beta, micro_batch=min(8, len(forget)), seed=cfg.seed, work_dir=str(S.work_dir))
+        f1, r1 = (continuation_logprob(u, s, t) for s, t in ((forget, f_from), (retain, r_from)))
+        long[method] = {"forget": stats.bootstrap_diff(f0, f1, paired=True),
+                        "retain": stats.bootstrap_diff(r0, r1, paired=True), "retain_r": r1}
+        del u
+    rep.lesson(f"NPO keeps more of the retained facts than gradient ascent ({cfg.unlearn_long_steps} steps, same "
+               "learning rate)", ("retained-fact drop, GA", long["ga"]["retain"]), ("NPO", long["npo"]["retain"]),
+               effect=stats.bootstrap_diff(long["npo"]["retain_r"], long["ga"]["retain_r"], paired=True),
+               target=0.0, note=f"forget drop GA {long['ga']['forget'].estimate:.1f} vs NPO "
+                                f"{long['npo']['forget'].estimate:.1f} nats: compare at matched forgetting before "
+                                "reading this as a win (Zhang et al. 2024); after "
+                                f"{cfg.unlearn_steps} steps the retained drops were GA "
+                                f"{out['ga']['retain_drop']:.2f} vs NPO {out['npo']['retain_drop']:.2f}")
     for v in out.values():
         v.pop("retain_r")
     S.results["unlearn"] = out
