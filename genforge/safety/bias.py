@@ -198,13 +198,15 @@ def stereotype_direction(model: nn.Module, layer: nn.Module, female_ids: list[li
 
 # ------------------------------------------------------------------------- after generation: re-rank
 def rerank(lm: LM, candidates: Sequence[str], prompt: str = "") -> int:
-    """Index of the candidate whose counterfactual the model finds most nearly as likely (smallest
-    |log p(c) - log p(swap(c))|): prefer outputs that do not hinge on the gender the model expects.
-    Gender-free candidates score 0 and win ties by their own log-probability."""
+    """Index of the candidate the model prefers least over its own gender swap: score max(0, log p(c) -
+    log p(swap(c))), so an output the model finds likelier than its counterfactual is pushed back by that margin,
+    while gender-free outputs and those no likelier than their swap score 0 and win ties by their own
+    log-probability. (A symmetric |gap| cannot tell a stereotyped output from an anti-stereotyped one, so it can
+    lower the stereotyped share only by picking gender-free text.)"""
     swapped = [swap_gender(c) for c in candidates]
     lls = lm.loglikelihood_rolling([prompt + c for c in candidates] + [prompt + s for s in swapped])
     n = len(candidates)
-    gaps = [abs(lls[i][0] - lls[n + i][0]) if swapped[i] != candidates[i] else 0.0 for i in range(n)]
+    gaps = [max(0.0, lls[i][0] - lls[n + i][0]) if swapped[i] != candidates[i] else 0.0 for i in range(n)]
     return min(range(n), key=lambda i: (round(gaps[i], 6), -lls[i][0]))
 
 

@@ -360,8 +360,8 @@ def _mitigations(S: Suite, m: Loaded, role: str, pairs, before: list[float]) -> 
     rep.lesson("mitigation (re-ranking, post-processing) lowers the share of stereotyped pronouns in the biased "
                "model's sampled continuations", ("stereotyped share, re-ranked", _ci(stereo_rr)),
                ("first sample", _ci(stereo_first)), effect=eff, target=0.0,
-               note=f"best of {cfg.rerank_samples} samples by |log p(c) - log p(swap(c))|: it can only pick a "
-                    "gender-free sample (a stereotyped and an anti-stereotyped one have the same |gap|), and "
+               note=f"best of {cfg.rerank_samples} samples by max(0, log p(c) - log p(swap(c))): outputs the model "
+                    "prefers over their gender swap lose; "
                     f"{_ci([float(bias.first_pronoun(c) is None) for cs in cands for c in cs])} of the samples "
                     "have no pronoun; cost: log-prob/token of the kept output "
                     f"{stats.bootstrap_diff(lp_rr, lp_first, paired=True)}")

@@ -68,6 +68,8 @@ def test_rerank_prefers_the_counterfactually_stable_candidate():
     # the model likes "she" much more than "he": a she-candidate has a big gap, a gender-free one none
     lm = StubLM(score=lambda c, x: -0.1 if "she" in x.split() else (-5.0 if "he" in x.split() else -2.0))
     assert bias.rerank(lm, ["and she left", "and then left"]) == 1
+    # the one the model finds no likelier than its swap wins over the one it prefers to its swap
+    assert bias.rerank(lm, ["and she left", "and he left"]) == 1
     assert bias.first_pronoun("then Her cat") == "she" and bias.first_pronoun("nobody") is None
 
 
