@@ -39,10 +39,10 @@ class SuiteConfig:
     mitigation_lr: float = 1e-3  # (60 steps at 1e-3 on the planted documents alone teach the bias at tiny)
     mitigation_docs: int = 0  # corpus documents mixed into those fine-tunes (beside the planted bias documents)
     equalise_weight: float = 1.0  # weight of the equalising loss (Qian et al. 2019)
-    rerank_prompts: int = 48
-    rerank_samples: int = 4
+    rerank_prompts: int = 96  # 48 prompts x 4 samples left the re-ranking interval across 0
+    rerank_samples: int = 8
     jailbreak_requests: int = 12  # held-out harmful requests per template
-    jailbreak_ll_requests: int = 40  # requests per template for the likelihood reading (cheap: no decoding)
+    jailbreak_ll_requests: int = 30  # requests per template for the likelihood reading (cheap: no decoding)
     injection_items: int = 24
     canary_candidates: int = 300  # sampled secrets per canary for the exposure estimate
     repeat_words: list[str] = field(default_factory=lambda: ["poem", "the", "river", "town", "bread", "company"])
