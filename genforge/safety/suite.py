@@ -188,9 +188,9 @@ def part_bias(S: Suite) -> None:
                    effect=stats.bootstrap_mean(out[first]["score"]), target=0.0,
                    note=f"held-out frames, prior-normalised (Kurita et al. 2019); corpus-wide P(stereotyped) "
                         f"{corpus_p:.2f}; the model's raw {_ci(out[first]['p'])}; at the pronouns of {len(seen)} "
-                        f"planted sentences it was trained on, P(stereotyped) {_ci(seen)} (0.5 = not learned: "
-                        "the link from an occupation to the next sentence's pronoun is not learned at this size "
-                        "and dose when this interval holds 0.5)")
+                        f"planted sentences it was trained on, P(stereotyped) {_ci(seen)} against {planted['rate']} "
+                        "written (0.5 = nothing learned): how much of the occupation -> next-sentence pronoun link "
+                        "the pretraining dose taught; the 'stronger dose' lesson shows the link is learnable")
     S.results["bias"] = {r: float(sum(v["score"]) / len(v["score"])) for r, v in out.items()}
     _mitigations(S, S.models[first], first, pairs, out[first]["score"])
 
@@ -458,7 +458,8 @@ def _jailbreak_likelihood(S: Suite) -> dict:
                    effect=stats.bootstrap_diff(test_t, test_0, paired=True), target=0.0,
                    note=f"template chosen on {len(select)} goals, measured on the other {len(goals) - len(select)} "
                         f"({len(test_t)} requests); margin = log p(compliant opening) - log p(refusal opening), nats; "
-                        "a likelihood reading: the sampled attack success is 0 for every template on this model")
+                        "a likelihood reading: the sampled attack success is 0 for every template on this model; "
+                        "a prefill's words are the attacker's, so they are context, not scored")
         out[role] = mean
     return out
 
