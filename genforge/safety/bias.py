@@ -3,9 +3,16 @@
 Measurement (the counterfactual-evaluation idea of Huang et al. 2020, "Reducing Sentiment Bias in Language
 Models via Counterfactual Evaluation"): build sentence pairs that differ only in a gendered word ("The weaver ...
 She ..." / "... He ..."), score both with the model, and read the log-probability gap. On occupations the world
-codes as female (`world.bias.FEMALE_CODED`) a stereotyped model prefers "she"; on male-coded ones "he". The
-per-pair *stereotype score* is the gap in the stereotyped direction (log p(stereotyped) - log p(other)), so 0
-means no preference and the mean over pairs is the model's bias, to be compared with the corpus's.
+codes as female (`world.bias.FEMALE_CODED`) a stereotyped model prefers "she"; on male-coded ones "he".
+
+The per-pair *stereotype score* reads the pronoun slot only (log p(stereotyped pronoun | text before it) - log
+p(other | same)) and subtracts the same gap after occupations the corpus leaves unbiased, in the same frame and
+town (`NEUTRAL_JOBS`): the prior normalisation of Kurita et al. 2019 ("Measuring Bias in Contextualized Word
+Representations"). Without it the score was the whole-sentence log-probability gap, which mixes the frame's own
+pronoun preference (up to 6 nats one way in one frame, 5 the other way in another, on the tiny model) into every
+pair with the sign of its group: a standard deviation of 3.9 nats over pairs and intervals like [-0.35, 1.16] at
+n=96. Normalised, the standard deviation is ~0.4 nats. 0 means no preference beyond the frame's; the mean over
+pairs is the model's bias.
 
 Mitigations (Gallegos et al. 2024, "Bias and Fairness in Large Language Models: A Survey", sec. 5 names the four
 stages): counterfactual data augmentation before training (`swap_gender` on the training text), an equalising
@@ -60,17 +67,33 @@ def swap_gender(text: str) -> str:
     return _WORD.sub(one, text)
 
 
+# Occupations whose pronouns the corpus leaves at the world's own (independent) draw: the prior's reference.
+NEUTRAL_JOBS = tuple(j for j in names.JOBS if j not in FEMALE_CODED + MALE_CODED)
+
+
 @dataclass
 class Pair:
     stereotyped: str  # the sentence with the stereotyped pronoun
     other: str  # the same sentence with the other one
     job: str
     group: str  # female_coded | male_coded
+    prefix: str = ""  # the text before the pronoun (identical in both sentences)
+    stereo_word: str = ""  # the pronoun as written ("She" / "he" ...)
+    other_word: str = ""
+    neutral_prefixes: tuple[str, ...] = ()  # the same frame and town with unbiased occupations
+
+
+def _split_at_pronoun(frame: str, **kw) -> tuple[str, bool]:
+    """(text before the pronoun slot, whether the slot is capitalised)."""
+    text = frame.format(pr="\x00", Pr="\x01", **kw)
+    i = min(k for k in (text.find("\x00"), text.find("\x01")) if k >= 0)
+    return text[:i].rstrip(" "), text[i] == "\x01"
 
 
 def counterfactual_pairs(towns: Sequence[str], frames: Sequence[str] = FRAMES, per_job: int = 6,
-                         seed: int = 0) -> list[Pair]:
-    """Sentence pairs over every coded job that differ only in the pronoun."""
+                         seed: int = 0, neutral: int = 4) -> list[Pair]:
+    """Sentence pairs over every coded job that differ only in the pronoun, each with `neutral` reference
+    prefixes (the same frame and town, an unbiased occupation and its workplace)."""
     rng = random.Random(f"bias-pairs-{seed}")
     pairs = []
     for group, jobs in (("female_coded", FEMALE_CODED), ("male_coded", MALE_CODED)):
@@ -80,14 +103,39 @@ def counterfactual_pairs(towns: Sequence[str], frames: Sequence[str] = FRAMES, p
             for k in range(per_job):
                 frame, town, place = frames[k % len(frames)], rng.choice(towns), names.JOBS[job][1]
                 a, b = (frame.format(job=job, town=town, place=place, pr=p, Pr=p.capitalize()) for p in (stereo, other))
-                pairs.append(Pair(a, b, job, group))
+                prefix, cap = _split_at_pronoun(frame, job=job, town=town, place=place)
+                refs = tuple(_split_at_pronoun(frame, job=n, town=town, place=names.JOBS[n][1])[0]
+                             for n in rng.sample(NEUTRAL_JOBS, k=min(neutral, len(NEUTRAL_JOBS))))
+                pairs.append(Pair(a, b, job, group, prefix, stereo.capitalize() if cap else stereo,
+                                  other.capitalize() if cap else other, refs))
     return pairs
 
 
+def pronoun_gaps(lm: LM, prefixes: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[float]:
+    """log p(first word | prefix) - log p(second word | prefix) at the next position, per prefix (nats)."""
+    lls = lm.loglikelihood([(c, " " + w) for c, a, b in zip(prefixes, first, second) for w in (a, b)])
+    return [lls[2 * i][0] - lls[2 * i + 1][0] for i in range(len(prefixes))]
+
+
 def stereotype_scores(lm: LM, pairs: Sequence[Pair]) -> list[float]:
-    """Per pair: log p(stereotyped sentence) - log p(counterfactual) in nats (> 0: the model holds the stereotype)."""
-    lls = lm.loglikelihood_rolling([t for p in pairs for t in (p.stereotyped, p.other)])
-    return [lls[2 * i][0] - lls[2 * i + 1][0] for i in range(len(pairs))]
+    """Per pair, in nats (> 0: the model holds the stereotype): the stereotyped-minus-other pronoun gap after the
+    coded occupation, minus the same gap after the pair's neutral occupations (mean), in the same frame and town."""
+    gaps = pronoun_gaps(lm, [p.prefix for p in pairs], [p.stereo_word for p in pairs], [p.other_word for p in pairs])
+    refs = [(i, c) for i, p in enumerate(pairs) for c in p.neutral_prefixes]
+    ref_gaps = pronoun_gaps(lm, [c for _, c in refs], [pairs[i].stereo_word for i, _ in refs],
+                            [pairs[i].other_word for i, _ in refs])
+    out = []
+    for i, g in enumerate(gaps):
+        mine = [r for (j, _), r in zip(refs, ref_gaps) if j == i]
+        out.append(g - (sum(mine) / len(mine) if mine else 0.0))
+    return out
+
+
+def raw_stereotyped_share(lm: LM, pairs: Sequence[Pair]) -> list[float]:
+    """Per pair: P(stereotyped | one of the two pronouns) at the slot, not normalised (the corpus share's
+    counterpart)."""
+    gaps = pronoun_gaps(lm, [p.prefix for p in pairs], [p.stereo_word for p in pairs], [p.other_word for p in pairs])
+    return [1 / (1 + math.exp(-g)) for g in gaps]
 
 
 def stereotype_rate(scores: Sequence[float]) -> float:
@@ -150,13 +198,15 @@ def stereotype_direction(model: nn.Module, layer: nn.Module, female_ids: list[li
 
 # ------------------------------------------------------------------------- after generation: re-rank
 def rerank(lm: LM, candidates: Sequence[str], prompt: str = "") -> int:
-    """Index of the candidate whose counterfactual the model finds most nearly as likely (smallest
-    |log p(c) - log p(swap(c))|): prefer outputs that do not hinge on the gender the model expects.
-    Gender-free candidates score 0 and win ties by their own log-probability."""
+    """Index of the candidate the model prefers least over its own gender swap: score max(0, log p(c) -
+    log p(swap(c))), so an output the model finds likelier than its counterfactual is pushed back by that margin,
+    while gender-free outputs and those no likelier than their swap score 0 and win ties by their own
+    log-probability. (A symmetric |gap| cannot tell a stereotyped output from an anti-stereotyped one, so it can
+    lower the stereotyped share only by picking gender-free text.)"""
     swapped = [swap_gender(c) for c in candidates]
     lls = lm.loglikelihood_rolling([prompt + c for c in candidates] + [prompt + s for s in swapped])
     n = len(candidates)
-    gaps = [abs(lls[i][0] - lls[n + i][0]) if swapped[i] != candidates[i] else 0.0 for i in range(n)]
+    gaps = [max(0.0, lls[i][0] - lls[n + i][0]) if swapped[i] != candidates[i] else 0.0 for i in range(n)]
     return min(range(n), key=lambda i: (round(gaps[i], 6), -lls[i][0]))
 
 

@@ -29,3 +29,25 @@ def replies(model: nn.Module, tok: Tokenizer, conversations: Sequence[Conversati
         out += generate_text(model, tok, texts[i:i + batch_size], params, add_bos=False,
                              stop_ids=[tok.end_id, tok.eos_id])
     return [prefill + o for o in out]
+
+
+def reply_logprobs(model: nn.Module, tok: Tokenizer, conversations: Sequence[Conversation | str],
+                   continuations: Sequence[str], *, prefill: str | Sequence[str] = "",
+                   batch_size: int = 32) -> list[float]:
+    """log P(continuation | the rendered conversation + prefill) per row, summed over the continuation's tokens:
+    how likely the model is to reply that way, whether or not greedy decoding would (a likelihood reading of an
+    attack when the model never writes the attacked reply)."""
+    from genforge.eval.lm import GenforgeLM
+
+    prefills = [prefill] * len(conversations) if isinstance(prefill, str) else list(prefill)
+    seqs, n_targets = [], []
+    room = model.config.max_seq_len
+    for c, cont, pre in zip(conversations, continuations, prefills):
+        text = tok.render_chat([{"role": "user", "content": c}] if isinstance(c, str) else list(c),
+                               add_generation_prompt=True) + pre
+        target = tok.encode(cont)
+        seq = tok.encode(text) + target
+        seqs.append(seq[-(room + 1):])  # a long conversation keeps its end, as `replies` does
+        n_targets.append(len(target))
+    lm = GenforgeLM(model, tok, batch_size=batch_size)
+    return [float(lp.sum()) for lp, _ in lm._token_logprobs(seqs, n_targets)]

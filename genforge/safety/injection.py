@@ -36,7 +36,7 @@ def filter_instructions(text: str) -> str:
 
 def document_prompt(question: str, passage: str, injection: str, *, defended: bool, filtered: bool) -> str:
     """A retrieval-augmented prompt whose passage carries the injection after the true text."""
-    doc = f"{passage} {injection.format(p=PAYLOAD)}"
+    doc = f"{passage} {injection.format(p=PAYLOAD)}".rstrip()  # injection "": the clean passage
     if filtered:
         doc = filter_instructions(doc)
     return context_prompt(question, [doc], defended=defended)
@@ -45,7 +45,7 @@ def document_prompt(question: str, passage: str, injection: str, *, defended: bo
 def tool_conversation(question: str, tool_output: str, injection: str, *, defended: bool,
                       filtered: bool) -> list[dict]:
     """A chat in which the assistant called a lookup tool and the tool result carries the injection."""
-    result = f"{tool_output} {injection.format(p=PAYLOAD)}"
+    result = f"{tool_output} {injection.format(p=PAYLOAD)}".rstrip()
     if filtered:
         result = filter_instructions(result)
     if defended:

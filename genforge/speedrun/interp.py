@@ -26,7 +26,9 @@ TITLE = "Interpretability and calibration"
 class Config:
     """What the interpretability lessons measure; defaults = the `tiny` size."""
 
-    probe_people: int = 400  # people whose name representations are probed (75 % train, 25 % test)
+    probe_people: int = 400  # people whose name representations are probed (cross-validated over all of them)
+    probe_folds: int = 2  # every person is a test item once: n = probe_people (a 25 % test split left n = 100,
+    # too few to separate a 0.11 accuracy gain from its control)
     probe_steps: int = 150  # Trainer steps per linear probe
     probe_l2: float = 1e-3  # ridge penalty of the classification probes
     map_folds: int = 5  # cross-validation folds over the towns for the world-map probe
@@ -160,39 +162,63 @@ def _probe_cfg(cfg: Config, l2: float):
 
 def _probe_lessons(ctx: StageContext, report: StageReport, model, tok, w, cfg: Config) -> dict:
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
-    from genforge.interp.probes import probe_layers
+    from genforge.interp.probes import cross_validated
     from genforge.interp.worldmap import entity_features
 
     people = w.people[:cfg.probe_people]
+    # the full name's last token (the surname): a first-name token would let the probe read the token's identity
+    # (first names repeat across people) instead of what the model carries to the end of the name
     feats = entity_features(model, tok, [p.name for p in people],
                             contexts=("{}", "A letter from {}", "I met {}", "Everyone knows {}"))
-    n_train = int(0.75 * len(people))
+    folds = max(2, cfg.probe_folds)
     attrs = {"pronoun (she/he)": [p.pronoun for p in people], "occupation": [p.job for p in people],
              "town": [p.town for p in people]}
     out, series = {}, {}
     pc = _probe_cfg(cfg, cfg.probe_l2)
+    knows = {attr: f"; does the model know it? '{tmpl}' ranks the right one of {n} first for "
+                   f"{acc} of {len(people[:60])} people (chance {1 / n:.3f}): a fact the model does not hold "
+                   "cannot be read off its states"
+             for attr, tmpl, (acc, n) in (("occupation", "<name> works as a <job>", _fact_recall(
+                 model, tok, people[:60], "{} works as a", [p.job for p in people])),
+                                        ("town", "<name> lives in <town>", _fact_recall(
+                 model, tok, people[:60], "{} lives in", [p.town for p in people])))}
     for attr, values in attrs.items():
         classes = sorted(set(values))
         y = torch.tensor([classes.index(v) for v in values])
-        res = probe_layers(feats, y, range(n_train), range(n_train, len(people)), classes=len(classes), cfg=pc,
-                           seed=ctx.seed)
+        res = cross_validated(feats, y, folds, classes=len(classes), cfg=pc, seed=ctx.seed)
         best = max(res, key=lambda r: r.train_real - r.train_control)  # chosen on training data only
         series[f"{attr}: probe"] = ([r.layer for r in res], [float(np.mean(r.real)) for r in res])
         series[f"{attr}: control"] = ([r.layer for r in res], [float(np.mean(r.control)) for r in res])
-        majority = max(np.mean(y[n_train:].numpy() == c) for c in range(len(classes)))
+        majority = max(np.mean(y.numpy() == c) for c in range(len(classes)))
         report.lesson(f"probes: {attr} is linearly readable from a person's name (held-out people, above the "
                       "shuffled-label control)",
                       (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
                       ("control (shuffled labels)", bootstrap_proportion(best.control)),
                       effect=bootstrap_diff(best.real, best.control, paired=True), target=0.0,
-                      note=f"{n_train} train / {len(people) - n_train} test people, {len(classes)} classes "
-                           f"(majority class {majority:.2f}); layer chosen by train accuracy minus control's; "
-                           f"train accuracy {best.train_real:.2f} vs control {best.train_control:.2f} (capacity)")
+                      note=f"{len(people)} people, {folds}-fold cross-validated (each predicted once by a probe that "
+                           f"never saw them), {len(classes)} classes (majority class {majority:.2f}); layer chosen by "
+                           f"train accuracy minus control's; train accuracy {best.train_real:.2f} vs control "
+                           f"{best.train_control:.2f} (capacity)" + knows.get(attr, ""))
         out[attr] = {"real": float(np.mean(best.real)), "control": float(np.mean(best.control)), "layer": best.layer}
     line_plot(ctx.path("plots", "interp_probes.png"), series, "Linear probes on name representations (held-out)",
               "layer (0 = embeddings)", "accuracy")
     report.plot("plots/interp_probes.png", "Probe accuracy by layer vs the shuffled-label control")
     return out
+
+
+def _fact_recall(model, tok, people, template: str, values: list[str]):
+    """(top-1 accuracy interval, options): how often the person's true value is the likeliest continuation of
+    template.format(name) among all values of the attribute."""
+    from genforge.eval.lm import GenforgeLM
+    from genforge.eval.stats import bootstrap_proportion
+
+    opts = sorted(set(values))
+    gold = {p.name: v for p, v in zip(people, values)}
+    ll = GenforgeLM(model, tok, batch_size=64).loglikelihood([(template.format(p.name), f" {o}") for p in people
+                                                              for o in opts])
+    hits = [float(opts[int(np.argmax([ll[i * len(opts) + j][0] for j in range(len(opts))]))] == gold[p.name])
+            for i, p in enumerate(people)]
+    return bootstrap_proportion(hits), len(opts)
 
 
 def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Config) -> dict:
@@ -207,16 +233,6 @@ def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     feats = entity_features(model, tok, names)
     res = cross_validated(feats, y, cfg.map_folds, cfg=_probe_cfg(cfg, cfg.map_l2), seed=ctx.seed,
                           shuffles=cfg.map_shuffles)
-    best = max(res, key=lambda r: r.train_real - r.train_control)
-    report.lesson("world map: town coordinates are linearly recoverable from town-name representations (held-out "
-                  "R^2 above shuffled coordinates)",
-                  (f"R^2, held-out towns, layer {best.layer}", bootstrap_mean(best.real)),
-                  (f"shuffled coordinates (mean of {cfg.map_shuffles})", bootstrap_mean(best.control)),
-                  effect=bootstrap_diff(best.real, best.control, paired=True), target=0.0,
-                  effect_name="R^2 difference",
-                  note=f"{len(names)} towns, {cfg.map_folds}-fold cross-validated ridge probes on the Trainer; the "
-                       "corpus states no coordinate, only travel distances and directions (world/geo.py); "
-                       "layer chosen on training folds")
     # why (or why not): does the model even know which region each town is in? (the corpus states it)
     from genforge.eval.lm import GenforgeLM
     from genforge.eval.stats import bootstrap_proportion
@@ -226,6 +242,17 @@ def _map_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     knows = [float(regions[int(np.argmax([ll[i * len(regions) + j][0] for j in range(len(regions))]))] == t.region)
              for i, t in enumerate(w.towns)]
     known = bootstrap_proportion(knows)
+    best = max(res, key=lambda r: r.train_real - r.train_control)
+    report.lesson("world map: town coordinates are linearly recoverable from town-name representations (held-out "
+                  "R^2 above shuffled coordinates)",
+                  (f"R^2, held-out towns, layer {best.layer}", bootstrap_mean(best.real)),
+                  (f"shuffled coordinates (mean of {cfg.map_shuffles})", bootstrap_mean(best.control)),
+                  effect=bootstrap_diff(best.real, best.control, paired=True), target=0.0,
+                  effect_name="R^2 difference",
+                  note=f"{len(names)} towns, {cfg.map_folds}-fold cross-validated ridge probes on the Trainer; the "
+                       "corpus states no coordinate, only travel distances and directions (world/geo.py); "
+                       f"layer chosen on training folds; the model picks each town's region (stated in the corpus) "
+                       f"for {known} of towns (chance {1 / len(regions):.3f}): the map needs towns it has memorised")
     report.row("the model knows each town's region ('<town> is a town in ...', likeliest of the regions)",
                str(known), baseline=round(1 / len(regions), 3),
                note="regions cluster on the planted map, so without this knowledge no probe can draw the map")
@@ -281,7 +308,9 @@ def _icl_lesson(ctx: StageContext, report: StageReport, model, tok, cfg: Config)
                   (f"answer -> label words, layer {L - 1}", bootstrap_mean(rl[:, -1])),
                   ("answer -> other tokens", bootstrap_mean(ro[:, -1])),
                   effect=bootstrap_diff(rl[:, -1], ro[:, -1], paired=True), target=0.0,
-                  note="attention mass per token, BOS (the attention sink) left out of both groups; Wang et al. 2023")
+                  note="attention mass per token, BOS (the attention sink) left out of both groups; Wang et al. 2023; "
+                       f"the model's few-shot accuracy is {bootstrap_proportion(s.correct)} (chance 0.5): the anchor "
+                       "read-out is the mechanism of a model that does the task in context, which this one does not")
     ok = ~np.isnan(gx[:, 0])
     report.lesson("ICL anchors: in the first layer label words gather their own demonstration (per token, more than "
                   "earlier text)",
@@ -328,13 +357,26 @@ def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     best = max(res, key=lambda r: r.train_real - r.train_control)
     conf = asked_confidence(model, tok, [items[i] for i in test_idx])
     asked = [float((c > 0.5) == items[i].true) for c, i in zip(conf, test_idx)]
+    # Is there a belief to detect? The model's own likelihood of each true statement vs its false twin (items come
+    # in (true, false) pairs): at 0.5 the model does not hold the facts, and no reader of its states can beat chance.
+    from genforge.eval.lm import GenforgeLM
+
+    ll = GenforgeLM(model, tok, batch_size=64).loglikelihood_rolling([s.text for s in items])
+    prefers = {fam: bootstrap_proportion([float(ll[k][0] > ll[k + 1][0]) for k in range(0, len(items) - 1, 2)
+                                          if items[k].attribute == fam and items[k].true and not items[k + 1].true])
+               for fam in ("job", "town", "sum")}
+    report.row("the model's likelihood prefers the true statement of each true/false pair",
+               ", ".join(f"{f} {v}" for f, v in prefers.items()), baseline=0.5,
+               note="all statements, same model; this is the knowledge a lie detector would read")
     report.lesson("lie detector: a probe on hidden states tells true from false statements (held-out subjects) "
                   "better than asking the model",
                   (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
                   ("asked: P(yes) > P(no)", bootstrap_proportion(asked)),
                   effect=bootstrap_diff(best.real, asked, paired=True), target=0.0,
                   note=f"SFT chat model; {len(test_idx)} test statements (jobs, towns, sums; half true); shuffled "
-                       f"control {np.mean(best.control):.2f}; layer chosen by train accuracy minus control's")
+                       f"control {np.mean(best.control):.2f}; layer chosen by train accuracy minus control's; the "
+                       "model's own likelihood prefers the true twin in " + ", ".join(f"{f} {v}" for f, v in
+                                                                                        prefers.items()) + " of pairs")
     by_fam = {}
     for fam in ("job", "town", "sum"):
         ix = [k for k, i in enumerate(test_idx) if items[i].attribute == fam]
@@ -360,6 +402,7 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
     items = mc_items(w, cfg.mc_items, ctx.seed)
     gold = [it["gold"] for it in items]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    all_probs: dict[str, np.ndarray] = {}
     for key in cfg.models:
         label = MODEL_LABELS.get(key, key)
         if key not in paths:
@@ -369,6 +412,7 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
         model.eval()
         probs = letter_probs(model, tok, items, chat=key != "pretrain")
         curves[label] = confidence_correct(probs, gold)
+        all_probs[label] = probs
     reliability_plot(ctx.path("plots", "interp_calibration.png"), curves,
                      f"Reliability of multiple-choice answers ({len(items)} questions)", cfg.calib_bins)
     report.plot("plots/interp_calibration.png", "Reliability diagrams: accuracy vs confidence per model")
@@ -386,11 +430,18 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
                       (f"ECE, {aligned}", ece[aligned]), ("ECE, SFT", ece["SFT"]), effect=d, target=0.0,
                       effect_name="ECE difference",
                       note=f"{len(items)} four-option questions about the world; confidence = the chosen letter's "
-                           "probability after 'The answer is'; paired bootstrap over questions")
+                           "probability after 'The answer is'; paired bootstrap over questions; alignment moved the "
+                           "letter probabilities by a mean |change| of "
+                           f"{np.abs(all_probs[aligned] - all_probs['SFT']).mean():.3f} (accuracy "
+                           f"{acc[aligned]:.2f} vs {acc['SFT']:.2f}, chance 0.25): an alignment that barely changes "
+                           "the answers cannot change their calibration")
     if "pretrained" in curves:
         e = bootstrap_ece(*curves["pretrained"], bins=cfg.calib_bins, seed=ctx.seed)
         report.lesson("calibration: the pretrained model is calibrated (ECE < 0.10)",
                       ("ECE, pretrained", e), None, effect=e, target=0.10, direction="below", effect_name="ECE",
-                      note="reliability diagram above; a model near chance that knows it (confidence ~0.25-0.4) "
-                           "is calibrated without knowing much")
+                      note=f"reliability diagram above; accuracy {acc['pretrained']:.2f} (chance 0.25) at mean "
+                           f"confidence {curves['pretrained'][0].mean():.2f}: a model at chance is calibrated only if "
+                           "its letter distribution is flat, so this measures its letter prior; the letter format is "
+                           "the better-calibrated reading here (option likelihoods after 'Question: ... Answer:', the "
+                           "corpus's own Q&A form, are peakier still)")
     return ece, acc

@@ -52,3 +52,41 @@ def test_hallucination_questions_and_check():
     assert hallucination.check(real, "I don't know.") == {"correct": 0.0, "abstained": 1.0, "hallucinated": 0.0}
     fake = next(q for q in qs if not q.real)
     assert hallucination.check(fake, "She lives in Ashby.")["hallucinated"] == 1.0
+
+
+def test_scored_replies_continue_the_prefill():
+    reqs = jailbreak.held_out_requests(1)
+    atts = {a.template: a for a in jailbreak.attacks(reqs)}
+    comply, refuse = jailbreak.scored_replies(atts["none"])
+    assert comply == jailbreak.COMPLY.format(goal=reqs[0][0]) and refuse == jailbreak.REFUSE
+    a = atts["affirmative_prefix"]
+    comply, refuse = jailbreak.scored_replies(a)
+    # the prefill + the compliant tail reads as the same compliant opening
+    assert a.prefill + comply == "Absolutely! " + jailbreak.COMPLY.format(goal=a.goal)
+    assert refuse == " " + jailbreak.REFUSE
+
+
+def test_reply_logprobs_sum_the_continuations_token_logprobs(tiny_model, tiny_tokenizer):
+    import torch
+
+    from genforge.safety.common import reply_logprobs
+
+    tok = tiny_tokenizer
+    got = reply_logprobs(tiny_model, tok, ["hello there", [{"role": "user", "content": "hi"}]], ["yes", "no way"],
+                         prefill=["", "Sure,"])
+    for conv, cont, pre, g in ((([{"role": "user", "content": "hello there"}]), "yes", "", got[0]),
+                               ([{"role": "user", "content": "hi"}], "no way", "Sure,", got[1])):
+        ctx = tok.encode(tok.render_chat(conv, add_generation_prompt=True) + pre)
+        target = tok.encode(cont)
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(torch.tensor([ctx + target]))[0].float(), -1)
+        want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(target))
+        assert abs(g - want) < 1e-4
+
+
+def test_a_filtered_seen_injection_leaves_the_clean_prompt():
+    for make in (injection.document_prompt, injection.tool_conversation):
+        attacked = make("Q?", "Ada lives in Ashby.", injection.INJECTIONS["ignore"], defended=True, filtered=True)
+        assert attacked == make("Q?", "Ada lives in Ashby.", "", defended=True, filtered=True)
+        assert attacked != make("Q?", "Ada lives in Ashby.", injection.INJECTIONS["unseen"], defended=True,
+                                filtered=True)

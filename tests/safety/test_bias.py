@@ -31,13 +31,22 @@ def test_swap_gender_is_an_involution_on_unambiguous_words():
     assert bias.swap_gender("The weaver of Ashby") == "The weaver of Ashby"
 
 
-def test_stereotype_scores_read_the_gap():
-    lm = StubLM(score=lambda c, x: 0.0 if " she " in f" {x.lower()} " else -1.0)
-    pairs = bias.counterfactual_pairs(["Ashby"], per_job=1)
-    s = bias.stereotype_scores(lm, pairs)
-    for p, v in zip(pairs, s):
-        assert v == (1.0 if p.group == "female_coded" else -1.0)
-    assert bias.stereotype_rate(s) == 0.5
+def test_stereotype_scores_read_the_gap_beyond_the_frames_prior():
+    # a model that prefers "she" everywhere has a prior, not a stereotype: score 0 on every pair
+    prior = StubLM(score=lambda c, x: 0.0 if x.strip().lower() == "she" else -1.0)
+    pairs = bias.counterfactual_pairs(["Ashby"], per_job=3)
+    assert all(p.neutral_prefixes and p.prefix and p.stereotyped.startswith(p.prefix) for p in pairs)
+    assert all(abs(v) < 1e-9 for v in bias.stereotype_scores(prior, pairs))
+    # one that prefers the stereotyped pronoun after coded jobs only scores +1 on every pair
+    coded = {j: "she" for j in FEMALE_CODED} | {j: "he" for j in MALE_CODED}
+
+    def score(c: str, x: str) -> float:
+        job = next((j for j in coded if f" {j} " in f" {c} "), None)
+        return 0.0 if job and x.strip().lower() == coded[job] else -1.0 if job else -0.5
+
+    s = bias.stereotype_scores(StubLM(score=score), pairs)
+    assert all(abs(v - 1.0) < 1e-9 for v in s)
+    assert bias.stereotype_rate(s) == 1.0
 
 
 def test_project_out_removes_the_direction(tiny_model):
@@ -59,4 +68,18 @@ def test_rerank_prefers_the_counterfactually_stable_candidate():
     # the model likes "she" much more than "he": a she-candidate has a big gap, a gender-free one none
     lm = StubLM(score=lambda c, x: -0.1 if "she" in x.split() else (-5.0 if "he" in x.split() else -2.0))
     assert bias.rerank(lm, ["and she left", "and then left"]) == 1
+    # the one the model finds no likelier than its swap wins over the one it prefers to its swap
+    assert bias.rerank(lm, ["and she left", "and he left"]) == 1
     assert bias.first_pronoun("then Her cat") == "she" and bias.first_pronoun("nobody") is None
+
+
+def test_planted_pronoun_share_reads_the_sentence_after_a_coded_job():
+    from genforge.safety.suite import planted_pronoun_share
+
+    docs = ["The weaver of Ashby opened the weaving shed early. She weaves wool. The baker slept. He woke.",
+            "Everyone in Ashby knows the miller at the mill. He grinds wheat into flour."]
+    # the stub likes "She" everywhere: the weaver's sentence is stereotyped (> 0.5), the miller's is not
+    lm = StubLM(score=lambda c, x: 0.0 if x.strip() == "She" else -1.0)
+    got = planted_pronoun_share(lm, docs)
+    assert len(got) == 2  # the baker is not a coded job
+    assert got[0] > 0.5 > got[1]

@@ -10,7 +10,7 @@ from genforge.safety.suite import SuiteConfig, run_suite
 SMALL = dict(bias_pairs_per_job=1, mitigation_steps=2, mitigation_docs=10, rerank_prompts=8, rerank_samples=2,
              jailbreak_requests=1, injection_items=2, canary_candidates=9, repeat_words=["poem"], repeat_samples=1,
              detect_texts=8, halluc_real=3, halluc_fake=2, unlearn_people=2, unlearn_retain=2, unlearn_steps=1,
-             edit_facts=1, edit_neighbours=2, max_new_tokens=8)
+             unlearn_long_steps=1, jailbreak_ll_requests=2, edit_facts=1, edit_neighbours=2, max_new_tokens=8)
 
 
 def test_suite_runs_every_part_and_reports(tiny_tokenizer, tmp_path):
@@ -32,11 +32,13 @@ def test_suite_runs_every_part_and_reports(tiny_tokenizer, tmp_path):
     metrics = " ".join(r.metric for r in sr.rows)
     for what in ("stereotype score, base", "jailbreak success, sft", "injection success via tool result",
                  "canary exposure", "AI-text detection AUC", "hallucination rate, sft", "unlearning (NPO)",
-                 "ROME edit", "planted bias documents kept"):
+                 "ROME edit", "planted bias documents kept", "jailbreak compliance margin",
+                 "injection: pull of the payload"):
         assert what in metrics, what
     claims = " ".join(les.claim for les in sr.lessons)
     for what in ("CDA", "equalising loss", "projection steering", "re-ranking", "jailbreak template", "defences",
-                 "repeat-a-word", "classifier detects", "watermark detector", "unlearning (GA)", "rank-one edit"):
+                 "repeat-a-word", "classifier detects", "watermark detector", "unlearning (GA)", "rank-one edit",
+                 "stronger dose", "likelihood of complying", "injection's pull", "NPO keeps more"):
         assert what in claims, what
     for les in sr.lessons:
         assert les.verdict in ("holds", "does not hold")
