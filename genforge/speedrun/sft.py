@@ -42,6 +42,11 @@ class Config:
     single_task: str = ""  # the single-task run's task ("" = the one with the shortest examples)
     selective: bool = False  # also compare selective fine-tuning (norms + last layer)
     ppl_batches: int = 6  # pretraining val batches for the forgetting measurement
+    # Extra fresh rows of the multi-step tasks in the chat model's mix only (`world.drills`; the same-budget method
+    # comparison keeps the world's train split): a worked 3-digit sum is learned after thousands of examples, a
+    # summary after far fewer (DESIGN.md, "What a CPU can teach in minutes"). Measured at tiny: see sft_mix_note.
+    drills: dict[str, int] = field(default_factory=lambda: {"arithmetic": 4000, "coin_flip": 1000,
+                                                            "last_letter": 1000})
 
 
 @dataclass
@@ -81,6 +86,7 @@ class _Items:
     heldout: dict[str, list[dict]]  # held-out task -> rows
     phrasing: dict[str, list[dict]] = field(default_factory=dict)  # task -> the eval rows in unseen phrasings
     chat: list[dict] = field(default_factory=list)  # benign chat test rows
+    chat_train: list[dict] = field(default_factory=list)  # the chat model's mix: `train` + drills ([] = `train`)
 
 
 @dataclass
@@ -121,7 +127,8 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     single = [c for c, r in zip(train, items.train) if r.get("task") == single_task]
     if not single:
         raise ConfigError(f"sft.single_task={single_task!r} has no training rows; tasks: {sorted(items.eval)}")
-    variants = make_variants(cfg, train, single, single_task)
+    variants = make_variants(cfg, train, single, single_task,
+                             chat=conversations(items.chat_train) if items.chat_train else None)
     encoded: dict[int, dict] = {}  # id(variant data) -> run_sft's cache of its encoding (variants share lists)
     nll = nll_fn(ctx, cfg, tokenizer.shards, base)
     scores = _Scores()
@@ -174,8 +181,19 @@ def load_items(tasks_dir: Path, cfg: Config, seed: int = 0) -> _Items:
     train = [r for r in train if str(r["response"]).strip()]
     phrasing = {t: rephrase_rows(rows, seed=seed) for t, rows in eval_items.items()}
     chat = _read_rows(tasks_dir / "chat_test.jsonl")[:cfg.chat_items]
-    return _Items(train, eval_items, by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items), phrasing,
-                  chat)
+    heldout = by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items)
+    chat_train = train + drills(tasks_dir, cfg, seed) if cfg.drills and cfg.chat_steps > cfg.steps else []
+    return _Items(train, eval_items, heldout, phrasing, chat, chat_train)
+
+
+def drills(tasks_dir: Path, cfg: Config, seed: int) -> list[dict]:
+    """`cfg.drills` fresh reasoning rows (`world.drills`) from the world that wrote `tasks_dir`, none of them a
+    val, test or held-out question of that world."""
+    from genforge.agents.knowledge import load_world
+    from genforge.world.drills import drill_rows, question_key
+
+    scored = {question_key(r) for f in ("val", "test", "heldout") for r in _read_rows(tasks_dir / f"{f}.jsonl")}
+    return drill_rows(load_world(tasks_dir.parent), dict(cfg.drills), seed, exclude=scored)
 
 
 def fit_to_context(items: _Items, tok: Tokenizer, max_len: int, room: int = 16) -> int:
@@ -238,8 +256,9 @@ def shortest_task(items: _Items) -> str:
     return min(items.eval, key=mean_len)
 
 
-def make_variants(cfg: Config, train: list, single: list, single_task: str) -> list[_Variant]:
-    """The runs to compare, all from the pretrained model except 'scratch'."""
+def make_variants(cfg: Config, train: list, single: list, single_task: str, chat: list | None = None) -> list[_Variant]:
+    """The runs to compare, all from the pretrained model except 'scratch'; the longer chat run trains on `chat`
+    (the mix with drills) when given, else on `train`."""
     s = cfg.steps
     variants = [_Variant("full", "full FT", "full", train, s), _Variant("lora", "LoRA", "lora", train, s),
                 _Variant("prompt", "prompt tuning", "prompt", train, s),
@@ -250,7 +269,7 @@ def make_variants(cfg: Config, train: list, single: list, single_task: str) -> l
         variants.insert(4, _Variant("selective", "selective (norms + last layer)", "selective", train, s))
     if cfg.chat_steps > s:  # the model later stages (eval, alignment, engine, serving) use trains longer
         variants.append(_Variant("chat", f"full FT, {cfg.chat_steps} steps (the model later stages use)", "full",
-                                 train, cfg.chat_steps))
+                                 chat or train, cfg.chat_steps))
     return variants
 
 

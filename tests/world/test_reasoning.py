@@ -54,10 +54,15 @@ def test_column_addition_rationale_computes_the_sum(a, b):
     digits = [int(re.search(r"write (?:the last carry )?(\d)", s, re.IGNORECASE).group(1)) for s in steps]
     assert all("carry" in s for s in steps[:max(len(str(a)), len(str(b)))])  # the carry is always written
     assert int("".join(map(str, reversed(digits)))) == a + b
-    for s in steps:
+    for i, s in enumerate(steps):
         if "=" in s:
-            lhs, rhs = s.split(" = ")
-            assert sum(int(x) for x in lhs.split(" + ")) == int(rhs.split(",")[0])
+            place, lhs, rhs = re.match(r"(\w+): (.+) = (\d+),", s).groups()
+            assert place == ("Ones", "Tens", "Hundreds", "Thousands")[i]  # the column is named
+            assert sum(int(x) for x in lhs.split(" + ")) == int(rhs)
+    # each line ends with the answer so far, one digit longer than the last: the final sum is the last line's
+    sofar = [re.search(r"so far (\d+)\.$", s).group(1) for s in steps]
+    assert [len(x) for x in sofar] == list(range(1, len(steps) + 1))
+    assert all(b.endswith(a) for a, b in zip(sofar, sofar[1:])) and int(sofar[-1]) == a + b
 
 
 def test_arithmetic_rationale_matches_the_answer(rows):
@@ -68,16 +73,23 @@ def test_arithmetic_rationale_matches_the_answer(rows):
 
 def test_last_letter_spans_4_to_6_words_and_least_to_most_builds_the_answer(rows):
     for r in (r for r in rows if r["task"] == "last_letter"):
-        words = re.search(r'"([^"]+)"', r["question"]).group(1).split()
-        assert 4 <= len(words) <= 6 and r["answer"] == "".join(w[-1].lower() for w in words)
-        sofar = re.findall(r'= "([a-z]+)"', r["responses"]["l2m"])
-        assert sofar == [r["answer"][:k] for k in range(2, len(words) + 1)]
+        words = r["question"].rsplit(": ", 1)[1].rstrip(".").split()
+        assert 4 <= len(words) <= 6 and r["answer"] == "-".join(w[-1].lower() for w in words)
+        sofar = re.findall(r'so far "([a-z-]+)"', r["responses"]["l2m"])
+        assert sofar == [r["answer"][:2 * k - 1] for k in range(1, len(words) + 1)]
+        # each word is written after a space, as in the question, so it is the same BPE tokens in both
+        assert re.findall(r"The last letter of (\S+) is", r["rationale"]) == words
+        assert is_correct("last_letter", f"The answer is {r['answer'].replace('-', '')}.", r["answer"])
 
 
 def test_coin_flip_rationale_tracks_the_state(rows):
     for r in (r for r in rows if r["task"] == "coin_flip"):
         flips = r["question"].count(" flips the coin.")
         assert r["answer"] == ("yes" if flips % 2 == 0 else "no")
+        # every step restates one sentence of the question, in order, then the state after it
+        said = [s.split(",")[0] + "." for s in r["rationale"].splitlines()[1:-1]]
+        asked = r["question"].split(". ")[1:-1]
+        assert said == [a if a.endswith(".") else a + "." for a in asked]
 
 
 def test_needle_rows_plant_one_code_and_ask_for_it():
