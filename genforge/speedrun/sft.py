@@ -45,8 +45,7 @@ class Config:
     # Extra fresh rows of the multi-step tasks in the chat model's mix only (`world.drills`; the same-budget method
     # comparison keeps the world's train split): a worked 3-digit sum is learned after thousands of examples, a
     # summary after far fewer (DESIGN.md, "What a CPU can teach in minutes"). Measured at tiny: see sft_mix_note.
-    drills: dict[str, int] = field(default_factory=lambda: {"arithmetic": 4000, "coin_flip": 1000,
-                                                            "last_letter": 1000})
+    drills: list[str] = field(default_factory=lambda: ["arithmetic:4000", "coin_flip:1000", "last_letter:1000"])
 
 
 @dataclass
@@ -193,7 +192,18 @@ def drills(tasks_dir: Path, cfg: Config, seed: int) -> list[dict]:
     from genforge.world.drills import drill_rows, question_key
 
     scored = {question_key(r) for f in ("val", "test", "heldout") for r in _read_rows(tasks_dir / f"{f}.jsonl")}
-    return drill_rows(load_world(tasks_dir.parent), dict(cfg.drills), seed, exclude=scored)
+    return drill_rows(load_world(tasks_dir.parent), drill_counts(cfg.drills), seed, exclude=scored)
+
+
+def drill_counts(specs: list[str]) -> dict[str, int]:
+    """["arithmetic:4000", ...] -> {"arithmetic": 4000, ...}."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        task, _, n = spec.partition(":")
+        if not task or not n.strip().isdigit():
+            raise ConfigError(f"sft.drills: {spec!r} is not 'task:count' (e.g. 'arithmetic:4000')")
+        out[task.strip()] = int(n)
+    return out
 
 
 def fit_to_context(items: _Items, tok: Tokenizer, max_len: int, room: int = 16) -> int:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from genforge.errors import ConfigError
 from genforge.speedrun import align, engine, pretrain, sft, tokenizer, world
 from genforge.speedrun.stage import StageContext
 from tests.train.test_sft import base_ckpt, corpus, heldout_rows, make_tasks, tok, write_jsonl  # noqa: F401
@@ -35,6 +36,12 @@ def test_sft_items_variants_and_single_task():
     vs = sft.make_variants(sft.Config(steps=10, chat_steps=40, selective=True), [], [], "b")
     assert [v.key for v in vs] == ["full", "lora", "prompt", "adapter", "selective", "scratch", "single", "chat"]
     assert vs[-1].steps == 40 and vs[0].steps == 10
+    train, mix = [["t"]], [["t"], ["drill"]]
+    vs = sft.make_variants(sft.Config(steps=10, chat_steps=40), train, [], "b", chat=mix)
+    assert all(v.data is train for v in vs if v.key not in ("single", "chat")) and vs[-1].data is mix  # drills reach the chat model only
+    assert sft.drill_counts(["arithmetic:40", "coin_flip: 3"]) == {"arithmetic": 40, "coin_flip": 3}
+    with pytest.raises(ConfigError, match="task:count"):
+        sft.drill_counts(["arithmetic"])
 
 
 def test_sft_lesson_on_a_tiny_world(tmp_path, tok, base_ckpt):  # noqa: F811
