@@ -38,7 +38,8 @@ def test_sft_items_variants_and_single_task():
     assert vs[-1].steps == 40 and vs[0].steps == 10
     train, mix = [["t"]], [["t"], ["drill"]]
     vs = sft.make_variants(sft.Config(steps=10, chat_steps=40), train, [], "b", chat=mix)
-    assert all(v.data is train for v in vs if v.key not in ("single", "chat")) and vs[-1].data is mix  # drills reach the chat model only
+    # drills reach the chat model only
+    assert all(v.data is train for v in vs if v.key not in ("single", "chat")) and vs[-1].data is mix
     assert sft.drill_counts(["arithmetic:40", "coin_flip: 3"]) == {"arithmetic": 40, "coin_flip": 3}
     with pytest.raises(ConfigError, match="task:count"):
         sft.drill_counts(["arithmetic"])
