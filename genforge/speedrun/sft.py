@@ -32,7 +32,7 @@ TITLE = "Instruction tuning and PEFT"
 @dataclass
 class Config:
     steps: int = 100  # optimizer steps of each same-budget comparison run
-    chat_steps: int = 500  # steps of the longer full fine-tune that later stages use (<= steps: none)
+    chat_steps: int = 700  # steps of the longer full fine-tune that later stages use (<= steps: none)
     eval_items: int = 50  # test items per task (greedy answers); the refusal task's are the harmful-request test
     chat_items: int = 200  # benign chat test prompts (refusal rate on benign requests)
     chat_train_items: int = 0  # benign chat rows mixed into multi-task training (0 = all of tasks/chat_train.jsonl)

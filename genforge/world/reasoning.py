@@ -68,28 +68,25 @@ def make_row(task: str, prompt: str, rationale: str, answer: str, response: str 
             **extra}
 
 
-PLACES = ("Ones", "Tens", "Hundreds", "Thousands")
-
-
 def addition_steps(a: int, b: int) -> list[str]:
     """Column addition from the right, one line per digit, always stating the carry (DESIGN.md: this rationale
     takes 3-digit addition from 0.03 to 1.00 after a short fine-tune, where answering directly stays near 0).
 
-    Each line names its column (a key that says which digit of each number to read) and ends with the answer
-    written so far, one digit longer than the line before: the final sum is then copied from the last line instead
-    of being read back, digit by digit in reverse, from every line (what the chat model got wrong when it had
-    copied every column right)."""
+    Each line ends with the answer written so far, one digit longer than the line before (its first digit is the
+    one the column writes): the final sum is then copied from the last line instead of being read back, digit by
+    digit in reverse, from every line (what the chat model got wrong when it had copied every column right). Sums
+    are written without spaces ("7+9=16"): each digit is one token either way, a space is one more, and a worked
+    sum must fit the align stage's 128-token answer budget."""
     da, db = str(a)[::-1], str(b)[::-1]
     carry, steps, sofar = 0, [], ""
     for i in range(max(len(da), len(db))):
         x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
         s = x + y + carry
-        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
         carry, sofar = s // 10, f"{s % 10}{sofar}"
-        place = PLACES[i] if i < len(PLACES) else f"Column {i + 1}"
-        steps.append(f"{place}: {terms} = {s}, write {s % 10} carry {carry}, so far {sofar}.")
+        steps.append(f"{terms}={s}, carry {carry}, so far {sofar}.")
     if carry:
-        steps.append(f"Write the last carry {carry}, so far {carry}{sofar}.")
+        steps.append(f"Last carry {carry}, so far {carry}{sofar}.")
     return steps
 
 
@@ -109,7 +106,7 @@ def arithmetic(rng: random.Random, w: World) -> dict:
     a, b = rng.randint(100, 999), rng.randint(100, 999)
     q = rng.choice(_ADD_TEMPLATES).format(name=p.name, first=p.first, Pr=p.pronoun.capitalize(), a=a, b=b,
                                           it=rng.choice(names.ITEMS), town=p.town, place=rng.choice(names.PLACES))
-    steps = [f"Add {a} + {b} column by column from the right.", *addition_steps(a, b), f"So {a} + {b} = {a + b}."]
+    steps = [f"Add {a} + {b} from the right.", *addition_steps(a, b), f"So {a} + {b} = {a + b}."]
     return make_row("arithmetic", q, "\n".join(steps), str(a + b))
 
 
@@ -130,9 +127,9 @@ def last_letter(rng: random.Random, w: World) -> dict:
     letters = [x[-1].lower() for x in ws]
     ans = "-".join(letters)
     prompt = f"Take the last letter of each of these words and join them together: {' '.join(ws)}."
-    steps = [f'The last letter of {x} is "{c}".' for x, c in zip(ws, letters)]
-    steps.append(f'Joining them gives "{ans}".')
-    l2m = [f'The last letter of {x} is "{c}", so far "{"-".join(letters[:i + 1])}".'
+    steps = [f"The last letter of {x} is {c}." for x, c in zip(ws, letters)]
+    steps.append(f"Joining them gives {ans}.")
+    l2m = [f"The last letter of {x} is {c}, so far {'-'.join(letters[:i + 1])}."
            for i, (x, c) in enumerate(zip(ws, letters))]
     return make_row("last_letter", prompt, "\n".join(steps), ans, l2m="\n".join(l2m))
 
