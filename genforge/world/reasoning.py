@@ -49,14 +49,16 @@ def pick_style(task: str, question: str) -> str:
 
 
 def make_row(task: str, prompt: str, rationale: str, answer: str, response: str | None = None, *,
-             l2m: str = "", **extra) -> dict:
+             l2m: str = "", shown: str = "", **extra) -> dict:
     """One task row. With `response` None (a reasoning task) `prompt` is the bare question: the row gets
     `question`, `prompts`/`responses` per style (cot: rationale + "The answer is X."; direct: "The answer is X.";
-    l2m: the least-to-most rationale, if given) and uses the phrasing `pick_style` chooses as prompt/response."""
+    l2m: the least-to-most rationale, if given) and uses the phrasing `pick_style` chooses as prompt/response.
+    shown: how the responses write the answer X when it differs from the gold `answer` (which every scorer compares
+    the extracted answer with), e.g. "e-n-x" for the gold "enx"."""
     if response is not None:
         return {"task": task, "prompt": prompt, "response": response, "rationale": rationale, "answer": answer,
                 **extra}
-    final = f"The answer is {answer}."
+    final = f"The answer is {shown or answer}."
     responses = {"cot": f"{rationale}\n{final}", "direct": final}
     if l2m:
         responses["l2m"] = f"{l2m}\n{final}"
@@ -119,19 +121,19 @@ def last_letter(rng: random.Random, w: World) -> dict:
     it is the same tokens in both (a quoted word, '"Mosswick', splits into other tokens than ' Mosswick', and copying
     it would need the word's spelling); the answer is the letters joined by hyphens ("e-n-x"), one token each, since
     the joined string "enx" is BPE chunks whose spelling the model would have to know. The extractor drops the
-    hyphens, so the gold answer is still "enx"."""
+    hyphens, so the gold answer stays "enx" (every scorer compares the extracted answer with it)."""
     pool = [p.first for p in w.people] + [t.name for t in w.towns] + list(names.ITEMS) + list(names.PETS)
     # ASCII last letters only: the "é" of "Renée" would not survive answer normalisation
     pool = sorted({x for x in pool if x[-1].lower() in "abcdefghijklmnopqrstuvwxyz"})
     ws = rng.sample(pool, rng.randint(4, 6))
     letters = [x[-1].lower() for x in ws]
-    ans = "-".join(letters)
+    ans = "-".join(letters)  # what the model writes; the gold answer is the joined string
     prompt = f"Take the last letter of each of these words and join them together: {' '.join(ws)}."
     steps = [f"The last letter of {x} is {c}." for x, c in zip(ws, letters)]
     steps.append(f"Joining them gives {ans}.")
     l2m = [f"The last letter of {x} is {c}, so far {'-'.join(letters[:i + 1])}."
            for i, (x, c) in enumerate(zip(ws, letters))]
-    return make_row("last_letter", prompt, "\n".join(steps), ans, l2m="\n".join(l2m))
+    return make_row("last_letter", prompt, "\n".join(steps), "".join(letters), l2m="\n".join(l2m), shown=ans)
 
 
 def coin_flip(rng: random.Random, w: World) -> dict:

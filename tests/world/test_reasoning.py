@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from genforge.eval.score import score_outputs
 from genforge.world.facts import build_world
 from genforge.world.reasoning import (
     STYLES,
@@ -35,9 +36,10 @@ def test_every_phrasing_is_correct_and_asks_its_style(rows):
         assert {"cot", "direct"} <= set(r["prompts"]) <= set(STYLES)
         for style, resp in r["responses"].items():
             assert is_correct(r["task"], resp, r["answer"]), (style, resp)
-            assert resp.endswith(f"The answer is {r['answer']}.")
+            shown = "-".join(r["answer"]) if r["task"] == "last_letter" else r["answer"]
+            assert resp.endswith(f"The answer is {shown}.")
             assert r["prompts"][style] == f"{r['question']}\n{STYLES[style]}"
-        assert r["responses"]["direct"] == f"The answer is {r['answer']}."
+        assert r["responses"]["direct"] == f"The answer is {shown}."
 
 
 def test_styles_are_mixed_and_fixed_by_the_question(rows):
@@ -74,12 +76,14 @@ def test_arithmetic_rationale_matches_the_answer(rows):
 def test_last_letter_spans_4_to_6_words_and_least_to_most_builds_the_answer(rows):
     for r in (r for r in rows if r["task"] == "last_letter"):
         words = r["question"].rsplit(": ", 1)[1].rstrip(".").split()
-        assert 4 <= len(words) <= 6 and r["answer"] == "-".join(w[-1].lower() for w in words)
+        assert 4 <= len(words) <= 6 and r["answer"] == "".join(w[-1].lower() for w in words)
         sofar = re.findall(r"so far ([a-z-]+)\.", r["responses"]["l2m"])
-        assert sofar == [r["answer"][:2 * k - 1] for k in range(1, len(words) + 1)]
+        assert sofar == ["-".join(r["answer"][:k]) for k in range(1, len(words) + 1)]
         # each word is written after a space, as in the question, so it is the same BPE tokens in both
         assert re.findall(r"The last letter of (\S+) is", r["rationale"]) == words
-        assert is_correct("last_letter", f"The answer is {r['answer'].replace('-', '')}.", r["answer"])
+        # the model writes the letters hyphenated; every scorer compares what it extracts with the joined gold
+        assert score_outputs("last_letter", [r], [r["responses"]["cot"]]).score == 1.0
+        assert r["responses"]["direct"] == f"The answer is {'-'.join(r['answer'])}."
 
 
 def test_coin_flip_rationale_tracks_the_state(rows):
