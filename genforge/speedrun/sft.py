@@ -34,13 +34,17 @@ TITLE = "Instruction tuning: the chat model"
 
 @dataclass
 class Config:
-    chat_steps: int = 500  # optimizer steps of the chat model's multi-task full fine-tune
+    chat_steps: int = 700  # optimizer steps of the chat model's multi-task full fine-tune
     eval_items: int = 50  # test items per task (greedy answers); the refusal task's are the harmful-request test
     chat_items: int = 200  # benign chat test prompts (refusal rate on benign requests)
     chat_train_items: int = 0  # benign chat rows mixed into multi-task training (0 = all of tasks/chat_train.jsonl)
     train_items: int = 0  # at most this many training rows (0 = all)
     micro_batch: int = 16  # conversations per step
     seq_len: int = 256  # longest conversation in tokens (capped at the model's context minus 16)
+    # Extra fresh rows of the multi-step tasks in the chat model's mix (`world.drills`; the peft stage's method
+    # comparison keeps the world's train split): a worked 3-digit sum is learned after thousands of examples, a
+    # summary after far fewer (DESIGN.md, "What a CPU can teach in minutes").
+    drills: list[str] = field(default_factory=lambda: ["arithmetic:4000", "coin_flip:1000", "last_letter:1000"])
 
     def __post_init__(self) -> None:
         if self.chat_steps < 1:
@@ -78,6 +82,7 @@ class _Items:
     heldout: dict[str, list[dict]]  # held-out task -> rows
     phrasing: dict[str, list[dict]] = field(default_factory=dict)  # task -> the eval rows in unseen phrasings
     chat: list[dict] = field(default_factory=list)  # benign chat test rows
+    chat_train: list[dict] = field(default_factory=list)  # the chat model's mix: `train` + drills ([] = `train`)
 
 
 @dataclass
@@ -105,7 +110,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     """Fine-tune the chat model from the pretrained checkpoint, score it and the pretrained model alike, report."""
     base, tok, items = load_base_and_items(ctx, cfg, report, world.tasks_dir, pretrain.checkpoint)
     chat = _Variant("chat", f"full FT, {cfg.chat_steps} steps (the chat model later stages use)", "full",
-                    conversations(items.train), cfg.chat_steps)
+                    conversations(items.chat_train or items.train), cfg.chat_steps)
     scores = _Scores()
     t0 = time.perf_counter()
     _measure(scores, "base", base, tok, items, None, extra=True, forgetting=False)
@@ -160,8 +165,31 @@ def load_items(tasks_dir: Path, cfg: Config, seed: int = 0) -> _Items:
     train = [r for r in train if str(r["response"]).strip()]
     phrasing = {t: rephrase_rows(rows, seed=seed) for t, rows in eval_items.items()}
     chat = _read_rows(tasks_dir / "chat_test.jsonl")[:getattr(cfg, "chat_items", 0)]  # peft: none
-    return _Items(train, eval_items, by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items), phrasing,
-                  chat)
+    heldout = by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items)
+    specs = getattr(cfg, "drills", [])  # peft: none (its runs train on the world's split)
+    chat_train = train + drills(tasks_dir, specs, seed) if specs else []
+    return _Items(train, eval_items, heldout, phrasing, chat, chat_train)
+
+
+def drills(tasks_dir: Path, specs: list[str], seed: int) -> list[dict]:
+    """`specs` ("task:count") fresh reasoning rows (`world.drills`) from the world that wrote `tasks_dir`, none
+    of them a val, test or held-out question of that world."""
+    from genforge.agents.knowledge import load_world
+    from genforge.world.drills import drill_rows, question_key
+
+    scored = {question_key(r) for f in ("val", "test", "heldout") for r in _read_rows(tasks_dir / f"{f}.jsonl")}
+    return drill_rows(load_world(tasks_dir.parent), drill_counts(specs), seed, exclude=scored)
+
+
+def drill_counts(specs: list[str]) -> dict[str, int]:
+    """["arithmetic:4000", ...] -> {"arithmetic": 4000, ...}."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        task, _, n = spec.partition(":")
+        if not task or not n.strip().isdigit():
+            raise ConfigError(f"sft.drills: {spec!r} is not 'task:count' (e.g. 'arithmetic:4000')")
+        out[task.strip()] = int(n)
+    return out
 
 
 def fit_to_context(items: _Items, tok: Tokenizer, max_len: int, room: int = 16) -> int:

@@ -313,8 +313,8 @@ def worked_solution(rng: random.Random, w: World) -> str:
     row = gen(rng, w)
     intro = rng.choice(_WORKED_INTROS).format(town=rng.choice(w.towns).name)
     lead = _pick(rng, "Solution:", "Working:", "Step by step:", "Answer:", "")
-    body = "\n".join(x for x in (intro, _worked_frame(rng, w), row["prompt"], lead, row["rationale"],
-                                 f"The answer is {row['answer']}.") if x)
+    # the worked response as SFT writes it (rationale and "The answer is X." in the form the model writes X)
+    body = "\n".join(x for x in (intro, _worked_frame(rng, w), row["prompt"], lead, row["responses"]["cot"]) if x)
     return body
 
 

@@ -49,14 +49,16 @@ def pick_style(task: str, question: str) -> str:
 
 
 def make_row(task: str, prompt: str, rationale: str, answer: str, response: str | None = None, *,
-             l2m: str = "", **extra) -> dict:
+             l2m: str = "", shown: str = "", **extra) -> dict:
     """One task row. With `response` None (a reasoning task) `prompt` is the bare question: the row gets
     `question`, `prompts`/`responses` per style (cot: rationale + "The answer is X."; direct: "The answer is X.";
-    l2m: the least-to-most rationale, if given) and uses the phrasing `pick_style` chooses as prompt/response."""
+    l2m: the least-to-most rationale, if given) and uses the phrasing `pick_style` chooses as prompt/response.
+    shown: how the responses write the answer X when it differs from the gold `answer` (which every scorer compares
+    the extracted answer with), e.g. "e-n-x" for the gold "enx"."""
     if response is not None:
         return {"task": task, "prompt": prompt, "response": response, "rationale": rationale, "answer": answer,
                 **extra}
-    final = f"The answer is {answer}."
+    final = f"The answer is {shown or answer}."
     responses = {"cot": f"{rationale}\n{final}", "direct": final}
     if l2m:
         responses["l2m"] = f"{l2m}\n{final}"
@@ -70,17 +72,23 @@ def make_row(task: str, prompt: str, rationale: str, answer: str, response: str 
 
 def addition_steps(a: int, b: int) -> list[str]:
     """Column addition from the right, one line per digit, always stating the carry (DESIGN.md: this rationale
-    takes 3-digit addition from 0.03 to 1.00 after a short fine-tune, where answering directly stays near 0)."""
+    takes 3-digit addition from 0.03 to 1.00 after a short fine-tune, where answering directly stays near 0).
+
+    Each line ends with the answer written so far, one digit longer than the line before (its first digit is the
+    one the column writes): the final sum is then copied from the last line instead of being read back, digit by
+    digit in reverse, from every line (what the chat model got wrong when it had copied every column right). Sums
+    are written without spaces ("7+9=16"): each digit is one token either way, a space is one more, and a worked
+    sum must fit the align stage's 128-token answer budget."""
     da, db = str(a)[::-1], str(b)[::-1]
-    carry, steps = 0, []
+    carry, steps, sofar = 0, [], ""
     for i in range(max(len(da), len(db))):
         x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
         s = x + y + carry
-        terms = f"{x} + {y}" + (f" + {carry}" if carry else "")
-        carry = s // 10
-        steps.append(f"{terms} = {s}, write {s % 10} carry {carry}.")
+        terms = f"{x}+{y}" + (f"+{carry}" if carry else "")
+        carry, sofar = s // 10, f"{s % 10}{sofar}"
+        steps.append(f"{terms}={s}, carry {carry}, so far {sofar}.")
     if carry:
-        steps.append(f"Write the last carry {carry}.")
+        steps.append(f"Last carry {carry}, so far {carry}{sofar}.")
     return steps
 
 
@@ -100,28 +108,32 @@ def arithmetic(rng: random.Random, w: World) -> dict:
     a, b = rng.randint(100, 999), rng.randint(100, 999)
     q = rng.choice(_ADD_TEMPLATES).format(name=p.name, first=p.first, Pr=p.pronoun.capitalize(), a=a, b=b,
                                           it=rng.choice(names.ITEMS), town=p.town, place=rng.choice(names.PLACES))
-    steps = [f"Add {a} + {b} column by column from the right.", *addition_steps(a, b), f"So {a} + {b} = {a + b}."]
+    steps = [f"Add {a} + {b} from the right.", *addition_steps(a, b), f"So {a} + {b} = {a + b}."]
     return make_row("arithmetic", q, "\n".join(steps), str(a + b))
 
 
 def last_letter(rng: random.Random, w: World) -> dict:
     """Last-letter concatenation over 4-6 words (Wei et al. 2022). Chain of thought lists every letter, then joins
     them all at once; least-to-most (Zhou et al. 2023, their last-letter setup) solves the growing prefixes in order,
-    each answer built from the previous one, so every step appends one letter."""
+    each answer built from the previous one, so every step appends one letter.
+
+    Written so that a BPE model can do it: each word follows a space both in the question and in the rationale, so
+    it is the same tokens in both (a quoted word, '"Mosswick', splits into other tokens than ' Mosswick', and copying
+    it would need the word's spelling); the answer is the letters joined by hyphens ("e-n-x"), one token each, since
+    the joined string "enx" is BPE chunks whose spelling the model would have to know. The extractor drops the
+    hyphens, so the gold answer stays "enx" (every scorer compares the extracted answer with it)."""
     pool = [p.first for p in w.people] + [t.name for t in w.towns] + list(names.ITEMS) + list(names.PETS)
     # ASCII last letters only: the "é" of "Renée" would not survive answer normalisation
     pool = sorted({x for x in pool if x[-1].lower() in "abcdefghijklmnopqrstuvwxyz"})
     ws = rng.sample(pool, rng.randint(4, 6))
     letters = [x[-1].lower() for x in ws]
-    ans = "".join(letters)
-    prompt = f'Take the last letter of each word in "{" ".join(ws)}" and join them together.'
-    steps = [f'The last letter of "{x}" is "{c}".' for x, c in zip(ws, letters)]
-    steps.append(f'Joining them gives "{ans}".')
-    l2m = [f'The last letter of "{ws[0]}" is "{letters[0]}", so far "{letters[0]}".']
-    for i in range(1, len(ws)):
-        l2m.append(f'The last letter of "{ws[i]}" is "{letters[i]}", so far "{ans[:i]}" + "{letters[i]}" = '
-                   f'"{ans[:i + 1]}".')
-    return make_row("last_letter", prompt, "\n".join(steps), ans, l2m="\n".join(l2m))
+    ans = "-".join(letters)  # what the model writes; the gold answer is the joined string
+    prompt = f"Take the last letter of each of these words and join them together: {' '.join(ws)}."
+    steps = [f"The last letter of {x} is {c}." for x, c in zip(ws, letters)]
+    steps.append(f"Joining them gives {ans}.")
+    l2m = [f"The last letter of {x} is {c}, so far {'-'.join(letters[:i + 1])}."
+           for i, (x, c) in enumerate(zip(ws, letters))]
+    return make_row("last_letter", prompt, "\n".join(steps), "".join(letters), l2m="\n".join(l2m), shown=ans)
 
 
 def coin_flip(rng: random.Random, w: World) -> dict:
@@ -133,8 +145,9 @@ def coin_flip(rng: random.Random, w: World) -> dict:
         heads = heads != flip
         side = "heads" if heads else "tails"
         sents.append(f"{who} {'flips' if flip else 'does not flip'} the coin.")
-        steps.append(f"{who} flips it, so it is now {side} up." if flip
-                     else f"{who} does not flip it, so it stays {side} up.")
+        # the question's own sentence, then the state: a copy of the prompt, not a paraphrase of it
+        steps.append(f"{who} flips the coin, so it is now {side} up." if flip
+                     else f"{who} does not flip the coin, so it stays {side} up.")
     sents.append("Is the coin still heads up?")
     ans = "yes" if heads else "no"
     steps.append(f"The coin ends {'heads' if heads else 'tails'} up.")

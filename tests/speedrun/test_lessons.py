@@ -38,6 +38,9 @@ def test_sft_items_variants_and_single_task():
     assert all(v.steps == 10 for v in vs)
     with pytest.raises(ConfigError, match="chat_steps=0"):
         sft.Config(chat_steps=0)
+    assert sft.drill_counts(["arithmetic:40", "coin_flip: 3"]) == {"arithmetic": 40, "coin_flip": 3}
+    with pytest.raises(ConfigError, match="task:count"):
+        sft.drill_counts(["arithmetic"])
 
 
 @pytest.fixture
@@ -66,7 +69,8 @@ def test_sft_lesson_on_a_tiny_world(tmp_path, sft_inputs):
 
     ctx = StageContext(tmp_path / "run", size="smoke", progress=False)
     report = StageReport("sft", "SFT")
-    out = sft.run(ctx, sft.Config(chat_steps=4, eval_items=4, train_items=400, micro_batch=8), report, **sft_inputs)
+    cfg = sft.Config(chat_steps=4, eval_items=4, train_items=400, micro_batch=8, drills=[])
+    out = sft.run(ctx, cfg, report, **sft_inputs)
     assert isinstance(out, sft.Outputs)
     assert (Path(out.checkpoint) / "model.safetensors").exists() and Path(out.checkpoint).parent.name == "chat"
     assert set(out.per_task["base"]) == {"add", "last_letters", "summarize", "translate"}
@@ -140,3 +144,15 @@ def test_recompute_baseline_matches_the_cached_engine(tiny_cfg):
     prompt = [1, 5, 9, 13]
     cached = Engine(model).generate([prompt], SamplingParams(max_new_tokens=8))[0]
     assert engine.recompute_greedy(model, prompt, 8) == cached
+
+
+def test_drills_reach_the_chat_model_only(data_run):
+    """sft.drills add fresh reasoning rows to the chat model's mix; the peft stage trains on the world's split."""
+    tasks = data_run / "world" / "tasks"
+    items = sft.load_items(tasks, sft.Config(drills=["arithmetic:30", "coin_flip:5"]))
+    extra = items.chat_train[len(items.train):]
+    assert items.chat_train[:len(items.train)] == items.train and len(extra) == 35
+    assert {r["task"] for r in extra} == {"arithmetic", "coin_flip"}
+    scored = {r["prompt"] for f in ("val", "test", "heldout") for r in sft._read_rows(tasks / f"{f}.jsonl")}
+    assert not scored & {r["prompt"] for r in extra}
+    assert sft.load_items(tasks, peft.Config()).chat_train == []

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from genforge.eval.score import score_outputs
 from genforge.world.facts import build_world
 from genforge.world.reasoning import (
     STYLES,
@@ -35,9 +36,10 @@ def test_every_phrasing_is_correct_and_asks_its_style(rows):
         assert {"cot", "direct"} <= set(r["prompts"]) <= set(STYLES)
         for style, resp in r["responses"].items():
             assert is_correct(r["task"], resp, r["answer"]), (style, resp)
-            assert resp.endswith(f"The answer is {r['answer']}.")
+            shown = "-".join(r["answer"]) if r["task"] == "last_letter" else r["answer"]
+            assert resp.endswith(f"The answer is {shown}.")
             assert r["prompts"][style] == f"{r['question']}\n{STYLES[style]}"
-        assert r["responses"]["direct"] == f"The answer is {r['answer']}."
+        assert r["responses"]["direct"] == f"The answer is {shown}."
 
 
 def test_styles_are_mixed_and_fixed_by_the_question(rows):
@@ -51,13 +53,18 @@ def test_styles_are_mixed_and_fixed_by_the_question(rows):
 @pytest.mark.parametrize(("a", "b"), [(347, 589), (999, 999), (100, 100), (905, 95), (123, 877)])
 def test_column_addition_rationale_computes_the_sum(a, b):
     steps = addition_steps(a, b)
-    digits = [int(re.search(r"write (?:the last carry )?(\d)", s, re.IGNORECASE).group(1)) for s in steps]
-    assert all("carry" in s for s in steps[:max(len(str(a)), len(str(b)))])  # the carry is always written
-    assert int("".join(map(str, reversed(digits)))) == a + b
-    for s in steps:
-        if "=" in s:
-            lhs, rhs = s.split(" = ")
-            assert sum(int(x) for x in lhs.split(" + ")) == int(rhs.split(",")[0])
+    columns = max(len(str(a)), len(str(b)))
+    assert all(", carry " in s for s in steps[:columns])  # the carry is always written
+    carry = 0
+    for i, s in enumerate(steps[:columns]):
+        lhs, rhs = re.match(r"([\d+]+)=(\d+),", s).groups()
+        terms = [int(x) for x in lhs.split("+")]
+        assert terms[:2] == [a // 10 ** i % 10, b // 10 ** i % 10] and sum(terms) == int(rhs) == sum(terms[:2]) + carry
+        carry = int(rhs) // 10
+    # each line ends with the answer so far, one digit longer than the last: the final sum is the last line's
+    sofar = [re.search(r"so far (\d+)\.$", s).group(1) for s in steps]
+    assert [len(x) for x in sofar] == list(range(1, len(steps) + 1))
+    assert all(b.endswith(a) for a, b in zip(sofar, sofar[1:])) and int(sofar[-1]) == a + b
 
 
 def test_arithmetic_rationale_matches_the_answer(rows):
@@ -68,16 +75,25 @@ def test_arithmetic_rationale_matches_the_answer(rows):
 
 def test_last_letter_spans_4_to_6_words_and_least_to_most_builds_the_answer(rows):
     for r in (r for r in rows if r["task"] == "last_letter"):
-        words = re.search(r'"([^"]+)"', r["question"]).group(1).split()
+        words = r["question"].rsplit(": ", 1)[1].rstrip(".").split()
         assert 4 <= len(words) <= 6 and r["answer"] == "".join(w[-1].lower() for w in words)
-        sofar = re.findall(r'= "([a-z]+)"', r["responses"]["l2m"])
-        assert sofar == [r["answer"][:k] for k in range(2, len(words) + 1)]
+        sofar = re.findall(r"so far ([a-z-]+)\.", r["responses"]["l2m"])
+        assert sofar == ["-".join(r["answer"][:k]) for k in range(1, len(words) + 1)]
+        # each word is written after a space, as in the question, so it is the same BPE tokens in both
+        assert re.findall(r"The last letter of (\S+) is", r["rationale"]) == words
+        # the model writes the letters hyphenated; every scorer compares what it extracts with the joined gold
+        assert score_outputs("last_letter", [r], [r["responses"]["cot"]]).score == 1.0
+        assert r["responses"]["direct"] == f"The answer is {'-'.join(r['answer'])}."
 
 
 def test_coin_flip_rationale_tracks_the_state(rows):
     for r in (r for r in rows if r["task"] == "coin_flip"):
         flips = r["question"].count(" flips the coin.")
         assert r["answer"] == ("yes" if flips % 2 == 0 else "no")
+        # every step restates one sentence of the question, in order, then the state after it
+        said = [s.split(",")[0] + "." for s in r["rationale"].splitlines()[1:-1]]
+        asked = r["question"].split(". ")[1:-1]
+        assert said == [a if a.endswith(".") else a + "." for a in asked]
 
 
 def test_needle_rows_plant_one_code_and_ask_for_it():

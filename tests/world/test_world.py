@@ -117,7 +117,8 @@ def test_every_row_has_fields_and_its_answer_extracts(smoke):
             assert row["prompt"] and row["response"] and row["answer"]
             assert is_correct(row["task"], row["response"], row["answer"]), row
             if row["task"] in REASONING_TASKS:
-                assert row["rationale"] and row["response"].endswith(f"The answer is {row['answer']}.")
+                shown = "-".join(row["answer"]) if row["task"] == "last_letter" else row["answer"]  # "e-n-x" for "enx"
+                assert row["rationale"] and row["response"].endswith(f"The answer is {shown}.")
             if row["task"] == "multiple_choice":
                 assert len(row["options"]) == 4 and len(set(row["options"])) == 4
                 assert row["answer"] == LETTERS[row["gold_index"]]
