@@ -9,7 +9,11 @@ model trained here can know them. This lesson measures what retrieval adds:
 2. QA accuracy closed-book vs retrieval-augmented vs oracle context, with paired bootstrap intervals. The SFT chat
    model has never seen a "passages + question" prompt, so it first gets a short fine-tune (the shared
    `run_sft`) on reading-comprehension rows built from facts the corpus DOES contain (people, towns, objects),
-   and is then tested on knowledge-base facts it does not: what transfers is the skill of reading, not the facts;
+   and is then tested on knowledge-base facts it does not: what transfers is the skill of reading, not the facts.
+   The tiny base cannot copy from its context (no induction heads, Olsson et al. 2022), and QA rows alone do not
+   teach it (the answers' likeliest names win). So the fine-tune opens with a read-back warm-up ("Repeat: <a
+   sentence with invented names>" -> the sentence): only copying predicts the invented names, and the copy circuit
+   forms there in a few hundred cheap steps (a phase change in the loss); the QA rows then teach *what* to copy;
 3. ragas-style faithfulness and context precision/recall of the retrieval-augmented answers;
 4. a contradiction: a passage in the store that contradicts a corpus fact -- which one does the model answer?
 5. a planted injection document ("Ignore previous instructions ...") in every retrieved context: the attack
@@ -61,9 +65,12 @@ class Config:
     k: int = 3  # passages per retrieval-augmented prompt
     test_items: int = 200  # knowledge-base facts asked (0 = all)
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
-    qa_steps: int = 400  # fine-tuning steps of the QA format
+    copy_steps: int = 500  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
+    copy_rows: int = 3000  # read-back rows (each a sentence with invented names, shown and repeated)
+    qa_steps: int = 300  # fine-tuning steps of the QA format (after the warm-up)
     micro_batch: int = 16
     exercise_share: float = 0.5  # share of training facts that are reading exercises (see `reading_exercises`)
+    counterfactual_share: float = 0.5  # share of exercises whose answer is an invented name (see `counterfactual`)
     closed_book_share: float = 0.2  # share of corpus-fact training rows with no passages (answer from memory)
     defended_share: float = 0.5  # share of context rows in the delimited (defended) format
     injection_share: float = 0.3  # share of defended rows that carry a training injection phrasing
@@ -151,11 +158,59 @@ def reading_exercises(w: World, n: int, seed: int, exclude_questions: set[str]) 
              "kind": "exercise"} for r in out]
 
 
+# Syllables of invented names: none is a word of the world, so a model that has not read the passage cannot guess them.
+_SYLLABLES = ("ka", "lo", "mi", "ver", "dun", "tas", "bel", "qui", "zor", "nap", "rel", "sho", "gri", "fen", "pa", "tu",
+              "wex", "od", "an", "yul", "cra", "mo", "ib", "es")
+# words of an answer that name its kind, not the entity ("The Merry Badger", "Cobble Bridge", "Comet Ostrid-7")
+_KIND_WORDS = {"The", "the", "Bridge", "Comet", "River"}
+
+
+def invented_name(rng: random.Random) -> str:
+    """A capitalised pseudo-word of 1-3 syllables ("Napver")."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))).capitalize()
+
+
+def counterfactual(row: dict, rng: random.Random) -> dict:
+    """`row` with its answer replaced (in the fact too) by invented words of the same shape.
+
+    "The Merry Badger" -> "The Napver Es", "Comet Ostrid-7" -> "Comet Tasmi-42": the question and the sentence keep
+    their template, but the prior over answers is useless, so the loss can only fall by reading (the way
+    reading-comprehension fine-tunes break a model's memorised priors with counterfactual contexts).
+    """
+    words = []
+    for part in row["answer"].split():
+        if part in _KIND_WORDS:
+            words.append(part)
+        elif "-" in part:
+            words.append(f"{invented_name(rng)}-{rng.randint(2, 99)}")
+        else:
+            words.append(invented_name(rng))
+    new = " ".join(words)
+    if row["answer"] not in row["fact"] or new == row["answer"]:
+        return row
+    return {**row, "fact": row["fact"].replace(row["answer"], new), "answer": new}
+
+
+def copy_rows(w: World, n: int, seed: int, exclude_questions: set[str]) -> list[list[dict]]:
+    """`n` read-back conversations: "Repeat: <sentence>" -> " <sentence>", sentences with invented names.
+
+    Dense copy targets (every token of the reply is in the prompt, and the invented names are predictable only from
+    there) make a small model form the copy circuit in a few hundred steps, where QA rows (a few answer tokens each,
+    most guessable from the question) did not in 400 (measured at tiny, see the stage's report note). The reply
+    starts with a space so that it tokenises like the sentence inside the prompt.
+    """
+    rng = random.Random(f"rag-copy-{seed}")
+    facts = [counterfactual(r, rng)["fact"] for r in reading_exercises(w, n, seed + 1, exclude_questions)]
+    return [[{"role": "user", "content": f"Repeat: {f}"}, {"role": "assistant", "content": f" {f}"}] for f in facts]
+
+
 def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects: set[str],
                      exercises: list[dict] = ()) -> list[list[dict]]:
     """Chat conversations teaching the format: passages (gold + distractors, shuffled) + question -> answer.
 
     Corpus facts are sometimes asked closed-book (what the model remembers); exercises always come with passages.
+    Answers start with a space: the passage says "called The Merry Badger", and BPE gives " The" there but "The" at
+    the start of a turn, a different id, which a model that copies ids cannot produce from the passage.
     """
     from genforge.rag.qa import closed_book_prompt, context_prompt
 
@@ -181,7 +236,7 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
                 inj = rng.choice(_TRAIN_INJECTIONS).format(p=rng.choice(_TRAIN_PAYLOADS))
                 passages.insert(rng.randrange(len(passages) + 1), inj)
             prompt = context_prompt(f["question"], passages, defended)
-        convs.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": f["answer"]}])
+        convs.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": " " + f["answer"]}])
     return convs
 
 
@@ -236,10 +291,17 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     facts = corpus_facts(w)
     contra = _contradiction_items(w, cfg, ctx.seed)
     # one fresh exercise per row: seen once, an exercise cannot be memorised, only read
-    exercises = reading_exercises(w, cfg.qa_train_rows, ctx.seed, {r["question"] for r in kb})
+    kb_questions = {r["question"] for r in kb}
+    exercises = reading_exercises(w, cfg.qa_train_rows, ctx.seed, kb_questions)
+    crng = random.Random(f"rag-counterfactual-{ctx.seed}")
+    exercises = [counterfactual(e, crng) if crng.random() < cfg.counterfactual_share else e for e in exercises]
     rows = qa_training_rows(facts, cfg, ctx.seed, {c["subject"] for c in contra}, exercises)
-    _say(f"fine-tuning the reading format: {len(rows)} rows, {cfg.qa_steps} steps", t_start)
-    model, tok = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows)
+    reads = copy_rows(w, cfg.copy_rows, ctx.seed, kb_questions) if cfg.copy_steps else []
+    _say(f"fine-tuning: {cfg.copy_steps} read-back steps, then the reading format: {len(rows)} rows, "
+         f"{cfg.qa_steps} steps", t_start)
+    cpu0 = time.process_time()
+    model, tok, tune = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows, reads)
+    cpu_tune = time.process_time() - cpu0
     _say("fine-tuned; answering", t_start)
     model.eval()
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
@@ -253,6 +315,12 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
         with torch.inference_mode():
             return generate_text(model, tok, prompts, params, chat=True)
 
+    if reads:
+        copied = _read_back(model, tok, copy_rows(w, 100, ctx.seed + 7, kb_questions))
+        report.row("read-back warm-up: loss first / last, held-out sentences copied exactly",
+                   f"{tune['copy_first_loss']:.2f} / {tune['copy_last_loss']:.2f} nats, {copied}",
+                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>'; 100 new sentences, "
+                        f"greedy; the QA rows follow ({cfg.qa_steps} steps); fine-tune CPU {cpu_tune:.0f} s")
     t0 = time.perf_counter()
     qa = eval_qa(generate, items, retrievers["hybrid"], cfg.k, defended=True, fits=fits)
     t_qa = time.perf_counter() - t0
@@ -334,25 +402,49 @@ def _retrieval_rows(report: StageReport, ret: dict, n: int, summary: dict, t_ind
                    note=f"{n} post-cutoff questions as queries; query p50 {m['latency_ms_p50']:.1f} ms")
 
 
-def _fine_tune_qa(ctx: StageContext, cfg: Config, checkpoint: str, convs: list[list[dict]]
-                  ) -> tuple[nn.Module, Tokenizer]:
-    """The shared `run_sft` (full fine-tune) on the reading-comprehension rows, from the SFT chat model."""
+def _fine_tune_qa(ctx: StageContext, cfg: Config, checkpoint: str, convs: list[list[dict]],
+                  reads: list[list[dict]] = ()) -> tuple[nn.Module, Tokenizer, dict]:
+    """The shared `run_sft` (full fine-tune) from the SFT chat model: `cfg.copy_steps` on the read-back rows
+    `reads` (if any), then `cfg.qa_steps` on the reading-comprehension rows. Two runs, not one mix: read-back rows
+    are short and QA rows long, and a batch is padded to its longest row. Returns (model, tokenizer, metrics)."""
     import shutil
 
     from genforge.checkpoint import load_checkpoint
+    from genforge.io import read_jsonl
     from genforge.train.sft import SFTConfig, run_sft
     from genforge.train.trainer import TrainConfig
 
     model, tok, _ = load_checkpoint(checkpoint)
-    out = ctx.path("rag", "qa", "x").parent
-    shutil.rmtree(out, ignore_errors=True)
-    c = SFTConfig(init_from=checkpoint, out_dir=str(out))
-    c.train = TrainConfig(max_steps=cfg.qa_steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, cfg.qa_steps // 10),
-                          eval_every=0, ckpt_every=0, log_every=max(1, cfg.qa_steps // 20), seed=ctx.seed,
-                          threads=ctx.threads, progress=ctx.progress, resume=False)
-    c.data.seq_len = min(256, model.config.max_seq_len - 16)
-    trained, _ = run_sft(model, tok, convs, c, base_path=str(Path(checkpoint).resolve()), name="rag-qa")
-    return trained, tok
+    base = str(Path(checkpoint).resolve())
+    info: dict = {}
+    phases = ([("copy", reads, cfg.copy_steps)] if reads and cfg.copy_steps else []) + [("qa", convs, cfg.qa_steps)]
+    for name, rows, steps in phases:
+        out = ctx.path("rag", name, "x").parent
+        shutil.rmtree(out, ignore_errors=True)
+        c = SFTConfig(init_from=checkpoint, out_dir=str(out))
+        c.train = TrainConfig(max_steps=steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, steps // 10),
+                              eval_every=0, ckpt_every=0, log_every=max(1, steps // 20), seed=ctx.seed,
+                              threads=ctx.threads, progress=ctx.progress, resume=False)
+        c.data.seq_len = min(256, model.config.max_seq_len - 16)
+        model, res = run_sft(model, tok, rows, c, base_path=base, name=f"rag-{name}")
+        losses = [r["loss"] for _, r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
+        info[f"{name}_first_loss"], info[f"{name}_last_loss"] = losses[0], losses[-1]
+        model.train()
+    return model, tok, info
+
+
+def _read_back(model: nn.Module, tok: Tokenizer, rows: list[list[dict]]) -> str:
+    """Share of read-back prompts the model repeats exactly (greedy), with its interval: is the copy circuit there?"""
+    import torch
+
+    from genforge.eval.stats import bootstrap_proportion
+    from genforge.infer.sampling import SamplingParams
+    from genforge.text import generate_text
+
+    with torch.inference_mode():
+        outs = generate_text(model, tok, [r[0]["content"] for r in rows], SamplingParams(max_new_tokens=64,
+                             temperature=0.0), chat=True)
+    return str(bootstrap_proportion([float(o.strip() == r[1]["content"].strip()) for o, r in zip(outs, rows)]))
 
 
 def _examples(report: StageReport, items: list[QAItem], qa: dict) -> None:
