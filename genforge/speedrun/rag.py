@@ -13,7 +13,13 @@ model trained here can know them. This lesson measures what retrieval adds:
    The tiny base cannot copy from its context (no induction heads, Olsson et al. 2022), and QA rows alone do not
    teach it (the answers' likeliest names win). So the fine-tune opens with a read-back warm-up ("Repeat: <a
    sentence with invented names>" -> the sentence): only copying predicts the invented names, and the copy circuit
-   forms there in a few hundred cheap steps (a phase change in the loss); the QA rows then teach *what* to copy;
+   forms there in a few hundred cheap steps (a phase change in the loss); the QA rows then teach *what* to copy.
+   Measured at tiny (200 test questions, seed 0, accuracy on the gold passage alone / closed-book): 400 QA steps
+   alone 0.05 / 0.04; with answers tokenised as in the passage 0.02 / 0.015; with invented answers in the exercises
+   0.00 (their loss stayed at 1.8 nats: nothing was copied); gold-passage-only rows 0.00. The read-back loss falls
+   from ~0.9 to ~0.1 between steps ~400 and ~500; after 800 steps 70 % of new sentences are repeated exactly. 500
+   read-back + 300 QA steps: 0.35-0.39 / 0.005-0.03. The reader is easily distracted: retrieval-augmented accuracy
+   0.35 with the top passage, 0.19 with two, 0.08 with three (the gold fact ranked first each time);
 3. ragas-style faithfulness and context precision/recall of the retrieval-augmented answers;
 4. a contradiction: a passage in the store that contradicts a corpus fact -- which one does the model answer?
 5. a planted injection document ("Ignore previous instructions ...") in every retrieved context: the attack
@@ -62,7 +68,12 @@ _TRAIN_PAYLOADS = ("PWNED", "BANANA", "OVERRIDE", "ZEBRA", "LOL")
 class Config:
     embedder: str = "minilm"  # minilm (packaged all-MiniLM-L6-v2) or hashing (fast, lexical; for smoke runs)
     threads: int = 1  # torch threads of the embedder (1 measured fastest on a small shared CPU)
-    k: int = 3  # passages per retrieval-augmented prompt
+    # passages per retrieval-augmented prompt. 1 at tiny: hybrid retrieval ranks the gold fact first for every test
+    # question, and this reader is distracted by more (measured: 0.35 with 1 passage, 0.19 with 2, 0.08 with 3);
+    # `k_distract` reports the larger k beside it
+    k: int = 1
+    k_distract: int = 3  # a second retrieval-augmented condition with this many passages (0 = skip)
+    train_passages: int = 3  # passages in a training context (the gold one among distractors)
     test_items: int = 200  # knowledge-base facts asked (0 = all)
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
     copy_steps: int = 500  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
@@ -227,9 +238,9 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
             # distractors that share the subject make the model read the question, not just copy a name
             src = exercises if exercise else pool
             same = [g["fact"] for g in pool if g["subject"] == f["subject"] and g is not f]
-            others = rng.sample(src, cfg.k)
+            others = rng.sample(src, cfg.train_passages)
             passages = [f["fact"], *rng.sample(same, min(len(same), 1)),
-                        *[g["fact"] for g in others if g is not f]][:cfg.k]
+                        *[g["fact"] for g in others if g is not f]][:cfg.train_passages]
             rng.shuffle(passages)
             defended = rng.random() < cfg.defended_share
             if defended and rng.random() < cfg.injection_share:
@@ -316,10 +327,10 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
             return generate_text(model, tok, prompts, params, chat=True)
 
     if reads:
-        copied = _read_back(model, tok, copy_rows(w, 100, ctx.seed + 7, kb_questions))
+        copied = _read_back(model, tok, copy_rows(w, 50, ctx.seed + 7, kb_questions))
         report.row("read-back warm-up: loss first / last, held-out sentences copied exactly",
                    f"{tune['copy_first_loss']:.2f} / {tune['copy_last_loss']:.2f} nats, {copied}",
-                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>'; 100 new sentences, "
+                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>'; 50 new sentences, "
                         f"greedy; the QA rows follow ({cfg.qa_steps} steps); fine-tune CPU {cpu_tune:.0f} s")
     t0 = time.perf_counter()
     qa = eval_qa(generate, items, retrievers["hybrid"], cfg.k, defended=True, fits=fits)
@@ -334,6 +345,12 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                        f"{str(acc['oracle'])}")
     report.row("QA accuracy, closed-book", str(acc["closed"]), note="post-cutoff facts: the model cannot know them")
     report.row("QA accuracy, retrieval-augmented", str(acc["rag"]), note=f"hybrid top-{cfg.k}, delimited passages")
+    if cfg.k_distract and cfg.k_distract != cfg.k:
+        more = run_qa(generate, items, "rag", retrievers["hybrid"], cfg.k_distract, defended=True, fits=fits)
+        report.row(f"QA accuracy, retrieval-augmented with {cfg.k_distract} passages",
+                   str(bootstrap_proportion(more.correct)),
+                   note=f"minus top-{cfg.k}: {bootstrap_diff(more.correct, qa['rag']['correct'], paired=True)}; the "
+                        "gold fact is still first, the others distract a reader this small")
     report.row("QA accuracy, oracle passage", str(acc["oracle"]), note="the gold fact alone: the reading ceiling")
     report.row("oracle minus retrieval-augmented",
                str(bootstrap_diff(qa["oracle"]["correct"], qa["rag"]["correct"], paired=True)),
@@ -442,7 +459,7 @@ def _read_back(model: nn.Module, tok: Tokenizer, rows: list[list[dict]]) -> str:
     from genforge.text import generate_text
 
     with torch.inference_mode():
-        outs = generate_text(model, tok, [r[0]["content"] for r in rows], SamplingParams(max_new_tokens=64,
+        outs = generate_text(model, tok, [r[0]["content"] for r in rows], SamplingParams(max_new_tokens=48,
                              temperature=0.0), chat=True)
     return str(bootstrap_proportion([float(o.strip() == r[1]["content"].strip()) for o, r in zip(outs, rows)]))
 
