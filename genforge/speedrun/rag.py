@@ -74,6 +74,7 @@ class Config:
     k: int = 1
     k_distract: int = 3  # a second retrieval-augmented condition with this many passages (0 = skip)
     train_passages: int = 3  # passages in a training context (the gold one among distractors)
+    hard_distractor_share: float = 0.0  # share of training contexts whose distractors share the gold row's template
     test_items: int = 200  # knowledge-base facts asked (0 = all)
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
     copy_steps: int = 500  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
@@ -215,6 +216,14 @@ def copy_rows(w: World, n: int, seed: int, exclude_questions: set[str]) -> list[
     return [[{"role": "user", "content": f"Repeat: {f}"}, {"role": "assistant", "content": f" {f}"}] for f in facts]
 
 
+def _kind(row: dict) -> str:
+    """A row's template: its question with names and numbers blanked ("What is the shop _ _ opened in _?")."""
+    if row.get("kind", "exercise") != "exercise":
+        return row["kind"]
+    words = row["question"].split()
+    return " ".join([words[0]] + ["_" if w[:1].isupper() or w[:1].isdigit() else w for w in words[1:]])
+
+
 def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects: set[str],
                      exercises: list[dict] = ()) -> list[list[dict]]:
     """Chat conversations teaching the format: passages (gold + distractors, shuffled) + question -> answer.
@@ -228,6 +237,11 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
     rng = random.Random(f"rag-qa-{seed}")
     pool = [f for f in facts if f["subject"] not in exclude_subjects]
     exercises = list(exercises)
+    # rows of the same kind ("X lives in Y" among "Z lives in W"): the distractors retrieval returns look like this,
+    # so the reader has to match the question's names, not the sentence's shape
+    by_kind: dict[str, list[dict]] = {}
+    for g in pool + exercises:
+        by_kind.setdefault(_kind(g), []).append(g)
     convs = []
     for _ in range(cfg.qa_train_rows):
         exercise = bool(exercises) and rng.random() < cfg.exercise_share
@@ -238,7 +252,9 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
             # distractors that share the subject make the model read the question, not just copy a name
             src = exercises if exercise else pool
             same = [g["fact"] for g in pool if g["subject"] == f["subject"] and g is not f]
-            others = rng.sample(src, cfg.train_passages)
+            alike = by_kind[_kind(f)]
+            hard = len(alike) > cfg.train_passages and rng.random() < cfg.hard_distractor_share
+            others = rng.sample(alike if hard else src, cfg.train_passages)
             passages = [f["fact"], *rng.sample(same, min(len(same), 1)),
                         *[g["fact"] for g in others if g is not f]][:cfg.train_passages]
             rng.shuffle(passages)

@@ -157,3 +157,25 @@ def test_copy_rows_repeat_their_sentence(w):
     for user, reply in rows:
         assert user["content"] == "Repeat:" + reply["content"] and reply["content"].startswith(" ")
     assert not any(r["fact"] in user["content"] for r in kb for user, _ in rows)
+
+
+def test_hard_distractors_share_the_gold_rows_template(w):
+    ex = rag.reading_exercises(w, 300, seed=0, exclude_questions=set())
+    facts = rag.corpus_facts(w)
+    kind_of = {e["fact"]: rag._kind(e) for e in ex} | {f["fact"]: f["kind"] for f in facts}
+    gold_of = {e["question"]: e for e in ex} | {f["question"]: f for f in facts}
+
+    def alike(share: float) -> float:
+        cfg = rag.Config(qa_train_rows=300, exercise_share=1.0, hard_distractor_share=share, injection_share=0.0)
+        rows = rag.qa_training_rows(facts, cfg, 0, set(), ex)
+        same = total = 0
+        for user, _ in rows:
+            q = user["content"].split("Question: ")[1].split("\n")[0]
+            passages = [p for p in kind_of if p in user["content"] and p != gold_of[q]["fact"]]
+            same += sum(kind_of[p] == rag._kind(gold_of[q]) for p in passages)
+            total += len(passages)
+        return same / total
+
+    assert alike(1.0) > 0.95 and alike(0.0) < 0.5
+    assert rag._kind({"question": "What is the name of the shop Juno Tuttle opened in 2028?"}) == \
+        "What is the name of the shop _ _ opened in _"
