@@ -18,7 +18,9 @@ model trained here can know them. This lesson measures what retrieval adds:
    alone 0.05 / 0.04; with answers tokenised as in the passage 0.02 / 0.015; with invented answers in the exercises
    0.00 (their loss stayed at 1.8 nats: nothing was copied); gold-passage-only rows 0.00. The read-back loss falls
    from ~0.9 to ~0.1 between steps ~400 and ~500; after 800 steps 70 % of new sentences are repeated exactly. 500
-   read-back + 300 QA steps: 0.35-0.39 / 0.005-0.03. The reader is easily distracted: retrieval-augmented accuracy
+   read-back + 300 QA steps: 0.35-0.39 / 0.005-0.03 (experiments), 0.25 / 0.015 in the stage; 650 + 250 (the
+   default, half the training distractors of the gold row's template): 0.32 [0.26, 0.385] / 0.00, the fine-tunes
+   ~40 s CPU more than 400 QA steps alone. The reader is easily distracted: retrieval-augmented accuracy
    0.35 with the top passage, 0.19 with two, 0.08 with three (the gold fact ranked first each time);
 3. ragas-style faithfulness and context precision/recall of the retrieval-augmented answers;
 4. a contradiction: a passage in the store that contradicts a corpus fact -- which one does the model answer?
@@ -74,12 +76,12 @@ class Config:
     k: int = 1
     k_distract: int = 3  # a second retrieval-augmented condition with this many passages (0 = skip)
     train_passages: int = 3  # passages in a training context (the gold one among distractors)
-    hard_distractor_share: float = 0.0  # share of training contexts whose distractors share the gold row's template
+    hard_distractor_share: float = 0.5  # share of training contexts whose distractors share the gold row's template
     test_items: int = 200  # knowledge-base facts asked (0 = all)
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
-    copy_steps: int = 500  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
+    copy_steps: int = 650  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
     copy_rows: int = 3000  # read-back rows (each a sentence with invented names, shown and repeated)
-    qa_steps: int = 300  # fine-tuning steps of the QA format (after the warm-up)
+    qa_steps: int = 250  # fine-tuning steps of the QA format (after the warm-up)
     micro_batch: int = 16
     exercise_share: float = 0.5  # share of training facts that are reading exercises (see `reading_exercises`)
     counterfactual_share: float = 0.5  # share of exercises whose answer is an invented name (see `counterfactual`)
@@ -343,11 +345,11 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
             return generate_text(model, tok, prompts, params, chat=True)
 
     if reads:
-        copied = _read_back(model, tok, copy_rows(w, 50, ctx.seed + 7, kb_questions))
-        report.row("read-back warm-up: loss first / last, held-out sentences copied exactly",
-                   f"{tune['copy_first_loss']:.2f} / {tune['copy_last_loss']:.2f} nats, {copied}",
-                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>'; 50 new sentences, "
-                        f"greedy; the QA rows follow ({cfg.qa_steps} steps); fine-tune CPU {cpu_tune:.0f} s")
+        report.row("read-back warm-up: copy loss first / last", f"{tune['copy_first_loss']:.2f} / "
+                   f"{tune['copy_last_loss']:.2f} nats/token",
+                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>' (the copy circuit forms "
+                        f"where this loss drops); the QA rows follow ({cfg.qa_steps} steps); fine-tune CPU "
+                        f"{cpu_tune:.0f} s")
     t0 = time.perf_counter()
     qa = eval_qa(generate, items, retrievers["hybrid"], cfg.k, defended=True, fits=fits)
     t_qa = time.perf_counter() - t0
@@ -464,20 +466,6 @@ def _fine_tune_qa(ctx: StageContext, cfg: Config, checkpoint: str, convs: list[l
         info[f"{name}_first_loss"], info[f"{name}_last_loss"] = losses[0], losses[-1]
         model.train()
     return model, tok, info
-
-
-def _read_back(model: nn.Module, tok: Tokenizer, rows: list[list[dict]]) -> str:
-    """Share of read-back prompts the model repeats exactly (greedy), with its interval: is the copy circuit there?"""
-    import torch
-
-    from genforge.eval.stats import bootstrap_proportion
-    from genforge.infer.sampling import SamplingParams
-    from genforge.text import generate_text
-
-    with torch.inference_mode():
-        outs = generate_text(model, tok, [r[0]["content"] for r in rows], SamplingParams(max_new_tokens=48,
-                             temperature=0.0), chat=True)
-    return str(bootstrap_proportion([float(o.strip() == r[1]["content"].strip()) for o, r in zip(outs, rows)]))
 
 
 def _examples(report: StageReport, items: list[QAItem], qa: dict) -> None:
