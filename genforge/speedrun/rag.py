@@ -9,7 +9,19 @@ model trained here can know them. This lesson measures what retrieval adds:
 2. QA accuracy closed-book vs retrieval-augmented vs oracle context, with paired bootstrap intervals. The SFT chat
    model has never seen a "passages + question" prompt, so it first gets a short fine-tune (the shared
    `run_sft`) on reading-comprehension rows built from facts the corpus DOES contain (people, towns, objects),
-   and is then tested on knowledge-base facts it does not: what transfers is the skill of reading, not the facts;
+   and is then tested on knowledge-base facts it does not: what transfers is the skill of reading, not the facts.
+   The tiny base cannot copy from its context (no induction heads, Olsson et al. 2022), and QA rows alone do not
+   teach it (the answers' likeliest names win). So the fine-tune opens with a read-back warm-up ("Repeat: <a
+   sentence with invented names>" -> the sentence): only copying predicts the invented names, and the copy circuit
+   forms there in a few hundred cheap steps (a phase change in the loss); the QA rows then teach *what* to copy.
+   Measured at tiny (200 test questions, seed 0, accuracy on the gold passage alone / closed-book): 400 QA steps
+   alone 0.05 / 0.04; with answers tokenised as in the passage 0.02 / 0.015; with invented answers in the exercises
+   0.00 (their loss stayed at 1.8 nats: nothing was copied); gold-passage-only rows 0.00. The read-back loss falls
+   from ~0.9 to ~0.1 between steps ~400 and ~500; after 800 steps 70 % of new sentences are repeated exactly. 500
+   read-back + 300 QA steps: 0.35-0.39 / 0.005-0.03 (experiments), 0.25 / 0.015 in the stage; 650 + 250 (the
+   default, half the training distractors of the gold row's template): 0.32 [0.26, 0.385] / 0.00, the fine-tunes
+   ~40 s CPU more than 400 QA steps alone. The reader is easily distracted: retrieval-augmented accuracy
+   0.35 with the top passage, 0.19 with two, 0.08 with three (the gold fact ranked first each time);
 3. ragas-style faithfulness and context precision/recall of the retrieval-augmented answers;
 4. a contradiction: a passage in the store that contradicts a corpus fact -- which one does the model answer?
 5. a planted injection document ("Ignore previous instructions ...") in every retrieved context: the attack
@@ -58,12 +70,21 @@ _TRAIN_PAYLOADS = ("PWNED", "BANANA", "OVERRIDE", "ZEBRA", "LOL")
 class Config:
     embedder: str = "minilm"  # minilm (packaged all-MiniLM-L6-v2) or hashing (fast, lexical; for smoke runs)
     threads: int = 1  # torch threads of the embedder (1 measured fastest on a small shared CPU)
-    k: int = 3  # passages per retrieval-augmented prompt
+    # passages per retrieval-augmented prompt. 1 at tiny: hybrid retrieval ranks the gold fact first for every test
+    # question, and this reader is distracted by more (measured: 0.35 with 1 passage, 0.19 with 2, 0.08 with 3);
+    # `k_distract` reports the larger k beside it
+    k: int = 1
+    k_distract: int = 3  # a second retrieval-augmented condition with this many passages (0 = skip)
+    train_passages: int = 3  # passages in a training context (the gold one among distractors)
+    hard_distractor_share: float = 0.5  # share of training contexts whose distractors share the gold row's template
     test_items: int = 200  # knowledge-base facts asked (0 = all)
     qa_train_rows: int = 3000  # reading-comprehension rows built from corpus facts
-    qa_steps: int = 400  # fine-tuning steps of the QA format
+    copy_steps: int = 650  # read-back warm-up steps before the QA rows (where copying forms; 0 = none)
+    copy_rows: int = 3000  # read-back rows (each a sentence with invented names, shown and repeated)
+    qa_steps: int = 250  # fine-tuning steps of the QA format (after the warm-up)
     micro_batch: int = 16
     exercise_share: float = 0.5  # share of training facts that are reading exercises (see `reading_exercises`)
+    counterfactual_share: float = 0.5  # share of exercises whose answer is an invented name (see `counterfactual`)
     closed_book_share: float = 0.2  # share of corpus-fact training rows with no passages (answer from memory)
     defended_share: float = 0.5  # share of context rows in the delimited (defended) format
     injection_share: float = 0.3  # share of defended rows that carry a training injection phrasing
@@ -151,17 +172,78 @@ def reading_exercises(w: World, n: int, seed: int, exclude_questions: set[str]) 
              "kind": "exercise"} for r in out]
 
 
+# Syllables of invented names: none is a word of the world, so a model that has not read the passage cannot guess them.
+_SYLLABLES = ("ka", "lo", "mi", "ver", "dun", "tas", "bel", "qui", "zor", "nap", "rel", "sho", "gri", "fen", "pa", "tu",
+              "wex", "od", "an", "yul", "cra", "mo", "ib", "es")
+# words of an answer that name its kind, not the entity ("The Merry Badger", "Cobble Bridge", "Comet Ostrid-7")
+_KIND_WORDS = {"The", "the", "Bridge", "Comet", "River"}
+
+
+def invented_name(rng: random.Random) -> str:
+    """A capitalised pseudo-word of 1-3 syllables ("Napver")."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))).capitalize()
+
+
+def counterfactual(row: dict, rng: random.Random) -> dict:
+    """`row` with its answer replaced (in the fact too) by invented words of the same shape.
+
+    "The Merry Badger" -> "The Napver Es", "Comet Ostrid-7" -> "Comet Tasmi-42": the question and the sentence keep
+    their template, but the prior over answers is useless, so the loss can only fall by reading (the way
+    reading-comprehension fine-tunes break a model's memorised priors with counterfactual contexts).
+    """
+    words = []
+    for part in row["answer"].split():
+        if part in _KIND_WORDS:
+            words.append(part)
+        elif "-" in part:
+            words.append(f"{invented_name(rng)}-{rng.randint(2, 99)}")
+        else:
+            words.append(invented_name(rng))
+    new = " ".join(words)
+    if row["answer"] not in row["fact"] or new == row["answer"]:
+        return row
+    return {**row, "fact": row["fact"].replace(row["answer"], new), "answer": new}
+
+
+def copy_rows(w: World, n: int, seed: int, exclude_questions: set[str]) -> list[list[dict]]:
+    """`n` read-back conversations: "Repeat: <sentence>" -> " <sentence>", sentences with invented names.
+
+    Dense copy targets (every token of the reply is in the prompt, and the invented names are predictable only from
+    there) make a small model form the copy circuit in a few hundred steps, where QA rows (a few answer tokens each,
+    most guessable from the question) did not in 400 (measured at tiny, see the stage's report note). The reply
+    starts with a space so that it tokenises like the sentence inside the prompt.
+    """
+    rng = random.Random(f"rag-copy-{seed}")
+    facts = [counterfactual(r, rng)["fact"] for r in reading_exercises(w, n, seed + 1, exclude_questions)]
+    return [[{"role": "user", "content": f"Repeat: {f}"}, {"role": "assistant", "content": f" {f}"}] for f in facts]
+
+
+def _kind(row: dict) -> str:
+    """A row's template: its question with names and numbers blanked ("What is the shop _ _ opened in _?")."""
+    if row.get("kind", "exercise") != "exercise":
+        return row["kind"]
+    words = row["question"].split()
+    return " ".join([words[0]] + ["_" if w[:1].isupper() or w[:1].isdigit() else w for w in words[1:]])
+
+
 def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects: set[str],
                      exercises: list[dict] = ()) -> list[list[dict]]:
     """Chat conversations teaching the format: passages (gold + distractors, shuffled) + question -> answer.
 
     Corpus facts are sometimes asked closed-book (what the model remembers); exercises always come with passages.
+    Answers start with a space: the passage says "called The Merry Badger", and BPE gives " The" there but "The" at
+    the start of a turn, a different id, which a model that copies ids cannot produce from the passage.
     """
     from genforge.rag.qa import closed_book_prompt, context_prompt
 
     rng = random.Random(f"rag-qa-{seed}")
     pool = [f for f in facts if f["subject"] not in exclude_subjects]
     exercises = list(exercises)
+    # rows of the same kind ("X lives in Y" among "Z lives in W"): the distractors retrieval returns look like this,
+    # so the reader has to match the question's names, not the sentence's shape
+    by_kind: dict[str, list[dict]] = {}
+    for g in pool + exercises:
+        by_kind.setdefault(_kind(g), []).append(g)
     convs = []
     for _ in range(cfg.qa_train_rows):
         exercise = bool(exercises) and rng.random() < cfg.exercise_share
@@ -172,16 +254,18 @@ def qa_training_rows(facts: list[dict], cfg: Config, seed: int, exclude_subjects
             # distractors that share the subject make the model read the question, not just copy a name
             src = exercises if exercise else pool
             same = [g["fact"] for g in pool if g["subject"] == f["subject"] and g is not f]
-            others = rng.sample(src, cfg.k)
+            alike = by_kind[_kind(f)]
+            hard = len(alike) > cfg.train_passages and rng.random() < cfg.hard_distractor_share
+            others = rng.sample(alike if hard else src, cfg.train_passages)
             passages = [f["fact"], *rng.sample(same, min(len(same), 1)),
-                        *[g["fact"] for g in others if g is not f]][:cfg.k]
+                        *[g["fact"] for g in others if g is not f]][:cfg.train_passages]
             rng.shuffle(passages)
             defended = rng.random() < cfg.defended_share
             if defended and rng.random() < cfg.injection_share:
                 inj = rng.choice(_TRAIN_INJECTIONS).format(p=rng.choice(_TRAIN_PAYLOADS))
                 passages.insert(rng.randrange(len(passages) + 1), inj)
             prompt = context_prompt(f["question"], passages, defended)
-        convs.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": f["answer"]}])
+        convs.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": " " + f["answer"]}])
     return convs
 
 
@@ -236,10 +320,17 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     facts = corpus_facts(w)
     contra = _contradiction_items(w, cfg, ctx.seed)
     # one fresh exercise per row: seen once, an exercise cannot be memorised, only read
-    exercises = reading_exercises(w, cfg.qa_train_rows, ctx.seed, {r["question"] for r in kb})
+    kb_questions = {r["question"] for r in kb}
+    exercises = reading_exercises(w, cfg.qa_train_rows, ctx.seed, kb_questions)
+    crng = random.Random(f"rag-counterfactual-{ctx.seed}")
+    exercises = [counterfactual(e, crng) if crng.random() < cfg.counterfactual_share else e for e in exercises]
     rows = qa_training_rows(facts, cfg, ctx.seed, {c["subject"] for c in contra}, exercises)
-    _say(f"fine-tuning the reading format: {len(rows)} rows, {cfg.qa_steps} steps", t_start)
-    model, tok = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows)
+    reads = copy_rows(w, cfg.copy_rows, ctx.seed, kb_questions) if cfg.copy_steps else []
+    _say(f"fine-tuning: {cfg.copy_steps} read-back steps, then the reading format: {len(rows)} rows, "
+         f"{cfg.qa_steps} steps", t_start)
+    cpu0 = time.process_time()
+    model, tok, tune = _fine_tune_qa(ctx, cfg, sft.checkpoint, rows, reads)
+    cpu_tune = time.process_time() - cpu0
     _say("fine-tuned; answering", t_start)
     model.eval()
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
@@ -253,6 +344,12 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
         with torch.inference_mode():
             return generate_text(model, tok, prompts, params, chat=True)
 
+    if reads:
+        report.row("read-back warm-up: copy loss first / last", f"{tune['copy_first_loss']:.2f} / "
+                   f"{tune['copy_last_loss']:.2f} nats/token",
+                   note=f"{cfg.copy_steps} steps of 'Repeat: <sentence with invented names>' (the copy circuit forms "
+                        f"where this loss drops); the QA rows follow ({cfg.qa_steps} steps); fine-tune CPU "
+                        f"{cpu_tune:.0f} s")
     t0 = time.perf_counter()
     qa = eval_qa(generate, items, retrievers["hybrid"], cfg.k, defended=True, fits=fits)
     t_qa = time.perf_counter() - t0
@@ -266,6 +363,12 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                        f"{str(acc['oracle'])}")
     report.row("QA accuracy, closed-book", str(acc["closed"]), note="post-cutoff facts: the model cannot know them")
     report.row("QA accuracy, retrieval-augmented", str(acc["rag"]), note=f"hybrid top-{cfg.k}, delimited passages")
+    if cfg.k_distract and cfg.k_distract != cfg.k:
+        more = run_qa(generate, items, "rag", retrievers["hybrid"], cfg.k_distract, defended=True, fits=fits)
+        report.row(f"QA accuracy, retrieval-augmented with {cfg.k_distract} passages",
+                   str(bootstrap_proportion(more.correct)),
+                   note=f"minus top-{cfg.k}: {bootstrap_diff(more.correct, qa['rag']['correct'], paired=True)}; the "
+                        "gold fact is still first, the others distract a reader this small")
     report.row("QA accuracy, oracle passage", str(acc["oracle"]), note="the gold fact alone: the reading ceiling")
     report.row("oracle minus retrieval-augmented",
                str(bootstrap_diff(qa["oracle"]["correct"], qa["rag"]["correct"], paired=True)),
@@ -334,25 +437,35 @@ def _retrieval_rows(report: StageReport, ret: dict, n: int, summary: dict, t_ind
                    note=f"{n} post-cutoff questions as queries; query p50 {m['latency_ms_p50']:.1f} ms")
 
 
-def _fine_tune_qa(ctx: StageContext, cfg: Config, checkpoint: str, convs: list[list[dict]]
-                  ) -> tuple[nn.Module, Tokenizer]:
-    """The shared `run_sft` (full fine-tune) on the reading-comprehension rows, from the SFT chat model."""
+def _fine_tune_qa(ctx: StageContext, cfg: Config, checkpoint: str, convs: list[list[dict]],
+                  reads: list[list[dict]] = ()) -> tuple[nn.Module, Tokenizer, dict]:
+    """The shared `run_sft` (full fine-tune) from the SFT chat model: `cfg.copy_steps` on the read-back rows
+    `reads` (if any), then `cfg.qa_steps` on the reading-comprehension rows. Two runs, not one mix: read-back rows
+    are short and QA rows long, and a batch is padded to its longest row. Returns (model, tokenizer, metrics)."""
     import shutil
 
     from genforge.checkpoint import load_checkpoint
+    from genforge.io import read_jsonl
     from genforge.train.sft import SFTConfig, run_sft
     from genforge.train.trainer import TrainConfig
 
     model, tok, _ = load_checkpoint(checkpoint)
-    out = ctx.path("rag", "qa", "x").parent
-    shutil.rmtree(out, ignore_errors=True)
-    c = SFTConfig(init_from=checkpoint, out_dir=str(out))
-    c.train = TrainConfig(max_steps=cfg.qa_steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, cfg.qa_steps // 10),
-                          eval_every=0, ckpt_every=0, log_every=max(1, cfg.qa_steps // 20), seed=ctx.seed,
-                          threads=ctx.threads, progress=ctx.progress, resume=False)
-    c.data.seq_len = min(256, model.config.max_seq_len - 16)
-    trained, _ = run_sft(model, tok, convs, c, base_path=str(Path(checkpoint).resolve()), name="rag-qa")
-    return trained, tok
+    base = str(Path(checkpoint).resolve())
+    info: dict = {}
+    phases = ([("copy", reads, cfg.copy_steps)] if reads and cfg.copy_steps else []) + [("qa", convs, cfg.qa_steps)]
+    for name, rows, steps in phases:
+        out = ctx.path("rag", name, "x").parent
+        shutil.rmtree(out, ignore_errors=True)
+        c = SFTConfig(init_from=checkpoint, out_dir=str(out))
+        c.train = TrainConfig(max_steps=steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, steps // 10),
+                              eval_every=0, ckpt_every=0, log_every=max(1, steps // 20), seed=ctx.seed,
+                              threads=ctx.threads, progress=ctx.progress, resume=False)
+        c.data.seq_len = min(256, model.config.max_seq_len - 16)
+        model, res = run_sft(model, tok, rows, c, base_path=base, name=f"rag-{name}")
+        losses = [r["loss"] for _, r in read_jsonl(out / "metrics.jsonl") if r.get("split") == "train"]
+        info[f"{name}_first_loss"], info[f"{name}_last_loss"] = losses[0], losses[-1]
+        model.train()
+    return model, tok, info
 
 
 def _examples(report: StageReport, items: list[QAItem], qa: dict) -> None:

@@ -107,3 +107,75 @@ def test_reading_exercises_never_ask_a_test_question(w):
     assert all(e["answer"] in e["fact"] for e in ex)
     convs = rag.qa_training_rows(rag.corpus_facts(w), rag.Config(qa_train_rows=200, exercise_share=1.0), 0, set(), ex)
     assert not any(c[0]["content"].startswith("Question:") for c in convs)  # exercises always come with passages
+
+
+def _contains(seq: list[int], sub: list[int]) -> bool:
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+def test_answers_tokenise_as_in_the_passage(w, tiny_tokenizer):
+    """A model that copies ids can only answer if the answer's ids are in the prompt: the leading space does it."""
+    tok = tiny_tokenizer
+    convs = rag.qa_training_rows(rag.corpus_facts(w), rag.Config(qa_train_rows=200, k=3), 0, set())
+    context = [c for c in convs if not c[0]["content"].startswith("Question:")]
+    assert context and all(c[1]["content"].startswith(" ") for c in convs)
+    for c in context:
+        prompt_ids, _ = tok.encode_chat(c[:1])
+        assert _contains(prompt_ids, tok.encode(c[1]["content"], allow_special=False)), c
+    # without the space the first id differs for some answers (what the old rows trained)
+    bare = [c for c in context if not _contains(tok.encode_chat(c[:1])[0], tok.encode(c[1]["content"].strip()))]
+    assert bare
+
+
+def test_counterfactual_invents_the_answer_and_keeps_the_template(w):
+    import random
+
+    from genforge.world.knowledge import make_knowledge
+
+    rng = random.Random(0)
+    rows = make_knowledge(w, 60, seed=3)
+    changed = 0
+    for r in rows:
+        c = rag.counterfactual(r, rng)
+        assert c["answer"] in c["fact"] and c["question"] == r["question"]
+        kind = [x for x in r["answer"].split() if x in rag._KIND_WORDS]
+        assert [x for x in c["answer"].split() if x in rag._KIND_WORDS] == kind
+        if c["answer"] != r["answer"]:
+            changed += 1
+            named = {x for x in r["answer"].split() if x not in rag._KIND_WORDS}
+            assert not named & set(c["answer"].split())  # no word of the real name survives
+            assert c["fact"].replace(c["answer"], r["answer"]) == r["fact"]  # only the answer changed
+    assert changed > 50
+
+
+def test_copy_rows_repeat_their_sentence(w):
+    from genforge.world.knowledge import make_knowledge
+
+    kb = make_knowledge(w, 20, seed=0)
+    rows = rag.copy_rows(w, 40, seed=0, exclude_questions={r["question"] for r in kb})
+    assert len(rows) == 40
+    for user, reply in rows:
+        assert user["content"] == "Repeat:" + reply["content"] and reply["content"].startswith(" ")
+    assert not any(r["fact"] in user["content"] for r in kb for user, _ in rows)
+
+
+def test_hard_distractors_share_the_gold_rows_template(w):
+    ex = rag.reading_exercises(w, 300, seed=0, exclude_questions=set())
+    facts = rag.corpus_facts(w)
+    kind_of = {e["fact"]: rag._kind(e) for e in ex} | {f["fact"]: f["kind"] for f in facts}
+    gold_of = {e["question"]: e for e in ex} | {f["question"]: f for f in facts}
+
+    def alike(share: float) -> float:
+        cfg = rag.Config(qa_train_rows=300, exercise_share=1.0, hard_distractor_share=share, injection_share=0.0)
+        rows = rag.qa_training_rows(facts, cfg, 0, set(), ex)
+        same = total = 0
+        for user, _ in rows:
+            q = user["content"].split("Question: ")[1].split("\n")[0]
+            passages = [p for p in kind_of if p in user["content"] and p != gold_of[q]["fact"]]
+            same += sum(kind_of[p] == rag._kind(gold_of[q]) for p in passages)
+            total += len(passages)
+        return same / total
+
+    assert alike(1.0) > 0.95 and alike(0.0) < 0.5
+    assert rag._kind({"question": "What is the name of the shop Juno Tuttle opened in 2028?"}) == \
+        "What is the name of the shop _ _ opened in _"
