@@ -129,7 +129,8 @@ def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int,
                 pending.remove(name)
                 print(f"[{index[name]}/{len(STAGES)}] {name}: {STAGES[index[name] - 1].TITLE} ...", flush=True)
                 pool = ProcessPoolExecutor(max_workers=1, mp_context=spawn)
-                running[pool.submit(_run_stage, cfg, name, threads, False)] = (name, time.perf_counter(), pool)
+                running[pool.submit(_run_stage, cfg, name, threads, False, os.getpid())] = (
+                    name, time.perf_counter(), pool)
             if not running:
                 if error is None:  # nothing runs and nothing can start: an input stage is not in stages=
                     missing = sorted({d for n in pending for d in needs[n]
@@ -219,10 +220,14 @@ def jobs_and_threads(cfg: SpeedrunConfig) -> tuple[int, int]:
     return jobs, threads
 
 
-def _run_stage(cfg: SpeedrunConfig, name: str, threads: int, progress: bool) -> float:
+def _run_stage(cfg: SpeedrunConfig, name: str, threads: int, progress: bool, parent: int = 0) -> float:
     """Run one stage (in this process or a worker's): read its inputs, run it, save its report and outputs.
-    Returns its wall seconds. Outputs are written last, so a killed stage reruns whole on resume."""
+    Returns its wall seconds. Outputs are written last, so a killed stage reruns whole on resume. `parent`: the
+    runner's pid when this is a stage process, which then exits when the runner dies (even by SIGKILL)."""
     from genforge import runtime
+
+    if parent:
+        _exit_with(parent)
 
     mod = next(m for m in STAGES if m.NAME == name)
     runtime.set_threads(threads)
@@ -236,6 +241,19 @@ def _run_stage(cfg: SpeedrunConfig, name: str, threads: int, progress: bool) -> 
     Report(run_dir).save_stage(sr)
     write_outputs(run_dir, name, outputs)
     return sr.seconds
+
+
+def _exit_with(parent: int) -> None:
+    """Exit this process when `parent` is gone: a stage process must not outlive a killed runner (it would go on
+    training, and write outputs into a run that a rerun is already redoing)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="genforge-parent-watch", daemon=True).start()
 
 
 def _run_dir(cfg: SpeedrunConfig) -> Path:

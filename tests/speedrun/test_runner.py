@@ -204,3 +204,61 @@ def test_parallel_runner_names_a_missing_input(tmp_path):
     args = ["size=smoke", f"runs_dir={tmp_path}", "progress=false", "jobs=2"]
     with pytest.raises(ConfigError, match=r"need the outputs of \['world'\]"):
         main(resolve(args + ["stages=clean,objectives"]))
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...), or None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
+def _stage_processes(runner: int) -> list[int]:
+    """The runner's live children other than multiprocessing's resource tracker (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        st = _stat(int(d.name)) if d.name.isdigit() else None
+        if st and int(st[1]) == runner and st[0] != "Z":
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            if "resource_tracker" not in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_stage_processes_die_with_a_killed_runner(tmp_path):
+    """SIGKILL the runner while a stage process trains: the stage process exits too (it must not go on writing
+    into a run that a rerun is redoing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import repo_env
+
+    cmd = [sys.executable, "-m", "genforge", "speedrun", "size=smoke", f"runs_dir={tmp_path}", "progress=false",
+           "jobs=2", "threads=1", "stages=world,image"]
+    runner = subprocess.Popen(cmd, env=repo_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, stages = time.time() + 120, []
+        while time.time() < deadline and not (tmp_path / "smoke" / "stages" / "world.json").exists():
+            time.sleep(0.5)
+        while time.time() < deadline and not stages:  # the image stage's process
+            stages = _stage_processes(runner.pid)
+            time.sleep(0.5)
+        assert stages, "no stage process started"
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(c) for c in stages):
+            time.sleep(0.5)
+        assert not any(_alive(c) for c in stages), "a stage process outlived its runner"
+        assert not (tmp_path / "smoke" / "stages" / "image.json").exists()
+    finally:
+        runner.kill()
