@@ -134,9 +134,11 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
 
     target, tok, _ = load_checkpoint(sft.checkpoint)
     pre, pre_tok, _ = load_checkpoint(pretrain.checkpoint)
-    test = [r for _, r in read_jsonl(f"{world.tasks_dir}/test.jsonl")]
-    rows = test[::max(1, len(test) // cfg.prompts)][:cfg.prompts]  # spread over the task families
-    prompts = [render_prompt(tok, r["prompt"], chat=True) for r in rows]
+    test = [render_prompt(tok, r["prompt"], chat=True) for _, r in read_jsonl(f"{world.tasks_dir}/test.jsonl")]
+    # prompts that leave room for the answer in the model's context (a smoke model's 256 tokens are shorter than
+    # the needle prompts), spread over the task families
+    test = [p for p in test if len(p) + cfg.new_tokens <= target.config.max_seq_len]
+    prompts = test[::max(1, len(test) // cfg.prompts)][:cfg.prompts]
     eng = Engine(target)
     kv_speedup = kv_cache_and_batching(report, cfg, target, eng, prompts)
     draft_agreement = distillation(ctx, cfg, report, pre, target, tok, pretrain.checkpoint, tokenizer.shards,

@@ -302,15 +302,17 @@ def _main_one(cfg: SpeedrunConfig) -> Path:
             print(f"{tag}: finished in {seconds:.0f} s", flush=True)
     else:
         _run_parallel(cfg, todo, jobs, threads, index)
-    wall = time.perf_counter() - t_all
-    header = (f"Run folder `{run_dir}`; size `{cfg.size}`, seed {cfg.seed}. Every number below was measured "
-              "in this run; rerun `make speedrun` to reproduce it. "
-              + (f"This invocation ran {len(todo)} stage(s) in {wall / 60:.1f} min wall on {os.cpu_count()} CPU "
-                 f"core(s), up to {jobs} at once (`jobs=`), so the stage times at the end overlap."
-                 if todo else ""))
-    path = report.write([m.NAME for m in STAGES], header)
     from genforge.io import write_text
 
-    write_text(run_dir / "stages" / "total_seconds.txt", f"{wall:.1f}\n")
+    wall = time.perf_counter() - t_all
+    timing = run_dir / "stages" / "last_run.txt"  # the last invocation that ran stages: a no-op rerun keeps it
+    if todo:
+        write_text(timing, f"The last invocation that ran stages ran {len(todo)} in {wall / 60:.1f} min wall on "
+                           f"{os.cpu_count()} CPU core(s), up to {jobs} at once (`jobs=`), so the stage times at the "
+                           "end overlap.")
+        write_text(run_dir / "stages" / "total_seconds.txt", f"{wall:.1f}\n")
+    header = (f"Run folder `{run_dir}`; size `{cfg.size}`, seed {cfg.seed}. Every number below was measured "
+              "in this run; rerun `make speedrun` to reproduce it. " + (timing.read_text() if timing.exists() else ""))
+    path = report.write([m.NAME for m in STAGES], header)
     print(f"report card: {path} (and {path.with_suffix('.html')})", flush=True)
     return path
