@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genforge.report import StageReport
-from genforge.speedrun import sft, tokenizer, world
+from genforge.speedrun import pretrain, tokenizer, world
 from genforge.speedrun.stage import StageContext
 
 if TYPE_CHECKING:
@@ -238,8 +238,11 @@ def train_with_probes(ctx: StageContext, cfg: Config, tok, docs: list[str], prob
 # ---- the stage -----------------------------------------------------------------------------------------------
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, tokenizer: tokenizer.Outputs,
-        sft: sft.Outputs) -> Outputs:
-    """Two pretraining runs with probes along the way, the lessons, the plots, and the tuned-vs-larger rows."""
+        pretrain: pretrain.Outputs) -> Outputs:
+    """Two pretraining runs with probes along the way, the lessons, the plots, and the tuned-vs-larger rows.
+
+    `pretrain` is an input only so that `base_large` (this run's pretrained model in the small recipe) exists
+    before the comparison reads it; `tuned_small` is another run's chat model."""
     from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
     from genforge.report import line_plot
     from genforge.tokenizer import Tokenizer
