@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +26,10 @@ class SafetyConfig:
 
 
 def _from_run(run_dir: Path) -> tuple[dict[str, str], str, str]:
+    from genforge.speedrun.stage import outputs_dict
+
     def stage(name: str) -> dict:
-        p = run_dir / "stages" / f"{name}.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        return outputs_dict(run_dir, name)
 
     al = stage("align")
     models = {"base": stage("pretrain").get("checkpoint", ""), "sft": stage("sft").get("checkpoint", ""),

@@ -262,3 +262,20 @@ def test_stage_processes_die_with_a_killed_runner(tmp_path):
         assert not (tmp_path / "smoke" / "stages" / "image.json").exists()
     finally:
         runner.kill()
+
+
+def test_a_copied_run_reads_its_own_files(tmp_path):
+    """Paths under the run folder are stored as $RUN/...: a copied run's next stage reads the copy, not the original."""
+    import shutil
+
+    from genforge.speedrun import pretrain
+
+    run = tmp_path / "a"
+    out = pretrain.Outputs(checkpoint=str(run / "pretrain" / "checkpoint"), val_loss=1.0, val_ppl=2.7,
+                           tokens_per_s=1.0)
+    write_outputs(run, "pretrain", out)
+    assert "$RUN/pretrain/checkpoint" in (run / "stages" / "pretrain.json").read_text()
+    shutil.copytree(run, tmp_path / "b")
+    moved = read_outputs(tmp_path / "b", "pretrain", pretrain.Outputs)
+    assert moved.checkpoint == str((tmp_path / "b" / "pretrain" / "checkpoint").resolve())
+    assert read_outputs(run, "pretrain", pretrain.Outputs).checkpoint == str(run.resolve() / "pretrain" / "checkpoint")
