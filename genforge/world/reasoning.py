@@ -165,6 +165,9 @@ def _days(n: int) -> str:
 def date_arithmetic(rng: random.Random, w: World) -> dict:
     start = dt.date(rng.randint(1990, 2030), 1, 1) + dt.timedelta(days=rng.randrange(365))
     n = rng.randint(5, 150)
+    to_month_end = calendar.monthrange(start.year, start.month)[1] - start.day
+    if n <= to_month_end:  # always cross a month end: a count inside one month is `calendar_skills`' trained piece
+        n += to_month_end
     end = start + dt.timedelta(days=n)
     steps, cur, left = [], start, n
     while left > 0:
@@ -178,9 +181,30 @@ def date_arithmetic(rng: random.Random, w: World) -> dict:
         steps.append(f"{names.MONTHS[cur.month - 1]} {cur.year} has {month_len} days, so after {_days(to_end + 1)} "
                      f"it is {format_date(nxt)}; {_days(left)} left.")
         cur = nxt
-    prompt = rng.choice(("What is the date {n} days after {d}?", "Which date comes {n} days after {d}?",
-                         "If today is {d}, what will the date be in {n} days?")).format(n=n, d=format_date(start))
+    prompt = rng.choice(DATE_QUESTIONS).format(n=n, d=format_date(start))
     return make_row("date_arithmetic", prompt, "\n".join(steps), format_date(end))
+
+
+DATE_QUESTIONS = ("What is the date {n} days after {d}?", "Which date comes {n} days after {d}?",
+                  "If today is {d}, what will the date be in {n} days?")
+
+
+def calendar_skills(rng: random.Random, w: World) -> dict:
+    """The two pieces `date_arithmetic` is composed of, as a trainable skill (a drill, not a scored family):
+    counting days inside one month ("8 days after November 1, 2001 is November 9, 2001.") and a month's length
+    ("October 2001 has 31 days."). The held-out family always crosses a month end, so it asks for the composition,
+    never a trained question; what transfers at once is the answer's form, a date (issue 22's format row)."""
+    start = dt.date(rng.randint(1990, 2030), 1, 1) + dt.timedelta(days=rng.randrange(365))
+    month_len = calendar.monthrange(start.year, start.month)[1]
+    month = f"{names.MONTHS[start.month - 1]} {start.year}"
+    if rng.random() < 0.6 and start.day < month_len:
+        n = rng.randint(1, month_len - start.day)
+        end = start + dt.timedelta(days=n)
+        prompt = rng.choice(DATE_QUESTIONS).format(n=n, d=format_date(start))
+        return make_row("calendar", prompt, f"{_days(n)} after {format_date(start)} is {format_date(end)}.",
+                        format_date(end))
+    prompt = rng.choice(("How many days does {m} have?", "How many days are there in {m}?")).format(m=month)
+    return make_row("calendar", prompt, f"{month} has {month_len} days.", str(month_len))
 
 
 def multiple_choice(rng: random.Random, w: World) -> dict:

@@ -26,6 +26,7 @@ from genforge.world.facts import World
 from genforge.world.needle import needle_row
 from genforge.world.reasoning import (
     arithmetic,
+    calendar_skills,
     coin_flip,
     date_arithmetic,
     last_letter,
@@ -97,7 +98,8 @@ def refusal(rng: random.Random, w: World) -> dict:
 
 GENERATORS = {"arithmetic": arithmetic, "last_letter": last_letter, "coin_flip": coin_flip,
               "date_arithmetic": date_arithmetic, "summarization": summarization, "translation": translation,
-              "multiple_choice": multiple_choice, "refusal": refusal, "needle": needle_row}
+              "multiple_choice": multiple_choice, "refusal": refusal, "needle": needle_row,
+              "calendar": calendar_skills}  # the last is a drill only (sft.drills), never a scored family
 
 
 def make_rows(task: str, n: int, rng: random.Random, w: World, seen: set[str] | None = None) -> list[dict]:

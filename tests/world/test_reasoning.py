@@ -12,6 +12,7 @@ from genforge.world.reasoning import (
     STYLES,
     addition_steps,
     arithmetic,
+    calendar_skills,
     coin_flip,
     date_arithmetic,
     last_letter,
@@ -116,3 +117,39 @@ def test_needle_document_repeats_the_planted_fact_at_the_end():
     body, last = doc.rsplit("\n", 1)
     fact = last.split(": ", 1)[1]
     assert fact[0].islower() and fact[0].upper() + fact[1:] in body
+
+
+def _date(text: str):
+    import datetime as dt
+
+    return dt.datetime.strptime(text, "%B %d, %Y").date()
+
+
+def test_calendar_skills_stay_in_a_month_and_the_held_out_family_crosses_one():
+    """The drill trains the pieces (a count inside one month, a month's length); every held-out date question
+    crosses a month end, so none of them is a trained question."""
+    import calendar
+    import datetime as dt
+
+    w, rng = build_world(0, 60, 12, 20), random.Random(1)
+    kinds = set()
+    for _ in range(300):
+        r = calendar_skills(rng, w)
+        m = re.fullmatch(r"(\d+) days? after (.+) is (.+)\.", r["rationale"])
+        if m:
+            n, start, end = int(m[1]), _date(m[2]), _date(m[3])
+            assert end == start + dt.timedelta(days=n) and end.month == start.month and r["answer"] == m[3]
+            kinds.add("count")
+        else:
+            month, year, days = re.fullmatch(r"(\w+) (\d+) has (\d+) days\.", r["rationale"]).groups()
+            month_no = list(calendar.month_name).index(month)
+            assert int(days) == calendar.monthrange(int(year), month_no)[1] == int(r["answer"])
+            kinds.add("length")
+        assert r["responses"]["direct"] == f"The answer is {r['answer']}."
+    assert kinds == {"count", "length"}
+    for _ in range(300):
+        r = date_arithmetic(rng, w)
+        n = int(re.search(r"(\d+) days", r["question"])[1])
+        start = _date(re.search(r"([A-Z][a-z]+ \d+, \d{4})", r["question"])[1])
+        end = _date(r["answer"])
+        assert end == start + dt.timedelta(days=n) and (end.year, end.month) != (start.year, start.month)
