@@ -362,13 +362,6 @@ def format_items(score: TaskScore) -> list[float]:
     return [float(bool(extract_answer(score.task, p))) for p in score.predictions]
 
 
-def answer_format_rate(score: TaskScore) -> float:
-    """Share of answers from which the world's extractor reads an answer of the task's kind (e.g. a date)."""
-    from genforge.world import extract_answer
-
-    return sum(bool(extract_answer(score.task, p)) for p in score.predictions) / max(len(score.predictions), 1)
-
-
 def _smooth(curve: list[tuple[int, float]]) -> list[tuple[int, float]]:
     """Trailing mean over ~a tenth of the points."""
     w = max(1, len(curve) // 10)
