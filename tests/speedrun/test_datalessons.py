@@ -6,6 +6,7 @@ from genforge.eval.lm import StubLM
 from genforge.speedrun.datalessons import (
     WindowSource,
     corpus_docs,
+    curve_shape,
     minimal_pairs,
     option_accuracy,
     pair_accuracy,
@@ -69,3 +70,11 @@ def test_train_with_probes_records_a_curve_and_a_checkpoint(tiny_tokenizer, tmp_
     assert curve["tokens"] == [0, 2 * 2 * 32, 4 * 2 * 32] and curve["const"] == [0.5] * 3
     model, tok, _ = load_checkpoint(curve["checkpoint"])
     assert model.config.depth == cfg.depth
+
+
+def test_curve_shape_counts_a_change_only_beyond_sampling_noise():
+    assert curve_shape(0.50, 0.49, 0.52, 300) == "no clear rise"  # the small run's knowledge curve: noise
+    assert curve_shape(0.30, 0.95, 0.74, 300) == "falls in the second half (unstable)"
+    assert curve_shape(0.22, 1.00, 1.00, 120) == "saturated by mid-training"
+    assert curve_shape(0.50, 0.60, 0.75, 300) == "still rising in the second half"
+    assert curve_shape(0.50, 0.60, 0.75, 10) == "no clear rise"  # the same numbers on 10 items prove nothing
