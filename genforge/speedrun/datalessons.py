@@ -68,8 +68,11 @@ class Outputs:
 def minimal_pairs(tables: dict, n: int, seed: int) -> dict[str, list[tuple[str, str]]]:
     """{"language": [(good, bad)], "knowledge": [(true, false)]} over the same people and sentence frames.
 
-    language breaks subject-verb agreement ("lives" -> "live", "works" -> "work"); knowledge swaps the town or the
-    job for another one of the world. Each pair differs in one place, so the comparison isolates that one thing.
+    language breaks subject-verb agreement ("lives" -> "live") in half of the pairs and word order ("lives in" ->
+    "in lives") in the other half; knowledge swaps the town or the job for another one of the world. Each pair
+    differs in one place, so the comparison isolates that one thing. Why two kinds: agreement alone is one
+    decision shared by every pair (does " live" take an "s" after a name?), so a model's drifting prior over that one
+    token swung the whole probe between 0.5 and 1.0 from checkpoint to checkpoint in the small run.
     """
     rng = random.Random(f"datalessons-{seed}")
     people = list(tables["people"])
@@ -81,12 +84,14 @@ def minimal_pairs(tables: dict, n: int, seed: int) -> dict[str, list[tuple[str, 
         if k % 2 == 0:
             other = rng.choice([t for t in towns if t != p["town"]])
             good = f"{p['name']} lives in {p['town']}."
-            lang.append((good, f"{p['name']} live in {p['town']}."))
+            bad = f"{p['name']} live in {p['town']}." if k % 4 == 0 else f"{p['name']} in lives {p['town']}."
+            lang.append((good, bad))
             know.append((good, f"{p['name']} lives in {other}."))
         else:
             other = rng.choice([j for j in jobs if j != p["job"]])
             good = f"{p['name']} works as a {p['job']}."
-            lang.append((good, f"{p['name']} work as a {p['job']}."))
+            bad = f"{p['name']} work as a {p['job']}." if k % 4 == 1 else f"{p['name']} as works a {p['job']}."
+            lang.append((good, bad))
             know.append((good, f"{p['name']} works as a {other}."))
     return {"language": lang, "knowledge": know}
 
@@ -280,7 +285,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     main = curves["with procedural docs"]
     tokens = main["tokens"]
     line_plot(ctx.path("plots", "datalessons_curves.png"),
-              {"language (agreement pairs)": (tokens, main["language"]),
+              {"language (agreement and word-order pairs)": (tokens, main["language"]),
                "world knowledge (fact pairs)": (tokens, main["knowledge"]),
                "reasoning (gold vs wrong answer)": (tokens, main["reasoning"])},
               "What pretraining teaches first", "tokens seen", "minimal-pair / option accuracy")

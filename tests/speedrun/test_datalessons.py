@@ -23,7 +23,12 @@ def test_minimal_pairs_differ_in_one_place():
     for (g, b), (t, f) in zip(p["language"], p["knowledge"]):
         assert g == t and g != b and t != f
         assert len(g.split()) == len(b.split()) == len(f.split())
-        assert sum(x != y for x, y in zip(g.split(), b.split())) == 1
+        assert sum(x != y for x, y in zip(g.split(), f.split())) == 1  # knowledge: one word swapped for another
+        # language: one verb loses its agreement, or two neighbouring words trade places
+        diff = [i for i, (x, y) in enumerate(zip(g.split(), b.split())) if x != y]
+        assert len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and sorted(g.split()) == sorted(b.split()))
+    kinds = {"order" if sorted(g.split()) == sorted(b.split()) else "agreement" for g, b in p["language"]}
+    assert kinds == {"order", "agreement"}
 
 
 def test_pair_and_option_accuracy_with_a_stub():
