@@ -35,7 +35,8 @@ class Config:
     test_prompts: int = 100  # held-out harmful requests for the refusal rate
     sft_steps: int = 20
     micro_batch: int = 8
-    rlaif_prompts: int = 48  # harmful and (as many) benign prompts whose two sampled answers the model labels
+    rlaif_prompts: int = 144  # harmful and (as many) benign prompts whose two sampled answers the model labels; 48
+    # gave 50 pairs with differing oracle scores and an agreement interval of +-0.14 ([0.50, 0.78]); 144: see note
     rlaif_steps: int = 30
     rlaif_lr: float = 2e-5
     rlaif_beta: float = 0.5
@@ -88,7 +89,8 @@ def constitutional_step(s: Setup, report: StageReport, base: Judged) -> tuple[nn
     if convs:
         cai_model = _sl_cai(s, cai_model, convs, benign_train)
     # RLAIF: two sampled answers per prompt (harmful + benign training prompts), labelled by the model's feedback
-    fb_rows = harmful_train[:cfg.rlaif_prompts] + s.rng.sample(benign_train, min(len(benign_train), cfg.rlaif_prompts))
+    harmful_fb = [r for r in s.train_rows if r.get("task") == "refusal"][:cfg.rlaif_prompts]
+    fb_rows = harmful_fb + s.rng.sample(benign_train, min(len(benign_train), cfg.rlaif_prompts))
     a_texts = answer(cai_model, s.tok, fb_rows, max_new, temperature=1.0, seed=seed + 11)
     b_texts = answer(cai_model, s.tok, fb_rows, max_new, temperature=1.0, seed=seed + 12)
     items = [(r["prompt"], a, b) for r, a, b in zip(fb_rows, a_texts, b_texts)]

@@ -87,22 +87,25 @@ def over_optimisation(s: Setup, report: StageReport, ppo_runs: dict[str, list[di
     hk = ppo_runs["ppo"]
     summary: dict[str, float] = {}
     if len(h0) >= 6:
-        g = _smooth([r["oracle"] for r in h0])
-        peak = max(range(len(h0) - 2), key=lambda i: g[i])  # the peak is looked for before the last 2 rollouts
-        win = lambda h, i: [x for r in h[max(0, i - 1):i + 2] for x in r["gold"]]  # noqa: E731
-        fall = bootstrap_diff(win(h0, peak), win(h0, len(h0) - 2), paired=False, seed=seed)
+        # The peak is picked on half of each rollout's responses and measured on the other half: picked and
+        # measured on the same responses, a flat noisy curve "falls from its peak" in about 1 seed of 4.
+        pick = _smooth([sum(r["gold"][::2]) / max(1, len(r["gold"][::2])) for r in h0])
+        peak = max(range(len(h0) - 2), key=lambda i: pick[i])  # the peak is looked for before the last 2 rollouts
+        win = lambda h, i: [x for r in h[max(0, i - 1):i + 2] for x in r["gold"][1::2]]  # noqa: E731
+        at_peak, at_end = win(h0, peak), win(h0, len(h0) - 2)
+        fall = bootstrap_diff(at_peak, at_end, paired=False, seed=seed)
         proxy_peak = sum(r["score"] for r in h0[max(0, peak - 1):peak + 2]) / len(h0[max(0, peak - 1):peak + 2])
         proxy_end = sum(r["score"] for r in h0[-3:]) / 3
         report.lesson("without the KL penalty, gold reward rises then falls while the proxy keeps rising",
-                      ("gold at the peak (3 rollouts)", sum(win(h0, peak)) / len(win(h0, peak))),
-                      ("gold at the end", sum(win(h0, len(h0) - 2)) / len(win(h0, len(h0) - 2))), effect=fall,
+                      ("gold at the peak (3 rollouts)", sum(at_peak) / len(at_peak)),
+                      ("gold at the end", sum(at_end) / len(at_end)), effect=fall,
                       target=0.0, effect_name="gold fall from peak",
                       note=f"peak at rollout {peak + 1} of {len(h0)} (sqrt KL {max(0.0, h0[peak]['kl']) ** 0.5:.2f} -> "
                            f"{max(0.0, h0[-1]['kl']) ** 0.5:.2f}); proxy {proxy_peak:.2f} at the peak -> "
-                           f"{proxy_end:.2f} at the end; the peak is picked on the same rollouts (optimistic)")
-        summary = {"gold_peak": sum(win(h0, peak)) / len(win(h0, peak)),
-                   "gold_end": sum(win(h0, len(h0) - 2)) / len(win(h0, len(h0) - 2)), "peak_rollout": peak + 1,
-                   "proxy_peak": proxy_peak, "proxy_end": proxy_end}
+                           f"{proxy_end:.2f} at the end; the peak is picked on half of each rollout's responses, the "
+                           "fall measured on the other half (no selection bias)")
+        summary = {"gold_peak": sum(at_peak) / len(at_peak), "gold_end": sum(at_end) / len(at_end),
+                   "peak_rollout": peak + 1, "proxy_peak": proxy_peak, "proxy_end": proxy_end}
         first = [x for r in hk[:3] for x in r["gold"]]
         last = [x for r in hk[-3:] for x in r["gold"]]
         report.lesson("with the KL penalty the policy stays on the rising part (gold at the end above the start)",
