@@ -35,8 +35,9 @@ class Config:
     test_prompts: int = 100  # held-out harmful requests for the refusal rate
     sft_steps: int = 20
     micro_batch: int = 8
-    rlaif_prompts: int = 144  # harmful and (as many) benign prompts whose two sampled answers the model labels; 48
-    # gave 50 pairs with differing oracle scores and an agreement interval of +-0.14 ([0.50, 0.78]); 144: see note
+    rlaif_prompts: int = 144  # harmful and (as many) benign prompts whose two sampled answers the model labels.
+    # Measured at tiny (seed 0): 48 gave 50 pairs whose oracle scores differ, agreement 0.64 [0.50, 0.78] (the
+    # interval too wide to tell from chance); 144 gives 127 pairs, 0.67 [0.59, 0.75], for 60 s CPU in all (was 32)
     rlaif_steps: int = 30
     rlaif_lr: float = 2e-5
     rlaif_beta: float = 0.5
