@@ -317,9 +317,12 @@ def own_preferences(s: Setup, report: StageReport) -> tuple[list[RankedPrompt], 
                  for r in ranked])
     train, val = split_ranked(ranked, cfg.rm_val_prompts, s.ctx.seed)
     pairs = sum(len(r.pair_indices()) for r in ranked)
+    gaps = [max(r.scores) - min(r.scores) for r in ranked if r.scores]
     report.row("own-sample preferences: ranked prompts (train / held-out)", f"{len(train)} / {len(val)}", None,
                f"{len(rows)} training prompts x (greedy + {cfg.pref_samples} samples at T={cfg.pref_temperature:g}); "
-               f"prompts whose answers all tie are dropped; {pairs} untied pairs")
+               f"prompts whose answers all tie are dropped; {pairs} untied pairs; oracle spread (best - worst) per "
+               f"prompt {sum(gaps) / max(1, len(gaps)):.2f} on average, > 0.3 (a right and a wrong answer) on "
+               f"{sum(g > 0.3 for g in gaps) / max(1, len(gaps)):.0%} of prompts")
     s.tick("own samples", t0)
     return train, val
 
@@ -347,16 +350,21 @@ def reward_model_step(s: Setup, report: StageReport, pref_train: list, pref_val:
                        max_len=s.sft.config.max_seq_len, min_gap=cfg.rm_min_gap)
     rm.eval().requires_grad_(False)
     per_prompt = prompt_pair_accuracy(rm, s.tok, pref_val, min_gap=cfg.rm_min_gap)
+    # the same measure on as many training prompts: a wide gap is memorisation, not a reward model that generalises
+    seen = prompt_pair_accuracy(rm, s.tok, pref_train[:len(pref_val)], min_gap=cfg.rm_min_gap)
     n_pairs = sum(len(r.pair_indices(cfg.rm_min_gap)) for r in pref_val)
     acc = bootstrap_mean(per_prompt, seed=s.ctx.seed) if per_prompt else None
     if acc is not None:
         s.rm_acc = acc.estimate
+        train_acc = sum(seen) / max(1, len(seen))
         report.lesson("the reward model orders the policy's own held-out answers like the labeller (>= 0.8)",
                       ("pairwise accuracy, held-out own samples", acc), ("chance", 0.5), effect=acc, target=0.8,
                       effect_name="accuracy",
                       note=f"{n_pairs} untied pairs of {len(per_prompt)} held-out prompts (greedy + "
                            f"{cfg.pref_samples} samples each, ranked by the oracle); mean over prompts of each "
-                           "prompt's pair accuracy, bootstrap over prompts")
+                           f"prompt's pair accuracy, bootstrap over prompts; on {len(seen)} training prompts "
+                           f"{train_acc:.2f}. The pairs differ mostly in correctness (a digit slip in a sum, a wrong "
+                           "coin state), which the reward model has to verify from the answer alone")
     s.tick("reward model", t0)
     return rm
 
