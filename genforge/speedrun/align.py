@@ -60,6 +60,7 @@ class Config:
     ppo_rollout_prompts: int = 32
     ppo_micro_batch: int = 16
     ppo_lr: float = 3e-5
+    ppo_gold_prompts: int = 64  # held-out prompts the policy answers (greedy) after every rollout: the gold curve
     dpo_steps: int = 80
     dpo_micro_batch: int = 8
     dpo_lr: float = 2e-5
@@ -393,7 +394,7 @@ def ppo_settings(cfg: Config) -> dict:
     """The PPO run's settings, as the overopt stage repeats them (with its own KL coefficient)."""
     return {"rollouts": cfg.ppo_rollouts, "rollout_prompts": cfg.ppo_rollout_prompts,
             "micro_batch": cfg.ppo_micro_batch, "lr": cfg.ppo_lr, "max_new_tokens": cfg.max_new_tokens,
-            "length_bias": cfg.rm_length_bias}
+            "length_bias": cfg.rm_length_bias, "gold_prompts": cfg.ppo_gold_prompts}
 
 
 def ppo_step(s: Setup, rm: nn.Module, kl_coef: float, name: str,
@@ -410,12 +411,25 @@ def ppo_step(s: Setup, rm: nn.Module, kl_coef: float, name: str,
     ppo_prompts = [r for r in s.train_rows if r.get("task") not in s.heldout]
     proxy = length_bias(rm_reward(rm, s.tok.pad_id), st["length_bias"])
     gold: list[list[float]] = []  # per rollout, the oracle score of every response
+    # Gao et al. measure gold on held-out prompts: the same ones after every rollout (greedy), so the curve is
+    # paired across rollouts; each rollout's own prompts differ (task mix), which left the first runs' curves noise
+    n_fixed = st.get("gold_prompts", 0)
+    fixed = s.eval_rows[::max(1, len(s.eval_rows) // n_fixed)][:n_fixed] if n_fixed else []
+    gold_fixed: list[list[float]] = []
 
     def monitor(prompts, responses, rows):
         g = [oracle_score(r["prompt"], detokenize(s.tok, [t for t in x if t != s.tok.end_id]), r)
              for r, x in zip(rows, responses)]
         gold.append(g)
-        return {"oracle": sum(g) / max(len(g), 1)}
+        out = {"oracle": sum(g) / max(len(g), 1)}
+        if fixed:
+            was = policy.training
+            policy.eval()
+            gf = oracle(fixed, answer(policy, s.tok, fixed, st["max_new_tokens"]))
+            policy.train(was)
+            gold_fixed.append(gf)
+            out["oracle_fixed"] = sum(gf) / len(gf)
+        return out
 
     t0 = time.perf_counter()
     policy = make_policy(copy.deepcopy(s.sft))
@@ -423,8 +437,10 @@ def ppo_step(s: Setup, rm: nn.Module, kl_coef: float, name: str,
                      max_new_tokens=st["max_new_tokens"], kl_coef=kl_coef,
                      train=s.train_cfg(st["micro_batch"], st["lr"]))
     _, history = train_ppo(policy, s.tok, ppo_prompts, proxy, pcfg, s.out / name, monitor_fn=monitor)
-    for h, g in zip(history, gold):
+    for i, (h, g) in enumerate(zip(history, gold)):
         h["gold"] = g
+        if gold_fixed:
+            h["gold_fixed"] = gold_fixed[i]
     s.tick(name, t0)
     return policy.eval(), history, {**st, "kl_coef": kl_coef}
 

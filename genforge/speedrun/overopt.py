@@ -61,61 +61,81 @@ def _smooth(xs: list[float], k: int = 3) -> list[float]:
     return [sum(xs[max(0, i - h):i + h + 1]) / len(xs[max(0, i - h):i + h + 1]) for i in range(len(xs))]
 
 
+def _gold(h: list[dict]) -> tuple[str, list[list[float]]]:
+    """Per rollout, the gold scores the lessons use: on the fixed held-out prompts when the run measured them
+    (paired across rollouts), else on the rollout's own responses."""
+    if h and all("gold_fixed" in r for r in h):
+        return "fixed", [r["gold_fixed"] for r in h]
+    return "rollout", [r["gold"] for r in h]
+
+
+def _window(g: list[list[float]], i: int, paired: bool) -> list[float]:
+    """Gold of rollouts i-1..i+1: per prompt the mean over them (paired), else all their responses."""
+    rs = g[max(0, i - 1):i + 2]
+    if paired:
+        return [sum(col) / len(col) for col in zip(*rs)]
+    return [x for r in rs for x in r]
+
+
 def over_optimisation(s: Setup, report: StageReport, ppo_runs: dict[str, list[dict]], kl_coef: float,
                       length_bias: float) -> dict[str, float]:
     """Gao et al. 2022, fig. 1 in small: gold (oracle) and proxy (RM) reward against sqrt(KL), with and without
-    the KL penalty; lessons on the gold reward's peak and end (bootstrap over the rollouts' responses)."""
+    the KL penalty; lessons on the gold reward's peak and end (bootstrap over held-out prompts, paired)."""
     from genforge.eval.stats import bootstrap_diff
 
     seed = s.ctx.seed
+    mean = lambda v: sum(v) / max(1, len(v))  # noqa: E731
     curves = {}
     for name, tag in (("ppo", f"KL coef {kl_coef:g}"), ("ppo_kl0", "KL coef 0")):
         h = ppo_runs[name]
-        curves[tag] = ([max(0.0, r["kl"]) ** 0.5 for r in h], _smooth([r["oracle"] for r in h]),
+        curves[tag] = ([max(0.0, r["kl"]) ** 0.5 for r in h], _smooth([mean(g) for g in _gold(h)[1]]),
                        _smooth([r["score"] for r in h]))
     path = _gao_plot(s.ctx.path("plots") / "align_overoptimisation", curves)
+    kind, g0 = _gold(ppo_runs["ppo_kl0"])
+    where = (f"greedy answers to the same {len(g0[0]) if g0 else 0} held-out prompts after every rollout"
+             if kind == "fixed" else "the rollout's own responses")
     report.plot(path.relative_to(s.ctx.run_dir),
-                "Reward over-optimisation (Gao et al. 2022): gold = the world's oracle, proxy = the reward model, "
-                "per PPO rollout (running mean of 3) against sqrt(KL to the SFT model)")
+                f"Reward over-optimisation (Gao et al. 2022): gold = the world's oracle ({where}), proxy = the "
+                "reward model, per PPO rollout (running mean of 3) against sqrt(KL to the SFT model)")
     for name, tag in (("ppo", "with the KL penalty"), ("ppo_kl0", "without the KL penalty")):
         h = ppo_runs[name]
+        g = _gold(h)[1]
         report.row(f"PPO {tag}: gold / proxy / sqrt KL, first -> last rollouts",
-                   f"{h[-1]['oracle']:.3f} / {h[-1]['score']:.2f} / {max(0.0, h[-1]['kl']) ** 0.5:.2f}",
-                   f"{h[0]['oracle']:.3f} / {h[0]['score']:.2f} / {max(0.0, h[0]['kl']) ** 0.5:.2f}",
-                   "gold = mean oracle score of the rollout, proxy = mean reward-model score")
-    h0 = ppo_runs["ppo_kl0"]
-    hk = ppo_runs["ppo"]
+                   f"{mean(g[-1]):.3f} / {h[-1]['score']:.2f} / {max(0.0, h[-1]['kl']) ** 0.5:.2f}",
+                   f"{mean(g[0]):.3f} / {h[0]['score']:.2f} / {max(0.0, h[0]['kl']) ** 0.5:.2f}",
+                   f"gold = mean oracle score ({where}), proxy = mean reward-model score of the rollout")
+    h0, hk = ppo_runs["ppo_kl0"], ppo_runs["ppo"]
     summary: dict[str, float] = {}
     if len(h0) >= 6:
-        # The peak is picked on half of each rollout's responses and measured on the other half: picked and
-        # measured on the same responses, a flat noisy curve "falls from its peak" in about 1 seed of 4.
-        pick = _smooth([sum(r["gold"][::2]) / max(1, len(r["gold"][::2])) for r in h0])
+        paired = kind == "fixed"
+        # The peak is picked on half of the prompts (or responses) and the fall measured on the other half: picked
+        # and measured on the same ones, a flat noisy curve "falls from its peak" in about 1 seed of 4.
+        pick = [mean(_window(g0, i, paired)[::2]) for i in range(len(g0))]
         peak = max(range(len(h0) - 2), key=lambda i: pick[i])  # the peak is looked for before the last 2 rollouts
-        win = lambda h, i: [x for r in h[max(0, i - 1):i + 2] for x in r["gold"][1::2]]  # noqa: E731
-        at_peak, at_end = win(h0, peak), win(h0, len(h0) - 2)
-        fall = bootstrap_diff(at_peak, at_end, paired=False, seed=seed)
-        proxy_peak = sum(r["score"] for r in h0[max(0, peak - 1):peak + 2]) / len(h0[max(0, peak - 1):peak + 2])
-        proxy_end = sum(r["score"] for r in h0[-3:]) / 3
+        at_peak, at_end = _window(g0, peak, paired)[1::2], _window(g0, len(g0) - 2, paired)[1::2]
+        fall = bootstrap_diff(at_peak, at_end, paired=paired, seed=seed)
+        proxy_peak = mean([r["score"] for r in h0[max(0, peak - 1):peak + 2]])
+        proxy_end = mean([r["score"] for r in h0[-3:]])
         report.lesson("without the KL penalty, gold reward rises then falls while the proxy keeps rising",
-                      ("gold at the peak (3 rollouts)", sum(at_peak) / len(at_peak)),
-                      ("gold at the end", sum(at_end) / len(at_end)), effect=fall,
-                      target=0.0, effect_name="gold fall from peak",
+                      ("gold at the peak (3 rollouts)", mean(at_peak)), ("gold at the end", mean(at_end)),
+                      effect=fall, target=0.0, effect_name="gold fall from peak",
                       note=f"peak at rollout {peak + 1} of {len(h0)} (sqrt KL {max(0.0, h0[peak]['kl']) ** 0.5:.2f} -> "
                            f"{max(0.0, h0[-1]['kl']) ** 0.5:.2f}); proxy {proxy_peak:.2f} at the peak -> "
-                           f"{proxy_end:.2f} at the end; the peak is picked on half of each rollout's responses, the "
-                           "fall measured on the other half (no selection bias)")
-        summary = {"gold_peak": sum(at_peak) / len(at_peak), "gold_end": sum(at_end) / len(at_end),
-                   "peak_rollout": peak + 1, "proxy_peak": proxy_peak, "proxy_end": proxy_end}
-        first = [x for r in hk[:3] for x in r["gold"]]
-        last = [x for r in hk[-3:] for x in r["gold"]]
+                           f"{proxy_end:.2f} at the end; gold = {where}; the peak is picked on half of them, the fall "
+                           f"measured on the other half{' (paired)' if paired else ''}, so no selection bias")
+        summary = {"gold_peak": mean(at_peak), "gold_end": mean(at_end), "peak_rollout": peak + 1,
+                   "proxy_peak": proxy_peak, "proxy_end": proxy_end}
+        kind_k, gk = _gold(hk)
+        pk = kind_k == "fixed"
+        first, last = _window(gk, 1, pk), _window(gk, len(gk) - 2, pk)
         report.lesson("with the KL penalty the policy stays on the rising part (gold at the end above the start)",
-                      ("gold, last 3 rollouts", sum(last) / len(last)), ("gold, first 3 rollouts", sum(first) /
-                                                                         len(first)),
-                      effect=bootstrap_diff(last, first, paired=False, seed=seed), target=0.0,
-                      note=f"KL coef {kl_coef:g}; sqrt KL at the end "
-                           f"{max(0.0, hk[-1]['kl']) ** 0.5:.2f} vs {max(0.0, h0[-1]['kl']) ** 0.5:.2f} without")
+                      ("gold, last 3 rollouts", mean(last)), ("gold, first 3 rollouts", mean(first)),
+                      effect=bootstrap_diff(last, first, paired=pk, seed=seed), target=0.0,
+                      note=f"KL coef {kl_coef:g}; sqrt KL at the end {max(0.0, hk[-1]['kl']) ** 0.5:.2f} vs "
+                           f"{max(0.0, h0[-1]['kl']) ** 0.5:.2f} without; gold = "
+                           + ("the same held-out prompts, paired" if pk else "the rollouts' own responses"))
     bias = length_bias
-    report.note("**Reward over-optimisation.** The proxy is the reward model trained above"
+    report.note("**Reward over-optimisation.** The proxy is the reward model of the align stage"
                 + (f" plus a planted length bias of {bias:g} per token" if bias else ", with no planted bias")
                 + ". Gao et al. 2022 show the gold reward of a policy optimised against a proxy rising, peaking and "
                 "falling as the policy moves away from its start (measured in sqrt KL), while the proxy keeps rising.")
