@@ -43,12 +43,17 @@ def test_split_outputs_name_their_models():
     assert st["lr"] == align.Config().ppo_lr and st["length_bias"] == 0.0  # no planted bias by default
 
 
-def _history(gold_means: list[float], proxy: list[float], kl: list[float], n: int = 64, seed: int = 0) -> list[dict]:
+def _history(gold_means: list[float], proxy: list[float], kl: list[float], n: int = 64, seed: int = 0,
+             fixed: bool = False) -> list[dict]:
+    """Synthetic PPO history; with `fixed`, also gold on n fixed prompts, each with its own level (paired)."""
     rng = random.Random(seed)
+    level = [rng.gauss(0.0, 0.2) for _ in range(n)]  # prompt difficulty: shared by every rollout
     out = []
     for g, p, k in zip(gold_means, proxy, kl):
         gold = [min(1.0, max(0.0, rng.gauss(g, 0.1))) for _ in range(n)]
         out.append({"oracle": sum(gold) / n, "score": p, "kl": k, "gold": gold})
+        if fixed:
+            out[-1]["gold_fixed"] = [g + lv + rng.gauss(0.0, 0.05) for lv in level]
     return out
 
 
@@ -57,27 +62,32 @@ def _setup(tmp_path: Path) -> align.Setup:
                        set(), random.Random(0))
 
 
-def test_over_optimisation_lesson_holds_on_a_rise_and_fall(tmp_path):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_over_optimisation_lesson_holds_on_a_rise_and_fall(tmp_path, fixed):
     n = 12
     rise_fall = [0.40 + 0.03 * i if i < 6 else 0.55 - 0.06 * (i - 5) for i in range(n)]  # peak at rollout 6
     leashed = [0.40 + 0.01 * i for i in range(n)]  # slowly rising
     rep = StageReport("overopt", "t")
     summary = overopt.over_optimisation(
-        _setup(tmp_path), rep, {"ppo": _history(leashed, list(range(n)), [0.01 * i for i in range(n)]),
-                                "ppo_kl0": _history(rise_fall, list(range(n)), [0.1 * i for i in range(n)], seed=1)},
+        _setup(tmp_path), rep, {"ppo": _history(leashed, list(range(n)), [0.01 * i for i in range(n)], fixed=fixed),
+                                "ppo_kl0": _history(rise_fall, list(range(n)), [0.1 * i for i in range(n)], seed=1,
+                                                    fixed=fixed)},
         0.5, 0.0)
+    assert ("paired" in rep.lessons[0].note) == fixed
     verdicts = {les.claim: les.holds for les in rep.lessons}
     assert len(verdicts) == 2 and all(verdicts.values()), verdicts
     assert 4 <= summary["peak_rollout"] <= 7 and summary["gold_peak"] > summary["gold_end"]
     assert (tmp_path / "plots" / "align_overoptimisation.png").exists()
 
 
-def test_over_optimisation_lesson_fails_on_a_flat_curve(tmp_path):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_over_optimisation_lesson_fails_on_a_flat_curve(tmp_path, fixed):
     n = 12
     flat = [0.45] * n
     rep = StageReport("overopt", "t")
-    overopt.over_optimisation(_setup(tmp_path), rep, {"ppo": _history(flat, [0.0] * n, [0.0] * n),
-                                                      "ppo_kl0": _history(flat, [0.0] * n, [0.0] * n, seed=1)},
+    overopt.over_optimisation(_setup(tmp_path), rep, {"ppo": _history(flat, [0.0] * n, [0.0] * n, fixed=fixed),
+                                                      "ppo_kl0": _history(flat, [0.0] * n, [0.0] * n, seed=1,
+                                                                          fixed=fixed)},
                               0.5, 0.0)
     assert rep.lessons and not any(les.holds for les in rep.lessons)
 
