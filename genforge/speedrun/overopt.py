@@ -26,6 +26,7 @@ TITLE = "Alignment: reward over-optimisation without the KL penalty"
 class Config:
     max_new_tokens: int = 128  # answer budget (as align's PPO run)
     rollouts: int = 0  # rollouts of the run without KL (0 = as many as align's leashed run)
+    lr: float = 0.0  # its learning rate (0 = align's PPO lr)
 
 
 @dataclass
@@ -46,10 +47,17 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     settings = {**align.ppo_settings, "max_new_tokens": cfg.max_new_tokens}
     if cfg.rollouts:
         settings["rollouts"] = cfg.rollouts
+    if cfg.lr:
+        settings["lr"] = cfg.lr
     _, history, _ = ppo_step(s, rm, 0.0, "ppo_kl0", settings)
     leashed = json.loads(Path(align.ppo_history).read_text())
     summary = over_optimisation(s, report, {"ppo": leashed, "ppo_kl0": history}, align.ppo_settings["kl_coef"],
                                 align.ppo_settings["length_bias"])
+    lr0, lrk = settings["lr"], align.ppo_settings["lr"]
+    report.note(f"The run without the KL penalty: {settings['rollouts']} rollouts of {settings['rollout_prompts']} "
+                f"prompts at lr {lr0:g}" + ("" if lr0 == lrk else f" (the leashed run in `align`: lr {lrk:g}; at that "
+                                            "lr a run without the penalty stays close to the SFT model in 16 rollouts "
+                                            "and never reaches the falling part)") + ".")
     seconds = time.perf_counter() - t0
     report.note(f"Stage timings: {seconds:.0f} s wall, {time.process_time() - c0:.0f} s CPU.")
     return Outputs(ppo_kl0=str(s.out / "ppo_kl0" / "checkpoint"), summary=summary, seconds=seconds)
