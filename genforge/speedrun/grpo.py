@@ -23,15 +23,18 @@ TITLE = "Alignment: GRPO with a verifiable reward"
 @dataclass
 class Config:
     max_new_tokens: int = 128  # answer budget (room for a rationale)
-    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "last_letter", "multiple_choice"])
+    # verifiable tasks; last_letter is left out: the SFT model scores 0.00 on it, so every group scores 0 (no signal)
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "multiple_choice"])
     test_items: int = 50  # test problems per task (paired before/after)
     rollouts: int = 12
     rollout_prompts: int = 8
     group_size: int = 8
     temperature: float = 1.0  # sampling temperature of the groups (the reward must vary within a group)
     micro_batch: int = 16
-    lr: float = 3e-5
+    lr: float = 1.5e-4  # Dr. GRPO updates are ~5x smaller than GRPO's at one lr (no 1/std, 1/128 not 1/|o|)
     beta: float = 0.04  # k3 KL to the SFT model in the loss
+    dr_grpo: bool = True  # Dr. GRPO (Liu et al. 2025): no std scaling, no per-answer length normalisation. With
+    # them (GRPO as published) every tiny run measured lowered accuracy (coin_flip 0.54 -> 0.38-0.46, answers shorter)
 
 
 @dataclass
@@ -58,6 +61,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     policy = make_policy(copy.deepcopy(s.sft))
     gcfg = GRPOConfig(rollouts=cfg.rollouts, rollout_prompts=cfg.rollout_prompts, group_size=cfg.group_size,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, beta=cfg.beta,
+                      dr_grpo=cfg.dr_grpo,
                       train=s.train_cfg(cfg.micro_batch, cfg.lr))
     _, hist = train_grpo(policy, s.tok, train, verifiable_reward(s.tok), gcfg, s.out)
     policy.eval()
