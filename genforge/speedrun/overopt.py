@@ -25,6 +25,7 @@ TITLE = "Alignment: reward over-optimisation without the KL penalty"
 @dataclass
 class Config:
     max_new_tokens: int = 128  # answer budget (as align's PPO run)
+    eval_prompts: int = 200  # as align's: its held-out prompts, of which the gold curve's fixed prompts are taken
     rollouts: int = 0  # rollouts of the run without KL (0 = as many as align's leashed run)
     lr: float = 3e-4  # its learning rate (0 = align's PPO lr). Measured at tiny without the penalty: align's 3e-5
     # reaches sqrt KL 0.36 in 16 rollouts (gold flat), 1e-4 about 0.75 by rollout 6 (gold flat), 3e-4 sqrt KL ~6
