@@ -39,6 +39,12 @@ def test_split_outputs_name_their_models():
     assert {"reward_model", "ppo", "dpo", "ppo_history", "ppo_settings"} <= fields(align.Outputs)
     assert not fields(align.Outputs) & {"grpo", "rlaif", "ppo_kl0"}
     assert "grpo" in fields(grpo.Outputs) and "rlaif" in fields(cai.Outputs) and "ppo_kl0" in fields(overopt.Outputs)
+    # cai's helpfulness and overopt's gold curve use align's held-out prompts: the same count picks the same ones
+    from genforge.speedrun import resolve
+
+    for size in ("smoke", "tiny", "small"):
+        c = resolve([f"size={size}"])
+        assert c.align.eval_prompts == c.cai.eval_prompts == c.overopt.eval_prompts, size
     st = align.ppo_settings(align.Config())
     assert st["lr"] == align.Config().ppo_lr and st["length_bias"] == 0.0  # no planted bias by default
 
