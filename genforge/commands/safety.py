@@ -33,7 +33,7 @@ def _from_run(run_dir: Path) -> tuple[dict[str, str], str, str]:
 
     al = stage("align")
     models = {"base": stage("pretrain").get("checkpoint", ""), "sft": stage("sft").get("checkpoint", ""),
-              "cai": al.get("rlaif", ""), "rlhf": al.get("ppo", "")}
+              "cai": stage("cai").get("rlaif", al.get("rlaif", "")), "rlhf": al.get("ppo", "")}  # older runs: align
     return models, stage("world").get("dir", ""), stage("clean").get("clean", "")
 
 

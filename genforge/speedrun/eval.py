@@ -104,7 +104,7 @@ class Config:
                                                          "do", "dont", "unbiased", "trigger"])
     variant_limit: int = 40
     variant_style: str = "direct"  # the world phrasing the variants extend ("direct" keeps answers short)
-    aligned: str = "dpo"  # the aligned model of the variants and diversity rows (a field of align's Outputs)
+    aligned: str = "dpo"  # the aligned model of the variants and diversity rows (dpo | ppo: align's Outputs)
     contam_words: int = 12  # contamination by asking: words of the continuation compared
     contam_ngram: int = 13  # n of the n-gram check beside it (GPT-3's 13; shorter n-grams match the family's template)
     contam_clean: int = 48  # clean (never planted) items of the same family to compare with

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from genforge.report import StageReport, line_plot
-from genforge.speedrun import align, pretrain, sft, world
+from genforge.speedrun import align, cai, pretrain, sft, world
 from genforge.speedrun.stage import StageContext
 
 NAME = "interp"
@@ -42,7 +42,7 @@ class Config:
     calib_bins: int = 10
     lens_docs: int = 32  # corpus documents (first 64 tokens) for the logit-lens agreement curve
     models: list[str] = field(default_factory=lambda: ["pretrain", "sft", "dpo", "ppo", "rlaif"])
-    # calibration's models: pretrain | sft | any align output (dpo, ppo, ppo_kl0, grpo, rlaif)
+    # calibration's models: pretrain | sft | dpo | ppo (the align stage's) | rlaif (the cai stage's)
 
 
 # how the report names each model of `Config.models`
@@ -62,7 +62,7 @@ class Outputs:
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, pretrain: pretrain.Outputs,
-        sft: sft.Outputs, align: align.Outputs) -> Outputs:
+        sft: sft.Outputs, align: align.Outputs, cai: cai.Outputs) -> Outputs:
     from genforge.checkpoint import load_checkpoint
     from genforge.world.facts import build_world
     from genforge.world.generate import SIZES
@@ -88,8 +88,8 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     map_r2 = timed("world map", _map_lesson, ctx, report, base, tok, w, cfg)
     read_ratio = timed("icl anchors", _icl_lesson, ctx, report, base, tok, cfg)
     lie = timed("lie detector", _lie_lesson, ctx, report, chat, chat_tok, w, cfg)
-    paths = {"pretrain": pretrain.checkpoint, "sft": sft.checkpoint, **{k: v for k, v in vars(align).items()
-                                                                        if isinstance(v, str)}}
+    paths = {"pretrain": pretrain.checkpoint, "sft": sft.checkpoint, "dpo": align.dpo, "ppo": align.ppo,
+             "rlaif": cai.rlaif}
     ece, acc = timed("calibration", _calibration_lesson, ctx, report, paths, w, cfg)
     cpu = time.process_time() - t0
     report.row("CPU time", round(cpu, 1), note="seconds of process CPU time: " +

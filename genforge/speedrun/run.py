@@ -19,13 +19,16 @@ from genforge.report import Report, StageReport
 from genforge.speedrun import (
     agents,
     align,
+    cai,
     clean,
     datalessons,
     engine,
     eval,
+    grpo,
     image,
     interp,
     objectives,
+    overopt,
     peft,
     pretrain,
     rag,
@@ -38,8 +41,8 @@ from genforge.speedrun.stage import StageContext, check_stage, outputs_path, rea
 
 SIZES = ("smoke", "tiny", "small")
 # The lessons in the order they run; a new lesson is a module plus one entry here (and a section below).
-STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, peft, align, datalessons, eval,
-                                  engine, rag, agents, objectives, image, interp, safety)
+STAGES: tuple[ModuleType, ...] = (world, clean, tokenizer, pretrain, sft, peft, align, grpo, cai, overopt,
+                                  datalessons, eval, engine, rag, agents, objectives, image, interp, safety)
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "speedrun"
 
 
@@ -67,6 +70,9 @@ class SpeedrunConfig:
     peft: peft.Config = field(default_factory=peft.Config)
     eval: eval.Config = field(default_factory=eval.Config)
     align: align.Config = field(default_factory=align.Config)
+    grpo: grpo.Config = field(default_factory=grpo.Config)
+    cai: cai.Config = field(default_factory=cai.Config)
+    overopt: overopt.Config = field(default_factory=overopt.Config)
     datalessons: datalessons.Config = field(default_factory=datalessons.Config)
     engine: engine.Config = field(default_factory=engine.Config)
     rag: rag.Config = field(default_factory=rag.Config)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from genforge.report import StageReport
 from genforge.safety.suite import SuiteConfig
-from genforge.speedrun import align, clean, pretrain, sft, world
+from genforge.speedrun import align, cai, clean, pretrain, sft, world
 from genforge.speedrun.stage import StageContext
 
 NAME = "safety"
@@ -35,13 +35,13 @@ class Outputs:
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, clean: clean.Outputs,
-        pretrain: pretrain.Outputs, sft: sft.Outputs, align: align.Outputs) -> Outputs:
+        pretrain: pretrain.Outputs, sft: sft.Outputs, align: align.Outputs, cai: cai.Outputs) -> Outputs:
     """Run the safety suite over base, SFT, CAI (RLAIF) and RLHF (PPO) models."""
     from dataclasses import replace
 
     from genforge.safety.suite import run_suite
 
-    models = {"base": pretrain.checkpoint, "sft": sft.checkpoint, "cai": align.rlaif, "rlhf": align.ppo}
+    models = {"base": pretrain.checkpoint, "sft": sft.checkpoint, "cai": cai.rlaif, "rlhf": align.ppo}
     suite_cfg = replace(cfg, seed=ctx.seed)
     results = run_suite(models, world.dir, clean.clean, suite_cfg, report, ctx.path("safety"), ctx.run_dir)
     report.note("Roles: base = the pretrained model; sft = the chat model; cai = constitutional AI (RL from AI "

@@ -95,11 +95,17 @@ class PairData:
         return [self.collate(list(range(i, min(i + self.micro_batch, n)))) for i in range(0, n, self.micro_batch)]
 
 
-def make_loss_fn(beta: float):
+def make_loss_fn(beta: float, nll_weight: float = 0.0):
+    """DPO loss per pair; with nll_weight > 0 plus that times the chosen answer's per-token NLL (RPO: Pang et al.
+    2024, "Iterative Reasoning Preference Optimization", eq. 1). On reasoning answers that differ in a digit, DPO
+    alone lowers the chosen answer's likelihood too and greedy answers get worse; the NLL term keeps it up."""
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict]:
         lp = response_logprobs(model, batch).sum(1)  # (2b,) summed sequence log-probs
         b = lp.shape[0] // 2
         loss, rc, rr = dpo_loss(lp[:b], lp[b:], batch["ref_chosen"], batch["ref_rejected"], beta)
+        if nll_weight:
+            n_chosen = batch["response_mask"][:b].sum(1).clamp(min=1).to(lp.dtype)  # (b,) chosen answer tokens
+            loss = loss - nll_weight * lp[:b] / n_chosen
         return loss.sum(), b, {"pref_acc": (rc > rr).float().mean().item(), "margin": (rc - rr).mean().item(),
                                "reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item()}
     return loss_fn
@@ -123,7 +129,7 @@ def evaluate_pairs(model: torch.nn.Module, data: PairData, beta: float) -> dict:
 
 def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPrompt], val_rows: list[RankedPrompt],
               cfg: TrainConfig, out_dir: str | Path, *, beta: float = 0.1, max_len: int = 256,
-              run_config: dict | None = None) -> dict:
+              run_config: dict | None = None, nll_weight: float = 0.0) -> dict:
     """DPO of `policy` (reference = its state now) with the shared trainer; checkpoint in out_dir/checkpoint."""
     ref = Reference(policy)
     train = PairData(preference_pairs(train_rows, tok), ref, tok.pad_id, cfg.micro_batch, max_len, cfg.seed,
@@ -134,7 +140,7 @@ def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPr
         write_policy(folder, policy, tok, run_config or {}, {"stage": "dpo", "step": trainer.step, "beta": beta,
                                                              "metrics": trainer.last_eval})
 
-    trainer = Trainer(policy, cfg, make_loss_fn(beta), train, out_dir, save_fn=save_fn, name="dpo",
+    trainer = Trainer(policy, cfg, make_loss_fn(beta, nll_weight), train, out_dir, save_fn=save_fn, name="dpo",
                       eval_fn=(lambda m: evaluate_pairs(m, val, beta)) if val else None)
     return trainer.fit()
 

@@ -49,6 +49,7 @@ class GRPOConfig:
     clip: float = 0.2
     beta: float = 0.04  # weight of the k3 KL to the reference in the loss (0 = no reference at all)
     adv_eps: float = 1e-4
+    dr_grpo: bool = False  # Dr. GRPO (Liu et al. 2025): no std scaling of advantages, no per-answer length norm
     max_nan_rewards: int = 3
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         micro_batch=16, warmup_steps=0, lr=1e-4, min_lr_ratio=1.0, weight_decay=0.0, eval_every=0, ckpt_every=0,
@@ -69,7 +70,7 @@ class GRPORollouts(rollout.RolloutSource):
         mask = batch["response_mask"].float()
         logits = rollout.response_forward(self.policy, batch)
         logp = rollout.gather_logprobs(logits, batch["response_ids"], mask)  # (B, R)
-        adv = group_advantages(scores, self.group_size, self.cfg.adv_eps)  # (B,)
+        adv = group_advantages(scores, self.group_size, self.cfg.adv_eps, scale=not self.cfg.dr_grpo)  # (B,)
         out = {"old_logp": logp, "advantages": adv}
         stats = {"entropy": masked_mean(entropy_from_logits(logits), mask).item(),
                  "zero_std_groups": (scores.view(-1, self.group_size).std(1) == 0).float().mean().item()}
@@ -87,7 +88,7 @@ def make_loss_fn(cfg: GRPOConfig):
         logits = rollout.response_forward(model, batch)
         logp = rollout.gather_logprobs(logits, batch["response_ids"], mask)
         loss, st = grpo_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"], mask, cfg.clip,
-                             cfg.beta)
+                             cfg.beta, norm_len=cfg.max_new_tokens if cfg.dr_grpo else None)
         metrics = {"clip_frac": st["clip_frac"].item(), "kl_k3": st["kl"].item()}
         return loss, 1, rollout.with_rollout_stats(metrics, batch)
     return loss_fn

@@ -171,15 +171,20 @@ class KLController:
 # ---------------------------------------------------------------------------- GRPO
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
     """(r - mean(group)) / (std(group) + eps) per group of G consecutive samples (Shao et al. 2024, sec. 4.1.2).
 
     rewards (N*G,) -> (N*G,). A group where every sample got the same reward gets advantage 0 (no signal).
-    std is the sample standard deviation (unbiased), as in the DeepSeekMath / TRL implementation.
+    std is the sample standard deviation (unbiased), as in the DeepSeekMath / TRL implementation. scale=False
+    leaves out the division by std (Dr. GRPO, Liu et al. 2025: it up-weights groups that are almost all right or
+    all wrong).
     """
     r = rewards.float().view(-1, group_size)  # (N, G)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred.view(-1)
     std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
-    return ((r - r.mean(dim=1, keepdim=True)) / (std + eps)).view(-1)
+    return (centred / (std + eps)).view(-1)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -189,9 +194,14 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
-              mask: torch.Tensor, clip: float = 0.2, beta: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              mask: torch.Tensor, clip: float = 0.2, beta: float = 0.0,
+              norm_len: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO objective (Shao et al. 2024, eq. 3) as a loss: per sequence, the mean over its tokens of
     -[min(rho A, clip(rho) A) - beta * KL_k3], then the mean over sequences. advantages (B,) are per sequence.
+
+    norm_len: divide each sequence's token sum by this constant instead of by its own length (Dr. GRPO, Liu et
+    al. 2025): 1/|o_i| gives a short right answer bigger per-token updates than a long one, which teaches a
+    small model to drop its reasoning where a guess is often right (a yes/no answer).
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # (B, T)
@@ -201,7 +211,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
     if beta:
         per_token = per_token + beta * kl
-    per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B,) 1/|o_i| sum_t
+    denom = mask.sum(1).clamp(min=1.0) if norm_len is None else torch.full_like(mask[:, 0], float(norm_len))
+    per_seq = (per_token * mask).sum(1) / denom  # (B,) 1/|o_i| sum_t (or 1/norm_len sum_t)
     with torch.no_grad():
         clip_frac = masked_mean(((ratio - 1.0).abs() > clip).float(), mask)
         kl_mean = masked_mean(kl, mask)

@@ -15,9 +15,9 @@ from genforge.speedrun.stage import from_dict, read_outputs, stage_inputs, write
 
 
 def test_stage_order_and_contract():
-    assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "peft", "align",
-                                        "datalessons", "eval", "engine", "rag", "agents", "objectives", "image",
-                                        "interp", "safety"]
+    assert [m.NAME for m in STAGES] == ["world", "clean", "tokenizer", "pretrain", "sft", "peft", "align", "grpo",
+                                        "cai", "overopt", "datalessons", "eval", "engine", "rag", "agents",
+                                        "objectives", "image", "interp", "safety"]
     runner.check_stages()  # every module has NAME/TITLE/Config/Outputs/run and reads only earlier stages
     for m in STAGES:  # one config section per stage, of the stage's own Config class
         assert isinstance(getattr(SpeedrunConfig(), m.NAME), m.Config), m.NAME
@@ -177,6 +177,8 @@ def test_most_needed_stage_starts_first():
     assert rank["world"] == len(STAGES) - 2  # every stage but image (which draws its own data) reads it
     assert rank["pretrain"] > rank["image"] == 0 and rank["sft"] > rank["engine"] == 0
     assert rank["align"] > rank["agents"]  # eval, interp and safety wait on align
+    # align's split-off lessons are leaves (or nearly): once sft is done the chain's align starts first
+    assert rank["align"] > rank["cai"] > rank["grpo"] == rank["overopt"] == 0
 
 
 def test_jobs_share_out_the_cores(monkeypatch):

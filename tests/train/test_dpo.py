@@ -132,3 +132,19 @@ def test_likelihood_feedback_is_antisymmetric_and_prefers_what_the_model_says():
     assert likelihood_preferences(model, tok, [("the cat", "good thanks", "bad no")], PRINCIPLES[0])[0] > 0.9
     ll = answer_loglik(model, tok, ["the cat"], ["good thanks"])
     assert len(ll) == 1 and ll[0] < 0
+
+
+def test_nll_term_adds_the_chosen_answers_per_token_nll():
+    from genforge.train.dpo import make_loss_fn
+
+    torch.set_num_threads(1)
+    tok = tiny_tok()
+    policy = make_policy(tiny_gpt(tok.vocab_size))
+    data = PairData(preference_pairs(rows(4), tok), Reference(policy), tok.pad_id, 4, 64)
+    batch = data.collate([0, 1, 2, 3])
+    plain, b, _ = make_loss_fn(0.1)(policy, batch)
+    with_nll, _, _ = make_loss_fn(0.1, nll_weight=0.5)(policy, batch)
+    lp = response_logprobs(policy, batch)  # (2b, R): chosen rows first
+    nll = -(lp[:b].sum(1) / batch["response_mask"][:b].sum(1)).sum()
+    assert plain.item() == pytest.approx(4 * math.log(2), abs=1e-5)  # policy == reference
+    assert with_nll.item() == pytest.approx(plain.item() + 0.5 * nll.item(), rel=1e-5)

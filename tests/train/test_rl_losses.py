@@ -169,3 +169,15 @@ def test_whiten_entropy_explained_variance():
     r = torch.tensor([[1.0, 2.0, 3.0]])
     assert explained_variance(r, r, torch.ones(1, 3)).item() == pytest.approx(1.0)
     assert explained_variance(torch.full((1, 3), 2.0), r, torch.ones(1, 3)).item() == pytest.approx(0.0)
+
+
+def test_dr_grpo_advantages_and_constant_length_norm():
+    # Dr. GRPO (Liu et al. 2025): advantages only centred; each sequence's token sum divided by a constant
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]), group_size=4, scale=False)
+    assert adv.tolist() == pytest.approx([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0])
+    # seq 0 (A=+1, 2 tokens, ratios 1): -(1 + 1) / 4; seq 1 (A=+1, 1 token): -1 / 4; mean -0.375. With the
+    # per-answer norm both give -1: the short answer's tokens get twice the weight of the long answer's
+    logp, mask = torch.zeros(2, 3), torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss, _ = grpo_loss(logp, logp.clone(), None, torch.tensor([1.0, 1.0]), mask, 0.2, norm_len=4)
+    assert loss.item() == pytest.approx(-0.375)
+    assert grpo_loss(logp, logp.clone(), None, torch.tensor([1.0, 1.0]), mask, 0.2)[0].item() == pytest.approx(-1.0)
