@@ -275,14 +275,16 @@ class BatchMinHash:
         h = np.concatenate([sh[i] for i in idx])  # (n_shingles,)
         sizes = np.fromiter((len(sh[i]) for i in idx), dtype=np.int64, count=len(idx))
         # multiply-shift hashing (Dietzfelbinger et al. 1997): the top 32 bits of a*h + b mod 2^64, with a odd;
-        # no modulo, about 3x faster than (a*h + b) mod p. In place: one (n_shingles, num_perm) temporary, not
-        # four (about 3x faster again).
-        perm = np.multiply(h[:, None], self.a)  # (n_shingles, num_perm) uint64
-        perm += self.b
-        perm >>= np.uint64(32)
-        perm = perm.astype(np.uint32)
+        # no modulo, about 3x faster than (a*h + b) mod p. In place: one (num_perm, n_shingles) temporary.
+        # Permutations along rows, so each document's minimum is a reduction over contiguous memory (4x faster
+        # than down columns); x -> x >> 32 never decreases, so the top bits of the minimum are the minimum of the
+        # top bits, and only the (num_perm, n_docs) minima are shifted: ~40 % less time than product-major.
+        perm = np.multiply(self.a[:, None], h[None, :])  # (num_perm, n_shingles) uint64
+        perm += self.b[:, None]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        out[idx] = np.minimum.reduceat(perm, starts, axis=0)
+        low = np.minimum.reduceat(perm, starts, axis=1)  # (num_perm, n_docs)
+        low >>= np.uint64(32)
+        out[idx] = low.T
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """(n, bands) uint64 keys: each band's rows folded into one number, salted by the band index."""

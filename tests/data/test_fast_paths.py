@@ -147,6 +147,7 @@ def test_featurize_tokens_equals_featurize():
     a = featurize(TEXTS, cfg)
     b = featurize_tokens([C.tokens(t.lower()) for t in TEXTS], cfg)
     assert (a != b).nnz == 0 and (a.indices == b.indices).all() and (a.indptr == b.indptr).all()
+    assert (a.data == b.data).all()  # bit for bit: the classifiers' probabilities are then the same
 
 
 def test_signatures_of_words_equal_signatures():
