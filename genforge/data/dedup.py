@@ -250,11 +250,32 @@ class BatchMinHash:
         return self._signatures([self.shingle_hashes(word_hashes(t)) for t in texts])
 
     def signatures_of_words(self, docs: list[list[str]]) -> np.ndarray:
-        """`signatures` from each text's lower-cased words (`\\w+` runs, in order), already split by the caller."""
+        """`signatures` from each text's lower-cased words (`\\w+` runs, in order), already split by the caller.
+
+        All documents' shingles in one pass: every window of `shingle_size` consecutive words of the concatenated
+        word hashes is hashed at once and the windows that lie inside one document are kept (the same hashes as
+        `shingle_hashes` per document, without a numpy call per document)."""
+        lens = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
         flat = np.fromiter(map(_CRC.__getitem__, itertools.chain.from_iterable(docs)), dtype=np.uint64,
-                           count=sum(map(len, docs)))
-        ends = np.cumsum([len(d) for d in docs]).tolist()
-        return self._signatures([self.shingle_hashes(flat[e - len(d):e]) for d, e in zip(docs, ends)])
+                           count=int(lens.sum()))
+        n = self.shingle_size
+        starts = np.cumsum(lens) - lens
+        sizes = np.where(lens > n, lens - n + 1, (lens > 0).astype(np.int64))  # shingles per document
+        out_start = np.cumsum(sizes) - sizes
+        hashes = np.zeros(int(sizes.sum()), dtype=np.uint64)
+        long = np.flatnonzero(lens > n)
+        if len(long):
+            m = len(flat) - n + 1
+            acc = np.zeros(m, dtype=np.uint64)  # acc[p]: the shingle of words p .. p+n-1 of the concatenation
+            for j in range(n):
+                acc += flat[j:j + m] * _SHINGLE_MULT[j]
+            acc &= _MASK32
+            k = sizes[long]
+            offset = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # shingle number within its document
+            hashes[np.repeat(out_start[long], k) + offset] = acc[np.repeat(starts[long], k) + offset]
+        for d in np.flatnonzero((lens > 0) & (lens <= n)).tolist():  # rare: all words form one shingle
+            hashes[out_start[d]] = self.shingle_hashes(flat[starts[d]:starts[d] + lens[d]])[0]
+        return self._signatures([hashes[a:a + k] for a, k in zip(out_start.tolist(), sizes.tolist())])
 
     def _signatures(self, sh: list[np.ndarray]) -> np.ndarray:
         out = np.full((len(sh), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)

@@ -203,8 +203,16 @@ def _minhash_reference(mh: BatchMinHash, words: list[str]) -> np.ndarray:
 def test_batch_minhash_equals_the_plain_definition():
     rng = random.Random(1)
     docs = [[rng.choice(WORDS) for _ in range(rng.randint(0, 400))] for _ in range(300)]
-    docs += [[], ["one"], ["two", "words"], ["café", "naïve", "x²"], ["a", "b", "c"]]
+    docs += [[], ["one"], ["two", "words"], ["café", "naïve", "x²"], ["a", "b", "c"], ["a", "b", "c", "d"], []]
+    docs = [[], ["x"]] + docs + [["y", "z"]]
     for mh in (BatchMinHash(0.5, 128, 3, 1), BatchMinHash(0.8, 64, 5, 7)):
         got = mh.signatures_of_words(docs)
         want = np.stack([_minhash_reference(mh, d) for d in docs])
         assert got.dtype == np.uint32 and (got == want).all()
+
+
+@pytest.mark.parametrize("text", TEXTS + list(JUNK) + list(ODD))
+def test_exact_key_from_lower_equals_the_plain_key(text):
+    from genforge.data.pipeline import exact_key64
+
+    assert exact_key64(text, text.lower()) == exact_key64(text)
