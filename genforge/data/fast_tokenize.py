@@ -87,6 +87,9 @@ def build_tiktoken(hf) -> object:
     except ImportError:
         raise NotEquivalent("tiktoken is not installed (it comes with the `data` extra)") from None
     spec = json.loads(hf.to_str())
+    for key in ("truncation", "padding"):
+        if spec.get(key) is not None:
+            raise NotEquivalent(f"the tokenizer has {key} enabled")
     if spec.get("normalizer") is not None:
         raise NotEquivalent(f"the tokenizer has a normaliser ({spec['normalizer'].get('type')})")
     pat = _pattern(spec.get("pre_tokenizer"))

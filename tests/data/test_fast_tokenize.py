@@ -136,6 +136,9 @@ def test_other_pipelines_fall_back_to_the_reference():
     cases = {"normaliser": _bpe([], [], normalizer=normalizers.Lowercase()),
              "pre-tokenizer": _bpe([], [], pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=False),
                                                                       bl]))}
+    trunc = _bpe([], [])
+    trunc.hf.enable_truncation(5)
+    cases["truncation"] = trunc
     for why, tok in cases.items():
         encode, name = batch_encoder(tok)
         assert name.startswith("tokenizers (") and why in name, name
