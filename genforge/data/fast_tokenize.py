@@ -1,7 +1,7 @@
 """A faster encoder for genforge's byte-level BPE that gives the reference `tokenizers` ids, via tiktoken.
 
 `pack_shards` spends most of its time in the HF `tokenizers` BPE (~0.3 CPU-s per MB here); tiktoken runs the
-same byte-level BPE ~5x faster. It is used only when it provably returns the reference ids for the tokenizer at
+same byte-level BPE 4-7x faster. It is used only when it provably returns the reference ids for the tokenizer at
 hand, else the reference encoder runs and the reason is logged. Three things must agree:
 
 1. **Special tokens** are split out first by both (HF's added tokens; tiktoken's `allowed_special`): checked
