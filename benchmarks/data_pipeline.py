@@ -17,6 +17,7 @@ worker, and their sum bounding the total). The reference is a plain read of the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -59,6 +60,71 @@ def _child(spec: dict) -> dict:
             "rss_worker_mb": ch.ru_maxrss / 1e3}
 
 
+def _breakdown(corpus: Path, filters: Path, tokenizer: Path | None, mb_limit: float = 20.0) -> list[tuple[str, float]]:
+    """CPU seconds per MB of each component of one worker's chunk work and of tokenising, on the first
+    `mb_limit` MB (in this process, one chunk of 256 documents at a time, as a worker runs them)."""
+    from genforge.data import clean as C
+    from genforge.data.classify import featurize_tokens
+    from genforge.data.pipeline import CleanConfig, _Worker, exact_key64
+    from genforge.data.readers import iter_documents
+
+    cfg = CleanConfig(classifier=str(filters))
+    w = _Worker(cfg, str(filters))
+    t: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str):
+        c = time.process_time()
+        yield
+        t[name] = t.get(name, 0.0) + time.process_time() - c
+
+    docs, size = [], 0
+    with timed("read JSONL"):
+        for d in iter_documents(corpus):
+            docs.append(d)
+            size += len(d.text)
+            if size >= mb_limit * 1e6:
+                break
+    mb = sum(len(d.text.encode("utf-8")) for d in docs) / 1e6
+    for lo in range(0, len(docs), 256):  # the steps of `_Worker.process`, timed apart
+        chunk = docs[lo:lo + 256]
+        with timed("normalise"):
+            texts = [C.normalize(d.text) for d in chunk]
+        with timed("lower + tokens"):
+            lowers = [x.lower() for x in texts]
+            toks = [C.tokens(x) for x in lowers]
+        with timed("rules"):
+            anch = C.boilerplate_anchored(lowers)
+            why = [C.reject_reason(x, cfg, w.harmful, low, tk, a) for x, low, tk, a in zip(texts, lowers, toks, anch)]
+        idx = [i for i, r in enumerate(why) if r is None]
+        with timed("classifier features"):
+            feats = featurize_tokens([toks[i] for i in idx], w.clf["harm"].cfg)
+        with timed("classifier predict"):
+            for name in ("harm", "quality"):
+                w.clf[name].proba(idx, features=feats)
+        with timed("exact key"):
+            [exact_key64(texts[i], lowers[i]) for i in idx]
+        with timed("MinHash"):
+            w.minhash.signatures_of_words([C.word_tokens(toks[i]) for i in idx])
+        with timed("output JSON"):
+            [json.dumps({"id": chunk[i].id, "text": texts[i]}, ensure_ascii=False) for i in idx]
+    rows = [(k, v / mb) for k, v in t.items()]
+    if tokenizer is not None:
+        from genforge.data.fast_tokenize import batch_encoder
+        from genforge.tokenizer import Tokenizer
+
+        tok = Tokenizer.load(tokenizer)
+        texts = [d.text for d in docs]
+        c = time.process_time()
+        tok.hf.encode_batch_fast(texts, add_special_tokens=False)
+        rows.append(("tokenise: tokenizers (reference)", (time.process_time() - c) / mb))
+        encode, name = batch_encoder(tok)
+        c = time.process_time()
+        encode(texts)
+        rows.append((f"tokenise: {name.split(' ')[0]} (used)", (time.process_time() - c) / mb))
+    return rows
+
+
 def _run(spec: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFORGE_PROGRESS": "off",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -78,6 +144,8 @@ def main() -> None:
                     help="which steps to time (clean: filters only; dedup: the full clean; pack: tokenise + pack)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print CPU-s per MB of each component (one process, the first 20 MB)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
@@ -121,6 +189,8 @@ def main() -> None:
             rows.append(("tokenise + pack (cleaned output)", _run({"step": "pack", "input": str(cleaned),
                                                                    "tokenizer": str(root / "tok"),
                                                                    "out": str(root / "shards")})))
+        if args.breakdown:
+            breakdown = _breakdown(corpus, filters, root / "tok" if "pack" in steps else None)
     print(f"\n{'step':<36} {'wall s':>7} {'MB/s':>6} {'CPU s':>7} {'MB/CPU-s':>8} {'2-core MB/s':>11} "
           f"{'RSS main':>9} {'worker':>7} {'sum MB':>7}")
     results = []
@@ -138,6 +208,13 @@ def main() -> None:
     print(f"\nend to end (clean + dedup + tokenise + pack, last worker count): {e2e_wall:.2f} MB/s wall, "
           f" {2 * mb / cpu_e2e:.2f} MB/s on 2 idle cores (from CPU time); target >= 10")
     print(f"dedup index in memory: {dedup['index_mb']:.0f} MB for {dedup['kept']:,} kept documents")
+    if args.breakdown:
+        print("\nwhere the CPU time goes (one process, first 20 MB; the main process's dedup decisions and "
+              "the pool's transfers come on top):")
+        parts = [("read only (reference, subprocess)", rows[0][1]["cpu_main"] / mb), *breakdown]
+        for name, v in parts:
+            print(f"  {name:<40} {v * 1000:7.1f} ms per MB  ({1 / v if v else float('inf'):6.1f} MB/CPU-s)")
+        results.append({"breakdown_cpu_s_per_mb": dict(parts)})
     if args.json:
         Path(args.json).write_text(json.dumps({"corpus": info, "rows": results}, indent=1))
 

@@ -250,11 +250,32 @@ class BatchMinHash:
         return self._signatures([self.shingle_hashes(word_hashes(t)) for t in texts])
 
     def signatures_of_words(self, docs: list[list[str]]) -> np.ndarray:
-        """`signatures` from each text's lower-cased words (`\\w+` runs, in order), already split by the caller."""
+        """`signatures` from each text's lower-cased words (`\\w+` runs, in order), already split by the caller.
+
+        All documents' shingles in one pass: every window of `shingle_size` consecutive words of the concatenated
+        word hashes is hashed at once and the windows that lie inside one document are kept (the same hashes as
+        `shingle_hashes` per document, without a numpy call per document)."""
+        lens = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
         flat = np.fromiter(map(_CRC.__getitem__, itertools.chain.from_iterable(docs)), dtype=np.uint64,
-                           count=sum(map(len, docs)))
-        ends = np.cumsum([len(d) for d in docs]).tolist()
-        return self._signatures([self.shingle_hashes(flat[e - len(d):e]) for d, e in zip(docs, ends)])
+                           count=int(lens.sum()))
+        n = self.shingle_size
+        starts = np.cumsum(lens) - lens
+        sizes = np.where(lens > n, lens - n + 1, (lens > 0).astype(np.int64))  # shingles per document
+        out_start = np.cumsum(sizes) - sizes
+        hashes = np.zeros(int(sizes.sum()), dtype=np.uint64)
+        long = np.flatnonzero(lens > n)
+        if len(long):
+            m = len(flat) - n + 1
+            acc = np.zeros(m, dtype=np.uint64)  # acc[p]: the shingle of words p .. p+n-1 of the concatenation
+            for j in range(n):
+                acc += flat[j:j + m] * _SHINGLE_MULT[j]
+            acc &= _MASK32
+            k = sizes[long]
+            offset = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # shingle number within its document
+            hashes[np.repeat(out_start[long], k) + offset] = acc[np.repeat(starts[long], k) + offset]
+        for d in np.flatnonzero((lens > 0) & (lens <= n)).tolist():  # rare: all words form one shingle
+            hashes[out_start[d]] = self.shingle_hashes(flat[starts[d]:starts[d] + lens[d]])[0]
+        return self._signatures([hashes[a:a + k] for a, k in zip(out_start.tolist(), sizes.tolist())])
 
     def _signatures(self, sh: list[np.ndarray]) -> np.ndarray:
         out = np.full((len(sh), self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
@@ -275,14 +296,16 @@ class BatchMinHash:
         h = np.concatenate([sh[i] for i in idx])  # (n_shingles,)
         sizes = np.fromiter((len(sh[i]) for i in idx), dtype=np.int64, count=len(idx))
         # multiply-shift hashing (Dietzfelbinger et al. 1997): the top 32 bits of a*h + b mod 2^64, with a odd;
-        # no modulo, about 3x faster than (a*h + b) mod p. In place: one (n_shingles, num_perm) temporary, not
-        # four (about 3x faster again).
-        perm = np.multiply(h[:, None], self.a)  # (n_shingles, num_perm) uint64
-        perm += self.b
-        perm >>= np.uint64(32)
-        perm = perm.astype(np.uint32)
+        # no modulo, about 3x faster than (a*h + b) mod p. In place: one (num_perm, n_shingles) temporary.
+        # Permutations along rows, so each document's minimum is a reduction over contiguous memory (4x faster
+        # than down columns); x -> x >> 32 never decreases, so the top bits of the minimum are the minimum of the
+        # top bits, and only the (num_perm, n_docs) minima are shifted: ~40 % less time than product-major.
+        perm = np.multiply(self.a[:, None], h[None, :])  # (num_perm, n_shingles) uint64
+        perm += self.b[:, None]
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        out[idx] = np.minimum.reduceat(perm, starts, axis=0)
+        low = np.minimum.reduceat(perm, starts, axis=1)  # (num_perm, n_docs)
+        low >>= np.uint64(32)
+        out[idx] = low.T
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """(n, bands) uint64 keys: each band's rows folded into one number, salted by the band index."""

@@ -242,7 +242,7 @@ class _Worker:
                         if why[i] is None and pi >= self.clf[name].threshold:
                             why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
         keep = [i for i, w in enumerate(why) if w is None]
-        keys = np.array([exact_key64(texts[i]) for i in keep], dtype=np.uint64)
+        keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = (self.minhash.signatures_of_words([word_tokens(toks[i]) for i in keep])
                 if self.minhash is not None else None)
         kept_text = [texts[i] for i in keep]
@@ -269,9 +269,14 @@ def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
     return _WORKER.process(chunk)
 
 
-def exact_key64(text: str) -> int:
-    """64-bit hash of the text with case, spacing and Unicode form normalised away (`dedup.exact_key`'s canon)."""
-    canon = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+def exact_key64(text: str, lower: str | None = None) -> int:
+    """64-bit hash of the text with case, spacing and Unicode form normalised away (`dedup.exact_key`'s canon).
+
+    `lower` (text.lower()) saves work on ASCII text, where NFC changes nothing and casefold is lower."""
+    if lower is not None and text.isascii():
+        canon = " ".join(lower.split())
+    else:
+        canon = " ".join(unicodedata.normalize("NFC", text).casefold().split())
     return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
 
 

@@ -73,13 +73,11 @@ def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fr
             splits[split]["files"].append({"path": name, "n_tokens": int(len(chunk))})
             buffers[split], buffered[split] = ([rest] if len(rest) else []), len(rest)
 
-    # HF tokenizers' encode_batch_fast gives the same ids without tracking character offsets: ~20 % less CPU
-    fast = getattr(getattr(tokenizer, "hf", None), "encode_batch_fast", None)
+    # tiktoken when it provably gives the tokenizer's own ids (4-7x faster), else the reference encoder
+    from genforge.data.fast_tokenize import batch_encoder
 
-    def encode(batch: list[str]) -> list[list[int]]:
-        if fast is None:
-            return tokenizer.encode_batch(batch)
-        return [e.ids for e in fast(batch, add_special_tokens=False)]
+    encode, encoder_name = batch_encoder(tokenizer)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
 
     def add(batch: list[str]) -> None:
         for text, ids in zip(batch, encode(batch)):
@@ -87,7 +85,7 @@ def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fr
             # <|bos|> doc <|eos|>: generation prompts start with <|bos|>, as in pretraining
             # stored dtype from the start: a shard's worth of int64 buffers was 4x the memory of the file
             arr = np.empty(len(ids) + 2, dtype=dtype)
-            arr[0], arr[1:-1], arr[-1] = tokenizer.bos_id, ids, tokenizer.eos_id
+            arr[0], arr[1:-1], arr[-1] = bos, ids, eos
             buffers[split].append(arr)
             buffered[split] += len(arr)
             s = splits[split]
@@ -111,7 +109,7 @@ def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fr
     if splits["train"]["n_tokens"] == 0:
         raise DataError("no training text: the corpus is empty after reading (check the input files)")
     manifest = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-                "val_fraction": val_fraction, "splits": splits}
+                "val_fraction": val_fraction, "splits": splits, "encoder": encoder_name}
     tokenizer.save(out_dir)  # the shards and their tokenizer travel together
     write_json(out_dir / "manifest.json", manifest)
     return manifest

@@ -14,6 +14,7 @@ import re
 import unicodedata
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from genforge.data import clean as C
@@ -147,6 +148,7 @@ def test_featurize_tokens_equals_featurize():
     a = featurize(TEXTS, cfg)
     b = featurize_tokens([C.tokens(t.lower()) for t in TEXTS], cfg)
     assert (a != b).nnz == 0 and (a.indices == b.indices).all() and (a.indptr == b.indptr).all()
+    assert (a.data == b.data).all()  # bit for bit: the classifiers' probabilities are then the same
 
 
 def test_signatures_of_words_equal_signatures():
@@ -185,3 +187,32 @@ def test_boilerplate_anchors_found_per_text_in_a_batch():
     each = [any(a in low for a in C._BOILERPLATE_ANCHORS) or low.lstrip().startswith("home") for low in lowers]
     assert C.boilerplate_anchored(lowers) == each
     assert any(each) and not all(each)
+
+
+def _minhash_reference(mh: BatchMinHash, words: list[str]) -> np.ndarray:
+    """The plain definition, one document at a time: shingle hashes, every product's top 32 bits, the minimum."""
+    import zlib
+
+    wh = np.array([zlib.crc32(w.encode("utf-8")) for w in words], dtype=np.uint64)
+    sh = mh.shingle_hashes(wh)
+    if not len(sh):
+        return np.full(mh.num_perm, 0xFFFFFFFF, dtype=np.uint32)
+    return ((sh[:, None] * mh.a + mh.b) >> np.uint64(32)).astype(np.uint32).min(axis=0)
+
+
+def test_batch_minhash_equals_the_plain_definition():
+    rng = random.Random(1)
+    docs = [[rng.choice(WORDS) for _ in range(rng.randint(0, 400))] for _ in range(300)]
+    docs += [[], ["one"], ["two", "words"], ["café", "naïve", "x²"], ["a", "b", "c"], ["a", "b", "c", "d"], []]
+    docs = [[], ["x"]] + docs + [["y", "z"]]
+    for mh in (BatchMinHash(0.5, 128, 3, 1), BatchMinHash(0.8, 64, 5, 7)):
+        got = mh.signatures_of_words(docs)
+        want = np.stack([_minhash_reference(mh, d) for d in docs])
+        assert got.dtype == np.uint32 and (got == want).all()
+
+
+@pytest.mark.parametrize("text", TEXTS + list(JUNK) + list(ODD))
+def test_exact_key_from_lower_equals_the_plain_key(text):
+    from genforge.data.pipeline import exact_key64
+
+    assert exact_key64(text, text.lower()) == exact_key64(text)
