@@ -201,17 +201,20 @@ def first_query(question: str) -> str:
 def gold_trajectory(row: dict, registry: ToolRegistry):
     """The ReAct trajectory a perfect policy writes: look up the bridge entity, then where it lives; finish.
 
-    Observations are the real search results, so the model learns to read the bridge from them."""
+    Observations are the real search results. Each thought after an observation reads the fact back ("The sibling
+    of X is Y.", "Y lives in T."), the read-back the warm-up trained, so the next action copies the name from a few
+    tokens back in the model's own turn, not from the tool's turn."""
     from genforge.agents.react import FINISH, Step, Trajectory
 
     q, bridge, answer = row["question"], row["bridge"], row["answer"]
     t = Trajectory(q)
     fq = first_query(q)
-    t.steps.append(Step(f"Find {fq}.", "search", fq, registry.call("search", {"query": fq}).text.replace("\n", " | ")))
+    obs1 = registry.call("search", {"query": fq}).text
+    t.steps.append(Step(f"Find {fq}.", "search", fq, obs1.replace("\n", " | ")))
     q2 = f"{bridge} lives in"
-    t.steps.append(Step(f"Find where {bridge} lives.", "search", q2,
-                        registry.call("search", {"query": q2}).text.replace("\n", " | ")))
-    t.steps.append(Step(f"{bridge} lives in {answer}.", FINISH, answer, ""))
+    obs2 = registry.call("search", {"query": q2}).text
+    t.steps.append(Step(obs1.split("\n")[0], "search", q2, obs2.replace("\n", " | ")))
+    t.steps.append(Step(obs2.split("\n")[0], FINISH, answer, ""))
     t.answer, t.status = answer, "answered"
     return t
 
