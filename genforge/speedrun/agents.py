@@ -444,6 +444,16 @@ def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase
                f"{hops['finish_given_second']:.2f}", note="share of those episodes answered right")
     write_text(ctx.path("agents", "react_trajectories.jsonl"), "\n".join(trajectories_jsonl(trajs)) + "\n")
     ex = next((i for i, s in enumerate(score["react"]) if s), 0)
+    report.note("ReAct's setting at this size: the search tool ranks facts by a key naming their subject and "
+                f"relation and returns the top {cfg.search_k} (so 'the sibling of X' returns X's sibling, not the "
+                "fact naming X as someone's sibling); every thought after an observation reads the fact back and the "
+                "next action copies the name from that thought; observations are tool turns the fine-tune does not "
+                f"learn; {cfg.invented_hops} of the training trajectories are about invented people, whose names only "
+                f"copying can predict; and {cfg.copy_steps} read-back warm-up steps (the rag stage's rows) come first. "
+                "Direct answers and one-shot retrieval are trained in the same fine-tune on the same world questions "
+                f"and scored on the same test questions. Per hop: first search {hops['first_search']:.2f}, second "
+                f"search given the bridge in view {hops['second_given_first']:.2f}, finish given the answer in view "
+                f"{hops['finish_given_second']:.2f}: the accuracy is about their product.")
     report.note(f"A ReAct trajectory (test question {ex}, gold {rows[ex]['answer']}; directly: `{direct[ex]}`, "
                 f"one-shot retrieval: `{facts[ex]}`):\n\n```\n{trajs[ex].render()}\n```")
     return {m: sum(v) / n for m, v in score.items()}
