@@ -12,14 +12,20 @@ questions, each written three ways too (a direct answer, an answer from retrieve
 observations are real search results). Every method is then scored on the same *test* items, so the
 comparisons are paired; one model learns all formats on the same rows, so no method gets more data or steps.
 
-Measured at `tiny` (see the report): PAL 0.40 vs direct 0.00 vs CoT 0.00 on 100 test items, with the question's
-numbers bound by the tool (pal.py); ReAct writes well-formed trajectories but copies the wrong names into its
-searches, so it ties the direct answer (0.03). Toolformer: the filter keeps calls before worked results and drops
-random ones, the kept-data model calls less where no result follows and uses the call's result more often than
-the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The
-router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.81 vs 0.50 for the best single one); the
-chat model critiquing itself falls from ROUGE-L 0.58 to 0.08 (it never saw a critique prompt). Copying names and
-numbers out of the context is the skill this model lacks after a short fine-tune; `small` gives 3-7x the steps.
+Measured at `tiny` (see the report): PAL 0.96 vs direct 0.00 on 100 test items, with the question's numbers bound
+by the tool (pal.py). ReAct ties the direct answer (0.01 vs 0.01), and the per-hop rows say where it fails. The
+setting: a keyed search (k=1) whose top hit is always the needed fact (ceiling 1.00), observations as tool turns
+the fine-tune does not learn, thoughts that read each observation back, 600 trajectories over invented people, and
+500 read-back warm-up steps first. The first search copies the question's entity 0.71 of the time (0.03 without the
+warm-up) and the thought after the first observation reads it back exactly 0.59 of the time, but the second
+search names the bridge 0.01 of the time, even when the thought just above ends with the name (2 of 98): the
+warm-up's copy circuit continues a span whose previous token it has seen (an induction head, Olsson et al. 2022),
+and the first token of a name that follows `search[` or `finish[` has no such cue. The finish copies the town 0.00 of
+the time for the same reason. Toolformer: the filter keeps calls before worked results and drops random ones, the
+kept-data model calls less where no result follows and uses the call's result more often than the unfiltered-data
+model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The router over a math
+(PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing
+itself falls from ROUGE-L 0.58 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
 """
 
 from __future__ import annotations
