@@ -25,7 +25,7 @@ the time for the same reason. Toolformer: the filter keeps calls before worked r
 kept-data model calls less where no result follows and uses the call's result more often than the unfiltered-data
 model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The router over a math
 (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing
-itself falls from ROUGE-L 0.58 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
+itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
 """
 
 from __future__ import annotations
@@ -217,12 +217,23 @@ def gold_trajectory(row: dict, registry: ToolRegistry):
     fq = first_query(q)
     obs1 = registry.call("search", {"query": fq}).text
     t.steps.append(Step(f"Find {fq}.", "search", fq, obs1.replace("\n", " | ")))
-    q2 = f"{bridge} lives in"
+    q2 = second_query(bridge, obs1)
     obs2 = registry.call("search", {"query": q2}).text
     t.steps.append(Step(obs1.split("\n")[0], "search", q2, obs2.replace("\n", " | ")))
     t.steps.append(Step(obs2.split("\n")[0], FINISH, answer, ""))
     t.answer, t.status = answer, "answered"
     return t
+
+
+def second_query(bridge: str, first_observation: str) -> str:
+    """The second search: 'where is Y lives' ('are' after a friends fact), not 'Y lives in'.
+
+    The words before the name are the ones before it in the observation and the thought (' is Y'), and the name keeps
+    its leading space, so the model continues a span it has seen (what the read-back warm-up's copy circuit does, an
+    induction head: Olsson et al. 2022) instead of opening one after `search[`. Measured at tiny (diagnostic fine-tunes
+    from the same warm-up): the second search named the bridge 0.01 of the time with 'Y lives in', 0.37 with this."""
+    verb = "are" if " are " in first_observation.split("\n")[0] else "is"
+    return f"where {verb} {bridge} lives"
 
 
 # object kinds of invented objects ("the Kalo Lantern"); town endings of invented towns ("Napvermere")
@@ -474,7 +485,8 @@ def react_hops(trajs: list, rows: list[dict]) -> dict[str, float]:
 
     first = [bool(t.steps) and t.steps[0].argument == first_query(r["question"]) for t, r in zip(trajs, rows)]
     res1 = [bool(t.steps) and r["bridge"] in t.steps[0].observation for t, r in zip(trajs, rows)]
-    second = [len(t.steps) > 1 and t.steps[1].argument == f"{r['bridge']} lives in" for t, r in zip(trajs, rows)]
+    second = [len(t.steps) > 1 and t.steps[1].argument == second_query(r["bridge"], t.steps[0].observation)
+              for t, r in zip(trajs, rows)]
     res2 = [len(t.steps) > 1 and r["answer"] in t.steps[1].observation for t, r in zip(trajs, rows)]
     right = [_same(t.answer, r["answer"]) for t, r in zip(trajs, rows)]
     return {"first_search": share(first), "first_result": share(res1), "second_search": share(second),

@@ -80,7 +80,10 @@ def test_training_conversations_hold_every_format(world):
     for c, r in zip(react, hops + invented):  # ask, search, read, search again, finish: observations are user turns
         assert [m["role"] for m in c] == ["user", "assistant", "user", "assistant", "user", "assistant"]
         assert c[1]["content"].startswith("Thought: Find ") and "\nAction: search[" in c[1]["content"]
-        assert r["bridge"] in c[2]["content"] and c[3]["content"].endswith(f"search[{r['bridge']} lives in]")
+        assert r["bridge"] in c[2]["content"] and c[3]["content"].endswith(f" {r['bridge']} lives]")
+        verb = "are" if " are " in c[2]["content"] else "is"
+        assert c[3]["content"] == (f"Thought: {c[2]['content'].removeprefix('Observation: ')}\n"
+                                   f"Action: search[where {verb} {r['bridge']} lives]")
         assert r["answer"] in c[4]["content"] and c[5]["content"].endswith(f"finish[{r['answer']}]")
 
 
@@ -104,7 +107,7 @@ def test_react_hops_locate_the_failing_hop():
 
     row = {"question": "In which town does the sibling of Ada Quill live?", "bridge": "Bo Quill", "answer": "Eastby"}
     good_first = Step("", "search", "the sibling of Ada Quill", "The sibling of Ada Quill is Bo Quill.")
-    wrong_second = Step("", "search", "Cy Quill lives in", "Cy Quill lives in Westby.")
+    wrong_second = Step("", "search", "where is Cy Quill lives", "Cy Quill lives in Westby.")
     t1 = Trajectory(row["question"], [good_first, wrong_second, Step("", "finish", "Westby", "")], "Westby", "answered")
     t2 = Trajectory(row["question"], [Step("", "search", "the sibling of Ada", "no results")], "", "step_limit")
     h = agents.react_hops([t1, t2], [row, row])
