@@ -17,11 +17,13 @@ by the tool (pal.py). ReAct ties the direct answer (0.01 vs 0.01), and the per-h
 setting: a keyed search (k=1) whose top hit is always the needed fact (ceiling 1.00), observations as tool turns
 the fine-tune does not learn, thoughts that read each observation back, 600 trajectories over invented people, and
 500 read-back warm-up steps first. The first search copies the question's entity 0.71 of the time (0.03 without the
-warm-up) and the thought after the first observation reads it back exactly 0.59 of the time, but the second
-search names the bridge 0.01 of the time, even when the thought just above ends with the name (2 of 98): the
-warm-up's copy circuit continues a span whose previous token it has seen (an induction head, Olsson et al. 2022),
-and the first token of a name that follows `search[` or `finish[` has no such cue. The finish copies the town 0.00 of
-the time for the same reason. Toolformer: the filter keeps calls before worked results and drops random ones, the
+warm-up) and the thought after the first observation reads it back exactly 0.59 of the time; with the second search
+written 'Y lives in', it named the bridge 0.01 of the time, even when the thought just above ended with the name (2 of
+98): the warm-up's copy circuit continues a span whose previous token it has seen (an induction head, Olsson et al.
+2022), and the first token of a name opening `search[` has no such cue (and loses its leading space). Written
+'where is Y lives' (`second_query`), the second search names the bridge 0.37 of the time (diagnostic fine-tune).
+The finish, `finish[T]`, copies the town 0.00 of the time
+even with the town in view (40 episodes), for the same reason. Toolformer: the filter keeps calls before worked results and drops random ones, the
 kept-data model calls less where no result follows and uses the call's result more often than the unfiltered-data
 model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The router over a math
 (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing
