@@ -23,11 +23,11 @@ written 'Y lives in', it named the bridge 0.01 of the time, even when the though
 2022), and the first token of a name opening `search[` has no such cue (and loses its leading space). Written
 'where is Y lives' (`second_query`), the second search names the bridge 0.37 of the time (diagnostic fine-tune).
 The finish, `finish[T]`, copies the town 0.00 of the time
-even with the town in view (40 episodes), for the same reason. Toolformer: the filter keeps calls before worked results and drops random ones, the
-kept-data model calls less where no result follows and uses the call's result more often than the unfiltered-data
-model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The router over a math
-(PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing
-itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
+even with the town in view (40 episodes), for the same reason. Toolformer: the filter keeps calls before worked
+results and drops random ones, the kept-data model calls less where no result follows and uses the call's result
+more often than the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every
+model). The router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single
+one); the chat model critiquing itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
 """
 
 from __future__ import annotations
