@@ -27,7 +27,8 @@ even with the town in view (40 episodes), for the same reason. Toolformer: the f
 results and drops random ones, the kept-data model calls less where no result follows and uses the call's result
 more often than the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every
 model). The router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single
-one); the chat model critiquing itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt). `small` gives 3-7x the steps.
+one); the chat model critiquing itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt).
+`small` gives 3-7x the steps.
 """
 
 from __future__ import annotations
