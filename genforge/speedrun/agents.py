@@ -21,9 +21,10 @@ warm-up) and the thought after the first observation reads it back exactly 0.59 
 written 'Y lives in', it named the bridge 0.01 of the time, even when the thought just above ended with the name (2 of
 98): the warm-up's copy circuit continues a span whose previous token it has seen (an induction head, Olsson et al.
 2022), and the first token of a name opening `search[` has no such cue (and loses its leading space). Written
-'where is Y lives' (`second_query`), the second search names the bridge 0.37 of the time (diagnostic fine-tune).
-The finish, `finish[T]`, copies the town 0.00 of the time
-even with the town in view (40 episodes), for the same reason. Toolformer: the filter keeps calls before worked
+'where is Y lives' (`second_query`), the second search names the bridge 0.37 of the time, but `finish[T]` copied
+the town 0.00 of the time even with it in view (40 episodes); finishing 'lives in T' (`town_of` reads the town
+back): diagnostic fine-tune, same warm-up and steps, 100 test questions: ReAct 0.38 vs direct 0.03 vs one-shot
+retrieval 0.02; per hop: first search 0.62, second search 0.43, finish given the town in view 0.84. Toolformer: the filter keeps calls before worked
 results and drops random ones, the kept-data model calls less where no result follows and uses the call's result
 more often than the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every
 model). The router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single
@@ -223,7 +224,7 @@ def gold_trajectory(row: dict, registry: ToolRegistry):
     q2 = second_query(bridge, obs1)
     obs2 = registry.call("search", {"query": q2}).text
     t.steps.append(Step(obs1.split("\n")[0], "search", q2, obs2.replace("\n", " | ")))
-    t.steps.append(Step(obs2.split("\n")[0], FINISH, answer, ""))
+    t.steps.append(Step(obs2.split("\n")[0], FINISH, f"lives in {answer}", ""))
     t.answer, t.status = answer, "answered"
     return t
 
@@ -408,7 +409,14 @@ def _fmt(ci) -> str:
 
 
 def _same(a: str, b: str) -> bool:
-    return a.strip().rstrip(".").strip().lower() == b.strip().lower()
+    """An answer matches the gold town (case and a final full stop aside; ReAct's 'lives in T' is read as T)."""
+    return town_of(a).lower() == b.strip().lower()
+
+
+def town_of(answer: str) -> str:
+    """The town in an answer: ReAct finishes with 'lives in T', so that the town follows the words it follows in the
+    observation and the thought (the same copying cue as `second_query`); every method's answer is read this way."""
+    return answer.strip().rstrip(".").strip().removeprefix("lives in ").strip()
 
 
 def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase, registry: ToolRegistry,
