@@ -26,9 +26,10 @@ the town 0.00 of the time even with it in view (40 episodes); finishing 'lives i
 back): diagnostic fine-tune, same warm-up and steps, 100 test questions: ReAct 0.38 vs direct 0.03 vs one-shot
 retrieval 0.02; per hop: first search 0.62, second search 0.43, finish given the town in view 0.84.
 Toolformer: the filter keeps calls before worked results and drops random ones, the kept-data model calls less
-where no result follows and uses the call's result more often than the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every
-model). The router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.82 vs 0.50 for the best single
-one); the chat model critiquing itself falls from ROUGE-L 0.32 to 0.08 (it never saw a critique prompt).
+where no result follows and uses the call's result more often than the unfiltered-data model, but its calls carry
+the wrong operands, so sums stay wrong (0.00 for every model). The router over a math (PAL) LoRA and a summary LoRA
+matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing itself falls from ROUGE-L 0.32
+to 0.08 (it never saw a critique prompt).
 `small` gives 3-7x the steps.
 """
 
