@@ -475,8 +475,9 @@ def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase
     ex = next((i for i, s in enumerate(score["react"]) if s), 0)
     report.note("ReAct's setting at this size: the search tool ranks facts by a key naming their subject and "
                 f"relation and returns the top {cfg.search_k} (so 'the sibling of X' returns X's sibling, not the "
-                "fact naming X as someone's sibling); every thought after an observation reads the fact back and the "
-                "next action copies the name from that thought; observations are tool turns the fine-tune does not "
+                "fact naming X as someone's sibling); every thought after an observation reads the fact back; the "
+                "second search is 'where is Y lives' and the finish 'lives in T', so each copied name follows the "
+                "words it follows in the observation (the cue a copy circuit needs; `second_query`); observations are tool turns the fine-tune does not "
                 f"learn; {cfg.invented_hops} of the training trajectories are about invented people, whose names only "
                 f"copying can predict; and {cfg.copy_steps} read-back warm-up steps (the rag stage's rows) come first. "
                 "Direct answers and one-shot retrieval are trained in the same fine-tune on the same world questions "
