@@ -16,7 +16,8 @@ Measured at `tiny` (stage, 100 test items each): ReAct 0.42 [0.32, 0.52] vs dire
 PAL (the question's numbers bound by the tool, pal.py) scored 0.96 in one run and 0.18 in the next, where 0.82 of
 its replies opened a ReAct turn ('Thought: Find ...'): ReAct chats now hold three assistant turns each (open
 issue).
-How ReAct got there (earlier stage run: ReAct 0.01 vs direct 0.01). The setting: a keyed search (k=1) whose top hit is always the needed fact (ceiling 1.00), observations as tool turns
+How ReAct got there (earlier stage run: ReAct 0.01 vs direct 0.01). The setting: a keyed search (k=1) whose top
+hit is always the needed fact (ceiling 1.00), observations as tool turns
 the fine-tune does not learn, thoughts that read each observation back, 600 trajectories over invented people, and
 500 read-back warm-up steps first. The first search copies the question's entity 0.71 of the time (0.03 without the
 warm-up) and the thought after the first observation reads it back exactly 0.59 of the time; with the second search
