@@ -1,9 +1,13 @@
 """The world as something an agent can search: one sentence per fact, BM25 ranking, multi-hop questions.
 
-`world_facts(w)` states every attribute and relation of the tiny world as a short sentence (the same
-facts the corpus describes); `KnowledgeBase` adds the post-cutoff knowledge base (`knowledge.jsonl`) and
-ranks by BM25 (Robertson & Zaragoza 2009) over lower-cased word tokens. It is the `search` tool until
-the retrieval package's search can stand in (same `search(query, k) -> list[str]` shape).
+`world_entries(w)` states every attribute and relation of the tiny world as a short sentence (the same
+facts the corpus describes), each under a *key* that names its subject and relation ("the sibling of Ada
+Quill", "Ada Quill lives in"); `KnowledgeBase` adds the post-cutoff knowledge base (`knowledge.jsonl`, keyed by
+the fact itself) and ranks keys by BM25 (Robertson & Zaragoza 2009) over lower-cased word tokens, returning
+the facts. Ranking keys rather than whole sentences is what makes a look-up "the sibling of X" return X's
+sibling fact first, not the fact that names X as someone else's sibling (both hold the same words; measured on
+the tiny world, full-sentence BM25 put the right fact first for 0.64-0.68 of first hops). It is the `search`
+tool until the retrieval package's search can stand in (same `search(query, k) -> list[str]` shape).
 `multihop_questions` asks two-hop questions ("In which town does the sibling of X live?") whose
 answers need two look-ups.
 """
@@ -46,39 +50,57 @@ def load_world(world_dir: str | Path) -> World:
                  things=[Thing(**x) for x in d["objects"]])
 
 
-def world_facts(w: World) -> list[str]:
-    """Every fact of the world as one sentence."""
+def world_entries(w: World) -> list[tuple[str, str]]:
+    """(key, fact) for every fact of the world: one relation per sentence, keyed by its subject and relation.
+
+    An object's facts are split (maker, material, year, town) so that a look-up of one relation returns one short
+    sentence with the answer at its end, the way `The sibling of X is Y.` does."""
     out = []
     for p in w.people:
-        out.append(f"{p.name} lives in {p.town}.")
-        out.append(f"{p.name} works as a {p.job} and is {p.age} years old.")
-        out.append(f"{p.name} has a {p.pet_kind} named {p.pet_name}.")
-        out.append(f"{p.name} likes {p.hobby}, eats {p.food} and loves the colour {p.colour}.")
+        out.append((f"{p.name} lives in", f"{p.name} lives in {p.town}."))
+        out.append((f"{p.name} works as a job age", f"{p.name} works as a {p.job} and is {p.age} years old."))
+        out.append((f"{p.name} has a pet {p.pet_kind}", f"{p.name} has a {p.pet_kind} named {p.pet_name}."))
+        out.append((f"{p.name} likes hobby eats food colour",
+                    f"{p.name} likes {p.hobby}, eats {p.food} and loves the colour {p.colour}."))
         if p.friends:
-            out.append(f"The friends of {p.name} are {', '.join(p.friends)}.")
+            out.append((f"the friends of {p.name}", f"The friends of {p.name} are {', '.join(p.friends)}."))
         if p.sibling:
-            out.append(f"The sibling of {p.name} is {p.sibling}.")
+            out.append((f"the sibling of {p.name}", f"The sibling of {p.name} is {p.sibling}."))
     for t in w.towns:
-        out.append(f"{t.name} lies on the River {t.river} in {t.region}, was founded in {t.founded} "
-                   f"and has {t.population} people; it is known for {t.known_for}.")
-    out += [_thing_fact(x) for x in w.things]
+        out.append((f"{t.name} river region founded population known for",
+                    f"{t.name} lies on the River {t.river} in {t.region}, was founded in {t.founded} "
+                    f"and has {t.population} people; it is known for {t.known_for}."))
+    for x in w.things:
+        out += thing_entries(x.name, x.maker, x.material, x.year, x.town)
     return out
 
 
-def _thing_fact(x: Thing) -> str:
-    return (f"{x.name[0].upper() + x.name[1:]} is made of {x.material}; it was made by {x.maker} "
-            f"in {x.year} and is kept in {x.town}.")
+def thing_entries(name: str, maker: str, material: str, year: int, town: str) -> list[tuple[str, str]]:
+    """An object's four facts as (key, fact): its maker, material, year and the town that keeps it."""
+    cap = name[0].upper() + name[1:]
+    return [(f"the maker of {name}", f"The maker of {name} is {maker}."),
+            (f"{name} material made of", f"{cap} is made of {material}."),
+            (f"{name} year made in", f"{cap} was made in {year}."),
+            (f"{name} kept in", f"{cap} is kept in {town}.")]
+
+
+def world_facts(w: World) -> list[str]:
+    """Every fact of the world as one sentence."""
+    return [f for _, f in world_entries(w)]
 
 
 class KnowledgeBase:
-    """BM25 search over fact sentences."""
+    """BM25 search over fact sentences, each ranked by its key (the fact itself when no key is given)."""
 
-    def __init__(self, facts: list[str], k1: float = 1.2, b: float = 0.75):
+    def __init__(self, facts: list[str], k1: float = 1.2, b: float = 0.75, keys: list[str] | None = None):
         if not facts:
             raise DataError("KnowledgeBase: no facts to search")
+        if keys is not None and len(keys) != len(facts):
+            raise DataError(f"KnowledgeBase: {len(keys)} keys for {len(facts)} facts; give one key per fact")
         self.facts = facts
+        self.keys = keys if keys is not None else facts
         self.k1, self.b = k1, b
-        self.docs = [Counter(tokens(f)) for f in facts]
+        self.docs = [Counter(tokens(k)) for k in self.keys]
         self.lens = [sum(d.values()) for d in self.docs]
         self.avg = sum(self.lens) / len(self.lens)
         df: Counter = Counter()
@@ -92,17 +114,25 @@ class KnowledgeBase:
                 self.index.setdefault(t, []).append(i)
 
     @classmethod
-    def from_world(cls, w: World, knowledge_rows: list[dict] | None = None) -> KnowledgeBase:
-        return cls(world_facts(w) + [r["fact"] for r in knowledge_rows or []])
+    def from_entries(cls, entries: list[tuple[str, str]]) -> KnowledgeBase:
+        """From (key, fact) pairs."""
+        return cls([f for _, f in entries], keys=[k for k, _ in entries])
 
     @classmethod
-    def from_dir(cls, world_dir: str | Path) -> KnowledgeBase:
+    def from_world(cls, w: World, knowledge_rows: list[dict] | None = None,
+                   extra: list[tuple[str, str]] = ()) -> KnowledgeBase:
+        """The world's keyed facts, the knowledge-base rows (keyed by their own text) and `extra` (key, fact)."""
+        rows = [(r["fact"], r["fact"]) for r in knowledge_rows or []]
+        return cls.from_entries(world_entries(w) + rows + list(extra))
+
+    @classmethod
+    def from_dir(cls, world_dir: str | Path, extra: list[tuple[str, str]] = ()) -> KnowledgeBase:
         kb_path = Path(world_dir) / "knowledge.jsonl"
         rows = [json.loads(line) for line in kb_path.read_text().splitlines() if line] if kb_path.exists() else []
-        return cls.from_world(load_world(world_dir), rows)
+        return cls.from_world(load_world(world_dir), rows, extra)
 
     def search(self, query: str, k: int = 3) -> list[str]:
-        """The k best facts for `query` (ties broken by fact order, so results are deterministic)."""
+        """The k facts whose keys best match `query` (ties broken by fact order, so results are deterministic)."""
         q = tokens(query)
         scores: dict[int, float] = {}
         for t in set(q):
@@ -144,6 +174,6 @@ def multihop_questions(w: World, n: int, seed: int = 0) -> list[dict]:
             x = rng.choice(w.things)
             mid = w.person[x.maker]
             q = f"In which town does the maker of {x.name} live?"
-            hops = [_thing_fact(x), f"{mid.name} lives in {mid.town}."]
+            hops = [f"The maker of {x.name} is {mid.name}.", f"{mid.name} lives in {mid.town}."]
         rows.setdefault(q, {"question": q, "answer": mid.town, "hops": hops, "bridge": mid.name})
     return list(rows.values())

@@ -58,6 +58,18 @@ class Trajectory:
                 out.append(f"Observation: {s.observation}")
         return "".join(line + "\n" for line in out)
 
+    def to_messages(self, request: str) -> list[dict]:
+        """The trajectory as chat turns: the user's `request`, then per step the model's thought and action as an
+        assistant turn and the tool's observation as a user turn. A fine-tune on these learns the actions and not
+        the tool's output (the chat template masks every turn but the assistant's)."""
+        msgs = [{"role": "user", "content": request}]
+        for s in self.steps:
+            msgs.append({"role": "assistant", "content": f"Thought: {s.thought}\n"
+                         + (f"Action: {s.action}[{s.argument}]" if s.action else "Action: (malformed)")})
+            if s.action != FINISH or s.malformed:
+                msgs.append({"role": "user", "content": f"Observation: {s.observation}"})
+        return msgs
+
     def to_dict(self) -> dict:
         return asdict(self)
 

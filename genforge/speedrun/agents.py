@@ -12,14 +12,28 @@ questions, each written three ways too (a direct answer, an answer from retrieve
 observations are real search results). Every method is then scored on the same *test* items, so the
 comparisons are paired; one model learns all formats on the same rows, so no method gets more data or steps.
 
-Measured at `tiny` (see the report): PAL 0.40 vs direct 0.00 vs CoT 0.00 on 100 test items, with the question's
-numbers bound by the tool (pal.py); ReAct writes well-formed trajectories but copies the wrong names into its
-searches, so it ties the direct answer (0.03). Toolformer: the filter keeps calls before worked results and drops
-random ones, the kept-data model calls less where no result follows and uses the call's result more often than
-the unfiltered-data model, but its calls carry the wrong operands, so sums stay wrong (0.00 for every model). The
-router over a math (PAL) LoRA and a summary LoRA matches the oracle (0.81 vs 0.50 for the best single one); the
-chat model critiquing itself falls from ROUGE-L 0.58 to 0.08 (it never saw a critique prompt). Copying names and
-numbers out of the context is the skill this model lacks after a short fine-tune; `small` gives 3-7x the steps.
+Measured at `tiny` (stage, 100 test items each): ReAct 0.42 [0.32, 0.52] vs direct 0.01 vs one-shot retrieval 0.02.
+PAL (the question's numbers bound by the tool, pal.py) scored 0.96 in one run and 0.18 in the next, where 0.82 of
+its replies opened a ReAct turn ('Thought: Find ...'): ReAct chats now hold three assistant turns each (open
+issue).
+How ReAct got there (earlier stage run: ReAct 0.01 vs direct 0.01). The setting: a keyed search (k=1) whose top
+hit is always the needed fact (ceiling 1.00), observations as tool turns
+the fine-tune does not learn, thoughts that read each observation back, 600 trajectories over invented people, and
+500 read-back warm-up steps first. The first search copies the question's entity 0.71 of the time (0.03 without the
+warm-up) and the thought after the first observation reads it back exactly 0.59 of the time; with the second search
+written 'Y lives in', it named the bridge 0.01 of the time, even when the thought just above ended with the name (2 of
+98): the warm-up's copy circuit continues a span whose previous token it has seen (an induction head, Olsson et al.
+2022), and the first token of a name opening `search[` has no such cue (and loses its leading space). Written
+'where is Y lives' (`second_query`), the second search names the bridge 0.37 of the time, but `finish[T]` copied
+the town 0.00 of the time even with it in view (40 episodes); finishing 'lives in T' (`town_of` reads the town
+back): diagnostic fine-tune, same warm-up and steps, 100 test questions: ReAct 0.38 vs direct 0.03 vs one-shot
+retrieval 0.02; per hop: first search 0.62, second search 0.43, finish given the town in view 0.84.
+Toolformer: the filter keeps calls before worked results and drops random ones, the kept-data model calls less
+where no result follows and uses the call's result more often than the unfiltered-data model, but its calls carry
+the wrong operands, so sums stay wrong (0.00 for every model). The router over a math (PAL) LoRA and a summary LoRA
+matches the oracle (0.82 vs 0.50 for the best single one); the chat model critiquing itself falls from ROUGE-L 0.32
+to 0.08 (it never saw a critique prompt).
+`small` gives 3-7x the steps.
 """
 
 from __future__ import annotations
@@ -58,7 +72,15 @@ class Config:
     hop_train: int = 500  # two-hop training questions (at most: the tiny world has ~310 distinct ones in all)
     hop_test: int = 100  # two-hop test questions (never in training) per method
     react_repeats: int = 3  # each ReAct training trajectory appears this many times (there are few of them)
-    search_k: int = 2  # facts the search tool returns (and one-shot retrieval puts in the prompt)
+    # ReAct trajectories over invented people, towns and objects (names no memory can supply, so only copying them
+    # from the observations predicts them; the world's own questions let a model guess the bridge instead)
+    invented_hops: int = 600
+    # read-back warm-up ("Repeat: <sentence with invented names>", the rag stage's `copy_rows`) before the formats:
+    # the tiny model copies from its context only after it (the first search copied the question's entity 0.02 of
+    # the time without it, 0.6 with 500 steps)
+    copy_steps: int = 500
+    copy_rows: int = 3000
+    search_k: int = 1  # facts the search tool returns (and one-shot retrieval puts in the prompt)
     react_steps: int = 5  # ReAct step limit (tool calls + finish, malformed included)
     planner_envs: int = 40  # text-world environments (same ones for every agent)
     planner_max_steps: int = 60
@@ -105,19 +127,28 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     model, tok, _ = load_checkpoint(sft.checkpoint)
     if tok is None:
         raise ConfigError(f"{sft.checkpoint}: the SFT checkpoint has no tokenizer")
+    from genforge.speedrun.rag import copy_rows
+
     w = load_world(world.dir)
     kb = KnowledgeBase.from_dir(world.dir)
     registry = search_registry(kb, cfg.search_k)
     arith_train, arith_test = arithmetic_rows(Path(world.tasks_dir), cfg.arith_test)
     hop_train, hop_test = hop_rows(w, cfg.hop_train, cfg.hop_test, ctx.seed)
-
-    convs = training_conversations(arith_train, hop_train, kb, registry, cfg.search_k, cfg.react_repeats)
-    t0 = time.perf_counter()
-    module, res = _fine_tune(ctx, cfg, model, tok, convs, sft.checkpoint)
-    train_s = time.perf_counter() - t0
+    inv_entries, invented = invented_hops(cfg.invented_hops, ctx.seed)
+    # training trajectories search the world plus the invented facts (the same tool; test episodes see the world)
+    train_kb = KnowledgeBase.from_dir(world.dir, extra=inv_entries) if invented else kb
+    convs = training_conversations(arith_train, hop_train, train_kb, search_registry(train_kb, cfg.search_k),
+                                   cfg.search_k, cfg.react_repeats, invented)
+    reads = copy_rows(w, cfg.copy_rows, ctx.seed, set()) if cfg.copy_steps else []
+    t0 = time.process_time()
+    module, res = _fine_tune(ctx, cfg, model, tok, convs, sft.checkpoint, reads)
+    train_s = time.process_time() - t0
     report.row("agent fine-tune: conversations / steps", f"{len(convs)} / {res.get('step', cfg.steps)}",
-               note=f"{train_s:.0f} s; {len(arith_train)} train arithmetic rows x 3 formats, {len(hop_train)} two-hop "
-                    f"train questions x 3 formats (ReAct x{cfg.react_repeats}); starts from the SFT chat model")
+               note=f"{train_s:.0f} CPU s; {cfg.copy_steps} read-back warm-up steps first (rows 'Repeat: <sentence "
+                    f"with invented names>'; loss {res.get('copy_first_loss', float('nan')):.2f} -> "
+                    f"{res.get('copy_last_loss', float('nan')):.2f}), then {len(arith_train)} train arithmetic rows "
+                    f"x 3 formats, {len(hop_train)} two-hop train questions x 3 formats (ReAct x{cfg.react_repeats}) "
+                    f"and {len(invented)} ReAct trajectories over invented people; starts from the SFT chat model")
 
     from genforge.agents.llm import EngineModel
 
@@ -184,19 +215,76 @@ def first_query(question: str) -> str:
 def gold_trajectory(row: dict, registry: ToolRegistry):
     """The ReAct trajectory a perfect policy writes: look up the bridge entity, then where it lives; finish.
 
-    Observations are the real search results, so the model learns to read the bridge from them."""
+    Observations are the real search results. Each thought after an observation reads the fact back ("The sibling
+    of X is Y.", "Y lives in T."), the read-back the warm-up trained, so the next action copies the name from a few
+    tokens back in the model's own turn, not from the tool's turn."""
     from genforge.agents.react import FINISH, Step, Trajectory
 
     q, bridge, answer = row["question"], row["bridge"], row["answer"]
     t = Trajectory(q)
     fq = first_query(q)
-    t.steps.append(Step(f"Find {fq}.", "search", fq, registry.call("search", {"query": fq}).text.replace("\n", " | ")))
-    q2 = f"{bridge} lives in"
-    t.steps.append(Step(f"Find where {bridge} lives.", "search", q2,
-                        registry.call("search", {"query": q2}).text.replace("\n", " | ")))
-    t.steps.append(Step(f"{bridge} lives in {answer}.", FINISH, answer, ""))
+    obs1 = registry.call("search", {"query": fq}).text
+    t.steps.append(Step(f"Find {fq}.", "search", fq, obs1.replace("\n", " | ")))
+    q2 = second_query(bridge, obs1)
+    obs2 = registry.call("search", {"query": q2}).text
+    t.steps.append(Step(obs1.split("\n")[0], "search", q2, obs2.replace("\n", " | ")))
+    t.steps.append(Step(obs2.split("\n")[0], FINISH, f"lives in {answer}", ""))
     t.answer, t.status = answer, "answered"
     return t
+
+
+def second_query(bridge: str, first_observation: str) -> str:
+    """The second search: 'where is Y lives' ('are' after a friends fact), not 'Y lives in'.
+
+    The words before the name are the ones before it in the observation and the thought (' is Y'), and the name keeps
+    its leading space, so the model continues a span it has seen (what the read-back warm-up's copy circuit does, an
+    induction head: Olsson et al. 2022) instead of opening one after `search[`. Measured at tiny (diagnostic fine-tunes
+    from the same warm-up): the second search named the bridge 0.01 of the time with 'Y lives in', 0.37 with this."""
+    verb = "are" if " are " in first_observation.split("\n")[0] else "is"
+    return f"where {verb} {bridge} lives"
+
+
+# object kinds of invented objects ("the Kalo Lantern"); town endings of invented towns ("Napvermere")
+_INVENTED_KINDS = ("Lantern", "Map", "Compass", "Music Box", "Tea Set", "Clock", "Chessboard", "Rowing Boat", "Kettle")
+_TOWN_ENDS = ("mere", "ford", "wick", "dale", "stead", "ley", "moor", "gate", "holm", "combe")
+
+
+def invented_hops(n: int, seed: int) -> tuple[list[tuple[str, str]], list[dict]]:
+    """`n` two-hop questions about invented people, objects and towns, and the keyed facts that answer them.
+
+    Returns (entries for `KnowledgeBase.from_world(..., extra=entries)`, rows shaped like `multihop_questions`'s).
+    The names are pseudo-words (the rag stage's `invented_name`), so no memory of the world can supply the bridge or
+    the town: a model trained on these trajectories lowers its loss only by copying them out of the observations,
+    the skill the world's own trajectories let it skip (it can guess a real bridge, or the sibling's surname).
+    Half the pairs share a surname, as the world's siblings do."""
+    from genforge.agents.knowledge import thing_entries
+    from genforge.speedrun.rag import invented_name
+
+    rng = random.Random(f"invented-hops-{seed}")
+    entries: list[tuple[str, str]] = []
+    rows = []
+    for _ in range(n):
+        surname = invented_name(rng) if rng.random() < 0.5 else ""
+        person = f"{invented_name(rng)} {surname or invented_name(rng)}"
+        bridge = f"{invented_name(rng)} {surname or invented_name(rng)}"
+        town, home = (invented_name(rng) + rng.choice(_TOWN_ENDS) for _ in range(2))
+        kind = rng.randrange(3)
+        if kind == 0:
+            q = f"In which town does the sibling of {person} live?"
+            entries += [(f"the sibling of {person}", f"The sibling of {person} is {bridge}."),
+                        (f"the sibling of {bridge}", f"The sibling of {bridge} is {person}.")]
+        elif kind == 1:
+            q = f"In which town does the friend of {person} live?"
+            entries.append((f"the friends of {person}", f"The friends of {person} are {bridge}."))
+        else:
+            thing = f"the {invented_name(rng)} {rng.choice(_INVENTED_KINDS)}"
+            q = f"In which town does the maker of {thing} live?"
+            entries += thing_entries(thing, bridge, rng.choice(("oak", "tin", "glass", "wool")),
+                                     rng.randint(1500, 1900), home)
+        entries += [(f"{bridge} lives in", f"{bridge} lives in {town}."),
+                    (f"{person} lives in", f"{person} lives in {home}.")]
+        rows.append({"question": q, "answer": town, "bridge": bridge})
+    return entries, rows
 
 
 def facts_prompt(kb: KnowledgeBase, question: str, k: int) -> str:
@@ -204,8 +292,12 @@ def facts_prompt(kb: KnowledgeBase, question: str, k: int) -> str:
 
 
 def training_conversations(arith: list[dict], hops: list[dict], kb: KnowledgeBase, registry: ToolRegistry,
-                           k: int, react_repeats: int = 1) -> list[list[dict]]:
-    """Each arithmetic row three ways (direct, CoT, PAL) and each two-hop question three ways (direct, facts, ReAct)."""
+                           k: int, react_repeats: int = 1, invented: list[dict] = ()) -> list[list[dict]]:
+    """Each arithmetic row three ways (direct, CoT, PAL), each two-hop question three ways (direct, facts, ReAct),
+    and a ReAct trajectory for each `invented` question. `registry` must search `kb` (and the invented facts).
+
+    A ReAct trajectory is a multi-turn chat (`Trajectory.to_messages`): observations are user turns, so the loss
+    falls on the thoughts and actions only, not on predicting the tool's output from memory."""
     from genforge.agents.pal import numbered_program
 
     def conv(user: str, reply: str) -> list[dict]:
@@ -220,28 +312,51 @@ def training_conversations(arith: list[dict], hops: list[dict], kb: KnowledgeBas
     for r in hops:
         out.append(conv(f"{TAGS['direct']} {r['question']}", r["answer"]))
         out.append(conv(facts_prompt(kb, r["question"], k), r["answer"]))
-        react = conv(f"{TAGS['react']} {r['question']}", gold_trajectory(r, registry).render_steps().rstrip("\n"))
-        out += [react] * react_repeats
+        out += [react_messages(gold_trajectory(r, registry))] * react_repeats
+    out += [react_messages(gold_trajectory(r, registry)) for r in invented]
     return out
 
 
-def _fine_tune(ctx: StageContext, cfg: Config, model, tok, convs: list[list[dict]], init_from: str):
+def react_messages(t) -> list[dict]:
+    """A ReAct trajectory as the chat the agent model is trained on and continues (see `react_prompt`)."""
+    return t.to_messages(f"{TAGS['react']} {t.question}")
+
+
+def react_prompt(tok, t) -> str:
+    """The prompt for the next ReAct step: the trajectory's chat so far, the assistant's turn opened at 'Thought:'."""
+    return tok.render_chat(react_messages(t), add_generation_prompt=True) + "Thought:"
+
+
+def _fine_tune(ctx: StageContext, cfg: Config, model, tok, convs: list[list[dict]], init_from: str,
+               reads: list[list[dict]] = ()):
+    """The shared `run_sft` (full fine-tune): `cfg.copy_steps` on the read-back rows `reads` (if any), then
+    `cfg.steps` on the tool formats. Two runs, as in the rag stage: read-back rows are short, and a batch is padded
+    to its longest row. Returns (model, metrics of the last run + the read-back loss's first and last value)."""
     import shutil
 
+    from genforge.io import read_jsonl
     from genforge.train.sft import SFTConfig, run_sft
     from genforge.train.trainer import TrainConfig
 
-    out_dir = ctx.path("agents", "model")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    c = SFTConfig(init_from=init_from, out_dir=str(out_dir))
-    c.train = TrainConfig(max_steps=cfg.steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, cfg.steps // 10),
-                          eval_every=0, ckpt_every=0, log_every=max(1, cfg.steps // 20), seed=ctx.seed,
-                          threads=ctx.threads, progress=ctx.progress, resume=False, weight_decay=0.1)
-    c.data.seq_len = min(cfg.seq_len, model.config.max_seq_len - 16)
-    c.peft.method = "full"
-    module, res = run_sft(model, tok, convs, c, base_path=str(Path(init_from).resolve()), name="agents")
-    res.setdefault("checkpoint", str(out_dir / "checkpoint"))
-    return module.eval(), res
+    info: dict = {}
+    phases = ([("copy", reads, cfg.copy_steps)] if reads and cfg.copy_steps else []) + [("model", convs, cfg.steps)]
+    for name, rows, steps in phases:
+        out_dir = ctx.path("agents", name)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        c = SFTConfig(init_from=init_from, out_dir=str(out_dir))
+        c.train = TrainConfig(max_steps=steps, micro_batch=cfg.micro_batch, warmup_steps=max(1, steps // 10),
+                              eval_every=0, ckpt_every=0, log_every=max(1, steps // 20), seed=ctx.seed,
+                              threads=ctx.threads, progress=ctx.progress, resume=False, weight_decay=0.1)
+        c.data.seq_len = min(cfg.seq_len if name == "model" else 256, model.config.max_seq_len - 16)
+        c.peft.method = "full"
+        model, res = run_sft(model, tok, rows, c, base_path=str(Path(init_from).resolve()), name=f"agents-{name}")
+        losses = [r["loss"] for _, r in read_jsonl(out_dir / "metrics.jsonl") if r.get("split") == "train"]
+        if losses:
+            info[f"{name}_first_loss"], info[f"{name}_last_loss"] = losses[0], losses[-1]
+        model.train()
+    res = {**res, **info}
+    res.setdefault("checkpoint", str(ctx.path("agents", "model") / "checkpoint"))
+    return model.eval(), res
 
 
 # ---- measurements -----------------------------------------------------------------------------------------------
@@ -298,7 +413,14 @@ def _fmt(ci) -> str:
 
 
 def _same(a: str, b: str) -> bool:
-    return a.strip().rstrip(".").strip().lower() == b.strip().lower()
+    """An answer matches the gold town (case and a final full stop aside; ReAct's 'lives in T' is read as T)."""
+    return town_of(a).lower() == b.strip().lower()
+
+
+def town_of(answer: str) -> str:
+    """The town in an answer: ReAct finishes with 'lives in T', so that the town follows the words it follows in the
+    observation and the thought (the same copying cue as `second_query`); every method's answer is read this way."""
+    return answer.strip().rstrip(".").strip().removeprefix("lives in ").strip()
 
 
 def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase, registry: ToolRegistry,
@@ -315,8 +437,7 @@ def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase
     facts = lm.generate([chat_prefix(tok, facts_prompt(kb, q, cfg.search_k)) for q in qs], max_new_tokens=12,
                         temperature=0.0, stop=("\n",))
     trajs = run_episodes(lm, registry, qs, ReActConfig(max_steps=cfg.react_steps, max_new_tokens=64),
-                         prompt_fn=lambda t: chat_prefix(tok, f"{TAGS['react']} {t.question}",
-                                                         t.render_steps() + "Thought:"))
+                         prompt_fn=lambda t: react_prompt(tok, t))
     gold = [gold_trajectory(r, registry) for r in rows]
     score = {"direct": [float(_same(a, r["answer"])) for a, r in zip(direct, rows)],
              "retrieve": [float(_same(a, r["answer"])) for a, r in zip(facts, rows)],
@@ -340,19 +461,54 @@ def _multihop(ctx: StageContext, report: StageReport, lm, tok, kb: KnowledgeBase
                note=f"malformed actions: {sum(t.n_malformed for t in trajs)} in all (each retried once)")
     report.row("ReAct ceiling: a perfect policy with this search tool", _fmt(bootstrap_mean(oracle, seed=ctx.seed)),
                note="share of test questions whose two gold searches return the bridge and the answer")
-    # where the episodes go wrong: the first search must copy the question's entity, the second the bridge name
-    # read from the first observation (both are copying from the context)
-    first = [float(bool(t.steps) and t.steps[0].argument == first_query(r["question"])) for t, r in zip(trajs, rows)]
-    second = [float(len(t.steps) > 1 and t.steps[1].argument == f"{r['bridge']} lives in") for t, r in zip(trajs, rows)]
-    report.row("ReAct: first search copies the question's entity / second search names the bridge",
-               f"{sum(first) / n:.2f} / {sum(second) / n:.2f}",
-               note="exact match with the gold searches; low values mean the model writes the format but copies the "
-                    "wrong names (a copying skill a ~1M-parameter model lacks after a short fine-tune)")
+    # where the episodes go wrong, hop by hop: the first search must copy the question's entity, the second the
+    # bridge's name read from the first observation, the finish the town read from the second
+    hops = react_hops(trajs, rows)
+    report.row("ReAct per hop: first search copies the question's entity / its result names the bridge",
+               f"{hops['first_search']:.2f} / {hops['first_result']:.2f}",
+               note="exact match with the gold first search; share of episodes whose first observation holds the "
+                    "bridge's name")
+    report.row("ReAct per hop: second search names the bridge / its result holds the answer",
+               f"{hops['second_search']:.2f} / {hops['second_result']:.2f}",
+               note=f"of all episodes; given a first result that names the bridge: {hops['second_given_first']:.2f} "
+                    "(the name must be copied out of the observation)")
+    report.row("ReAct per hop: finish copies the answer when the second result holds it",
+               f"{hops['finish_given_second']:.2f}", note="share of those episodes answered right")
     write_text(ctx.path("agents", "react_trajectories.jsonl"), "\n".join(trajectories_jsonl(trajs)) + "\n")
     ex = next((i for i, s in enumerate(score["react"]) if s), 0)
+    report.note("ReAct's setting at this size: the search tool ranks facts by a key naming their subject and "
+                f"relation and returns the top {cfg.search_k} (so 'the sibling of X' returns X's sibling, not the "
+                "fact naming X as someone's sibling); every thought after an observation reads the fact back; the "
+                "second search is 'where is Y lives' and the finish 'lives in T', so each copied name follows the "
+                "words it follows in the observation (the cue a copy circuit needs; `second_query`); observations "
+                "are tool turns the fine-tune does not "
+                f"learn; {cfg.invented_hops} of the training trajectories are about invented people, whose names only "
+                f"copying can predict; and {cfg.copy_steps} read-back warm-up steps (the rag stage's rows) come first. "
+                "Direct answers and one-shot retrieval are trained in the same fine-tune on the same world questions "
+                f"and scored on the same test questions. Per hop: first search {hops['first_search']:.2f}, second "
+                f"search given the bridge in view {hops['second_given_first']:.2f}, finish given the answer in view "
+                f"{hops['finish_given_second']:.2f}: the accuracy is about their product.")
     report.note(f"A ReAct trajectory (test question {ex}, gold {rows[ex]['answer']}; directly: `{direct[ex]}`, "
                 f"one-shot retrieval: `{facts[ex]}`):\n\n```\n{trajs[ex].render()}\n```")
     return {m: sum(v) / n for m, v in score.items()}
+
+
+def react_hops(trajs: list, rows: list[dict]) -> dict[str, float]:
+    """Per-hop success of ReAct episodes on two-hop rows: first search exact / its observation names the bridge /
+    second search exact / its observation holds the answer (shares of all episodes), the second search given a
+    first observation naming the bridge, and the right answer given a second observation holding it."""
+    def share(xs: list[bool]) -> float:
+        return sum(xs) / len(xs) if xs else 0.0
+
+    first = [bool(t.steps) and t.steps[0].argument == first_query(r["question"]) for t, r in zip(trajs, rows)]
+    res1 = [bool(t.steps) and r["bridge"] in t.steps[0].observation for t, r in zip(trajs, rows)]
+    second = [len(t.steps) > 1 and t.steps[1].argument == second_query(r["bridge"], t.steps[0].observation)
+              for t, r in zip(trajs, rows)]
+    res2 = [len(t.steps) > 1 and r["answer"] in t.steps[1].observation for t, r in zip(trajs, rows)]
+    right = [_same(t.answer, r["answer"]) for t, r in zip(trajs, rows)]
+    return {"first_search": share(first), "first_result": share(res1), "second_search": share(second),
+            "second_result": share(res2), "second_given_first": share([s for s, o in zip(second, res1) if o]),
+            "finish_given_second": share([a for a, o in zip(right, res2) if o])}
 
 
 def _sandbox(report: StageReport, calls: int) -> tuple[float, str]:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from genforge.agents.knowledge import KnowledgeBase
-from genforge.agents.llm import ScriptedModel, chat_prefix
+from genforge.agents.llm import ScriptedModel
 from genforge.agents.react import ReActConfig, run_episode, run_episodes
 from genforge.agents.sandbox import run_python
 from genforge.agents.tools import default_registry
@@ -38,26 +38,25 @@ def test_hop_split_is_disjoint(world):
 
 def test_gold_react_replayed_through_the_stage_prompt_answers_right(world, tok):
     """A model that writes the trained trajectory token for token gets every test answer through run_episodes:
-    the training text, the prompt format, the stop strings and the action parser agree."""
+    the training chat, the prompt format, the stop strings and the action parser agree."""
     w, kb = world
     _, test = agents.hop_rows(w, 20, 10, seed=1)
-    reg = agents.search_registry(kb, 2)
-    gold = {r["question"]: agents.gold_trajectory(r, reg).render_steps().rstrip("\n") for r in test}
-
-    def prompt_fn(t):
-        return chat_prefix(tok, f"{agents.TAGS['react']} {t.question}", t.render_steps() + "Thought:")
+    reg = agents.search_registry(kb, 1)
+    gold = {r["question"]: tok.render_chat(agents.react_messages(agents.gold_trajectory(r, reg))) for r in test}
 
     def reply(prompt: str) -> str:
         q = next(q for q in gold if f"{agents.TAGS['react']} {q}" in prompt)
-        so_far = prompt.split("<|assistant|>", 1)[1]
-        assert gold[q].startswith(so_far)
-        return gold[q][len(so_far):] + "\nObservation: (the model would go on)"
+        assert gold[q].startswith(prompt)  # the prompt is the trained chat so far, up to 'Thought:'
+        return gold[q][len(prompt):].split("<|end|>")[0] + "\nObservation: (the model would go on)"
 
     model = ScriptedModel(reply)
-    trajs = run_episodes(model, reg, list(gold), ReActConfig(max_steps=5), prompt_fn=prompt_fn)
-    assert [t.answer for t in trajs] == [r["answer"] for r in test]
+    trajs = run_episodes(model, reg, list(gold), ReActConfig(max_steps=5),
+                         prompt_fn=lambda t: agents.react_prompt(tok, t))
+    assert [agents.town_of(t.answer) for t in trajs] == [r["answer"] for r in test]
     assert all(t.status == "answered" and t.n_malformed == 0 and len(t.steps) == 3 for t in trajs)
     assert len(model.prompts) == 3 * len(test)  # one batched call per round: three rounds
+    hops = agents.react_hops(trajs, test)
+    assert hops == {k: 1.0 for k in hops}  # every hop of a perfect policy counts as right
 
 
 def test_training_conversations_hold_every_format(world):
@@ -65,17 +64,55 @@ def test_training_conversations_hold_every_format(world):
     rng = random.Random(0)
     arith = [arithmetic(rng, w) for _ in range(5)]
     hops, _ = agents.hop_rows(w, 12, 10, seed=2)
-    reg = agents.search_registry(kb, 2)
-    convs = agents.training_conversations(arith, hops, kb, reg, 2)
-    assert len(convs) == 3 * len(arith) + 3 * len(hops)
+    entries, invented = agents.invented_hops(7, seed=0)
+    train_kb = KnowledgeBase.from_world(w, extra=entries)
+    reg = agents.search_registry(train_kb, 1)
+    convs = agents.training_conversations(arith, hops, train_kb, reg, 1, invented=invented)
+    assert len(convs) == 3 * len(arith) + 3 * len(hops) + len(invented)
     pal = [c[1]["content"] for c in convs if c[0]["content"].startswith(agents.TAGS["pal"])]
     from genforge.agents.pal import number_bindings
 
     outs = [run_python(number_bindings(r["prompt"]) + p).stdout.strip() for r, p in zip(arith, pal)]
     assert outs == [r["answer"] for r in arith]  # every PAL training program prints the gold answer
     assert all("n0" in p for p in pal)  # and takes its numbers from the bindings
-    react = [c[1]["content"] for c in convs if c[0]["content"].startswith(agents.TAGS["react"])]
-    assert all(t.startswith("Thought: Find ") and "\nAction: search[" in t and t.endswith("]") for t in react)
+    react = [c for c in convs if c[0]["content"].startswith(agents.TAGS["react"])]
+    assert len(react) == len(hops) + len(invented)
+    for c, r in zip(react, hops + invented):  # ask, search, read, search again, finish: observations are user turns
+        assert [m["role"] for m in c] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+        assert c[1]["content"].startswith("Thought: Find ") and "\nAction: search[" in c[1]["content"]
+        assert r["bridge"] in c[2]["content"] and c[3]["content"].endswith(f" {r['bridge']} lives]")
+        verb = "are" if " are " in c[2]["content"] else "is"
+        assert c[3]["content"] == (f"Thought: {c[2]['content'].removeprefix('Observation: ')}\n"
+                                   f"Action: search[where {verb} {r['bridge']} lives]")
+        assert r["answer"] in c[4]["content"] and c[5]["content"].endswith(f"finish[lives in {r['answer']}]")
+
+
+def test_invented_hops_are_answerable_and_not_the_world(world):
+    """Invented questions: the keyed search (k=1) returns the bridge and then the town, names unseen in the world."""
+    w, _ = world
+    entries, rows = agents.invented_hops(60, seed=3)
+    assert {r["question"].split()[5] for r in rows} == {"sibling", "friend", "maker"}
+    kb = KnowledgeBase.from_world(w, extra=entries)
+    reg = agents.search_registry(kb, 1)
+    names = {p.name for p in w.people} | {t.name for t in w.towns}
+    for r in rows:
+        t = agents.gold_trajectory(r, reg)
+        assert r["bridge"] in t.steps[0].observation and r["answer"] in t.steps[1].observation
+        assert r["bridge"] not in names and r["answer"] not in names
+    assert agents.invented_hops(60, seed=3) == (entries, rows)  # seeded
+
+
+def test_react_hops_locate_the_failing_hop():
+    from genforge.agents.react import Step, Trajectory
+
+    row = {"question": "In which town does the sibling of Ada Quill live?", "bridge": "Bo Quill", "answer": "Eastby"}
+    good_first = Step("", "search", "the sibling of Ada Quill", "The sibling of Ada Quill is Bo Quill.")
+    wrong_second = Step("", "search", "where is Cy Quill lives", "Cy Quill lives in Westby.")
+    t1 = Trajectory(row["question"], [good_first, wrong_second, Step("", "finish", "Westby", "")], "Westby", "answered")
+    t2 = Trajectory(row["question"], [Step("", "search", "the sibling of Ada", "no results")], "", "step_limit")
+    h = agents.react_hops([t1, t2], [row, row])
+    assert h == {"first_search": 0.5, "first_result": 0.5, "second_search": 0.0, "second_result": 0.0,
+                 "second_given_first": 0.0, "finish_given_second": 0.0}
 
 
 def test_batched_episodes_equal_one_at_a_time():

@@ -82,6 +82,23 @@ def test_react_exact_trajectory_on_scripted_stub():
     assert model.prompts[1].endswith(f"Observation: {first}\nThought:")
 
 
+def test_trajectory_messages_train_actions_not_observations(tiny_tokenizer):
+    """As chat turns, a trajectory's observations are user turns: the assistant mask (what a fine-tune learns)
+    covers every thought and action and no observation."""
+    row = _qrow()
+    script = [f" Look up.\nAction: search[{row['question'][27:-6]}]", " Done.\nAction: finish[X]"]
+    t = run_episode(ScriptedModel(script), default_registry(kb=KB, include=("search",)), row["question"],
+                    ReActConfig(max_steps=5))
+    msgs = t.to_messages("Answer with search. " + row["question"])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[1]["content"] == f"Thought: Look up.\nAction: search[{row['question'][27:-6]}]"
+    assert msgs[2]["content"] == f"Observation: {t.steps[0].observation}"
+    assert msgs[3]["content"] == "Thought: Done.\nAction: finish[X]"
+    ids, mask = tiny_tokenizer.encode_chat(msgs)
+    learned = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert "search[" in learned and "finish[X]" in learned and "Observation" not in learned
+
+
 def test_malformed_action_counted_and_retried_once():
     reg = default_registry(kb=KB, include=("search", "calculator"))
     model = ScriptedModel([" I will compute.\nAction: calculate[2+2]",
