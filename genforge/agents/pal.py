@@ -128,11 +128,13 @@ class MethodResult:
 
 def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str, *, max_new_tokens: int = 160,
           sandbox: SandboxConfig | None = None, seed: int = 0, prompts: list[str] | None = None,
-          bind_numbers: bool = False) -> MethodResult:
+          bind_numbers: bool = False, prefill: str = "") -> MethodResult:
     """Answer world arithmetic `rows` with `method` in ("direct", "cot", "pal"); exact-match accuracy.
 
     prompts: one per row instead of the few-shot ones (a fine-tuned model's own format); a direct prompt must
     end where the number comes ("... The answer is"). bind_numbers: run PAL programs after `number_bindings`.
+    prefill: text the prompts already opened a PAL or CoT reply with (e.g. "step1 ="), put back in front of each
+    completion before it is run or read.
     """
     make = {"direct": direct_prompt, "cot": cot_prompt, "pal": pal_prompt}[method]
     prompts = prompts if prompts is not None else [make(question_of(r), examples) for r in rows]
@@ -140,6 +142,7 @@ def solve(model: TextModel, rows: list[dict], examples: list[dict], method: str,
                           stop=STOP)
     answers, details = [], []
     for row, out in zip(rows, outs):
+        out = out if method == "direct" else prefill + out
         if method == "pal":
             prelude = number_bindings(question_of(row)) if bind_numbers else ""
             res = run_python(prelude + program_of(out), sandbox)

@@ -127,7 +127,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     model, tok, _ = load_checkpoint(sft.checkpoint)
     if tok is None:
         raise ConfigError(f"{sft.checkpoint}: the SFT checkpoint has no tokenizer")
-    from genforge.speedrun.rag import copy_rows
+    from genforge.world.readback import copy_rows
 
     w = load_world(world.dir)
     kb = KnowledgeBase.from_dir(world.dir)
@@ -258,7 +258,7 @@ def invented_hops(n: int, seed: int) -> tuple[list[tuple[str, str]], list[dict]]
     the skill the world's own trajectories let it skip (it can guess a real bridge, or the sibling's surname).
     Half the pairs share a surname, as the world's siblings do."""
     from genforge.agents.knowledge import thing_entries
-    from genforge.speedrun.rag import invented_name
+    from genforge.world.readback import invented_name
 
     rng = random.Random(f"invented-hops-{seed}")
     entries: list[tuple[str, str]] = []
@@ -369,10 +369,12 @@ def _arithmetic(ctx: StageContext, report: StageReport, lm, tok, rows: list[dict
     from genforge.io import write_jsonl
 
     res = {}
-    for method, prefix, max_new in (("direct", "The answer is", 16), ("cot", "", 160), ("pal", "", 96)):
+    # Each method's reply is opened with its format's first words, as ReAct's is with "Thought:": without it the
+    # PAL reply opened a ReAct turn 82 times in 100 once ReAct trajectories outnumbered the programs in training.
+    for method, prefix, max_new in (("direct", "The answer is", 16), ("cot", "", 160), ("pal", "step1 =", 96)):
         prompts = [chat_prefix(tok, f"{TAGS[method]} {r['prompt']}", prefix) for r in rows]
         res[method] = solve(lm, rows, [], method, prompts=prompts, max_new_tokens=max_new, seed=ctx.seed,
-                            bind_numbers=True)
+                            bind_numbers=True, prefill="" if method == "direct" else prefix)
     ci = {m: bootstrap_mean(r.correct, seed=ctx.seed) for m, r in res.items()}
     n = len(rows)
     report.lesson("PAL (the model writes a program, the sandbox runs it) beats answering directly on arithmetic "

@@ -10,6 +10,7 @@ import pytest
 from genforge.rag.embed import CachingEmbedder, HashingEmbedder
 from genforge.rag.qa import DEFENCE, QAItem, run_qa
 from genforge.speedrun import rag
+from genforge.world import readback
 from genforge.world.facts import build_world
 
 
@@ -102,7 +103,7 @@ def test_reading_exercises_never_ask_a_test_question(w):
     from genforge.world.knowledge import make_knowledge
 
     kb = make_knowledge(w, 20, seed=0)
-    ex = rag.reading_exercises(w, 50, seed=0, exclude_questions={r["question"] for r in kb})
+    ex = readback.reading_exercises(w, 50, seed=0, exclude_questions={r["question"] for r in kb})
     assert len(ex) == 50 and not {e["question"] for e in ex} & {r["question"] for r in kb}
     assert all(e["answer"] in e["fact"] for e in ex)
     convs = rag.qa_training_rows(rag.corpus_facts(w), rag.Config(qa_train_rows=200, exercise_share=1.0), 0, set(), ex)
@@ -136,13 +137,13 @@ def test_counterfactual_invents_the_answer_and_keeps_the_template(w):
     rows = make_knowledge(w, 60, seed=3)
     changed = 0
     for r in rows:
-        c = rag.counterfactual(r, rng)
+        c = readback.counterfactual(r, rng)
         assert c["answer"] in c["fact"] and c["question"] == r["question"]
-        kind = [x for x in r["answer"].split() if x in rag._KIND_WORDS]
-        assert [x for x in c["answer"].split() if x in rag._KIND_WORDS] == kind
+        kind = [x for x in r["answer"].split() if x in readback._KIND_WORDS]
+        assert [x for x in c["answer"].split() if x in readback._KIND_WORDS] == kind
         if c["answer"] != r["answer"]:
             changed += 1
-            named = {x for x in r["answer"].split() if x not in rag._KIND_WORDS}
+            named = {x for x in r["answer"].split() if x not in readback._KIND_WORDS}
             assert not named & set(c["answer"].split())  # no word of the real name survives
             assert c["fact"].replace(c["answer"], r["answer"]) == r["fact"]  # only the answer changed
     assert changed > 50
@@ -152,7 +153,7 @@ def test_copy_rows_repeat_their_sentence(w):
     from genforge.world.knowledge import make_knowledge
 
     kb = make_knowledge(w, 20, seed=0)
-    rows = rag.copy_rows(w, 40, seed=0, exclude_questions={r["question"] for r in kb})
+    rows = readback.copy_rows(w, 40, seed=0, exclude_questions={r["question"] for r in kb})
     assert len(rows) == 40
     for user, reply in rows:
         assert user["content"] == "Repeat:" + reply["content"] and reply["content"].startswith(" ")
@@ -160,7 +161,7 @@ def test_copy_rows_repeat_their_sentence(w):
 
 
 def test_hard_distractors_share_the_gold_rows_template(w):
-    ex = rag.reading_exercises(w, 300, seed=0, exclude_questions=set())
+    ex = readback.reading_exercises(w, 300, seed=0, exclude_questions=set())
     facts = rag.corpus_facts(w)
     kind_of = {e["fact"]: rag._kind(e) for e in ex} | {f["fact"]: f["kind"] for f in facts}
     gold_of = {e["question"]: e for e in ex} | {f["question"]: f for f in facts}
