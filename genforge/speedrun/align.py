@@ -121,11 +121,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     """Train and compare the reward model, PPO (with KL) and DPO; write lessons, rows and checkpoints."""
     from genforge.io import write_json
 
-    t_stage, c_stage = time.perf_counter(), time.process_time()
-    s = setup(ctx, cfg, world, sft, NAME)
-    t0 = time.perf_counter()
-    base = judge(s, s.sft)
-    s.tick("baseline eval", t0)
+    s, base, t_stage, c_stage = start(ctx, cfg, world, sft, NAME)
     pref_train, pref_val = own_preferences(s, report)
     rm = reward_model_step(s, report, pref_train, pref_val)
     dpo_policy = dpo_step(s, report, pref_train)
@@ -284,6 +280,18 @@ def _ci(values, seed: int = 0):
 
 
 # ---------------------------------------------------------------------------- the steps
+
+def start(ctx: StageContext, cfg: Any, world: world.Outputs, sft: sft.Outputs,
+          folder: str) -> tuple[Setup, dict, float, float]:
+    """An alignment stage's opening: `setup`, then the SFT model judged once (the stage's baseline). Returns
+    (setup, baseline judgement, the stage's start wall time, its start CPU time)."""
+    t_stage, c_stage = time.perf_counter(), time.process_time()
+    s = setup(ctx, cfg, world, sft, folder)
+    t0 = time.perf_counter()
+    base = judge(s, s.sft)
+    s.tick("baseline eval", t0)
+    return s, base, t_stage, c_stage
+
 
 def setup(ctx: StageContext, cfg: Any, world: world.Outputs, sft: sft.Outputs, folder: str) -> Setup:
     """Load the starting SFT model, empty run_dir/<folder> and pick the prompts (only ones that leave room for a

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from genforge.report import StageReport
 from genforge.speedrun import sft, world
-from genforge.speedrun.align import START, Judged, Setup, answer, cai_refuses, judge, setup, task_items
+from genforge.speedrun.align import START, Judged, Setup, answer, cai_refuses, judge, start, task_items
 from genforge.speedrun.stage import StageContext
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ class Outputs:
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, sft: sft.Outputs) -> Outputs:
     """SL-CAI then RLAIF from the SFT model; refusal, helpfulness and AI-feedback agreement lessons."""
-    t_stage, c_stage = time.perf_counter(), time.process_time()
-    s = setup(ctx, cfg, world, sft, NAME)
-    t0 = time.perf_counter()
-    base = judge(s, s.sft)
-    s.tick("baseline eval", t0)
+    s, base, t_stage, c_stage = start(ctx, cfg, world, sft, NAME)
     _, res = constitutional_step(s, report, base)
     s.note_timings(report, t_stage, c_stage)
     return Outputs(rlaif=str(s.out / "rlaif" / "checkpoint"), refusal_rate=res["refusal_rate"],
