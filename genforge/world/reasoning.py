@@ -165,9 +165,6 @@ def _days(n: int) -> str:
 def date_arithmetic(rng: random.Random, w: World) -> dict:
     start = dt.date(rng.randint(1990, 2030), 1, 1) + dt.timedelta(days=rng.randrange(365))
     n = rng.randint(5, 150)
-    to_month_end = calendar.monthrange(start.year, start.month)[1] - start.day
-    if n <= to_month_end:  # always cross a month end: a count inside one month is `calendar_skills`' trained piece
-        n += to_month_end
     end = start + dt.timedelta(days=n)
     steps, cur, left = [], start, n
     while left > 0:
@@ -192,8 +189,11 @@ DATE_QUESTIONS = ("What is the date {n} days after {d}?", "Which date comes {n} 
 def calendar_skills(rng: random.Random, w: World) -> dict:
     """The two pieces `date_arithmetic` is composed of, as a trainable skill (a drill, not a scored family):
     counting days inside one month ("8 days after November 1, 2001 is November 9, 2001.") and a month's length
-    ("October 2001 has 31 days."). The held-out family always crosses a month end, so it asks for the composition,
-    never a trained question; what transfers at once is the answer's form, a date (issue 22's format row)."""
+    ("October 2001 has 31 days."). Most held-out questions cross a month end (about 1 in 12 stays inside one month,
+    the trained piece; the drill never repeats a scored question), so they ask for the composition; what transfers
+    at once is the answer's form, a date (issue 22's format row). The held-out generator is left as it was: making
+    every question cross a month end changed the corpus's worked dates, and the chat model retrained on that corpus
+    stopped copying the question's numbers into its column sums (arithmetic 0.46 -> 0.00 in one full run)."""
     start = dt.date(rng.randint(1990, 2030), 1, 1) + dt.timedelta(days=rng.randrange(365))
     month_len = calendar.monthrange(start.year, start.month)[1]
     month = f"{names.MONTHS[start.month - 1]} {start.year}"

@@ -125,9 +125,8 @@ def _date(text: str):
     return dt.datetime.strptime(text, "%B %d, %Y").date()
 
 
-def test_calendar_skills_stay_in_a_month_and_the_held_out_family_crosses_one():
-    """The drill trains the pieces (a count inside one month, a month's length); every held-out date question
-    crosses a month end, so none of them is a trained question."""
+def test_calendar_skills_are_the_pieces_of_date_arithmetic():
+    """The drill trains the pieces: a count that stays inside one month, and a month's length."""
     import calendar
     import datetime as dt
 
@@ -147,9 +146,3 @@ def test_calendar_skills_stay_in_a_month_and_the_held_out_family_crosses_one():
             kinds.add("length")
         assert r["responses"]["direct"] == f"The answer is {r['answer']}."
     assert kinds == {"count", "length"}
-    for _ in range(300):
-        r = date_arithmetic(rng, w)
-        n = int(re.search(r"(\d+) days", r["question"])[1])
-        start = _date(re.search(r"([A-Z][a-z]+ \d+, \d{4})", r["question"])[1])
-        end = _date(r["answer"])
-        assert end == start + dt.timedelta(days=n) and (end.year, end.month) != (start.year, start.month)
