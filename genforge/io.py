@@ -58,6 +58,26 @@ def write_jsonl(path: str | os.PathLike, rows: Any) -> int:
     return n
 
 
+RUN = "$RUN"  # stands for the run folder in a speedrun's stages/*.json, so a copied or moved run reads its own files
+
+
+def relocate(value: Any, old: str, new: str) -> Any:
+    """`value` (JSON-like) with every string path that is `old` or under it rewritten to start with `new`."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + "/") else value
+    if isinstance(value, dict):
+        return {k: relocate(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, old, new) for v in value]
+    return value
+
+
+def read_run_json(run_dir: str | os.PathLike, name: str) -> dict:
+    """A speedrun stage's outputs (run_dir/stages/<name>.json) with its $RUN paths resolved; {} if it has not run."""
+    path = Path(run_dir) / "stages" / f"{name}.json"
+    return relocate(json.loads(path.read_text()), RUN, str(Path(run_dir).resolve())) if path.exists() else {}
+
+
 def read_json(path: str | os.PathLike, missing: str, error: type[Exception] = DataError) -> Any:
     """A JSON file, or a one-line `error`: `missing` says what the folder should have been; corrupt JSON
     names the file, line and problem."""

@@ -26,10 +26,10 @@ class SafetyConfig:
 
 
 def _from_run(run_dir: Path) -> tuple[dict[str, str], str, str]:
-    from genforge.speedrun.stage import outputs_dict
+    from genforge.io import read_run_json
 
     def stage(name: str) -> dict:
-        return outputs_dict(run_dir, name)
+        return read_run_json(run_dir, name)
 
     al = stage("align")
     models = {"base": stage("pretrain").get("checkpoint", ""), "sft": stage("sft").get("checkpoint", ""),

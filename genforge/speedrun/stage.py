@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genforge.errors import ConfigError
-from genforge.io import write_json
+from genforge.io import RUN, relocate, write_json
 
 
 @dataclass
@@ -42,28 +42,8 @@ def write_outputs(run_dir: Path, name: str, outputs: Any) -> Path:
     if not dataclasses.is_dataclass(outputs) or isinstance(outputs, type):
         raise TypeError(f"stage '{name}' must return its Outputs dataclass, got {type(outputs).__name__}")
     path = outputs_path(run_dir, name)
-    write_json(path, _relocate(dataclasses.asdict(outputs), str(Path(run_dir).resolve()), RUN))
+    write_json(path, relocate(dataclasses.asdict(outputs), str(Path(run_dir).resolve()), RUN))
     return path
-
-
-RUN = "$RUN"  # stands for the run folder in stages/*.json, so a copied or moved run reads its own files
-
-
-def _relocate(value: Any, old: str, new: str) -> Any:
-    """`value` (JSON-like) with every string path that is `old` or under it rewritten to start with `new`."""
-    if isinstance(value, str):
-        return new + value[len(old):] if value == old or value.startswith(old + "/") else value
-    if isinstance(value, dict):
-        return {k: _relocate(v, old, new) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_relocate(v, old, new) for v in value]
-    return value
-
-
-def outputs_dict(run_dir: Path, name: str) -> dict:
-    """stages/<name>.json as a dict with its paths resolved against `run_dir` ({} when the stage has not run)."""
-    path = outputs_path(run_dir, name)
-    return _relocate(json.loads(path.read_text()), RUN, str(Path(run_dir).resolve())) if path.exists() else {}
 
 
 def read_outputs(run_dir: Path, name: str, cls: type) -> Any:
@@ -76,7 +56,7 @@ def read_outputs(run_dir: Path, name: str, cls: type) -> Any:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e}); rerun with stages={name} force=true") from None
-    return from_dict(cls, _relocate(data, RUN, str(Path(run_dir).resolve())), str(path))
+    return from_dict(cls, relocate(data, RUN, str(Path(run_dir).resolve())), str(path))
 
 
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
