@@ -4,6 +4,7 @@ rows and plots, and its checkpoints load as image models."""
 import json
 
 from genforge.image.run import load_image_model
+from genforge.io import read_run_json
 from genforge.speedrun import main, resolve
 
 
@@ -11,7 +12,7 @@ def test_image_stage_at_smoke(tmp_path):
     cfg = resolve(["size=smoke", f"runs_dir={tmp_path}", "stages=image", "progress=false"])
     report = main(cfg).read_text()
     run = tmp_path / "smoke"
-    out = json.loads((run / "stages" / "image.json").read_text())
+    out = read_run_json(run, "image")  # $RUN paths resolved
     assert set(out["fid"]) == {"ddpm", "gan", "vae", "flow"}
     assert out["fid_noise"] > out["fid_real_vs_real"] > 0
     assert set(out["faithfulness"]) == {"0", "1", "3"}
