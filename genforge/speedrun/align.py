@@ -50,7 +50,9 @@ class Config:
     pref_samples: int = 4  # sampled answers per prompt (plus the greedy one)
     pref_temperature: float = 0.8
     rm_val_prompts: int = 60  # of pref_prompts, held out to measure the reward model on policy samples
-    rm_min_gap: float = 0.1  # pairs that matter: oracle scores differ by more than this (training and accuracy)
+    # Pairs that matter: oracle scores differ by more than this (training and accuracy). 0.04 keeps the pairs that
+    # differ only in a courteous closing (0.05 of the oracle; `sft.closings`) and drops near-ties in concision.
+    rm_min_gap: float = 0.04
     rm_steps: int = 60  # measured: 30 s CPU (1 thread) at tiny
     rm_micro_batch: int = 4  # ranked prompts per step (all their pairs)
     rm_lr: float = 3e-4
@@ -128,16 +130,15 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     ppo, history, settings = ppo_step(s, rm, cfg.ppo_kl_coef, "ppo")
     write_json(s.out / "ppo_history.json", history)
     wins, kls = final_eval(s, report, {"PPO (RM, KL)": ppo, "DPO": dpo_policy}, base)
-    report.note("**Why PPO and DPO tie with this chat model** (measured at tiny, seed 0, after the SFT recipe that "
-                "writes worked sums and coin states step by step). Its own samples do differ (5 distinct answers on "
-                "206 of 252 ranked prompts; see the spread row), but almost only in *correctness* (a digit slip, a "
-                "wrong coin state); the older chat model's samples differed in things a small model can see, and its "
-                "DPO won 0.578. The reward model learns its 192 training prompts (pair accuracy ~0.9) but not the "
-                "held-out ones (~0.62): it would have to check the arithmetic from its last token. DPO variants on "
-                "the same samples: best-vs-worst 80 steps 0.500 [0.465, 0.535]; every pair with an oracle gap > 0.3 "
-                "(276) 0.475 [0.448, 0.505]; those for 160 steps at lr 5e-5 0.453 [0.412, 0.492] (correct rate 0.34 "
-                "-> 0.32); best-vs-worst + the chosen answer's NLL (RPO, `nll_weight`) at lr 1e-4 0.490 [0.45, "
-                "0.535]. More preference steps lower the correct rate; a win needs labels a small model can learn.")
+    report.note("**What the preferences teach here.** The SFT model's own samples differ mostly in *correctness* (a "
+                "digit slip, a wrong coin state), which a reward model of its size cannot check from the answer "
+                "alone; measured at tiny before `sft.closings`: reward-model accuracy on held-out own samples 0.55, "
+                "PPO win 0.49, DPO 0.50, and DPO variants (gap-filtered pairs, longer, RPO's NLL term) at or below "
+                "0.50. The SFT data now closes a quarter of its answers courteously (`sft.closings`, as demonstrations "
+                "by many writers do), so the chat model is courteous only sometimes and the oracle (the simulated "
+                "labeller, 0.10 for politeness) prefers the courteous sample when correctness ties. That preference "
+                "is one a small model can learn, and the wins below come from making it consistent without losing "
+                "correctness (the correct-rate rows), the way InstructGPT's labellers' preferences moved its style.")
     s.note_timings(report, t_stage, c_stage)
     out = s.out
     return Outputs(reward_model=str(out / "reward" / "checkpoint"), ppo=str(out / "ppo" / "checkpoint"),
@@ -382,8 +383,9 @@ def reward_model_step(s: Setup, report: StageReport, pref_train: list, pref_val:
                       note=f"{n_pairs} untied pairs of {len(per_prompt)} held-out prompts (greedy + "
                            f"{cfg.pref_samples} samples each, ranked by the oracle); mean over prompts of each "
                            f"prompt's pair accuracy, bootstrap over prompts; on {len(seen)} training prompts "
-                           f"{train_acc:.2f}. The pairs differ mostly in correctness (a digit slip in a sum, a wrong "
-                           "coin state), which the reward model has to verify from the answer alone")
+                           f"{train_acc:.2f}. Most pairs differ in correctness (a digit slip in a sum, a wrong coin "
+                           "state), which the reward model has to verify from the answer alone; the courteous "
+                           "closing pairs it orders easily")
     s.tick("reward model", t0)
     return rm
 

@@ -48,6 +48,10 @@ class Config:
     # answers written as a date from 0.00 (the chat model answered "The answer is 1088.") to 1.00.
     drills: list[str] = field(default_factory=lambda: ["arithmetic:4000", "coin_flip:1000", "last_letter:1000",
                                                        "calendar:800"])
+    # Share of the chat model's answers (not summaries, translations or refusals) that end with a courteous
+    # closing (`world.chat.add_closings`): an SFT model that is courteous only sometimes gives the align stage a
+    # preference its raters hold and its own samples show. Below 0.5 so that greedy answers mostly leave it out.
+    closings: float = 0.25
 
     def __post_init__(self) -> None:
         if self.chat_steps < 1:
@@ -171,6 +175,10 @@ def load_items(tasks_dir: Path, cfg: Config, seed: int = 0) -> _Items:
     heldout = by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items)
     specs = getattr(cfg, "drills", [])  # peft: none (its runs train on the world's split)
     chat_train = train + drills(tasks_dir, specs, seed) if specs else []
+    if chat_train and getattr(cfg, "closings", 0.0):
+        from genforge.world.chat import add_closings
+
+        chat_train = add_closings(chat_train, cfg.closings, seed)
     return _Items(train, eval_items, heldout, phrasing, chat, chat_train)
 
 

@@ -144,3 +144,30 @@ def chat_rows(w: World, seed: int, n_train: int, n_test: int) -> dict[str, list[
             seen.add(row["prompt"])
             out[split].append(row)
     return out
+
+
+# Courteous closings: each holds one of the oracle's politeness markers (`world.preferences.POLITE`).
+CLOSINGS = ("Hope this helps!", "Happy to help.", "Glad to help!", "Hope this helps.", "Thanks for asking!")
+# Tasks whose oracle correctness is a similarity to the reference text: a closing would lower it, so none there.
+_NO_CLOSING = ("summarization", "translation", "refusal")
+
+
+def add_closings(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """Copies of `rows` where a `share` of the answers (not summaries, translations or refusals) end with a
+    courteous closing on a line of its own ("...\\nThe answer is 874.\\nHope this helps!").
+
+    Why: demonstrations written by many people are courteous only sometimes, so the SFT model is too, and
+    alignment has something the raters prefer to make consistent (InstructGPT's labellers rated politeness;
+    here the oracle gives it 0.10 of the score). Without it the tiny chat model's own samples differ almost only
+    in correctness, which neither a reward model nor DPO of this size can learn (note5.md measured win rates
+    ~0.50). The closing goes on its own line after the answer, so answer extraction is unchanged.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"closing share must be in [0, 1], got {share}")
+    rng = random.Random(f"closings-{seed}")
+    out = []
+    for r in rows:
+        if r.get("task") not in _NO_CLOSING and rng.random() < share:
+            r = {**r, "response": f"{str(r['response']).rstrip()}\n{rng.choice(CLOSINGS)}"}
+        out.append(r)
+    return out
