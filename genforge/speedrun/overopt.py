@@ -26,9 +26,12 @@ TITLE = "Alignment: reward over-optimisation without the KL penalty"
 class Config:
     max_new_tokens: int = 128  # answer budget (as align's PPO run)
     eval_prompts: int = 200  # as align's: its held-out prompts, of which the gold curve's fixed prompts are taken
-    rollouts: int = 0  # rollouts of the run without KL (0 = as many as align's leashed run)
-    lr: float = 3e-4  # its learning rate (0 = align's PPO lr). Measured at tiny without the penalty: align's 3e-5
-    # reaches sqrt KL 0.36 in 16 rollouts (gold flat), 1e-4 about 0.75 by rollout 6 (gold flat), 3e-4 sqrt KL ~6
+    rollouts: int = 32  # rollouts of the run without KL (0 = as many as align's leashed run)
+    lr: float = 1e-4  # its learning rate (0 = align's PPO lr). Measured at tiny, after `sft.closings` gave the gold
+    # reward a real rising part (the leashed run climbs 0.50 -> 0.545): lr 3e-4 jumps past the peak in one rollout
+    # (gold only falls: fall from peak 0.026, does not hold); 1e-4 traces the rise to 0.535 at sqrt KL ~1 and then
+    # falls, but 16 rollouts reach only sqrt KL 2.4 (fall 0.035 [-0.012, 0.095]) and 24 only 0.018; 32 rollouts
+    # reach sqrt KL 3.7 and the fall holds (0.069 [0.013, 0.137]). Cost: ~260 s CPU instead of ~130.
 
 
 @dataclass
