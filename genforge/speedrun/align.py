@@ -386,8 +386,33 @@ def reward_model_step(s: Setup, report: StageReport, pref_train: list, pref_val:
                            f"{train_acc:.2f}. Most pairs differ in correctness (a digit slip in a sum, a wrong coin "
                            "state), which the reward model has to verify from the answer alone; the courteous "
                            "closing pairs it orders easily")
+        _rm_accuracy_by_kind(s, report, rm, pref_val)
     s.tick("reward model", t0)
     return rm
+
+
+def _rm_accuracy_by_kind(s: Setup, report: StageReport, rm: nn.Module, pref_val: list) -> None:
+    """The held-out pair accuracy split by what a pair differs in: correctness (one answer right, one wrong, or
+    graded similarity) vs only the rest of the oracle (courtesy, shown steps, length)."""
+    from genforge.train.reward import prompt_pair_accuracy
+    from genforge.world.preferences import oracle_parts
+
+    rows = {r["prompt"]: r for r in s.train_rows}
+
+    def same_correct(r, a: int, b: int) -> bool:
+        row = rows.get(r.prompt)
+        return row is not None and len({oracle_parts(row["prompt"], r.completions[k], row)["correct"]
+                                        for k in (a, b)}) == 1
+
+    acc = {}
+    for kind, keep in (("style", same_correct), ("correctness", lambda r, a, b: not same_correct(r, a, b))):
+        per = prompt_pair_accuracy(rm, s.tok, pref_val, min_gap=s.cfg.rm_min_gap, keep=keep)
+        acc[kind] = (sum(per) / len(per), len(per)) if per else (float("nan"), 0)
+    report.row("reward model accuracy, pairs that differ only in style / in correctness",
+               f"{acc['style'][0]:.2f} / {acc['correctness'][0]:.2f}", 0.5,
+               f"held-out own samples; {acc['style'][1]} / {acc['correctness'][1]} prompts with such pairs. A reward "
+               "model this size learns what it can see in the answer (a courteous closing, the steps shown) and "
+               "not whether a worked sum is right")
 
 
 def dpo_step(s: Setup, report: StageReport, pref_train: list) -> nn.Module:

@@ -10,6 +10,7 @@ Reported: held-out pairwise accuracy (the share of held-out pairs the model orde
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,15 +249,17 @@ def best_vs_worst(rows: list[RankedPrompt]) -> list[RankedPrompt]:
 
 @torch.no_grad()
 def prompt_pair_accuracy(model: RewardModel, tok: Tokenizer, rows: list[RankedPrompt], *,
-                         min_gap: float = 0.0) -> list[float]:
+                         min_gap: float = 0.0,
+                         keep: Callable[[RankedPrompt, int, int], bool] | None = None) -> list[float]:
     """Per ranked prompt, the share of its labelled pairs (score gap > min_gap) that the reward model orders
     like the labeller (a tie in reward counts half). Prompts without such a pair are left out.
 
     One number per prompt, so a bootstrap over them resamples prompts (pairs of one prompt are not independent).
+    keep(row, better, worse): only the pairs it accepts count (e.g. pairs that differ only in style).
     """
     out = []
     for r in rows:
-        pairs = r.pair_indices(min_gap)
+        pairs = [(a, b) for a, b in r.pair_indices(min_gap) if keep is None or keep(r, a, b)]
         if not pairs:
             continue
         prompt = encode_prompt(tok, r.prompt)

@@ -146,5 +146,10 @@ def test_rank_own_samples_ranks_by_the_labeller_and_drops_ties():
     again = rank_own_samples(model, tok, rows, score, samples=3, temperature=1.0, max_new_tokens=8, seed=0)
     assert [r.completions for r in again] == [r.completions for r in ranked]  # seeded
     # per-prompt accuracy of a reward model is in [0, 1], one number per prompt with a pair
-    acc = prompt_pair_accuracy(RewardModel(tiny_gpt(tok.vocab_size)).eval(), tok, ranked)
+    rm = RewardModel(tiny_gpt(tok.vocab_size)).eval()
+    acc = prompt_pair_accuracy(rm, tok, ranked)
     assert len(acc) == len(ranked) and all(0.0 <= a <= 1.0 for a in acc)
+    # keep= selects pairs: none kept leaves no prompt; the best-vs-rest pairs alone are a subset
+    assert prompt_pair_accuracy(rm, tok, ranked, keep=lambda r, a, b: False) == []
+    top = prompt_pair_accuracy(rm, tok, ranked, keep=lambda r, a, b: a == r.ranking[0])
+    assert len(top) == len(ranked) and all(0.0 <= a <= 1.0 for a in top)
