@@ -258,6 +258,13 @@ class BatchMinHash:
         lens = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
         flat = np.fromiter(map(_CRC.__getitem__, itertools.chain.from_iterable(docs)), dtype=np.uint64,
                            count=int(lens.sum()))
+        return self.signatures_of_hashes(flat, lens)
+
+    def signatures_of_hashes(self, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """`signatures_of_words` from the words' CRC-32s (`flat`, uint64, documents one after another) and the
+        words per document (`lens`, shape (n_docs,))."""
+        flat = np.asarray(flat, dtype=np.uint64)
+        lens = np.asarray(lens, dtype=np.int64)
         n = self.shingle_size
         starts = np.cumsum(lens) - lens
         sizes = np.where(lens > n, lens - n + 1, (lens > 0).astype(np.int64))  # shingles per document

@@ -56,6 +56,7 @@ from genforge.data.classify import (
     save_filters,
     train_filters,
 )
+from genforge.data.batch import ChunkRules
 from genforge.data.clean import (
     CleanConfig,
     HarmfulMatcher,
@@ -212,15 +213,39 @@ class _Worker:
                         "quality": TextClassifier.load(Path(filters_dir, "quality.pkl"), cfg.quality_threshold)}
         self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
+        ccfg = self.clf["harm"].cfg if self.clf else None
+        self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None)
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
 
         Everything that needs a document's text happens here, so only the survivors' encoded output lines
         travel back to the main process (plus the head of each rejected text, for the report's examples).
-        One tokenisation of the lower-cased text serves the rules, the classifiers and MinHash.
-        `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
+        The rules, the classifiers' features and MinHash's words come from one pass over the whole chunk
+        (`batch.ChunkRules`); `process_plain` is the same one document at a time (the reference it is tested
+        against). `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
+        texts = [normalize(t) for _, t, _ in chunk]
+        lowers = [t.lower() for t in texts]
+        rules = self.rules
+        why = rules.judge(texts, lowers)
+        if self.clf:
+            # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
+            idx = [i for i, w in enumerate(why) if w is None]
+            if idx:
+                from genforge.data.classify import featurize, features_from_columns
+
+                ccfg = self.clf["harm"].cfg
+                feats = (features_from_columns(*rules.columns(idx), ccfg) if ccfg.ngrams == 1
+                         else featurize([texts[i] for i in idx], ccfg))
+                self._classify(why, idx, feats)
+        keep = [i for i, w in enumerate(why) if w is None]
+        keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
+        sigs = self.minhash.signatures_of_hashes(*rules.word_crcs(keep)) if self.minhash is not None else None
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+
+    def process_plain(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
+        """`process` one document at a time (`clean.reject_reason` per text): the reference for tests."""
         texts = [normalize(t) for _, t, _ in chunk]
         lowers = [t.lower() for t in texts]
         toks = [tokens(low) for low in lowers]
@@ -228,7 +253,6 @@ class _Worker:
         why = [reject_reason(t, self.cfg, self.harmful, low, tk, a)
                for t, low, tk, a in zip(texts, lowers, toks, anchored)]
         if self.clf:
-            # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
             idx = [i for i, w in enumerate(why) if w is None]
             if idx:
                 from genforge.data.classify import featurize, featurize_tokens
@@ -236,15 +260,22 @@ class _Worker:
                 ccfg = self.clf["harm"].cfg
                 feats = (featurize_tokens([toks[i] for i in idx], ccfg) if ccfg.ngrams == 1
                          else featurize([texts[i] for i in idx], ccfg))
-                for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
-                    p = self.clf[name].proba(idx, features=feats)
-                    for i, pi in zip(idx, p.tolist()):
-                        if why[i] is None and pi >= self.clf[name].threshold:
-                            why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
+                self._classify(why, idx, feats)
         keep = [i for i, w in enumerate(why) if w is None]
         keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = (self.minhash.signatures_of_words([word_tokens(toks[i]) for i in keep])
                 if self.minhash is not None else None)
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+
+    def _classify(self, why: list, idx: list[int], feats) -> None:
+        for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
+            p = self.clf[name].proba(idx, features=feats)
+            for i, pi in zip(idx, p.tolist()):
+                if why[i] is None and pi >= self.clf[name].threshold:
+                    why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
+
+    def _result(self, chunk: list[tuple[str, str, str]], texts: list[str], why: list, keep: list[int],
+                keys: np.ndarray, sigs: np.ndarray | None, all_texts: bool) -> dict:
         kept_text = [texts[i] for i in keep]
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs,
                 "lines": [(json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
