@@ -57,24 +57,42 @@ def char_flags() -> np.ndarray:
     return t
 
 
-def _anchor_pieces() -> tuple[str, ...]:
-    """For each boilerplate anchor its longest space-free piece: a text can hold the anchor only if one of its
-    whitespace-separated words holds that piece."""
-    return tuple(sorted({max(a.split(), key=len) for a in C._BOILERPLATE_ANCHORS}))
+def _anchor_parts() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The boilerplate anchors as whitespace-free pieces: those of one piece, and the first two pieces of the others.
+
+    A text can hold a one-piece anchor only if one of its whitespace-separated words does, and an anchor of
+    several pieces only where a word ends with its first piece and the next word starts with its second."""
+    one = tuple(a for a in C._BOILERPLATE_ANCHORS if len(a.split()) == 1 and a == a.strip())
+    trailing = tuple(a.strip() for a in C._BOILERPLATE_ANCHORS if len(a.split()) == 1 and a != a.strip())
+    pairs = tuple((a.split()[0], a.split()[1]) for a in C._BOILERPLATE_ANCHORS if len(a.split()) > 1)
+    # "terms " and "limited ": a word ending with the piece, followed by any word
+    return one, pairs + tuple((t, "") for t in trailing)
 
 
 class _Vocab(dict):
-    """Whitespace-separated word of the text -> id, with what the rules, the classifiers and MinHash need of it in
-    arrays indexed by id, computed once per distinct word (`flush`). Lists (its tokens' feature columns, its
-    `\\w+` tokens' CRC-32s) are stored flat, each word's run given by a start and a count."""
+    """Whitespace-separated word of the text -> id, with what the rules, the classifiers and MinHash need of it in a
+    matrix row (`m`, one column per `COLS` entry), computed once per distinct word (`flush`). Lists (its tokens'
+    feature columns, its `\\w+` tokens' CRC-32s) are stored flat, each word's run given by a start and a count."""
 
-    FIELDS = ("nch", "sym", "endp", "lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad", "harm", "anchor",
-              "home", "col_start", "col_n", "crc_start", "crc_n")
+    COLS = ("nch", "sym", "lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad", "harm_words", "anchor")
+    MASKS = ("harm_a", "harm_b", "anchor_end", "anchor_start")  # bit masks (OR-reduced, not summed)
+    EXTRA = ("endp", "home", "col_start", "col_n", "crc_start", "crc_n")
 
-    def __init__(self, harm_keys: frozenset[str], n_features: int | None) -> None:
+    def __init__(self, harmful: C.HarmfulMatcher, n_features: int | None) -> None:
         super().__init__()
-        self.harm_keys, self.n_features = harm_keys, n_features
-        self.pieces = _anchor_pieces()
+        self.harmful, self.n_features = harmful, n_features
+        self.one, self.pairs = _anchor_parts()
+        # each harmful phrase: a bit set on words holding its longest token (a), and on words holding its second
+        # longest (b; the longest again for one-token phrases): a phrase can match only where both bits occur
+        self.phrases = [p for ps in harmful._by_first.values() for p in ps]
+        self.phrase_bits = len(self.phrases) <= 63
+        self.key_a: dict[str, int] = {}
+        self.key_b: dict[str, int] = {}
+        for i, ph in enumerate(self.phrases if self.phrase_bits else []):
+            ranked = sorted(ph, key=len, reverse=True)
+            self.key_a[ranked[0]] = self.key_a.get(ranked[0], 0) | 1 << i
+            k = ranked[1] if len(ranked) > 1 else ranked[0]
+            self.key_b[k] = self.key_b.get(k, 0) | 1 << i
         if n_features is not None:
             from genforge.data.classify import column_of
 
@@ -85,10 +103,11 @@ class _Vocab(dict):
         self.clear()
         self.new: list[str] = []
         cap = 1 << 12
-        self.a = {f: np.zeros(cap, dtype=np.int64) for f in self.FIELDS}
+        self.m = np.zeros((cap, len(self.COLS)), dtype=np.int64)
+        self.a = {f: np.zeros(cap, dtype=np.int64) for f in self.MASKS + self.EXTRA}
         self.flat = {"col": np.zeros(cap, dtype=np.int32), "crc": np.zeros(cap, dtype=np.uint64)}
         self.used = {"col": 0, "crc": 0}
-        self[SEP]  # id 0: the separator between texts (no characters counted, no tokens)
+        self[SEP]  # id 0: the separator between texts (no characters counted, no tokens, no bits)
         self.new = []
 
     def __missing__(self, word: str) -> int:
@@ -110,22 +129,33 @@ class _Vocab(dict):
             return
         new, self.new = self.new, []
         first, end = self[new[0]], self[new[0]] + len(new)
-        rows = []
+        rows, masks, extra = [], [], []
+        hwords = self.harmful._words
         for w in new:
             low = w.lower()  # = this word's part of text.lower(): lower-casing never looks across whitespace
             toks = C.TOKEN_RE.findall(low)
             lws = C._WORD_RE.findall(low)  # its letter runs (`clean.letter_words`: runs never cross tokens)
+            htoks = C._HARM_TOKEN_RE.findall(low)  # `HarmfulMatcher.score`'s tokens (they never cross whitespace)
             mash = sum(map(C._MASH.__getitem__, lws))
             crcs = [zlib.crc32(t.encode("utf-8")) for t in toks if t.isalnum() or "_" in t]  # `clean.word_tokens`
             cols = list(map(self.column, toks)) if self.n_features is not None else []
-            rows.append((len(w), len(C._SYMBOL_RE.findall(w)), w[-1] in ".!?\"')", len(lws), sum(map(len, lws)),
+            ha = hb = 0
+            for t in htoks:
+                ha |= self.key_a.get(t, 0)
+                hb |= self.key_b.get(t, 0)
+            ae = sum(1 << i for i, (p, _) in enumerate(self.pairs) if low.endswith(p))
+            st = sum(1 << i for i, (_, q) in enumerate(self.pairs) if low.startswith(q))
+            rows.append((len(w), len(C._SYMBOL_RE.findall(w)), len(lws), sum(map(len, lws)),
                          sum(map(C.STOPWORDS.__contains__, lws)), mash & 0xFFFFFFFF, mash >> 32,
-                         any(x in self.harm_keys for x in lws), any(p in low for p in self.pieces),
-                         low.startswith("home"), self._append("col", cols), len(cols), self._append("crc", crcs),
-                         len(crcs)))
-        while end > len(self.a["nch"]):
+                         sum(map(hwords.__contains__, htoks)), any(p in low for p in self.one)))
+            masks.append((ha, hb, ae, st))
+            extra.append((w[-1] in ".!?\"')", low.startswith("home"), self._append("col", cols), len(cols),
+                          self._append("crc", crcs), len(crcs)))
+        while end > len(self.m):
+            self.m = np.concatenate([self.m, np.zeros_like(self.m)])
             self.a = {f: np.concatenate([v, np.zeros_like(v)]) for f, v in self.a.items()}
-        for f, col in zip(self.FIELDS, zip(*rows)):
+        self.m[first:end] = rows
+        for f, col in zip(self.MASKS + self.EXTRA, zip(*(mk + ex for mk, ex in zip(masks, extra)))):
             self.a[f][first:end] = col
 
     def expand(self, name: str, wids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +176,7 @@ class ChunkRules:
 
     def __init__(self, cfg: C.CleanConfig, harmful: C.HarmfulMatcher, n_features: int | None) -> None:
         self.cfg, self.harmful = cfg, harmful
-        self.vocab = _Vocab(harmful._keys, n_features)
+        self.vocab = _Vocab(harmful, n_features)
         self.flags = char_flags()
         self.wids = self.doc_w = np.zeros(0, dtype=np.int64)
         self.sep = np.zeros(0, dtype=bool)
@@ -158,25 +188,29 @@ class ChunkRules:
         cfg, n, v = self.cfg, len(texts), self.vocab
         if len(v) >= _VOCAB_LIMIT:
             v.reset()
-        words = f" {SEP} ".join(texts).split()  # str.split's whitespace is the regexes' \\s: tokens never cross it
+        words = f"{SEP} {f' {SEP} '.join(texts)}".split()  # str.split's whitespace is the regexes' \\s
         wids = np.fromiter(map(v.__getitem__, words), dtype=np.int64, count=len(words))
         v.flush()
         sep = wids == 0
-        bounds = np.concatenate([[-1], np.flatnonzero(sep), [len(wids)]])
-        if len(bounds) != n + 1:
+        seps = np.flatnonzero(sep)  # each text's words follow its separator: segments are never empty
+        if len(seps) != n:
             raise ValueError("a text holds NUL: batch rules need normalised texts")
         self.wids, self.sep, self.n = wids, sep, n
-        self.doc_w = doc_w = np.cumsum(sep)  # document of each word (a separator's properties are all 0)
+        self.doc_w = doc_w = np.cumsum(sep) - 1  # text of each word (a separator's properties are all 0)
         a = v.a
-
-        def word_sum(field: str) -> np.ndarray:
-            return np.bincount(doc_w, weights=a[field][wids], minlength=n).astype(np.int64)
-
-        n_ws, n_letters, n_stop = word_sum("lw_n"), word_sum("lw_letters"), word_sum("lw_stop")
-        judged, bad, harm_hits = word_sum("mash_judged"), word_sum("mash_bad"), word_sum("harm")
-        nonspace, symbols, anchor = word_sum("nch"), word_sum("sym"), word_sum("anchor")
+        sums = np.add.reduceat(v.m[wids], seps, axis=0) if n else np.zeros((0, len(v.COLS)), dtype=np.int64)
+        n_ws, n_letters, n_stop, judged, bad, harm_words, nonspace, symbols, anchor = (
+            sums[:, v.COLS.index(c)] for c in ("lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad",
+                                                "harm_words", "nch", "sym", "anchor"))
+        ha = np.bitwise_or.reduceat(a["harm_a"][wids], seps) if n else np.zeros(0, dtype=np.int64)
+        hb = np.bitwise_or.reduceat(a["harm_b"][wids], seps) if n else np.zeros(0, dtype=np.int64)
+        phrase = (ha & hb) != 0 if v.phrase_bits else harm_words >= 0
+        # a multi-piece boilerplate anchor: a word ending with its first piece before one starting with its second
+        pair = (a["anchor_end"][wids[:-1]] & a["anchor_start"][wids[1:]]) != 0
+        anchor = anchor + np.bincount(doc_w[:-1][pair], minlength=n)
+        bounds = np.append(seps, len(wids))
         ws_count = np.diff(bounds) - 1  # len(text.split())
-        first_w, last_w = bounds[:-1] + 1, bounds[1:] - 1
+        first_w, last_w = seps + 1, bounds[1:] - 1
         has = ws_count > 0
         endp, home = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         endp[has] = a["endp"][wids[last_w[has]]] != 0
@@ -185,6 +219,8 @@ class ChunkRules:
         multi = np.fromiter(("\n" in t for t in texts), dtype=bool, count=n)
 
         ok = has & (ws_count >= cfg.min_words)
+        # without a phrase, the harmful score is 0.5 per ambiguous word (`HarmfulMatcher.score`, exactly)
+        ok &= phrase | ~(0.5 * harm_words >= cfg.harmful_threshold)
         anchored = np.zeros(n, dtype=bool)
         cand = np.flatnonzero((anchor > 0) | home).tolist()
         if cand:
@@ -202,10 +238,9 @@ class ChunkRules:
                 ok[:] = False  # a one-line, boilerplate-free text fails these: let the one-document code say so
             # harmful keys, repeated lines, boilerplate and line endings: Python only where they can matter
             ended = endp.astype(np.float64)  # one line: all its words end in punctuation, or none does
-            harm_all = not self.harmful._alpha_keys  # keys with digits: letter runs are no gate, score every text
-            for i in np.flatnonzero(ok & ((harm_hits > 0) | harm_all | multi | anchored)).tolist():
+            for i in np.flatnonzero(ok & (phrase | multi | anchored)).tolist():
                 t = texts[i]
-                if (harm_all or harm_hits[i]) and self.harmful.score(t, None, lowers[i]) >= cfg.harmful_threshold:
+                if phrase[i] and self.harmful.score(t, None, lowers[i]) >= cfg.harmful_threshold:
                     ok[i] = False
                     continue
                 if multi[i]:

@@ -169,6 +169,33 @@ def normalize(text: str) -> str:
     return "\n".join(out).strip()
 
 
+# The first UTF-8 byte of every character `_INVISIBLE_RE` removes: ASCII controls, then the lead bytes of the C1
+# controls and soft hyphen (\xc2), zero-width and direction marks (\xe2), the BOM (\xef) and surrogates (\xed).
+_INVISIBLE_LEADS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F, 0xC2, 0xE2, 0xEF, 0xED])
+
+
+def normalize_many(texts: list[str]) -> list[str]:
+    """`[normalize(t) for t in texts]`, faster: the invisible-character regex runs only on texts holding a byte
+    that can begin such a character (one `bytes.translate` of the whole batch, then of each text, rules most texts
+    out), and a one-line text needs only its whitespace collapsed."""
+    blob = "".join(texts).encode("utf-8", "surrogatepass")
+    suspect = len(blob.translate(None, _INVISIBLE_LEADS)) != len(blob)
+    out = []
+    for t in texts:
+        if "\r" in t:
+            t = t.replace("\r\n", "\n").replace("\r", "\n")
+        t = unicodedata.normalize("NFC", t)
+        if suspect:  # NFC never makes an invisible character of visible ones, so the raw bytes were a fair gate
+            b = t.encode("utf-8", "surrogatepass")
+            if len(b.translate(None, _INVISIBLE_LEADS)) != len(b):
+                t = _INVISIBLE_RE.sub("", t)
+        if "\n" in t:
+            out.append(normalize(t))  # normalize is idempotent on what is done above
+        else:
+            out.append(" ".join(t.split()))  # one line: `normalize`'s lines, blank-line and strip steps do just this
+    return out
+
+
 def words(text: str) -> list[str]:
     """Lower-cased letter runs (numbers and punctuation dropped)."""
     return _WORD_RE.findall(text.lower())

@@ -62,6 +62,7 @@ from genforge.data.clean import (
     HarmfulMatcher,
     boilerplate_anchored,
     normalize,
+    normalize_many,
     reject_reason,
     tokens,
     word_tokens,
@@ -225,7 +226,7 @@ class _Worker:
         (`batch.ChunkRules`); `process_plain` is the same one document at a time (the reference it is tested
         against). `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
-        texts = [normalize(t) for _, t, _ in chunk]
+        texts = normalize_many([t for _, t, _ in chunk])
         lowers = [t.lower() for t in texts]
         rules = self.rules
         why = rules.judge(texts, lowers)
@@ -240,7 +241,7 @@ class _Worker:
                          else featurize([texts[i] for i in idx], ccfg))
                 self._classify(why, idx, feats)
         keep = [i for i, w in enumerate(why) if w is None]
-        keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
+        keys = np.array([exact_key64_normalised(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = self.minhash.signatures_of_hashes(*rules.word_crcs(keep)) if self.minhash is not None else None
         return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
 
@@ -277,11 +278,13 @@ class _Worker:
     def _result(self, chunk: list[tuple[str, str, str]], texts: list[str], why: list, keep: list[int],
                 keys: np.ndarray, sigs: np.ndarray | None, all_texts: bool) -> dict:
         kept_text = [texts[i] for i in keep]
-        return {"why": why, "keep": keep, "keys": keys, "sigs": sigs,
-                "lines": [(json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
-                          for i in keep],
+        enc = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes a str as
+        lines = [f'{{"id": {enc(chunk[i][0])}, "text": {enc(texts[i])}}}\n'.encode() if isinstance(chunk[i][0], str)
+                 else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
+                 for i in keep]
+        return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
                 "kept_bytes": [len(t.encode("utf-8")) for t in kept_text],
-                "in_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in chunk),
+                "in_bytes": len("".join(t for _, t, _ in chunk).encode("utf-8", "surrogatepass")),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
                 # the datasketch backend indexes texts in the main process
                 "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
@@ -298,6 +301,15 @@ def _init_worker(cfg: CleanConfig, filters_dir: str | None) -> None:
 
 def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
     return _WORKER.process(chunk)
+
+
+def exact_key64_normalised(text: str, lower: str) -> int:
+    """`exact_key64(text, lower)` of a `normalize`d text: its words are already one space apart, its lines one or
+    two newlines apart, so the canonical form needs no split and join."""
+    if not text.isascii():
+        return exact_key64(text, lower)
+    canon = lower.replace("\n\n", "\n").replace("\n", " ") if "\n" in lower else lower
+    return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def exact_key64(text: str, lower: str | None = None) -> int:
