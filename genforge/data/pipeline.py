@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.data.batch import ChunkRules
 from genforge.data.classify import (
     CLEAN_ALIASES,
     ClassifierConfig,
@@ -56,7 +57,6 @@ from genforge.data.classify import (
     save_filters,
     train_filters,
 )
-from genforge.data.batch import ChunkRules
 from genforge.data.clean import (
     CleanConfig,
     HarmfulMatcher,
@@ -234,7 +234,7 @@ class _Worker:
             # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
             idx = [i for i, w in enumerate(why) if w is None]
             if idx:
-                from genforge.data.classify import featurize, features_from_columns
+                from genforge.data.classify import features_from_columns, featurize
 
                 ccfg = self.clf["harm"].cfg
                 feats = (features_from_columns(*rules.columns(idx), ccfg) if ccfg.ngrams == 1
