@@ -1,24 +1,27 @@
 """The rules, the classifiers' features and MinHash's words for a whole chunk of documents in a few numpy ops.
 
-`clean.reject_reason` judges one text at a time with Python-level work per word; here a chunk of normalised
-texts is judged at once:
+`clean.reject_reason` judges one text at a time with Python work per word; `ChunkRules.judge` judges a chunk of
+normalised texts at once:
 
-* **tokens**: one `TOKEN_RE.findall` over the chunk's lower-cased texts joined by NUL (a one-character token of
-  its own, which normalised text never holds), each token mapped to an integer id by one dict lookup
-  (`_Vocab`). Everything the rules, the classifiers and MinHash ask of a token (its letter runs, their
-  lengths, stopwords, keyboard-mash codes, harmful keys, its CRC-32 and hashed-feature column) is computed
-  once per distinct token and then read from arrays by id; per-document sums are `np.bincount`s;
-* **characters**: the chunk's texts as one array of code points: spaces, symbols, whitespace-separated words,
-  the last character (for the quality score's "ends in punctuation") and a (document, character) histogram
-  for the character entropy come from flag tables over the Basic Multilingual Plane.
+* **words**: the chunk's texts, joined by NUL (which `normalize` removes from texts), are split on whitespace
+  once (`str.split`, in C), and each whitespace-separated word mapped to an integer id by one dict lookup
+  (`_Vocab`). Tokens (`\\w+` runs and single punctuation marks) and letter runs never cross whitespace, and
+  lower-casing never looks across it, so everything the rules, the classifiers and MinHash ask of a text is a
+  sum over its words: characters, symbols, letter runs and their letters, stopwords, keyboard-mash codes,
+  ambiguous harmful words, boilerplate-anchor pieces, and the lists of its tokens' hashed-feature columns and
+  CRC-32s. Those are computed once per distinct word and read from arrays by id; per-text sums are one
+  `np.add.reduceat` over the chunk's (word, property) matrix, and the lists are gathered with `np.repeat`;
+* **bit masks** rule out the slow checks: a harmful phrase can match only where a text holds both of its two
+  longest tokens, a boilerplate anchor of several words only where a word ends with its first piece and the
+  next starts with its second (the one-document code runs on the few texts that pass);
+* **character entropy**: one (text, character) histogram of the chunk's code points (`np.bincount`).
 
-Every statistic is the same number `reject_reason` computes (counts are exact integers and each ratio is the
-same float division), except the character entropy and the quality score, which are sums of floats in
-another order; those are trusted only away from their thresholds (`MARGIN`). The vectorised pass only
-*clears* documents: every document it does not clear (rejected, within the margin of a float threshold,
-multi-line statistics aside, or holding characters the tables do not cover) is judged by `reject_reason`
-itself, so the reasons and details written are exactly those of the one-document code
-(tests/data/test_batch.py compares them document by document).
+Counts are exact integers and each ratio is the same float division as in `reject_reason`; the entropy is a
+sum in another order, and the quality score is bounded without its distinct-word share, so those two are
+trusted only away from their thresholds (`MARGIN`). The vectorised pass only *clears* texts: every text it does
+not clear (rejected, near a float threshold, or holding a harmful phrase's tokens) is judged by `reject_reason`
+itself, so the reasons and details written are exactly those of the one-document code (tests/data/test_batch.py
+compares every field of a chunk's result with `_Worker.process_plain`).
 """
 
 from __future__ import annotations
@@ -30,31 +33,15 @@ import numpy as np
 
 from genforge.data import clean as C
 
-SEP = "\x00"  # joins a chunk's texts: a token of its own (not \w, not \s); `normalize` removes it from texts
+SEP = "\x00"  # joins a chunk's texts: a word of its own (not whitespace); `normalize` removes it from texts
 MARGIN = 1e-9  # a float statistic this close to its threshold is decided by the one-document code
-_SPACE, _SYMBOL, _UNSAFE = 1, 2, 4
-_ENDERS = np.array([ord(c) for c in ".!?\"')"], dtype=np.uint32)
-_VOCAB_LIMIT = 1 << 19  # distinct tokens remembered per worker (~60 MB); cleared between chunks beyond it
+_VOCAB_LIMIT = 1 << 18  # distinct words remembered per worker (~90 MB at most); cleared between chunks beyond it
 
 
 @functools.lru_cache(maxsize=1)
-def char_flags() -> np.ndarray:
-    """uint8 flags of every BMP code point: space (`str.isspace`), symbol (`clean._SYMBOL_RE`), and "unsafe" (its
-    lower case is not one character of the same spacing, or depends on context like Σ; surrogates): a text with
-    an unsafe character, or one beyond the BMP, is left to the one-document code."""
-    chars = "".join(map(chr, range(0x10000)))
-    t = np.zeros(0x10000, dtype=np.uint8)
-    for i, c in enumerate(chars):
-        if c.isspace():
-            t[i] |= _SPACE
-        low = c.lower()
-        if len(low) != 1 or low.isspace() != c.isspace():
-            t[i] |= _UNSAFE
-    for m in C._SYMBOL_RE.finditer(chars):
-        t[m.start()] |= _SYMBOL
-    t[0x3A3] |= _UNSAFE  # Σ lower-cases to σ or ς depending on what follows it
-    t[0xD800:0xE000] |= _UNSAFE
-    return t
+def space_flags() -> np.ndarray:
+    """bool per BMP code point: `str.isspace` (what `char_entropy` leaves out)."""
+    return np.array([chr(c).isspace() for c in range(0x10000)], dtype=bool)
 
 
 def _anchor_parts() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
@@ -177,7 +164,7 @@ class ChunkRules:
     def __init__(self, cfg: C.CleanConfig, harmful: C.HarmfulMatcher, n_features: int | None) -> None:
         self.cfg, self.harmful = cfg, harmful
         self.vocab = _Vocab(harmful, n_features)
-        self.flags = char_flags()
+        self.space = space_flags()
         self.wids = self.doc_w = np.zeros(0, dtype=np.int64)
         self.sep = np.zeros(0, dtype=bool)
         self.n = 0
@@ -288,7 +275,7 @@ class ChunkRules:
             return out
         counts = np.bincount(lcp, minlength=0x10000)
         seen = counts > 0
-        seen &= (self.flags & _SPACE) == 0  # spaces are left out of the distribution
+        seen &= ~self.space  # spaces are left out of the distribution
         width = int(seen.sum())
         if len(part) * width > 1 << 22:  # a chunk of many scripts: one text at a time
             out[sel] = [C.char_entropy(lowers[i], lowers[i]) for i in sel.tolist()]
