@@ -419,16 +419,15 @@ class _Index:
                 best = (o, sim)
         return best
 
-    def best_sealed(self, sigs: np.ndarray, sealed: list[list[int]]) -> list[tuple[int, float] | None]:
+    def best_sealed(self, sigs: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> list[tuple[int, float] | None]:
         """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
-        chunks (`sealed`: lists of ordinals from the index runs), all rows at once: one gather and compare per
-        chunk instead of a few small numpy calls and a read per document (most of the main process's time)."""
+        chunks (`rows`, `cands`: pairs of a row and a kept ordinal, from `RunIndex.lookup_flat`), all rows at once:
+        one gather and compare per chunk instead of a few small numpy calls and a read per document (most of
+        the main process's time)."""
         out: list[tuple[int, float] | None] = [None] * len(sigs)
-        lens = [len(c) for c in sealed]
-        if not sum(lens):
+        if not len(rows):
             return out
-        rows = np.repeat(np.arange(len(sigs), dtype=np.int64), lens)
-        cands = np.fromiter(itertools.chain.from_iterable(sealed), dtype=np.int64, count=sum(lens))
+        rows, cands = rows.astype(np.int64), cands.astype(np.int64)
         pair = np.unique(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
         rows, cands = pair >> 32, pair & 0xFFFFFFFF
         sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
@@ -558,13 +557,16 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
     keep_pos = {i: j for j, i in enumerate(keep)}
-    ex_sealed = index.exact.lookup(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else None
+    ex_sealed: dict[int, list[int]] = {}  # row -> [the earliest kept ordinal with its exact key], if any
+    if cfg.dedup_exact and keep:
+        for r, o in zip(*(a.tolist() for a in index.exact.lookup_flat(keys.reshape(-1, 1)))):
+            ex_sealed[r] = [min(o, ex_sealed[r][0])] if r in ex_sealed else [o]
     ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
     bands = minhash.band_keys(sigs) if minhash is not None and keep else None
-    near_sealed = index.near.lookup(bands) if bands is not None else None
+    near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
     # the index stores band keys as uint32, so within a chunk they collide as uint32 too
     near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
-    sealed_best = index.best_sealed(sigs, near_sealed) if bands is not None else None
+    sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     index.reserve(len(keep))
@@ -585,14 +587,15 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             continue
         j = keep_pos[i]
         if cfg.dedup_exact:
-            hits = ex_sealed[j] or earlier_kept(j, ex_groups)
+            hits = ex_sealed.get(j) or earlier_kept(j, ex_groups)
             if hits:
                 drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
                 continue
         sig = sigs[j] if bands is not None else None
         if sig is not None:
             here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
-            hit = index.near_best(sig, set(near_sealed[j]).union(here)) if here else sealed_best[j]
+            hit = (index.near_best(sig, set(near_cands[near_rows == j].tolist()).union(here)) if here
+                   else sealed_best[j])
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
                 continue
