@@ -304,11 +304,14 @@ def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
 
 
 def exact_key64_normalised(text: str, lower: str) -> int:
-    """`exact_key64(text, lower)` of a `normalize`d text: its words are already one space apart, its lines one or
-    two newlines apart, so the canonical form needs no split and join."""
-    if not text.isascii():
-        return exact_key64(text, lower)
-    canon = lower.replace("\n\n", "\n").replace("\n", " ") if "\n" in lower else lower
+    """`exact_key64(text, lower)` without its split and join where they would change nothing (always, for a
+    `normalize`d one-line text): the canonical form is the case-folded text with newlines as spaces when that has
+    no other whitespace (`isprintable` is false for every whitespace character but the ASCII space), no double,
+    leading or trailing space."""
+    folded = lower if text.isascii() else unicodedata.normalize("NFC", text).casefold()
+    canon = folded.replace("\n\n", "\n").replace("\n", " ") if "\n" in folded else folded
+    if not canon.isprintable() or "  " in canon or canon.startswith(" ") or canon.endswith(" "):
+        canon = " ".join(folded.split())
     return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
 
 

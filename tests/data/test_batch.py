@@ -105,8 +105,8 @@ def test_normalize_many_and_the_normalised_exact_key():
         part = texts[lo:lo + 50]
         assert C.normalize_many(part) == [C.normalize(t) for t in part]
     assert C.normalize_many(["plain words here", "more plain words"]) == ["plain words here", "more plain words"]
-    for t in map(C.normalize, texts):
-        assert exact_key64_normalised(t, t.lower()) == exact_key64(t)
+    for t in texts + [C.normalize(t) for t in texts]:
+        assert exact_key64_normalised(t, t.lower()) == exact_key64(t), repr(t)
 
 
 def test_entropy_of_a_chunk_matches_char_entropy():
