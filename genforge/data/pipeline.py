@@ -13,7 +13,9 @@ How it scales on one machine:
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
 * normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
-  with one tokenisation of each text shared by the rules, the classifiers and MinHash; results are consumed
+  a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
+  summed per text with numpy (`batch.ChunkRules`), shared by the rules, the classifiers and MinHash; the
+  one-document code (`clean.reject_reason`) judges only the texts that pass cannot clear; results are consumed
   in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
   process, so the output is the same for any number of workers. Those decisions are batched per chunk:
   one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
