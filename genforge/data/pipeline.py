@@ -433,7 +433,8 @@ class _Index:
         if not len(rows):
             return out
         rows, cands = rows.astype(np.int64), cands.astype(np.int64)
-        pair = np.unique(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        pair = np.sort(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        pair = pair[np.concatenate([[True], pair[1:] != pair[:-1]])]  # unique (np.unique hashes here: slower)
         rows, cands = pair >> 32, pair & 0xFFFFFFFF
         sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
         agree = np.count_nonzero(self.sketch[cands] == sk[rows], axis=1) / self.k
@@ -494,7 +495,7 @@ class _Index:
         return self.exact.nbytes + self.near.nbytes
 
 
-def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list[int]]]:
+def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
     """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
     (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
     m, w = keys.shape
@@ -503,7 +504,7 @@ def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list
     order = np.lexsort((rows, flat))  # by key, then row
     fk, fr = flat[order], rows[order]
     same = np.flatnonzero(fk[1:] == fk[:-1])
-    groups: list[np.ndarray] = []
+    groups: list[list[int]] = []
     member: dict[int, list[int]] = {}
     if not len(same):
         return groups, member
@@ -511,9 +512,9 @@ def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list
     starts = same[np.concatenate([[True], same[1:] != same[:-1] + 1])]
     ends = same[np.concatenate([same[1:] != same[:-1] + 1, [True]])] + 2
     for a, b in zip(starts.tolist(), ends.tolist()):
-        g = np.unique(fr[a:b])
+        g = sorted(set(fr[a:b].tolist()))  # a few rows: Python beats a numpy call per group
         if len(g) > 1:
-            for r in g.tolist():
+            for r in g:
                 member.setdefault(r, []).append(len(groups))
             groups.append(g)
     return groups, member
@@ -579,7 +580,7 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     kept_bytes = 0
 
     def earlier_kept(j: int, groups: tuple) -> list[int]:
-        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g].tolist() if r < j and r in ordinal]
+        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
 
     def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
         if i in res["heads"]:
