@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's genforge, here and in the measured subprocesses
 
@@ -64,8 +66,8 @@ def _breakdown(corpus: Path, filters: Path, tokenizer: Path | None, mb_limit: fl
     """CPU seconds per MB of each component of one worker's chunk work and of tokenising, on the first
     `mb_limit` MB (in this process, one chunk of 256 documents at a time, as a worker runs them)."""
     from genforge.data import clean as C
-    from genforge.data.classify import featurize_tokens
-    from genforge.data.pipeline import CleanConfig, _Worker, exact_key64
+    from genforge.data.classify import features_from_columns
+    from genforge.data.pipeline import CleanConfig, _Worker, exact_key64_normalised
     from genforge.data.readers import iter_documents
 
     cfg = CleanConfig(classifier=str(filters))
@@ -87,27 +89,26 @@ def _breakdown(corpus: Path, filters: Path, tokenizer: Path | None, mb_limit: fl
                 break
     mb = sum(len(d.text.encode("utf-8")) for d in docs) / 1e6
     for lo in range(0, len(docs), 256):  # the steps of `_Worker.process`, timed apart
-        chunk = docs[lo:lo + 256]
+        chunk = [(d.id, d.text, d.source) for d in docs[lo:lo + 256]]
         with timed("normalise"):
-            texts = [C.normalize(d.text) for d in chunk]
-        with timed("lower + tokens"):
+            texts = C.normalize_many([x for _, x, _ in chunk])
+        with timed("lower"):
             lowers = [x.lower() for x in texts]
-            toks = [C.tokens(x) for x in lowers]
-        with timed("rules"):
-            anch = C.boilerplate_anchored(lowers)
-            why = [C.reject_reason(x, cfg, w.harmful, low, tk, a) for x, low, tk, a in zip(texts, lowers, toks, anch)]
+        with timed("rules (chunk pass + one-document code)"):
+            why = w.rules.judge(texts, lowers)
         idx = [i for i, r in enumerate(why) if r is None]
         with timed("classifier features"):
-            feats = featurize_tokens([toks[i] for i in idx], w.clf["harm"].cfg)
+            feats = features_from_columns(*w.rules.columns(idx), w.clf["harm"].cfg)
         with timed("classifier predict"):
-            for name in ("harm", "quality"):
-                w.clf[name].proba(idx, features=feats)
+            w._classify(why, idx, feats)
+        keep = [i for i, r in enumerate(why) if r is None]
         with timed("exact key"):
-            [exact_key64(texts[i], lowers[i]) for i in idx]
+            keys = np.array([exact_key64_normalised(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         with timed("MinHash"):
-            w.minhash.signatures_of_words([C.word_tokens(toks[i]) for i in idx])
-        with timed("output JSON"):
-            [json.dumps({"id": chunk[i].id, "text": texts[i]}, ensure_ascii=False) for i in idx]
+            sigs = w.minhash.signatures_of_hashes(*w.rules.word_crcs(keep))
+        with timed("output lines and sizes"):
+            w._result(chunk, texts, why, keep, keys, sigs, False)
+    print(f"(breakdown: {w.rules.n_scalar:,} of {len(docs):,} documents went to the one-document rules)")
     rows = [(k, v / mb) for k, v in t.items()]
     if tokenizer is not None:
         from genforge.data.fast_tokenize import batch_encoder

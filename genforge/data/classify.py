@@ -17,7 +17,9 @@ is measured on those held-out rows only, next to the heuristic filter or blockli
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -65,22 +67,31 @@ def featurize(texts: Sequence[str], cfg: ClassifierConfig):
     return _vectorizer(cfg.n_features, cfg.ngrams).transform(texts)
 
 
+def column_of(token: str, n_features: int) -> int:
+    """A token's HashingVectorizer column: `abs(murmurhash3_32(utf8, seed 0)) % n_features`, as sklearn's
+    _hashing_fast.transform computes it (including its definition of abs(-2**31) % n)."""
+    h = _murmur()(token.encode("utf-8"), seed=0)
+    return (2147483647 - (n_features - 1)) % n_features if h == -2**31 else abs(h) % n_features
+
+
+@functools.lru_cache(maxsize=1)
+def _murmur():
+    return require("sklearn.utils", "data").murmurhash3_32
+
+
 class _BucketCache(dict):
-    """token -> its HashingVectorizer column (`abs(murmurhash3_32(utf8, seed 0)) % n_features`), remembered: words
-    repeat, and one dict lookup beats sklearn's per-token generator, encode and hash (~5x)."""
+    """token -> its HashingVectorizer column (`column_of`), remembered: words repeat, and one dict lookup beats
+    sklearn's per-token generator, encode and hash (~5x)."""
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.n_features = n_features
-        self.murmur = require("sklearn.utils", "data").murmurhash3_32
+        _murmur()  # a clear error now if scikit-learn is missing
 
     def __missing__(self, token: str) -> int:
         if len(self) >= 1 << 18:  # bounded: ~40 MB a worker on any corpus
             self.clear()
-        h = self.murmur(token.encode("utf-8"), seed=0)
-        # as sklearn's _hashing_fast.transform, including its definition of abs(-2**31) % n
-        v = self[token] = (2147483647 - (self.n_features - 1)) % self.n_features if h == -2**31 else \
-            abs(h) % self.n_features
+        v = self[token] = column_of(token, self.n_features)
         return v
 
 
@@ -95,25 +106,32 @@ def featurize_tokens(token_lists: Sequence[list[str]], cfg: ClassifierConfig):
     (int32 indices, float64 ones, `sum_duplicates`, the same `normalize`), so it is equal entry for entry."""
     if cfg.ngrams != 1:
         raise ValueError("featurize_tokens supports unigram models only; use featurize")
-    import itertools
 
-    sp = require("scipy.sparse", "data")
-    normalize = require("sklearn.preprocessing", "data").normalize
     cache = _BUCKETS.get(cfg.n_features)
     if cache is None:
         cache = _BUCKETS[cfg.n_features] = _BucketCache(cfg.n_features)
     lens = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    n = int(lens.sum())
-    indptr = np.zeros(len(token_lists) + 1, dtype=np.int64)
-    np.cumsum(lens, out=indptr[1:])
     indices = np.fromiter(map(cache.__getitem__, itertools.chain.from_iterable(token_lists)), dtype=np.int32,
-                          count=n)
+                          count=int(lens.sum()))
+    return features_from_columns(indices, lens, cfg)
+
+
+def features_from_columns(indices: np.ndarray, lens: np.ndarray, cfg: ClassifierConfig):
+    """The `featurize` matrix from every token's column (`indices`, int32, documents one after another, each in
+    token order) and the tokens per document (`lens`, shape (n_docs,)): built as HashingVectorizer builds it
+    (int32 indices, float64 ones, `sum_duplicates`, the same `normalize`), so it is equal entry for entry."""
+    sp = require("scipy.sparse", "data")
+    normalize = require("sklearn.preprocessing", "data").normalize
+    n = int(lens.sum())
+    indptr = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    indices = np.asarray(indices, dtype=np.int32)
     if n <= np.iinfo(np.int32).max:
         indptr = indptr.astype(np.int32)
     else:
         indices = indices.astype(np.int64)
     X = sp.csr_array((np.ones(n, dtype=np.float64), indices, indptr), dtype=np.float64,
-                     shape=(len(token_lists), cfg.n_features))
+                     shape=(len(lens), cfg.n_features))
     X.sum_duplicates()  # also sorts the indices
     return normalize(X, norm="l2", copy=False)
 

@@ -258,6 +258,13 @@ class BatchMinHash:
         lens = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
         flat = np.fromiter(map(_CRC.__getitem__, itertools.chain.from_iterable(docs)), dtype=np.uint64,
                            count=int(lens.sum()))
+        return self.signatures_of_hashes(flat, lens)
+
+    def signatures_of_hashes(self, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """`signatures_of_words` from the words' CRC-32s (`flat`, uint64, documents one after another) and the
+        words per document (`lens`, shape (n_docs,))."""
+        flat = np.asarray(flat, dtype=np.uint64)
+        lens = np.asarray(lens, dtype=np.int64)
         n = self.shingle_size
         starts = np.cumsum(lens) - lens
         sizes = np.where(lens > n, lens - n + 1, (lens > 0).astype(np.int64))  # shingles per document
@@ -336,8 +343,14 @@ class RunIndex:
 
     def lookup(self, keys: np.ndarray) -> list[list[int]]:
         """For each row of `keys` (shape (n, k)), the values stored in sealed runs under any of its keys."""
-        n = len(keys)
-        out: list[list[int]] = [[] for _ in range(n)]
+        out: list[list[int]] = [[] for _ in range(len(keys))]
+        rows, vals = self.lookup_flat(keys)
+        for r, v in zip(rows.tolist(), vals.tolist()):
+            out[r].append(v)
+        return out
+
+    def lookup_flat(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`lookup` as two arrays: (row of `keys`, value) for every stored entry under any of the row's keys."""
         flat = keys.reshape(-1).astype(self.dtype, copy=False)
         width = keys.shape[1] if keys.ndim == 2 else 1
         # Queries in sorted order: numpy's binary search starts from the previous answer for increasing keys,
@@ -345,16 +358,19 @@ class RunIndex:
         # queries miss, so the "right" bound is searched only for the hits.
         order = np.argsort(flat, kind="stable")
         q = flat[order]
+        rows, vals = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int32)]
         for k, v in self.runs:
             lo = np.searchsorted(k, q, "left")
             hit = np.flatnonzero(k[np.minimum(lo, len(k) - 1)] == q)
             if not len(hit):
                 continue
             lo = lo[hit]
-            hi = np.searchsorted(k, q[hit], "right")
-            for i, a, b in zip(order[hit].tolist(), lo.tolist(), hi.tolist()):
-                out[i // width].extend(v[a:b].tolist())
-        return out
+            cnt = np.searchsorted(k, q[hit], "right") - lo
+            # every entry lo .. hi-1 of each hit, in one gather
+            pos = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt) + np.arange(int(cnt.sum()))
+            rows.append(np.repeat(order[hit] // width, cnt))
+            vals.append(v[pos])
+        return np.concatenate(rows), np.concatenate(vals)
 
     def lookup_pending(self, keys: np.ndarray) -> list[int]:
         """Values added since the last `seal()` under any of `keys` (one document's keys)."""

@@ -13,7 +13,9 @@ How it scales on one machine:
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
 * normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
-  with one tokenisation of each text shared by the rules, the classifiers and MinHash; results are consumed
+  a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
+  summed per text with numpy (`batch.ChunkRules`), shared by the rules, the classifiers and MinHash; the
+  one-document code (`clean.reject_reason`) judges only the texts that pass cannot clear; results are consumed
   in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
   process, so the output is the same for any number of workers. Those decisions are batched per chunk:
   one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genforge.data.batch import ChunkRules
 from genforge.data.classify import (
     CLEAN_ALIASES,
     ClassifierConfig,
@@ -61,6 +64,7 @@ from genforge.data.clean import (
     HarmfulMatcher,
     boilerplate_anchored,
     normalize,
+    normalize_many,
     reject_reason,
     tokens,
     word_tokens,
@@ -212,15 +216,39 @@ class _Worker:
                         "quality": TextClassifier.load(Path(filters_dir, "quality.pkl"), cfg.quality_threshold)}
         self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
+        ccfg = self.clf["harm"].cfg if self.clf else None
+        self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None)
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
 
         Everything that needs a document's text happens here, so only the survivors' encoded output lines
         travel back to the main process (plus the head of each rejected text, for the report's examples).
-        One tokenisation of the lower-cased text serves the rules, the classifiers and MinHash.
-        `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
+        The rules, the classifiers' features and MinHash's words come from one pass over the whole chunk
+        (`batch.ChunkRules`); `process_plain` is the same one document at a time (the reference it is tested
+        against). `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
+        texts = normalize_many([t for _, t, _ in chunk])
+        lowers = [t.lower() for t in texts]
+        rules = self.rules
+        why = rules.judge(texts, lowers)
+        if self.clf:
+            # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
+            idx = [i for i, w in enumerate(why) if w is None]
+            if idx:
+                from genforge.data.classify import features_from_columns, featurize
+
+                ccfg = self.clf["harm"].cfg
+                feats = (features_from_columns(*rules.columns(idx), ccfg) if ccfg.ngrams == 1
+                         else featurize([texts[i] for i in idx], ccfg))
+                self._classify(why, idx, feats)
+        keep = [i for i, w in enumerate(why) if w is None]
+        keys = np.array([exact_key64_normalised(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
+        sigs = self.minhash.signatures_of_hashes(*rules.word_crcs(keep)) if self.minhash is not None else None
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+
+    def process_plain(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
+        """`process` one document at a time (`clean.reject_reason` per text): the reference for tests."""
         texts = [normalize(t) for _, t, _ in chunk]
         lowers = [t.lower() for t in texts]
         toks = [tokens(low) for low in lowers]
@@ -228,7 +256,6 @@ class _Worker:
         why = [reject_reason(t, self.cfg, self.harmful, low, tk, a)
                for t, low, tk, a in zip(texts, lowers, toks, anchored)]
         if self.clf:
-            # The classifiers see what the rules let through; the harm model is asked first (its reason wins).
             idx = [i for i, w in enumerate(why) if w is None]
             if idx:
                 from genforge.data.classify import featurize, featurize_tokens
@@ -236,21 +263,30 @@ class _Worker:
                 ccfg = self.clf["harm"].cfg
                 feats = (featurize_tokens([toks[i] for i in idx], ccfg) if ccfg.ngrams == 1
                          else featurize([texts[i] for i in idx], ccfg))
-                for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
-                    p = self.clf[name].proba(idx, features=feats)
-                    for i, pi in zip(idx, p.tolist()):
-                        if why[i] is None and pi >= self.clf[name].threshold:
-                            why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
+                self._classify(why, idx, feats)
         keep = [i for i, w in enumerate(why) if w is None]
         keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = (self.minhash.signatures_of_words([word_tokens(toks[i]) for i in keep])
                 if self.minhash is not None else None)
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+
+    def _classify(self, why: list, idx: list[int], feats) -> None:
+        for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
+            p = self.clf[name].proba(idx, features=feats)
+            for i, pi in zip(idx, p.tolist()):
+                if why[i] is None and pi >= self.clf[name].threshold:
+                    why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
+
+    def _result(self, chunk: list[tuple[str, str, str]], texts: list[str], why: list, keep: list[int],
+                keys: np.ndarray, sigs: np.ndarray | None, all_texts: bool) -> dict:
         kept_text = [texts[i] for i in keep]
-        return {"why": why, "keep": keep, "keys": keys, "sigs": sigs,
-                "lines": [(json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
-                          for i in keep],
+        enc = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes a str as
+        lines = [f'{{"id": {enc(chunk[i][0])}, "text": {enc(texts[i])}}}\n'.encode() if isinstance(chunk[i][0], str)
+                 else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
+                 for i in keep]
+        return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
                 "kept_bytes": [len(t.encode("utf-8")) for t in kept_text],
-                "in_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for _, t, _ in chunk),
+                "in_bytes": len("".join(t for _, t, _ in chunk).encode("utf-8", "surrogatepass")),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
                 # the datasketch backend indexes texts in the main process
                 "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
@@ -267,6 +303,18 @@ def _init_worker(cfg: CleanConfig, filters_dir: str | None) -> None:
 
 def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
     return _WORKER.process(chunk)
+
+
+def exact_key64_normalised(text: str, lower: str) -> int:
+    """`exact_key64(text, lower)` without its split and join where they would change nothing (always, for a
+    `normalize`d one-line text): the canonical form is the case-folded text with newlines as spaces when that has
+    no other whitespace (`isprintable` is false for every whitespace character but the ASCII space), no double,
+    leading or trailing space."""
+    folded = lower if text.isascii() else unicodedata.normalize("NFC", text).casefold()
+    canon = folded.replace("\n\n", "\n").replace("\n", " ") if "\n" in folded else folded
+    if not canon.isprintable() or "  " in canon or canon.startswith(" ") or canon.endswith(" "):
+        canon = " ".join(folded.split())
+    return int.from_bytes(hashlib.blake2b(canon.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def exact_key64(text: str, lower: str | None = None) -> int:
@@ -376,17 +424,17 @@ class _Index:
                 best = (o, sim)
         return best
 
-    def best_sealed(self, sigs: np.ndarray, sealed: list[list[int]]) -> list[tuple[int, float] | None]:
+    def best_sealed(self, sigs: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> list[tuple[int, float] | None]:
         """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
-        chunks (`sealed`: lists of ordinals from the index runs), all rows at once: one gather and compare per
-        chunk instead of a few small numpy calls and a read per document (most of the main process's time)."""
+        chunks (`rows`, `cands`: pairs of a row and a kept ordinal, from `RunIndex.lookup_flat`), all rows at once:
+        one gather and compare per chunk instead of a few small numpy calls and a read per document (most of
+        the main process's time)."""
         out: list[tuple[int, float] | None] = [None] * len(sigs)
-        lens = [len(c) for c in sealed]
-        if not sum(lens):
+        if not len(rows):
             return out
-        rows = np.repeat(np.arange(len(sigs), dtype=np.int64), lens)
-        cands = np.fromiter(itertools.chain.from_iterable(sealed), dtype=np.int64, count=sum(lens))
-        pair = np.unique(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        rows, cands = rows.astype(np.int64), cands.astype(np.int64)
+        pair = np.sort(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
+        pair = pair[np.concatenate([[True], pair[1:] != pair[:-1]])]  # unique (np.unique hashes here: slower)
         rows, cands = pair >> 32, pair & 0xFFFFFFFF
         sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
         agree = np.count_nonzero(self.sketch[cands] == sk[rows], axis=1) / self.k
@@ -447,7 +495,7 @@ class _Index:
         return self.exact.nbytes + self.near.nbytes
 
 
-def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list[int]]]:
+def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
     """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
     (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
     m, w = keys.shape
@@ -456,7 +504,7 @@ def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list
     order = np.lexsort((rows, flat))  # by key, then row
     fk, fr = flat[order], rows[order]
     same = np.flatnonzero(fk[1:] == fk[:-1])
-    groups: list[np.ndarray] = []
+    groups: list[list[int]] = []
     member: dict[int, list[int]] = {}
     if not len(same):
         return groups, member
@@ -464,9 +512,9 @@ def _earlier_sharing(keys: np.ndarray) -> tuple[list[np.ndarray], dict[int, list
     starts = same[np.concatenate([[True], same[1:] != same[:-1] + 1])]
     ends = same[np.concatenate([same[1:] != same[:-1] + 1, [True]])] + 2
     for a, b in zip(starts.tolist(), ends.tolist()):
-        g = np.unique(fr[a:b])
+        g = sorted(set(fr[a:b].tolist()))  # a few rows: Python beats a numpy call per group
         if len(g) > 1:
-            for r in g.tolist():
+            for r in g:
                 member.setdefault(r, []).append(len(groups))
             groups.append(g)
     return groups, member
@@ -515,13 +563,16 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
     keep_pos = {i: j for j, i in enumerate(keep)}
-    ex_sealed = index.exact.lookup(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else None
+    ex_sealed: dict[int, list[int]] = {}  # row -> [the earliest kept ordinal with its exact key], if any
+    if cfg.dedup_exact and keep:
+        for r, o in zip(*(a.tolist() for a in index.exact.lookup_flat(keys.reshape(-1, 1)))):
+            ex_sealed[r] = [min(o, ex_sealed[r][0])] if r in ex_sealed else [o]
     ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
     bands = minhash.band_keys(sigs) if minhash is not None and keep else None
-    near_sealed = index.near.lookup(bands) if bands is not None else None
+    near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
     # the index stores band keys as uint32, so within a chunk they collide as uint32 too
     near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
-    sealed_best = index.best_sealed(sigs, near_sealed) if bands is not None else None
+    sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     index.reserve(len(keep))
@@ -529,7 +580,7 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     kept_bytes = 0
 
     def earlier_kept(j: int, groups: tuple) -> list[int]:
-        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g].tolist() if r < j and r in ordinal]
+        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
 
     def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
         if i in res["heads"]:
@@ -542,14 +593,15 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             continue
         j = keep_pos[i]
         if cfg.dedup_exact:
-            hits = ex_sealed[j] or earlier_kept(j, ex_groups)
+            hits = ex_sealed.get(j) or earlier_kept(j, ex_groups)
             if hits:
                 drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
                 continue
         sig = sigs[j] if bands is not None else None
         if sig is not None:
             here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
-            hit = index.near_best(sig, set(near_sealed[j]).union(here)) if here else sealed_best[j]
+            hit = (index.near_best(sig, set(near_cands[near_rows == j].tolist()).union(here)) if here
+                   else sealed_best[j])
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
                 continue
