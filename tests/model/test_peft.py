@@ -191,7 +191,8 @@ def test_selective_tuning_freezes_all_but_chosen():
 
 def test_lora_token_rows_train_only_their_rows_and_switch_with_the_adapter():
     base = make_model()
-    model = peft.apply_lora(copy.deepcopy(base), r=2, alpha=4, target_modules=["q_proj"], trainable_token_indices=[7, 3])
+    model = peft.apply_lora(copy.deepcopy(base), r=2, alpha=4, target_modules=["q_proj"],
+                            trainable_token_indices=[7, 3])
     lora_only = peft.trainable_summary(peft.apply_lora(copy.deepcopy(base), r=2, alpha=4, target_modules=["q_proj"]))
     assert peft.trainable_summary(model)["trainable"] == lora_only["trainable"] + 2 * CFG.width
     assert isinstance(model.lm_head, peft.TokenRows) and model.lm_head.owner is model.embed_tokens  # tied head
