@@ -178,12 +178,16 @@ def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict
                   target=0.0, note="paired over test items")
     lora = _pooled(scores.items["lora"])
     pct = results["lora"]["trainable_percent"]
+    shown = ", ".join(repr(r) for r in rows if r.strip() and r.isprintable()) if rows else ""
+    recipe = (f"; the LoRA (rank 8, every linear layer of the blocks) also trains the embedding rows of {len(rows)} "
+              f"tokens pretraining never trained (the chat template's{', ' + shown if shown else ''}; peft's "
+              "trainable_token_indices)" if rows else "")
     if _mean(full) > 0:
         report.lesson(f"LoRA ({pct:.1f} % trainable, <= 10 %) reaches >= {LORA_SHARE_TARGET:.0%} of full FT's score",
                       ("mean task score, LoRA", bootstrap_mean(lora)), ("full FT", bootstrap_mean(full)),
                       effect=bootstrap_ratio(lora, full, paired=True), target=LORA_SHARE_TARGET,
                       effect_name="LoRA / full", note="same data and steps; ratio of means, paired over items"
-                      + ("" if pct <= 10 else "; NOTE: more than 10 % of weights trainable"))
+                      + recipe + ("" if pct <= 10 else "; NOTE: more than 10 % of weights trainable"))
     gaps = {t: _mean(scores.items["full"][t]) - _mean(scores.items["lora"][t]) for t in scores.items["lora"]}
     worst = max(gaps, key=gaps.get) if gaps else None
     rest_full = _mean([x for t in sorted(gaps) if t != worst for x in scores.items["full"][t]])
@@ -193,9 +197,12 @@ def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict
                    f"{_mean(scores.items['lora'][worst]):.2f} vs {_mean(scores.items['full'][worst]):.2f})",
                    rest_lora / rest_full, note="LoRA learns less and forgets less (Biderman et al. 2024): at the same "
                    "budget it keeps up on tasks whose answers look like pretraining text and trails on a behaviour "
-                   "the pretraining text never shows (on the tiny world: refusals). Measured: letting LoRA also train "
-                   "the chat template's special-token embeddings lifted refusals 0.04 -> 0.26 only; LoRA at 3x its "
-                   "learning rate collapsed (mean 0.009)")
+                   "the pretraining text never shows (on the tiny world: refusals). Measured at tiny, seed 0: a LoRA "
+                   "of the blocks alone wrote \"I cann help\" after 100 steps (the corpus never has an apostrophe "
+                   "after \"can\": the tied head's row for it was never trained), refusals 0.34 vs 0.98; training "
+                   "those tokens' embedding rows too took them to 0.86. LoRA at 1.5x / 2.1x its learning rate, "
+                   "alpha 32, LoRA+ (B at 4x / 16x A's lr) or trainable norms all scored lower (mean 0.07-0.13 vs "
+                   "0.15), at 0.6x its lr the same (0.16)")
     nf, nl, ns = scores.nll.get("full"), scores.nll.get("lora"), scores.nll.get("single")
     if nf and nl:
         report.lesson("LoRA forgets less than full FT (pretraining val NLL rises less)",
