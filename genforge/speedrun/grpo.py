@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from genforge.report import StageReport
 from genforge.speedrun import sft, world
-from genforge.speedrun.align import START, setup, task_items
+from genforge.speedrun.align import START, fits, setup, task_items
 from genforge.speedrun.stage import StageContext
 
 NAME = "grpo"
@@ -28,9 +28,11 @@ class Config:
     # seed 0, 24 train prompts x 8 samples): worked arithmetic greedy 0.72 (test), pass@8 0.92 at T=0.5 with 88 %
     # of groups mixed; coin_flip and multiple_choice are at chance / knowledge-bound, last_letter 0.00 at any T
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
-    # prompt styles trained and scored ([] = all). Direct-answer prompts ("Give only the final answer") scored 0.00
-    # greedy and pass@8 0.00 at T=0.3-0.7: every group is all wrong, nothing to learn; they are reported, untrained
-    styles: list[str] = field(default_factory=lambda: ["cot"])
+    # every problem is asked in this prompt style (the world writes each one as "cot" and "direct"; "" = each row's
+    # own prompt). Direct-answer prompts ("Give only the final answer") scored 0.00 greedy and pass@8 0.00 at
+    # T=0.3-0.7: every group is all wrong, nothing to learn; the same held-out problems asked directly are reported
+    style: str = "cot"
+    other_style: str = "direct"  # reported before/after on the same held-out problems, not trained ("" = none)
     test_items: int = 200  # held-out problems per task (paired before/after; all of them at tiny)
     rollouts: int = 12
     rollout_prompts: int = 8
@@ -63,12 +65,14 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     t0, c0 = time.perf_counter(), time.process_time()
     s = setup(ctx, cfg, world, sft, NAME)
     tasks = [t for t in cfg.tasks if any(r.get("task") == t for r in s.train_rows)]
-    styled = lambda r: not cfg.styles or r.get("style", "") in cfg.styles  # noqa: E731
-    train = [r for r in s.train_rows if r.get("task") in tasks and styled(r)]
-    test = {t: [r for r in s.test_rows if r.get("task") == t and styled(r)][:cfg.test_items] for t in tasks}
+    room = s.sft.config.max_seq_len - cfg.max_new_tokens
+    train = fits(s.tok, [restyle(r, cfg.style) for r in s.train_rows if r.get("task") in tasks], room)
+    test = {t: fits(s.tok, [restyle(r, cfg.style) for r in s.test_rows if r.get("task") == t], room)[:cfg.test_items]
+            for t in tasks}
     test = {t: rows for t, rows in test.items() if rows}
-    # the same tasks' other prompt styles: not trained, reported (does GRPO's change carry over to them?)
-    other = {t: [r for r in s.test_rows if r.get("task") == t and not styled(r)][:cfg.test_items] for t in tasks}
+    # the same held-out problems in the other style: not trained, reported (does GRPO's change carry over?)
+    other = {t: fits(s.tok, [restyle(r, cfg.other_style) for r in rows], room) for t, rows in test.items()
+             if cfg.other_style and cfg.other_style != cfg.style}
     other = {t: rows for t, rows in other.items() if rows}
     policy = make_policy(copy.deepcopy(s.sft))
     gcfg = GRPOConfig(rollouts=cfg.rollouts, rollout_prompts=cfg.rollout_prompts, group_size=cfg.group_size,
@@ -85,7 +89,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     b = [x for t in test for x in before_items[t]]
     zero = sum(h["zero_std_groups"] for h in hist) / max(1, len(hist))
     per = ", ".join(f"{t} {before[t]:.2f} -> {after[t]:.2f}" for t in after)
-    what = f"{'/'.join(cfg.styles)}-prompted " if cfg.styles else ""
+    what = f"{cfg.style}-prompted " if cfg.style else ""
     if a:
         report.lesson("GRPO raises verifiable-task accuracy by >= 10 points",
                       ("accuracy after GRPO", bootstrap_mean(a, seed=ctx.seed)),
@@ -100,8 +104,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                    f"{len(test[t])} held-out problems; baseline = {START} model")
     for t, rows in other.items():
         o_b, o_a = (task_items(m, s.tok, t, rows).items for m in (s.sft, policy))
-        styles = "/".join(sorted({r.get("style", "?") for r in rows}))
-        report.row(f"GRPO: {t} accuracy on {styles} prompts (not trained)", sum(o_a) / len(o_a),
+        report.row(f"GRPO: {t} accuracy, the same problems asked {cfg.other_style} (not trained)", sum(o_a) / len(o_a),
                    sum(o_b) / len(o_b), f"{len(rows)} held-out problems; baseline = {START} model; no sampled "
                    "answer to these is right, so no group has a reward spread to learn from")
     report.note("**GRPO at tiny** (measured, seed 0; the reward check agrees with the scorer on every answer "
@@ -115,3 +118,10 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.note(f"Stage timings: {seconds:.0f} s wall, {time.process_time() - c0:.0f} s CPU.")
     return Outputs(grpo=str(s.out / "checkpoint"), accuracy={"before": before, "after": after},
                    zero_std_groups=zero, seconds=seconds)
+
+
+def restyle(row: dict, style: str) -> dict:
+    """The row asked in prompt style `style` (the world's `prompts[style]`); unchanged when `style` is "" or the
+    row has no such variant."""
+    alt = (row.get("prompts") or {}).get(style) if style else None
+    return {**row, "prompt": alt, "style": style} if alt else row
