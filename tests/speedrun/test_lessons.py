@@ -37,9 +37,9 @@ def test_sft_items_variants_and_single_task():
     vs = peft.make_variants(peft.Config(steps=10, selective=True), [], [], "b")
     assert [v.key for v in vs] == ["full", "lora", "prompt", "adapter", "selective", "scratch", "single"]
     assert all(v.steps == 10 for v in vs)
-    assert all(not v.peft for v in vs)  # no token rows given: a plain LoRA
-    rows = peft.make_variants(peft.Config(steps=10), [], [], "b", [4, 9])
-    assert {v.key: v.peft for v in rows if v.peft} == {"lora": {"trainable_token_indices": [4, 9]}}
+    assert {v.key: v.peft for v in vs if v.peft} == {"lora": {"r": 9}}  # no token rows given: a plain LoRA
+    rows = peft.make_variants(peft.Config(steps=10, lora_r=4), [], [], "b", [4, 9])
+    assert {v.key: v.peft for v in rows if v.peft} == {"lora": {"r": 4, "trainable_token_indices": [4, 9]}}
     with pytest.raises(ConfigError, match="chat_steps=0"):
         sft.Config(chat_steps=0)
     assert sft.drill_counts(["arithmetic:40", "coin_flip: 3"]) == {"arithmetic": 40, "coin_flip": 3}
