@@ -129,24 +129,35 @@ class TokenRows(nn.Module):
         self.token_indices[name] = idx
         self.trainable_tokens_delta[name] = nn.Parameter(w.detach()[idx].clone())  # (k, C)
 
-    def merged_weight(self) -> torch.Tensor:
-        """The base weight (V, C) with the active adapter's rows in place (differentiable in the rows)."""
-        o, w = self.owner, self.base_layer.weight
-        name = self.active
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(token ids (k,), their trained rows (k, C)) of the active adapter, or None (base rows apply)."""
+        o, name = self.owner, self.active
         if isinstance(name, list):
             raise ConfigError("per-row adapter selection is not supported with trainable token rows; "
                               "select one adapter for the batch")
         if name is None or name in self.merged or name not in o.token_indices:
-            return w
-        idx = torch.tensor(o.token_indices[name], device=w.device)
-        return w.index_copy(0, idx, o.trainable_tokens_delta[name].to(w.dtype))
+            return None
+        w = self.base_layer.weight
+        return torch.tensor(o.token_indices[name], device=w.device), o.trainable_tokens_delta[name].to(w.dtype)
+
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight (V, C) with the active adapter's rows in place (differentiable in the rows)."""
+        rows = self._rows()
+        return self.base_layer.weight if rows is None else self.base_layer.weight.index_copy(0, *rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.merged_weight()
         if isinstance(self.base_layer, nn.Embedding):
             b = self.base_layer
+            w = self.merged_weight()
             return F.embedding(x, w, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
-        return F.linear(x, w, self.base_layer.bias)
+        y = self.base_layer(x)  # (..., V) through the frozen weight: no (V, C) weight gradient is formed
+        rows = self._rows()
+        if rows is None:
+            return y
+        idx, values = rows
+        b = self.base_layer.bias
+        cols = F.linear(x, values.to(x.dtype), None if b is None else b[idx])  # (..., k) the trained rows' logits
+        return y.index_copy(y.dim() - 1, idx, cols.to(y.dtype))
 
 
 def _module_matches(name: str, targets: Sequence[str] | str) -> bool:
