@@ -204,12 +204,12 @@ def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict
                    f"{_mean(scores.items['lora'][worst]):.2f} vs {_mean(scores.items['full'][worst]):.2f})",
                    rest_lora / rest_full, note="LoRA learns less and forgets less (Biderman et al. 2024): at the same "
                    "budget it keeps up on tasks whose answers look like pretraining text and trails on a behaviour "
-                   "the pretraining text never shows (on the tiny world: refusals). Measured at tiny, seed 0: a LoRA "
-                   "of the blocks alone wrote \"I cann help\" after 100 steps (the corpus never has an apostrophe "
-                   "after \"can\": the tied head's row for it was never trained), refusals 0.34 vs 0.98; training "
-                   "those tokens' embedding rows too took them to 0.86. LoRA at 1.5x / 2.1x its learning rate, "
-                   "alpha 32, LoRA+ (B at 4x / 16x A's lr) or trainable norms all scored lower (mean 0.07-0.13 vs "
-                   "0.15), at 0.6x its lr the same (0.16)")
+                   "the pretraining text never shows (on the tiny world: refusals, written with tokens pretraining "
+                   "never trained). Measured at tiny, seed 0: a LoRA of the blocks alone wrote \"I cann help\" "
+                   "after 100 steps (the corpus never has an apostrophe after \"can\": the tied head's row for it "
+                   "was never trained), refusals 0.34 vs 0.98; training those tokens' embedding rows too took them to "
+                   "0.86 (0.98 at rank 9). LoRA at 1.5x / 2.1x its learning rate, alpha 32, LoRA+ (B at 4x / 16x A's "
+                   "lr) or trainable norms all scored lower (mean 0.07-0.13 vs 0.15), at 0.6x its lr the same (0.16)")
     nf, nl, ns = scores.nll.get("full"), scores.nll.get("lora"), scores.nll.get("single")
     if nf and nl:
         report.lesson("LoRA forgets less than full FT (pretraining val NLL rises less)",
