@@ -114,7 +114,9 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                 "coin_flip is at chance (greedy 0.50) and multiple_choice needs facts the model lacks; last_letter is "
                 "0.00 at any T. So the stage asks every arithmetic problem in the worked style and samples at T=0.5. "
                 "Variants measured on the 200 held-out problems (SFT 0.655): 20 rollouts at lr 3e-5 +0.150 [0.085, "
-                "0.220] (76 s CPU); 26 rollouts +0.135 [0.070, 0.205] (94 s CPU). On the 116 problems the world "
+                "0.220] (76 s CPU); 26 rollouts +0.135 [0.070, 0.205] (94 s CPU); 20 at lr 4e-5 +0.035 [-0.035, "
+                "0.105]; 20 without the KL term +0.100 [0.025, 0.175]: a gain, but its size varies by run. On the 116 "
+                "problems the world "
                 "wrote in the worked style, 12 rollouts at lr 3e-5 +0.069 [-0.026, 0.155]; at lr 1e-4 accuracy "
                 "collapsed, 0.72 -> 0.36. Earlier (T=1, three tasks, 50 problems each): GRPO as published at lr 1e-4 "
                 "-0.033, at 3e-4 -0.167; Dr. GRPO at 1.5e-4 took arithmetic 0.46 -> 0.20.")
