@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from genforge.report import StageReport
 from genforge.speedrun import sft, world
-from genforge.speedrun.align import START, setup, task_items
+from genforge.speedrun.align import START, fits, setup, task_items
 from genforge.speedrun.stage import StageContext
 
 NAME = "grpo"
@@ -23,13 +23,22 @@ TITLE = "Alignment: GRPO with a verifiable reward"
 @dataclass
 class Config:
     max_new_tokens: int = 128  # answer budget (room for a rationale)
-    # verifiable tasks; last_letter is left out: the SFT model scores 0.00 on it, so every group scores 0 (no signal)
-    tasks: list[str] = field(default_factory=lambda: ["arithmetic", "coin_flip", "multiple_choice"])
-    test_items: int = 50  # test problems per task (paired before/after)
-    rollouts: int = 12
+    # verifiable tasks GRPO trains and is scored on. GRPO learns only from groups whose answers differ in reward,
+    # so the task must be one the SFT model sometimes but not always gets right when sampling (measured at tiny,
+    # seed 0, 24 train prompts x 8 samples): worked arithmetic greedy 0.72 (test), pass@8 0.92 at T=0.5 with 88 %
+    # of groups mixed; coin_flip and multiple_choice are at chance / knowledge-bound, last_letter 0.00 at any T
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    # every problem is asked in this prompt style (the world writes each one as "cot" and "direct"; "" = each row's
+    # own prompt). Direct-answer prompts ("Give only the final answer") scored 0.00 greedy and pass@8 0.00 at
+    # T=0.3-0.7: every group is all wrong, nothing to learn; the same held-out problems asked directly are reported
+    style: str = "cot"
+    other_style: str = "direct"  # reported before/after on the same held-out problems, not trained ("" = none)
+    test_items: int = 200  # held-out problems per task (paired before/after; all of them at tiny)
+    rollouts: int = 20  # measured: 20 rollouts +0.15, 26 +0.135 on the worked sums (stage ~75 / ~95 s CPU)
     rollout_prompts: int = 8
     group_size: int = 8
-    temperature: float = 1.0  # sampling temperature of the groups (the reward must vary within a group)
+    temperature: float = 0.5  # sampling temperature of the groups: at T=1 only 5 % of worked sums come out right
+    # (pass@8 0.25, 75 % of groups all wrong); at T=0.5 42 % (pass@8 0.92)
     micro_batch: int = 16
     lr: float = 3e-5  # Adam's step does not shrink with Dr. GRPO's smaller loss; 1e-4 and up lowered arithmetic
     # at tiny in every variant measured (GRPO 3e-4: 0.46 -> 0.10; Dr. GRPO 1.5e-4: 0.46 -> 0.20)
@@ -56,9 +65,15 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     t0, c0 = time.perf_counter(), time.process_time()
     s = setup(ctx, cfg, world, sft, NAME)
     tasks = [t for t in cfg.tasks if any(r.get("task") == t for r in s.train_rows)]
-    train = [r for r in s.train_rows if r.get("task") in tasks]
-    test = {t: [r for r in s.test_rows if r.get("task") == t][:cfg.test_items] for t in tasks}
+    room = s.sft.config.max_seq_len - cfg.max_new_tokens
+    train = fits(s.tok, [restyle(r, cfg.style) for r in s.train_rows if r.get("task") in tasks], room)
+    test = {t: fits(s.tok, [restyle(r, cfg.style) for r in s.test_rows if r.get("task") == t], room)[:cfg.test_items]
+            for t in tasks}
     test = {t: rows for t, rows in test.items() if rows}
+    # the same held-out problems in the other style: not trained, reported (does GRPO's change carry over?)
+    other = {t: fits(s.tok, [restyle(r, cfg.other_style) for r in rows], room) for t, rows in test.items()
+             if cfg.other_style and cfg.other_style != cfg.style}
+    other = {t: rows for t, rows in other.items() if rows}
     policy = make_policy(copy.deepcopy(s.sft))
     gcfg = GRPOConfig(rollouts=cfg.rollouts, rollout_prompts=cfg.rollout_prompts, group_size=cfg.group_size,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, beta=cfg.beta,
@@ -74,25 +89,45 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     b = [x for t in test for x in before_items[t]]
     zero = sum(h["zero_std_groups"] for h in hist) / max(1, len(hist))
     per = ", ".join(f"{t} {before[t]:.2f} -> {after[t]:.2f}" for t in after)
+    what = f"{cfg.style}-prompted " if cfg.style else ""
     if a:
         report.lesson("GRPO raises verifiable-task accuracy by >= 10 points",
                       ("accuracy after GRPO", bootstrap_mean(a, seed=ctx.seed)),
                       (f"{START} model", bootstrap_mean(b, seed=ctx.seed)),
                       effect=bootstrap_diff(a, b, paired=True, seed=ctx.seed), target=0.10,
-                      note=f"{len(a)} held-out problems ({per}), greedy, paired bootstrap; reward = the world's "
+                      note=f"{len(a)} held-out {what}problems ({per}), greedy, paired bootstrap; reward = the world's "
                            f"answer check; {cfg.rollouts} rollouts x {cfg.rollout_prompts} prompts x G="
-                           f"{cfg.group_size} at T={cfg.temperature:g}; {zero:.0%} of groups had no reward spread")
+                           f"{cfg.group_size} at T={cfg.temperature:g}, lr {cfg.lr:g}; {zero:.0%} of groups had no "
+                           "reward spread")
     for t in after:
-        report.row(f"GRPO: {t} accuracy (test, greedy)", after[t], before[t],
+        report.row(f"GRPO: {what}{t} accuracy (test, greedy)", after[t], before[t],
                    f"{len(test[t])} held-out problems; baseline = {START} model")
-    report.note("**GRPO at tiny** (measured, seed 0; the reward check agrees with the scorer on every answer "
-                "checked). 12 rollouts x 8 prompts move greedy accuracy by about nothing; more movement lowers it: "
-                "GRPO as published at lr 1e-4 -0.033 [-0.113, 0.047], at lr 3e-4 -0.167 (arithmetic 0.46 -> 0.10), "
-                "16 x 16 prompts at T=0.6, lr 5e-5 -0.067 [-0.153, 0.027] (coin_flip 0.54 -> 0.38, answers "
-                "shorter: the per-answer length norm rewards a short right guess, Liu et al. 2025); Dr. GRPO at lr "
-                "1.5e-4 kept coin_flip but took arithmetic 0.46 -> 0.20. The samples GRPO learns from are T=1 "
-                "answers, far less often right than the greedy ones it is judged on.")
+    for t, rows in other.items():
+        o_b, o_a = (task_items(m, s.tok, t, rows).items for m in (s.sft, policy))
+        report.row(f"GRPO: {t} accuracy, the same problems asked {cfg.other_style} (not trained)", sum(o_a) / len(o_a),
+                   sum(o_b) / len(o_b), f"{len(rows)} held-out problems; baseline = {START} model; no sampled "
+                   "answer to these is right, so no group has a reward spread to learn from")
+    report.note("**GRPO at tiny** (measured, seed 0; reward = the world's answer check). GRPO learns only from "
+                "groups whose answers differ in reward. The SFT model's sampled worked sums are right 42 % of the "
+                "time at T=0.5 (pass@8 0.92, 88 % of groups mixed) but 5 % at T=1 (pass@8 0.25, 75 % of groups all "
+                "wrong); its direct answers (\"Give only the final answer\") are never right at any T (pass@8 0.00); "
+                "coin_flip is at chance (greedy 0.50) and multiple_choice needs facts the model lacks; last_letter is "
+                "0.00 at any T. So the stage asks every arithmetic problem in the worked style and samples at T=0.5. "
+                "Variants measured on the 200 held-out problems (SFT 0.655): 20 rollouts at lr 3e-5 +0.150 [0.085, "
+                "0.220] (76 s CPU); 26 rollouts +0.135 [0.070, 0.205] (94 s CPU); 20 at lr 4e-5 +0.035 [-0.035, "
+                "0.105]; 20 without the KL term +0.100 [0.025, 0.175]: a gain, but its size varies by run. On the 116 "
+                "problems the world "
+                "wrote in the worked style, 12 rollouts at lr 3e-5 +0.069 [-0.026, 0.155]; at lr 1e-4 accuracy "
+                "collapsed, 0.72 -> 0.36. Earlier (T=1, three tasks, 50 problems each): GRPO as published at lr 1e-4 "
+                "-0.033, at 3e-4 -0.167; Dr. GRPO at 1.5e-4 took arithmetic 0.46 -> 0.20.")
     seconds = time.perf_counter() - t0
     report.note(f"Stage timings: {seconds:.0f} s wall, {time.process_time() - c0:.0f} s CPU.")
     return Outputs(grpo=str(s.out / "checkpoint"), accuracy={"before": before, "after": after},
                    zero_std_groups=zero, seconds=seconds)
+
+
+def restyle(row: dict, style: str) -> dict:
+    """The row asked in prompt style `style` (the world's `prompts[style]`); unchanged when `style` is "" or the
+    row has no such variant."""
+    alt = (row.get("prompts") or {}).get(style) if style else None
+    return {**row, "prompt": alt, "style": style} if alt else row

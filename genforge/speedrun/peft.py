@@ -48,6 +48,16 @@ class Config:
     single_task: str = ""  # the single-task run's task ("" = the one with the shortest examples)
     selective: bool = False  # also compare selective fine-tuning (norms + last layer)
     ppl_batches: int = 6  # pretraining val batches for the forgetting measurement
+    # LoRA also trains the embedding rows of tokens the fine-tuning data uses >= this many times more often (per
+    # token) than pretraining did (peft's trainable_token_indices; 0 = none). On the tiny world these are the
+    # apostrophe of "can't" and two word pieces the corpus never has, plus the chat template's tokens: without
+    # them LoRA wrote "I cann help" (refusals 0.34 vs full FT's 0.98); with them 0.86 (measured, seed 0)
+    lora_new_token_ratio: float = 100.0
+    # LoRA rank (alpha 16, every linear layer of the blocks): 9 is the largest whose trainable parameters (with the
+    # token rows) stay <= 10 % of the model's; at tiny, seed 0, LoRA / full 0.87 [0.75, 0.99] at rank 8, 0.95 [0.87,
+    # 1.03] at rank 9 (both with the token rows)
+    lora_r: int = 9
+    lora_max_token_rows: int = 32  # at most this many rows (C parameters each), the rarest in pretraining first
 
 
 @dataclass
@@ -71,7 +81,8 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     single = [c for c, r in zip(train, items.train) if r.get("task") == single_task]
     if not single:
         raise ConfigError(f"peft.single_task={single_task!r} has no training rows; tasks: {sorted(items.eval)}")
-    variants = make_variants(cfg, train, single, single_task)
+    rows = new_token_rows(tok, train, tokenizer.shards, cfg.lora_new_token_ratio, cfg.lora_max_token_rows)
+    variants = make_variants(cfg, train, single, single_task, rows)
     encoded: dict[int, dict] = {}  # id(variant data) -> run_sft's cache of its encoding (variants share lists)
     nll = nll_fn(ctx, cfg, tokenizer.shards, base)
     scores = _Scores()
@@ -82,7 +93,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                                     encoded.setdefault(id(v.data), {}), stage=NAME)
                for v in variants}
     labels = {"base": "pretrained (no SFT)", **{v.key: v.label for v in variants}}
-    report_lessons(report, scores, results, single_task)
+    report_lessons(report, scores, results, single_task, [tok.decode([i]) for i in rows], cfg.lora_r)
     _report_methods(report, cfg, variants, scores, results)
     _report_forgetting(report, scores, single_task)
     report.row(f"single-task FT: score on its task ({single_task})", scores.tasks["single"].get(single_task),
@@ -111,10 +122,45 @@ def shortest_task(items: _Items) -> str:
     return min(items.eval, key=mean_len)
 
 
-def make_variants(cfg: Config, train: list, single: list, single_task: str) -> list[_Variant]:
-    """The runs to compare, all from the pretrained model except 'scratch', all `cfg.steps` long."""
+def new_token_rows(tok, train: list, shards: str, ratio: float, max_rows: int) -> list[int]:
+    """Token ids the fine-tuning conversations use >= `ratio` times more often (share of their tokens) than the
+    pretraining corpus (share of its train shards), seen >= 20 times: tokens whose embedding (and tied output)
+    row pretraining never trained. The `max_rows` rarest in pretraining first."""
+    import numpy as np
+
+    from genforge.data.shards import TokenShards
+
+    if ratio <= 0 or max_rows <= 0:
+        return []
+    V = tok.vocab_size
+    ft = np.zeros(V, dtype=np.int64)
+    for conv in train:
+        ft += np.bincount(np.asarray(tok.encode_chat(conv)[0], dtype=np.int64), minlength=V)[:V]
+    pre = np.zeros(V, dtype=np.int64)
+    for a in TokenShards(shards, "train", 1, 1).arrays:
+        pre += np.bincount(np.asarray(a, dtype=np.int64), minlength=V)[:V]
+    return pick_new_tokens(ft, pre, ratio, max_rows)
+
+
+def pick_new_tokens(ft, pre, ratio: float, max_rows: int, min_count: int = 20) -> list[int]:
+    """Ids whose share of the fine-tuning tokens `ft` (counts per id) is >= `ratio` x their share of the
+    pretraining tokens `pre` (+1, so a token pretraining never saw has a finite ratio), used >= `min_count` times;
+    the `max_rows` highest ratios, sorted by id."""
+    import numpy as np
+
+    ft, pre = np.asarray(ft, dtype=np.float64), np.asarray(pre, dtype=np.float64)
+    score = (ft / max(1.0, ft.sum())) / ((pre + 1) / max(1.0, pre.sum()))
+    picked = [int(i) for i in np.argsort(-score, kind="stable") if ft[i] >= min_count and score[i] >= ratio]
+    return sorted(picked[:max_rows])
+
+
+def make_variants(cfg: Config, train: list, single: list, single_task: str,
+                  lora_rows: list[int] | None = None) -> list[_Variant]:
+    """The runs to compare, all from the pretrained model except 'scratch', all `cfg.steps` long; the LoRA also
+    trains the embedding rows `lora_rows`."""
     s = cfg.steps
-    variants = [_Variant("full", "full FT", "full", train, s), _Variant("lora", "LoRA", "lora", train, s),
+    lora_peft = {"r": cfg.lora_r, **({"trainable_token_indices": list(lora_rows)} if lora_rows else {})}
+    variants = [_Variant("full", "full FT", "full", train, s), _Variant("lora", "LoRA", "lora", train, s, lora_peft),
                 _Variant("prompt", "prompt tuning", "prompt", train, s),
                 _Variant("adapter", "adapters", "adapter", train, s),
                 _Variant("scratch", "full FT from random init", "full", train, s),
@@ -124,7 +170,8 @@ def make_variants(cfg: Config, train: list, single: list, single_task: str) -> l
     return variants
 
 
-def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict], single_task: str) -> None:
+def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict], single_task: str,
+                   rows: list[str] | None = None, rank: int = 8) -> None:
     """The methods' claims of issue 22, each with a paired bootstrap interval over shared test items / sequences."""
     from genforge.eval.stats import bootstrap_diff, bootstrap_mean, bootstrap_ratio
 
@@ -135,12 +182,19 @@ def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict
                   target=0.0, note="paired over test items")
     lora = _pooled(scores.items["lora"])
     pct = results["lora"]["trainable_percent"]
+    shown = ", ".join(repr(r) for r in rows if r.strip() and r.isprintable()) if rows else ""
+    recipe = f"; LoRA rank {rank} on every linear layer of the blocks"
+    if rows:
+        recipe += (f", plus the embedding rows of {len(rows)} tokens pretraining never trained (the chat template's"
+                   f"{', ' + shown if shown else ''}; peft's trainable_token_indices)")
+    n = results["lora"]["trainable"]
+    recipe += f"; {n:,} trainable = {100 * n / results['full']['trainable']:.1f} % of the model's weights"
     if _mean(full) > 0:
         report.lesson(f"LoRA ({pct:.1f} % trainable, <= 10 %) reaches >= {LORA_SHARE_TARGET:.0%} of full FT's score",
                       ("mean task score, LoRA", bootstrap_mean(lora)), ("full FT", bootstrap_mean(full)),
                       effect=bootstrap_ratio(lora, full, paired=True), target=LORA_SHARE_TARGET,
                       effect_name="LoRA / full", note="same data and steps; ratio of means, paired over items"
-                      + ("" if pct <= 10 else "; NOTE: more than 10 % of weights trainable"))
+                      + recipe + ("" if pct <= 10 else "; NOTE: more than 10 % of weights trainable"))
     gaps = {t: _mean(scores.items["full"][t]) - _mean(scores.items["lora"][t]) for t in scores.items["lora"]}
     worst = max(gaps, key=gaps.get) if gaps else None
     rest_full = _mean([x for t in sorted(gaps) if t != worst for x in scores.items["full"][t]])
@@ -150,9 +204,12 @@ def report_lessons(report: StageReport, scores: _Scores, results: dict[str, dict
                    f"{_mean(scores.items['lora'][worst]):.2f} vs {_mean(scores.items['full'][worst]):.2f})",
                    rest_lora / rest_full, note="LoRA learns less and forgets less (Biderman et al. 2024): at the same "
                    "budget it keeps up on tasks whose answers look like pretraining text and trails on a behaviour "
-                   "the pretraining text never shows (on the tiny world: refusals). Measured: letting LoRA also train "
-                   "the chat template's special-token embeddings lifted refusals 0.04 -> 0.26 only; LoRA at 3x its "
-                   "learning rate collapsed (mean 0.009)")
+                   "the pretraining text never shows (on the tiny world: refusals, written with tokens pretraining "
+                   "never trained). Measured at tiny, seed 0: a LoRA of the blocks alone wrote \"I cann help\" "
+                   "after 100 steps (the corpus never has an apostrophe after \"can\": the tied head's row for it "
+                   "was never trained), refusals 0.34 vs 0.98; training those tokens' embedding rows too took them to "
+                   "0.86 (0.98 at rank 9). LoRA at 1.5x / 2.1x its learning rate, alpha 32, LoRA+ (B at 4x / 16x A's "
+                   "lr) or trainable norms all scored lower (mean 0.07-0.13 vs 0.15), at 0.6x its lr the same (0.16)")
     nf, nl, ns = scores.nll.get("full"), scores.nll.get("lora"), scores.nll.get("single")
     if nf and nl:
         report.lesson("LoRA forgets less than full FT (pretraining val NLL rises less)",

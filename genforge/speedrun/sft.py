@@ -78,6 +78,7 @@ class _Variant:
     method: str  # peft method
     data: list  # conversations
     steps: int
+    peft: dict = field(default_factory=dict)  # PEFTConfig fields to set (e.g. the LoRA's trainable token rows)
 
 
 @dataclass
@@ -265,6 +266,8 @@ def sft_config(ctx: StageContext, cfg: Config, v: _Variant, init_from: str, seq_
                           weight_decay=0.1 if v.method in ("full", "selective") else 0.0)
     c.data.seq_len = seq_len
     c.peft.method = v.method
+    for k, val in v.peft.items():
+        setattr(c.peft, k, val)
     return c
 
 

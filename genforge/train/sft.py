@@ -62,6 +62,8 @@ class PEFTConfig:
     # full fine-tuning; on the tiny world it halves the loss gap at the same steps
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                "up_proj", "down_proj"])
+    # LoRA: token ids whose embedding rows also train (peft's trainable_token_indices; tied head rows follow)
+    trainable_token_indices: list[int] = field(default_factory=list)
     num_virtual_tokens: int = 16  # prompt tuning
     adapter_size: int = 16  # bottleneck adapter width
     adapter_where: list[str] = field(default_factory=lambda: ["attn", "mlp"])
@@ -94,7 +96,8 @@ def prepare_model(model: GPT, cfg: PEFTConfig, seed: int = 0) -> nn.Module:
             p.requires_grad_(True)
         return model
     if cfg.method == "lora":
-        return peft.apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules)
+        return peft.apply_lora(model, cfg.r, cfg.alpha, cfg.dropout, cfg.target_modules,
+                               trainable_token_indices=cfg.trainable_token_indices)
     if cfg.method == "prompt":
         return peft.PromptTuning(model, cfg.num_virtual_tokens, seed=seed)
     if cfg.method == "adapter":

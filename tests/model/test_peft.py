@@ -187,3 +187,37 @@ def test_selective_tuning_freezes_all_but_chosen():
         peft.select_trainable(model, ["biases"])
     with pytest.raises(ConfigError, match="selects no parameter"):
         peft.select_trainable(model, ["attention_gate"])
+
+
+def test_lora_token_rows_train_only_their_rows_and_switch_with_the_adapter():
+    base = make_model()
+    model = peft.apply_lora(copy.deepcopy(base), r=2, alpha=4, target_modules=["q_proj"],
+                            trainable_token_indices=[7, 3])
+    lora_only = peft.trainable_summary(peft.apply_lora(copy.deepcopy(base), r=2, alpha=4, target_modules=["q_proj"]))
+    assert peft.trainable_summary(model)["trainable"] == lora_only["trainable"] + 2 * CFG.width
+    assert isinstance(model.lm_head, peft.TokenRows) and model.lm_head.owner is model.embed_tokens  # tied head
+    x = torch.tensor([[7, 3, 11, 7]])
+    torch.testing.assert_close(model(x), base(x))  # fresh rows are the base rows: nothing changes
+    model(x).logsumexp(-1).sum().backward()
+    rows = model.embed_tokens.trainable_tokens_delta["default"]
+    assert rows.grad is not None and rows.grad.abs().sum() > 0
+    assert model.embed_tokens.base_layer.weight.grad is None  # the embedding matrix itself stays frozen
+    with torch.no_grad():
+        rows.add_(1.0)
+    out = model(x).detach()
+    assert not torch.allclose(out, base(x), atol=1e-3)
+    with peft.use_adapter(model, None):
+        torch.testing.assert_close(model(x), base(x))  # no adapter: the base rows
+        assert not rows.requires_grad
+    assert rows.requires_grad
+    torch.testing.assert_close(model(x), out)
+    with pytest.raises(ConfigError, match="per-row"):
+        peft.set_adapter(model, ["default"])
+        model(x)
+    peft.set_adapter(model, "default")
+    peft.merge_lora(model)
+    torch.testing.assert_close(model(x), out, atol=1e-5, rtol=1e-5)
+    peft.unmerge_lora(model)
+    torch.testing.assert_close(model.embed_tokens.weight, base.embed_tokens.weight)
+    with pytest.raises(ConfigError, match="outside the vocabulary"):
+        peft.apply_lora(copy.deepcopy(base), r=2, target_modules=["q_proj"], trainable_token_indices=[CFG.vocab_size])

@@ -124,3 +124,36 @@ def test_prompt_tuning_matches_peft(tmp_path):
     with torch.no_grad():
         got = hf(input_ids=x, attention_mask=torch.ones_like(x)).logits[:, 4:]  # peft returns virtual positions too
         torch.testing.assert_close(got, pt(x), atol=1e-4, rtol=1e-4)
+
+
+def test_lora_with_trainable_token_rows_loads_in_peft_and_back(tmp_path):
+    """Trained embedding rows (peft's trainable_token_indices) with a tied head: equal logits in peft and after a
+    round trip; merging writes the rows into the (shared) embedding."""
+    torch.manual_seed(0)
+    base = GPT(CFG).eval()  # tie_embeddings: the head follows the trained rows
+    save_checkpoint(tmp_path / "base", base)
+    rows = [5, 3, 40]
+    model = gpeft.apply_lora(copy.deepcopy(base), r=4, alpha=8, target_modules=["q_proj", "up_proj"],
+                             trainable_token_indices=rows)
+    _nonzero_lora(model)
+    with torch.no_grad():
+        model.embed_tokens.trainable_tokens_delta["default"].add_(torch.randn(3, CFG.width) * 0.5)
+    gpeft.save_lora(model, tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert cfg["trainable_token_indices"] == {"embed_tokens": rows}
+    x = torch.tensor([[5, 3, 40, 7, 5, 1]])
+    want = model(x).detach()
+    lora_only = copy.deepcopy(model)
+    with torch.no_grad():  # the rows matter: put their base values back and the logits change
+        lora_only.embed_tokens.trainable_tokens_delta["default"].copy_(base.embed_tokens.weight[rows])
+    assert not torch.allclose(lora_only(x), want, atol=1e-3)
+
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))
+    hf = peft_lib.PeftModel.from_pretrained(hf_base, str(tmp_path / "adapter")).eval()
+    torch.testing.assert_close(_hf_logits(hf, x), want, atol=1e-4, rtol=1e-4)
+
+    again = gpeft.load_lora(copy.deepcopy(base), tmp_path / "adapter")
+    torch.testing.assert_close(again(x), want)
+    merged = gpeft.merge_and_unload(again)
+    assert isinstance(merged.embed_tokens, torch.nn.Embedding) and merged.lm_head.weight is merged.embed_tokens.weight
+    torch.testing.assert_close(merged(x), want, atol=1e-5, rtol=1e-5)

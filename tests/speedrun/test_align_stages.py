@@ -114,3 +114,13 @@ def test_smoke_run_writes_the_split_stages(smoke_run):
     report = (run / "report.md").read_text()
     for mod in (align, grpo, cai, overopt):
         assert f"## {mod.TITLE}" in report
+
+
+def test_grpo_asks_each_problem_in_one_style():
+    row = {"task": "arithmetic", "prompt": "2 + 3?\nGive only the final answer.", "answer": "5", "style": "direct",
+           "prompts": {"cot": "2 + 3?\nThink step by step.", "direct": "2 + 3?\nGive only the final answer."}}
+    cot = grpo.restyle(row, "cot")
+    assert cot["prompt"].endswith("Think step by step.") and cot["style"] == "cot" and cot["answer"] == "5"
+    assert grpo.restyle(cot, "direct")["prompt"] == row["prompt"]
+    assert grpo.restyle(row, "") is row and grpo.restyle({"prompt": "x"}, "cot") == {"prompt": "x"}
+    assert grpo.Config().style == "cot" and grpo.Config().tasks == ["arithmetic"]

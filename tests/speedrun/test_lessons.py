@@ -1,5 +1,6 @@
 """Fast tests of the lesson modules' pieces (the slow smoke run covers them end to end)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_sft_items_variants_and_single_task():
     vs = peft.make_variants(peft.Config(steps=10, selective=True), [], [], "b")
     assert [v.key for v in vs] == ["full", "lora", "prompt", "adapter", "selective", "scratch", "single"]
     assert all(v.steps == 10 for v in vs)
+    assert {v.key: v.peft for v in vs if v.peft} == {"lora": {"r": 9}}  # no token rows given: a plain LoRA
+    rows = peft.make_variants(peft.Config(steps=10, lora_r=4), [], [], "b", [4, 9])
+    assert {v.key: v.peft for v in rows if v.peft} == {"lora": {"r": 4, "trainable_token_indices": [4, 9]}}
     with pytest.raises(ConfigError, match="chat_steps=0"):
         sft.Config(chat_steps=0)
     assert sft.drill_counts(["arithmetic:40", "coin_flip: 3"]) == {"arithmetic": 40, "coin_flip": 3}
@@ -102,11 +106,24 @@ def test_peft_lesson_on_a_tiny_world(tmp_path, sft_inputs):
     assert any("LoRA: mean task score" in m for m in metrics) and any(m.startswith("forgetting") for m in metrics)
     assert len(report.plots) == 3 and all((ctx.run_dir / p).exists() for p, _ in report.plots)
     assert out.trainable_percent["lora"] < out.trainable_percent["full"] == 100.0
+    adapter = json.loads((Path(out.lora_adapter) / "adapter_config.json").read_text())
+    assert adapter["trainable_token_indices"]["embed_tokens"]  # the chat template's tokens pretraining never saw
     claims = [les.claim for les in report.lessons]
     for want in ("random init", "LoRA", "forgets more"):
         assert any(want in c for c in claims), want
     assert not any("lifts the trained task" in c for c in claims)  # the sft stage's claims
     assert all(les.low is not None and les.low <= les.effect <= les.high for les in report.lessons)
+
+
+def test_lora_token_rows_are_the_tokens_pretraining_lacks():
+    # ids: 0 common in both; 1 never in pretraining, often in fine-tuning; 2 rare in pretraining (ratio 1e3 / 11);
+    # 3 never in pretraining but used only 5 times (too few); 4 unused
+    pre = [10_000, 0, 10, 0, 50]
+    ft = [1_000, 100, 100, 5, 0]
+    assert peft.pick_new_tokens(ft, pre, ratio=100.0, max_rows=8) == [1]
+    assert peft.pick_new_tokens(ft, pre, ratio=5.0, max_rows=8) == [1, 2]
+    assert peft.pick_new_tokens(ft, pre, ratio=5.0, max_rows=1) == [1]  # the highest ratio first
+    assert peft.pick_new_tokens(ft, pre, ratio=5.0, max_rows=8, min_count=1) == [1, 2, 3]
 
 
 # ---- align ----------------------------------------------------------------------------------------------------

@@ -39,12 +39,15 @@ from genforge.model.peft.bottleneck import (
 from genforge.model.peft.lora import (
     HF_MODEL_PREFIX,
     LoRALinear,
+    TokenRows,
     adapter_names,
+    add_token_rows,
     apply_lora,
     lora_modules,
     merge_and_unload,
     merge_lora,
     set_adapter,
+    token_row_modules,
     unmerge_lora,
     use_adapter,
 )
@@ -60,10 +63,12 @@ from genforge.model.peft.prompt_tuning import PromptTuning, load_prompt_tuning, 
 from genforge.model.peft.selective import select_trainable, trainable_summary
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_SITES", "ADAPTER_WEIGHTS", "HF_LORA_PREFIX", "HF_MODEL_PREFIX",
-           "BottleneckAdapter", "LoRALinear", "PromptTuning", "adapter_names", "apply_adapters", "apply_lora",
+           "BottleneckAdapter", "LoRALinear", "PromptTuning", "TokenRows", "adapter_names", "add_token_rows",
+           "apply_adapters", "apply_lora",
            "load_adapter", "load_bottleneck", "load_lora", "load_prompt_tuning", "lora_modules", "merge_and_unload",
            "merge_lora", "read_adapter_config", "save_adapter", "save_bottleneck", "save_lora", "save_prompt_tuning",
-           "select_trainable", "set_adapter", "trainable_summary", "unmerge_lora", "use_adapter"]
+           "select_trainable", "set_adapter", "token_row_modules", "trainable_summary", "unmerge_lora",
+           "use_adapter"]
 
 
 def save_adapter(model: nn.Module, folder: str | Path, base_model_name_or_path: str = "") -> Path:

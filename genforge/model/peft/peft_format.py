@@ -22,11 +22,14 @@ from genforge.model.peft.lora import (
     _module_matches,
     _set_module,
     adapter_names,
+    add_token_rows,
     lora_modules,
     set_adapter,
+    token_row_modules,
 )
 
 HF_LORA_PREFIX = "base_model.model."  # peft's PeftModelForCausalLM -> LlamaForCausalLM
+TOKEN_ROWS_KEY = "token_adapter.trainable_tokens_delta"  # peft's TrainableTokensWrapper, adapter name dropped
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -81,6 +84,12 @@ def save_lora(model: nn.Module, folder: str | Path, adapter_name: str | None = N
         key = HF_LORA_PREFIX + _our_to_hf(n)
         tensors[f"{key}.lora_A.weight"] = m.lora_A[name].weight.detach().float().contiguous().cpu()
         tensors[f"{key}.lora_B.weight"] = m.lora_B[name].weight.detach().float().contiguous().cpu()
+    # trainable token rows (peft's trainable_token_indices); a tied head follows the embedding, as in peft
+    for n, m in token_row_modules(model).items():
+        if m.owner is m and name in m.token_indices:
+            cfg["trainable_token_indices"] = {n.rsplit(".", 1)[-1]: list(m.token_indices[name])}
+            tensors[f"{HF_LORA_PREFIX}{_our_to_hf(n)}.{TOKEN_ROWS_KEY}"] = (
+                m.trainable_tokens_delta[name].detach().float().contiguous().cpu())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / ADAPTER_CONFIG, cfg)
@@ -146,6 +155,8 @@ def load_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default
     check_base(model, meta, folder)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     saved_base: dict[str, torch.Tensor] = {}
+    rows = {k: sd.pop(k) for k in [k for k in sd if k.endswith("." + TOKEN_ROWS_KEY)]}
+    token_indices = _token_indices(cfg, rows, folder)
     for k, v in sd.items():
         m = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight", k)
         b = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.base_layer\.weight", k)
@@ -209,5 +220,32 @@ def load_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default
             mod.lora_B[adapter_name].weight.copy_(B)
             if W is not None:  # as peft does on load: the saved copy replaces the base weight
                 mod.base_layer.weight.copy_(W)
+    if token_indices:
+        values = next(iter(rows.values()))
+        add_token_rows(model, token_indices, adapter_name)
+        emb = model.embed_tokens
+        if values.shape != emb.trainable_tokens_delta[adapter_name].shape:
+            raise CheckpointError(f"{folder}: trainable token rows are {tuple(values.shape)} but {len(token_indices)} "
+                                  f"rows of this model's embedding are {tuple(emb.weight[token_indices].shape)}; "
+                                  "the adapter belongs to another base model")
+        with torch.no_grad():
+            emb.trainable_tokens_delta[adapter_name].copy_(values)
     set_adapter(model, adapter_name)
     return model
+
+
+def _token_indices(cfg: dict, rows: dict[str, torch.Tensor], folder: Path) -> list[int]:
+    """The token ids of the adapter's trainable embedding rows ([] if none), checked against its weights."""
+    spec = cfg.get("trainable_token_indices")
+    if not spec and not rows:
+        return []
+    if isinstance(spec, dict):
+        if len(spec) != 1 or not next(iter(spec)).endswith("embed_tokens"):
+            raise CheckpointError(f"{folder}: trainable_token_indices {sorted(spec)}: only the input embedding "
+                                  "(embed_tokens) is supported")
+        spec = next(iter(spec.values()))
+    keys = sorted(rows)
+    if not spec or len(keys) != 1 or not keys[0].split(".")[-3] == "embed_tokens":
+        raise CheckpointError(f"{folder}: trainable token rows {keys} do not match trainable_token_indices {spec!r}; "
+                              "the adapter folder is inconsistent")
+    return [int(i) for i in spec]
