@@ -15,6 +15,7 @@ so a new README command must be runnable here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -148,12 +149,18 @@ class Server:
                 time.sleep(0.5)
         else:
             self.fail(f"/health did not answer within {HEALTH_TIMEOUT:.0f} s")
-        # one real completion, so an adapter or draft that loads but cannot generate fails here
+        # one real completion, so an adapter or draft that loads but cannot generate fails here: the prompt's own
+        # log-probs (echo) must be finite, and the model must either write tokens or choose to stop (a smoke-sized
+        # chat adapter over a base model may end its turn at once on a plain-text prompt: a real generation)
         model = self.get("/v1/models")["data"][0]["id"]
         r = self.post("/v1/completions", {"model": model, "prompt": "Mara lives in", "max_tokens": 8,
-                                          "temperature": 0})
-        if r["usage"]["completion_tokens"] < 1:
-            self.fail(f"a completion returned no tokens: {r}")
+                                          "temperature": 0, "echo": True, "logprobs": 1})
+        choice = r["choices"][0]
+        scored = [x for x in choice["logprobs"]["token_logprobs"] if x is not None]
+        if not scored or not all(math.isfinite(x) for x in scored):
+            self.fail(f"the prompt's log-probs are missing or not finite: {r}")
+        if r["usage"]["completion_tokens"] < 1 and choice["finish_reason"] != "stop":
+            self.fail(f"a completion returned no tokens and did not stop: {r}")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -168,9 +168,14 @@ def test_recompute_baseline_matches_the_cached_engine(tiny_cfg):
 def test_drills_reach_the_chat_model_only(data_run):
     """sft.drills add fresh reasoning rows to the chat model's mix; the peft stage trains on the world's split."""
     tasks = data_run / "world" / "tasks"
-    items = sft.load_items(tasks, sft.Config(drills=["arithmetic:30", "coin_flip:5"]))
+    items = sft.load_items(tasks, sft.Config(drills=["arithmetic:30", "coin_flip:5"], closings=0.0))
     extra = items.chat_train[len(items.train):]
     assert items.chat_train[:len(items.train)] == items.train and len(extra) == 35
+    # courteous closings (on by default) change only some answers of the chat model's mix, never a prompt
+    closed = sft.load_items(tasks, sft.Config(drills=["arithmetic:30", "coin_flip:5"])).chat_train
+    assert [r["prompt"] for r in closed] == [r["prompt"] for r in items.chat_train]
+    changed = [(a, b) for a, b in zip(items.chat_train, closed) if a != b]
+    assert changed and all(b["response"].startswith(a["response"] + "\n") for a, b in changed)
     assert {r["task"] for r in extra} == {"arithmetic", "coin_flip"}
     scored = {r["prompt"] for f in ("val", "test", "heldout") for r in sft._read_rows(tasks / f"{f}.jsonl")}
     assert not scored & {r["prompt"] for r in extra}
