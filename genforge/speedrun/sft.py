@@ -56,6 +56,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.chat_steps < 1:
             raise ConfigError(f"sft.chat_steps={self.chat_steps}: the chat model needs >= 1 step")
+        if not 0.0 <= self.closings <= 1.0:
+            raise ConfigError(f"sft.closings={self.closings}: a share of the answers, between 0 and 1 (e.g. 0.25)")
 
 
 @dataclass

@@ -51,3 +51,11 @@ def test_share_is_about_right_and_seeded():
 def test_bad_share_is_refused():
     with pytest.raises(ValueError, match="closing share"):
         add_closings(ROWS, share=1.5)
+
+
+def test_the_sft_config_refuses_a_bad_share():
+    from genforge.errors import ConfigError
+    from genforge.speedrun.sft import Config
+
+    with pytest.raises(ConfigError, match="sft.closings"):
+        Config(closings=-0.1)
