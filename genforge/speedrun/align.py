@@ -398,11 +398,18 @@ def _rm_accuracy_by_kind(s: Setup, report: StageReport, rm: nn.Module, pref_val:
     from genforge.world.preferences import oracle_parts
 
     rows = {r["prompt"]: r for r in s.train_rows}
+    graded: dict[tuple[str, str], float | None] = {}  # (prompt, completion) -> the oracle's "correct", once each
+
+    def correct_of(r, k: int) -> float | None:
+        key = (r.prompt, r.completions[k])
+        if key not in graded:
+            row = rows.get(r.prompt)
+            graded[key] = None if row is None else oracle_parts(row["prompt"], r.completions[k], row)["correct"]
+        return graded[key]
 
     def same_correct(r, a: int, b: int) -> bool:
-        row = rows.get(r.prompt)
-        return row is not None and len({oracle_parts(row["prompt"], r.completions[k], row)["correct"]
-                                        for k in (a, b)}) == 1
+        ca = correct_of(r, a)
+        return ca is not None and ca == correct_of(r, b)
 
     acc = {}
     for kind, keep in (("style", same_correct), ("correctness", lambda r, a, b: not same_correct(r, a, b))):
