@@ -104,6 +104,23 @@ def _apply(cfg: Any, key_path: str, value: Any) -> None:
                 raise ConfigError(f"config key '{key_path}': '{part}' is a value, not a section")
 
 
+def validate(cfg: Any) -> Any:
+    """Run every `__post_init__` check again, innermost sections first, and return `cfg`.
+
+    `_apply` sets fields with `setattr`, which a dataclass does not check, so a recipe or `key=value` value that a
+    config's own `__post_init__` would refuse (`sft.chat_steps=0`) would otherwise pass silently. The checks in
+    this project only validate (or convert a mapping read back from JSON into its section), so running them
+    twice is safe."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value)
+    post_init = getattr(cfg, "__post_init__", None)
+    if post_init is not None:
+        post_init()
+    return cfg
+
+
 def flatten_keys(d: dict, prefix: str = "") -> dict:
     """{'a': {'b': 1}} -> {'a.b': 1}: a recipe's nested sections as the dotted keys `update` takes."""
     out = {}
@@ -147,16 +164,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
         overrides = parse_overrides(overrides)
     for k, v in (overrides or {}).items():
         _apply(cfg, k, v)
-    return cfg
+    return validate(cfg) if path is not None or overrides else cfg
 
 
 def update(cfg: T, overrides: dict | list | None) -> T:
-    """Apply overrides to an existing config (in place) and return it."""
+    """Apply overrides to an existing config (in place), check it (`validate`) and return it."""
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     for k, v in (overrides or {}).items():
         _apply(cfg, k, v)
-    return cfg
+    return validate(cfg) if overrides else cfg
 
 
 def save_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> dict:

@@ -41,3 +41,21 @@ def test_mapping_override_from_the_command_line():
         load_config(SpeedrunConfig, None, ["align=5"])
     with pytest.raises(ConfigError, match="did you mean 'align.ppo_lr'"):
         load_config(SpeedrunConfig, None, ["align={ppo_lrr: 0.1}"])
+
+
+def test_overrides_run_the_configs_own_checks(tmp_path):
+    """A value the config's `__post_init__` refuses is refused from the command line, a recipe and `update` too
+    (setattr alone would let it through), in a nested section."""
+    from genforge.config import update
+    from genforge.speedrun import SpeedrunConfig
+
+    with pytest.raises(ConfigError, match="sft.chat_steps=0"):
+        load_config(SpeedrunConfig, None, ["sft.chat_steps=0"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("sft:\n  closings: 1.5\n")
+    with pytest.raises(ConfigError, match="sft.closings=1.5"):
+        load_config(SpeedrunConfig, recipe)
+    cfg = load_config(SpeedrunConfig, None, ["sft.chat_steps=3"])
+    assert cfg.sft.chat_steps == 3
+    with pytest.raises(ConfigError, match="sft.closings=-0.1"):
+        update(cfg, ["sft.closings=-0.1"])
