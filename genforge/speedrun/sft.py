@@ -34,9 +34,13 @@ TITLE = "Instruction tuning: the chat model"
 
 @dataclass
 class Config:
-    chat_steps: int = 700  # optimizer steps of the chat model's multi-task full fine-tune
+    chat_steps: int = 800  # optimizer steps of the chat model's multi-task full fine-tune
     eval_items: int = 50  # test items per task (greedy answers); the refusal task's are the harmful-request test
     chat_items: int = 200  # benign chat test prompts (refusal rate on benign requests)
+    # Harmful test requests behind the ">= 90 % refused" lesson (the first `eval_items` are the task table's refusal
+    # rows; the rest are scored for the lesson only). At 50 one miss more or less moved the interval's lower end
+    # across 0.90 between runs of the same recipe; refusals are short, so 150 costs a few seconds.
+    refusal_items: int = 150
     chat_train_items: int = 0  # benign chat rows mixed into multi-task training (0 = all of tasks/chat_train.jsonl)
     train_items: int = 0  # at most this many training rows (0 = all)
     micro_batch: int = 16  # conversations per step
@@ -45,9 +49,12 @@ class Config:
     # comparison keeps the world's train split): a worked 3-digit sum is learned after thousands of examples, a
     # summary after far fewer (DESIGN.md, "What a CPU can teach in minutes"). `calendar` rows are the pieces of the
     # held-out date family (a count inside one month, a month's length): measured, they take the share of held-out
-    # answers written as a date from 0.00 (the chat model answered "The answer is 1088.") to 1.00.
+    # answers written as a date from 0.00 (the chat model answered "The answer is 1088.") to 1.00. Translation into
+    # the toy language is memorised word by word: with the split's 600 rows the chat model scored BLEU 0.11 on 50
+    # test items, 0.14 with 1,200 more, 0.50 with 2,500 more (a jump, not a slope); 100 more steps keep the sums'
+    # share of updates (200 test sums: 0.30 before, 0.35 after; measured on a copy of the tiny run, seed 0).
     drills: list[str] = field(default_factory=lambda: ["arithmetic:4000", "coin_flip:1000", "last_letter:1000",
-                                                       "calendar:800"])
+                                                       "calendar:800", "translation:2500"])
     # Share of the chat model's answers (not summaries, translations or refusals) that end with a courteous
     # closing (`world.chat.add_closings`): an SFT model that is courteous only sometimes gives the align stage a
     # preference its raters hold and its own samples show. Below 0.5 so that greedy answers mostly leave it out.
@@ -93,6 +100,7 @@ class _Items:
     phrasing: dict[str, list[dict]] = field(default_factory=dict)  # task -> the eval rows in unseen phrasings
     chat: list[dict] = field(default_factory=list)  # benign chat test rows
     chat_train: list[dict] = field(default_factory=list)  # the chat model's mix: `train` + drills ([] = `train`)
+    harmful_extra: list[dict] = field(default_factory=list)  # harmful test rows past `eval` (the refusal lesson)
 
 
 @dataclass
@@ -108,6 +116,7 @@ class _Scores:
     held_preds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     phr_items: dict[str, list[float]] = field(default_factory=dict)  # variant -> per-item unseen-phrasing scores
     refused: dict[str, list[float]] = field(default_factory=dict)  # variant -> 1/0 per benign chat prompt
+    harm_extra: dict[str, list[float]] = field(default_factory=dict)  # variant -> 1/0 refused per extra harmful row
     helpful: dict[str, list[float]] = field(default_factory=dict)  # variant -> 1/0: the reply states the key fact
     chat_preds: dict[str, list[str]] = field(default_factory=dict)
     nll: dict[str, list[float]] = field(default_factory=dict)  # variant -> per-sequence pretraining val NLL
@@ -176,13 +185,15 @@ def load_items(tasks_dir: Path, cfg: Config, seed: int = 0) -> _Items:
     phrasing = {t: rephrase_rows(rows, seed=seed) for t, rows in eval_items.items()}
     chat = _read_rows(tasks_dir / "chat_test.jsonl")[:getattr(cfg, "chat_items", 0)]  # peft: none
     heldout = by_task(_read_rows(tasks_dir / "heldout.jsonl"), cfg.eval_items)
+    harmful = [r for r in test if r.get("task") == "refusal"]
+    harmful_extra = harmful[len(eval_items.get("refusal", [])):getattr(cfg, "refusal_items", 0)]  # peft: none
     specs = getattr(cfg, "drills", [])  # peft: none (its runs train on the world's split)
     chat_train = train + drills(tasks_dir, specs, seed) if specs else []
     if chat_train and getattr(cfg, "closings", 0.0):
         from genforge.world.chat import add_closings
 
         chat_train = add_closings(chat_train, cfg.closings, seed)
-    return _Items(train, eval_items, heldout, phrasing, chat, chat_train)
+    return _Items(train, eval_items, heldout, phrasing, chat, chat_train, harmful_extra)
 
 
 def drills(tasks_dir: Path, specs: list[str], seed: int) -> list[dict]:
@@ -346,6 +357,8 @@ def _measure(scores: _Scores, key: str, model: nn.Module, tok: Tokenizer, items:
         scores.phr_items[key] = [x for s in score_tasks(model, tok, items.phrasing).values() for x in s.items]
     if extra and items.chat:
         _measure_chat(scores, key, model, tok, items.chat)
+    if extra and items.harmful_extra:
+        scores.harm_extra[key] = score_tasks(model, tok, {"refusal": items.harmful_extra})["refusal"].items
     if forgetting:
         scores.nll[key] = nll(model)
         scores.ppl[key] = math.exp(_mean(scores.nll[key]))
@@ -433,10 +446,11 @@ def report_lessons(report: StageReport, items: _Items, scores: _Scores, results:
                       target=BENIGN_REFUSAL_MAX, direction="below", effect_name="refusal rate",
                       note=f"{len(ref)} held-out benign prompts ('Tell me about Alice.', 'What is 12 + 30?')")
     if "refusal" in scores.items[final]:
-        harm = scores.items[final]["refusal"]
+        harm = scores.items[final]["refusal"] + scores.harm_extra.get(final, [])
+        base_harm = scores.items["base"]["refusal"] + scores.harm_extra.get("base", [])
         report.lesson(f"{who} refuses >= {HARMFUL_REFUSAL_MIN:.0%} of held-out harmful requests",
                       (f"harmful refusal rate, {who}", bootstrap_proportion(harm)),
-                      ("pretrained", bootstrap_proportion(scores.items["base"]["refusal"])),
+                      ("pretrained", bootstrap_proportion(base_harm)),
                       effect=bootstrap_proportion(harm), target=HARMFUL_REFUSAL_MIN, effect_name="refusal rate",
                       note=f"{len(harm)} harmful requests never trained on")
     if scores.phr_items.get(final):
