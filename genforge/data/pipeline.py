@@ -79,6 +79,7 @@ PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
+NEAR_FILTER_BITS = 28  # presence bitmap of the LSH band keys (32 MB): ~2 % false hits at 5 M keys, ~10 % at 28 M
 N_EXAMPLES = 3  # removed documents shown per reason in data_report.md
 N_BAD_SAMPLES = 5
 
@@ -357,7 +358,7 @@ class _Index:
         self.work, self.cfg, self.minhash = work, cfg, minhash
         # exact keys must not collide (a hit drops a document unchecked): 64 bits; band keys only propose
         # candidates that are then verified against the signature, so 32 bits do (a spurious one costs a read)
-        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32)
+        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32, filter_bits=NEAR_FILTER_BITS)
         self.ids: list[str] = []
         self.recent: dict[int, np.ndarray] = {}  # signatures of this chunk's kept documents, before flush
         # The low byte of the first SKETCH signature values of every kept document, in memory (32 B each): a
@@ -447,8 +448,9 @@ class _Index:
                            shape=(int(cands.max()) + 1, self.cfg.num_perm))
         sims = np.count_nonzero(stored[cands] == sigs[rows], axis=1) / self.cfg.num_perm
         del stored
-        for j, o, sim in zip(rows.tolist(), cands.tolist(), sims.tolist()):
-            if sim >= self.cfg.near_threshold and (out[j] is None or sim > out[j][1]):
+        hit = sims >= self.cfg.near_threshold  # few: Python only for these (in (row, candidate) order, as before)
+        for j, o, sim in zip(rows[hit].tolist(), cands[hit].tolist(), sims[hit].tolist()):
+            if out[j] is None or sim > out[j][1]:
                 out[j] = (o, sim)
         return out
 
@@ -599,9 +601,10 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
                 continue
         sig = sigs[j] if bands is not None else None
         if sig is not None:
-            here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
-            hit = (index.near_best(sig, set(near_cands[near_rows == j].tolist()).union(here)) if here
-                   else sealed_best[j])
+            hit = sealed_best[j]  # the best among documents kept in earlier chunks (lower ordinals)
+            here = earlier_kept(j, near_groups)  # a candidate kept earlier in this very chunk
+            if here and (new := index.near_best(sig, set(here))) is not None and (hit is None or new[1] > hit[1]):
+                hit = new  # ties go to the earliest document, which is the sealed one
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
                 continue
