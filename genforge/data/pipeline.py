@@ -10,7 +10,8 @@ How it scales on one machine:
 
 * memory is bounded by the dedup index, not the corpus: documents stream through in chunks, at most
   ~2 x workers chunks in flight; per kept document the index holds an 8-byte exact key and one 8-byte
-  key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
+  key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value; a fixed 32 MB
+  presence bitmap of the band keys lets the ~98 % of lookups that miss skip the runs), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
 * normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
   a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
