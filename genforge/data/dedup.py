@@ -384,11 +384,16 @@ class RunIndex:
     8 bytes an entry with uint32 keys (12 with uint64) instead of ~100 for a dict of lists, and lookups of a
     whole batch of keys are a few `np.searchsorted` calls per run. Entries added with `add` are visible to
     `lookup_pending` at once and to `lookup` after `seal()`; a run merges into the previous one when it is at
-    least half its size, so there are O(log n) runs (a merge is one pass of timsort over the two runs).
+    least half its size (up to `max_run` entries), so there are O(log n) runs below that size (a merge is one pass of
+    timsort over the two runs).
     """
 
-    def __init__(self, key_dtype: type = np.uint64, filter_bits: int = 0) -> None:
+    def __init__(self, key_dtype: type = np.uint64, filter_bits: int = 0, max_run: int = 1 << 23) -> None:
         self.dtype = np.dtype(key_dtype)
+        # Runs stop merging at max_run entries: merging a run of n entries briefly needs ~2n entries' worth of
+        # temporaries, which at 1 GB of input (28 M band keys) was the main process's peak; a few more runs cost
+        # little once the bitmap below leaves only a few queries to search them.
+        self.max_run = max_run
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
         self.pending: dict[int, list[int]] = {}
         # Optional presence bitmap over the top `filter_bits` bits of the sealed keys (2^bits / 8 bytes): a query
@@ -479,7 +484,8 @@ class RunIndex:
         self.add_run(ks, vs)
 
     def _merge(self) -> None:
-        while len(self.runs) > 1 and len(self.runs[-1][0]) * 2 >= len(self.runs[-2][0]):
+        while (len(self.runs) > 1 and len(self.runs[-1][0]) * 2 >= len(self.runs[-2][0])
+               and len(self.runs[-1][0]) + len(self.runs[-2][0]) <= self.max_run):
             (k2, v2), (k1, v1) = self.runs.pop(), self.runs.pop()
             # a stable sort of two sorted runs is one merge pass (timsort finds the runs); equal keys keep the
             # older entries first. ~2x faster than scattering both runs into place by binary search.

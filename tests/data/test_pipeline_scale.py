@@ -258,3 +258,17 @@ def test_compiled_minhash_gives_the_numpy_signatures():
         got, want = fast.signatures_of_hashes(flat, lens), slow.signatures_of_hashes(flat, lens)
         assert got.dtype == want.dtype == np.uint32 and np.array_equal(got, want)
         assert (got[0] == 0xFFFFFFFF).all() and not (got[1] == 0xFFFFFFFF).all()
+
+
+def test_run_index_caps_merged_runs():
+    rng = np.random.default_rng(3)
+    idx, ref = RunIndex(np.uint32, max_run=1000), {}
+    for step in range(30):
+        ks = rng.integers(0, 5000, 300, dtype=np.uint64).astype(np.uint32)
+        idx.add_run(ks, np.arange(step * 300, step * 300 + 300))
+        for k, v in zip(ks.tolist(), range(step * 300, step * 300 + 300)):
+            ref.setdefault(k, []).append(v)
+    assert max(len(k) for k, _ in idx.runs) <= 1000 and len(idx.runs) > 3
+    q = np.arange(5000, dtype=np.uint32).reshape(-1, 5)
+    for row, got in zip(q, idx.lookup(q)):
+        assert sorted(got) == sorted(v for k in row.tolist() for v in ref.get(k, []))
