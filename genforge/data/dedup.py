@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import re
 import unicodedata
+import warnings
 import zlib
 from collections.abc import Callable
 
@@ -256,7 +257,11 @@ def _compiled_kernel() -> Callable | None:
 
     # load (or compile) the machine code now, once: a process pool forked after this shares it (~0.25 s each)
     one = np.ones(1, dtype=np.uint64)
-    kernel(one, np.ones(1, dtype=np.int64), _SHINGLE_MULT[:1], one, one, np.zeros((1, 1), dtype=np.uint32))
+    try:
+        kernel(one, np.ones(1, dtype=np.int64), _SHINGLE_MULT[:1], one, one, np.zeros((1, 1), dtype=np.uint32))
+    except Exception as e:  # a numba that cannot compile here: the numpy path gives the same signatures
+        warnings.warn(f"numba could not compile the MinHash loop ({type(e).__name__}: {e}); using numpy", stacklevel=2)
+        return None
     return kernel
 
 
