@@ -272,3 +272,16 @@ def test_run_index_caps_merged_runs():
     q = np.arange(5000, dtype=np.uint32).reshape(-1, 5)
     for row, got in zip(q, idx.lookup(q)):
         assert sorted(got) == sorted(v for k in row.tolist() for v in ref.get(k, []))
+
+
+def test_synthetic_corpus_vary_swaps_words_and_zero_keeps_the_old_file(tmp_path):
+    from genforge.data.synth import write_synthetic_corpus
+
+    a, b, c = (tmp_path / f"{x}.jsonl" for x in "abc")
+    write_synthetic_corpus(a, 0.3, seed=5)
+    write_synthetic_corpus(b, 0.3, seed=5, vary=0.0)
+    info = write_synthetic_corpus(c, 0.3, seed=5, vary=0.5)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert info["labels"]["clean"] > 100 and info["labels"]["near_dup"] > 0
+    with pytest.raises(ValueError, match="vary"):
+        write_synthetic_corpus(c, 0.1, vary=2)
