@@ -287,12 +287,17 @@ class _Worker:
                  else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
                  for i in keep]
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
-                "kept_bytes": [len(t.encode("utf-8")) for t in kept_text],
-                "in_bytes": len("".join(t for _, t, _ in chunk).encode("utf-8", "surrogatepass")),
+                "kept_bytes": [_utf8_len(t) for t in kept_text],
+                "in_bytes": sum(_utf8_len(t) for _, t, _ in chunk),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
                 # the datasketch backend indexes texts in the main process
                 "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
                 "all_texts": texts if all_texts else None}
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8 (lone surrogates as 3 bytes each), without encoding ASCII text (`isascii` is O(1))."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 _WORKER: _Worker | None = None
