@@ -184,9 +184,9 @@ class WordCache:
     word, and the only lookahead (`(?!\\S)`-style, on whitespace runs) reads the next character, which lies in the
     same word. A piece's BPE depends on the piece alone. So the ids of "w0 w1 w2" are ids("w0") + ids(" w1") +
     ids(" w2"), and web text repeats words: one dict lookup per word instead of a regex match and a BPE per piece
-    (~36 instead of ~65 ms of CPU per MB on the benchmark corpus: the split and lookups are the rest). Texts with any other whitespace (`str.isprintable` is false for every
-    whitespace character but the ASCII space), a double, leading or trailing space, or a special token's text go
-    to tiktoken whole. tests/data/test_fast_tokenize.py compares both ways on random and world text.
+    (~36 instead of ~65 ms of CPU per MB on the benchmark corpus; the split and the lookups are the rest). Texts
+    with any other whitespace (`str.isprintable` is false for every whitespace character but the ASCII space), a
+    double, leading or trailing space, or a special token's text go to tiktoken whole. tests/data/test_fast_tokenize.py compares both ways on random and world text.
     """
 
     LIMIT = 1 << 18  # distinct words remembered (~50 MB at most); cleared beyond it
