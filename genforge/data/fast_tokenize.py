@@ -186,7 +186,8 @@ class WordCache:
     ids(" w2"), and web text repeats words: one dict lookup per word instead of a regex match and a BPE per piece
     (~36 instead of ~65 ms of CPU per MB on the benchmark corpus; the split and the lookups are the rest). Texts
     with any other whitespace (`str.isprintable` is false for every whitespace character but the ASCII space), a
-    double, leading or trailing space, or a special token's text go to tiktoken whole. tests/data/test_fast_tokenize.py compares both ways on random and world text.
+    double, leading or trailing space, or a special token's text go to tiktoken whole.
+    tests/data/test_fast_tokenize.py compares both ways on random and world text.
     """
 
     LIMIT = 1 << 18  # distinct words remembered (~50 MB at most); cleared beyond it
