@@ -144,6 +144,9 @@ def main() -> None:
     ap.add_argument("--steps", default="clean,dedup,pack",
                     help="which steps to time (clean: filters only; dedup: the full clean; pack: tokenise + pack)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vary", type=float, default=0.0,
+                    help="share of clean pages' sentences with one word swapped (default 0: the fixed-pool corpus; "
+                         "0.5 makes sentences rarer, as in a crawl, so LSH candidate clusters stop growing)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--breakdown", action="store_true",
                     help="also print CPU-s per MB of each component (one process, the first 20 MB)")
@@ -160,9 +163,9 @@ def main() -> None:
         root = Path(tmp)
         corpus = root / "corpus.jsonl"
         t = time.perf_counter()
-        info = write_synthetic_corpus(corpus, mb_target, args.seed)
+        info = write_synthetic_corpus(corpus, mb_target, args.seed, args.vary)
         mb = info["bytes"] / 1e6
-        print(f"corpus: {info['docs']:,} documents, {mb:.0f} MB JSONL ({info['labels']}), "
+        print(f"corpus: {info['docs']:,} documents, {mb:.0f} MB JSONL ({info['labels']}), vary={args.vary}, "
               f"generated in {time.perf_counter() - t:.0f} s; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
         filters = root / "filters"
         prepare_filters(CleanConfig(classifier="world"), [corpus], filters)

@@ -10,7 +10,8 @@ How it scales on one machine:
 
 * memory is bounded by the dedup index, not the corpus: documents stream through in chunks, at most
   ~2 x workers chunks in flight; per kept document the index holds an 8-byte exact key and one 8-byte
-  key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value), while MinHash
+  key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value; a fixed 32 MB
+  presence bitmap of the band keys lets the ~98 % of lookups that miss skip the runs), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
 * normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
   a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
@@ -79,6 +80,7 @@ PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
+NEAR_FILTER_BITS = 28  # presence bitmap of the LSH band keys (32 MB): ~2 % false hits at 5 M keys, ~10 % at 28 M
 N_EXAMPLES = 3  # removed documents shown per reason in data_report.md
 N_BAD_SAMPLES = 5
 
@@ -285,12 +287,17 @@ class _Worker:
                  else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
                  for i in keep]
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
-                "kept_bytes": [len(t.encode("utf-8")) for t in kept_text],
-                "in_bytes": len("".join(t for _, t, _ in chunk).encode("utf-8", "surrogatepass")),
+                "kept_bytes": [_utf8_len(t) for t in kept_text],
+                "in_bytes": sum(_utf8_len(t) for _, t, _ in chunk),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
                 # the datasketch backend indexes texts in the main process
                 "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
                 "all_texts": texts if all_texts else None}
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of `text` in UTF-8 (lone surrogates as 3 bytes each), without encoding ASCII text (`isascii` is O(1))."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 _WORKER: _Worker | None = None
@@ -357,9 +364,8 @@ class _Index:
         self.work, self.cfg, self.minhash = work, cfg, minhash
         # exact keys must not collide (a hit drops a document unchecked): 64 bits; band keys only propose
         # candidates that are then verified against the signature, so 32 bits do (a spurious one costs a read)
-        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32)
+        self.exact, self.near = RunIndex(np.uint64), RunIndex(np.uint32, filter_bits=NEAR_FILTER_BITS)
         self.ids: list[str] = []
-        self.recent: dict[int, np.ndarray] = {}  # signatures of this chunk's kept documents, before flush
         # The low byte of the first SKETCH signature values of every kept document, in memory (32 B each): a
         # candidate whose sketch agrees far less than the threshold is dropped without reading its signature.
         # Pages that share a few boilerplate sentences collide in some band often, and reading each one's
@@ -369,7 +375,6 @@ class _Index:
         self.f_keys = open(work / "keys.bin", "ab")
         self.f_sigs = open(work / "sigs.bin", "ab")
         self.f_ids = open(work / "ids.jsonl", "ab")
-        self.r_sigs = open(work / "sigs.bin", "rb")
         self.sig_bytes = 4 * cfg.num_perm
         # the datasketch backend keeps its own (in-memory) index; on resume it is rebuilt from kept texts
         self.ds = NearDeduper(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, "datasketch") \
@@ -404,24 +409,20 @@ class _Index:
                 for _, row in read_jsonl(kept_path):
                     self.ds.check_add(str(row["id"]), row["text"])
 
-    def sig(self, ordinal: int) -> np.ndarray:
-        got = self.recent.get(ordinal)
-        if got is not None:
-            return got
-        return np.frombuffer(os.pread(self.r_sigs.fileno(), self.sig_bytes, ordinal * self.sig_bytes), np.uint32)
-
-    def near_best(self, sig: np.ndarray, cands: set[int]) -> tuple[int, float] | None:
-        """The most similar of the candidate kept documents at or above the threshold (ties: the earliest)."""
+    def near_best(self, sig: np.ndarray, cands: dict[int, np.ndarray]) -> tuple[int, float] | None:
+        """The most similar of the candidates (kept ordinal -> signature) at or above the threshold (ties: the
+        earliest), checking only those whose sketch agrees enough, as `best_sealed` does."""
         best = None
-        cands = sorted(cands)
         if cands:
+            order = sorted(cands)
+            sigs = np.stack([cands[o] for o in order])  # (n_cands, num_perm)
             # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
-            agree = np.count_nonzero(self.sketch[cands] == (sig[:self.k] & 0xFF).astype(np.uint8), axis=1) / self.k
-            cands = [o for o, a in zip(cands, agree.tolist()) if a >= self.cfg.near_threshold - SKETCH_SLACK]
-        for o in cands:
-            sim = float(np.count_nonzero(self.sig(o) == sig)) / len(sig)
-            if sim >= self.cfg.near_threshold and (best is None or sim > best[1]):
-                best = (o, sim)
+            agree = np.count_nonzero((sigs[:, :self.k] & 0xFF) == (sig[:self.k] & 0xFF), axis=1) / self.k
+            sims = np.count_nonzero(sigs == sig, axis=1) / len(sig)
+            for o, a, sim in zip(order, agree.tolist(), sims.tolist()):
+                if (a >= self.cfg.near_threshold - SKETCH_SLACK and sim >= self.cfg.near_threshold
+                        and (best is None or sim > best[1])):
+                    best = (o, sim)
         return best
 
     def best_sealed(self, sigs: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> list[tuple[int, float] | None]:
@@ -433,22 +434,23 @@ class _Index:
         if not len(rows):
             return out
         rows, cands = rows.astype(np.int64), cands.astype(np.int64)
-        pair = np.sort(rows << 32 | cands)  # by row, then candidate (ascending, so ties go to the earliest)
-        pair = pair[np.concatenate([[True], pair[1:] != pair[:-1]])]  # unique (np.unique hashes here: slower)
-        rows, cands = pair >> 32, pair & 0xFFFFFFFF
+        # the sketch check first (it drops ~95 % of the pairs), then sort and unique only what is left
         sk = (sigs[:, :self.k] & 0xFF).astype(np.uint8)
         agree = np.count_nonzero(self.sketch[cands] == sk[rows], axis=1) / self.k
         ok = agree >= self.cfg.near_threshold - SKETCH_SLACK
-        rows, cands = rows[ok], cands[ok]
-        if not len(rows):
+        if not ok.any():
             return out
+        pair = np.sort(rows[ok] << 32 | cands[ok])  # by row, then candidate (ascending, so ties go to the earliest)
+        pair = pair[np.concatenate([[True], pair[1:] != pair[:-1]])]  # unique (np.unique hashes here: slower)
+        rows, cands = pair >> 32, pair & 0xFFFFFFFF
         # sealed signatures are all in sigs.bin (flushed by `seal`); the page cache usually holds them
         stored = np.memmap(self.work / "sigs.bin", dtype=np.uint32, mode="r",
                            shape=(int(cands.max()) + 1, self.cfg.num_perm))
         sims = np.count_nonzero(stored[cands] == sigs[rows], axis=1) / self.cfg.num_perm
         del stored
-        for j, o, sim in zip(rows.tolist(), cands.tolist(), sims.tolist()):
-            if sim >= self.cfg.near_threshold and (out[j] is None or sim > out[j][1]):
+        hit = sims >= self.cfg.near_threshold  # few: Python only for these (in (row, candidate) order, as before)
+        for j, o, sim in zip(rows[hit].tolist(), cands[hit].tolist(), sims[hit].tolist()):
+            if out[j] is None or sim > out[j][1]:
                 out[j] = (o, sim)
         return out
 
@@ -457,14 +459,10 @@ class _Index:
         while len(self.ids) + n > len(self.sketch):
             self.sketch = np.concatenate([self.sketch, np.zeros_like(self.sketch)])
 
-    def add(self, doc_id: str, sig: np.ndarray | None) -> int:
-        """Keep a document (visible to `near_best` of later ones at once); returns its ordinal."""
-        o = len(self.ids)
+    def add(self, doc_id: str) -> int:
+        """Keep a document; returns its ordinal (it is indexed for later chunks by `seal`)."""
         self.ids.append(doc_id)
-        if sig is not None:
-            self.sketch[o] = sig[:self.k] & 0xFF
-            self.recent[o] = sig
-        return o
+        return len(self.ids) - 1
 
     def seal(self, first: int, keys: np.ndarray, sigs: np.ndarray | None, bands: np.ndarray | None) -> None:
         """Index the documents kept in this chunk (ordinals first, first+1, ...; keys (n,), sigs (n, num_perm),
@@ -478,8 +476,9 @@ class _Index:
             if sigs is not None:
                 self.near.add_run(bands.reshape(-1), np.repeat(ordinals, bands.shape[1]))
                 self.f_sigs.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())
-        self.f_sigs.flush()  # signatures become readable with pread; recent ones can go
-        self.recent = {}
+                self.reserve(0)
+                self.sketch[first:first + n] = sigs[:, :self.k] & 0xFF
+        self.f_sigs.flush()  # sealed signatures are read back through a memmap (`best_sealed`)
 
     def sync(self) -> None:
         for f in (self.f_keys, self.f_sigs, self.f_ids):
@@ -487,7 +486,7 @@ class _Index:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        for f in (self.f_keys, self.f_sigs, self.f_ids, self.r_sigs):
+        for f in (self.f_keys, self.f_sigs, self.f_ids):
             f.close()
 
     @property
@@ -575,12 +574,11 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
-    index.reserve(len(keep))
     kept_lines: list[bytes] = []
     kept_bytes = 0
 
-    def earlier_kept(j: int, groups: tuple) -> list[int]:
-        return [ordinal[r] for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
+    def earlier_kept(j: int, groups: tuple) -> list[int]:  # rows before j kept in this chunk that share a key
+        return [r for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
 
     def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
         if i in res["heads"]:
@@ -593,22 +591,24 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             continue
         j = keep_pos[i]
         if cfg.dedup_exact:
-            hits = ex_sealed.get(j) or earlier_kept(j, ex_groups)
+            hits = ex_sealed.get(j) or [ordinal[r] for r in earlier_kept(j, ex_groups)]
             if hits:
                 drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
                 continue
         sig = sigs[j] if bands is not None else None
         if sig is not None:
-            here = earlier_kept(j, near_groups)  # rare: a candidate kept earlier in this very chunk
-            hit = (index.near_best(sig, set(near_cands[near_rows == j].tolist()).union(here)) if here
-                   else sealed_best[j])
+            hit = sealed_best[j]  # the best among documents kept in earlier chunks (lower ordinals)
+            here = earlier_kept(j, near_groups)  # a candidate kept earlier in this very chunk
+            if (here and (new := index.near_best(sig, {ordinal[r]: sigs[r] for r in here})) is not None
+                    and (hit is None or new[1] > hit[1])):
+                hit = new  # ties go to the earliest document, which is the sealed one
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
                 continue
         if index.ds is not None and (hit := index.ds.check_add(doc_id, res["texts"][j])) is not None:
             drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", head(i))
             continue
-        ordinal[j] = index.add(doc_id, sig)
+        ordinal[j] = index.add(doc_id)
         kept_lines.append(lines[j])
         kept_bytes += res["kept_bytes"][j]
     kept_j = sorted(ordinal, key=ordinal.__getitem__)

@@ -21,13 +21,31 @@ from genforge.world.facts import build_world
 _SENT_RE = re.compile(r"(?<=[.!?])\s+")
 
 
-def write_synthetic_corpus(path: str | os.PathLike, mb: float, seed: int = 0) -> dict:
-    """Write about `mb` MB of `{"id", "text"}` JSONL to `path`; returns counts per planted kind and bytes."""
+def write_synthetic_corpus(path: str | os.PathLike, mb: float, seed: int = 0, vary: float = 0.0) -> dict:
+    """Write about `mb` MB of `{"id", "text"}` JSONL to `path`; returns counts per planted kind and bytes.
+
+    vary: the share of a clean page's sentences that get one word swapped for another word of the pool. With 0 (the
+    default, and the same file as before this option) every sentence comes verbatim from a fixed pool of ~30 k, so
+    each recurs in ~1 page in 1,000 and the pages sharing a sentence form LSH candidate clusters that grow with the
+    corpus, which a crawl (mostly unique sentences, a little boilerplate) would not; 0.5 makes most sentences rarer.
+    """
+    if not 0 <= vary <= 1:
+        raise ValueError(f"vary must be in [0, 1], got {vary}")
     rng = random.Random(f"synth-{seed}")
     w = build_world(seed, 400, 40, 80)
     gen = iter_clean_documents(w, rng)
     sentences = [s for _ in range(6000) for s in _SENT_RE.split(next(gen).replace("\n", " ")) if len(s) > 20]
+    vocab = sorted({x for sent in sentences for x in sent.split()})
     junk = [junk_document(rng, w) for _ in range(300)]
+
+    def sentence() -> str:
+        sent = rng.choice(sentences)
+        if vary and rng.random() < vary:  # (no draw at vary=0: the default corpus stays byte-identical)
+            ws = sent.split()
+            ws[rng.randrange(len(ws))] = rng.choice(vocab)
+            sent = " ".join(ws)
+        return sent
+
     bad = [harmful.harmful_document(rng, p.name, p.town) for p in rng.sample(w.people, 100)]
     recent: list[str] = []  # earlier pages that copies are made from (bounded: memory stays flat)
     counts = {"clean": 0, "junk": 0, "harmful": 0, "exact_dup": 0, "near_dup": 0}
@@ -48,7 +66,7 @@ def write_synthetic_corpus(path: str | os.PathLike, mb: float, seed: int = 0) ->
             else:
                 kind = "clean"
                 n = rng.randint(12, 48)
-                text = " ".join(rng.choice(sentences) for _ in range(n))
+                text = " ".join(sentence() for _ in range(n))
                 if len(recent) < 2000:
                     recent.append(text)
                 else:

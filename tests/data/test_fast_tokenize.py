@@ -143,3 +143,37 @@ def test_other_pipelines_fall_back_to_the_reference():
         encode, name = batch_encoder(tok)
         assert name.startswith("tokenizers (") and why in name, name
         assert [a.tolist() for a in encode([PROBE])] == _reference(tok, [PROBE])
+
+
+def _spaced_text(rng: random.Random, n: int) -> str:
+    """Words of printable characters joined by single spaces: the texts `WordCache` encodes word by word."""
+    pools = ["abcXYZ", "'s't're've'm'll'd'S'LL", "0123456789½Ⅻ٣９𝟘²", "éßİıǅ漢字かなカナ한국어עבריתالعربية",
+             "!?.,;:'\"()[]{}<>-_~*#$%^&|\\/@`", "😀👍🏽\u0301", "<|>"]
+    words = []
+    for _ in range(n):
+        k = rng.randint(1, 6)
+        words.append("".join(rng.choice(rng.choice(pools)) for _ in range(k)))
+    return " ".join(words)
+
+
+def test_word_cache_gives_tiktokens_ids(world_texts, world_tokenizer, tiny_tokenizer):
+    from genforge.data.fast_tokenize import WordCache
+
+    rng = random.Random(1)
+    spaced = [_spaced_text(rng, rng.randint(1, 60)) for _ in range(3000)]
+    edge = ["a", "a b", " a", "a ", "a  b", "a\nb", "a\tb", "1 2 3", "x<|end|> y", "<|bos|>", "'s 'S", "a\u00a0b"]
+    noise = [_random_text(rng, rng.randint(0, 60)) for _ in range(500)]
+    for tok in (world_tokenizer, tiny_tokenizer):
+        enc = build_tiktoken(tok.hf)
+        cache = WordCache(enc)
+
+        def same(t: str, cache: WordCache = cache, enc=enc) -> bool:
+            return cache.encode(t).tolist() == enc.encode_to_numpy(t, allowed_special="all").tolist()
+
+        texts = world_texts + spaced + edge + noise
+        for _ in range(2):  # cold, then from the cache
+            bad = [t for t in texts if not same(t)]
+            assert not bad, f"{len(bad)} texts differ, e.g. {bad[0]!r}"
+        assert len(cache.rest) > 1000  # the word path ran (not only the whole-text fallback)
+        cache.LIMIT = 10  # a full cache is cleared, and still right
+        assert all(same(t) for t in spaced[:50])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from genforge.data.pipeline import NEAR_FILTER_BITS
 from genforge.data.synth import write_synthetic_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,9 @@ def test_clean_50mb_in_bounded_memory(tmp_path):
     assert peak_mb < 1500, peak_mb
     rep = json.loads(out.with_name("clean_report.json").read_text())
     assert rep["docs_in"] == info["docs"]
-    # the index is what grows with the corpus: 8 B per LSH band and 12 B of exact key per kept document
-    assert rep["index_bytes"] <= rep["docs_kept"] * (8 * 42 + 12) * 1.01, rep["index_bytes"]
+    # the index is what grows with the corpus: 8 B per LSH band and 12 B of exact key per kept document, plus the
+    # band keys' presence bitmap (fixed size)
+    bitmap = (1 << NEAR_FILTER_BITS) // 8
+    assert rep["index_bytes"] <= rep["docs_kept"] * (8 * 42 + 12) * 1.01 + bitmap, rep["index_bytes"]
     # the issue's bound is 1.5 GB for 1 GB of input; imports + the learned filters take ~250-500 MB before any text
     assert peak_mb < 1000, f"peak RSS {peak_mb:.0f} MB for 50 MB of input: is something holding the corpus?"

@@ -226,3 +226,62 @@ def test_batch_minhash_estimates_jaccard():
     assert np.mean(sig[0] == sig[2]) < 0.05
     bands = mh.band_keys(sig)
     assert bands.shape == (4, mh.bands) and (bands[0] == bands[1]).any() and not (bands[0] == bands[2]).any()
+
+
+def test_run_index_bitmap_filter_finds_the_same_entries():
+    """The presence bitmap only skips searches: lookups give what an unfiltered index gives, hits and misses."""
+    rng = np.random.default_rng(1)
+    plain, filtered = RunIndex(np.uint32), RunIndex(np.uint32, filter_bits=12)  # small: many false hits too
+    stored = rng.integers(0, 1 << 32, 6000, dtype=np.uint64).astype(np.uint32)
+    for lo in range(0, 6000, 500):
+        for idx in (plain, filtered):
+            idx.add_run(stored[lo:lo + 500], np.arange(lo, lo + 500))
+    q = np.concatenate([stored[rng.integers(0, 6000, 300)],
+                        rng.integers(0, 1 << 32, 300, dtype=np.uint64).astype(np.uint32)]).reshape(-1, 3)
+    want = sorted(zip(*(x.tolist() for x in plain.lookup_flat(q))))
+    assert want and sorted(zip(*(x.tolist() for x in filtered.lookup_flat(q)))) == want
+    with pytest.raises(ValueError, match="filter_bits"):
+        RunIndex(np.uint32, filter_bits=40)
+
+
+def test_compiled_minhash_gives_the_numpy_signatures():
+    """The numba loop and the numpy path give the same signatures bit for bit (so outputs do not depend on numba)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(2)
+    lens = np.concatenate([[0, 1, 2, 3, 4, 0], rng.integers(0, 400, 300)])
+    flat = rng.integers(0, 1 << 32, int(lens.sum()), dtype=np.uint64)
+    flat[:50] = flat[50:100]  # repeated shingles
+    for shingle, perms in ((3, 128), (1, 64), (5, 200)):
+        fast = BatchMinHash(0.5, perms, shingle, seed=4, compiled=True)
+        slow = BatchMinHash(0.5, perms, shingle, seed=4, compiled=False)
+        assert fast.kernel is not None and slow.kernel is None
+        got, want = fast.signatures_of_hashes(flat, lens), slow.signatures_of_hashes(flat, lens)
+        assert got.dtype == want.dtype == np.uint32 and np.array_equal(got, want)
+        assert (got[0] == 0xFFFFFFFF).all() and not (got[1] == 0xFFFFFFFF).all()
+
+
+def test_run_index_caps_merged_runs():
+    rng = np.random.default_rng(3)
+    idx, ref = RunIndex(np.uint32, max_run=1000), {}
+    for step in range(30):
+        ks = rng.integers(0, 5000, 300, dtype=np.uint64).astype(np.uint32)
+        idx.add_run(ks, np.arange(step * 300, step * 300 + 300))
+        for k, v in zip(ks.tolist(), range(step * 300, step * 300 + 300)):
+            ref.setdefault(k, []).append(v)
+    assert max(len(k) for k, _ in idx.runs) <= 1000 and len(idx.runs) > 3
+    q = np.arange(5000, dtype=np.uint32).reshape(-1, 5)
+    for row, got in zip(q, idx.lookup(q)):
+        assert sorted(got) == sorted(v for k in row.tolist() for v in ref.get(k, []))
+
+
+def test_synthetic_corpus_vary_swaps_words_and_zero_keeps_the_old_file(tmp_path):
+    from genforge.data.synth import write_synthetic_corpus
+
+    a, b, c = (tmp_path / f"{x}.jsonl" for x in "abc")
+    write_synthetic_corpus(a, 0.3, seed=5)
+    write_synthetic_corpus(b, 0.3, seed=5, vary=0.0)
+    info = write_synthetic_corpus(c, 0.3, seed=5, vary=0.5)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert info["labels"]["clean"] > 100 and info["labels"]["near_dup"] > 0
+    with pytest.raises(ValueError, match="vary"):
+        write_synthetic_corpus(c, 0.1, vary=2)
