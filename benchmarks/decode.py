@@ -27,9 +27,11 @@ import genforge  # noqa: F401  (sets OMP_WAIT_POLICY before torch spins up threa
 from genforge.infer.compress import quantize_int8
 from genforge.infer.engine import Engine
 from genforge.infer.sampling import SamplingParams
+from genforge.model import gpt
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.hf import to_hf_config, to_hf_state_dict
 
+MATVEC_ROWS = gpt.MATVEC_MAX_ROWS
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (one thread: CPU seconds, robust to other load)
 
 
@@ -128,6 +130,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--int8", action="store_true", help="also time int8 weights (compiled if compiling)")
+    ap.add_argument("--mm", action="store_true",
+                    help="also time the compiled step with mm/bmm (gpt.MATVEC_MAX_ROWS=0), the before of gpt.project")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: time with this process's CPU seconds (threads=1 only), for a machine other work loads")
     args = ap.parse_args()
@@ -157,11 +161,16 @@ def main() -> None:
     if args.int8:
         q = quantize_int8(copy.deepcopy(model), include_head=True)
         engines["ours int8" + (" compiled" if not args.no_compile else "")] = Engine(q, compile=not args.no_compile)
+    if args.mm and not args.no_compile:
+        # the compiled step as it was before gpt.project: every linear an mm, attention two bmm per layer
+        engines["ours compiled, mm"] = Engine(model, compile=True)
     for name, eng in engines.items():
         if eng.compiled:
             for b in map(int, args.batches.split(",")):
+                gpt.MATVEC_MAX_ROWS = 0 if name.endswith(", mm") else MATVEC_ROWS  # read when the step compiles
                 eng.warmup(b, args.prompt_len, args.new_tokens)
                 print(f"{name}: compile warm-up for batch {b}: {eng.compile_seconds:.1f} s")
+            gpt.MATVEC_MAX_ROWS = MATVEC_ROWS
 
     n = args.new_tokens
     for b in map(int, args.batches.split(",")):

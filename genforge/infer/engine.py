@@ -66,14 +66,17 @@ def supports_slots(model: nn.Module) -> bool:
 
 
 def compiled_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, k_cache: torch.Tensor,
-                  v_cache: torch.Tensor, key_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  v_cache: torch.Tensor, key_ok: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The function torch.compile freezes: `GPT.decode_step` on a read-only `StaticKV`.
 
-    Returns logits (B, V) and the new keys/values (L, B, K, 1, D) for the caller to write at `col`.
+    Returns logits (B, V), the new keys/values (L, B, K, 1, D) for the caller to write at `col`, and
+    the greedy choice argmax(logits) (B,): inside the graph it is one more fused loop over logits the
+    step has just written, where the caller would pay another dispatched op per token.
     """
     static = StaticKV(k_cache, v_cache, col, key_ok, pure=True)
     logits = model.decode_step(tok, pos, static)
-    return logits, torch.stack(static.new_k), torch.stack(static.new_v)
+    return logits, torch.stack(static.new_k), torch.stack(static.new_v), logits.argmax(-1)
 
 
 class Engine:
@@ -115,7 +118,7 @@ class Engine:
         limit = self.model.config.max_seq_len
         return min(limit, max(64, 1 << (n - 1).bit_length())) if self.compiled else min(n, limit)
 
-    def _compiled_step(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _compiled_step(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Call the compiled step; once a shape is compiled, skip dynamo's guard checks (~0.4 ms a call).
 
         Skipping is safe here because nothing the guards check can change for a known shape:
@@ -278,6 +281,7 @@ class DecodeSession:
             self.key_ok[b, :P - len(p)] = False
         self.padded = bool((self.lengths != P).any())
         self.fed = 0  # tokens fed after the prompt (cache columns P .. P+fed-1 are filled)
+        self.argmax: torch.Tensor | None = None  # (B,) argmax of `logits` when the compiled step computed it
         self.rows = list(range(B))  # each current row's index among the prompts (`keep` drops rows)
         self.full_B = B
         self.cache = KVCache(model.config, B, max_len=M, device=device, dtype=dtype)
@@ -363,6 +367,7 @@ class DecodeSession:
             new[:, :, :, :W] = old[:, idx, :, :W]
             setattr(cache, name, new)
         self.key_ok, self.lengths, self.logits = self.key_ok[idx], self.lengths[idx], self.logits[idx]
+        self.argmax = None if self.argmax is None else self.argmax[idx]
         if self.pending is not None:
             self.pending = self.pending[idx]
         if self.seen is not None:
@@ -380,7 +385,9 @@ class DecodeSession:
         logits = penalize(raw, self.seen, self.counts, *p.penalties)
         if self.processors:
             logits = self._apply_processors(logits)
-        if self.B < self.full_B and not p.greedy:
+        if self.argmax is not None and p.greedy and logits is raw:
+            tok = self.argmax  # nothing reshaped the scores: the compiled step's argmax is the greedy choice
+        elif self.B < self.full_B and not p.greedy:
             # rows have left (`keep`): sample over the full batch shape, the kept rows in their old places, so
             # every row draws the same random numbers as it would have with every row still in the batch
             where = torch.tensor(self.rows, device=self.device)
@@ -414,13 +421,14 @@ class DecodeSession:
         pos = (self.lengths + self.fed)[:, None]  # (B, 1) RoPE position of the fed token in each row
         col = torch.tensor([self.P + self.fed], device=self.device)  # the cache column written this step
         if engine.compiled:
-            self.logits, k, v = engine._compiled_step(tok, pos, col, cache.k, cache.v, self.key_ok)
+            self.logits, k, v, self.argmax = engine._compiled_step(tok, pos, col, cache.k, cache.v, self.key_ok)
             cache.k.index_copy_(3, col, k)  # (L, B, K, M, D) <- (L, B, K, 1, D) at column col
             cache.v.index_copy_(3, col, v)
         else:
             # eager: attend over the columns written so far only (the rest are masked anyway; at the speedrun's
             # answer budgets a third of the columns were still empty on average)
             W = self.P + self.fed + 1
+            self.argmax = None
             self.logits = self.model.decode_step(tok, pos, StaticKV(cache.k[:, :, :, :W], cache.v[:, :, :, :W], col,
                                                                     self.key_ok[:, :W]))
         self.fed += 1
@@ -428,6 +436,7 @@ class DecodeSession:
 
     def _forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         """Run ids (B, T) through `GPT.forward` into cache columns [start, start+T); last logits (B, V)."""
+        self.argmax = None
         T = ids.shape[1]
         self.cache.pos = start
         if self.padded:
