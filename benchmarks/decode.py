@@ -1,6 +1,8 @@
 """Decode speed: the genforge engine vs Hugging Face `LlamaForCausalLM.generate` on the same weights.
 
     .venv/bin/python benchmarks/decode.py [--threads 1] [--new-tokens 200] [--repeats 3] [--no-compile] [--int8]
+                                          [--mm] [--clock wall|cpu]
+(from a worktree: PYTHONPATH=. so that its genforge is the one imported, not the installed one)
 
 Builds a random GPT (depth 6, width 256, vocab 4096), copies its weights into an HF Llama
 (1:1 names via genforge.model.hf), checks the logits match, then times greedy generation of
@@ -13,6 +15,11 @@ The weight-streaming roofline: batch-1 decode must read every weight matrix once
 pure matrix-vector pass over the model's weights (grouped by input width into a few large
 matrices, so that per-call overhead does not count) bounds its tokens/s; batch-1 rows are also
 printed as a share of it (fp32 weights for fp32 decode, int8 weights for the int8 path).
+The fp32 pass is timed two ways: with `torch.mv` (MKL's gemv; the roofline of earlier sessions) and
+with the compiled reduction loop the decode step itself uses (`gpt.project`). On this AMD CPU the
+second streams ~2-3x faster, so the `torch.mv` pass is no bound: the decode beats it. The share of
+the faster pass is the honest one; both are printed.
+--mm adds the compiled step as it was before `gpt.project` (mm/bmm), compiled and timed in the same run.
 """
 
 from __future__ import annotations
