@@ -88,9 +88,8 @@ class Engine:
     compile: torch.compile the static decode step with inductor's C++ wrapper (measured on 2 shared
         CPU cores, batch 1: ~2.5x eager's tokens/s). Each (batch size, cache bucket) compiles once
         (~10-40 s on an idle CPU, minutes under load); `warmup()` does it ahead of time and reports
-        the seconds. Build a new Engine after changing the model's weights: `freezing` is asked for,
-        and although with the model passed as an argument torch 2.13 still hands the weights to the
-        graph as inputs (read at every call), a later torch may bake them in.
+        the seconds. Frozen means the weights are baked in at compile time: build a new Engine
+        after changing the model's weights.
     threads: torch intra-op threads to use (None leaves the process setting alone).
     static: use the static decode step (default: whenever the model supports it).
     Thread safety: eager generation allocates its own cache per call and is safe to run from
@@ -133,7 +132,12 @@ class Engine:
             if shape in self._warm:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return self._step(self.model, *args)
-            out = self._step(self.model, *args)
+            # dynamo decides while tracing whether parameters become graph constants, and it reads the global
+            # inductor config for that (torch 2.13: `is_parameter_freezing`), not the options given to
+            # torch.compile: without this patch the weights stayed graph inputs (64 of them, each converted
+            # in Python on every call) and nothing was frozen
+            with torch._inductor.config.patch(freezing=True):
+                out = self._step(self.model, *args)
             self._warm.add(shape)
             return out
 
