@@ -301,3 +301,16 @@ def test_slot_decoder_refuses_sliding_window_models():
     assert supports_slots(full) and not supports_slots(windowed)
     with pytest.raises(ConfigError, match="sliding window"):
         SlotDecoder(windowed)
+
+
+def test_project_reduction_matches_linear_under_compile():
+    """gpt.project's compiled mat-vec (rows <= MATVEC_MAX_ROWS) equals F.linear, bias included; more rows use mm."""
+    from genforge.model.gpt import MATVEC_MAX_ROWS, project
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40, bias=True)
+    fn = torch.compile(lambda x: project(lin, x), dynamic=False, fullgraph=True)
+    for rows in (1, MATVEC_MAX_ROWS, MATVEC_MAX_ROWS + 3):
+        x = torch.randn(rows, 1, 48)
+        with torch.no_grad():
+            assert torch.allclose(fn(x), lin(x), atol=1e-5)
