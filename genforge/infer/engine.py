@@ -15,9 +15,12 @@ side-effect-free variant of that step into one graph per batch size, and the eng
 returned key/value into the cache (the CPU analogue of gpt-fast's static cache + CUDA graphs).
 
 Where the time goes (benchmarks/decode.py, 5.5 M params, batch 1, one shared CPU core): fp32
-decode reads all 22 MB of weights per token, so memory bandwidth, not Python, bounds it once the
-step is compiled; int8 weights (`compress.quantize_int8`) read 4x fewer bytes and, compiled, run
-~3-5x faster than HF generate.
+decode reads all 22 MB of weights per token. Compiled at batch 1-2, the linears and the attention
+run as reductions (`gpt.project`), which inductor fuses into one C++ loop nest per step: no mm/bmm
+through the dispatcher, and faster than MKL's fp32 gemv on this AMD CPU; greedy's argmax is taken
+in the same graph. What is left outside the weight pass is dynamo's call path, the KV write and
+the session's Python (measured shares in the benchmark). int8 weights (`compress.quantize_int8`)
+read 4x fewer bytes.
 
 Sampling settings arrive as one `SamplingParams`; anything that reshapes the scores (the
 watermark, a grammar, a caller's own rule) is a `LogitsProcessor` in a list.
@@ -66,22 +69,25 @@ def supports_slots(model: nn.Module) -> bool:
 
 
 def compiled_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, k_cache: torch.Tensor,
-                  v_cache: torch.Tensor, key_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  v_cache: torch.Tensor, key_ok: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The function torch.compile freezes: `GPT.decode_step` on a read-only `StaticKV`.
 
-    Returns logits (B, V) and the new keys/values (L, B, K, 1, D) for the caller to write at `col`.
+    Returns logits (B, V), the new keys/values (L, B, K, 1, D) for the caller to write at `col`, and
+    the greedy choice argmax(logits) (B,): inside the graph it is one more fused loop over logits the
+    step has just written, where the caller would pay another dispatched op per token.
     """
     static = StaticKV(k_cache, v_cache, col, key_ok, pure=True)
     logits = model.decode_step(tok, pos, static)
-    return logits, torch.stack(static.new_k), torch.stack(static.new_v)
+    return logits, torch.stack(static.new_k), torch.stack(static.new_v), logits.argmax(-1)
 
 
 class Engine:
     """Holds a model (and, optionally, its compiled decode step) and generates token ids.
 
-    compile: torch.compile the static decode step with inductor's weight freezing and C++ wrapper
-        (measured on 2 shared CPU cores: ~1.5x faster per step than eager). Each (batch size,
-        cache bucket) compiles once (~10-40 s on CPU); `warmup()` does it ahead of time and reports
+    compile: torch.compile the static decode step with inductor's C++ wrapper (measured on 2 shared
+        CPU cores, batch 1: ~2.5x eager's tokens/s). Each (batch size, cache bucket) compiles once
+        (~10-40 s on an idle CPU, minutes under load); `warmup()` does it ahead of time and reports
         the seconds. Frozen means the weights are baked in at compile time: build a new Engine
         after changing the model's weights.
     threads: torch intra-op threads to use (None leaves the process setting alone).
@@ -115,7 +121,7 @@ class Engine:
         limit = self.model.config.max_seq_len
         return min(limit, max(64, 1 << (n - 1).bit_length())) if self.compiled else min(n, limit)
 
-    def _compiled_step(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _compiled_step(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Call the compiled step; once a shape is compiled, skip dynamo's guard checks (~0.4 ms a call).
 
         Skipping is safe here because nothing the guards check can change for a known shape:
@@ -126,7 +132,12 @@ class Engine:
             if shape in self._warm:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     return self._step(self.model, *args)
-            out = self._step(self.model, *args)
+            # dynamo decides while tracing whether parameters become graph constants, and it reads the global
+            # inductor config for that (torch 2.13: `is_parameter_freezing`), not the options given to
+            # torch.compile: without this patch the weights stayed graph inputs (64 of them, each converted
+            # in Python on every call) and nothing was frozen
+            with torch._inductor.config.patch(freezing=True):
+                out = self._step(self.model, *args)
             self._warm.add(shape)
             return out
 
@@ -278,6 +289,7 @@ class DecodeSession:
             self.key_ok[b, :P - len(p)] = False
         self.padded = bool((self.lengths != P).any())
         self.fed = 0  # tokens fed after the prompt (cache columns P .. P+fed-1 are filled)
+        self.argmax: torch.Tensor | None = None  # (B,) argmax of `logits` when the compiled step computed it
         self.rows = list(range(B))  # each current row's index among the prompts (`keep` drops rows)
         self.full_B = B
         self.cache = KVCache(model.config, B, max_len=M, device=device, dtype=dtype)
@@ -363,6 +375,7 @@ class DecodeSession:
             new[:, :, :, :W] = old[:, idx, :, :W]
             setattr(cache, name, new)
         self.key_ok, self.lengths, self.logits = self.key_ok[idx], self.lengths[idx], self.logits[idx]
+        self.argmax = None if self.argmax is None else self.argmax[idx]
         if self.pending is not None:
             self.pending = self.pending[idx]
         if self.seen is not None:
@@ -380,7 +393,9 @@ class DecodeSession:
         logits = penalize(raw, self.seen, self.counts, *p.penalties)
         if self.processors:
             logits = self._apply_processors(logits)
-        if self.B < self.full_B and not p.greedy:
+        if self.argmax is not None and p.greedy and logits is raw:
+            tok = self.argmax  # nothing reshaped the scores: the compiled step's argmax is the greedy choice
+        elif self.B < self.full_B and not p.greedy:
             # rows have left (`keep`): sample over the full batch shape, the kept rows in their old places, so
             # every row draws the same random numbers as it would have with every row still in the batch
             where = torch.tensor(self.rows, device=self.device)
@@ -414,13 +429,14 @@ class DecodeSession:
         pos = (self.lengths + self.fed)[:, None]  # (B, 1) RoPE position of the fed token in each row
         col = torch.tensor([self.P + self.fed], device=self.device)  # the cache column written this step
         if engine.compiled:
-            self.logits, k, v = engine._compiled_step(tok, pos, col, cache.k, cache.v, self.key_ok)
+            self.logits, k, v, self.argmax = engine._compiled_step(tok, pos, col, cache.k, cache.v, self.key_ok)
             cache.k.index_copy_(3, col, k)  # (L, B, K, M, D) <- (L, B, K, 1, D) at column col
             cache.v.index_copy_(3, col, v)
         else:
             # eager: attend over the columns written so far only (the rest are masked anyway; at the speedrun's
             # answer budgets a third of the columns were still empty on average)
             W = self.P + self.fed + 1
+            self.argmax = None
             self.logits = self.model.decode_step(tok, pos, StaticKV(cache.k[:, :, :, :W], cache.v[:, :, :, :W], col,
                                                                     self.key_ok[:, :W]))
         self.fed += 1
@@ -428,6 +444,7 @@ class DecodeSession:
 
     def _forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         """Run ids (B, T) through `GPT.forward` into cache columns [start, start+T); last logits (B, V)."""
+        self.argmax = None
         T = ids.shape[1]
         self.cache.pos = start
         if self.padded:

@@ -61,10 +61,12 @@ def test_cached_logits_equal_full_recompute(model):
         model(seq[:, :8], cache=cache)
         for i in range(8, 20):
             col = torch.tensor([i])
-            logits, k, v = compiled_step(model, seq[:, i:i + 1], torch.tensor([[i]]), col, cache.k, cache.v, key_ok)
+            logits, k, v, greedy = compiled_step(model, seq[:, i:i + 1], torch.tensor([[i]]), col, cache.k, cache.v,
+                                                 key_ok)
             cache.k.index_copy_(3, col, k)
             cache.v.index_copy_(3, col, v)
             assert torch.allclose(logits, full[:, i], atol=1e-5)
+            assert torch.equal(greedy, logits.argmax(-1))
 
 
 def test_greedy_generate_matches_full_recompute(model):
@@ -196,6 +198,19 @@ def test_compiled_engine_matches_eager(model):
     assert first == eager[0][:4]
     assert session.generate(5) == Engine(model).generate([prompts[0] + first + [3, 1, 4]],
                                                          SamplingParams(max_new_tokens=5))[0]
+    # batch 1 and 2 take gpt.project's reductions (linears and attention as inductor loops, compiled only) and the
+    # greedy token comes out of the graph; penalties, sampling and log-probs pick from its logits instead
+    one = Engine(model, compile=True)
+    assert one.generate(prompts[:1], SamplingParams(max_new_tokens=10)) == [eager[0]]
+    assert one.generate(prompts[1:3], SamplingParams(max_new_tokens=10)) == eager[1:3]  # padded rows
+    for params in (SamplingParams(max_new_tokens=10, repetition_penalty=1.5),
+                   SamplingParams(max_new_tokens=10, temperature=0.8, top_k=20, seed=3),
+                   SamplingParams(max_new_tokens=10, logprobs=True)):
+        got, want = one.generate(prompts[:1], params), Engine(model).generate(prompts[:1], params)
+        if params.logprobs:
+            assert got[0] == want[0] and torch.allclose(torch.tensor(got[1]), torch.tensor(want[1]), atol=1e-4)
+        else:
+            assert got == want
     # int8 at batch 1 takes the fused int8 reduction path, which only exists under torch.compile
     q = quantize_int8(copy.deepcopy(model), include_head=True)
     ten = SamplingParams(max_new_tokens=10)
@@ -286,3 +301,16 @@ def test_slot_decoder_refuses_sliding_window_models():
     assert supports_slots(full) and not supports_slots(windowed)
     with pytest.raises(ConfigError, match="sliding window"):
         SlotDecoder(windowed)
+
+
+def test_project_reduction_matches_linear_under_compile():
+    """gpt.project's compiled mat-vec (rows <= MATVEC_MAX_ROWS) equals F.linear, bias included; more rows use mm."""
+    from genforge.model.gpt import MATVEC_MAX_ROWS, project
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40, bias=True)
+    fn = torch.compile(lambda x: project(lin, x), dynamic=False, fullgraph=True)
+    for rows in (1, MATVEC_MAX_ROWS, MATVEC_MAX_ROWS + 3):
+        x = torch.randn(rows, 1, 48)
+        with torch.no_grad():
+            assert torch.allclose(fn(x), lin(x), atol=1e-5)
