@@ -72,8 +72,10 @@ def closings_skip(names: list[str]) -> tuple[str, ...]:
     known = [*GENERATORS, "chat"]
     unknown = [t for t in names if t not in known]
     if unknown:
+        hint = " (a list on the command line: sft.closings_skip=[a,b] or the key once per item)" if any(
+            "," in t for t in unknown) else ""
         raise ConfigError(f"sft.closings_skip: unknown task(s) {', '.join(map(repr, unknown))}; choose from "
-                          f"{', '.join(known)}")
+                          f"{', '.join(known)}{hint}")
     return tuple(names)
 
 
