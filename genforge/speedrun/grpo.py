@@ -123,12 +123,12 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
                 "collapsed, 0.72 -> 0.36. Earlier (T=1, three tasks, 50 problems each): GRPO as published at lr 1e-4 "
                 "-0.033, at 3e-4 -0.167; Dr. GRPO at 1.5e-4 took arithmetic 0.46 -> 0.20. "
                 "With `sft.closings` (the chat model courteous on a quarter of its answers) the same settings gave "
-                "+0.050 (SFT 0.505), +0.095 [0.025, 0.160] with no closing on arithmetic answers (SFT 0.520; "
-                "`sft.closings_skip`), +0.080 [0.015, 0.140] with closings on every task's answers, summaries "
-                "included (SFT 0.665) and +0.150 [0.075, 0.225] at seed 1 (SFT 0.260): the SFT model's worked-sum "
-                "accuracy moves with its training run, the gain stays at +0.05 to +0.15. Two passes over each rollout "
-                "(`epochs` 2) gave +0.100 [0.025, 0.170] at 20 rollouts (+26 s CPU) and -0.030 at 14 (same CPU); "
-                "lr 5e-5 -0.025.")
+                "+0.050 (SFT 0.505) and +0.150 [0.075, 0.225] at seed 1 (SFT 0.260); with no closing on arithmetic "
+                "answers (`sft.closings_skip`) +0.095 [0.025, 0.160] (SFT 0.520) and at seed 1 +0.060 (SFT 0.325); "
+                "with closings on every task's answers, summaries included, +0.080 [0.015, 0.140] (SFT 0.665). The "
+                "SFT model's worked-sum accuracy moves with its training run; the gain stays at +0.05 to +0.15. Two "
+                "passes over each rollout (`epochs` 2) gave +0.100 [0.025, 0.170] at 20 rollouts (+26 s CPU) and "
+                "-0.030 at 14 (same CPU); lr 5e-5 -0.025.")
     seconds = time.perf_counter() - t0
     report.note(f"Stage timings: {seconds:.0f} s wall, {time.process_time() - c0:.0f} s CPU.")
     return Outputs(grpo=str(s.out / "checkpoint"), accuracy={"before": before, "after": after},

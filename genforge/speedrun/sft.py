@@ -54,9 +54,10 @@ class Config:
     closings: float = 0.25
     # Tasks whose answers never get a closing. Summaries and translations are scored by similarity to a reference
     # and refusals are a fixed behaviour, so a closing there would only lower their score. Measured at tiny, seed 0,
-    # on GRPO's 200 worked sums: adding "arithmetic" left the chat model's accuracy where it was (0.520 vs 0.505)
-    # and CAI's helpfulness row stopped holding (0.990 [0.937, 1.049]); closings on every task gave 0.665. The sums
-    # move with the fine-tuning run (the batches change with the answers), not with a closing after the answer.
+    # on GRPO's 200 worked sums: adding "arithmetic" left the chat model's accuracy where it was (0.520 vs 0.505;
+    # GRPO +0.095, at seed 1 +0.060 vs +0.150), and CAI's helpfulness and the no-KL over-optimisation rows stopped
+    # holding; closings on every task gave 0.665. The sums move with the fine-tuning run (the batches change with
+    # the answers), not with a closing after the answer.
     closings_skip: list[str] = field(default_factory=lambda: ["summarization", "translation", "refusal"])
 
     def __post_init__(self) -> None:
