@@ -100,6 +100,9 @@ def train_grpo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn
     """GRPO of `policy` (reference = its state now); returns (trainer result, one stats row per rollout)."""
     if cfg.group_size < 2:
         raise ConfigError("grpo.group_size must be >= 2: advantages are relative to the other samples of a group")
+    if cfg.epochs < 1:
+        raise ConfigError(f"grpo.epochs={cfg.epochs}: each rollout needs >= 1 pass (1 = the usual one update per "
+                          "batch)")
     ref = rollout.Reference(policy) if cfg.beta > 0 else None
     ids = [rollout.encode_prompt(tok, r["prompt"]) for r in prompts]
     source = GRPORollouts(policy, ref, ids, prompts, reward_fn, cfg, cfg.train, pad_id=tok.pad_id,

@@ -149,12 +149,13 @@ def chat_rows(w: World, seed: int, n_train: int, n_test: int) -> dict[str, list[
 # Courteous closings: each holds one of the oracle's politeness markers (`world.preferences.POLITE`).
 CLOSINGS = ("Hope this helps!", "Happy to help.", "Glad to help!", "Hope this helps.", "Thanks for asking!")
 # Tasks whose oracle correctness is a similarity to the reference text: a closing would lower it, so none there.
-_NO_CLOSING = ("summarization", "translation", "refusal")
+NO_CLOSING = ("summarization", "translation", "refusal")
 
 
-def add_closings(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
-    """Copies of `rows` where a `share` of the answers (not summaries, translations or refusals) end with a
-    courteous closing on a line of its own ("...\\nThe answer is 874.\\nHope this helps!").
+def add_closings(rows: list[dict], share: float, seed: int = 0, skip: tuple[str, ...] = NO_CLOSING) -> list[dict]:
+    """Copies of `rows` where a `share` of the answers (not those of a task in `skip`: by default summaries,
+    translations and refusals) end with a courteous closing on a line of its own
+    ("...\\nThe answer is 874.\\nHope this helps!").
 
     Why: demonstrations written by many people are courteous only sometimes, so the SFT model is too, and
     alignment has something the raters prefer to make consistent (InstructGPT's labellers rated politeness;
@@ -165,9 +166,10 @@ def add_closings(rows: list[dict], share: float, seed: int = 0) -> list[dict]:
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"closing share must be in [0, 1], got {share}")
     rng = random.Random(f"closings-{seed}")
+    skipped = set(skip)
     out = []
     for r in rows:
-        if r.get("task") not in _NO_CLOSING and rng.random() < share:
+        if r.get("task") not in skipped and rng.random() < share:  # no draw for a skipped row
             r = {**r, "response": f"{str(r['response']).rstrip()}\n{rng.choice(CLOSINGS)}"}
         out.append(r)
     return out

@@ -124,3 +124,25 @@ def test_grpo_asks_each_problem_in_one_style():
     assert grpo.restyle(cot, "direct")["prompt"] == row["prompt"]
     assert grpo.restyle(row, "") is row and grpo.restyle({"prompt": "x"}, "cot") == {"prompt": "x"}
     assert grpo.Config().style == "cot" and grpo.Config().tasks == ["arithmetic"]
+
+
+def test_closings_skip_keeps_arithmetic_answers_plain(data_run):
+    """`sft.closings_skip`: the chat model's mix closes no answer of a skipped task (GRPO's worked sums), closes
+    the others' at the share; a misspelt task is refused, also when set after the config is built (key=value)."""
+    from genforge.errors import ConfigError
+    from genforge.speedrun import sft
+
+    tasks = data_run / "world" / "tasks"
+    cfg = sft.Config(drills=["arithmetic:30", "coin_flip:10"], closings=1.0,
+                     closings_skip=["summarization", "translation", "refusal", "arithmetic"])
+    plain = sft.load_items(tasks, sft.Config(drills=cfg.drills, closings=0.0)).chat_train
+    closed = sft.load_items(tasks, cfg).chat_train
+    assert len(plain) == len(closed) and any(r["task"] == "arithmetic" for r in plain)
+    for a, b in zip(plain, closed):
+        if a["task"] in cfg.closings_skip:
+            assert a == b
+        else:
+            assert b["response"].startswith(a["response"] + "\n") and b["prompt"] == a["prompt"]
+    cfg.closings_skip = ["arithmatic"]  # as `genforge speedrun sft.closings_skip=arithmatic` sets it
+    with pytest.raises(ConfigError, match="sft.closings_skip.*'arithmatic'"):
+        sft.load_items(tasks, cfg)

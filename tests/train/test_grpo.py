@@ -73,3 +73,5 @@ def test_kl_term_keeps_policy_closer_and_group_size_checked(tmp_path):
     assert isinstance(Reference(tiny_policy()).frozen, torch.nn.Module)
     with pytest.raises(ConfigError, match="group_size must be >= 2"):
         train_grpo(tiny_policy(), StubTok(), prompts, correct, grpo_cfg(group_size=1), tmp_path / "c")
+    with pytest.raises(ConfigError, match="grpo.epochs=0"):  # the stage's `grpo.epochs` reaches this check
+        train_grpo(tiny_policy(), StubTok(), prompts, correct, grpo_cfg(epochs=0), tmp_path / "d")

@@ -59,3 +59,25 @@ def test_the_sft_config_refuses_a_bad_share():
 
     with pytest.raises(ConfigError, match="sft.closings"):
         Config(closings=-0.1)
+
+
+def test_skipped_tasks_get_no_closing_and_draw_nothing():
+    """`skip` (sft.closings_skip) leaves those tasks' answers alone; the other rows' draws do not depend on how
+    many skipped rows sit between them."""
+    rows = [dict(ROWS[0]) for _ in range(200)] + [dict(ROWS[2]) for _ in range(200)]
+    out = add_closings(rows, share=1.0, seed=0, skip=("arithmetic",))
+    assert [r for r in out if r["task"] == "arithmetic"] == rows[:200]
+    assert all(r["response"].startswith("The answer is yes.\n") for r in out[200:])
+    coins = [r for r in rows if r["task"] == "coin_flip"]
+    mixed = add_closings(rows, share=0.3, seed=1, skip=("arithmetic",))
+    assert [r for r in mixed if r["task"] == "coin_flip"] == add_closings(coins, share=0.3, seed=1, skip=())
+    assert add_closings(ROWS, share=1.0, skip=())[3]["response"].endswith(CLOSINGS)  # nothing skipped: even summaries
+
+
+def test_the_sft_config_refuses_an_unknown_skipped_task():
+    from genforge.errors import ConfigError
+    from genforge.speedrun.sft import Config
+
+    with pytest.raises(ConfigError, match="sft.closings_skip.*'arithmetc'"):
+        Config(closings_skip=["summarization", "arithmetc"])
+    assert Config(closings_skip=[]).closings_skip == []
