@@ -77,7 +77,8 @@ class Config:
 
 def closings_skip(names: list[str]) -> tuple[str, ...]:
     """`sft.closings_skip` checked: each name a task of the world's rows (or "chat"). Also called where the
-    closings are added, since `key=value` overrides are set after the config is built."""
+    closings are added: a config changed field by field in code is not re-checked (`genforge.config.validate`
+    re-checks recipes and `key=value` overrides)."""
     from genforge.world.tasks import GENERATORS
 
     known = [*GENERATORS, "chat"]
