@@ -34,7 +34,7 @@ TITLE = "Instruction tuning: the chat model"
 
 @dataclass
 class Config:
-    chat_steps: int = 800  # optimizer steps of the chat model's multi-task full fine-tune
+    chat_steps: int = 700  # optimizer steps of the chat model's multi-task full fine-tune
     eval_items: int = 50  # test items per task (greedy answers); the refusal task's are the harmful-request test
     chat_items: int = 200  # benign chat test prompts (refusal rate on benign requests)
     # Harmful test requests behind the ">= 90 % refused" lesson (the first `eval_items` are the task table's refusal
@@ -49,12 +49,14 @@ class Config:
     # comparison keeps the world's train split): a worked 3-digit sum is learned after thousands of examples, a
     # summary after far fewer (DESIGN.md, "What a CPU can teach in minutes"). `calendar` rows are the pieces of the
     # held-out date family (a count inside one month, a month's length): measured, they take the share of held-out
-    # answers written as a date from 0.00 (the chat model answered "The answer is 1088.") to 1.00. Translation into
-    # the toy language is memorised word by word: with the split's 600 rows the chat model scored BLEU 0.11 on 50
-    # test items, 0.14 with 1,200 more, 0.50 with 2,500 more (a jump, not a slope); 100 more steps keep the sums'
-    # share of updates (200 test sums: 0.30 before, 0.35 after; measured on a copy of the tiny run, seed 0).
+    # answers written as a date from 0.00 (the chat model answered "The answer is 1088.") to 1.00. No translation
+    # drill, though one would lift translation: with 2,500 more rows (and 800 steps) the chat model's BLEU on 50
+    # test items went 0.11 -> 0.43 (a jump between 1,200 and 2,500 rows), but in the full tiny run (seed 0) the
+    # aligned models stopped beating it (PPO win 0.762 -> 0.487, DPO 0.735 -> 0.500; reward model's style pairs
+    # 0.93 -> 0.76) and both over-optimisation rows stopped holding: its sampled answers varied less in the
+    # courteous closing the preferences reward. Four alignment lessons outweigh one translation lift here.
     drills: list[str] = field(default_factory=lambda: ["arithmetic:4000", "coin_flip:1000", "last_letter:1000",
-                                                       "calendar:800", "translation:2500"])
+                                                       "calendar:800"])
     # Share of the chat model's answers (not summaries, translations or refusals) that end with a courteous
     # closing (`world.chat.add_closings`): an SFT model that is courteous only sometimes gives the align stage a
     # preference its raters hold and its own samples show. Below 0.5 so that greedy answers mostly leave it out.
