@@ -104,11 +104,13 @@ def resolve(overrides: dict | list | None = None, recipe: str | Path | None = No
 
 
 
-def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int, index: dict[str, int]) -> None:
+def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int, index: dict[str, int],
+                  timeline: dict[str, tuple[float, float]], t_all: float) -> None:
     """Run `todo` with up to `jobs` stage processes at once, each stage as soon as the stages it reads have
     finished. Progress bars are off (they would interleave); a line per start and finish, and while output is a
     terminal a status line every 30 s. A failing stage stops new starts; the running ones finish (their outputs
-    are kept, so the rerun resumes) and the error is raised."""
+    are kept, so the rerun resumes) and the error is raised. Each finished stage's (start, end), in seconds after
+    `t_all`, goes into `timeline`."""
     import multiprocessing
     import sys
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -145,10 +147,11 @@ def _run_parallel(cfg: SpeedrunConfig, todo: list[str], jobs: int, threads: int,
                 break
             done, _ = wait(running, timeout=30, return_when=FIRST_COMPLETED)
             for fut in done:
-                name, _t0, pool = running.pop(fut)
+                name, t_start, pool = running.pop(fut)
                 pool.shutdown()
                 try:
                     seconds = fut.result()
+                    timeline[name] = (t_start - t_all, time.perf_counter() - t_all)
                     print(f"[{index[name]}/{len(STAGES)}] {name}: finished in {seconds:.0f} s", flush=True)
                 except BaseException as e:  # noqa: BLE001 — re-raised once the running stages are done
                     print(f"[{index[name]}/{len(STAGES)}] {name}: failed ({type(e).__name__}: {e})", flush=True)
@@ -290,6 +293,35 @@ def _dependents() -> dict[str, int]:
     return {m.NAME: sum(m.NAME in c for c in closure.values()) for m in STAGES}
 
 
+# The text lifecycle of issue 22 (data .. pretraining .. alignment .. evaluation .. inference): its budget is 15 min
+# on 2 cores, the rest of the run's 25 min going to retrieval, agents, objectives, images, interpretability, safety.
+TEXT_LIFECYCLE = ("world", "clean", "tokenizer", "pretrain", "sft", "peft", "align", "grpo", "cai", "overopt",
+                  "datalessons", "eval", "engine")
+TEXT_BUDGET_MIN = 15.0
+
+
+def text_lifecycle_sentence(timeline: dict[str, tuple[float, float]]) -> str:
+    """' The text lifecycle ... finished N min after the start (budget 15)...' when this invocation ran all of it,
+    with its longest chain of stages that each waited for the last (its critical path), else ''."""
+    if not all(n in timeline for n in TEXT_LIFECYCLE):
+        return ""
+    end = max(timeline[n][1] for n in TEXT_LIFECYCLE)
+    needs = {m.NAME: set(stage_inputs(m.run)) for m in STAGES}
+    # walk back from the last text stage to finish: each step to the input that finished last before it started
+    chain = [max(TEXT_LIFECYCLE, key=lambda n: timeline[n][1])]
+    while True:
+        ins = [d for d in needs[chain[-1]] if d in timeline]
+        if not ins:
+            break
+        chain.append(max(ins, key=lambda d: timeline[d][1]))
+    path = " -> ".join(f"{n} {timeline[n][1] - timeline[n][0]:.0f} s" for n in reversed(chain) if
+                       timeline[n][1] - timeline[n][0] >= 5)
+    verdict = "within" if end / 60 <= TEXT_BUDGET_MIN else "over"
+    return (f" The text lifecycle ({len(TEXT_LIFECYCLE)} stages, {TEXT_LIFECYCLE[0]} .. {TEXT_LIFECYCLE[-1]}) "
+            f"finished {end / 60:.1f} min after the start, {verdict} its {TEXT_BUDGET_MIN:g}-minute budget; the "
+            f"chain it waited on: {path}.")
+
+
 def _main_one(cfg: SpeedrunConfig) -> Path:
     check_stages()
     wanted = _wanted(cfg)
@@ -300,22 +332,26 @@ def _main_one(cfg: SpeedrunConfig) -> Path:
     t_all = time.perf_counter()
     todo = _todo(cfg, wanted, run_dir)
     index = {m.NAME: i for i, m in enumerate(STAGES, 1)}
+    timeline: dict[str, tuple[float, float]] = {}  # stage -> (start, end) in seconds after t_all
     if jobs == 1 or len(todo) <= 1:
         for name in todo:
             tag = f"[{index[name]}/{len(STAGES)}] {name}"
             print(f"{tag}: {STAGES[index[name] - 1].TITLE} ...", flush=True)
+            t_start = time.perf_counter()
             seconds = _run_stage(cfg, name, threads, cfg.progress)
+            timeline[name] = (t_start - t_all, time.perf_counter() - t_all)
             print(f"{tag}: finished in {seconds:.0f} s", flush=True)
     else:
-        _run_parallel(cfg, todo, jobs, threads, index)
-    from genforge.io import write_text
+        _run_parallel(cfg, todo, jobs, threads, index, timeline, t_all)
+    from genforge.io import write_json, write_text
 
     wall = time.perf_counter() - t_all
     timing = run_dir / "stages" / "last_run.txt"  # the last invocation that ran stages: a no-op rerun keeps it
     if todo:
         write_text(timing, f"The last invocation that ran stages ran {len(todo)} in {wall / 60:.1f} min wall on "
                            f"{os.cpu_count()} CPU core(s), up to {jobs} at once (`jobs=`), so the stage times at the "
-                           "end overlap.")
+                           "end overlap." + text_lifecycle_sentence(timeline))
+        write_json(run_dir / "stages" / "timeline.json", {n: {"start": a, "end": b} for n, (a, b) in timeline.items()})
         write_text(run_dir / "stages" / "total_seconds.txt", f"{wall:.1f}\n")
     header = (f"Run folder `{run_dir}`; size `{cfg.size}`, seed {cfg.seed}. Every number below was measured "
               "in this run; rerun `make speedrun` to reproduce it. " + (timing.read_text() if timing.exists() else ""))

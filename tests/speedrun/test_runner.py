@@ -281,3 +281,19 @@ def test_a_copied_run_reads_its_own_files(tmp_path):
     moved = read_outputs(tmp_path / "b", "pretrain", pretrain.Outputs)
     assert moved.checkpoint == str((tmp_path / "b" / "pretrain" / "checkpoint").resolve())
     assert read_outputs(run, "pretrain", pretrain.Outputs).checkpoint == str(run.resolve() / "pretrain" / "checkpoint")
+
+
+def test_text_lifecycle_sentence_names_the_finish_and_the_chain():
+    from genforge.speedrun.run import TEXT_LIFECYCLE, text_lifecycle_sentence
+
+    # every text stage 10 s long, one after the other, except overopt which ends last after align
+    timeline = {n: (10.0 * i, 10.0 * i + 10) for i, n in enumerate(TEXT_LIFECYCLE)}
+    timeline["overopt"] = (timeline["align"][1], 1000.0)
+    s = text_lifecycle_sentence(timeline)
+    assert "finished 16.7 min after the start, over its 15-minute budget" in s
+    assert s.rstrip(".").endswith("align 10 s -> overopt 930 s")
+    assert "pretrain 10 s -> sft 10 s" in s
+    timeline["overopt"] = (timeline["align"][1], 800.0)
+    assert "within its 15-minute budget" in text_lifecycle_sentence(timeline)
+    del timeline["eval"]  # a partial invocation says nothing
+    assert text_lifecycle_sentence(timeline) == ""
