@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from genforge.report import StageReport
 from genforge.speedrun import sft, world
 from genforge.speedrun.align import START, fits, setup, task_items
 from genforge.speedrun.stage import StageContext
+
+if TYPE_CHECKING:
+    from genforge.train.grpo import GRPOConfig
+    from genforge.train.trainer import TrainConfig
 
 NAME = "grpo"
 TITLE = "Alignment: GRPO with a verifiable reward"
@@ -41,11 +47,19 @@ class Config:
     temperature: float = 0.5  # sampling temperature of the groups: at T=1 only 5 % of worked sums come out right
     # (pass@8 0.25, 75 % of groups all wrong); at T=0.5 42 % (pass@8 0.92)
     micro_batch: int = 16
+    min_lr_ratio: float = 1.0  # the lr decays (the Trainer's cosine) to lr * this by the last step; 1 = flat
     lr: float = 3e-5  # Adam's step does not shrink with Dr. GRPO's smaller loss; 1e-4 and up lowered arithmetic
     # at tiny in every variant measured (GRPO 3e-4: 0.46 -> 0.10; Dr. GRPO 1.5e-4: 0.46 -> 0.20)
     beta: float = 0.04  # k3 KL to the SFT model in the loss
     dr_grpo: bool = True  # Dr. GRPO (Liu et al. 2025): no std scaling, no per-answer length normalisation. With
     # them (GRPO as published) every tiny run measured lowered accuracy (coin_flip 0.54 -> 0.38-0.46, answers shorter)
+
+    def __post_init__(self) -> None:
+        from genforge.errors import ConfigError
+
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"grpo.min_lr_ratio={self.min_lr_ratio}: the final lr as a share of grpo.lr, between 0 "
+                              "and 1 (1 = a flat lr)")
 
 
 @dataclass
@@ -59,7 +73,7 @@ class Outputs:
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, sft: sft.Outputs) -> Outputs:
     """GRPO from the SFT model on the verifiable tasks; paired accuracy before/after on held-out problems."""
     from genforge.eval.stats import bootstrap_diff, bootstrap_mean
-    from genforge.train.grpo import GRPOConfig, train_grpo
+    from genforge.train.grpo import train_grpo
     from genforge.train.ppo import verifiable_reward
     from genforge.train.rollout import make_policy
 
@@ -76,11 +90,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
              if cfg.other_style and cfg.other_style != cfg.style}
     other = {t: rows for t, rows in other.items() if rows}
     policy = make_policy(copy.deepcopy(s.sft))
-    gcfg = GRPOConfig(rollouts=cfg.rollouts, rollout_prompts=cfg.rollout_prompts, group_size=cfg.group_size,
-                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, beta=cfg.beta,
-                      dr_grpo=cfg.dr_grpo, epochs=getattr(cfg, "epochs", 1),
-                      train=s.train_cfg(cfg.micro_batch, cfg.lr))
-    _, hist = train_grpo(policy, s.tok, train, verifiable_reward(s.tok), gcfg, s.out)
+    _, hist = train_grpo(policy, s.tok, train, verifiable_reward(s.tok), grpo_config(cfg, s.train_cfg), s.out)
     policy.eval()
     before_items = {t: task_items(s.sft, s.tok, t, rows).items for t, rows in test.items()}
     after_items = {t: task_items(policy, s.tok, t, rows).items for t, rows in test.items()}
@@ -133,6 +143,17 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.note(f"Stage timings: {seconds:.0f} s wall, {time.process_time() - c0:.0f} s CPU.")
     return Outputs(grpo=str(s.out / "checkpoint"), accuracy={"before": before, "after": after},
                    zero_std_groups=zero, seconds=seconds)
+
+
+def grpo_config(cfg: Config, train_cfg: Callable[..., TrainConfig]) -> GRPOConfig:
+    """The trainer's `GRPOConfig` from the stage's Config; `train_cfg(micro_batch, lr, **kw)` makes the shared
+    alignment `TrainConfig` (`align.Setup.train_cfg`)."""
+    from genforge.train.grpo import GRPOConfig
+
+    return GRPOConfig(rollouts=cfg.rollouts, rollout_prompts=cfg.rollout_prompts, group_size=cfg.group_size,
+                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, beta=cfg.beta,
+                      dr_grpo=cfg.dr_grpo, epochs=cfg.epochs,
+                      train=train_cfg(cfg.micro_batch, cfg.lr, min_lr_ratio=cfg.min_lr_ratio))
 
 
 def restyle(row: dict, style: str) -> dict:
