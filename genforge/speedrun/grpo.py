@@ -150,6 +150,7 @@ MEASURED = [
     ("40 rollouts, cosine from lr 6e-5", "+0.115 [0.045, 0.190]", "–", "~150"),
     ("30 rollouts, cosine, 2 passes each (`epochs` 2)", "+0.090 [0.025, 0.155]", "–", "166"),
     ("20 rollouts x 16 prompts, cosine", "+0.130 [0.060, 0.200]", "–", "190"),
+    ("40 rollouts x 4 prompts x G=16, cosine", "+0.130 [0.060, 0.205]", "–", "164"),
     ("20 rollouts, 2 passes each (last session, same SFT model)", "+0.100 [0.025, 0.170]", "–", "96"),
 ]
 
