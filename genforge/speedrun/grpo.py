@@ -148,7 +148,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
 MEASURED = [
     ("20 rollouts x 8 prompts, lr 3e-5 (default)", "+0.050 [-0.025, 0.130]", "+0.150 [0.075, 0.225]", "70"),
     ("40 rollouts, cosine", "+0.150 [0.090, 0.220]", "+0.160 [0.095, 0.230]", "142"),
-    ("40 rollouts, cosine, no KL term (beta 0)", "+0.155 [0.090, 0.225]", "–", "143"),
+    ("40 rollouts, cosine, no KL term (beta 0)", "+0.155 [0.090, 0.225]", "+0.145 [0.075, 0.220]", "143"),
     ("40 rollouts, cosine from lr 6e-5", "+0.115 [0.045, 0.190]", "–", "~150"),
     ("30 rollouts, cosine, 2 passes each (`epochs` 2)", "+0.090 [0.025, 0.155]", "–", "166"),
     ("20 rollouts x 16 prompts, cosine", "+0.130 [0.060, 0.200]", "–", "190"),
