@@ -6,8 +6,10 @@ one of its tokens. The loss is the clipped surrogate averaged per response then 
 optional KL to the frozen reference through the k3 estimator added to the loss (not to the reward), as in
 their eq. 3–4. The default reward is the world's arithmetic check: 1 if the answer is right, else 0.
 
-Candid notes: with `epochs` 1 the policy that sampled is the one being updated, so the ratio is 1 and the
-clip never binds (the "GRPO with one update per batch" that most small reproductions run). A group whose
+Candid notes: with `epochs` 1 and one optimizer step per rollout the policy that sampled is the one being
+updated, so the ratio is 1 and the clip never binds (the "one update per batch" of most small reproductions);
+when a rollout holds more responses than one step takes (rollout_prompts x G > micro_batch x grad_accum) the
+later steps of the same pass are off-policy and the ratio and its clip do act. A group whose
 G answers all score the same (all right or all wrong) carries no signal; its share is logged as
 `zero_std_groups`, the thing to watch when picking G and the task difficulty.
 """

@@ -146,3 +146,27 @@ def test_closings_skip_keeps_arithmetic_answers_plain(data_run):
     cfg.closings_skip = ["arithmatic"]  # as `genforge speedrun sft.closings_skip=arithmatic` sets it
     with pytest.raises(ConfigError, match="sft.closings_skip.*'arithmatic'"):
         sft.load_items(tasks, cfg)
+
+
+def test_grpo_lr_schedule_reaches_the_trainer():
+    """`grpo.min_lr_ratio`: the stage's lr decays (the Trainer's cosine) to lr * ratio at the last step; a ratio
+    outside [0, 1] is refused, also when set after the config is built (key=value)."""
+    from genforge.config import validate
+    from genforge.errors import ConfigError
+    from genforge.train.trainer import TrainConfig, lr_at
+
+    cfg = grpo.Config(rollouts=5, min_lr_ratio=0.0, epochs=2)
+    g = grpo.grpo_config(cfg, lambda micro, lr, **kw: TrainConfig(micro_batch=micro, lr=lr, warmup_steps=0, **kw))
+    assert (g.rollouts, g.epochs, g.train.micro_batch, g.train.lr) == (5, 2, cfg.micro_batch, cfg.lr)
+    g.train.max_steps = 40
+    assert lr_at(0, g.train, cfg.lr) == pytest.approx(cfg.lr) and lr_at(40, g.train, cfg.lr) == pytest.approx(0.0)
+    flat = grpo.grpo_config(grpo.Config(), lambda micro, lr, **kw: TrainConfig(lr=lr, warmup_steps=0, **kw))
+    flat.train.max_steps = 40
+    assert lr_at(40, flat.train, flat.train.lr) == pytest.approx(grpo.Config().lr)  # the default stays flat
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=f"grpo.min_lr_ratio={bad}"):
+            grpo.Config(min_lr_ratio=bad)
+    late = grpo.Config()
+    late.min_lr_ratio = 2.0
+    with pytest.raises(ConfigError, match="grpo.min_lr_ratio=2.0"):
+        validate(late)
