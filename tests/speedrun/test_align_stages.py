@@ -160,9 +160,10 @@ def test_grpo_lr_schedule_reaches_the_trainer():
     assert (g.rollouts, g.epochs, g.train.micro_batch, g.train.lr) == (5, 2, cfg.micro_batch, cfg.lr)
     g.train.max_steps = 40
     assert lr_at(0, g.train, cfg.lr) == pytest.approx(cfg.lr) and lr_at(40, g.train, cfg.lr) == pytest.approx(0.0)
-    flat = grpo.grpo_config(grpo.Config(), lambda micro, lr, **kw: TrainConfig(lr=lr, warmup_steps=0, **kw))
+    flat = grpo.grpo_config(grpo.Config(min_lr_ratio=1.0), lambda micro, lr, **kw: TrainConfig(lr=lr, warmup_steps=0,
+                                                                                                **kw))
     flat.train.max_steps = 40
-    assert lr_at(40, flat.train, flat.train.lr) == pytest.approx(grpo.Config().lr)  # the default stays flat
+    assert lr_at(40, flat.train, flat.train.lr) == pytest.approx(grpo.Config().lr)  # ratio 1: a flat lr
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match=f"grpo.min_lr_ratio={bad}"):
             grpo.Config(min_lr_ratio=bad)
