@@ -104,6 +104,8 @@ class CleanReport:
     resumed_from: int = 0
     data_report_path: str = ""
     filters: dict = field(default_factory=dict)
+    shards: str = ""  # the shard folder packed while cleaning (`pack_to`), if any
+    tokens: dict = field(default_factory=dict)  # its tokens per split
     kept_ids: list[str] = field(default_factory=list, repr=False)
     removed_ids: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -139,6 +141,12 @@ def _check_config(cfg: CleanConfig) -> None:
             raise ConfigError(f"{key} must be a probability in [0, 1], got {getattr(cfg, key)}")
     if not 0 < cfg.classifier_holdout < 1:
         raise ConfigError(f"classifier_holdout must be in (0, 1), got {cfg.classifier_holdout}")
+    if cfg.pack_to and not cfg.pack_tokenizer:
+        raise ConfigError(f"pack_to={cfg.pack_to}: set pack_tokenizer to the folder holding tokenizer.json")
+    if cfg.pack_tokenizer and not cfg.pack_to:
+        raise ConfigError("pack_tokenizer is set but pack_to is not: set pack_to to the shard folder to write")
+    if not 0 <= cfg.pack_val_fraction < 1:
+        raise ConfigError(f"pack_val_fraction must be in [0, 1), got {cfg.pack_val_fraction}")
 
 
 # ---- learned filters -------------------------------------------------------------------------------------------
@@ -151,7 +159,8 @@ def _baselines(cfg: CleanConfig) -> dict:
 
 
 _RUNTIME_FIELDS = ("workers", "chunk_docs", "progress", "resume", "checkpoint_docs", "skip_bad", "text_field",
-                   "id_field", "dedup_exact", "dedup_near", "dedup_backend")
+                   "id_field", "dedup_exact", "dedup_near", "dedup_backend", "pack_to", "pack_tokenizer",
+                   "pack_val_fraction")
 _WORLD_FILTERS: dict[str, tuple] = {}
 
 
@@ -220,6 +229,7 @@ class _Worker:
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
         ccfg = self.clf["harm"].cfg if self.clf else None
         self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None)
+        self.packer = _ChunkTokens(cfg) if cfg.pack_to else None
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
@@ -287,6 +297,9 @@ class _Worker:
                  else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
                  for i in keep]
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
+                # with pack_to, every survivor's tokens (dedup has not run yet: the main process drops the
+                # removed ones' tokens, ~8 % of them on the benchmark corpus)
+                "tokens": self.packer.encode(kept_text) if self.packer is not None else None,
                 "kept_bytes": [_utf8_len(t) for t in kept_text],
                 "in_bytes": sum(_utf8_len(t) for _, t, _ in chunk),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
@@ -298,6 +311,57 @@ class _Worker:
 def _utf8_len(text: str) -> int:
     """Bytes of `text` in UTF-8 (lone surrogates as 3 bytes each), without encoding ASCII text (`isascii` is O(1))."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class _ChunkTokens:
+    """A worker's tokeniser for `pack_to`: the kept candidates of a chunk as one buffer of <|bos|> ids <|eos|>.
+
+    The tokens are what `shards.pack_shards` makes of the same text (the same `batch_encoder`, dtype and split
+    hash), so the main process only appends the ones dedup keeps, in input order, and the shards come out
+    byte-identical to cleaning first and packing the output after.
+    """
+
+    def __init__(self, cfg: CleanConfig) -> None:
+        from genforge.data.fast_tokenize import batch_encoder
+        from genforge.data.shards import dtype_for_vocab
+        from genforge.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer.load(cfg.pack_tokenizer)
+        self.encode_many, self.encoder_name = batch_encoder(self.tokenizer)
+        self.dtype = dtype_for_vocab(self.tokenizer.vocab_size)
+        self.bos, self.eos, self.val_fraction = self.tokenizer.bos_id, self.tokenizer.eos_id, cfg.pack_val_fraction
+
+    def encode(self, texts: list[str]) -> dict:
+        """{"buf": all documents' tokens (dtype), "lens": tokens per text (0: blank, not packed), "val": bool per
+        text, "encoder": the encoder's name}; texts are the chunk's kept candidates, in order."""
+        from genforge.data.shards import is_val
+
+        idx = [j for j, t in enumerate(texts) if t.strip()]  # `pack_shards` skips blank texts too
+        ids = self.encode_many([texts[j] for j in idx])
+        lens = np.zeros(len(texts), dtype=np.int64)
+        val = np.zeros(len(texts), dtype=bool)
+        lens[idx] = [len(a) + 2 for a in ids]
+        val[idx] = [is_val(texts[j], self.val_fraction) for j in idx]
+        buf = np.empty(int(lens.sum()), dtype=self.dtype)
+        pos = 0
+        for a in ids:
+            buf[pos] = self.bos
+            buf[pos + 1:pos + 1 + len(a)] = a
+            buf[pos + 1 + len(a)] = self.eos
+            pos += len(a) + 2
+        return {"buf": buf, "lens": lens, "val": val, "encoder": self.encoder_name}
+
+
+def _pack_kept(writer, tokens: dict, kept: list[int], kept_bytes: list[int]) -> None:
+    """Append the tokens of the kept candidates `kept` (indices into the chunk's survivors, ascending) to the
+    shard writer, each split's documents in input order (one write per split and chunk)."""
+    buf, lens, val = tokens["buf"], tokens["lens"], tokens["val"]
+    ends = np.cumsum(lens)
+    for split, flag in (("train", False), ("val", True)):
+        sel = [j for j in kept if lens[j] and val[j] == flag]
+        if sel:
+            writer.add(split, np.concatenate([buf[ends[j] - lens[j]:ends[j]] for j in sel]), len(sel),
+                       sum(kept_bytes[j] for j in sel))
 
 
 _WORKER: _Worker | None = None
@@ -346,6 +410,9 @@ def _fingerprint(cfg: CleanConfig, files: list[Path]) -> str:
         p = Path(cfg.classifier)  # a changed labels file or model folder changes the output
         c["classifier_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
                                  for f in ([p] if p.is_file() else sorted(p.iterdir()))]
+    if cfg.pack_tokenizer and Path(cfg.pack_tokenizer).is_dir():  # a retrained tokenizer changes the shards
+        c["tokenizer_files"] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                for f in sorted(Path(cfg.pack_tokenizer).iterdir()) if f.is_file()]
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     blob = json.dumps({"v": STATE_VERSION, "cfg": c, "files": stats}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -552,13 +619,13 @@ def _ordered_results(chunks: Iterator[list], cfg: CleanConfig, filters_dir: str 
 
 
 def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, minhash: BatchMinHash | None,
-                  cfg: CleanConfig, drop: Callable) -> tuple[list[bytes], int]:
+                  cfg: CleanConfig, drop: Callable) -> tuple[list[bytes], int, list[int]]:
     """Every decision that depends on earlier documents, for one chunk in input order: exact and near dedup.
 
     Hits among documents kept in earlier chunks come from the sorted index runs in one batched lookup per
     chunk; hits within this chunk from the groups of candidates that share a key (`_earlier_sharing`), so
     no per-document index update happens in Python. Calls `drop` for each removed document; returns the
-    output lines of the kept ones and their text bytes.
+    output lines of the kept ones, their text bytes and their positions among the chunk's survivors (ascending).
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
     keep_pos = {i: j for j, i in enumerate(keep)}
@@ -614,7 +681,7 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     kept_j = sorted(ordinal, key=ordinal.__getitem__)
     index.seal(first_new, keys[kept_j], sigs[kept_j] if bands is not None else None,
                bands[kept_j] if bands is not None else None)
-    return kept_lines, kept_bytes
+    return kept_lines, kept_bytes, kept_j
 
 
 # ---- the pipeline ----------------------------------------------------------------------------------------------
@@ -650,6 +717,14 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
         except (ValueError, ImportError) as e:
             raise ConfigError(f"dedup_backend: {e}") from None
     _harmful_matcher(cfg)  # a missing terms file is a config error before any work
+    pack_to = None
+    if cfg.pack_to:
+        from genforge.data.shards import check_shard_target
+
+        pack_to = check_shard_target(cfg.pack_to)
+        if not (Path(cfg.pack_tokenizer) / "tokenizer.json").is_file():
+            raise ConfigError(f"pack_tokenizer={cfg.pack_tokenizer}: no tokenizer.json there; train one with "
+                              "`genforge tokenizer train` or point it at a shard folder")
 
     fp = _fingerprint(cfg, files)
     state = _load_state(work, fp) if cfg.resume else None
@@ -657,7 +732,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         state = {"fingerprint": fp, "docs_done": 0, "n_kept": 0, "kept_size": 0, "removed_size": 0,
-                 "bytes_in": 0, "bytes_kept": 0, "removed": {}, "examples": {}, "seconds": 0.0, "cpu_seconds": 0.0}
+                 "bytes_in": 0, "bytes_kept": 0, "removed": {}, "examples": {}, "seconds": 0.0, "cpu_seconds": 0.0,
+                 "pack": None, "encoder": None}
         filters = prepare_filters(cfg, files, filters_dir)
         write_json(work / "filters.json", filters)
         t0, c0 = time.perf_counter(), time.process_time()  # throughput counts cleaning, not classifier training
@@ -674,6 +750,16 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
     index = _Index(work, cfg, minhash)
     index.restore(state["n_kept"], kept_path)
+    writer = None
+    if pack_to is not None:
+        # the shards grow in the work folder beside the outputs and are checkpointed with them (truncated back
+        # to the last checkpoint on resume), then move into pack_to when the clean is done
+        from genforge.data.shards import ShardWriter, dtype_for_vocab
+        from genforge.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(cfg.pack_tokenizer)
+        (work / "shards").mkdir(exist_ok=True)
+        writer = ShardWriter(work / "shards", dtype_for_vocab(tokenizer.vocab_size), state.get("pack"))
 
     bad: list[dict] = []
     bad_count = 0
@@ -698,6 +784,9 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                 for f in (out, rem):
                     os.fsync(f.fileno())
                 index.sync()
+                if writer is not None:
+                    writer.sync()
+                    s["pack"] = writer.state()
                 s.update(kept_size=out.tell(), removed_size=rem.tell(), n_kept=len(index.ids), removed=removed,
                          examples=examples, seconds=s["seconds"] + time.perf_counter() - t_seg[0],
                          cpu_seconds=s["cpu_seconds"] + time.process_time() - t_seg[1])
@@ -718,9 +807,12 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
             for chunk, res in results:
                 s["bytes_in"] += res["in_bytes"]
                 s["docs_done"] += len(chunk)
-                kept_lines, kept_bytes = _decide_chunk(chunk, res, index, minhash, cfg, drop)
+                kept_lines, kept_bytes, kept_rows = _decide_chunk(chunk, res, index, minhash, cfg, drop)
                 s["bytes_kept"] += kept_bytes
                 out.write(b"".join(kept_lines))
+                if writer is not None:
+                    _pack_kept(writer, res["tokens"], kept_rows, res["kept_bytes"])
+                    s["encoder"] = res["tokens"]["encoder"]
                 if bar is not None:
                     bar.update(len(chunk))
                 if s["docs_done"] - last_ckpt >= cfg.checkpoint_docs:
@@ -729,6 +821,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
             checkpoint()
     finally:
         index.close()
+        if writer is not None:
+            writer.close()
         if bar is not None:
             bar.close()
     if s["docs_done"] == 0 and not bad_count:
@@ -736,10 +830,23 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
     if s["docs_done"] == 0:
         raise DataError(f"no readable documents: all {bad_count} lines of {', '.join(map(str, files))} are "
                         f"malformed (first: {bad[0]['error']})")
+    manifest = None
+    if writer is not None:  # before anything moves: an empty train split is an error with the clean resumable
+        manifest = writer.manifest(tokenizer, cfg.pack_val_fraction, s["encoder"])
     # from here the work folder no longer describes a resumable state (outputs move out of it)
     write_json(work / "state.json", {**s, "finished": True})
     os.replace(kept_path, out_path)
     os.replace(rem_path, removed_path)
+    if manifest is not None:
+        from genforge.data.shards import warn_if_no_val
+        from genforge.io import atomic_dir
+
+        with atomic_dir(pack_to) as tmp:
+            for f in (work / "shards").iterdir():
+                shutil.move(f, tmp / f.name)
+            tokenizer.save(tmp)  # the shards and their tokenizer travel together, as `pack_shards` writes them
+            write_json(tmp / "manifest.json", manifest)
+        warn_if_no_val(pack_to, manifest)
     kept_ids, removed_ids = [], {}
     if s["docs_done"] <= 1_000_000:  # per-document lists for callers that score small runs in memory
         kept_ids = list(index.ids)
@@ -750,7 +857,9 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
         removed=dict(sorted(removed.items(), key=lambda kv: -kv[1])), seconds=round(s["seconds"], 3),
         cpu_seconds=round(s["cpu_seconds"], 3), out_path=str(out_path), report_path=str(report_path),
         removed_path=str(removed_path), bad_lines=bad_count, bad_samples=bad, resumed_from=resumed_from,
-        data_report_path=str(data_report_path), filters=_slim(filters), kept_ids=kept_ids, removed_ids=removed_ids)
+        data_report_path=str(data_report_path), filters=_slim(filters), kept_ids=kept_ids, removed_ids=removed_ids,
+        shards=str(pack_to) if pack_to is not None else "",
+        tokens={k: v["n_tokens"] for k, v in manifest["splits"].items()} if manifest is not None else {})
     write_json(report_path, {**report.summary(), "inputs": [str(f) for f in files], "config": asdict(cfg),
                              "index_bytes": index.nbytes, "examples": examples})
     from genforge.data.report import render_data_report
