@@ -353,3 +353,34 @@ def test_fused_pack_config_errors(tmp_path):
     with pytest.raises(DataError, match="not a shard folder"):
         clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off", pack_to=str(tmp_path / "mine"),
                                                             pack_tokenizer=str(tmp_path)))
+
+
+@pytest.mark.slow  # ~20 s: a fused clean killed after its first checkpoints, then resumed
+def test_sigkilled_fused_clean_and_pack_resumes_byte_identical(tiny, packed_reference, tmp_path):
+    d, rep = tiny
+    tok, ref_shards = packed_reference
+    filters = Path(rep.out_path).with_name("clean.filters")
+    out, shards = tmp_path / "run" / "clean.jsonl", tmp_path / "shards"
+    cmd = [sys.executable, "-m", "genforge", "data", "clean", str(d / "world" / "corpus.jsonl"), f"out={out}",
+           f"clean.classifier={filters}", "clean.checkpoint_docs=1500", "clean.chunk_docs=100",
+           f"clean.pack_to={shards}", f"clean.pack_tokenizer={tok}", "clean.pack_val_fraction=0.1"]
+    env = {**os.environ, "GENFORGE_PROGRESS": "off"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = out.with_name("clean.jsonl.work") / "state.json"
+    shard = state.with_name("shards") / "train_000.bin"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        # kill once the shard file holds tokens past the last checkpoint, so resume must cut them off
+        s = json.loads(state.read_text() or "{}") if state.exists() else {}
+        if s.get("docs_done", 0) >= 3000 and shard.stat().st_size > 2 * s["pack"]["train"]["n_tokens"] + 20_000:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not shards.exists() and json.loads(state.read_text())["pack"]["train"]["n_tokens"] > 0
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout
+    assert _outputs(out) == _outputs(Path(rep.out_path))
+    assert _shard_files(shards) == _shard_files(ref_shards)
