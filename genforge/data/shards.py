@@ -16,13 +16,16 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from genforge.errors import DataError
 from genforge.io import atomic_dir, write_json
 from genforge.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch only for batches: packing (in a cleaning run's main process) needs numpy alone
+    import torch
 
 SHARD_TOKENS = 50_000_000  # tokens per shard file (~100 MB at uint16)
 
@@ -224,6 +227,8 @@ class TokenShards:
             rng = np.random.default_rng([self.seed, step, i])
             f = int(rng.choice(len(self.arrays), p=p)) if len(self.arrays) > 1 else 0
             rows.append(self._window(f, int(rng.integers(0, weights[f]))))
+        import torch
+
         rows = np.stack(rows)
         t = torch.from_numpy(rows)
         return {"input_ids": t[:, :-1], "labels": t[:, 1:]}
@@ -236,5 +241,7 @@ class TokenShards:
                 out.append(self._window(f, start))
                 if len(out) >= max_batches * self.batch_size:
                     break
+        import torch
+
         rows = [torch.from_numpy(np.stack(out[i:i + self.batch_size])) for i in range(0, len(out), self.batch_size)]
         return [{"input_ids": r[:, :-1], "labels": r[:, 1:]} for r in rows[:max_batches]]
