@@ -228,8 +228,10 @@ class _Worker:
         self.minhash = (BatchMinHash(cfg.near_threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed)
                         if cfg.dedup_near and cfg.dedup_backend != "datasketch" else None)
         ccfg = self.clf["harm"].cfg if self.clf else None
-        self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None)
         self.packer = _ChunkTokens(cfg) if cfg.pack_to else None
+        enc = getattr(self.packer.encode_many, "enc", None) if self.packer is not None else None
+        self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None,
+                                enc, *(self.packer.bos_eos if self.packer is not None else (0, 0)))
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
@@ -257,7 +259,8 @@ class _Worker:
         keep = [i for i, w in enumerate(why) if w is None]
         keys = np.array([exact_key64_normalised(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = self.minhash.signatures_of_hashes(*rules.word_crcs(keep)) if self.minhash is not None else None
-        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+        toks = self.packer.encode([texts[i] for i in keep], rules, keep) if self.packer is not None else None
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts, toks)
 
     def process_plain(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """`process` one document at a time (`clean.reject_reason` per text): the reference for tests."""
@@ -280,7 +283,8 @@ class _Worker:
         keys = np.array([exact_key64(texts[i], lowers[i]) for i in keep], dtype=np.uint64)
         sigs = (self.minhash.signatures_of_words([word_tokens(toks[i]) for i in keep])
                 if self.minhash is not None else None)
-        return self._result(chunk, texts, why, keep, keys, sigs, all_texts)
+        ids = self.packer.encode([texts[i] for i in keep]) if self.packer is not None else None
+        return self._result(chunk, texts, why, keep, keys, sigs, all_texts, ids)
 
     def _classify(self, why: list, idx: list[int], feats) -> None:
         for name, reason in (("harm", "harm_classifier"), ("quality", "quality_classifier")):
@@ -290,7 +294,7 @@ class _Worker:
                     why[i] = (reason, f"P({self.clf[name].name}) {pi:.2f}")
 
     def _result(self, chunk: list[tuple[str, str, str]], texts: list[str], why: list, keep: list[int],
-                keys: np.ndarray, sigs: np.ndarray | None, all_texts: bool) -> dict:
+                keys: np.ndarray, sigs: np.ndarray | None, all_texts: bool, tokens: dict | None = None) -> dict:
         kept_text = [texts[i] for i in keep]
         enc = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=False) writes a str as
         lines = [f'{{"id": {enc(chunk[i][0])}, "text": {enc(texts[i])}}}\n'.encode() if isinstance(chunk[i][0], str)
@@ -299,7 +303,7 @@ class _Worker:
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
                 # with pack_to, every survivor's tokens (dedup has not run yet: the main process drops the
                 # removed ones' tokens, ~8 % of them on the benchmark corpus)
-                "tokens": self.packer.encode(kept_text) if self.packer is not None else None,
+                "tokens": tokens,
                 "kept_bytes": [_utf8_len(t) for t in kept_text],
                 "in_bytes": sum(_utf8_len(t) for _, t, _ in chunk),
                 "heads": {i: texts[i][:300] for i, w in enumerate(why) if w is not None},
@@ -327,27 +331,42 @@ class _ChunkTokens:
         from genforge.tokenizer import Tokenizer
 
         tokenizer = Tokenizer.load(cfg.pack_tokenizer)
-        # (tried: one split and word lookup for the whole chunk instead of per text: no faster, the big lists
-        # fall out of cache)
-        self.encode_many, self.encoder_name = batch_encoder(tokenizer)
+        self.encode_many, self.encoder_name = batch_encoder(tokenizer)  # .enc: the tiktoken encoding, if equal
         self.dtype = dtype_for_vocab(tokenizer.vocab_size)
+        self.bos_eos = tokenizer.bos_id, tokenizer.eos_id
         self.bos, self.eos = np.array([tokenizer.bos_id], np.uint32), np.array([tokenizer.eos_id], np.uint32)
         self.val_fraction = cfg.pack_val_fraction
 
-    def encode(self, texts: list[str]) -> dict:
+    def encode(self, texts: list[str], rules: ChunkRules | None = None, docs: list[int] | None = None) -> dict:
         """{"buf": all documents' tokens (dtype), "lens": tokens per text (0: blank, not packed), "val": bool per
-        text, "encoder": the encoder's name}; texts are the chunk's kept candidates, in order."""
+        text, "encoder": the encoder's name}; texts are the chunk's kept candidates, in order.
+
+        With `rules` (and `docs`, the texts' indices in its last `judge`), the plain texts' ids come from the
+        rules' word ids (`ChunkRules.doc_tokens`: ~10x cheaper than a dict lookup per word); the rest, and all
+        of them without `rules`, from `batch_encoder` text by text."""
         from genforge.data.shards import is_val
 
-        idx = [j for j, t in enumerate(texts) if t.strip()]  # `pack_shards` skips blank texts too
-        ids = self.encode_many([texts[j] for j in idx])
-        lens = np.zeros(len(texts), dtype=np.int64)
-        val = np.zeros(len(texts), dtype=bool)
-        lens[idx] = [len(a) + 2 for a in ids]
-        val[idx] = [is_val(texts[j], self.val_fraction) for j in idx]
-        buf = (np.concatenate([x for a in ids for x in (self.bos, a, self.eos)]).astype(self.dtype) if ids
-               else np.empty(0, self.dtype))
-        return {"buf": buf, "lens": lens, "val": val, "encoder": self.encoder_name}
+        n = len(texts)
+        lens = np.zeros(n, dtype=np.int64)
+        plain, buf = np.zeros(n, dtype=bool), np.zeros(0, dtype=np.uint32)
+        if rules is not None and n:
+            plain, buf, lens[plain] = rules.doc_tokens(docs)
+        other = [j for j in np.flatnonzero(~plain).tolist() if texts[j].strip()]  # `pack_shards` skips blanks
+        if other:
+            ids = iter(self.encode_many([texts[j] for j in other]))
+            pieces, pos = [], 0
+            for j, is_plain in enumerate(plain.tolist()):
+                if is_plain:
+                    pieces.append(buf[pos:pos + lens[j]])
+                    pos += lens[j]
+                elif texts[j].strip():
+                    a = next(ids)
+                    pieces += [self.bos, a, self.eos]
+                    lens[j] = len(a) + 2
+            buf = np.concatenate(pieces)
+        val = np.zeros(n, dtype=bool)
+        val[lens > 0] = [is_val(texts[j], self.val_fraction) for j in np.flatnonzero(lens).tolist()]
+        return {"buf": buf.astype(self.dtype), "lens": lens, "val": val, "encoder": self.encoder_name}
 
 
 def _pack_kept(writer, tokens: dict, kept: list[int], kept_bytes: list[int]) -> None:
