@@ -301,6 +301,8 @@ class _Worker:
                  else (json.dumps({"id": chunk[i][0], "text": texts[i]}, ensure_ascii=False) + "\n").encode()
                  for i in keep]
         return {"why": why, "keep": keep, "keys": keys, "sigs": sigs, "lines": lines,
+                # LSH band keys here, not in the main process (whose dedup decisions bound the wall clock)
+                "bands": self.minhash.band_keys(sigs) if sigs is not None and len(keep) else None,
                 # with pack_to, every survivor's tokens (dedup has not run yet: the main process drops the
                 # removed ones' tokens, ~8 % of them on the benchmark corpus)
                 "tokens": tokens,
@@ -310,6 +312,11 @@ class _Worker:
                 # the datasketch backend indexes texts in the main process
                 "texts": kept_text if self.cfg.dedup_near and self.cfg.dedup_backend == "datasketch" else None,
                 "all_texts": texts if all_texts else None}
+
+
+def _json_str(doc_id: str) -> str:
+    """`json.dumps(doc_id)` of a str id, without `dumps`'s Python layers (the C encoder it calls; ~4x faster)."""
+    return json.encoder.encode_basestring_ascii(doc_id) if isinstance(doc_id, str) else json.dumps(doc_id)
 
 
 def _utf8_len(text: str) -> int:
@@ -473,7 +480,7 @@ class _Index:
         self.f_ids.close()
         lines = (self.work / "ids.jsonl").read_bytes().splitlines()[:n_kept]
         self.ids = [json.loads(x) for x in lines]
-        write_text(self.work / "ids.jsonl", "".join(json.dumps(i) + "\n" for i in self.ids))
+        write_text(self.work / "ids.jsonl", "".join(_json_str(i) + "\n" for i in self.ids))
         self.f_ids = open(self.work / "ids.jsonl", "ab")
         if n_kept:
             keys = np.fromfile(self.work / "keys.bin", dtype=np.uint64)
@@ -556,7 +563,7 @@ class _Index:
             ordinals = np.arange(first, first + n, dtype=np.int64)
             self.exact.add_run(keys, ordinals)
             self.f_keys.write(keys.astype(np.uint64).tobytes())
-            self.f_ids.write("".join(json.dumps(i) + "\n" for i in self.ids[first:]).encode())
+            self.f_ids.write("".join(_json_str(i) + "\n" for i in self.ids[first:]).encode())
             if sigs is not None:
                 self.near.add_run(bands.reshape(-1), np.repeat(ordinals, bands.shape[1]))
                 self.f_sigs.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())
@@ -651,7 +658,8 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
         for r, o in zip(*(a.tolist() for a in index.exact.lookup_flat(keys.reshape(-1, 1)))):
             ex_sealed[r] = [min(o, ex_sealed[r][0])] if r in ex_sealed else [o]
     ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
-    bands = minhash.band_keys(sigs) if minhash is not None and keep else None
+    bands = (res["bands"] if res.get("bands") is not None else minhash.band_keys(sigs)) \
+        if minhash is not None and keep else None
     near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
     # the index stores band keys as uint32, so within a chunk they collide as uint32 too
     near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
