@@ -26,6 +26,13 @@ How it scales on one machine:
   resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
   byte-identical output.
 
+With `pack_to` (and `pack_tokenizer`) the run also tokenises and packs the kept documents into train/val shards,
+the same bytes as `shards.pack_shards` of the cleaned output: each worker tokenises its chunk's survivors beside the
+filters (plain texts from the rules' word ids, `ChunkRules.doc_tokens`), and the main process appends the tokens
+of the documents dedup keeps, in input order, to shard files in the work folder (`shards.ShardWriter`), whose
+lengths are checkpointed with the rest; they move into `pack_to` when the clean is done. The tokens of documents
+dedup then removes are wasted work (~8 % of the survivors on the benchmark corpus).
+
 `score_against_labels` compares what was kept with a labels file such as the tiny world's `corpus_labels.jsonl`.
 """
 
