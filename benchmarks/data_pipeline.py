@@ -1,13 +1,20 @@
 """Throughput and memory of the data pipeline on a generated corpus: clean, + dedup, + tokenise and pack.
 
-Usage: python benchmarks/data_pipeline.py [--mb 200] [--big] [--workers 1,2] [--json results.json]
+Usage: python benchmarks/data_pipeline.py [--mb 200] [--big] [--workers 1,2] [--steps ...] [--check] [--json out.json]
 
 A synthetic corpus (`genforge.data.synth`: 1-3 KB pages of the tiny world's sentences, with its planted junk,
 harmful text and duplicates) of `--mb` MB (`--big`: 1000) is cleaned with 1 and 2 workers in fresh subprocesses:
 
 * clean: normalise + rules + learned classifiers (trained once beforehand, not timed);
 * + dedup: the same plus exact and MinHash-LSH near dedup (the full `genforge data clean`);
-* + tokenise + pack: `pack_shards` of the cleaned output with a 4k byte-level BPE trained on a sample.
+* tokenise + pack: `pack_shards` of the cleaned output (a separate run after the clean, one process), with a 4k
+  byte-level BPE trained beforehand on the corpus's first 5,000 documents (not timed);
+* fused: the full clean with `pack_to`: the workers tokenise each chunk beside the filters and the main process
+  appends the kept documents' tokens to the shards (`genforge data clean ... clean.pack_to=DIR
+  clean.pack_tokenizer=TOK`). `--check` compares its outputs (kept, removed, every shard file) by md5 with the
+  separate clean and pack.
+
+End to end is the fused run when it ran (else the clean + dedup run plus the separate pack).
 
 For each it prints wall MB/s, MB per CPU-second (main process + workers: steadier than wall time on a shared
 machine; "2-core MB/s" = 2 x that, what two idle cores would do at full use) and peak RSS (main, largest
@@ -56,7 +63,7 @@ def _child(spec: dict) -> dict:
 
         cfg = CleanConfig(**spec["cfg"])
         rep = clean_corpus(spec["input"], spec["out"], cfg)
-        info = {"docs": rep.docs_in, "kept": rep.docs_kept, "removed": rep.removed,
+        info = {"docs": rep.docs_in, "kept": rep.docs_kept, "removed": rep.removed, "tokens": rep.tokens,
                 "index_mb": json.loads(Path(rep.report_path).read_text())["index_bytes"] / 1e6}
     else:  # pack
         from genforge.data.readers import iter_documents
@@ -137,6 +144,13 @@ def _breakdown(corpus: Path, filters: Path, tokenizer: Path | None, mb_limit: fl
     return rows
 
 
+def _md5s(clean: Path, shards: Path) -> dict[str, str]:
+    import hashlib
+
+    files = [clean, clean.with_name("clean.removed.jsonl"), *sorted(shards.iterdir())]
+    return {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
 def _run(spec: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GENFORGE_PROGRESS": "off",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -152,8 +166,11 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=200.0, help="corpus size in MB (default 200)")
     ap.add_argument("--big", action="store_true", help="a 1 GB corpus")
     ap.add_argument("--workers", default="1,2", help="worker counts to compare")
-    ap.add_argument("--steps", default="clean,dedup,pack",
-                    help="which steps to time (clean: filters only; dedup: the full clean; pack: tokenise + pack)")
+    ap.add_argument("--steps", default="clean,dedup,pack,fused",
+                    help="which steps to time (clean: filters only; dedup: the full clean; pack: tokenise + pack of "
+                         "the last dedup output; fused: the full clean that tokenises and packs as it goes)")
+    ap.add_argument("--check", action="store_true",
+                    help="check that the fused run's outputs equal the separate clean and pack (md5 of every file)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vary", type=float, default=0.0,
                     help="share of clean pages' sentences with one word swapped (default 0: the fixed-pool corpus; "
@@ -183,6 +200,12 @@ def main() -> None:
         rows: list[tuple[str, dict]] = [("read only (reference)", _run({"step": "read", "input": str(corpus)}))]
         cleaned = None
         steps = args.steps.split(",")
+        if "pack" in steps or "fused" in steps:
+            from genforge.data.readers import iter_documents
+            from genforge.tokenizer import TokenizerConfig, train_tokenizer
+
+            sample = (d.text for _, d in zip(range(5000), iter_documents(corpus)))
+            train_tokenizer(sample, TokenizerConfig(vocab_size=4096)).save(root / "tok")
         for w in [int(x) for x in args.workers.split(",")]:
             base = {"classifier": str(filters), "workers": w, "resume": False, "checkpoint_docs": 200_000,
                     "chunk_docs": 256}
@@ -191,21 +214,33 @@ def main() -> None:
                                                            "out": str(root / f"c{w}" / "clean.jsonl"),
                                                            "cfg": {**base, "dedup_exact": False,
                                                                    "dedup_near": False}})))
-            out = root / f"d{w}" / "clean.jsonl"
-            rows.append((f"+ exact & near dedup, {w} worker(s)",
-                         _run({"step": "clean", "input": str(corpus), "out": str(out), "cfg": base})))
-            cleaned = out
-        if "pack" in steps:
-            from genforge.data.readers import iter_documents
-            from genforge.tokenizer import TokenizerConfig, train_tokenizer
-
-            sample = (d.text for _, d in zip(range(5000), iter_documents(cleaned)))
-            train_tokenizer(sample, TokenizerConfig(vocab_size=4096)).save(root / "tok")
+            if "dedup" in steps:
+                out = root / f"d{w}" / "clean.jsonl"
+                rows.append((f"+ exact & near dedup, {w} worker(s)",
+                             _run({"step": "clean", "input": str(corpus), "out": str(out), "cfg": base})))
+                cleaned = out
+            if "fused" in steps:
+                out = root / f"f{w}" / "clean.jsonl"
+                rows.append((f"+ tokenise + pack (fused), {w} worker(s)",
+                             _run({"step": "clean", "input": str(corpus), "out": str(out),
+                                   "cfg": {**base, "pack_to": str(root / f"f{w}" / "shards"),
+                                           "pack_tokenizer": str(root / "tok")}})))
+        if "pack" in steps and cleaned is not None:
             rows.append(("tokenise + pack (cleaned output)", _run({"step": "pack", "input": str(cleaned),
                                                                    "tokenizer": str(root / "tok"),
                                                                    "out": str(root / "shards")})))
+        if args.check:
+            if cleaned is None or "pack" not in steps or "fused" not in steps:
+                raise SystemExit("--check needs the dedup, pack and fused steps")
+            ref = _md5s(cleaned, root / "shards")
+            for w in [int(x) for x in args.workers.split(",")]:
+                got = _md5s(root / f"f{w}" / "clean.jsonl", root / f"f{w}" / "shards")
+                if got != ref:
+                    raise SystemExit(f"fused run with {w} worker(s) differs from clean then pack:\n{ref}\n{got}")
+            print(f"check: fused outputs equal clean then pack for every worker count ({len(ref)} files): "
+                  + ", ".join(f"{k} {v[:8]}" for k, v in ref.items()))
         if args.breakdown:
-            breakdown = _breakdown(corpus, filters, root / "tok" if "pack" in steps else None)
+            breakdown = _breakdown(corpus, filters, root / "tok" if (root / "tok").exists() else None)
     print(f"\n{'step':<36} {'wall s':>7} {'MB/s':>6} {'CPU s':>7} {'MB/CPU-s':>8} {'2-core MB/s':>11} "
           f"{'RSS main':>9} {'worker':>7} {'sum MB':>7}")
     results = []
@@ -216,13 +251,23 @@ def main() -> None:
         print(f"{name:<36} {r['wall']:7.1f} {mb / r['wall']:6.2f} {cpu:7.1f} {mb / cpu:8.2f} {2 * mb / cpu:11.2f} "
               f"{r['rss_main_mb']:9.0f} {r['rss_worker_mb']:7.0f} {total_rss:7.0f}")
         results.append({"step": name, **r, "mb": mb, "total_rss_mb_bound": total_rss})
-    dedup = [r for n, r in rows if n.startswith("+ exact")][-1]
+    dedup = [r for n, r in rows if n.startswith("+ exact")]
+    fused = [r for n, r in rows if n.startswith("+ tokenise")]
     pack = rows[-1][1] if rows[-1][0].startswith("tokenise") else {"wall": 0.0, "cpu_main": 0.0, "cpu_workers": 0.0}
-    cpu_e2e = dedup["cpu_main"] + dedup["cpu_workers"] + pack["cpu_main"] + pack["cpu_workers"]
-    e2e_wall = mb / (dedup["wall"] + pack["wall"])
-    print(f"\nend to end (clean + dedup + tokenise + pack, last worker count): {e2e_wall:.2f} MB/s wall, "
-          f" {2 * mb / cpu_e2e:.2f} MB/s on 2 idle cores (from CPU time); target >= 10")
-    print(f"dedup index in memory: {dedup['index_mb']:.0f} MB for {dedup['kept']:,} kept documents")
+
+    def cpu_of(*rs: dict) -> float:
+        return sum(r["cpu_main"] + r["cpu_workers"] for r in rs)
+
+    if dedup:
+        sep_wall = dedup[-1]["wall"] + pack["wall"]
+        print(f"\nclean + dedup, then tokenise + pack (last worker count): {mb / sep_wall:.2f} MB/s wall, "
+              f"{2 * mb / cpu_of(dedup[-1], pack):.2f} MB/s on 2 idle cores (from CPU time)")
+    if fused:
+        print(f"fused clean + dedup + tokenise + pack (last worker count): {mb / fused[-1]['wall']:.2f} MB/s wall, "
+              f"{2 * mb / cpu_of(fused[-1]):.2f} MB/s on 2 idle cores (from CPU time)")
+    print(f"end to end: target >= 10 MB/s; load now {os.getloadavg()[0]:.1f}")
+    last = (fused or dedup)[-1]
+    print(f"dedup index in memory: {last['index_mb']:.0f} MB for {last['kept']:,} kept documents")
     if args.breakdown:
         print("\nwhere the CPU time goes (one process, first 20 MB; the main process's dedup decisions and "
               "the pool's transfers come on top):")

@@ -14,7 +14,12 @@ normalised texts at once:
 * **bit masks** rule out the slow checks: a harmful phrase can match only where a text holds both of its two
   longest tokens, a boilerplate anchor of several words only where a word ends with its first piece and the
   next starts with its second (the one-document code runs on the few texts that pass);
-* **character entropy**: one (text, character) histogram of the chunk's code points (`np.bincount`).
+* **character entropy**: one (text, character) histogram of the chunk's code points (`np.bincount`);
+* **token ids** (for `clean_corpus`'s `pack_to`): with a tiktoken encoding that gives the tokenizer's ids
+  (`fast_tokenize.build_tiktoken`), each distinct word's ids with and without the space before it are stored like
+  its CRC-32s, so a text whose only whitespace is single spaces and which holds no special token (most normalised
+  one-line texts) is tokenised by one gather over the chunk's word ids (`fast_tokenize.WordCache` explains why a
+  text's ids are its words' ids; it does the same with a dict lookup per word and text).
 
 Counts are exact integers and each ratio is the same float division as in `reject_reason`; the entropy is a
 sum in another order, and the quality score is bounded without its distinct-word share, so those two are
@@ -63,11 +68,15 @@ class _Vocab(dict):
 
     COLS = ("nch", "sym", "lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad", "harm_words", "anchor")
     MASKS = ("harm_a", "harm_b", "anchor_end", "anchor_start")  # bit masks (OR-reduced, not summed)
-    EXTRA = ("endp", "home", "col_start", "col_n", "crc_start", "crc_n")
+    EXTRA = ("endp", "home", "col_start", "col_n", "crc_start", "crc_n",
+             "plain", "tf_start", "tf_n", "tr_start", "tr_n")  # tokens: as a text's first word (tf), after a space
 
-    def __init__(self, harmful: C.HarmfulMatcher, n_features: int | None) -> None:
+    def __init__(self, harmful: C.HarmfulMatcher, n_features: int | None, enc=None, bos: int = 0,
+                 eos: int = 0) -> None:
         super().__init__()
         self.harmful, self.n_features = harmful, n_features
+        self.enc, self.bos, self.eos = enc, bos, eos
+        self.specials = tuple(enc.special_tokens_set) if enc is not None else ()
         self.one, self.pairs = _anchor_parts()
         # each harmful phrase: a bit set on words holding its longest token (a), and on words holding its second
         # longest (b; the longest again for one-token phrases): a phrase can match only where both bits occur
@@ -92,10 +101,13 @@ class _Vocab(dict):
         cap = 1 << 12
         self.m = np.zeros((cap, len(self.COLS)), dtype=np.int64)
         self.a = {f: np.zeros(cap, dtype=np.int64) for f in self.MASKS + self.EXTRA}
-        self.flat = {"col": np.zeros(cap, dtype=np.int32), "crc": np.zeros(cap, dtype=np.uint64)}
-        self.used = {"col": 0, "crc": 0}
+        self.flat = {"col": np.zeros(cap, dtype=np.int32), "crc": np.zeros(cap, dtype=np.uint64),
+                     "tok": np.zeros(cap, dtype=np.uint32)}
+        self.used = {"col": 0, "crc": 0, "tok": 0}
         self[SEP]  # id 0: the separator between texts (no characters counted, no tokens, no bits)
         self.new = []
+        # ... but in a token stream <|eos|> <|bos|>: the end of the text before and the start of its own
+        self.a["tr_start"][0], self.a["tr_n"][0], self.a["plain"][0] = self._append("tok", [self.eos, self.bos]), 2, 1
 
     def __missing__(self, word: str) -> int:
         i = self[word] = len(self)
@@ -137,13 +149,22 @@ class _Vocab(dict):
                          sum(map(hwords.__contains__, htoks)), any(p in low for p in self.one)))
             masks.append((ha, hb, ae, st))
             extra.append((w[-1] in ".!?\"')", low.startswith("home"), self._append("col", cols), len(cols),
-                          self._append("crc", crcs), len(crcs)))
+                          self._append("crc", crcs), len(crcs), *self._tokens(w)))
         while end > len(self.m):
             self.m = np.concatenate([self.m, np.zeros_like(self.m)])
             self.a = {f: np.concatenate([v, np.zeros_like(v)]) for f, v in self.a.items()}
         self.m[first:end] = rows
         for f, col in zip(self.MASKS + self.EXTRA, zip(*(mk + ex for mk, ex in zip(masks, extra)))):
             self.a[f][first:end] = col
+
+    def _tokens(self, w: str) -> tuple[int, int, int, int, int]:
+        """(plain, first start, first count, rest start, rest count) of a word's token ids; plain: printable and
+        no special token inside, so a text of such words one space apart is tokenised word by word."""
+        if self.enc is None or not w.isprintable() or any(t in w for t in self.specials):
+            return 0, 0, 0, 0, 0
+        first = self.enc.encode_ordinary(w)
+        rest = self.enc.encode_ordinary(" " + w)
+        return 1, self._append("tok", first), len(first), self._append("tok", rest), len(rest)
 
     def expand(self, name: str, wids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The stored lists of the words `wids`, concatenated, and each word's count."""
@@ -161,9 +182,11 @@ class ChunkRules:
     `BatchMinHash.signatures_of_hashes`) of any subset of the chunk's documents.
     """
 
-    def __init__(self, cfg: C.CleanConfig, harmful: C.HarmfulMatcher, n_features: int | None) -> None:
+    def __init__(self, cfg: C.CleanConfig, harmful: C.HarmfulMatcher, n_features: int | None, enc=None,
+                 bos: int = 0, eos: int = 0) -> None:
+        """enc: a tiktoken encoding equal to the tokenizer's (`fast_tokenize.build_tiktoken`) for `doc_tokens`."""
         self.cfg, self.harmful = cfg, harmful
-        self.vocab = _Vocab(harmful, n_features)
+        self.vocab = _Vocab(harmful, n_features, enc, bos, eos)
         self.space = space_flags()
         self.wids = self.doc_w = np.zeros(0, dtype=np.int64)
         self.sep = np.zeros(0, dtype=bool)
@@ -203,7 +226,8 @@ class ChunkRules:
         endp[has] = a["endp"][wids[last_w[has]]] != 0
         home[has] = a["home"][wids[first_w[has]]] != 0
         lens = np.fromiter(map(len, texts), dtype=np.int64, count=n)
-        multi = np.fromiter(("\n" in t for t in texts), dtype=bool, count=n)
+        self.multi = multi = np.fromiter(("\n" in t for t in texts), dtype=bool, count=n)
+        self.ws_count = ws_count
 
         ok = has & (ws_count >= cfg.min_words)
         # without a phrase, the harmful score is 0.5 per ambiguous word (`HarmfulMatcher.score`, exactly)
@@ -286,6 +310,32 @@ class ChunkRules:
         p = h / np.maximum(h.sum(axis=1, keepdims=True), 1)
         out[sel] = -np.where(h > 0, p * np.log2(np.where(h > 0, p, 1.0)), 0.0).sum(axis=1)
         return out
+
+    def doc_tokens(self, docs: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids of `docs` (texts of the last `judge`, ascending) that are plain: one line of words one space
+        apart, each printable and free of special tokens. Returns (is_plain per doc, <|bos|> ids <|eos|> of the
+        plain ones concatenated (uint32), each plain one's length); the others are left to the caller.
+
+        ids(text) = ids(w0) + ids(" " + w1) + ... (`fast_tokenize.WordCache`), read from the vocabulary: the words'
+        stored token runs are gathered in one `np.repeat`, each text's separator standing for <|eos|> <|bos|>."""
+        v, d = self.vocab, np.asarray(docs, dtype=np.int64)
+        seps = np.flatnonzero(self.sep)
+        plain_w = np.minimum.reduceat(v.a["plain"][self.wids], seps) if self.n else np.zeros(0, dtype=np.int64)
+        plain = (plain_w[d] > 0) & ~self.multi[d] & (self.ws_count[d] > 0)
+        pick = np.zeros(self.n, dtype=bool)
+        pick[d[plain]] = True
+        at = np.flatnonzero(pick[self.doc_w])  # the picked texts' separators and words, in order
+        if not len(at):
+            return plain, np.zeros(0, dtype=np.uint32), np.zeros(0, dtype=np.int64)
+        w, is_sep = self.wids[at], self.sep[at]
+        first = np.concatenate([[False], is_sep[:-1]])  # the word right after a separator
+        start = np.where(first, v.a["tf_start"][w], v.a["tr_start"][w])
+        cnt = np.where(first, v.a["tf_n"][w], v.a["tr_n"][w])
+        total = int(cnt.sum())
+        pos = np.repeat(start - (np.cumsum(cnt) - cnt), cnt) + np.arange(total)
+        stream = v.flat["tok"][pos]  # <|eos|> <|bos|> text0 <|eos|> <|bos|> text1 ...
+        lens = np.add.reduceat(cnt, np.flatnonzero(is_sep))
+        return plain, np.append(stream[1:], np.uint32(v.eos)), lens
 
     def _words_of(self, docs: list[int]) -> np.ndarray:
         m = np.zeros(self.n, dtype=bool)

@@ -112,6 +112,14 @@ class CleanConfig:
     """Input documents between checkpoints of a resumable run."""
     progress: bool | None = None
     """Show progress (a bar on a terminal, a line every 10 % in a log); None shows it for inputs over 20 MB."""
+    pack_to: str = ""
+    """A shard folder to tokenise and pack the kept documents into while cleaning (needs `pack_tokenizer`): the
+    same shards as `genforge data pack` of the cleaned output, but each worker tokenises its chunk beside the
+    filters, so packing overlaps cleaning. Empty: no packing."""
+    pack_tokenizer: str = ""
+    """The folder holding tokenizer.json for `pack_to`."""
+    pack_val_fraction: float = 0.05
+    """Share of kept documents (by text hash) packed into the validation split (`genforge data pack`'s default)."""
 
 
 # Generic web boilerplate (not tied to any one site or to the tiny world); lower-case regexes.

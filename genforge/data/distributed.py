@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from genforge.data.clean import CleanConfig, normalize
+from genforge.errors import ConfigError
 from genforge.extras import require
 
 require("datatrove", "data")
@@ -57,7 +58,8 @@ class GenforgeFilter(BaseFilter):
                  batch_size: int = 256) -> None:
         super().__init__(exclusion_writer, batch_size=batch_size)
         # no dedup here: it needs a global view (datatrove's dedup stages), not one shard's
-        self.cfg = dataclasses.replace(cfg or CleanConfig(), dedup_exact=False, dedup_near=False, workers=1)
+        self.cfg = dataclasses.replace(cfg or CleanConfig(), dedup_exact=False, dedup_near=False, workers=1,
+                                       pack_to="", pack_tokenizer="")
         self.filters_dir = filters_dir
         self._worker = None
 
@@ -99,6 +101,8 @@ def clean_with_datatrove(inputs: str | os.PathLike, out_dir: str | os.PathLike, 
     from genforge.data.readers import expand_paths
 
     cfg = cfg or CleanConfig()
+    if cfg.pack_to:
+        raise ConfigError("pack_to: the datatrove engine does not pack; run `genforge data pack` on its kept/ folder")
     if cfg.classifier == "auto":
         cfg = dataclasses.replace(cfg, classifier="world")  # datatrove and scikit-learn come in the same extra
     out = Path(out_dir)

@@ -172,6 +172,8 @@ def batch_encoder(tokenizer) -> tuple[Callable[[list[str]], list[np.ndarray]], s
     def fast_encode(texts: list[str]) -> list[np.ndarray]:
         return [words.encode(t) for t in texts]
 
+    fast_encode.enc = enc  # for callers that tokenise words themselves (`batch.ChunkRules.doc_tokens`)
+
     return fast_encode, "tiktoken (checked equal to tokenizers)"
 
 

@@ -30,6 +30,9 @@ def render_data_report(summary: dict, examples: dict[str, list[dict]], cfg: Clea
               "CPU: with workers > 1 most of the work is in the pool)."
               + (f" Resumed at document {rep.resumed_from:,}; times cover every segment." if rep.resumed_from else ""),
               ""]
+    if getattr(rep, "shards", ""):
+        lines += ["## Packed", "", f"The kept documents were tokenised in the workers while cleaning and packed into "
+                  f"{rep.shards}: " + ", ".join(f"{k} {v:,} tokens" for k, v in rep.tokens.items()) + ".", ""]
     lines += ["## Removed, per filter and reason", "",
               "Each document counts for the first filter that fired, in pipeline order: rules (empty, too_short, "
               "harmful blocklist, symbols ... low_quality), learned filters (harm_classifier, quality_classifier), "

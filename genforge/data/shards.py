@@ -12,16 +12,20 @@ The train/val split is by document, chosen by a hash of the text so it is stable
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from genforge.errors import DataError
 from genforge.io import atomic_dir, write_json
 from genforge.tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # torch only for batches: packing (in a cleaning run's main process) needs numpy alone
+    import torch
 
 SHARD_TOKENS = 50_000_000  # tokens per shard file (~100 MB at uint16)
 
@@ -31,7 +35,8 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _is_val(text: str, val_fraction: float) -> bool:
+def is_val(text: str, val_fraction: float) -> bool:
+    """Whether a document goes to the validation split (by a hash of its text: stable across runs)."""
     h = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     return (h % 1_000_000) < val_fraction * 1_000_000
 
@@ -43,73 +48,137 @@ def pack_shards(texts: Iterable[str], tokenizer: Tokenizer, out_dir: str | Path,
     The shards are written into a temp folder beside `out_dir` and swapped in only when every document was
     read and packed (`genforge.io.atomic_dir`): a pack that fails half way (a bad line deep in the input, a
     full disk) leaves the old shards and their manifest as they were, and no empty `out_dir` behind.
+    `genforge.data.pipeline.clean_corpus` with `pack_to` writes the same shards while it cleans.
     """
+    out_dir = check_shard_target(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        manifest = _pack_into(texts, tokenizer, tmp, val_fraction, batch_docs)
+    warn_if_no_val(out_dir, manifest)
+    return manifest
+
+
+def check_shard_target(out_dir: str | Path) -> Path:
+    """`out_dir` as a Path, or a `DataError` when it holds something other than shards (packing replaces it)."""
     out_dir = Path(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise DataError(f"{out_dir}: exists and is not a shard folder (no manifest.json); packing would replace it, "
                         "so choose a new or empty folder")
-    with atomic_dir(out_dir) as tmp:
-        manifest = _pack_into(texts, tokenizer, tmp, val_fraction, batch_docs)
-    if val_fraction > 0 and manifest["splits"]["val"]["n_tokens"] == 0:
-        print(f"warning: {out_dir}: the validation split got 0 tokens (val_fraction={val_fraction} of "
+    return out_dir
+
+
+def warn_if_no_val(out_dir: Path, manifest: dict) -> None:
+    if manifest["val_fraction"] > 0 and manifest["splits"]["val"]["n_tokens"] == 0:
+        print(f"warning: {out_dir}: the validation split got 0 tokens (val_fraction={manifest['val_fraction']} of "
               f"{manifest['splits']['train']['n_docs']} documents; the split is by whole document); "
               "validation loss cannot be measured: add documents or raise val_fraction", file=sys.stderr)
-    return manifest
+
+
+def doc_tokens(ids: np.ndarray, bos: int, eos: int, dtype: np.dtype) -> np.ndarray:
+    """<|bos|> ids <|eos|> in the stored dtype (generation prompts start with <|bos|>, as in pretraining)."""
+    arr = np.empty(len(ids) + 2, dtype=dtype)
+    arr[0], arr[1:-1], arr[-1] = bos, ids, eos
+    return arr
+
+
+class ShardWriter:
+    """Appends documents' token arrays to `<split>_NNN.bin` files in `folder`, a new file every SHARD_TOKENS tokens.
+
+    The files are the flat concatenation of the documents in the order added, cut every SHARD_TOKENS tokens,
+    so they do not depend on how the documents were batched. Nothing is buffered in memory (the bytes go to the
+    open file). `state()` is JSON: a resumable caller records it after `sync()` and hands it back to a new writer,
+    which truncates the files to it (`clean_corpus` with `pack_to` checkpoints it with the clean's state).
+    """
+
+    def __init__(self, folder: str | Path, dtype: np.dtype, state: dict | None = None) -> None:
+        self.folder, self.dtype = Path(folder), np.dtype(dtype)
+        self.splits: dict[str, dict] = {s: {"files": [], "n_tokens": 0, "n_bytes": 0, "n_docs": 0}
+                                        for s in ("train", "val")}
+        self._open: dict[str, object] = {}
+        if state is not None:
+            self.splits = {s: {**v, "files": [dict(f) for f in v["files"]]} for s, v in state.items()}
+            keep = {f["path"] for v in self.splits.values() for f in v["files"]}
+            for f in self.folder.glob("*.bin"):
+                if f.name not in keep:  # a file begun after the checkpoint
+                    f.unlink()
+            for v in self.splits.values():
+                for f in v["files"]:
+                    p = self.folder / f["path"]
+                    p.touch()
+                    os.truncate(p, f["n_tokens"] * self.dtype.itemsize)
+
+    def add(self, split: str, tokens: np.ndarray, n_docs: int, n_bytes: int) -> None:
+        """Append `tokens` (already <|bos|> doc <|eos|> per document, in the writer's dtype) of n_docs documents."""
+        s = self.splits[split]
+        s["n_docs"] += n_docs
+        s["n_bytes"] += n_bytes
+        s["n_tokens"] += len(tokens)
+        tokens = np.asarray(tokens, dtype=self.dtype)
+        while len(tokens):
+            files = s["files"]
+            if not files or files[-1]["n_tokens"] >= SHARD_TOKENS:
+                files.append({"path": f"{split}_{len(files):03d}.bin", "n_tokens": 0})
+                self._close(split)
+            f = files[-1]
+            take = min(len(tokens), SHARD_TOKENS - f["n_tokens"])
+            if split not in self._open:
+                self._open[split] = open(self.folder / f["path"], "ab")
+            self._open[split].write(tokens[:take].tobytes())
+            f["n_tokens"] += take
+            tokens = tokens[take:]
+
+    def _close(self, split: str) -> None:
+        f = self._open.pop(split, None)
+        if f is not None:
+            f.close()
+
+    def sync(self) -> None:
+        """Flush and fsync the open files (before recording `state()` for a resume)."""
+        for f in self._open.values():
+            f.flush()
+            os.fsync(f.fileno())
+
+    def state(self) -> dict:
+        return {s: {**v, "files": [dict(f) for f in v["files"]]} for s, v in self.splits.items()}
+
+    def close(self) -> None:
+        for split in list(self._open):
+            self._close(split)
+
+    def manifest(self, tokenizer: Tokenizer, val_fraction: float, encoder_name: str) -> dict:
+        """The manifest of what was written (raises `DataError` when the train split is empty)."""
+        if self.splits["train"]["n_tokens"] == 0:
+            raise DataError("no training text: the corpus is empty after reading (check the input files)")
+        return {"dtype": self.dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+                "val_fraction": val_fraction, "splits": self.state(), "encoder": encoder_name}
 
 
 def _pack_into(texts: Iterable[str], tokenizer: Tokenizer, out_dir: Path, val_fraction: float,
                batch_docs: int) -> dict:
-    dtype = dtype_for_vocab(tokenizer.vocab_size)
-    splits: dict[str, dict] = {s: {"files": [], "n_tokens": 0, "n_bytes": 0, "n_docs": 0} for s in ("train", "val")}
-    buffers: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    buffered = {"train": 0, "val": 0}
-
-    def flush(split: str, final: bool = False) -> None:
-        while buffered[split] >= SHARD_TOKENS or (final and buffered[split] > 0):
-            arr = np.concatenate(buffers[split])
-            chunk, rest = arr[:SHARD_TOKENS], arr[SHARD_TOKENS:]
-            name = f"{split}_{len(splits[split]['files']):03d}.bin"
-            chunk.astype(dtype).tofile(out_dir / name)  # the whole folder is swapped in atomically
-            splits[split]["files"].append({"path": name, "n_tokens": int(len(chunk))})
-            buffers[split], buffered[split] = ([rest] if len(rest) else []), len(rest)
-
     # tiktoken when it provably gives the tokenizer's own ids (4-7x faster), else the reference encoder
     from genforge.data.fast_tokenize import batch_encoder
 
     encode, encoder_name = batch_encoder(tokenizer)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    writer = ShardWriter(out_dir, dtype_for_vocab(tokenizer.vocab_size))
 
     def add(batch: list[str]) -> None:
         for text, ids in zip(batch, encode(batch)):
-            split = "val" if _is_val(text, val_fraction) else "train"
-            # <|bos|> doc <|eos|>: generation prompts start with <|bos|>, as in pretraining
-            # stored dtype from the start: a shard's worth of int64 buffers was 4x the memory of the file
-            arr = np.empty(len(ids) + 2, dtype=dtype)
-            arr[0], arr[1:-1], arr[-1] = bos, ids, eos
-            buffers[split].append(arr)
-            buffered[split] += len(arr)
-            s = splits[split]
-            s["n_tokens"] += len(arr)
-            s["n_bytes"] += len(text.encode("utf-8"))
-            s["n_docs"] += 1
-        for split in ("train", "val"):
-            flush(split)
+            split = "val" if is_val(text, val_fraction) else "train"
+            writer.add(split, doc_tokens(ids, bos, eos, writer.dtype), 1, len(text.encode("utf-8")))
 
-    batch: list[str] = []
-    for text in texts:
-        if text.strip():
-            batch.append(text)
-        if len(batch) >= batch_docs:
+    try:
+        batch: list[str] = []
+        for text in texts:
+            if text.strip():
+                batch.append(text)
+            if len(batch) >= batch_docs:
+                add(batch)
+                batch = []
+        if batch:
             add(batch)
-            batch = []
-    if batch:
-        add(batch)
-    for split in ("train", "val"):
-        flush(split, final=True)
-    if splits["train"]["n_tokens"] == 0:
-        raise DataError("no training text: the corpus is empty after reading (check the input files)")
-    manifest = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
-                "val_fraction": val_fraction, "splits": splits, "encoder": encoder_name}
+    finally:
+        writer.close()
+    manifest = writer.manifest(tokenizer, val_fraction, encoder_name)
     tokenizer.save(out_dir)  # the shards and their tokenizer travel together
     write_json(out_dir / "manifest.json", manifest)
     return manifest
@@ -158,6 +227,8 @@ class TokenShards:
             rng = np.random.default_rng([self.seed, step, i])
             f = int(rng.choice(len(self.arrays), p=p)) if len(self.arrays) > 1 else 0
             rows.append(self._window(f, int(rng.integers(0, weights[f]))))
+        import torch
+
         rows = np.stack(rows)
         t = torch.from_numpy(rows)
         return {"input_ids": t[:, :-1], "labels": t[:, 1:]}
@@ -170,5 +241,7 @@ class TokenShards:
                 out.append(self._window(f, start))
                 if len(out) >= max_batches * self.batch_size:
                     break
+        import torch
+
         rows = [torch.from_numpy(np.stack(out[i:i + self.batch_size])) for i in range(0, len(out), self.batch_size)]
         return [{"input_ids": r[:, :-1], "labels": r[:, 1:]} for r in rows[:max_batches]]

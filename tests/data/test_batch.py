@@ -41,6 +41,11 @@ def _assert_same(w: _Worker, rows: list[tuple[str, str, str]], chunk: int = 64) 
         for k in ("why", "keep", "lines", "kept_bytes", "in_bytes", "heads", "all_texts"):
             assert a[k] == b[k], (k, [(x, y) for x, y in zip(a[k], b[k]) if x != y][:3])
         assert a["keys"].dtype == b["keys"].dtype and (a["keys"] == b["keys"]).all()
+        assert (a["tokens"] is None) == (b["tokens"] is None)
+        if a["tokens"] is not None:  # pack_to: the rules' word-id tokens against batch_encoder text by text
+            for k in ("buf", "lens", "val"):
+                x, y = a["tokens"][k], b["tokens"][k]
+                assert x.dtype == y.dtype and x.tolist() == y.tolist(), k
         assert (a["sigs"] is None) == (b["sigs"] is None)
         if a["sigs"] is not None:
             assert a["sigs"].shape == b["sigs"].shape and (a["sigs"] == b["sigs"]).all()
@@ -115,3 +120,26 @@ def test_entropy_of_a_chunk_matches_char_entropy():
     got = w.rules._entropy(lowers, np.ones(len(lowers), dtype=bool))
     want = [C.char_entropy(t, t) for t in lowers]
     assert np.allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_chunk_tokens_equal_the_tokenizers_text_by_text(tmp_path):
+    """With pack_to, plain texts are tokenised from the rules' word ids (`ChunkRules.doc_tokens`); the rest (more
+    lines, special tokens, unprintable words) text by text: both equal `batch_encoder` on every text."""
+    from genforge.tokenizer import TokenizerConfig, train_tokenizer
+
+    src = tmp_path / "in.jsonl"
+    _corpus(src, n=600)
+    special = ["the <|bos|> token sits here among words", "a word<|end|>x sits here now and then",
+               "<|user|> asks a question about the river today", "plain words but one\u2060joiner here ok"]
+    rows = [(d.id, d.text, d.source) for d in iter_documents(src)] + _rows(_odd_texts(400) + special * 3)
+    train_tokenizer([t for _, t, _ in rows[::3]], TokenizerConfig(vocab_size=600)).save(tmp_path / "tok")
+    cfg = CleanConfig(classifier="off", pack_to=str(tmp_path / "shards"), pack_tokenizer=str(tmp_path / "tok"),
+                      pack_val_fraction=0.3)
+    w = _Worker(cfg, None)
+    assert getattr(w.packer.encode_many, "enc", None) is not None  # the word path is on
+    assert _assert_same(w, rows, chunk=97) > 300
+    res = w.process(rows[:200])
+    plain, _, _ = w.rules.doc_tokens(res["keep"])
+    assert 0.3 < plain.mean() < 1, plain.mean()  # both paths ran in one chunk
+    w.rules.vocab.reset()  # a full vocabulary is cleared between chunks: the separator's tokens come back
+    assert _assert_same(w, rows[:300], chunk=97) > 0

@@ -34,3 +34,12 @@ def test_datatrove_run_equals_local_run(tmp_path):
     local2 = clean_corpus(src, tmp_path / "local2" / "clean.jsonl", cfg2)
     kept2 = clean_with_datatrove(src, tmp_path / "dt2", cfg2, tasks=2, workers=1)
     assert sorted(r["id"] for r in read_rows(kept2)) == sorted(local2.kept_ids)
+
+
+def test_datatrove_engine_refuses_pack_to(tmp_path):
+    from genforge.errors import ConfigError
+
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": 1, "text": "A plain sentence about the river."}) + "\n")
+    with pytest.raises(ConfigError, match="does not pack"):
+        clean_with_datatrove(tmp_path / "in.jsonl", tmp_path / "dt",
+                             CleanConfig(classifier="off", pack_to=str(tmp_path / "s"), pack_tokenizer="tok"))

@@ -169,14 +169,14 @@ def test_lone_surrogates_are_removed_not_fatal(tmp_path):
 def test_pack_stores_the_tokenizers_own_ids(tmp_path, tiny_tokenizer):
     import numpy as np
 
-    from genforge.data.shards import _is_val, pack_shards
+    from genforge.data.shards import is_val, pack_shards
 
     texts = TEXTS[:8] + [TEXTS[12]] + [" ".join(WORDS[i:i + 12]) for i in range(25)]
     texts = [t for t in texts if t.strip()]
     m = pack_shards(texts, tiny_tokenizer, tmp_path / "sh", val_fraction=0.3)
     for split in ("train", "val"):
         want = [[tiny_tokenizer.bos_id] + tiny_tokenizer.encode_batch([t])[0] + [tiny_tokenizer.eos_id]
-                for t in texts if _is_val(t, 0.3) == (split == "val")]
+                for t in texts if is_val(t, 0.3) == (split == "val")]
         got = np.concatenate([np.fromfile(tmp_path / "sh" / f["path"], dtype=m["dtype"])
                               for f in m["splits"][split]["files"]])
         assert got.tolist() == [i for ids in want for i in ids]

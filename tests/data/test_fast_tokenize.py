@@ -84,14 +84,14 @@ def test_every_code_point_in_context(world_tokenizer):
 
 
 def test_pack_uses_the_fast_encoder_with_the_same_shards(tmp_path, world_texts, world_tokenizer):
-    from genforge.data.shards import _is_val, pack_shards
+    from genforge.data.shards import is_val, pack_shards
 
     texts = [t for t in world_texts[:200] if t.strip()]
     m = pack_shards(texts, world_tokenizer, tmp_path / "sh", val_fraction=0.2)
     assert m["encoder"].startswith("tiktoken")
     for split in ("train", "val"):
         want = [[world_tokenizer.bos_id] + ids + [world_tokenizer.eos_id] for t in texts
-                if _is_val(t, 0.2) == (split == "val") for ids in _reference(world_tokenizer, [t])]
+                if is_val(t, 0.2) == (split == "val") for ids in _reference(world_tokenizer, [t])]
         got = np.concatenate([np.fromfile(tmp_path / "sh" / f["path"], dtype=m["dtype"])
                               for f in m["splits"][split]["files"]])
         assert got.tolist() == [i for ids in want for i in ids]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 from genforge.data.classify import TextClassifier, is_holdout, prf
 from genforge.data.dedup import BatchMinHash, RunIndex, jaccard, shingles
 from genforge.data.pipeline import CleanConfig, clean_corpus, per_filter_scores, score_against_labels
-from genforge.errors import DataError
+from genforge.errors import ConfigError, DataError
 from genforge.world import generate_world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,3 +286,101 @@ def test_synthetic_corpus_vary_swaps_words_and_zero_keeps_the_old_file(tmp_path)
     assert info["labels"]["clean"] > 100 and info["labels"]["near_dup"] > 0
     with pytest.raises(ValueError, match="vary"):
         write_synthetic_corpus(c, 0.1, vary=2)
+
+
+# ---- clean + tokenise + pack in one pass (pack_to) ---------------------------------------------------------------
+
+def _shard_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def packed_reference(tiny, tmp_path_factory):
+    """A tokenizer trained on the tiny world, and `pack_shards` of the cleaned output (clean, then pack)."""
+    from genforge.data.readers import iter_documents
+    from genforge.data.shards import pack_shards
+    from genforge.tokenizer import TokenizerConfig, train_tokenizer
+
+    d, rep = tiny
+    root = tmp_path_factory.mktemp("packref")
+    tok = train_tokenizer((doc.text for doc in iter_documents(d / "world" / "corpus.jsonl")),
+                          TokenizerConfig(vocab_size=700))
+    tok.save(root / "tok")
+    pack_shards((doc.text for doc in iter_documents(rep.out_path)), tok, root / "shards", val_fraction=0.1)
+    return root / "tok", root / "shards"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fused_clean_and_pack_equals_clean_then_pack(tiny, packed_reference, tmp_path, workers, monkeypatch):
+    import genforge.data.shards as shards_mod
+
+    d, rep = tiny
+    tok, ref_shards = packed_reference
+    filters = Path(rep.out_path).with_name("clean.filters")
+    out, shards = tmp_path / "clean.jsonl", tmp_path / "shards"
+    cfg = CleanConfig(classifier=str(filters), workers=workers, chunk_docs=97, pack_to=str(shards),
+                      pack_tokenizer=str(tok), pack_val_fraction=0.1)
+    fused = clean_corpus(d / "world" / "corpus.jsonl", out, cfg)
+    assert _outputs(out) == _outputs(Path(rep.out_path))  # the clean itself is unchanged
+    assert _shard_files(shards) == _shard_files(ref_shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["n_docs"] > 0 and manifest["encoder"].startswith("tiktoken")
+    assert fused.tokens == {k: v["n_tokens"] for k, v in manifest["splits"].items()}
+    assert manifest["splits"]["train"]["n_docs"] + manifest["splits"]["val"]["n_docs"] == rep.docs_kept
+    assert "## Packed" in Path(fused.data_report_path).read_text()
+    assert not out.with_name("clean.jsonl.work").exists()
+    # many shard files: a document's tokens cross file boundaries the same way
+    monkeypatch.setattr(shards_mod, "SHARD_TOKENS", 5_000)
+    small = tmp_path / "small_ref"
+    shards_mod.pack_shards((json.loads(x)["text"] for x in out.read_text().splitlines()),
+                           shards_mod.Tokenizer.load(tok), small, val_fraction=0.1)
+    clean_corpus(d / "world" / "corpus.jsonl", tmp_path / "again" / "clean.jsonl",
+                 dataclasses.replace(cfg, pack_to=str(tmp_path / "small")))
+    assert len(list(small.glob("train_*.bin"))) > 3
+    assert _shard_files(tmp_path / "small") == _shard_files(small)
+
+
+def test_fused_pack_config_errors(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text(json.dumps({"id": 1, "text": "A plain sentence about the river and the boat today."}) + "\n")
+    with pytest.raises(ConfigError, match="pack_tokenizer"):
+        clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off", pack_to=str(tmp_path / "s")))
+    with pytest.raises(ConfigError, match="no tokenizer.json"):
+        clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off", pack_to=str(tmp_path / "s"),
+                                                            pack_tokenizer=str(tmp_path)))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a shard folder"):
+        clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off", pack_to=str(tmp_path / "mine"),
+                                                            pack_tokenizer=str(tmp_path)))
+
+
+@pytest.mark.slow  # ~20 s: a fused clean killed after its first checkpoints, then resumed
+def test_sigkilled_fused_clean_and_pack_resumes_byte_identical(tiny, packed_reference, tmp_path):
+    d, rep = tiny
+    tok, ref_shards = packed_reference
+    filters = Path(rep.out_path).with_name("clean.filters")
+    out, shards = tmp_path / "run" / "clean.jsonl", tmp_path / "shards"
+    cmd = [sys.executable, "-m", "genforge", "data", "clean", str(d / "world" / "corpus.jsonl"), f"out={out}",
+           f"clean.classifier={filters}", "clean.checkpoint_docs=1500", "clean.chunk_docs=100",
+           f"clean.pack_to={shards}", f"clean.pack_tokenizer={tok}", "clean.pack_val_fraction=0.1"]
+    env = {**os.environ, "GENFORGE_PROGRESS": "off"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = out.with_name("clean.jsonl.work") / "state.json"
+    shard = state.with_name("shards") / "train_000.bin"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        # kill once the shard file holds tokens past the last checkpoint, so resume must cut them off
+        s = json.loads(state.read_text() or "{}") if state.exists() else {}
+        if s.get("docs_done", 0) >= 3000 and shard.stat().st_size > 2 * s["pack"]["train"]["n_tokens"] + 20_000:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not shards.exists() and json.loads(state.read_text())["pack"]["train"]["n_tokens"] > 0
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout
+    assert _outputs(out) == _outputs(Path(rep.out_path))
+    assert _shard_files(shards) == _shard_files(ref_shards)
