@@ -13,6 +13,8 @@ fixed shapes (every step attends over all M cache columns under a mask). With
 `Engine(model, compile=True)`, torch.compile (inductor, weights frozen, C++ wrapper) turns the
 side-effect-free variant of that step into one graph per batch size, and the engine writes the
 returned key/value into the cache (the CPU analogue of gpt-fast's static cache + CUDA graphs).
+`Engine(model, compile=True, multi_step=n)` also compiles n greedy steps into one graph (`compiled_steps`) for
+requests that need no per-token logits, as vLLM's multi-step scheduling does, and cuts the n tokens at a stop.
 
 Where the time goes (benchmarks/decode.py, 5.5 M params, batch 1, one shared CPU core): fp32
 decode reads all 22 MB of weights per token. Compiled at batch 1-2, the linears and the attention
