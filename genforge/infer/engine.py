@@ -151,8 +151,10 @@ class Engine:
             options = {"freezing": True, "cpp_wrapper": True}
             self._step = torch.compile(_private(compiled_step, "decode_step_compiled"), dynamic=False,
                                        fullgraph=True, options=options)
+            # no C++ wrapper for the n-step graph: its Python wrapper's cost is paid once per n tokens, and g++ on the
+            # C++ wrapper of an n-times unrolled graph took minutes (measured: batch 2, n=4, > 7 min under load)
             self._steps = torch.compile(_private(compiled_steps, "decode_steps_compiled"), dynamic=False,
-                                        fullgraph=True, options=options)
+                                        fullgraph=True, options={"freezing": True})
 
     def _bucket(self, n: int) -> int:
         """Cache length: exact in eager mode; the next power of two (>= 64) when compiled (few graphs)."""
