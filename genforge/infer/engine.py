@@ -128,7 +128,9 @@ class Engine:
     multi_step: n > 1 (compiled only): greedy requests with nothing that needs each token's logits (no penalties,
         logits processors or log-probs) run n decode steps per compiled call (`compiled_steps`) and are cut at the
         first stop; output equals the one-step path token for token (tested). One more graph per (batch size,
-        cache bucket), whose compile takes about n times a single step's.
+        cache bucket), whose compile takes about n times a single step's. Off by default: measured at n=8
+        (benchmarks/decode.py, CPU clock, load 3-7) it gains 3-12 % tokens/s at batch 1 and 3 % at batch 2 for
+        2-5 minutes of compile; the rest of the gap to the weight-streaming roofline is inside the graph.
     Thread safety: eager generation allocates its own cache per call and is safe to run from
     several threads; compiled steps are serialised by a lock.
     """
