@@ -1,7 +1,7 @@
 """Decode speed: the genforge engine vs Hugging Face `LlamaForCausalLM.generate` on the same weights.
 
     .venv/bin/python benchmarks/decode.py [--threads 1] [--new-tokens 200] [--repeats 3] [--no-compile] [--int8]
-                                          [--mm] [--clock wall|cpu]
+                                          [--mm] [--clock wall|cpu] [--multi 4,8,16]
 (from a worktree: PYTHONPATH=. so that its genforge is the one imported, not the installed one)
 
 Builds a random GPT (depth 6, width 256, vocab 4096), copies its weights into an HF Llama
@@ -20,12 +20,17 @@ with the compiled reduction loop the decode step itself uses (`gpt.project`). On
 second streams ~2-3x faster, so the `torch.mv` pass is no bound: the decode beats it. The share of
 the faster pass is the honest one; both are printed.
 --mm adds the compiled step as it was before `gpt.project` (mm/bmm), compiled and timed in the same run.
+--multi N[,N...] adds one compiled engine per N with `multi_step=N`: greedy runs N decode steps (argmax fed back,
+k/v of the call's earlier steps kept in the graph) per compiled call, so dynamo's call path, inductor's wrapper,
+the KV write and the session's Python are paid once per N tokens; its rows carry the same roofline shares, and
+its warm-up line the compile seconds (the one-step graph plus the N-step one).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
 import torch
@@ -139,6 +144,7 @@ def main() -> None:
     ap.add_argument("--int8", action="store_true", help="also time int8 weights (compiled if compiling)")
     ap.add_argument("--mm", action="store_true",
                     help="also time the compiled step with mm/bmm (gpt.MATVEC_MAX_ROWS=0), the before of gpt.project")
+    ap.add_argument("--multi", default="", help="comma-separated step counts: also time Engine(multi_step=N)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: time with this process's CPU seconds (threads=1 only), for a machine other work loads")
     args = ap.parse_args()
@@ -155,7 +161,7 @@ def main() -> None:
     with torch.inference_mode():
         diff = (hf(ids).logits - model(ids)).abs().max().item()
     print(f"model: {model.num_params() / 1e6:.2f} M params, threads={args.threads}, clock={args.clock}, "
-          f"max |logit diff| vs HF = {diff:.1e}")
+          f"max |logit diff| vs HF = {diff:.1e}, load average {os.getloadavg()[0]:.1f} at start")
 
     # roofline key -> (dtype its weights stream in, kernel); "fp32" is the torch.mv pass of earlier sessions
     ROOFS = {"fp32": (torch.float32, "mv"), "fp32 reduce": (torch.float32, "reduce"), "int8": (torch.int8, "reduce")}
@@ -168,6 +174,8 @@ def main() -> None:
     if args.int8:
         q = quantize_int8(copy.deepcopy(model), include_head=True)
         engines["ours int8" + (" compiled" if not args.no_compile else "")] = Engine(q, compile=not args.no_compile)
+    for steps in (map(int, args.multi.split(",")) if args.multi and not args.no_compile else ()):
+        engines[f"ours compiled, {steps} steps/call"] = Engine(model, compile=True, multi_step=steps)
     if args.mm and not args.no_compile:
         # the compiled step as it was before gpt.project: every linear an mm, attention two bmm per layer
         engines["ours compiled, mm"] = Engine(model, compile=True)
@@ -208,9 +216,10 @@ def main() -> None:
                 share = f"   {tps / roof['fp32']:4.0%} of roofline (mv), {tps / fast:4.0%} of the fastest pass"
             else:
                 share = ""
-            print(f"  {name:22s} {tps:8.0f} tok/s   {tps / base:5.2f}x HF{share}{same}")
+            print(f"  {name:30s} {tps:8.0f} tok/s   {tps / base:5.2f}x HF{share}{same}")
         if b == 1:
             print("  roofline (best of all passes): " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in roof.items()))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ fixed shapes (every step attends over all M cache columns under a mask). With
 `Engine(model, compile=True)`, torch.compile (inductor, weights frozen, C++ wrapper) turns the
 side-effect-free variant of that step into one graph per batch size, and the engine writes the
 returned key/value into the cache (the CPU analogue of gpt-fast's static cache + CUDA graphs).
+`Engine(model, compile=True, multi_step=n)` also compiles n greedy steps into one graph (`compiled_steps`) for
+requests that need no per-token logits, as vLLM's multi-step scheduling does, and cuts the n tokens at a stop.
 
 Where the time goes (benchmarks/decode.py, 5.5 M params, batch 1, one shared CPU core): fp32
 decode reads all 22 MB of weights per token. Compiled at batch 1-2, the linears and the attention
@@ -82,6 +84,37 @@ def compiled_step(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.T
     return logits, torch.stack(static.new_k), torch.stack(static.new_v), logits.argmax(-1)
 
 
+def compiled_steps(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, key_ok: torch.Tensor, n: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n greedy decode steps in one function (what `Engine(multi_step=n)` compiles into one graph).
+
+    Step j feeds tok (B, 1) at RoPE positions pos + j into cache column col + j and feeds its argmax to step j + 1,
+    as vLLM's multi-step scheduling does on a GPU: one call (dynamo, guards, inductor's wrapper, the KV write,
+    the session's Python) per n tokens instead of per token. The cache is only read (as in `compiled_step`); the
+    keys/values of this call's earlier steps ride along as `StaticKV.prev_k`/`prev_v`.
+    Returns the n greedy tokens (B, n), the last of them again (B, 1) (a fresh tensor: a slice of the first would
+    have other strides, which the next call's guards would see as a new input) and the new keys/values
+    (L, B, K, n, D) for columns col .. col + n - 1.
+    """
+    toks: list[torch.Tensor] = []
+    prev_k = prev_v = None
+    for j in range(n):
+        static = StaticKV(k_cache, v_cache, col, key_ok, pure=True, prev_k=prev_k, prev_v=prev_v)
+        tok = model.decode_step(tok, pos + j, static).argmax(-1, keepdim=True)  # (B, 1)
+        toks.append(tok)
+        new_k, new_v = torch.stack(static.new_k), torch.stack(static.new_v)  # (L, B, K, 1, D)
+        prev_k = new_k if prev_k is None else torch.cat([prev_k, new_k], 3)
+        prev_v = new_v if prev_v is None else torch.cat([prev_v, new_v], 3)
+    return torch.cat(toks, 1), tok, prev_k, prev_v
+
+
+def _private(fn: Callable, name: str) -> Callable:
+    """A copy of fn with its own code object: its own dynamo cache, so skipping guard evaluation (see
+    `Engine._compiled_step`) can never pick a graph frozen with another engine's weights."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, name)
+
+
 class Engine:
     """Holds a model (and, optionally, its compiled decode step) and generates token ids.
 
@@ -92,12 +125,18 @@ class Engine:
         after changing the model's weights.
     threads: torch intra-op threads to use (None leaves the process setting alone).
     static: use the static decode step (default: whenever the model supports it).
+    multi_step: n > 1 (compiled only): greedy requests with nothing that needs each token's logits (no penalties,
+        logits processors or log-probs) run n decode steps per compiled call (`compiled_steps`) and are cut at the
+        first stop; output equals the one-step path token for token (tested). One more graph per (batch size,
+        cache bucket), whose compile takes about n times a single step's. Off by default: measured at n=8
+        (benchmarks/decode.py, CPU clock, load 3-7) it gains 3-12 % tokens/s at batch 1 and 3 % at batch 2 for
+        2-5 minutes of compile; the rest of the gap to the weight-streaming roofline is inside the graph.
     Thread safety: eager generation allocates its own cache per call and is safe to run from
     several threads; compiled steps are serialised by a lock.
     """
 
     def __init__(self, model: nn.Module, *, compile: bool = False, threads: int | None = None,
-                 static: bool | None = None):
+                 static: bool | None = None, multi_step: int = 0):
         self.model = model
         if threads:
             torch.set_num_threads(threads)
@@ -106,15 +145,18 @@ class Engine:
             raise ConfigError("engine.static=True needs a genforge GPT with stock attention; use static=False")
         self.compiled = compile and self.static
         self._lock = threading.Lock()
-        self._warm: set[tuple[int, int]] = set()  # (batch, cache length) shapes already compiled
+        self._warm: set[tuple[int, ...]] = set()  # (batch, cache length[, steps]) shapes already compiled
         self.compile_seconds = 0.0
+        # several steps per call need a fixed window-free mask (a sliding window would move within the call)
+        self.multi_step = multi_step if self.compiled and multi_step > 1 and supports_slots(model) else 0
         if self.compiled:
-            # a private copy of the function's code object gives this engine its own dynamo cache, so
-            # skipping guard evaluation below can never pick a graph frozen with another model's weights
-            fn = types.FunctionType(compiled_step.__code__.replace(), compiled_step.__globals__,
-                                    "decode_step_compiled")
-            self._step = torch.compile(fn, dynamic=False, fullgraph=True,
-                                       options={"freezing": True, "cpp_wrapper": True})
+            options = {"freezing": True, "cpp_wrapper": True}
+            self._step = torch.compile(_private(compiled_step, "decode_step_compiled"), dynamic=False,
+                                       fullgraph=True, options=options)
+            # no C++ wrapper for the n-step graph: its Python wrapper's cost is paid once per n tokens, and g++ on the
+            # C++ wrapper of an n-times unrolled graph took minutes (measured: batch 2, n=4, > 7 min under load)
+            self._steps = torch.compile(_private(compiled_steps, "decode_steps_compiled"), dynamic=False,
+                                        fullgraph=True, options={"freezing": True})
 
     def _bucket(self, n: int) -> int:
         """Cache length: exact in eager mode; the next power of two (>= 64) when compiled (few graphs)."""
@@ -127,17 +169,23 @@ class Engine:
         Skipping is safe here because nothing the guards check can change for a known shape:
         the weights are frozen into the graph and dtype/device are fixed per engine.
         """
-        shape = (args[0].shape[0], args[3].shape[3])  # (B, M)
+        return self._call(self._step, (args[0].shape[0], args[3].shape[3]), args)  # shape (B, M)
+
+    def _compiled_steps(self, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Call the compiled `compiled_steps` (args as for it, n last)."""
+        return self._call(self._steps, (args[0].shape[0], args[3].shape[3], args[-1]), args)  # (B, M, n)
+
+    def _call(self, fn: Callable, shape: tuple[int, ...], args: tuple):
         with self._lock:
             if shape in self._warm:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                    return self._step(self.model, *args)
+                    return fn(self.model, *args)
             # dynamo decides while tracing whether parameters become graph constants, and it reads the global
             # inductor config for that (torch 2.13: `is_parameter_freezing`), not the options given to
             # torch.compile: without this patch the weights stayed graph inputs (64 of them, each converted
             # in Python on every call) and nothing was frozen
             with torch._inductor.config.patch(freezing=True):
-                out = self._step(self.model, *args)
+                out = fn(self.model, *args)
             self._warm.add(shape)
             return out
 
@@ -151,6 +199,8 @@ class Engine:
                                     cache_len=prompt_len + max_new_tokens)
             session.step_all()
             session.step_all()  # the second step feeds the first token through the (compiled) decode step
+            if self.multi_step and session.room() >= self.multi_step:
+                session.step_many(self.multi_step)
         finally:
             self.model.train(was_training)
         self.compile_seconds = time.perf_counter() - t0
@@ -207,24 +257,35 @@ class Engine:
         self.model.eval()
         try:
             session = DecodeSession(self, prompts, params, stop_ids=stop_ids, logits_processors=processors)
-            limit = session.room()  # generation also ends at the context limit
+            budget = min(params.max_new_tokens, session.room())  # generation also ends at the context limit
+            # n steps per call: greedy, and nothing needs a step's logits; stop ids and stop_fn are checked on
+            # the returned tokens in order, so a chunk cut at the first stop equals the one-step path
+            n = self.multi_step if (params.greedy and not session.processors and not params.logprobs
+                                    and session.seen is None and session.counts is None) else 0
             done = [False] * len(prompts)
             out: list[list[int]] = [[] for _ in prompts]
-            for _ in range(min(params.max_new_tokens, limit)):
-                if all(done):
-                    break
-                toks, lps = session.step_all()
-                for i, t in enumerate(toks):
-                    b = session.rows[i]  # the row's index in `prompts` (rows that finished may have left)
-                    if done[b]:
-                        continue
-                    if t in session.stop_ids:
-                        done[b] = True
-                        continue
-                    out[b].append(t)
-                    yield b, t, (lps[i] if lps is not None else None)
-                    if stop_fn is not None and stop_fn(b, out[b]):
-                        done[b] = True
+            picked = 0
+            while picked < budget and not all(done):
+                if n and session.pending is not None and budget - picked >= n:
+                    steps, lps = session.step_many(n), None  # (n, B) tokens
+                else:
+                    toks, lps = session.step_all()
+                    steps = [toks]
+                for toks in steps:
+                    if all(done):
+                        break
+                    picked += 1
+                    for i, t in enumerate(toks):
+                        b = session.rows[i]  # the row's index in `prompts` (rows that finished may have left)
+                        if done[b]:
+                            continue
+                        if t in session.stop_ids:
+                            done[b] = True
+                            continue
+                        out[b].append(t)
+                        yield b, t, (lps[i] if lps is not None else None)
+                        if stop_fn is not None and stop_fn(b, out[b]):
+                            done[b] = True
                 self._drop_finished(session, done)
         finally:
             self.model.train(was_training)
@@ -364,6 +425,31 @@ class DecodeSession:
         self.pending = tok[:, None]  # (B, 1)
         return toks, lps
 
+    def step_many(self, n: int) -> list[list[int]]:
+        """Feed the pending tokens, then n greedy steps in one compiled call -> the n steps' tokens (n, B).
+
+        For the engine's multi-step path (`Engine.multi_step`): needs a compiled engine, a token pending and room
+        for n more; the greedy choice is taken as is (no penalties or processors are applied).
+        """
+        if self.pending is None or not self.engine.compiled or n > self.room():
+            raise ConfigError(f"step_many({n}) needs a compiled engine, a picked token and room for {n} more")
+        cache, start = self.cache, self.P + self.fed
+        with torch.inference_mode():
+            pos = (self.lengths + self.fed)[:, None]  # (B, 1) RoPE position of the pending token in each row
+            toks, last, k, v = self.engine._compiled_steps(self.pending, pos, torch.tensor([start], device=self.device),
+                                                     cache.k, cache.v, self.key_ok, n)
+            cols = torch.arange(start, start + n, device=self.device)
+            cache.k.index_copy_(3, cols, k)  # (L, B, K, M, D) <- (L, B, K, n, D) at columns start .. start + n - 1
+            cache.v.index_copy_(3, cols, v)
+        self.fed += n
+        cache.pos = self.P + self.fed
+        self.pending = last  # (B, 1): the last token is picked, not fed yet
+        self.logits, self.argmax = None, None  # the next step_all computes them from `pending`
+        rows = toks.tolist()
+        for row, new in zip(self.tokens, rows):
+            row += new
+        return [list(step) for step in zip(*rows)]
+
     def keep(self, index: Sequence[int]) -> None:
         """Keep only the current rows `index` (the engine drops finished rows); `rows` maps them to the prompts."""
         idx = torch.tensor(list(index), dtype=torch.long, device=self.device)
@@ -374,7 +460,8 @@ class DecodeSession:
             new = old.new_empty(old.shape[0], len(idx), *old.shape[2:])
             new[:, :, :, :W] = old[:, idx, :, :W]
             setattr(cache, name, new)
-        self.key_ok, self.lengths, self.logits = self.key_ok[idx], self.lengths[idx], self.logits[idx]
+        self.key_ok, self.lengths = self.key_ok[idx], self.lengths[idx]
+        self.logits = None if self.logits is None else self.logits[idx]
         self.argmax = None if self.argmax is None else self.argmax[idx]
         if self.pending is not None:
             self.pending = self.pending[idx]

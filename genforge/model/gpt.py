@@ -268,8 +268,12 @@ class StaticKV:
     separately: softmax([q.K_cache (masked to columns < col), q.k_new]) (one extra logit).
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, col: torch.Tensor, key_ok: torch.Tensor, pure: bool = False):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, col: torch.Tensor, key_ok: torch.Tensor, pure: bool = False,
+                 prev_k: torch.Tensor | None = None, prev_v: torch.Tensor | None = None):
         self.k, self.v, self.col, self.pure = k, v, col, pure
+        # pure only: keys/values (L, B, K, j, D) of the j tokens fed earlier in the same compiled call (multi-step
+        # decode), not in the cache yet; they sit at columns col..col+j-1 and join the softmax like the new one
+        self.prev_k, self.prev_v = prev_k, prev_v
         cols = torch.arange(k.shape[3], device=k.device)
         # keys visible to the new query: real columns before col, plus col itself unless pure (added separately)
         visible = cols < col if pure else cols <= col
@@ -320,15 +324,19 @@ class StaticKV:
             else:
                 s_old = (q @ k_cache.transpose(-1, -2))  # (B, K, H/K, M)
             s_new = (q * k).sum(-1, keepdim=True)  # (B, K, H/K, 1)
+            if self.prev_k is not None:  # (B, K, H/K, 1, D) * (B, K, 1, j, D) -> (B, K, H/K, j + 1)
+                s_new = torch.cat([(q.unsqueeze(-2) * self.prev_k[layer].unsqueeze(-3)).sum(-1), s_new], -1)
             if softcap:
                 s_old, s_new = softcap * torch.tanh(s_old / softcap), softcap * torch.tanh(s_new / softcap)
             s_old = s_old.masked_fill(~mask, float("-inf"))
-            w = torch.softmax(torch.cat([s_old, s_new], -1).float(), -1).to(q.dtype)  # (B, K, H/K, M+1)
+            w = torch.softmax(torch.cat([s_old, s_new], -1).float(), -1).to(q.dtype)  # (B, K, H/K, M+j+1)
             if loops:
                 y_old = (w[..., :M, None] * v_cache.unsqueeze(-3)).sum(-2)  # (B, K, H/K, M, 1) * (B, K, 1, M, D)
             else:
                 y_old = w[..., :M] @ v_cache
-            y = y_old + w[..., M:] * v  # (B, K, H/K, D)
+            if self.prev_v is not None:  # (B, K, H/K, j, 1) * (B, K, 1, j, D) summed over j
+                y_old = y_old + (w[..., M:-1, None] * self.prev_v[layer].unsqueeze(-3)).sum(-2)
+            y = y_old + w[..., -1:] * v  # (B, K, H/K, D)
             self.new_k.append(k)
             self.new_v.append(v)
         return y.reshape(B, H, 1, D)

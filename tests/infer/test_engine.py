@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from genforge.errors import ConfigError
-from genforge.infer.engine import DecodeSession, Engine, compiled_step, generate, stream
+from genforge.infer.engine import DecodeSession, Engine, compiled_step, compiled_steps, generate, stream
 from genforge.infer.sampling import SamplingParams, apply_penalties
 from genforge.model.gpt import GPT, GPTConfig, KVCache, StaticKV
 
@@ -215,6 +215,52 @@ def test_compiled_engine_matches_eager(model):
     q = quantize_int8(copy.deepcopy(model), include_head=True)
     ten = SamplingParams(max_new_tokens=10)
     assert Engine(q, compile=True).generate(prompts[:1], ten) == Engine(q).generate(prompts[:1], ten)
+
+
+def test_compiled_steps_math_eagerly(model):
+    """`compiled_steps` run eagerly (no compile): n greedy tokens and the keys/values a step at a time would write."""
+    prompt = _prompts([6], seed=5)[0]
+    want = _greedy_reference(model, prompt, 6)
+    cache = KVCache(CFG, 1, max_len=16)
+    with torch.no_grad():
+        model(torch.tensor([prompt]), cache=cache)
+        toks, last, k, v = compiled_steps(model, torch.tensor([[want[0]]]), torch.tensor([[6]]), torch.tensor([6]),
+                                          cache.k, cache.v, torch.ones(1, 16, dtype=torch.bool), 5)
+        ref = KVCache(CFG, 1, max_len=16)
+        model(torch.tensor([prompt + want[:5]]), cache=ref)
+    assert toks.tolist() == [want[1:]] and last.tolist() == [[want[5]]]
+    assert torch.allclose(k, ref.k[:, :, :, 6:11], atol=1e-5) and torch.allclose(v, ref.v[:, :, :, 6:11], atol=1e-5)
+
+
+def test_multi_step_greedy_equals_one_step(model, monkeypatch):
+    """Engine(multi_step=4): 4 compiled greedy steps per call, cut at stops, equal eager greedy token for token."""
+    eng = Engine(model, compile=True, multi_step=4)
+    calls = []
+    real = eng._compiled_steps
+    monkeypatch.setattr(eng, "_compiled_steps", lambda *a: calls.append(a[-1]) or real(*a))
+    prompt = _prompts([5], seed=3)[0]
+    eager = Engine(model).generate([prompt], SamplingParams(max_new_tokens=20))[0]
+    assert eng.generate([prompt], SamplingParams(max_new_tokens=20)) == [eager]
+    assert len(calls) == 4  # token 1 from the prefill's logits, 16 from 4 calls, the last 3 one step at a time
+    # a stop id in the middle of a chunk: the row ends there, as on the one-step path
+    i = next(i for i in range(6, 20) if eager[i] not in eager[:i] and i % 4 != 1)
+    assert eng.generate([prompt], SamplingParams(max_new_tokens=20), stop_ids=[eager[i]]) == [eager[:i]]
+    assert eng.generate([prompt], SamplingParams(max_new_tokens=20),
+                        stop_fn=lambda row, toks: len(toks) >= 7) == [eager[:7]]
+    # the cache bucket's last column: 5 + 59 = 64 columns (the smallest bucket) fill exactly
+    full = Engine(model).generate([prompt], SamplingParams(max_new_tokens=59))[0]
+    assert len(full) == 59 and eng.generate([prompt], SamplingParams(max_new_tokens=59)) == [full]
+    # left-padded rows of a batch: each row its own positions
+    prompts = _prompts([9, 5], seed=7)
+    assert eng.generate(prompts, SamplingParams(max_new_tokens=12)) == Engine(model).generate(
+        prompts, SamplingParams(max_new_tokens=12))
+    # anything that needs each step's logits stays on the one-step path
+    n = len(calls)
+    for params in (SamplingParams(max_new_tokens=12, logprobs=True),
+                   SamplingParams(max_new_tokens=12, repetition_penalty=1.5)):
+        got, want = eng.generate([prompt], params), Engine(model).generate([prompt], params)
+        assert got[0] == want[0]
+    assert len(calls) == n
 
 
 class _CountTokens:
