@@ -162,13 +162,19 @@ def answer(model: nn.Module, tok: Tokenizer, rows: list[dict], max_new_tokens: i
     from dataclasses import replace
 
     from genforge.infer.engine import Engine
-    from genforge.text import generate_text
+    from genforge.text import generate_text, render_prompt
+    from genforge.train.rollout import decode_batches
 
-    engine, out = Engine(model, trim_prefill=True), []
-    for i in range(0, len(rows), 64):  # as `respond` batches and seeds
-        out += generate_text(engine, tok, [r["prompt"] for r in rows[i:i + 64]], replace(params, seed=seed + i),
-                             chat=True)
-    return [t.strip() for t in out]
+    engine, out, i = Engine(model, trim_prefill=True), [""] * len(rows), 0
+    # greedy: batches of similar prompt lengths (the same answers up to float rounding); sampled: as `respond`
+    lengths = [len(render_prompt(tok, r["prompt"], chat=True)) for r in rows]
+    for batch in decode_batches(lengths, 64, max_new_tokens, trim=params.greedy):
+        texts = generate_text(engine, tok, [rows[k]["prompt"] for k in batch], replace(params, seed=seed + i),
+                              chat=True)
+        for k, t in zip(batch, texts):
+            out[k] = t.strip()
+        i += len(batch)
+    return out
 
 
 def oracle(rows: list[dict], texts: list[str]) -> list[float]:

@@ -6,7 +6,7 @@ from genforge.infer.engine import split_by_length
 from genforge.model.gpt import GPT, GPTConfig
 from genforge.model.heads import RewardModel
 from genforge.train.reward import rm_scores
-from genforge.train.rollout import length_groups, make_batch, response_forward
+from genforge.train.rollout import decode_batches, length_groups, make_batch, response_forward
 
 
 def _model(seed: int = 0) -> GPT:
@@ -58,3 +58,23 @@ def test_trimmed_reward_scores_match():
     rm = RewardModel(_model(2)).eval()
     with torch.no_grad():
         assert torch.allclose(rm_scores(rm, b, trim=True), rm_scores(rm, b), atol=1e-5)
+
+
+def test_decode_batches_sort_by_length_and_cover_every_prompt():
+    lengths = [5, 300, 7, 6, 280, 4]
+    plain = decode_batches(lengths, 4, 32)
+    assert plain == [[0, 1, 2, 3], [4, 5]]
+    trimmed = decode_batches(lengths, 4, 32, trim=True)
+    assert sorted(k for b in trimmed for k in b) == list(range(6))
+    assert all(max(lengths[k] for k in b) < 100 or min(lengths[k] for k in b) > 100 for b in trimmed)
+
+
+def test_trimmed_greedy_responses_match():
+    from genforge.infer.sampling import SamplingParams
+    from genforge.train.rollout import sample_responses
+
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, 64, (n,), generator=g).tolist() for n in (3, 60, 5, 4, 70, 2)]
+    m = _model(3).eval()
+    params = SamplingParams(max_new_tokens=10)
+    assert sample_responses(m, prompts, params, stop_id=1, trim=True) == sample_responses(m, prompts, params, stop_id=1)
