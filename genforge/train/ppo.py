@@ -163,8 +163,13 @@ def make_loss_fn(cfg: PPOConfig):
         logp = gather_logprobs(logits, batch["response_ids"], mask)
         pg, st = ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, cfg.clip)
         vf, vf_frac = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, cfg.vf_clip)
-        entropy = masked_mean(entropy_from_logits(logits), mask)
-        loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+        if cfg.ent_coef:
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+        else:  # logged only: no backward through a softmax over (b, R, V) that adds zeros to the gradient
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits), mask)
+            loss = pg + cfg.vf_coef * vf
         metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": st["clip_frac"].item(),
                    "vf_clip_frac": vf_frac.item(), "approx_kl_old": st["approx_kl"].item(),
                    "entropy": entropy.item()}
