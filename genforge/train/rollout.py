@@ -140,16 +140,18 @@ def sample_responses(model: nn.Module, prompts: list[list[int]], params: Samplin
 
     The stop token is an action the policy took (ending its turn), so it is scored and trained like any
     other token; a response cut by max_new_tokens has no stop token. A seeded params gets seed + i
-    for the batch whose first prompt is the i-th sampled. trim: batches of similar prompt lengths
-    (`decode_batches`) and their prefill in length groups (`Engine.trim_prefill`); greedy answers stay
-    the same up to float rounding, samples are other draws from the same distribution.
+    for the batch whose first prompt is the i-th sampled. trim: prefill in length groups
+    (`Engine.trim_prefill`) and, for greedy answers, batches of similar prompt lengths (`decode_batches`):
+    the same responses up to float rounding. Sampled responses keep their batches (regrouped, each row
+    would draw other random numbers: measured at tiny, other own-sample preferences moved align's DPO win
+    rate from 0.735 to 0.610 for ~15 s of CPU).
     """
     was_training = model.training
     model.eval()
     engine = Engine(model, trim_prefill=trim)
     out: list[list[int]] = [[] for _ in prompts]
     i = 0
-    for rows in decode_batches([len(p) for p in prompts], chunk, params.max_new_tokens, trim):
+    for rows in decode_batches([len(p) for p in prompts], chunk, params.max_new_tokens, trim and params.greedy):
         part = [prompts[k] for k in rows]
         room = min(params.max_new_tokens, model.config.max_seq_len - max(len(p) for p in part))
         p = replace(params, max_new_tokens=room, seed=None if params.seed is None else params.seed + i)
