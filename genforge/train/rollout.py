@@ -143,8 +143,8 @@ def sample_responses(model: nn.Module, prompts: list[list[int]], params: Samplin
     for the batch whose first prompt is the i-th sampled. trim: prefill in length groups
     (`Engine.trim_prefill`) and, for greedy answers, batches of similar prompt lengths (`decode_batches`):
     the same responses up to float rounding. Sampled responses keep their batches (regrouped, each row
-    would draw other random numbers: measured at tiny, other own-sample preferences moved align's DPO win
-    rate from 0.735 to 0.610 for ~15 s of CPU).
+    would draw other random numbers: measured at tiny, the other own-sample preferences moved align's DPO
+    win rate from 0.735 to 0.610, a seed's worth of change for a few per cent of the stage's CPU).
     """
     was_training = model.training
     model.eval()
