@@ -109,6 +109,36 @@ def compiled_steps(model: GPT, tok: torch.Tensor, pos: torch.Tensor, col: torch.
     return torch.cat(toks, 1), tok, prev_k, prev_v
 
 
+def split_by_length(first: Sequence[int], second: Sequence[int] | None = None,
+                    overhead: int = 64) -> list[list[int]]:
+    """Row indices split into groups of similar length, for batches whose rows are padded to the longest.
+
+    A row is `first[i]` tokens (left-padded, e.g. a prompt) plus `second[i]` tokens (right-padded, e.g. a response;
+    none for a prompt batch); a group runs as wide as its longest first part plus its longest second part. Rows
+    are sorted by length and cut into contiguous groups by a dynamic programme that minimises
+    sum over groups of rows x width x (1 + width / 512) (attention grows with width^2) plus `overhead` per group
+    (the per-call Python and dispatch of a 4-layer model at tiny: about what 64 more token columns cost).
+    """
+    B = len(first)
+    b_len = list(second) if second is not None else [0] * B
+    order = sorted(range(B), key=lambda i: (first[i] + b_len[i], first[i], i))
+    best, cut = [0.0] + [float("inf")] * B, [0] * (B + 1)  # best[b]: cheapest split of order[:b]; cut: its last cut
+    for b in range(1, B + 1):
+        m1 = m2 = 0
+        for a in range(b - 1, -1, -1):  # group order[a:b], its longest first and second parts so far
+            m1, m2 = max(m1, first[order[a]]), max(m2, b_len[order[a]])
+            w = m1 + m2
+            c = best[a] + (b - a) * w * (1 + w / 512) + overhead
+            if c < best[b]:
+                best[b], cut[b] = c, a
+    groups = []
+    b = B
+    while b > 0:
+        groups.append(order[cut[b]:b])
+        b = cut[b]
+    return groups[::-1]
+
+
 def _private(fn: Callable, name: str) -> Callable:
     """A copy of fn with its own code object: its own dynamo cache, so skipping guard evaluation (see
     `Engine._compiled_step`) can never pick a graph frozen with another engine's weights."""
@@ -131,13 +161,20 @@ class Engine:
         cache bucket), whose compile takes about n times a single step's. Off by default: measured at n=8
         (benchmarks/decode.py, CPU clock, load 3-7) it gains 3-12 % tokens/s at batch 1 and 3 % at batch 2 for
         2-5 minutes of compile; the rest of the gap to the weight-streaming roofline is inside the graph.
+    trim_prefill: prefill a left-padded batch of prompts in groups of similar length, each group without the
+        columns that are padding in all its rows (`split_by_length`); the last prompt token's logits are the only
+        ones computed. The cache and logits equal the padded prefill's up to float rounding (not bit for bit).
+        Measured at tiny (the alignment stages' 64-prompt batches, one ~350-token needle prompt among prompts of
+        median 58): most of the prefill's rows x columns were padding. Off by default (other stages' numbers
+        stay bit for bit as they were).
     Thread safety: eager generation allocates its own cache per call and is safe to run from
     several threads; compiled steps are serialised by a lock.
     """
 
     def __init__(self, model: nn.Module, *, compile: bool = False, threads: int | None = None,
-                 static: bool | None = None, multi_step: int = 0):
+                 static: bool | None = None, multi_step: int = 0, trim_prefill: bool = False):
         self.model = model
+        self.trim_prefill = trim_prefill and supports_static(model)
         if threads:
             torch.set_num_threads(threads)
         self.static = supports_static(model) if static is None else static
@@ -356,7 +393,7 @@ class DecodeSession:
         self.cache = KVCache(model.config, B, max_len=M, device=device, dtype=dtype)
         self.seen = self.counts = None
         with torch.inference_mode():
-            self.logits = self._forward(ids, 0)  # (B, V)
+            self.logits = self._prefill(ids)  # (B, V)
             V = self.logits.shape[-1]
             if params.repetition_penalty != 1.0:
                 self.seen = torch.zeros(B, V, dtype=torch.bool, device=device).scatter_(1, ids, self.key_ok[:, :P])
@@ -528,6 +565,32 @@ class DecodeSession:
                                                                     self.key_ok[:, :W]))
         self.fed += 1
         cache.pos = self.P + self.fed
+
+    def _prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """The prompts ids (B, P) into cache columns [0, P); last logits (B, V). With `Engine.trim_prefill`, rows
+        of similar length run together, each group over its own last W columns only (the columns before are
+        padding in all its rows; their cache entries stay zero and masked)."""
+        if not (self.engine.trim_prefill and self.padded and self.B > 1):
+            return self._forward(ids, 0)
+        P, lengths = self.P, self.lengths.tolist()
+        logits = None
+        for rows in split_by_length(lengths):
+            idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+            W = max(lengths[i] for i in rows)
+            ok = self.key_ok[idx, P - W:P]  # (n, W)
+            cache = KVCache(self.model.config, len(rows), max_len=W, device=self.device, dtype=self.cache.k.dtype)
+            pos = (ok.long().cumsum(-1) - 1).clamp(min=0)  # (n, W) each column's true RoPE position
+            hidden = self.model(ids[idx, P - W:], cache=cache, position_ids=pos, attention_mask=ok,
+                                return_hidden=True)[:, -1]  # (n, C)
+            part = self.model.head(hidden)  # (n, V)
+            if logits is None:
+                logits = part.new_empty(self.B, part.shape[-1])
+            logits[idx] = part
+            self.cache.k[:, idx, :, P - W:P] = cache.k  # (L, n, K, W, D)
+            self.cache.v[:, idx, :, P - W:P] = cache.v
+        self.cache.pos = P
+        self.argmax = None
+        return logits
 
     def _forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         """Run ids (B, T) through `GPT.forward` into cache columns [start, start+T); last logits (B, V)."""

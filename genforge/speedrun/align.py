@@ -149,13 +149,32 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
 # ---------------------------------------------------------------------------- evaluation helpers
 
 def answer(model: nn.Module, tok: Tokenizer, rows: list[dict], max_new_tokens: int, temperature: float = 0.0,
-           seed: int = 0) -> list[str]:
-    """The model's replies to each row's prompt (greedy by default), batched in the engine."""
+           seed: int = 0, trim: bool = False) -> list[str]:
+    """The model's replies to each row's prompt (greedy by default), batched in the engine (`chat.respond`).
+
+    trim: prefill each batch in length groups (`Engine.trim_prefill`: the same replies up to float rounding)."""
     from genforge.chat import respond
     from genforge.infer.sampling import SamplingParams
 
-    return respond(model, tok, [r["prompt"] for r in rows],
-                   SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed), batch_size=64)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    if not trim:
+        return respond(model, tok, [r["prompt"] for r in rows], params, batch_size=64)
+    from dataclasses import replace
+
+    from genforge.infer.engine import Engine
+    from genforge.text import generate_text, render_prompt
+    from genforge.train.rollout import decode_batches
+
+    engine, out, i = Engine(model, trim_prefill=True), [""] * len(rows), 0
+    # greedy: batches of similar prompt lengths (the same answers up to float rounding); sampled: as `respond`
+    lengths = [len(render_prompt(tok, r["prompt"], chat=True)) for r in rows]
+    for batch in decode_batches(lengths, 64, max_new_tokens, trim=params.greedy):
+        texts = generate_text(engine, tok, [rows[k]["prompt"] for k in batch], replace(params, seed=seed + i),
+                              chat=True)
+        for k, t in zip(batch, texts):
+            out[k] = t.strip()
+        i += len(batch)
+    return out
 
 
 def oracle(rows: list[dict], texts: list[str]) -> list[float]:
@@ -203,10 +222,11 @@ def kl_to_reference(model: nn.Module, ref: nn.Module, tok: Tokenizer, rows: list
     with torch.no_grad():
         prompts = [encode_prompt(tok, r["prompt"]) for r in rows]
         responses = sample_responses(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
-                                                                    seed=seed), stop_id=tok.end_id)
+                                                                    seed=seed), stop_id=tok.end_id, trim=True)
         batch = make_batch(prompts, responses, tok.pad_id, model.config.max_seq_len)
         model.eval()
-        k3 = k3_kl(batched_logprobs(model, batch), batched_logprobs(ref.eval(), batch)) * batch["response_mask"]
+        k3 = k3_kl(batched_logprobs(model, batch, trim=True), batched_logprobs(ref.eval(), batch, trim=True))
+        k3 = k3 * batch["response_mask"]
         return float(k3.sum(1).mean())
 
 
@@ -331,7 +351,7 @@ def own_preferences(s: Setup, report: StageReport) -> tuple[list[RankedPrompt], 
     rows = spread(s.train_rows, cfg.pref_prompts, random.Random(s.ctx.seed + 1), skip=tuple(s.heldout))
     ranked = rank_own_samples(s.sft, s.tok, rows, lambda r, t: oracle_score(r["prompt"], t, r),
                               samples=cfg.pref_samples, temperature=cfg.pref_temperature,
-                              max_new_tokens=cfg.max_new_tokens, seed=s.ctx.seed + 2)
+                              max_new_tokens=cfg.max_new_tokens, seed=s.ctx.seed + 2, trim=True)
     write_jsonl(s.out / "own_preferences.jsonl",
                 [{"prompt": r.prompt, "completions": r.completions, "ranking": r.ranking, "scores": r.scores}
                  for r in ranked])
@@ -367,7 +387,7 @@ def reward_model_step(s: Setup, report: StageReport, pref_train: list, pref_val:
     rm = RewardModel(copy.deepcopy(s.sft).train())
     train_reward_model(rm, s.tok, pref_train, [], s.train_cfg(cfg.rm_micro_batch, cfg.rm_lr, max_steps=cfg.rm_steps,
                                                               log_every=10), s.out / "reward",
-                       max_len=s.sft.config.max_seq_len, min_gap=cfg.rm_min_gap)
+                       max_len=s.sft.config.max_seq_len, min_gap=cfg.rm_min_gap, trim_padding=True)
     rm.eval().requires_grad_(False)
     per_prompt = prompt_pair_accuracy(rm, s.tok, pref_val, min_gap=cfg.rm_min_gap)
     # the same measure on as many training prompts: a wide gap is memorisation, not a reward model that generalises
@@ -434,7 +454,7 @@ def dpo_step(s: Setup, report: StageReport, pref_train: list) -> nn.Module:
     pairs = best_vs_worst(pref_train)
     train_dpo(policy, s.tok, pairs, [], s.train_cfg(cfg.dpo_micro_batch, cfg.dpo_lr, max_steps=cfg.dpo_steps,
                                                     log_every=10), s.out / "dpo", beta=cfg.dpo_beta,
-              max_len=s.sft.config.max_seq_len)
+              max_len=s.sft.config.max_seq_len, trim_padding=True)
     policy.eval()
     report.note(f"**DPO** trained on {len(pairs)} best-vs-worst pairs of the SFT model's own answers (oracle-ranked), "
                 f"beta {cfg.dpo_beta:g}, lr {cfg.dpo_lr:g}, {cfg.dpo_steps} steps of {cfg.dpo_micro_batch} pairs.")
@@ -461,7 +481,7 @@ def ppo_step(s: Setup, rm: nn.Module, kl_coef: float, name: str,
 
     st = settings or ppo_settings(s.cfg)
     ppo_prompts = [r for r in s.train_rows if r.get("task") not in s.heldout]
-    proxy = length_bias(rm_reward(rm, s.tok.pad_id), st["length_bias"])
+    proxy = length_bias(rm_reward(rm, s.tok.pad_id, trim=True), st["length_bias"])
     gold: list[list[float]] = []  # per rollout, the oracle score of every response
     # Gao et al. measure gold on held-out prompts: the same ones after every rollout (greedy), so the curve is
     # paired across rollouts; each rollout's own prompts differ (task mix), which left the first runs' curves noise
@@ -477,7 +497,7 @@ def ppo_step(s: Setup, rm: nn.Module, kl_coef: float, name: str,
         if fixed:
             was = policy.training
             policy.eval()
-            gf = oracle(fixed, answer(policy, s.tok, fixed, st["max_new_tokens"]))
+            gf = oracle(fixed, answer(policy, s.tok, fixed, st["max_new_tokens"], trim=True))
             policy.train(was)
             gold_fixed.append(gf)
             out["oracle_fixed"] = sum(gf) / len(gf)

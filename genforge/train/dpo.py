@@ -48,6 +48,7 @@ class DPOConfig:
     max_len: int = 256
     lora_r: int = 0  # 0 = full fine-tuning; > 0 = LoRA adapters of this rank (reference = adapters off)
     lora_alpha: float = 16.0
+    trim_padding: bool = True  # forwards in length groups without shared padding (`rollout.length_groups`)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=200, micro_batch=8, warmup_steps=10, lr=1e-4, weight_decay=0.0, eval_every=50, ckpt_every=0))
 
@@ -95,12 +96,13 @@ class PairData:
         return [self.collate(list(range(i, min(i + self.micro_batch, n)))) for i in range(0, n, self.micro_batch)]
 
 
-def make_loss_fn(beta: float, nll_weight: float = 0.0):
+def make_loss_fn(beta: float, nll_weight: float = 0.0, trim: bool = False):
     """DPO loss per pair; with nll_weight > 0 plus that times the chosen answer's per-token NLL (RPO: Pang et al.
     2024, "Iterative Reasoning Preference Optimization", eq. 1). On reasoning answers that differ in a digit, DPO
-    alone lowers the chosen answer's likelihood too and greedy answers get worse; the NLL term keeps it up."""
+    alone lowers the chosen answer's likelihood too and greedy answers get worse; the NLL term keeps it up.
+    trim: forwards in length groups (`rollout.response_forward`)."""
     def loss_fn(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict]:
-        lp = response_logprobs(model, batch).sum(1)  # (2b,) summed sequence log-probs
+        lp = response_logprobs(model, batch, trim).sum(1)  # (2b,) summed sequence log-probs
         b = lp.shape[0] // 2
         loss, rc, rr = dpo_loss(lp[:b], lp[b:], batch["ref_chosen"], batch["ref_rejected"], beta)
         if nll_weight:
@@ -129,9 +131,12 @@ def evaluate_pairs(model: torch.nn.Module, data: PairData, beta: float) -> dict:
 
 def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPrompt], val_rows: list[RankedPrompt],
               cfg: TrainConfig, out_dir: str | Path, *, beta: float = 0.1, max_len: int = 256,
-              run_config: dict | None = None, nll_weight: float = 0.0) -> dict:
-    """DPO of `policy` (reference = its state now) with the shared trainer; checkpoint in out_dir/checkpoint."""
-    ref = Reference(policy)
+              run_config: dict | None = None, nll_weight: float = 0.0, trim_padding: bool = False) -> dict:
+    """DPO of `policy` (reference = its state now) with the shared trainer; checkpoint in out_dir/checkpoint.
+
+    trim_padding: forwards in length groups without shared padding (`rollout.length_groups`; same numbers up to
+    float rounding)."""
+    ref = Reference(policy, trim=trim_padding)
     train = PairData(preference_pairs(train_rows, tok), ref, tok.pad_id, cfg.micro_batch, max_len, cfg.seed,
                      cfg.grad_accum)
     val = PairData(preference_pairs(val_rows, tok), ref, tok.pad_id, cfg.micro_batch, max_len) if val_rows else None
@@ -140,8 +145,8 @@ def train_dpo(policy: torch.nn.Module, tok: Tokenizer, train_rows: list[RankedPr
         write_policy(folder, policy, tok, run_config or {}, {"stage": "dpo", "step": trainer.step, "beta": beta,
                                                              "metrics": trainer.last_eval})
 
-    trainer = Trainer(policy, cfg, make_loss_fn(beta, nll_weight), train, out_dir, save_fn=save_fn, name="dpo",
-                      eval_fn=(lambda m: evaluate_pairs(m, val, beta)) if val else None)
+    trainer = Trainer(policy, cfg, make_loss_fn(beta, nll_weight, trim_padding), train, out_dir, save_fn=save_fn,
+                      name="dpo", eval_fn=(lambda m: evaluate_pairs(m, val, beta)) if val else None)
     return trainer.fit()
 
 
@@ -150,4 +155,4 @@ def main(cfg: DPOConfig) -> dict:
     model, tok, train_rows, val_rows, out = load_preference_run(cfg, "DPO")
     policy = make_policy(model, cfg.lora_r, cfg.lora_alpha)
     return train_dpo(policy, tok, train_rows, val_rows, cfg.train, out, beta=cfg.beta, max_len=cfg.max_len,
-                     run_config=to_dict(cfg))
+                     run_config=to_dict(cfg), trim_padding=cfg.trim_padding)

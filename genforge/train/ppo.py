@@ -88,6 +88,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     normalize_scores: bool = True  # standardise each rollout's scores (a batch baseline; see PPORollouts.process)
     max_nan_rewards: int = 3  # rollouts with a NaN reward skipped before the run stops
+    trim_padding: bool = True  # forwards in length groups without shared padding (`rollout.length_groups`)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         micro_batch=8, warmup_steps=0, lr=1e-4, min_lr_ratio=1.0, weight_decay=0.0, eval_every=0, ckpt_every=0,
         log_every=1))
@@ -96,14 +97,14 @@ class PPOConfig:
 class ActorCritic(nn.Module):
     """The policy (a GPT, maybe with LoRA) and a value head on its final hidden states."""
 
-    def __init__(self, policy: nn.Module, value_head: ScalarHead | None = None):
+    def __init__(self, policy: nn.Module, value_head: ScalarHead | None = None, trim: bool = False):
         super().__init__()
-        self.policy = policy
+        self.policy, self.trim = policy, trim  # trim: see `rollout.response_forward`
         self.value_head = value_head or ScalarHead(policy.config.width, bias=True, init_std=0.0)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, R, V) over the response tokens, values (B, R): V(state before token t))."""
-        logits, hidden = response_forward(self.policy, batch, with_hidden=True)
+        logits, hidden = response_forward(self.policy, batch, with_hidden=True, trim=self.trim)
         return logits, self.value_head(hidden)
 
 
@@ -162,8 +163,13 @@ def make_loss_fn(cfg: PPOConfig):
         logp = gather_logprobs(logits, batch["response_ids"], mask)
         pg, st = ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], mask, cfg.clip)
         vf, vf_frac = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, cfg.vf_clip)
-        entropy = masked_mean(entropy_from_logits(logits), mask)
-        loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+        if cfg.ent_coef:
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            loss = pg + cfg.vf_coef * vf - cfg.ent_coef * entropy
+        else:  # logged only: no backward through a softmax over (b, R, V) that adds zeros to the gradient
+            with torch.no_grad():
+                entropy = masked_mean(entropy_from_logits(logits), mask)
+            loss = pg + cfg.vf_coef * vf
         metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": st["clip_frac"].item(),
                    "vf_clip_frac": vf_frac.item(), "approx_kl_old": st["approx_kl"].item(),
                    "entropy": entropy.item()}
@@ -178,8 +184,8 @@ def train_ppo(policy: nn.Module, tok: Tokenizer, prompts: list[dict], reward_fn:
 
     prompts: rows with a "prompt" string (kept whole and handed to reward_fn / monitor_fn).
     """
-    ref = Reference(policy)
-    ac = ActorCritic(policy)
+    ref = Reference(policy, trim=cfg.trim_padding)
+    ac = ActorCritic(policy, trim=cfg.trim_padding)
     ids = [encode_prompt(tok, r["prompt"]) for r in prompts]
     source = PPORollouts(ac, ref, ids, prompts, reward_fn, cfg, cfg.train, pad_id=tok.pad_id, stop_id=tok.end_id,
                          monitor_fn=monitor_fn)
@@ -212,11 +218,12 @@ def read_prompts(path: str | Path) -> list[dict]:
     return rows
 
 
-def rm_reward(reward_model, pad_id: int) -> RewardFn:
-    """Reward = the reward model's score of prompt + response."""
+def rm_reward(reward_model, pad_id: int, trim: bool = False) -> RewardFn:
+    """Reward = the reward model's score of prompt + response (trim: see `reward.rm_scores`)."""
     from genforge.train.reward import score_responses
 
-    return lambda prompts, responses, rows: score_responses(reward_model, prompts, responses, pad_id).tolist()
+    return lambda prompts, responses, rows: score_responses(reward_model, prompts, responses, pad_id,
+                                                            trim=trim).tolist()
 
 
 def verifiable_reward(tok: Tokenizer) -> RewardFn:
@@ -249,7 +256,7 @@ def main(cfg: PPOConfig) -> dict:
     if cfg.reward == "rm":
         from genforge.train.reward import load_reward_model
 
-        reward_fn = rm_reward(load_reward_model(cfg.reward_model), tok.pad_id)
+        reward_fn = rm_reward(load_reward_model(cfg.reward_model), tok.pad_id, cfg.trim_padding)
     else:
         reward_fn = verifiable_reward(tok)
     out = Path(cfg.out_dir)

@@ -23,7 +23,7 @@ from genforge.io import read_jsonl
 from genforge.model.heads import RewardModel
 from genforge.tokenizer import Tokenizer
 from genforge.train.rl_losses import bradley_terry_loss, ranking_pairs
-from genforge.train.rollout import encode_prompt, encode_response, make_batch
+from genforge.train.rollout import encode_prompt, encode_response, length_groups, make_batch
 from genforge.train.trainer import TrainConfig, Trainer
 
 # ---------------------------------------------------------------------------- data
@@ -157,18 +157,33 @@ def load_reward_model(folder: str | Path, device: str | torch.device = "cpu") ->
     return RewardModel.from_trunk(load_model(folder, device), load_file(str(f))).to(device).eval()
 
 
-def rm_scores(model: RewardModel, batch: dict) -> torch.Tensor:
-    """Scores (B,) of the rows of a `make_batch` batch."""
-    return model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+def rm_scores(model: RewardModel, batch: dict, trim: bool = False) -> torch.Tensor:
+    """Scores (B,) of the rows of a `make_batch` batch.
+
+    trim: score rows of similar length together, each group without the columns that are padding in all its rows
+    (`rollout.length_groups`); the same scores up to float rounding."""
+    groups = length_groups(batch) if trim else []
+    if len(groups) <= 1 and not (groups and (groups[0][1] > 0 or groups[0][2] < batch["input_ids"].shape[1])):
+        return model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    parts = [model(batch["input_ids"][idx, lo:hi], batch["attention_mask"][idx, lo:hi],
+                   batch["position_ids"][idx, lo:hi]) for idx, lo, hi in groups]  # (n,) each
+    order = torch.cat([idx for idx, _, _ in groups])
+    return torch.cat(parts)[torch.argsort(order)]  # (B,) in batch order
 
 
-def bt_loss_fn(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int, dict]:
-    """Trainer loss: Bradley–Terry summed over every pair in the batch, with the pair count."""
-    scores = rm_scores(model, batch)  # (B,)
-    better, worse = scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]  # (P,)
-    loss = bradley_terry_loss(better, worse).sum()
-    return loss, len(better), {"pair_acc": (better > worse).float().mean().item(),
-                               "margin": (better - worse).mean().item()}
+def make_bt_loss_fn(trim: bool = False):
+    """The Bradley–Terry trainer loss (trim: see `rm_scores`)."""
+    def loss_fn(model: RewardModel, batch: dict) -> tuple[torch.Tensor, int, dict]:
+        """Trainer loss: Bradley–Terry summed over every pair in the batch, with the pair count."""
+        scores = rm_scores(model, batch, trim)  # (B,)
+        better, worse = scores[batch["pairs"][:, 0]], scores[batch["pairs"][:, 1]]  # (P,)
+        loss = bradley_terry_loss(better, worse).sum()
+        return loss, len(better), {"pair_acc": (better > worse).float().mean().item(),
+                                   "margin": (better - worse).mean().item()}
+    return loss_fn
+
+
+bt_loss_fn = make_bt_loss_fn()
 
 
 @torch.no_grad()
@@ -190,14 +205,14 @@ def pairwise_accuracy(model: RewardModel, data: RankedData) -> dict:
 
 @torch.no_grad()
 def score_responses(model: RewardModel, prompts: list[list[int]], responses: list[list[int]], pad_id: int = 0,
-                    chunk: int = 32) -> torch.Tensor:
-    """Reward-model scores (N,) for prompt/response id lists (used as the PPO reward)."""
+                    chunk: int = 32, trim: bool = False) -> torch.Tensor:
+    """Reward-model scores (N,) for prompt/response id lists (used as the PPO reward; trim: see `rm_scores`)."""
     dev = next(model.parameters()).device
     max_len = model.trunk.config.max_seq_len
     out = []
     for i in range(0, len(prompts), chunk):
         b = make_batch(prompts[i:i + chunk], responses[i:i + chunk], pad_id, max_len)
-        out.append(rm_scores(model, {k: v.to(dev) for k, v in b.items()}).float().cpu())
+        out.append(rm_scores(model, {k: v.to(dev) for k, v in b.items()}, trim).float().cpu())
     return torch.cat(out)
 
 
@@ -206,13 +221,14 @@ def score_responses(model: RewardModel, prompts: list[list[int]], responses: lis
 
 def rank_own_samples(model: torch.nn.Module, tok: Tokenizer, rows: list[dict], score_fn, *, samples: int = 4,
                      temperature: float = 0.8, max_new_tokens: int = 128, seed: int = 0,
-                     chunk: int = 64) -> list[RankedPrompt]:
+                     chunk: int = 64, trim: bool = False) -> list[RankedPrompt]:
     """Ranked completions the way InstructGPT's labellers got them (Ouyang et al. 2022, sec. 3.5): the
     policy's greedy answer plus `samples` answers at `temperature` for each row's prompt, ranked best to worst
     by `score_fn(row, text) -> float` (the simulated labeller).
 
     Duplicates are merged; prompts whose answers all score the same are dropped (they teach nothing). Scores
-    stay on each row, so equal-scored completions never form a pair. Sampling is batched in the engine.
+    stay on each row, so equal-scored completions never form a pair. Sampling is batched in the engine (trim: its
+    prefill in length groups, `Engine.trim_prefill`).
     """
     from genforge.infer.sampling import SamplingParams
     from genforge.text import detokenize
@@ -220,10 +236,11 @@ def rank_own_samples(model: torch.nn.Module, tok: Tokenizer, rows: list[dict], s
 
     ids = [encode_prompt(tok, r["prompt"]) for r in rows]
     greedy = sample_responses(model, ids, SamplingParams(max_new_tokens=max_new_tokens), stop_id=tok.end_id,
-                              chunk=chunk)
+                              chunk=chunk, trim=trim)
     rep = [p for p in ids for _ in range(samples)]  # (N*samples,) each prompt `samples` times in a row
     sampled = sample_responses(model, rep, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                          seed=seed), stop_id=tok.end_id, chunk=chunk)
+                                                          seed=seed), stop_id=tok.end_id, chunk=chunk,
+                               trim=trim)
     out = []
     for i, row in enumerate(rows):
         texts = [greedy[i]] + sampled[i * samples:(i + 1) * samples]
@@ -289,10 +306,11 @@ class RewardConfig:
 
 def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[RankedPrompt],
                        val_rows: list[RankedPrompt], cfg: TrainConfig, out_dir: str | Path, *, max_len: int = 256,
-                       run_config: dict | None = None, min_gap: float = 0.0) -> dict:
+                       run_config: dict | None = None, min_gap: float = 0.0, trim_padding: bool = False) -> dict:
     """Fit `model` with the shared trainer; the checkpoint (trunk + score head) goes to out_dir/checkpoint.
 
-    min_gap: with labelled scores, train only on pairs whose scores differ by more than this."""
+    min_gap: with labelled scores, train only on pairs whose scores differ by more than this.
+    trim_padding: forwards in length groups without shared padding (`rm_scores`)."""
     train = RankedData(train_rows, tok, cfg.micro_batch, max_len, cfg.seed, cfg.grad_accum, min_gap)
     if not train.groups:
         raise DataError(f"reward model: no training pair whose scores differ by more than {min_gap:g}; "
@@ -304,7 +322,7 @@ def train_reward_model(model: RewardModel, tok: Tokenizer, train_rows: list[Rank
                                {"stage": "reward", "step": trainer.step, "metrics": trainer.last_eval})
         model.save_head(folder)
 
-    trainer = Trainer(model, cfg, bt_loss_fn, train, out_dir, save_fn=save_fn, name="reward",
+    trainer = Trainer(model, cfg, make_bt_loss_fn(trim_padding), train, out_dir, save_fn=save_fn, name="reward",
                       eval_fn=(lambda m: pairwise_accuracy(m, val)) if val else None)
     return trainer.fit()
 
