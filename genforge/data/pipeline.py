@@ -507,21 +507,25 @@ class _Index:
                 for _, row in read_jsonl(kept_path):
                     self.ds.check_add(str(row["id"]), row["text"])
 
-    def near_best(self, sig: np.ndarray, cands: dict[int, np.ndarray]) -> tuple[int, float] | None:
-        """The most similar of the candidates (kept ordinal -> signature) at or above the threshold (ties: the
-        earliest), checking only those whose sketch agrees enough, as `best_sealed` does."""
-        best = None
-        if cands:
-            order = sorted(cands)
-            sigs = np.stack([cands[o] for o in order])  # (n_cands, num_perm)
-            # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
-            agree = np.count_nonzero((sigs[:, :self.k] & 0xFF) == (sig[:self.k] & 0xFF), axis=1) / self.k
-            sims = np.count_nonzero(sigs == sig, axis=1) / len(sig)
-            for o, a, sim in zip(order, agree.tolist(), sims.tolist()):
-                if (a >= self.cfg.near_threshold - SKETCH_SLACK and sim >= self.cfg.near_threshold
-                        and (best is None or sim > best[1])):
-                    best = (o, sim)
-        return best
+    def near_in_chunk(self, sigs: np.ndarray, bands: np.ndarray) -> dict[int, list[tuple[int, float]]]:
+        """Candidates among earlier rows of the same chunk: for each row j of `sigs` (m, num_perm) the rows r < j
+        that share a band key with it (as uint32, as the index stores them) and whose sketch and signature agree at
+        least as `best_sealed` asks, as (r, similarity) in ascending r; all pairs of the chunk in a few numpy ops
+        (whether r was kept is decided later, in input order)."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        js, rs = _sharing_pairs(bands.astype(np.uint32))
+        thr = self.cfg.near_threshold
+        sk = sigs[:, :self.k] & 0xFF
+        block = 1 << 15  # pairs compared at a time: bounded temporaries however many pairs a chunk has
+        for lo in range(0, len(js), block):
+            j, r = js[lo:lo + block], rs[lo:lo + block]
+            agree = np.count_nonzero(sk[j] == sk[r], axis=1) / self.k
+            j, r = j[agree >= thr - SKETCH_SLACK], r[agree >= thr - SKETCH_SLACK]
+            sims = np.count_nonzero(sigs[j] == sigs[r], axis=1) / sigs.shape[1]
+            hit = sims >= thr
+            for jj, rr, sim in zip(j[hit].tolist(), r[hit].tolist(), sims[hit].tolist()):
+                out.setdefault(jj, []).append((rr, sim))
+        return out
 
     def best_sealed(self, sigs: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> list[tuple[int, float] | None]:
         """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
@@ -592,29 +596,49 @@ class _Index:
         return self.exact.nbytes + self.near.nbytes
 
 
-def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
-    """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
-    (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
+def _same_key_groups(keys: np.ndarray) -> np.ndarray:
+    """Group number of each entry of `keys` (shape (m,)) among the entries with the same key, -1 where the key is
+    unique (most of them): one stable sort, no Python per entry."""
+    m = len(keys)
+    group = np.full(m, -1, dtype=np.int64)
+    if m < 2:
+        return group
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    same = k[1:] == k[:-1]
+    if not same.any():
+        return group
+    member = np.zeros(m, dtype=bool)
+    member[1:] |= same
+    member[:-1] |= same
+    run = np.cumsum(np.concatenate([[True], ~same]))  # run number of each sorted entry
+    group[order[member]] = run[member]
+    return group
+
+
+def _sharing_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of rows (j, r), r < j, of `keys` (shape (m, w)) that share any key, each pair once, sorted by j
+    then r: (j, r) as two int64 arrays. All pairs of each run of equal keys are generated with numpy."""
     m, w = keys.shape
     flat = keys.reshape(-1)
-    rows = np.repeat(np.arange(m), w)
+    rows = np.repeat(np.arange(m, dtype=np.int64), w)
     order = np.lexsort((rows, flat))  # by key, then row
     fk, fr = flat[order], rows[order]
-    same = np.flatnonzero(fk[1:] == fk[:-1])
-    groups: list[list[int]] = []
-    member: dict[int, list[int]] = {}
-    if not len(same):
-        return groups, member
-    # runs of equal keys: a run starts at p where fk[p] == fk[p+1] but fk[p-1] != fk[p]
-    starts = same[np.concatenate([[True], same[1:] != same[:-1] + 1])]
-    ends = same[np.concatenate([same[1:] != same[:-1] + 1, [True]])] + 2
-    for a, b in zip(starts.tolist(), ends.tolist()):
-        g = sorted(set(fr[a:b].tolist()))  # a few rows: Python beats a numpy call per group
-        if len(g) > 1:
-            for r in g:
-                member.setdefault(r, []).append(len(groups))
-            groups.append(g)
-    return groups, member
+    n = len(fk)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    new = np.concatenate([[True], fk[1:] != fk[:-1]])
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first position of each entry's run
+    cnt = np.arange(n) - start  # entries before this one in its run
+    if not cnt.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pos = np.repeat(np.arange(n), cnt)
+    first = np.repeat(start, cnt)
+    earlier = first + (np.arange(len(pos)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    j, r = fr[pos], fr[earlier]
+    ok = r < j  # (one document can hold a key twice)
+    code = np.unique(j[ok] << 32 | r[ok])  # sorted by j, then r
+    return code >> 32, code & 0xFFFFFFFF
 
 
 def _chunks(docs: Iterator[Doc], n: int) -> Iterator[list[tuple[str, str, str]]]:
@@ -654,30 +678,28 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     """Every decision that depends on earlier documents, for one chunk in input order: exact and near dedup.
 
     Hits among documents kept in earlier chunks come from the sorted index runs in one batched lookup per
-    chunk; hits within this chunk from the groups of candidates that share a key (`_earlier_sharing`), so
-    no per-document index update happens in Python. Calls `drop` for each removed document; returns the
+    chunk; hits within this chunk from the rows that share a key (`_same_key_groups`, `_Index.near_in_chunk`: all
+    pairs compared at once), so no per-document index update or comparison happens in Python. Calls `drop` for each removed document; returns the
     output lines of the kept ones, their text bytes and their positions among the chunk's survivors (ascending).
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
     keep_pos = {i: j for j, i in enumerate(keep)}
-    ex_sealed: dict[int, list[int]] = {}  # row -> [the earliest kept ordinal with its exact key], if any
+    ex_sealed: dict[int, int] = {}  # row -> the earliest kept ordinal with its exact key, if any
     if cfg.dedup_exact and keep:
         for r, o in zip(*(a.tolist() for a in index.exact.lookup_flat(keys.reshape(-1, 1)))):
-            ex_sealed[r] = [min(o, ex_sealed[r][0])] if r in ex_sealed else [o]
-    ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
+            ex_sealed[r] = min(o, ex_sealed[r]) if r in ex_sealed else o
+    # within the chunk: the rows with the same exact key (group numbers) and the near candidates among earlier rows
+    ex_group = _same_key_groups(keys).tolist() if cfg.dedup_exact and keep else []
+    group_kept: dict[int, int] = {}  # exact-key group -> the ordinal of its member kept in this chunk
     bands = (res["bands"] if res.get("bands") is not None else minhash.band_keys(sigs)) \
         if minhash is not None and keep else None
     near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
-    # the index stores band keys as uint32, so within a chunk they collide as uint32 too
-    near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
     sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
+    near_here = index.near_in_chunk(sigs, bands) if bands is not None else {}
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     kept_lines: list[bytes] = []
     kept_bytes = 0
-
-    def earlier_kept(j: int, groups: tuple) -> list[int]:  # rows before j kept in this chunk that share a key
-        return [r for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
 
     def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
         if i in res["heads"]:
@@ -690,16 +712,18 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             continue
         j = keep_pos[i]
         if cfg.dedup_exact:
-            hits = ex_sealed.get(j) or [ordinal[r] for r in earlier_kept(j, ex_groups)]
-            if hits:
-                drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
+            # the earliest kept document with this key: one kept earlier in this chunk, at most one a group
+            hit_ex = ex_sealed.get(j, group_kept.get(ex_group[j]) if ex_group[j] >= 0 else None)
+            if hit_ex is not None:
+                drop(doc_id, source, "exact_dup", f"same as {index.ids[hit_ex]}", head(i))
                 continue
-        sig = sigs[j] if bands is not None else None
-        if sig is not None:
+        if bands is not None:
             hit = sealed_best[j]  # the best among documents kept in earlier chunks (lower ordinals)
-            here = earlier_kept(j, near_groups)  # a candidate kept earlier in this very chunk
-            if (here and (new := index.near_best(sig, {ordinal[r]: sigs[r] for r in here})) is not None
-                    and (hit is None or new[1] > hit[1])):
+            new = None
+            for r, sim in near_here.get(j, ()):  # kept earlier in this very chunk: ascending ordinals
+                if r in ordinal and (new is None or sim > new[1]):
+                    new = (ordinal[r], sim)
+            if new is not None and (hit is None or new[1] > hit[1]):
                 hit = new  # ties go to the earliest document, which is the sealed one
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
@@ -708,6 +732,8 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", head(i))
             continue
         ordinal[j] = index.add(doc_id)
+        if cfg.dedup_exact and ex_group[j] >= 0:
+            group_kept.setdefault(ex_group[j], ordinal[j])
         kept_lines.append(lines[j])
         kept_bytes += res["kept_bytes"][j]
     kept_j = sorted(ordinal, key=ordinal.__getitem__)
