@@ -78,7 +78,7 @@ from genforge.data.clean import (
     word_tokens,
 )
 from genforge.data.dedup import BatchMinHash, NearDeduper
-from genforge.data.readers import Doc, expand_paths, iter_documents
+from genforge.data.readers import Doc, expand_paths, iter_documents, iter_raw_lines, parse_jsonl_line
 from genforge.errors import ConfigError, DataError
 from genforge.io import read_jsonl, write_json, write_text
 from genforge.progress import Progress
@@ -239,6 +239,26 @@ class _Worker:
         enc = getattr(self.packer.encode_many, "enc", None) if self.packer is not None else None
         self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None,
                                 enc, *(self.packer.bos_eos if self.packer is not None else (0, 0)))
+
+    def run(self, item: list[tuple[str, str, str]] | _RawChunk) -> dict:
+        """`process` a chunk of rows, or of undecoded JSONL lines (`_RawChunk`): those are parsed here, so the main
+        process only splits lines; the result then also holds the rows' ("rows": (id, "", source)), the malformed
+        lines ("bad": (where, message, head of the line), raised as `DataError` without `skip_bad`) and whether any
+        text is not blank ("any_text")."""
+        if not isinstance(item, _RawChunk):
+            return self.process(item)
+        rows, bad = [], []
+        for lineno, raw in item.lines:
+            doc = parse_jsonl_line(raw, item.path, item.name, lineno, self.cfg.text_field, self.cfg.id_field)
+            if isinstance(doc, Doc):
+                rows.append((doc.id, doc.text, doc.source))
+            elif self.cfg.skip_bad:
+                bad.append((f"{item.path}:{lineno}", doc, raw[:300]))
+            else:
+                raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
+        res = self.process(rows)
+        res.update(rows=[(d, "", src) for d, _, src in rows], bad=bad, any_text=any(t.strip() for _, t, _ in rows))
+        return res
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
@@ -403,8 +423,8 @@ def _init_worker(cfg: CleanConfig, filters_dir: str | None) -> None:
     _WORKER = _Worker(cfg, filters_dir)
 
 
-def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
-    return _WORKER.process(chunk)
+def _process_in_worker(chunk: list[tuple[str, str, str]] | _RawChunk) -> dict:
+    return _WORKER.run(chunk)
 
 
 def exact_key64_normalised(text: str, lower: str) -> int:
@@ -641,6 +661,43 @@ def _sharing_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return code >> 32, code & 0xFFFFFFFF
 
 
+@dataclass
+class _RawChunk:
+    """Up to `chunk_docs` non-blank lines of one JSONL file, undecoded: the workers parse them (`_Worker.run`), so
+    the main process (whose dedup decisions bound the wall clock) only reads and splits lines."""
+
+    path: str
+    name: str
+    lines: list[tuple[int, bytes]]
+
+
+def _raw_chunks(files: list[Path], cfg: CleanConfig, skip: int, on_bad: Callable | None,
+                seen: dict) -> Iterator[_RawChunk]:
+    """The JSONL inputs as `_RawChunk`s, after the first `skip` documents (parsed here, as `iter_documents` would:
+    a resumed run reports the same malformed lines and notes whether any text was seen, in seen["text"])."""
+    from genforge.data.readers import _guarded
+
+    for path in files:
+        buf: list[tuple[int, bytes]] = []
+        for lineno, raw in _guarded(path, iter_raw_lines(path)):
+            if skip:
+                doc = parse_jsonl_line(raw, str(path), path.name, lineno, cfg.text_field, cfg.id_field)
+                if isinstance(doc, Doc):
+                    skip -= 1
+                    seen["text"] = seen["text"] or bool(doc.text.strip())
+                elif on_bad is None:
+                    raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
+                else:
+                    on_bad(f"{path}:{lineno}", doc, raw[:300])
+                continue
+            buf.append((lineno, raw))
+            if len(buf) >= cfg.chunk_docs:
+                yield _RawChunk(str(path), path.name, buf)
+                buf = []
+        if buf:
+            yield _RawChunk(str(path), path.name, buf)
+
+
 def _chunks(docs: Iterator[Doc], n: int) -> Iterator[list[tuple[str, str, str]]]:
     while True:
         chunk = [(d.id, d.text, d.source) for d in itertools.islice(docs, n)]
@@ -654,7 +711,7 @@ def _ordered_results(chunks: Iterator[list], cfg: CleanConfig, filters_dir: str 
     if cfg.workers == 1:
         w = _Worker(cfg, filters_dir)
         for chunk in chunks:
-            yield chunk, w.process(chunk)
+            yield chunk, w.run(chunk)
         return
     import multiprocessing as mp
 
@@ -678,8 +735,9 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     """Every decision that depends on earlier documents, for one chunk in input order: exact and near dedup.
 
     Hits among documents kept in earlier chunks come from the sorted index runs in one batched lookup per
-    chunk; hits within this chunk from the rows that share a key (`_same_key_groups`, `_Index.near_in_chunk`: all
-    pairs compared at once), so no per-document index update or comparison happens in Python. Calls `drop` for each removed document; returns the
+    chunk; hits within this chunk from the rows that share a key (`_same_key_groups`, `_Index.near_in_chunk`:
+    all pairs compared at once), so no per-document index update or comparison happens in Python. Calls `drop`
+    for each removed document; returns the
     output lines of the kept ones, their text bytes and their positions among the chunk's survivors (ascending).
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
@@ -828,8 +886,14 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
         if len(bad) < N_BAD_SAMPLES:
             bad.append({"where": where, "error": msg, "line": raw.decode("utf-8", "replace")})
 
-    docs = iter_documents(files, cfg.text_field, cfg.id_field, on_bad=on_bad if cfg.skip_bad else None)
-    docs = itertools.islice(docs, resumed_from, None)
+    # JSONL inputs travel to the workers as undecoded lines (parsed there); other formats as parsed documents
+    raw = all(f.name.lower().endswith((".jsonl", ".jsonl.gz")) for f in files)
+    seen = {"text": False}
+    if raw:
+        chunks = _raw_chunks(files, cfg, resumed_from, on_bad if cfg.skip_bad else None, seen)
+    else:
+        docs = iter_documents(files, cfg.text_field, cfg.id_field, on_bad=on_bad if cfg.skip_bad else None)
+        chunks = _chunks(itertools.islice(docs, resumed_from, None), cfg.chunk_docs)
     removed, examples = dict(state["removed"]), {k: list(v) for k, v in state["examples"].items()}
     s = dict(state)
     bar = Progress(None, desc="clean", unit="doc", initial=resumed_from) if show else None
@@ -861,8 +925,13 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                 rem.write((json.dumps({"id": doc_id, "reason": reason, "detail": detail, "source": source},
                                       ensure_ascii=False) + "\n").encode("utf-8"))
 
-            results = _ordered_results(_chunks(docs, cfg.chunk_docs), cfg, str(filters_dir) if has_clf else None)
+            results = _ordered_results(chunks, cfg, str(filters_dir) if has_clf else None)
             for chunk, res in results:
+                if "rows" in res:  # parsed in the worker
+                    for b in res["bad"]:
+                        on_bad(*b)
+                    seen["text"] = seen["text"] or res["any_text"]
+                    chunk = res["rows"]
                 s["bytes_in"] += res["in_bytes"]
                 s["docs_done"] += len(chunk)
                 kept_lines, kept_bytes, kept_rows = _decide_chunk(chunk, res, index, minhash, cfg, drop)
@@ -876,6 +945,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                 if s["docs_done"] - last_ckpt >= cfg.checkpoint_docs:
                     checkpoint()
                     last_ckpt = s["docs_done"]
+            if raw and not seen["text"]:  # as `iter_documents` says it
+                raise DataError(f"empty corpus: no text in {', '.join(map(str, files))}")
             checkpoint()
     finally:
         index.close()
