@@ -269,6 +269,10 @@ class _Worker:
         (`batch.ChunkRules`); `process_plain` is the same one document at a time (the reference it is tested
         against). `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
+        if not chunk:  # a chunk of only malformed lines (`run` with skip_bad): nothing to judge
+            sigs = np.zeros((0, self.minhash.num_perm), np.uint32) if self.minhash is not None else None
+            return self._result(chunk, [], [], [], np.zeros(0, np.uint64), sigs, all_texts,
+                                self.packer.encode([]) if self.packer is not None else None)
         texts = normalize_many([t for _, t, _ in chunk])
         lowers = [t.lower() for t in texts]
         rules = self.rules
