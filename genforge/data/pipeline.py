@@ -86,6 +86,7 @@ from genforge.progress import Progress
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
+IN_CHUNK_PAIRS = 1 << 22  # pairs of rows sharing a band key in one chunk compared at once (more: kept rows only)
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
 NEAR_FILTER_BITS = 28  # presence bitmap of the LSH band keys (32 MB): ~2 % false hits at 5 M keys, ~10 % at 28 M
 N_EXAMPLES = 3  # removed documents shown per reason in data_report.md
@@ -531,13 +532,16 @@ class _Index:
                 for _, row in read_jsonl(kept_path):
                     self.ds.check_add(str(row["id"]), row["text"])
 
-    def near_in_chunk(self, sigs: np.ndarray, bands: np.ndarray) -> dict[int, list[tuple[int, float]]]:
+    def near_in_chunk(self, sigs: np.ndarray, bands: np.ndarray) -> dict[int, list[tuple[int, float]]] | None:
         """Candidates among earlier rows of the same chunk: for each row j of `sigs` (m, num_perm) the rows r < j
         that share a band key with it (as uint32, as the index stores them) and whose sketch and signature agree at
         least as `best_sealed` asks, as (r, similarity) in ascending r; all pairs of the chunk in a few numpy ops
-        (whether r was kept is decided later, in input order)."""
+        (whether r was kept is decided later, in input order). None where `_sharing_pairs` gives up."""
         out: dict[int, list[tuple[int, float]]] = {}
-        js, rs = _sharing_pairs(bands.astype(np.uint32))
+        pairs = _sharing_pairs(bands.astype(np.uint32))
+        if pairs is None:
+            return None
+        js, rs = pairs
         thr = self.cfg.near_threshold
         sk = sigs[:, :self.k] & 0xFF
         block = 1 << 15  # pairs compared at a time: bounded temporaries however many pairs a chunk has
@@ -550,6 +554,22 @@ class _Index:
             for jj, rr, sim in zip(j[hit].tolist(), r[hit].tolist(), sims[hit].tolist()):
                 out.setdefault(jj, []).append((rr, sim))
         return out
+
+    def near_best(self, sig: np.ndarray, cands: dict[int, np.ndarray]) -> tuple[int, float] | None:
+        """The most similar of the candidates (kept ordinal -> signature) at or above the threshold (ties: the
+        earliest), checking only those whose sketch agrees enough, as `best_sealed` does."""
+        best = None
+        if cands:
+            order = sorted(cands)
+            sigs = np.stack([cands[o] for o in order])  # (n_cands, num_perm)
+            # the sketch estimates Jaccard from SKETCH values (sd ~0.09 at 0.5); 0.3 below the threshold is >3 sd
+            agree = np.count_nonzero((sigs[:, :self.k] & 0xFF) == (sig[:self.k] & 0xFF), axis=1) / self.k
+            sims = np.count_nonzero(sigs == sig, axis=1) / len(sig)
+            for o, a, sim in zip(order, agree.tolist(), sims.tolist()):
+                if (a >= self.cfg.near_threshold - SKETCH_SLACK and sim >= self.cfg.near_threshold
+                        and (best is None or sim > best[1])):
+                    best = (o, sim)
+        return best
 
     def best_sealed(self, sigs: np.ndarray, rows: np.ndarray, cands: np.ndarray) -> list[tuple[int, float] | None]:
         """`near_best` of every row of `sigs` (m, num_perm) over its candidates among the documents kept in earlier
@@ -640,9 +660,35 @@ def _same_key_groups(keys: np.ndarray) -> np.ndarray:
     return group
 
 
-def _sharing_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
+    """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
+    (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
+    m, w = keys.shape
+    flat = keys.reshape(-1)
+    rows = np.repeat(np.arange(m), w)
+    order = np.lexsort((rows, flat))  # by key, then row
+    fk, fr = flat[order], rows[order]
+    same = np.flatnonzero(fk[1:] == fk[:-1])
+    groups: list[list[int]] = []
+    member: dict[int, list[int]] = {}
+    if not len(same):
+        return groups, member
+    # runs of equal keys: a run starts at p where fk[p] == fk[p+1] but fk[p-1] != fk[p]
+    starts = same[np.concatenate([[True], same[1:] != same[:-1] + 1])]
+    ends = same[np.concatenate([same[1:] != same[:-1] + 1, [True]])] + 2
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        g = sorted(set(fr[a:b].tolist()))  # a few rows: Python beats a numpy call per group
+        if len(g) > 1:
+            for r in g:
+                member.setdefault(r, []).append(len(groups))
+            groups.append(g)
+    return groups, member
+
+
+def _sharing_pairs(keys: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray] | None:
     """Every pair of rows (j, r), r < j, of `keys` (shape (m, w)) that share any key, each pair once, sorted by j
-    then r: (j, r) as two int64 arrays. All pairs of each run of equal keys are generated with numpy."""
+    then r: (j, r) as two int64 arrays; None when the runs of equal keys hold more than `IN_CHUNK_PAIRS` pairs
+    (many copies in one chunk: the caller then looks at the kept rows only). All pairs generated with numpy."""
     m, w = keys.shape
     flat = keys.reshape(-1)
     rows = np.repeat(np.arange(m, dtype=np.int64), w)
@@ -656,12 +702,21 @@ def _sharing_pairs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cnt = np.arange(n) - start  # entries before this one in its run
     if not cnt.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    pos = np.repeat(np.arange(n), cnt)
-    first = np.repeat(start, cnt)
-    earlier = first + (np.arange(len(pos)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-    j, r = fr[pos], fr[earlier]
-    ok = r < j  # (one document can hold a key twice)
-    code = np.unique(j[ok] << 32 | r[ok])  # sorted by j, then r
+    # Rows that share many keys (copies share every band) repeat a pair once per key: generate the pairs a block
+    # of about `block` at a time and drop the repeats per block, so memory stays bounded even for a chunk of copies.
+    ends = np.cumsum(cnt)
+    if ends[-1] > IN_CHUNK_PAIRS:
+        return None
+    cuts = np.searchsorted(ends, np.arange(block, int(ends[-1]), block), "left").tolist()
+    codes = []
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        c = cnt[a:b]
+        pos = np.repeat(np.arange(a, b), c)
+        earlier = np.repeat(start[a:b], c) + (np.arange(len(pos)) - np.repeat(np.cumsum(c) - c, c))
+        j, r = fr[pos], fr[earlier]
+        ok = r < j  # (one document can hold a key twice)
+        codes.append(np.unique(j[ok] << 32 | r[ok]))
+    code = np.unique(np.concatenate(codes)) if len(codes) > 1 else codes[0]  # sorted by j, then r
     return code >> 32, code & 0xFFFFFFFF
 
 
@@ -758,6 +813,8 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
     sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
     near_here = index.near_in_chunk(sigs, bands) if bands is not None else {}
+    # a chunk of many copies: per row, only the kept earlier rows that share a key (`_earlier_sharing`)
+    near_groups = _earlier_sharing(bands.astype(np.uint32)) if near_here is None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     kept_lines: list[bytes] = []
@@ -782,9 +839,12 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
         if bands is not None:
             hit = sealed_best[j]  # the best among documents kept in earlier chunks (lower ordinals)
             new = None
-            for r, sim in near_here.get(j, ()):  # kept earlier in this very chunk: ascending ordinals
-                if r in ordinal and (new is None or sim > new[1]):
-                    new = (ordinal[r], sim)
+            if near_here is not None:
+                for r, sim in near_here.get(j, ()):  # kept earlier in this very chunk: ascending ordinals
+                    if r in ordinal and (new is None or sim > new[1]):
+                        new = (ordinal[r], sim)
+            elif here := [r for g in near_groups[1].get(j, ()) for r in near_groups[0][g] if r < j and r in ordinal]:
+                new = index.near_best(sigs[j], {ordinal[r]: sigs[r] for r in here})
             if new is not None and (hit is None or new[1] > hit[1]):
                 hit = new  # ties go to the earliest document, which is the sealed one
             if hit is not None:

@@ -33,8 +33,9 @@ def test_sharing_pairs_match_brute_force():
     for m, w, vocab in ((1, 3, 5), (7, 1, 3), (40, 4, 30), (120, 6, 400), (60, 3, 2)):
         keys = rng.integers(0, vocab, (m, w)).astype(np.uint32)
         want = sorted({(j, r) for j in range(m) for r in range(j) if set(keys[j].tolist()) & set(keys[r].tolist())})
-        j, r = _sharing_pairs(keys)
-        assert list(zip(j.tolist(), r.tolist())) == want
+        for block in (1 << 20, 7, 1):  # one block, and many (the repeats of a pair then meet across blocks)
+            j, r = _sharing_pairs(keys, block)
+            assert list(zip(j.tolist(), r.tolist())) == want
 
 
 def test_same_key_groups_match_brute_force():
@@ -118,3 +119,24 @@ def test_blank_corpus_is_the_readers_error(tmp_path):
     p.write_text('{"text": "   "}\n{"text": ""}\n')
     with pytest.raises(DataError, match="empty corpus: no text in"):
         clean_corpus(p, tmp_path / "out.jsonl", CleanConfig(classifier="off"))
+
+
+def test_a_chunk_of_copies_falls_back_to_kept_rows(tmp_path, monkeypatch):
+    """Copies share every band key (~21 M repeated pairs for 1,000 of them): `_sharing_pairs` gives up, and the
+    per-row path over kept rows decides the same as the pairs."""
+    import genforge.data.pipeline as P
+
+    keys = np.tile(np.arange(42, dtype=np.uint32), (1000, 1))
+    assert _sharing_pairs(keys) is None
+    src = tmp_path / "in.jsonl"
+    _corpus(src, n=500)
+    rows = src.read_text().splitlines()
+    src.write_text("\n".join(rows[:200] + rows[100:200] * 3 + rows[200:]) + "\n")  # blocks of copies
+    outs = []
+    for limit in (P.IN_CHUNK_PAIRS, 0):
+        monkeypatch.setattr(P, "IN_CHUNK_PAIRS", limit)
+        out = tmp_path / f"l{limit}" / "clean.jsonl"
+        clean_corpus(src, out, CleanConfig(classifier="off", chunk_docs=1000, resume=False))
+        outs.append(_kept_removed(out))
+    assert outs[0] == outs[1]
+    assert sum(r["reason"] == "near_dup" for r in outs[0][1]) > 10
