@@ -13,14 +13,16 @@ How it scales on one machine:
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value; a fixed 32 MB
   presence bitmap of the band keys lets the ~98 % of lookups that miss skip the runs), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
-* normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
-  a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
+* JSON parsing, normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool
+  (`workers`), a chunk at a time (JSONL inputs travel as undecoded lines, `_RawChunk`; the main process only reads
+  and splits them): one whitespace split of the whole chunk, per-word properties read from a vocabulary and
   summed per text with numpy (`batch.ChunkRules`), shared by the rules, the classifiers and MinHash; the
   one-document code (`clean.reject_reason`) judges only the texts that pass cannot clear; results are consumed
   in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
   process, so the output is the same for any number of workers. Those decisions are batched per chunk:
   one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
-  earlier chunks, and Python per document only where a candidate was kept earlier in the same chunk;
+  earlier chunks, one comparison of every pair of rows of the chunk that share a band key (`_sharing_pairs`),
+  and Python per document only to walk the few pairs that pass, in input order;
 * runs are resumable: every `checkpoint_docs` documents the partial outputs and the append-only index
   files are flushed and fsynced and `state.json` records their lengths; a run killed at any moment
   resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
