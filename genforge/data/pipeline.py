@@ -88,6 +88,7 @@ from genforge.progress import Progress
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
+SEALED_ROWS = 256  # rows of a chunk looked up in the index at once (bounds the candidate pairs in memory)
 IN_CHUNK_PAIRS = 1 << 22  # pairs of rows sharing a band key in one chunk compared at once (more: kept rows only)
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
 NEAR_FILTER_BITS = 28  # presence bitmap of the LSH band keys (32 MB): ~2 % false hits at 5 M keys, ~10 % at 28 M
@@ -812,8 +813,13 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     group_kept: dict[int, int] = {}  # exact-key group -> the ordinal of its member kept in this chunk
     bands = (res["bands"] if res.get("bands") is not None else minhash.band_keys(sigs)) \
         if minhash is not None and keep else None
-    near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
-    sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
+    sealed_best: list = []
+    # Candidates among earlier chunks, `SEALED_ROWS` rows at a time: a band key that many kept pages share (a
+    # common sentence) matches thousands of entries, and the (row, candidate) pairs of a whole chunk of 1,024 rows
+    # at once were most of the main process's peak memory on 1 GB of input.
+    for lo in range(0, len(keep) if bands is not None else 0, SEALED_ROWS):
+        rows, cands = index.near.lookup_flat(bands[lo:lo + SEALED_ROWS])
+        sealed_best += index.best_sealed(sigs[lo:lo + SEALED_ROWS], rows, cands)
     near_here = index.near_in_chunk(sigs, bands) if bands is not None else {}
     # a chunk of many copies: per row, only the kept earlier rows that share a key (`_earlier_sharing`)
     near_groups = _earlier_sharing(bands.astype(np.uint32)) if near_here is None else None

@@ -57,13 +57,17 @@ def _kept_removed(out: Path) -> tuple[bytes, list[dict]]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_chunk_size_does_not_change_the_output(tmp_path, workers):
+def test_chunk_size_does_not_change_the_output(tmp_path, workers, monkeypatch):
     """One document a chunk decides every duplicate against the sealed index; big chunks decide most of them
-    from the in-chunk pairs: the outputs must be the same bytes."""
+    from the in-chunk pairs: the outputs must be the same bytes (also with the index looked up a few rows at a
+    time, `SEALED_ROWS`)."""
+    import genforge.data.pipeline as P
+
     src = tmp_path / "in.jsonl"
     _corpus(src, n=600)
     outs = []
-    for chunk in (1, 7, 64, 1000):
+    for chunk, rows in ((1, 256), (7, 256), (64, 256), (1000, 256), (150, 7)):
+        monkeypatch.setattr(P, "SEALED_ROWS", rows)
         out = tmp_path / f"c{chunk}" / "clean.jsonl"
         clean_corpus(src, out, CleanConfig(classifier="off", workers=workers, chunk_docs=chunk, resume=False))
         outs.append(_kept_removed(out))
