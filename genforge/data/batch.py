@@ -209,7 +209,10 @@ class ChunkRules:
         self.wids, self.sep, self.n = wids, sep, n
         self.doc_w = doc_w = np.cumsum(sep) - 1  # text of each word (a separator's properties are all 0)
         a = v.a
-        sums = np.add.reduceat(v.m[wids], seps, axis=0) if n else np.zeros((0, len(v.COLS)), dtype=np.int64)
+        sums = np.zeros((n, len(v.COLS)), dtype=np.int64)
+        for c in range(len(v.COLS) if n else 0):
+            # a column at a time: ~3x faster than `reduceat(v.m[wids], axis=0)` here, and no (n_words, 9) temporary
+            sums[:, c] = np.add.reduceat(v.m[:, c][wids], seps)
         n_ws, n_letters, n_stop, judged, bad, harm_words, nonspace, symbols, anchor = (
             sums[:, v.COLS.index(c)] for c in ("lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad",
                                                 "harm_words", "nch", "sym", "anchor"))
