@@ -88,6 +88,7 @@ from genforge.progress import Progress
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
+WORKER_PART = 256  # rows a worker judges at once (`_Worker.process_parts`): its peak memory, not the output
 SEALED_ROWS = 256  # rows of a chunk looked up in the index at once (bounds the candidate pairs in memory)
 IN_CHUNK_PAIRS = 1 << 22  # pairs of rows sharing a band key in one chunk compared at once (more: kept rows only)
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
@@ -250,7 +251,7 @@ class _Worker:
         lines ("bad": (where, message, head of the line), raised as `DataError` without `skip_bad`) and whether any
         text is not blank ("any_text")."""
         if not isinstance(item, _RawChunk):
-            return self.process(item)
+            return self.process_parts(item)
         rows, bad = [], []
         for lineno, raw in item.lines:
             doc = parse_jsonl_line(raw, item.path, item.name, lineno, self.cfg.text_field, self.cfg.id_field)
@@ -260,9 +261,36 @@ class _Worker:
                 bad.append((f"{item.path}:{lineno}", doc, raw[:300]))
             else:
                 raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
-        res = self.process(rows)
+        res = self.process_parts(rows)
         res.update(rows=[(d, "", src) for d, _, src in rows], bad=bad, any_text=any(t.strip() for _, t, _ in rows))
         return res
+
+    def process_parts(self, chunk: list[tuple[str, str, str]]) -> dict:
+        """`process` of `WORKER_PART` rows at a time, as one result: the main process's per-chunk costs want big
+        chunks, a worker's peak memory (its numpy temporaries grow with the chunk) small ones; every document's
+        result is its own, so the parts join into exactly the result of the whole chunk."""
+        if len(chunk) <= WORKER_PART:
+            return self.process(chunk)
+        parts = [self.process(chunk[lo:lo + WORKER_PART]) for lo in range(0, len(chunk), WORKER_PART)]
+        offsets = range(0, len(chunk), WORKER_PART)
+
+        def cat(key: str):
+            got = [p[key] for p in parts if p[key] is not None]
+            return np.concatenate(got) if got else None
+
+        out = {"why": [w for p in parts for w in p["why"]],
+               "keep": [i + off for p, off in zip(parts, offsets) for i in p["keep"]],
+               "keys": cat("keys"), "sigs": cat("sigs"), "bands": cat("bands"),
+               "lines": [x for p in parts for x in p["lines"]],
+               "kept_bytes": [x for p in parts for x in p["kept_bytes"]],
+               "in_bytes": sum(p["in_bytes"] for p in parts),
+               "heads": {i + off: h for p, off in zip(parts, offsets) for i, h in p["heads"].items()},
+               "texts": None if parts[0]["texts"] is None else [t for p in parts for t in p["texts"]],
+               "all_texts": None, "tokens": None}
+        if parts[0]["tokens"] is not None:
+            out["tokens"] = {k: np.concatenate([p["tokens"][k] for p in parts]) for k in ("buf", "lens", "val")}
+            out["tokens"]["encoder"] = parts[-1]["tokens"]["encoder"]
+        return out
 
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.

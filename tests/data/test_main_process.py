@@ -144,3 +144,19 @@ def test_a_chunk_of_copies_falls_back_to_kept_rows(tmp_path, monkeypatch):
         outs.append(_kept_removed(out))
     assert outs[0] == outs[1]
     assert sum(r["reason"] == "near_dup" for r in outs[0][1]) > 10
+
+
+def test_worker_parts_join_into_the_whole_chunks_result(tmp_path, monkeypatch):
+    import genforge.data.pipeline as P
+
+    src = tmp_path / "in.jsonl"
+    _corpus(src, n=500)
+    chunk = [(d.id, d.text, d.source) for d in iter_documents(src)]
+    w = _Worker(CleanConfig(classifier="off"), None)
+    whole = w.process(chunk)
+    monkeypatch.setattr(P, "WORKER_PART", 64)
+    parts = w.process_parts(chunk)
+    for key in ("why", "keep", "lines", "kept_bytes", "in_bytes", "heads"):
+        assert parts[key] == whole[key], key
+    for key in ("keys", "sigs", "bands"):
+        assert np.array_equal(parts[key], whole[key]), key
