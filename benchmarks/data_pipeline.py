@@ -208,7 +208,7 @@ def main() -> None:
             train_tokenizer(sample, TokenizerConfig(vocab_size=4096)).save(root / "tok")
         for w in [int(x) for x in args.workers.split(",")]:
             base = {"classifier": str(filters), "workers": w, "resume": False, "checkpoint_docs": 200_000,
-                    "chunk_docs": 256}
+                    "chunk_docs": 512}
             if "clean" in steps:
                 rows.append((f"clean, {w} worker(s)", _run({"step": "clean", "input": str(corpus),
                                                            "out": str(root / f"c{w}" / "clean.jsonl"),

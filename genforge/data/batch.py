@@ -198,8 +198,11 @@ class ChunkRules:
         cfg, n, v = self.cfg, len(texts), self.vocab
         if len(v) >= _VOCAB_LIMIT:
             v.reset()
-        words = f"{SEP} {f' {SEP} '.join(texts)}".split()  # str.split's whitespace is the regexes' \\s
-        wids = np.fromiter(map(v.__getitem__, words), dtype=np.int64, count=len(words))
+        # str.split's whitespace is the regexes' \\s; 256 texts at a time, as the words of a whole chunk are a str
+        # object each (~15 MB for 1,024 pages; the same ids, in the same order, as one split of the chunk)
+        wids = np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            np.fromiter(map(v.__getitem__, ws), dtype=np.int64, count=len(ws))
+            for ws in (f"{SEP} {f' {SEP} '.join(texts[lo:lo + 256])}".split() for lo in range(0, n, 256))])
         v.flush()
         sep = wids == 0
         seps = np.flatnonzero(sep)  # each text's words follow its separator: segments are never empty
@@ -208,7 +211,10 @@ class ChunkRules:
         self.wids, self.sep, self.n = wids, sep, n
         self.doc_w = doc_w = np.cumsum(sep) - 1  # text of each word (a separator's properties are all 0)
         a = v.a
-        sums = np.add.reduceat(v.m[wids], seps, axis=0) if n else np.zeros((0, len(v.COLS)), dtype=np.int64)
+        sums = np.zeros((n, len(v.COLS)), dtype=np.int64)
+        for c in range(len(v.COLS) if n else 0):
+            # a column at a time: ~3x faster than `reduceat(v.m[wids], axis=0)` here, and no (n_words, 9) temporary
+            sums[:, c] = np.add.reduceat(v.m[:, c][wids], seps)
         n_ws, n_letters, n_stop, judged, bad, harm_words, nonspace, symbols, anchor = (
             sums[:, v.COLS.index(c)] for c in ("lw_n", "lw_letters", "lw_stop", "mash_judged", "mash_bad",
                                                 "harm_words", "nch", "sym", "anchor"))
@@ -290,6 +296,13 @@ class ChunkRules:
         up to float summation order: one (document, character) histogram of the chunk."""
         n = len(lowers)
         sel = np.flatnonzero(which)
+        if len(sel) > 256:  # a block of texts at a time: the temporaries are ~30 bytes a character
+            out = np.zeros(n)
+            for lo in range(0, len(sel), 256):
+                part_of = np.zeros(n, dtype=bool)
+                part_of[sel[lo:lo + 256]] = True
+                out += self._entropy(lowers, part_of)
+            return out
         part = [lowers[i] for i in sel.tolist()]
         llens = np.fromiter(map(len, part), dtype=np.int64, count=len(part))
         lcp = np.frombuffer("".join(part).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)

@@ -104,7 +104,7 @@ class CleanConfig:
     the report, instead of stopping at the first with a file:line error."""
     workers: int = 1
     """Processes for normalise/filters/classifiers/MinHash (dedup decisions stay in order in the main one)."""
-    chunk_docs: int = 256
+    chunk_docs: int = 512
     """Documents per work item (bigger amortises overhead; memory in flight is ~2 x workers x chunk)."""
     resume: bool = True
     """Continue an interrupted run from its last checkpoint (the `<out>.work` folder) when inputs and config match."""

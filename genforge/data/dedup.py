@@ -474,11 +474,15 @@ class RunIndex:
     def add_run(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Add many entries at once (a sealed batch, or rebuilding an index on resume)."""
         keys = keys.astype(self.dtype, copy=False)
-        if self.bitmap is not None:
-            byte, bit = self._bits(keys)
-            np.bitwise_or.at(self.bitmap, byte, bit)
         order = np.argsort(keys, kind="stable")
-        self.runs.append((keys[order], values.astype(np.int32)[order]))
+        keys = keys[order]
+        if self.bitmap is not None and len(keys):
+            # sorted keys have sorted bytes: OR the bits of each byte's run together, then one fancy assignment
+            # (each byte once), ~10x cheaper than `np.bitwise_or.at` over every key
+            byte, bit = self._bits(keys)
+            first = np.flatnonzero(np.concatenate([[True], byte[1:] != byte[:-1]]))
+            self.bitmap[byte[first]] |= np.bitwise_or.reduceat(bit, first)
+        self.runs.append((keys, values.astype(np.int32)[order]))
         self._merge()
 
     def seal(self) -> None:

@@ -13,14 +13,16 @@ How it scales on one machine:
   key per LSH band in sorted numpy runs (`dedup.RunIndex`, 16 B an entry with its value; a fixed 32 MB
   presence bitmap of the band keys lets the ~98 % of lookups that miss skip the runs), while MinHash
   signatures spill to a file in the work folder and are read back only to verify a candidate;
-* normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool (`workers`),
-  a chunk at a time: one whitespace split of the whole chunk, per-word properties read from a vocabulary and
+* JSON parsing, normalisation, the filters, the classifiers, MinHash and JSON encoding run in a process pool
+  (`workers`), a chunk at a time (JSONL inputs travel as undecoded lines, `_RawChunk`; the main process only reads
+  and splits them): one whitespace split of the whole chunk, per-word properties read from a vocabulary and
   summed per text with numpy (`batch.ChunkRules`), shared by the rules, the classifiers and MinHash; the
   one-document code (`clean.reject_reason`) judges only the texts that pass cannot clear; results are consumed
   in input order and every keep/drop decision that depends on earlier documents (dedup) is made in the main
   process, so the output is the same for any number of workers. Those decisions are batched per chunk:
   one sorted lookup in the index runs, one gather of sketches and signatures for the candidates among
-  earlier chunks, and Python per document only where a candidate was kept earlier in the same chunk;
+  earlier chunks, one comparison of every pair of rows of the chunk that share a band key (`_sharing_pairs`),
+  and Python per document only to walk the few pairs that pass, in input order;
 * runs are resumable: every `checkpoint_docs` documents the partial outputs and the append-only index
   files are flushed and fsynced and `state.json` records their lengths; a run killed at any moment
   resumes from the last checkpoint (files truncated back to it, index rebuilt from its files) and writes
@@ -78,7 +80,7 @@ from genforge.data.clean import (
     word_tokens,
 )
 from genforge.data.dedup import BatchMinHash, NearDeduper
-from genforge.data.readers import Doc, expand_paths, iter_documents
+from genforge.data.readers import Doc, expand_paths, iter_documents, iter_raw_lines, parse_jsonl_line
 from genforge.errors import ConfigError, DataError
 from genforge.io import read_jsonl, write_json, write_text
 from genforge.progress import Progress
@@ -86,6 +88,9 @@ from genforge.progress import Progress
 PLANTED = ("junk", "harmful", "exact_dup", "near_dup")
 STATE_VERSION = 1
 SKETCH = 32  # signature values per kept document kept in memory for the candidate pre-check
+WORKER_PART = 256  # rows a worker judges at once (`_Worker.process_parts`): its peak memory, not the output
+SEALED_ROWS = 256  # rows of a chunk looked up in the index at once (bounds the candidate pairs in memory)
+IN_CHUNK_PAIRS = 1 << 22  # pairs of rows sharing a band key in one chunk compared at once (more: kept rows only)
 SKETCH_SLACK = 0.3  # a candidate is read from disk when its sketch agreement is >= threshold - this
 NEAR_FILTER_BITS = 28  # presence bitmap of the LSH band keys (32 MB): ~2 % false hits at 5 M keys, ~10 % at 28 M
 N_EXAMPLES = 3  # removed documents shown per reason in data_report.md
@@ -240,6 +245,53 @@ class _Worker:
         self.rules = ChunkRules(cfg, self.harmful, ccfg.n_features if ccfg is not None and ccfg.ngrams == 1 else None,
                                 enc, *(self.packer.bos_eos if self.packer is not None else (0, 0)))
 
+    def run(self, item: list[tuple[str, str, str]] | _RawChunk) -> dict:
+        """`process` a chunk of rows, or of undecoded JSONL lines (`_RawChunk`): those are parsed here, so the main
+        process only splits lines; the result then also holds the rows' ("rows": (id, "", source)), the malformed
+        lines ("bad": (where, message, head of the line), raised as `DataError` without `skip_bad`) and whether any
+        text is not blank ("any_text")."""
+        if not isinstance(item, _RawChunk):
+            return self.process_parts(item)
+        rows, bad = [], []
+        for lineno, raw in item.lines:
+            doc = parse_jsonl_line(raw, item.path, item.name, lineno, self.cfg.text_field, self.cfg.id_field)
+            if isinstance(doc, Doc):
+                rows.append((doc.id, doc.text, doc.source))
+            elif self.cfg.skip_bad:
+                bad.append((f"{item.path}:{lineno}", doc, raw[:300]))
+            else:
+                raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
+        res = self.process_parts(rows)
+        res.update(rows=[(d, "", src) for d, _, src in rows], bad=bad, any_text=any(t.strip() for _, t, _ in rows))
+        return res
+
+    def process_parts(self, chunk: list[tuple[str, str, str]]) -> dict:
+        """`process` of `WORKER_PART` rows at a time, as one result: the main process's per-chunk costs want big
+        chunks, a worker's peak memory (its numpy temporaries grow with the chunk) small ones; every document's
+        result is its own, so the parts join into exactly the result of the whole chunk."""
+        if len(chunk) <= WORKER_PART:
+            return self.process(chunk)
+        parts = [self.process(chunk[lo:lo + WORKER_PART]) for lo in range(0, len(chunk), WORKER_PART)]
+        offsets = range(0, len(chunk), WORKER_PART)
+
+        def cat(key: str):
+            got = [p[key] for p in parts if p[key] is not None]
+            return np.concatenate(got) if got else None
+
+        out = {"why": [w for p in parts for w in p["why"]],
+               "keep": [i + off for p, off in zip(parts, offsets) for i in p["keep"]],
+               "keys": cat("keys"), "sigs": cat("sigs"), "bands": cat("bands"),
+               "lines": [x for p in parts for x in p["lines"]],
+               "kept_bytes": [x for p in parts for x in p["kept_bytes"]],
+               "in_bytes": sum(p["in_bytes"] for p in parts),
+               "heads": {i + off: h for p, off in zip(parts, offsets) for i, h in p["heads"].items()},
+               "texts": None if parts[0]["texts"] is None else [t for p in parts for t in p["texts"]],
+               "all_texts": None, "tokens": None}
+        if parts[0]["tokens"] is not None:
+            out["tokens"] = {k: np.concatenate([p["tokens"][k] for p in parts]) for k in ("buf", "lens", "val")}
+            out["tokens"]["encoder"] = parts[-1]["tokens"]["encoder"]
+        return out
+
     def process(self, chunk: list[tuple[str, str, str]], all_texts: bool = False) -> dict:
         """chunk: (id, text, source) rows -> rejections; for the rest their output lines, exact keys and signatures.
 
@@ -249,6 +301,10 @@ class _Worker:
         (`batch.ChunkRules`); `process_plain` is the same one document at a time (the reference it is tested
         against). `all_texts` adds every normalised text ("all_texts"), for callers that keep documents themselves.
         """
+        if not chunk:  # a chunk of only malformed lines (`run` with skip_bad): nothing to judge
+            sigs = np.zeros((0, self.minhash.num_perm), np.uint32) if self.minhash is not None else None
+            return self._result(chunk, [], [], [], np.zeros(0, np.uint64), sigs, all_texts,
+                                self.packer.encode([]) if self.packer is not None else None)
         texts = normalize_many([t for _, t, _ in chunk])
         lowers = [t.lower() for t in texts]
         rules = self.rules
@@ -403,8 +459,8 @@ def _init_worker(cfg: CleanConfig, filters_dir: str | None) -> None:
     _WORKER = _Worker(cfg, filters_dir)
 
 
-def _process_in_worker(chunk: list[tuple[str, str, str]]) -> dict:
-    return _WORKER.process(chunk)
+def _process_in_worker(chunk: list[tuple[str, str, str]] | _RawChunk) -> dict:
+    return _WORKER.run(chunk)
 
 
 def exact_key64_normalised(text: str, lower: str) -> int:
@@ -507,6 +563,29 @@ class _Index:
                 for _, row in read_jsonl(kept_path):
                     self.ds.check_add(str(row["id"]), row["text"])
 
+    def near_in_chunk(self, sigs: np.ndarray, bands: np.ndarray) -> dict[int, list[tuple[int, float]]] | None:
+        """Candidates among earlier rows of the same chunk: for each row j of `sigs` (m, num_perm) the rows r < j
+        that share a band key with it (as uint32, as the index stores them) and whose sketch and signature agree at
+        least as `best_sealed` asks, as (r, similarity) in ascending r; all pairs of the chunk in a few numpy ops
+        (whether r was kept is decided later, in input order). None where `_sharing_pairs` gives up."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        pairs = _sharing_pairs(bands.astype(np.uint32))
+        if pairs is None:
+            return None
+        js, rs = pairs
+        thr = self.cfg.near_threshold
+        sk = sigs[:, :self.k] & 0xFF
+        block = 1 << 15  # pairs compared at a time: bounded temporaries however many pairs a chunk has
+        for lo in range(0, len(js), block):
+            j, r = js[lo:lo + block], rs[lo:lo + block]
+            agree = np.count_nonzero(sk[j] == sk[r], axis=1) / self.k
+            j, r = j[agree >= thr - SKETCH_SLACK], r[agree >= thr - SKETCH_SLACK]
+            sims = np.count_nonzero(sigs[j] == sigs[r], axis=1) / sigs.shape[1]
+            hit = sims >= thr
+            for jj, rr, sim in zip(j[hit].tolist(), r[hit].tolist(), sims[hit].tolist()):
+                out.setdefault(jj, []).append((rr, sim))
+        return out
+
     def near_best(self, sig: np.ndarray, cands: dict[int, np.ndarray]) -> tuple[int, float] | None:
         """The most similar of the candidates (kept ordinal -> signature) at or above the threshold (ties: the
         earliest), checking only those whose sketch agrees enough, as `best_sealed` does."""
@@ -592,6 +671,26 @@ class _Index:
         return self.exact.nbytes + self.near.nbytes
 
 
+def _same_key_groups(keys: np.ndarray) -> np.ndarray:
+    """Group number of each entry of `keys` (shape (m,)) among the entries with the same key, -1 where the key is
+    unique (most of them): one stable sort, no Python per entry."""
+    m = len(keys)
+    group = np.full(m, -1, dtype=np.int64)
+    if m < 2:
+        return group
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    same = k[1:] == k[:-1]
+    if not same.any():
+        return group
+    member = np.zeros(m, dtype=bool)
+    member[1:] |= same
+    member[:-1] |= same
+    run = np.cumsum(np.concatenate([[True], ~same]))  # run number of each sorted entry
+    group[order[member]] = run[member]
+    return group
+
+
 def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[int]]]:
     """Rows of `keys` (shape (m, w)) that share a key with another row: the groups of rows under one key
     (each sorted) and, per row, the groups it is in. Most rows share nothing, so this is a few numpy ops."""
@@ -617,6 +716,78 @@ def _earlier_sharing(keys: np.ndarray) -> tuple[list[list[int]], dict[int, list[
     return groups, member
 
 
+def _sharing_pairs(keys: np.ndarray, block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every pair of rows (j, r), r < j, of `keys` (shape (m, w)) that share any key, each pair once, sorted by j
+    then r: (j, r) as two int64 arrays; None when the runs of equal keys hold more than `IN_CHUNK_PAIRS` pairs
+    (many copies in one chunk: the caller then looks at the kept rows only). All pairs generated with numpy."""
+    m, w = keys.shape
+    flat = keys.reshape(-1)
+    rows = np.repeat(np.arange(m, dtype=np.int64), w)
+    order = np.lexsort((rows, flat))  # by key, then row
+    fk, fr = flat[order], rows[order]
+    n = len(fk)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    new = np.concatenate([[True], fk[1:] != fk[:-1]])
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first position of each entry's run
+    cnt = np.arange(n) - start  # entries before this one in its run
+    if not cnt.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Rows that share many keys (copies share every band) repeat a pair once per key: generate the pairs a block
+    # of about `block` at a time and drop the repeats per block, so memory stays bounded even for a chunk of copies.
+    ends = np.cumsum(cnt)
+    if ends[-1] > IN_CHUNK_PAIRS:
+        return None
+    cuts = np.searchsorted(ends, np.arange(block, int(ends[-1]), block), "left").tolist()
+    codes = []
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        c = cnt[a:b]
+        pos = np.repeat(np.arange(a, b), c)
+        earlier = np.repeat(start[a:b], c) + (np.arange(len(pos)) - np.repeat(np.cumsum(c) - c, c))
+        j, r = fr[pos], fr[earlier]
+        ok = r < j  # (one document can hold a key twice)
+        codes.append(np.unique(j[ok] << 32 | r[ok]))
+    code = np.unique(np.concatenate(codes)) if len(codes) > 1 else codes[0]  # sorted by j, then r
+    return code >> 32, code & 0xFFFFFFFF
+
+
+@dataclass
+class _RawChunk:
+    """Up to `chunk_docs` non-blank lines of one JSONL file, undecoded: the workers parse them (`_Worker.run`), so
+    the main process (whose dedup decisions bound the wall clock) only reads and splits lines."""
+
+    path: str
+    name: str
+    lines: list[tuple[int, bytes]]
+
+
+def _raw_chunks(files: list[Path], cfg: CleanConfig, skip: int, on_bad: Callable | None,
+                seen: dict) -> Iterator[_RawChunk]:
+    """The JSONL inputs as `_RawChunk`s, after the first `skip` documents (parsed here, as `iter_documents` would:
+    a resumed run reports the same malformed lines and notes whether any text was seen, in seen["text"])."""
+    from genforge.data.readers import _guarded
+
+    for path in files:
+        buf: list[tuple[int, bytes]] = []
+        for lineno, raw in _guarded(path, iter_raw_lines(path)):
+            if skip:
+                doc = parse_jsonl_line(raw, str(path), path.name, lineno, cfg.text_field, cfg.id_field)
+                if isinstance(doc, Doc):
+                    skip -= 1
+                    seen["text"] = seen["text"] or bool(doc.text.strip())
+                elif on_bad is None:
+                    raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
+                else:
+                    on_bad(f"{path}:{lineno}", doc, raw[:300])
+                continue
+            buf.append((lineno, raw))
+            if len(buf) >= cfg.chunk_docs:
+                yield _RawChunk(str(path), path.name, buf)
+                buf = []
+        if buf:
+            yield _RawChunk(str(path), path.name, buf)
+
+
 def _chunks(docs: Iterator[Doc], n: int) -> Iterator[list[tuple[str, str, str]]]:
     while True:
         chunk = [(d.id, d.text, d.source) for d in itertools.islice(docs, n)]
@@ -630,7 +801,7 @@ def _ordered_results(chunks: Iterator[list], cfg: CleanConfig, filters_dir: str 
     if cfg.workers == 1:
         w = _Worker(cfg, filters_dir)
         for chunk in chunks:
-            yield chunk, w.process(chunk)
+            yield chunk, w.run(chunk)
         return
     import multiprocessing as mp
 
@@ -654,30 +825,36 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
     """Every decision that depends on earlier documents, for one chunk in input order: exact and near dedup.
 
     Hits among documents kept in earlier chunks come from the sorted index runs in one batched lookup per
-    chunk; hits within this chunk from the groups of candidates that share a key (`_earlier_sharing`), so
-    no per-document index update happens in Python. Calls `drop` for each removed document; returns the
+    chunk; hits within this chunk from the rows that share a key (`_same_key_groups`, `_Index.near_in_chunk`:
+    all pairs compared at once), so no per-document index update or comparison happens in Python. Calls `drop`
+    for each removed document; returns the
     output lines of the kept ones, their text bytes and their positions among the chunk's survivors (ascending).
     """
     why, keep, keys, sigs, lines = res["why"], res["keep"], res["keys"], res["sigs"], res["lines"]
     keep_pos = {i: j for j, i in enumerate(keep)}
-    ex_sealed: dict[int, list[int]] = {}  # row -> [the earliest kept ordinal with its exact key], if any
+    ex_sealed: dict[int, int] = {}  # row -> the earliest kept ordinal with its exact key, if any
     if cfg.dedup_exact and keep:
         for r, o in zip(*(a.tolist() for a in index.exact.lookup_flat(keys.reshape(-1, 1)))):
-            ex_sealed[r] = [min(o, ex_sealed[r][0])] if r in ex_sealed else [o]
-    ex_groups = _earlier_sharing(keys.reshape(-1, 1)) if cfg.dedup_exact and keep else ([], {})
+            ex_sealed[r] = min(o, ex_sealed[r]) if r in ex_sealed else o
+    # within the chunk: the rows with the same exact key (group numbers) and the near candidates among earlier rows
+    ex_group = _same_key_groups(keys).tolist() if cfg.dedup_exact and keep else []
+    group_kept: dict[int, int] = {}  # exact-key group -> the ordinal of its member kept in this chunk
     bands = (res["bands"] if res.get("bands") is not None else minhash.band_keys(sigs)) \
         if minhash is not None and keep else None
-    near_rows, near_cands = index.near.lookup_flat(bands) if bands is not None else (None, None)
-    # the index stores band keys as uint32, so within a chunk they collide as uint32 too
-    near_groups = _earlier_sharing(bands.astype(np.uint32)) if bands is not None else ([], {})
-    sealed_best = index.best_sealed(sigs, near_rows, near_cands) if bands is not None else None
+    sealed_best: list = []
+    # Candidates among earlier chunks, `SEALED_ROWS` rows at a time: a band key that many kept pages share (a
+    # common sentence) matches thousands of entries, and the (row, candidate) pairs of a whole chunk of 1,024 rows
+    # at once were most of the main process's peak memory on 1 GB of input.
+    for lo in range(0, len(keep) if bands is not None else 0, SEALED_ROWS):
+        rows, cands = index.near.lookup_flat(bands[lo:lo + SEALED_ROWS])
+        sealed_best += index.best_sealed(sigs[lo:lo + SEALED_ROWS], rows, cands)
+    near_here = index.near_in_chunk(sigs, bands) if bands is not None else {}
+    # a chunk of many copies: per row, only the kept earlier rows that share a key (`_earlier_sharing`)
+    near_groups = _earlier_sharing(bands.astype(np.uint32)) if near_here is None else None
     ordinal: dict[int, int] = {}  # candidate j kept in this chunk -> its ordinal in the index
     first_new = len(index.ids)
     kept_lines: list[bytes] = []
     kept_bytes = 0
-
-    def earlier_kept(j: int, groups: tuple) -> list[int]:  # rows before j kept in this chunk that share a key
-        return [r for g in groups[1].get(j, ()) for r in groups[0][g] if r < j and r in ordinal]
 
     def head(i: int) -> Callable[[], str]:  # a text for the report's examples, decoded only while they are wanted
         if i in res["heads"]:
@@ -690,16 +867,21 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             continue
         j = keep_pos[i]
         if cfg.dedup_exact:
-            hits = ex_sealed.get(j) or [ordinal[r] for r in earlier_kept(j, ex_groups)]
-            if hits:
-                drop(doc_id, source, "exact_dup", f"same as {index.ids[min(hits)]}", head(i))
+            # the earliest kept document with this key: one kept earlier in this chunk, at most one a group
+            hit_ex = ex_sealed.get(j, group_kept.get(ex_group[j]) if ex_group[j] >= 0 else None)
+            if hit_ex is not None:
+                drop(doc_id, source, "exact_dup", f"same as {index.ids[hit_ex]}", head(i))
                 continue
-        sig = sigs[j] if bands is not None else None
-        if sig is not None:
+        if bands is not None:
             hit = sealed_best[j]  # the best among documents kept in earlier chunks (lower ordinals)
-            here = earlier_kept(j, near_groups)  # a candidate kept earlier in this very chunk
-            if (here and (new := index.near_best(sig, {ordinal[r]: sigs[r] for r in here})) is not None
-                    and (hit is None or new[1] > hit[1])):
+            new = None
+            if near_here is not None:
+                for r, sim in near_here.get(j, ()):  # kept earlier in this very chunk: ascending ordinals
+                    if r in ordinal and (new is None or sim > new[1]):
+                        new = (ordinal[r], sim)
+            elif here := [r for g in near_groups[1].get(j, ()) for r in near_groups[0][g] if r < j and r in ordinal]:
+                new = index.near_best(sigs[j], {ordinal[r]: sigs[r] for r in here})
+            if new is not None and (hit is None or new[1] > hit[1]):
                 hit = new  # ties go to the earliest document, which is the sealed one
             if hit is not None:
                 drop(doc_id, source, "near_dup", f"similar to {index.ids[hit[0]]} (Jaccard ~{hit[1]:.2f})", head(i))
@@ -708,6 +890,8 @@ def _decide_chunk(chunk: list[tuple[str, str, str]], res: dict, index: _Index, m
             drop(doc_id, source, "near_dup", f"similar to {hit[0]} (Jaccard ~{hit[1]:.2f})", head(i))
             continue
         ordinal[j] = index.add(doc_id)
+        if cfg.dedup_exact and ex_group[j] >= 0:
+            group_kept.setdefault(ex_group[j], ordinal[j])
         kept_lines.append(lines[j])
         kept_bytes += res["kept_bytes"][j]
     kept_j = sorted(ordinal, key=ordinal.__getitem__)
@@ -802,8 +986,14 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
         if len(bad) < N_BAD_SAMPLES:
             bad.append({"where": where, "error": msg, "line": raw.decode("utf-8", "replace")})
 
-    docs = iter_documents(files, cfg.text_field, cfg.id_field, on_bad=on_bad if cfg.skip_bad else None)
-    docs = itertools.islice(docs, resumed_from, None)
+    # JSONL inputs travel to the workers as undecoded lines (parsed there); other formats as parsed documents
+    raw = all(f.name.lower().endswith((".jsonl", ".jsonl.gz")) for f in files)
+    seen = {"text": False}
+    if raw:
+        chunks = _raw_chunks(files, cfg, resumed_from, on_bad if cfg.skip_bad else None, seen)
+    else:
+        docs = iter_documents(files, cfg.text_field, cfg.id_field, on_bad=on_bad if cfg.skip_bad else None)
+        chunks = _chunks(itertools.islice(docs, resumed_from, None), cfg.chunk_docs)
     removed, examples = dict(state["removed"]), {k: list(v) for k, v in state["examples"].items()}
     s = dict(state)
     bar = Progress(None, desc="clean", unit="doc", initial=resumed_from) if show else None
@@ -835,8 +1025,13 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                 rem.write((json.dumps({"id": doc_id, "reason": reason, "detail": detail, "source": source},
                                       ensure_ascii=False) + "\n").encode("utf-8"))
 
-            results = _ordered_results(_chunks(docs, cfg.chunk_docs), cfg, str(filters_dir) if has_clf else None)
+            results = _ordered_results(chunks, cfg, str(filters_dir) if has_clf else None)
             for chunk, res in results:
+                if "rows" in res:  # parsed in the worker
+                    for b in res["bad"]:
+                        on_bad(*b)
+                    seen["text"] = seen["text"] or res["any_text"]
+                    chunk = res["rows"]
                 s["bytes_in"] += res["in_bytes"]
                 s["docs_done"] += len(chunk)
                 kept_lines, kept_bytes, kept_rows = _decide_chunk(chunk, res, index, minhash, cfg, drop)
@@ -850,6 +1045,8 @@ def clean_corpus(inputs: str | os.PathLike | Iterable[str | os.PathLike], out_pa
                 if s["docs_done"] - last_ckpt >= cfg.checkpoint_docs:
                     checkpoint()
                     last_ckpt = s["docs_done"]
+            if raw and not seen["text"]:  # as `iter_documents` says it
+                raise DataError(f"empty corpus: no text in {', '.join(map(str, files))}")
             checkpoint()
     finally:
         index.close()

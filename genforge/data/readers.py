@@ -104,30 +104,43 @@ OnBad = Callable[[str, str, bytes], None]
 
 def _read_jsonl(path: Path, text_field: str, id_field: str, on_bad: OnBad | None = None) -> Iterator[Doc]:
     """Rows of a JSONL file, read as bytes and decoded per line so one bad line can be skipped (`on_bad`)."""
+    for lineno, raw in iter_raw_lines(path):
+        doc = parse_jsonl_line(raw, str(path), path.name, lineno, text_field, id_field)
+        if isinstance(doc, Doc):
+            yield doc
+            continue
+        if on_bad is None:
+            raise DataError(doc + " (or set skip_bad=true to skip bad lines)")
+        on_bad(f"{path}:{lineno}", doc, raw[:300])
+
+
+def iter_raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of every non-blank line of a .jsonl or .jsonl.gz file, undecoded (`parse_jsonl_line`)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
-                    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-                text = text_field_of(obj, text_field, where)
-            except UnicodeDecodeError as e:
-                msg = f"{where}: not UTF-8 (bad byte at column {e.start + 1}); re-encode the file as UTF-8"
-            except json.JSONDecodeError as e:
-                msg = f"{where}: invalid JSON ({e.msg} at column {e.colno})"
-            except DataError as e:
-                msg = str(e)
-            else:
-                did = obj.get(id_field)
-                yield Doc(str(did) if did is not None else f"{path.name}:{lineno}", text, where)
-                continue
-            if on_bad is None:
-                raise DataError(msg + " (or set skip_bad=true to skip bad lines)")
-            on_bad(where, msg, raw[:300])
+            if raw.strip():
+                yield lineno, raw
+
+
+def parse_jsonl_line(raw: bytes, path: str, name: str, lineno: int, text_field: str = "text",
+                     id_field: str = "id") -> Doc | str:
+    """One JSONL line as a `Doc` (id: the id field, else `name:lineno`; source `path:lineno`), or the one-line
+    message saying why it is malformed. Pure, so a process pool can parse lines that the reader only split."""
+    where = f"{path}:{lineno}"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        text = text_field_of(obj, text_field, where)
+    except UnicodeDecodeError as e:
+        return f"{where}: not UTF-8 (bad byte at column {e.start + 1}); re-encode the file as UTF-8"
+    except json.JSONDecodeError as e:
+        return f"{where}: invalid JSON ({e.msg} at column {e.colno})"
+    except DataError as e:
+        return str(e)
+    did = obj.get(id_field)
+    return Doc(str(did) if did is not None else f"{name}:{lineno}", text, where)
 
 
 def _read_parquet(path: Path, text_field: str, id_field: str, on_bad: OnBad | None = None) -> Iterator[Doc]:
