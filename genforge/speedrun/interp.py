@@ -64,6 +64,12 @@ class Outputs:
     ece: dict[str, float]  # model -> ECE
     accuracy: dict[str, float]  # model -> multiple-choice accuracy
     cpu_seconds: float
+    exposure: dict[str, float] = field(default_factory=dict)  # 4-option cloze accuracy: well-known vs long tail
+
+
+# Cloze prompts of the knowledge-vs-exposure lesson: the corpus's own phrasings ("Ada Finch the baker",
+# "Ada Finch lives in Elmbury"), attribute -> (template, Person field)
+CLOZE = {"job": ("{} the", "job"), "town": ("{} lives in", "town")}
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, pretrain: pretrain.Outputs,
@@ -90,6 +96,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
         timings[name] = time.process_time() - s
         return out
 
+    exposure = timed("knowledge vs exposure", _exposure_lesson, ctx, report, base, tok, w)
     timed("attention", _attention_lesson, ctx, report, base, tok, w)
     timed("logit lens", _lens_lesson, ctx, report, base, tok, world.dir, cfg)
     probe_acc = timed("probes", _probe_lessons, ctx, report, base, tok, w, cfg)
@@ -103,7 +110,50 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.row("CPU time", round(cpu, 1), note="seconds of process CPU time: " +
                ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return Outputs(world_map_r2=map_r2, probe_accuracy=probe_acc, lie_detector=lie, icl_read_ratio=read_ratio,
-                   ece=ece, accuracy=acc, cpu_seconds=cpu)
+                   ece=ece, accuracy=acc, cpu_seconds=cpu, exposure=exposure)
+
+
+# ---------------------------------------------------------------- knowledge follows exposure
+def _exposure_lesson(ctx: StageContext, report: StageReport, model, tok, w) -> dict[str, float]:
+    """4-option cloze on every person's job and town (the true value vs 3 others, by summed log-prob; chance 0.25),
+    split into the well-known people (drawn FAME_WEIGHT x as often by the corpus) and the long tail."""
+    from genforge.eval.lm import GenforgeLM
+    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.world.facts import FAME_WEIGHT
+
+    if not w.famous or len(w.famous) == len(w.people):
+        return {}
+    rng = random.Random(f"interp-cloze-{ctx.seed}")
+    pairs, gold = [], []
+    for tmpl, key in CLOZE.values():
+        pool = sorted({getattr(p, key) for p in w.people})
+        for p in w.people:
+            opts = [getattr(p, key)] + rng.sample([o for o in pool if o != getattr(p, key)], 3)
+            rng.shuffle(opts)
+            gold.append(opts.index(getattr(p, key)))
+            pairs += [(tmpl.format(p.name), f" {o}") for o in opts]
+    ll = np.array([x[0] for x in GenforgeLM(model, tok, batch_size=64).loglikelihood(pairs)]).reshape(-1, 4)
+    hit = (ll.argmax(1) == np.array(gold)).astype(float).reshape(len(CLOZE), len(w.people))  # (attrs, people)
+    head = np.array([w.is_famous(p.name) for p in w.people])
+    per_person = hit.mean(0)
+    out = {}
+    for k, attr in enumerate(CLOZE):
+        h, t = hit[k, head], hit[k, ~head]
+        out[f"{attr}_famous"], out[f"{attr}_tail"] = float(h.mean()), float(t.mean())
+        report.row(f"knowledge vs exposure: {attr} cloze ('{CLOZE[attr][0].format('<name>')} ...'), well-known people",
+                   str(bootstrap_proportion(h)), baseline=round(float(t.mean()), 3),
+                   note=f"4 options, chance 0.25; baseline: the long tail ({int((~head).sum())} people)")
+    report.lesson("knowledge follows exposure: the model stores the facts of the people the corpus mentions often, "
+                  "not of the long tail",
+                  ("cloze accuracy, well-known people", bootstrap_proportion(per_person[head])),
+                  ("long tail", bootstrap_proportion(per_person[~head])),
+                  effect=bootstrap_diff(per_person[head], per_person[~head], paired=False), target=0.0,
+                  note=f"pretrained model; {int(head.sum())} well-known people, drawn {FAME_WEIGHT}x as often as the "
+                       f"other {int((~head).sum())} wherever the corpus picks a person (Kandpal et al. 2023); each "
+                       "person's job ('<name> the') and town ('<name> lives in') against 3 wrong options, chance "
+                       "0.25; unpaired bootstrap over people. Every person has one encyclopedia entry either way; "
+                       "repeating that entry 6x did not store facts (note 7), mentions in varied documents do")
+    return out
 
 
 # ---------------------------------------------------------------- attention and the logit lens
