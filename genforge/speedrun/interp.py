@@ -118,7 +118,7 @@ def _exposure_lesson(ctx: StageContext, report: StageReport, model, tok, w) -> d
     """4-option cloze on every person's job and town (the true value vs 3 others, by summed log-prob; chance 0.25),
     split into the well-known people (drawn FAME_WEIGHT x as often by the corpus) and the long tail."""
     from genforge.eval.lm import GenforgeLM
-    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
+    from genforge.eval.stats import bootstrap_diff, bootstrap_mean, bootstrap_proportion
     from genforge.world.facts import FAME_WEIGHT
 
     if not w.famous or len(w.famous) == len(w.people):
@@ -145,8 +145,8 @@ def _exposure_lesson(ctx: StageContext, report: StageReport, model, tok, w) -> d
                    note=f"4 options, chance 0.25; baseline: the long tail ({int((~head).sum())} people)")
     report.lesson("knowledge follows exposure: the model stores the facts of the people the corpus mentions often, "
                   "not of the long tail",
-                  ("cloze accuracy, well-known people", bootstrap_proportion(per_person[head])),
-                  ("long tail", bootstrap_proportion(per_person[~head])),
+                  ("cloze accuracy, well-known people", bootstrap_mean(per_person[head])),
+                  ("long tail", bootstrap_mean(per_person[~head])),
                   effect=bootstrap_diff(per_person[head], per_person[~head], paired=False), target=0.0,
                   note=f"pretrained model; {int(head.sum())} well-known people, drawn {FAME_WEIGHT}x as often as the "
                        f"other {int((~head).sum())} wherever the corpus picks a person (Kandpal et al. 2023); each "

@@ -152,3 +152,20 @@ def test_interp_probe_set_is_checked():
     with pytest.raises(ConfigError, match="probe_set"):
         interp.run(None, interp.Config(probe_set="head"), None, world=None, pretrain=None, sft=None, align=None,
                    cai=None)
+
+
+def test_exposure_lesson_splits_well_known_from_tail(long_model, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from genforge.report import StageReport
+    from genforge.speedrun import interp
+    from genforge.world.facts import build_world
+
+    w = build_world(0, 40, 8, 12)
+    report = StageReport("interp", "t")
+    out = interp._exposure_lesson(SimpleNamespace(seed=0), report, long_model, tiny_tokenizer, w)
+    assert set(out) == {"job_famous", "job_tail", "town_famous", "town_tail"}
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    (lesson,) = report.lessons
+    assert "knowledge follows exposure" in lesson.claim and lesson.low <= lesson.effect <= lesson.high
+    assert any("well-known" in r.metric for r in report.rows)
