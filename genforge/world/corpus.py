@@ -4,7 +4,10 @@ Clean documents come in eight kinds: encyclopedia entries for people, towns and 
 letters between friends, arithmetic lessons ("7 plus 5 is 12."), worked solutions of the reasoning tasks
 (a "mid-training" mix rendered from `world.reasoning`) and question-and-answer pages (`world.chat`).
 Each sentence slot has several phrasings and sentence order varies, so two documents of one kind are not
-near-duplicates of each other.
+near-duplicates of each other. Wherever a document picks a person (stories, letters, question pages, the
+openings of worked solutions) it favours the world's well-known people (`facts.pick_person`, `World.famous`),
+as real text mentions a few people far more often than the long tail (Kandpal et al. 2023); every person still
+has exactly one encyclopedia entry.
 
 Planted documents (about 13 % of the total, each labelled in `corpus_labels.jsonl`) exercise the
 cleaning stage:
