@@ -16,12 +16,14 @@ from genforge.world import names
 CUTOFF_YEAR = 2024
 
 # Entity frequency like a real corpus (Kandpal et al. 2023, "Large language models struggle to learn long-tail
-# knowledge"): one person in FAMOUS_FRACTION is well known, and wherever the corpus picks a person at random a
-# well-known one is FAME_WEIGHT times as likely as anyone else. With 50 of 400 people and weight 7, half of the
-# draws go to the head: each well-known person is drawn 4x as often as under a uniform draw (as in a world of 100
-# people, where a 0.87 M model starts to store per-person facts), each of the long tail 0.57x as often.
-FAMOUS_FRACTION = 0.125
-FAME_WEIGHT = 7
+# knowledge"): one person in 12.5 is well known, and wherever the corpus picks a person at random a well-known one
+# is FAME_WEIGHT times as likely as anyone else. With 32 of 400 people and weight 16, 58 % of the draws go to the
+# head: each well-known person is drawn 7.3x as often as under a uniform draw, each of the long tail 0.45x.
+# Measured at tiny (seed 0): the head's jobs are stored (4-option cloze 0.63 vs 0.28 for the tail), their towns
+# barely (0.33-0.41); 50 people at weight 7 (4x each) stored neither clearly (0.46 / 0.50) and lost the SFT
+# model's worked sums (0.38 -> 0.00), this setting kept them (0.22).
+FAMOUS_FRACTION = 0.08
+FAME_WEIGHT = 16
 
 
 @dataclass
