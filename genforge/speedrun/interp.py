@@ -457,7 +457,7 @@ def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
     who = f"{len(people)} well-known people" if famous else f"{len(people)} people"
     report.row("the model's likelihood prefers the true statement of each true/false pair",
                ", ".join(f"{f} {v}" for f, v in prefers.items()), baseline=0.5,
-               note=f"{who}' statements, same model; this is the knowledge a lie detector would read")
+               note=f"statements about {who}, same model; this is the knowledge a lie detector would read")
     report.lesson("lie detector: a probe on hidden states tells true from false statements (held-out subjects) "
                   "better than asking the model",
                   (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
