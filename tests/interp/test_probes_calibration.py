@@ -130,3 +130,42 @@ def test_icl_prompt_positions(long_model, tiny_tokenizer):
     s = anchor_scores(long_model, tiny_tokenizer, ps)
     assert len(s.read_label) == 3 and len(s.read_label[0]) == 2  # two layers
     assert all(0 <= v <= 1 for row in s.read_label + s.read_other + s.gather_own for v in row)
+
+
+def test_mc_items_about_the_well_known_people_only():
+    from genforge.world.facts import build_world
+
+    w = build_world(0)
+    head = set(w.famous)
+    items = calibration.mc_items(w, 120, people=w.famous)
+    about = [n for it in items for n in [p.name for p in w.people] if n in it["prompt"].split("\n")[0]]
+    assert about and set(about) <= head  # every question about a person names a well-known one
+    anyone = calibration.mc_items(w, 120)
+    named = {n for it in anyone for n in [p.name for p in w.people] if n in it["prompt"].split("\n")[0]}
+    assert named - head  # the default still asks about the long tail
+
+
+def test_interp_probe_set_is_checked():
+    from genforge.errors import ConfigError
+    from genforge.speedrun import interp
+
+    with pytest.raises(ConfigError, match="probe_set"):
+        interp.run(None, interp.Config(probe_set="head"), None, world=None, pretrain=None, sft=None, align=None,
+                   cai=None)
+
+
+def test_exposure_lesson_splits_well_known_from_tail(long_model, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from genforge.report import StageReport
+    from genforge.speedrun import interp
+    from genforge.world.facts import build_world
+
+    w = build_world(0, 40, 8, 12)
+    report = StageReport("interp", "t")
+    out = interp._exposure_lesson(SimpleNamespace(seed=0), report, long_model, tiny_tokenizer, w)
+    assert set(out) == {"job_famous", "job_tail", "town_famous", "town_tail"}
+    assert all(0.0 <= v <= 1.0 for v in out.values())
+    (lesson,) = report.lessons
+    assert "knowledge follows exposure" in lesson.claim and lesson.low <= lesson.effect <= lesson.high
+    assert any("well-known" in r.metric for r in report.rows)
