@@ -25,14 +25,12 @@ LETTERS = ("A", "B", "C", "D")
 ANSWER_PREFIX = "The answer is"  # the replies the world's direct-style SFT rows end with
 
 
-def mc_items(w: World, n: int, seed: int = 0, people: Sequence[str] | None = None) -> list[dict]:
-    """n four-option questions about the world (`world.reasoning.multiple_choice` rows, direct phrasing); the
-    questions about a person ask about one of `people` (default: anyone)."""
+def mc_items(w: World, n: int, seed: int = 0) -> list[dict]:
+    """n four-option questions about the world (`world.reasoning.multiple_choice` rows, direct phrasing)."""
     from genforge.world.reasoning import multiple_choice
 
     rng = random.Random(f"calibration-{seed}")
-    pick = (lambda r, w: w.person[r.choice(list(people))]) if people else None
-    rows = [multiple_choice(rng, w, pick=pick) for _ in range(n)]
+    rows = [multiple_choice(rng, w) for _ in range(n)]
     return [{"prompt": r["prompts"]["direct"], "gold": r["gold_index"], "options": r["options"]} for r in rows]
 
 

@@ -41,14 +41,9 @@ class Config:
     mc_items: int = 300  # multiple-choice questions for calibration
     calib_bins: int = 10
     lens_docs: int = 32  # corpus documents (first 64 tokens) for the logit-lens agreement curve
-    probe_set: str = "famous"  # famous | all: whose facts the probe and lie-detector lessons read. "famous" = the
-    # world's well-known people (`World.famous`, drawn 7x as often by the corpus): a 0.87 M model stores only
-    # their facts, and a reader of hidden states can find only what is stored; the all-people number stays a row
     models: list[str] = field(default_factory=lambda: ["pretrain", "sft", "dpo", "ppo", "rlaif"])
     # calibration's models: pretrain | sft | dpo | ppo (the align stage's) | rlaif (the cai stage's)
 
-
-PROBE_SETS = ("famous", "all")
 
 # how the report names each model of `Config.models`
 MODEL_LABELS = {"pretrain": "pretrained", "sft": "SFT", "dpo": "DPO", "ppo": "PPO (RLHF)", "ppo_kl0": "PPO, no KL",
@@ -64,23 +59,14 @@ class Outputs:
     ece: dict[str, float]  # model -> ECE
     accuracy: dict[str, float]  # model -> multiple-choice accuracy
     cpu_seconds: float
-    exposure: dict[str, float] = field(default_factory=dict)  # 4-option cloze accuracy: well-known vs long tail
-
-
-# Cloze prompts of the knowledge-vs-exposure lesson: the corpus's own phrasings ("Ada Finch the baker",
-# "Ada Finch lives in Elmbury"), attribute -> (template, Person field)
-CLOZE = {"job": ("{} the", "job"), "town": ("{} lives in", "town")}
 
 
 def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Outputs, pretrain: pretrain.Outputs,
         sft: sft.Outputs, align: align.Outputs, cai: cai.Outputs) -> Outputs:
     from genforge.checkpoint import load_checkpoint
-    from genforge.errors import ConfigError
     from genforge.world.facts import build_world
     from genforge.world.generate import SIZES
 
-    if cfg.probe_set not in PROBE_SETS:
-        raise ConfigError(f"interp.probe_set={cfg.probe_set!r}: choose one of {', '.join(PROBE_SETS)}")
     t0 = time.process_time()
     size = SIZES.get(ctx.size, SIZES["tiny"])
     w = build_world(ctx.seed, size["people"], size["towns"], size["objects"])
@@ -96,7 +82,6 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
         timings[name] = time.process_time() - s
         return out
 
-    exposure = timed("knowledge vs exposure", _exposure_lesson, ctx, report, base, tok, w)
     timed("attention", _attention_lesson, ctx, report, base, tok, w)
     timed("logit lens", _lens_lesson, ctx, report, base, tok, world.dir, cfg)
     probe_acc = timed("probes", _probe_lessons, ctx, report, base, tok, w, cfg)
@@ -110,50 +95,7 @@ def run(ctx: StageContext, cfg: Config, report: StageReport, *, world: world.Out
     report.row("CPU time", round(cpu, 1), note="seconds of process CPU time: " +
                ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return Outputs(world_map_r2=map_r2, probe_accuracy=probe_acc, lie_detector=lie, icl_read_ratio=read_ratio,
-                   ece=ece, accuracy=acc, cpu_seconds=cpu, exposure=exposure)
-
-
-# ---------------------------------------------------------------- knowledge follows exposure
-def _exposure_lesson(ctx: StageContext, report: StageReport, model, tok, w) -> dict[str, float]:
-    """4-option cloze on every person's job and town (the true value vs 3 others, by summed log-prob; chance 0.25),
-    split into the well-known people (drawn FAME_WEIGHT x as often by the corpus) and the long tail."""
-    from genforge.eval.lm import GenforgeLM
-    from genforge.eval.stats import bootstrap_diff, bootstrap_mean, bootstrap_proportion
-    from genforge.world.facts import FAME_WEIGHT
-
-    if not w.famous or len(w.famous) == len(w.people):
-        return {}
-    rng = random.Random(f"interp-cloze-{ctx.seed}")
-    pairs, gold = [], []
-    for tmpl, key in CLOZE.values():
-        pool = sorted({getattr(p, key) for p in w.people})
-        for p in w.people:
-            opts = [getattr(p, key)] + rng.sample([o for o in pool if o != getattr(p, key)], 3)
-            rng.shuffle(opts)
-            gold.append(opts.index(getattr(p, key)))
-            pairs += [(tmpl.format(p.name), f" {o}") for o in opts]
-    ll = np.array([x[0] for x in GenforgeLM(model, tok, batch_size=64).loglikelihood(pairs)]).reshape(-1, 4)
-    hit = (ll.argmax(1) == np.array(gold)).astype(float).reshape(len(CLOZE), len(w.people))  # (attrs, people)
-    head = np.array([w.is_famous(p.name) for p in w.people])
-    per_person = hit.mean(0)
-    out = {}
-    for k, attr in enumerate(CLOZE):
-        h, t = hit[k, head], hit[k, ~head]
-        out[f"{attr}_famous"], out[f"{attr}_tail"] = float(h.mean()), float(t.mean())
-        report.row(f"knowledge vs exposure: {attr} cloze ('{CLOZE[attr][0].format('<name>')} ...'), well-known people",
-                   str(bootstrap_proportion(h)), baseline=round(float(t.mean()), 3),
-                   note=f"4 options, chance 0.25; baseline: the long tail ({int((~head).sum())} people)")
-    report.lesson("knowledge follows exposure: the model stores the facts of the people the corpus mentions often, "
-                  "not of the long tail",
-                  ("cloze accuracy, well-known people", bootstrap_mean(per_person[head])),
-                  ("long tail", bootstrap_mean(per_person[~head])),
-                  effect=bootstrap_diff(per_person[head], per_person[~head], paired=False), target=0.0,
-                  note=f"pretrained model; {int(head.sum())} well-known people, drawn {FAME_WEIGHT}x as often as the "
-                       f"other {int((~head).sum())} wherever the corpus picks a person (Kandpal et al. 2023); each "
-                       "person's job ('<name> the') and town ('<name> lives in') against 3 wrong options, chance "
-                       "0.25; unpaired bootstrap over people. Every person has one encyclopedia entry either way; "
-                       "repeating that entry 6x did not store facts (note 7), mentions in varied documents do")
-    return out
+                   ece=ece, accuracy=acc, cpu_seconds=cpu)
 
 
 # ---------------------------------------------------------------- attention and the logit lens
@@ -224,12 +166,6 @@ def _probe_lessons(ctx: StageContext, report: StageReport, model, tok, w, cfg: C
     from genforge.interp.worldmap import entity_features
 
     people = w.people[:cfg.probe_people]
-    # the lesson reads the well-known people (probe_set=famous) or everyone; probes train on everyone either way
-    # (cross-validated, every person predicted once), so the two read the same out-of-fold predictions
-    head = np.array([w.is_famous(p.name) for p in people])
-    read = head if cfg.probe_set == "famous" and head.any() else np.ones(len(people), dtype=bool)
-    who = f"{int(read.sum())} well-known people" if not read.all() else f"{len(people)} people"
-    recall_people = [p for p, r in zip(people, read) if r][:60]
     # the full name's last token (the surname): a first-name token would let the probe read the token's identity
     # (first names repeat across people) instead of what the model carries to the end of the name
     feats = entity_features(model, tok, [p.name for p in people],
@@ -240,55 +176,43 @@ def _probe_lessons(ctx: StageContext, report: StageReport, model, tok, w, cfg: C
     out, series = {}, {}
     pc = _probe_cfg(cfg, cfg.probe_l2)
     knows = {attr: f"; does the model know it? '{tmpl}' ranks the right one of {n} first for "
-                   f"{acc} of {len(recall_people)} {'well-known ' if not read.all() else ''}people (chance "
-                   f"{1 / n:.3f}): a fact the model does not hold cannot be read off its states"
+                   f"{acc} of {len(people[:60])} people (chance {1 / n:.3f}): a fact the model does not hold "
+                   "cannot be read off its states"
              for attr, tmpl, (acc, n) in (("occupation", "<name> works as a <job>", _fact_recall(
-                 model, tok, recall_people, "{} works as a", [p.job for p in recall_people], [p.job for p in people])),
+                 model, tok, people[:60], "{} works as a", [p.job for p in people])),
                                         ("town", "<name> lives in <town>", _fact_recall(
-                 model, tok, recall_people, "{} lives in", [p.town for p in recall_people],
-                 [p.town for p in people])))}
+                 model, tok, people[:60], "{} lives in", [p.town for p in people])))}
     for attr, values in attrs.items():
         classes = sorted(set(values))
         y = torch.tensor([classes.index(v) for v in values])
         res = cross_validated(feats, y, folds, classes=len(classes), cfg=pc, seed=ctx.seed)
         best = max(res, key=lambda r: r.train_real - r.train_control)  # chosen on training data only
-        real, ctl = np.asarray(best.real)[read], np.asarray(best.control)[read]
-        series[f"{attr}: probe"] = ([r.layer for r in res], [float(np.mean(np.asarray(r.real)[read])) for r in res])
-        series[f"{attr}: control"] = ([r.layer for r in res],
-                                      [float(np.mean(np.asarray(r.control)[read])) for r in res])
+        series[f"{attr}: probe"] = ([r.layer for r in res], [float(np.mean(r.real)) for r in res])
+        series[f"{attr}: control"] = ([r.layer for r in res], [float(np.mean(r.control)) for r in res])
         majority = max(np.mean(y.numpy() == c) for c in range(len(classes)))
         report.lesson(f"probes: {attr} is linearly readable from a person's name (held-out people, above the "
                       "shuffled-label control)",
-                      (f"probe accuracy, layer {best.layer}", bootstrap_proportion(real)),
-                      ("control (shuffled labels)", bootstrap_proportion(ctl)),
-                      effect=bootstrap_diff(real, ctl, paired=True), target=0.0,
-                      note=f"{who}, {folds}-fold cross-validated over all {len(people)} (each predicted once by a "
-                           f"probe that never saw them), {len(classes)} classes (majority class {majority:.2f}); layer "
-                           f"chosen by train accuracy minus control's; train accuracy {best.train_real:.2f} vs control "
+                      (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
+                      ("control (shuffled labels)", bootstrap_proportion(best.control)),
+                      effect=bootstrap_diff(best.real, best.control, paired=True), target=0.0,
+                      note=f"{len(people)} people, {folds}-fold cross-validated (each predicted once by a probe that "
+                           f"never saw them), {len(classes)} classes (majority class {majority:.2f}); layer chosen by "
+                           f"train accuracy minus control's; train accuracy {best.train_real:.2f} vs control "
                            f"{best.train_control:.2f} (capacity)" + knows.get(attr, ""))
-        if not read.all():
-            tail = ~head
-            report.row(f"probe accuracy for {attr}: all {len(people)} people / well-known / long tail (control)",
-                       f"{np.mean(best.real):.3f} / {np.mean(np.asarray(best.real)[head]):.3f} / "
-                       f"{np.mean(np.asarray(best.real)[tail]):.3f} ({np.mean(best.control):.3f})",
-                       baseline=round(float(np.mean(best.control)), 3),
-                       note=f"same out-of-fold predictions as the lesson row, layer {best.layer}; "
-                            f"{int(head.sum())} well-known, {int(tail.sum())} others")
-        out[attr] = {"real": float(np.mean(real)), "control": float(np.mean(ctl)), "layer": best.layer,
-                     "real_all": float(np.mean(best.real))}
+        out[attr] = {"real": float(np.mean(best.real)), "control": float(np.mean(best.control)), "layer": best.layer}
     line_plot(ctx.path("plots", "interp_probes.png"), series, "Linear probes on name representations (held-out)",
               "layer (0 = embeddings)", "accuracy")
     report.plot("plots/interp_probes.png", "Probe accuracy by layer vs the shuffled-label control")
     return out
 
 
-def _fact_recall(model, tok, people, template: str, values: list[str], options: list[str] | None = None):
+def _fact_recall(model, tok, people, template: str, values: list[str]):
     """(top-1 accuracy interval, options): how often the person's true value is the likeliest continuation of
-    template.format(name) among all values of the attribute (`options`, default `values`)."""
+    template.format(name) among all values of the attribute."""
     from genforge.eval.lm import GenforgeLM
     from genforge.eval.stats import bootstrap_proportion
 
-    opts = sorted(set(options if options is not None else values))
+    opts = sorted(set(values))
     gold = {p.name: v for p, v in zip(people, values)}
     ll = GenforgeLM(model, tok, batch_size=64).loglikelihood([(template.format(p.name), f" {o}") for p in people
                                                               for o in opts])
@@ -412,61 +336,47 @@ def _sum_statements(n: int, seed: int):
     return out
 
 
-def _lie_measure(model, tok, w, people: list[str], cfg: Config, seed: int) -> dict:
-    """Train the true/false probe on 75 % of the subjects (people and sums), test it and asking on the rest."""
-    from genforge.eval.lm import GenforgeLM
-    from genforge.eval.stats import bootstrap_proportion
+def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Config) -> dict:
+    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
     from genforge.interp.hooks import features_at
-    from genforge.interp.lie_detector import asked_confidence, statements
+    from genforge.interp.lie_detector import asked_confidence, auc, statements
     from genforge.interp.probes import probe_layers
 
-    items = statements(w, people, seed) + _sum_statements(cfg.lie_sums, seed)
+    people = [p.name for p in w.people[:cfg.lie_people]]
+    items = statements(w, people, ctx.seed) + _sum_statements(cfg.lie_sums, ctx.seed)
     # split by person / sum so that test statements are about entities the probe never saw
     subjects = sorted({s.person for s in items})
-    random.Random(seed).shuffle(subjects)
+    random.Random(ctx.seed).shuffle(subjects)
     test_subjects = set(subjects[int(0.75 * len(subjects)):])
     train_idx = [i for i, s in enumerate(items) if s.person not in test_subjects]
     test_idx = [i for i, s in enumerate(items) if s.person in test_subjects]
     seqs = [tok.encode(s.text, add_bos=True) for s in items]
     feats = features_at(model, seqs, [-1] * len(seqs), pad_id=tok.pad_id or 0)
     y = torch.tensor([int(s.true) for s in items])
-    res = probe_layers(feats, y, train_idx, test_idx, classes=2, cfg=_probe_cfg(cfg, cfg.probe_l2), seed=seed)
+    res = probe_layers(feats, y, train_idx, test_idx, classes=2, cfg=_probe_cfg(cfg, cfg.probe_l2), seed=ctx.seed)
     best = max(res, key=lambda r: r.train_real - r.train_control)
     conf = asked_confidence(model, tok, [items[i] for i in test_idx])
     asked = [float((c > 0.5) == items[i].true) for c, i in zip(conf, test_idx)]
     # Is there a belief to detect? The model's own likelihood of each true statement vs its false twin (items come
     # in (true, false) pairs): at 0.5 the model does not hold the facts, and no reader of its states can beat chance.
+    from genforge.eval.lm import GenforgeLM
+
     ll = GenforgeLM(model, tok, batch_size=64).loglikelihood_rolling([s.text for s in items])
     prefers = {fam: bootstrap_proportion([float(ll[k][0] > ll[k + 1][0]) for k in range(0, len(items) - 1, 2)
                                           if items[k].attribute == fam and items[k].true and not items[k + 1].true])
                for fam in ("job", "town", "sum")}
-    return {"items": items, "test_idx": test_idx, "res": res, "best": best, "conf": conf, "asked": asked,
-            "prefers": prefers}
-
-
-def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Config) -> dict:
-    from genforge.eval.stats import bootstrap_diff, bootstrap_proportion
-    from genforge.interp.lie_detector import auc
-
-    everyone = [p.name for p in w.people[:cfg.lie_people]]
-    famous = cfg.probe_set == "famous" and bool(w.famous)
-    people = w.famous[:cfg.lie_people] if famous else everyone
-    m = _lie_measure(model, tok, w, people, cfg, ctx.seed)
-    items, test_idx, res, best, conf, asked, prefers = (m[k] for k in ("items", "test_idx", "res", "best", "conf",
-                                                                          "asked", "prefers"))
-    who = f"{len(people)} well-known people" if famous else f"{len(people)} people"
     report.row("the model's likelihood prefers the true statement of each true/false pair",
                ", ".join(f"{f} {v}" for f, v in prefers.items()), baseline=0.5,
-               note=f"statements about {who}, same model; this is the knowledge a lie detector would read")
+               note="all statements, same model; this is the knowledge a lie detector would read")
     report.lesson("lie detector: a probe on hidden states tells true from false statements (held-out subjects) "
                   "better than asking the model",
                   (f"probe accuracy, layer {best.layer}", bootstrap_proportion(best.real)),
                   ("asked: P(yes) > P(no)", bootstrap_proportion(asked)),
                   effect=bootstrap_diff(best.real, asked, paired=True), target=0.0,
-                  note=f"SFT chat model; statements about {who} and sums; {len(test_idx)} test statements (jobs, "
-                       f"towns, sums; half true); shuffled control {np.mean(best.control):.2f}; layer chosen by train "
-                       "accuracy minus control's; the model's own likelihood prefers the true twin in " +
-                       ", ".join(f"{f} {v}" for f, v in prefers.items()) + " of pairs")
+                  note=f"SFT chat model; {len(test_idx)} test statements (jobs, towns, sums; half true); shuffled "
+                       f"control {np.mean(best.control):.2f}; layer chosen by train accuracy minus control's; the "
+                       "model's own likelihood prefers the true twin in " + ", ".join(f"{f} {v}" for f, v in
+                                                                                        prefers.items()) + " of pairs")
     by_fam = {}
     for fam in ("job", "town", "sum"):
         ix = [k for k, i in enumerate(test_idx) if items[i].attribute == fam]
@@ -478,17 +388,8 @@ def _lie_lesson(ctx: StageContext, report: StageReport, model, tok, w, cfg: Conf
                ", ".join(f"{r.layer}: {np.mean(r.real):.2f} ({np.mean(r.control):.2f})" for r in res),
                note="layer 0 is the final token's embedding, the same for every statement: chance by construction")
     report.row("asked confidence ROC AUC", round(auc(conf, [items[i].true for i in test_idx]), 3), baseline=0.5)
-    out = {"probe": float(np.mean(best.real)), "asked": float(np.mean(asked)),
-           "control": float(np.mean(best.control)), "layer": best.layer}
-    if famous:  # the same lesson over everyone, most of whom the model knows nothing about
-        a = _lie_measure(model, tok, w, everyone, cfg, ctx.seed)
-        report.row(f"lie detector over all {len(everyone)} people (probe / asked accuracy, held-out subjects)",
-                   f"{bootstrap_proportion(a['best'].real)} / {bootstrap_proportion(a['asked'])}",
-                   baseline=round(float(np.mean(a["best"].control)), 3),
-                   note="baseline: the probe's shuffled-label control; likelihood prefers the true twin in " +
-                        ", ".join(f"{f} {v}" for f, v in a["prefers"].items()) + " of pairs")
-        out["probe_all"] = float(np.mean(a["best"].real))
-    return out
+    return {"probe": float(np.mean(best.real)), "asked": float(np.mean(asked)),
+            "control": float(np.mean(best.control)), "layer": best.layer}
 
 
 # ---------------------------------------------------------------- calibration
@@ -498,10 +399,7 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
     from genforge.eval.stats import bootstrap_proportion
     from genforge.interp.calibration import bootstrap_ece, confidence_correct, letter_probs, mc_items, reliability_plot
 
-    famous = cfg.probe_set == "famous" and bool(w.famous)
-    # questions about people ask about the well-known ones (probe_set=famous): what the model could have stored
-    items = mc_items(w, cfg.mc_items, ctx.seed, people=w.famous if famous else None)
-    everyone = mc_items(w, cfg.mc_items, ctx.seed) if famous else []
+    items = mc_items(w, cfg.mc_items, ctx.seed)
     gold = [it["gold"] for it in items]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     all_probs: dict[str, np.ndarray] = {}
@@ -515,13 +413,6 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
         probs = letter_probs(model, tok, items, chat=key != "pretrain")
         curves[label] = confidence_correct(probs, gold)
         all_probs[label] = probs
-        if everyone:
-            conf_all, correct_all = confidence_correct(letter_probs(model, tok, everyone, chat=key != "pretrain"),
-                                                       [it["gold"] for it in everyone])
-            report.row(f"multiple choice, {label}: accuracy on questions about well-known people / about anyone",
-                       f"{bootstrap_proportion(curves[label][1])} / {bootstrap_proportion(correct_all)}", baseline=0.25,
-                       note=f"{len(items)} questions each (a third about objects, the same in both); ECE about anyone "
-                            f"{bootstrap_ece(conf_all, correct_all, bins=cfg.calib_bins, seed=ctx.seed)}")
     reliability_plot(ctx.path("plots", "interp_calibration.png"), curves,
                      f"Reliability of multiple-choice answers ({len(items)} questions)", cfg.calib_bins)
     report.plot("plots/interp_calibration.png", "Reliability diagrams: accuracy vs confidence per model")
@@ -538,8 +429,7 @@ def _calibration_lesson(ctx: StageContext, report: StageReport, paths: dict[str,
                       "GPT-4 report found for RLHF)",
                       (f"ECE, {aligned}", ece[aligned]), ("ECE, SFT", ece["SFT"]), effect=d, target=0.0,
                       effect_name="ECE difference",
-                      note=f"{len(items)} four-option questions about the world"
-                           f"{' (people: the well-known ones)' if famous else ''}; confidence = the chosen letter's "
+                      note=f"{len(items)} four-option questions about the world; confidence = the chosen letter's "
                            "probability after 'The answer is'; paired bootstrap over questions; alignment moved the "
                            "letter probabilities by a mean |change| of "
                            f"{np.abs(all_probs[aligned] - all_probs['SFT']).mean():.3f} (accuracy "

@@ -14,10 +14,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 
 from genforge.world import names
-from genforge.world.facts import Person, World
+from genforge.world.facts import World
 from genforge.world.reasoning import make_row
 
 CHAT_TASK = "chat"
@@ -73,12 +72,9 @@ def _a(word: str) -> str:
     return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
 
 
-def chat_row(rng: random.Random, w: World, pick: Callable[[random.Random, World], Person] | None = None) -> dict:
-    """One benign request with a helpful reference answer; `answer` is the key fact a helpful reply states.
-
-    `pick(rng, w)` chooses the person asked about (default uniform; the corpus's question pages pass
-    `facts.pick_person`, which favours the well-known people, while the fine-tuning rows stay uniform)."""
-    p = pick(rng, w) if pick is not None else rng.choice(w.people)
+def chat_row(rng: random.Random, w: World) -> dict:
+    """One benign request with a helpful reference answer; `answer` is the key fact a helpful reply states."""
+    p = rng.choice(w.people)
     town = w.town[p.town]
     kind = rng.randrange(8)
     if kind == 0:

@@ -4,10 +4,7 @@ Clean documents come in eight kinds: encyclopedia entries for people, towns and 
 letters between friends, arithmetic lessons ("7 plus 5 is 12."), worked solutions of the reasoning tasks
 (a "mid-training" mix rendered from `world.reasoning`) and question-and-answer pages (`world.chat`).
 Each sentence slot has several phrasings and sentence order varies, so two documents of one kind are not
-near-duplicates of each other. Wherever a document picks a person (stories, letters, question pages, the
-openings of worked solutions) it favours the world's well-known people (`facts.pick_person`, `World.famous`),
-as real text mentions a few people far more often than the long tail (Kandpal et al. 2023); every person still
-has exactly one encyclopedia entry.
+near-duplicates of each other.
 
 Planted documents (about 13 % of the total, each labelled in `corpus_labels.jsonl`) exercise the
 cleaning stage:
@@ -36,7 +33,7 @@ from pathlib import Path
 
 from genforge.io import write_json, write_jsonl, write_text
 from genforge.world import bias, canaries, geo, harmful, names, tom
-from genforge.world.facts import Person, World, pick_person, pick_two_people
+from genforge.world.facts import Person, World
 
 # Fractions of the clean-document count planted per label (together ~13 % of the final corpus).
 PLANT_FRACTIONS = {"junk": 0.045, "harmful": 0.02, "exact_dup": 0.035, "near_dup": 0.05}
@@ -140,8 +137,8 @@ def thing_entry(rng: random.Random, w: World, x) -> str:
 
 def story(rng: random.Random, w: World) -> str:
     """A short story: slots in a fixed order, each with several phrasings, some slots optional."""
-    p = pick_person(rng, w)
-    f = w.person[rng.choice(p.friends)] if p.friends else pick_person(rng, w)
+    p = rng.choice(w.people)
+    f = w.person[rng.choice(p.friends)] if p.friends else rng.choice(w.people)
     t, day, month = w.town[p.town], rng.choice(names.WEEKDAYS), rng.choice(names.MONTHS)
     place, place2 = rng.sample(names.PLACES, 2)
     weather = _pick(rng, "The sky was grey and a cold wind blew.", f"It was a warm {month} day.",
@@ -250,8 +247,8 @@ def story(rng: random.Random, w: World) -> str:
 
 
 def letter(rng: random.Random, w: World) -> str:
-    p = pick_person(rng, w)
-    to = rng.choice(p.friends) if p.friends else pick_person(rng, w).name
+    p = rng.choice(w.people)
+    to = rng.choice(p.friends) if p.friends else rng.choice(w.people).name
     _, workplace = names.JOBS[p.job]
     town = w.town[p.town]
     body = [
@@ -327,7 +324,7 @@ def _worked_frame(rng: random.Random, w: World) -> str:
     Without them the short families (coin flips above all: ~80 words of "X flips it, so it is now tails up")
     are near-duplicates of each other by word shingles (Jaccard >= 0.5), so near-dedup rightly removed about
     half of them; the names, places and numbers here give each document shingles of its own."""
-    p, q = pick_two_people(rng, w)
+    p, q = rng.sample(w.people, 2)
     _, workplace = names.JOBS[p.job]
     n, day = rng.randint(2, 60), rng.choice(names.WEEKDAYS)
     frames = [
@@ -352,7 +349,7 @@ def questions_and_answers(rng: random.Random, w: World) -> str:
                  "A quiz with answers.", "Notes from the help desk.")
     lines = [head]
     for _ in range(rng.randint(3, 6)):
-        row = chat_row(rng, w, pick=pick_person)
+        row = chat_row(rng, w)
         q, a = _pick(rng, "Q:", "Question:"), _pick(rng, "A:", "Answer:")
         lines.append(f"{q} {row['prompt']}\n{a} {row['response']}")
     return "\n".join(lines)

@@ -15,16 +15,6 @@ from genforge.world import names
 # The corpus describes the world up to this year; the knowledge base holds events after it.
 CUTOFF_YEAR = 2024
 
-# Entity frequency like a real corpus (Kandpal et al. 2023, "Large language models struggle to learn long-tail
-# knowledge"): one person in 12.5 is well known, and wherever the corpus picks a person at random a well-known one
-# is FAME_WEIGHT times as likely as anyone else. With 32 of 400 people and weight 16, 58 % of the draws go to the
-# head: each well-known person is drawn 7.3x as often as under a uniform draw, each of the long tail 0.45x.
-# Measured at tiny (seed 0): the head's jobs are stored (4-option cloze 0.63 vs 0.28 for the tail), their towns
-# barely (0.33-0.41); 50 people at weight 7 (4x each) stored neither clearly (0.46 / 0.50) and lost the SFT
-# model's worked sums (0.38 -> 0.00), this setting kept them (0.22).
-FAMOUS_FRACTION = 0.08
-FAME_WEIGHT = 16
-
 
 @dataclass
 class Town:
@@ -82,33 +72,6 @@ class World:
     def __post_init__(self) -> None:
         self.person = {p.name: p for p in self.people}
         self.town = {t.name: t for t in self.towns}
-        # The well-known people: drawn from a generator of their own, so the rest of the world is as it was, and
-        # derived from (seed, people) alone, so a world rebuilt from world.json knows them too.
-        n = min(len(self.people), max(1, round(len(self.people) * FAMOUS_FRACTION))) if self.people else 0
-        picks = sorted(random.Random(f"fame-{self.seed}").sample(range(len(self.people)), n))
-        self.famous: list[str] = [self.people[i].name for i in picks]
-        self._famous = famous = frozenset(self.famous)
-        # Draw table for `pick_person`: each well-known person FAME_WEIGHT times, everyone else once. One
-        # `rng.choice` over it costs the caller's generator one draw, as `rng.choice(self.people)` did.
-        self.fame_pool: list[Person] = [q for p in self.people for q in [p] * (FAME_WEIGHT if p.name in famous else 1)]
-
-    def is_famous(self, name: str) -> bool:
-        return name in self._famous
-
-
-def pick_person(rng: random.Random, w: World) -> Person:
-    """A person as the corpus mentions one: well-known people FAME_WEIGHT times as often as the long tail."""
-    return rng.choice(w.fame_pool)
-
-
-def pick_two_people(rng: random.Random, w: World) -> tuple[Person, Person]:
-    """Two different people, each drawn as `pick_person` draws (redrawn while equal)."""
-    p = pick_person(rng, w)
-    for _ in range(100):
-        q = pick_person(rng, w)
-        if q is not p:
-            return p, q
-    return p, next(q for q in w.people if q is not p)
 
 
 def _unique(rng: random.Random, make, n: int, what: str) -> list[str]:

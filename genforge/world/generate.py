@@ -69,8 +69,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "tiny"
     write_jsonl(out / "needle.jsonl", needles)
     summary["needle"] = {"rows": len(needles), "path": str(out / "needle.jsonl")}
     world_tables = {"people": [asdict(p) for p in w.people], "towns": [asdict(t) for t in w.towns],
-                    "objects": [asdict(x) for x in w.things],
-                    "famous": w.famous}  # the well-known people (facts.FAMOUS_FRACTION), drawn more often by the corpus
+                    "objects": [asdict(x) for x in w.things]}
     write_json(out / "world.json", world_tables)
     summary["paths"] = {"world": str(out / "world.json"), "manifest": str(out / "manifest.json")}
     # The manifest holds paths relative to out_dir and no timing, so it is byte-identical across runs and folders.

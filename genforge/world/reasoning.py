@@ -11,10 +11,9 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import random
-from collections.abc import Callable
 
 from genforge.world import names
-from genforge.world.facts import Person, World
+from genforge.world.facts import World
 
 LETTERS = "ABCD"
 
@@ -208,9 +207,8 @@ def calendar_skills(rng: random.Random, w: World) -> dict:
     return make_row("calendar", prompt, f"{month} has {month_len} days.", str(month_len))
 
 
-def multiple_choice(rng: random.Random, w: World, pick: Callable[[random.Random, World], Person] | None = None) -> dict:
-    """A four-option question about a person or an object; `pick(rng, w)` chooses the person (default uniform)."""
-    p = pick(rng, w) if pick is not None else rng.choice(w.people)
+def multiple_choice(rng: random.Random, w: World) -> dict:
+    p = rng.choice(w.people)
     kind = rng.randrange(6)
     if kind == 0:
         q, gold, pool, why = f"What is {p.name}'s job?", p.job, list(names.JOBS), [f"{p.name} works as a {p.job}."]

@@ -126,15 +126,7 @@ def test_icl_demonstrations_fit_the_trained_context(tasks, tmp_path):
     """Demonstrations that overflow the trained context are cut from the left by the LM (the model reads a fragment
     at untrained positions): the lesson uses only as many as fit, and says how many in its claim."""
     task, rows = tasks["coin_flip"], tasks["coin_flip"].load(4)
-    gold = {r["question"]: r["answer"] for r in task.load()}
-
-    def reply(p, i, rng):  # right and in format only after demonstrations (whatever the rows' answers are)
-        if p.count("Question:") <= 1:
-            return "heads up and so on"
-        last = p.rsplit("Question:", 1)[1]
-        return f"The answer is {next(a for q, a in gold.items() if q in last)}."
-
-    lm = WordLM(reply)
+    lm = WordLM(lambda p, i, rng: "The answer is yes." if p.count("Question:") > 1 else "heads up and so on")
     words = lm.count_tokens
     full = max(words(p) for p in ev.icl_prompts(task, rows, 3, "cot")[1])
     assert ev.fit_shots(task, rows, 3, "cot", words, full) == 3
