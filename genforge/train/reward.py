@@ -23,7 +23,7 @@ from genforge.io import read_jsonl
 from genforge.model.heads import RewardModel
 from genforge.tokenizer import Tokenizer
 from genforge.train.rl_losses import bradley_terry_loss, ranking_pairs
-from genforge.train.rollout import encode_prompt, encode_response, length_groups, make_batch
+from genforge.train.rollout import encode_prompt, encode_response, in_batch_order, make_batch, trimmed_groups
 from genforge.train.trainer import TrainConfig, Trainer
 
 # ---------------------------------------------------------------------------- data
@@ -162,13 +162,12 @@ def rm_scores(model: RewardModel, batch: dict, trim: bool = False) -> torch.Tens
 
     trim: score rows of similar length together, each group without the columns that are padding in all its rows
     (`rollout.length_groups`); the same scores up to float rounding."""
-    groups = length_groups(batch) if trim else []
-    if len(groups) <= 1 and not (groups and (groups[0][1] > 0 or groups[0][2] < batch["input_ids"].shape[1])):
+    groups = trimmed_groups(batch) if trim else None
+    if groups is None:
         return model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
     parts = [model(batch["input_ids"][idx, lo:hi], batch["attention_mask"][idx, lo:hi],
                    batch["position_ids"][idx, lo:hi]) for idx, lo, hi in groups]  # (n,) each
-    order = torch.cat([idx for idx, _, _ in groups])
-    return torch.cat(parts)[torch.argsort(order)]  # (B,) in batch order
+    return in_batch_order(parts, groups)  # (B,)
 
 
 def make_bt_loss_fn(trim: bool = False):

@@ -75,8 +75,8 @@ def response_forward(model: nn.Module, batch: dict, with_hidden: bool = False, t
         The same numbers up to float rounding (shorter reductions), not bit for bit.
     """
     R = batch["response_ids"].shape[1]
-    groups = length_groups(batch) if trim else []
-    if len(groups) <= 1 and not (groups and _trims(groups[0], batch)):
+    groups = trimmed_groups(batch) if trim else None
+    if groups is None:
         hidden = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"], return_hidden=True)  # (B, P+R, C)
         hidden = hidden[:, -R - 1:-1]  # (B, R, C): column P-1+t predicts response token t
@@ -87,8 +87,7 @@ def response_forward(model: nn.Module, batch: dict, with_hidden: bool = False, t
             h = model(batch["input_ids"][idx, lo:hi], attention_mask=batch["attention_mask"][idx, lo:hi],
                       position_ids=batch["position_ids"][idx, lo:hi], return_hidden=True)  # (n, hi-lo, C)
             parts.append(F.pad(h[:, P - lo - 1:-1], (0, 0, 0, R - (hi - P))))  # (n, R, C), zeros past hi
-        order = torch.cat([idx for idx, _, _ in groups])
-        hidden = torch.cat(parts)[torch.argsort(order)]  # (B, R, C) rows back in batch order
+        hidden = in_batch_order(parts, groups)  # (B, R, C)
     logits = model.head(hidden)  # (B, R, V); GPT.head = lm_head (+ Gemma 2's logit soft-cap)
     return (logits, hidden) if with_hidden else logits
 
@@ -109,9 +108,18 @@ def length_groups(batch: dict) -> list[tuple[torch.Tensor, int, int]]:
              P + max(r[i] for i in rows)) for rows in split_by_length(p, r)]
 
 
-def _trims(group: tuple[torch.Tensor, int, int], batch: dict) -> bool:
-    """Does this (only) group leave out columns of the batch?"""
-    return group[1] > 0 or group[2] < batch["input_ids"].shape[1]
+def trimmed_groups(batch: dict) -> list[tuple[torch.Tensor, int, int]] | None:
+    """`length_groups(batch)`, or None when they would leave out no column (one full-width forward then)."""
+    groups = length_groups(batch)
+    if not groups or (len(groups) == 1 and groups[0][1] == 0 and groups[0][2] == batch["input_ids"].shape[1]):
+        return None
+    return groups
+
+
+def in_batch_order(parts: list[torch.Tensor], groups: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
+    """The per-group results of `trimmed_groups` (n_g, ...) joined back into batch order: (B, ...)."""
+    order = torch.cat([idx for idx, _, _ in groups])
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
